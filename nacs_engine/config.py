@@ -1,0 +1,238 @@
+"""The typed configuration of one selection: budget, method and options.
+
+Every option has a default and a documented range. The ranges are written once,
+here, as ``annotated_types`` constraints; the engine checks them in
+``SelectionConfig.__post_init__`` and the job contract (``worker.spec``) turns the
+same fields into its request schema, so the HTTP API and the engine can never
+disagree. This module imports no torch: the API process reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+from annotated_types import Ge, Gt, Le, Lt
+
+METHODS: tuple[str, ...] = (
+    "nacs",
+    "nacs-no-denoise",
+    "nacs-no-relabel",
+    "random",
+    "stratified",
+    "balanced",
+)
+BACKBONES: tuple[str, ...] = ("deepfm", "dcnv2")
+CLASS_BALANCES: tuple[str, ...] = ("stratified", "balanced", "none")
+
+Method = Literal["nacs", "nacs-no-denoise", "nacs-no-relabel", "random", "stratified", "balanced"]
+Backbone = Literal["deepfm", "dcnv2"]
+ClassBalance = Literal["stratified", "balanced", "none"]
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# Fields that form the budget and the method; every other field is an "option".
+BUDGET_AND_METHOD_FIELDS: frozenset[str] = frozenset({"ratio", "size", "method"})
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """What to select and how. Exactly one of ``ratio`` and ``size`` is set."""
+
+    ratio: Annotated[float, Gt(0.0), Lt(1.0)] | None = field(
+        default=None, metadata=_doc("Budget as a fraction of the rows, in (0, 1).")
+    )
+    size: Annotated[int, Ge(1)] | None = field(
+        default=None, metadata=_doc("Budget as a number of rows, at least 1.")
+    )
+    method: Method = field(
+        default="nacs",
+        metadata=_doc(
+            "nacs, its ablations nacs-no-denoise and nacs-no-relabel, or a baseline: "
+            "random (uniform), stratified (keeps the click rate), balanced (50/50 with "
+            "weights that restore the click rate)."
+        ),
+    )
+    backbone: Backbone = field(
+        default="deepfm", metadata=_doc("Proxy CTR model used for selection: deepfm or dcnv2.")
+    )
+    rounds: Annotated[int, Ge(1), Le(20)] = field(
+        default=3, metadata=_doc("Selection rounds (N_choose), 1-20.")
+    )
+    remove_rate: Annotated[float, Ge(0.0), Le(0.5)] = field(
+        default=0.1,
+        metadata=_doc("Share of over-selected rows removed by MC-dropout denoising, 0-0.5."),
+    )
+    mc_passes: Annotated[int, Ge(2), Le(100)] = field(
+        default=10, metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise), 2-100.")
+    )
+    class_balance: ClassBalance = field(
+        default="stratified",
+        metadata=_doc(
+            "Class mix of the coreset: stratified keeps the data's click rate, balanced "
+            "takes 50/50 and re-weights to the data's rate, none lets the selection decide."
+        ),
+    )
+    seed: Annotated[int, Ge(0), Le(2**63 - 1)] = field(
+        default=0, metadata=_doc("Seed of every random generator; same seed, same rows.")
+    )
+    device: str = field(
+        default="auto", metadata=_doc("auto (CUDA when present), cpu, cuda or cuda:N.")
+    )
+    partition_size: Annotated[int, Ge(64), Le(100_000)] | None = field(
+        default=None,
+        metadata=_doc(
+            "Rows per facility-location partition, 64-100000; by default chosen from the "
+            "budget and the device's memory."
+        ),
+    )
+    epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(
+        default=1, metadata=_doc("Training epochs over the coreset after each round, 1-20.")
+    )
+    learning_rate: Annotated[float, Gt(0.0), Le(1.0)] = field(
+        default=0.01, metadata=_doc("Adam learning rate of the proxy model, in (0, 1].")
+    )
+    weight_decay: Annotated[float, Ge(0.0), Le(1.0)] = field(
+        default=0.0, metadata=_doc("Adam weight decay of the proxy model, 0-1.")
+    )
+    batch_size: Annotated[int, Ge(16), Le(262_144)] | None = field(
+        default=None,
+        metadata=_doc("Training batch size, 16-262144; by default 8192, less for small data."),
+    )
+    embed_dim: Annotated[int, Ge(2), Le(128)] = field(
+        default=10, metadata=_doc("Embedding dimension of the proxy model, 2-128.")
+    )
+    dropout: Annotated[float, Ge(0.0), Lt(1.0)] = field(
+        default=0.5, metadata=_doc("Dropout of the proxy model's MLP, in [0, 1).")
+    )
+    eps: Annotated[float, Gt(0.0), Lt(1.0)] = field(
+        default=1e-3, metadata=_doc("Stochastic-greedy accuracy epsilon, in (0, 1).")
+    )
+    warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
+        default=0.0,
+        metadata=_doc(
+            "Share of the rows the proxy model trains on (one epoch) before the first round, 0-0.5."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.size is None):
+            raise ValueError("ratio, size: give exactly one budget, a ratio in (0, 1) or a size")
+        for name, hint in _constrained_fields().items():
+            _check_constraints(name, getattr(self, name), hint)
+        if not _DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def denoise(self) -> bool:
+        """Whether the MC-dropout step runs (off for nacs-no-denoise and baselines)."""
+        return self.method in ("nacs", "nacs-no-relabel") and self.remove_rate > 0
+
+    @property
+    def relabel(self) -> bool:
+        """Whether progressive label correction runs (off for nacs-no-relabel)."""
+        return self.method in ("nacs", "nacs-no-denoise")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method in ("random", "stratified", "balanced")
+
+    def budget(self, n_rows: int) -> int:
+        """The number of rows to return for a dataset of ``n_rows`` rows.
+
+        Raises ValueError naming the budget field when the budget cannot be met.
+        """
+        if n_rows <= 0:
+            raise ValueError("data: the dataset has no rows")
+        if self.size is not None:
+            if self.size > n_rows:
+                raise ValueError(
+                    f"size: the budget of {self.size} rows is larger than the dataset ({n_rows} rows)"
+                )
+            return self.size
+        assert self.ratio is not None
+        k = int(round(self.ratio * n_rows))
+        if k < 1:
+            raise ValueError(
+                f"ratio: {self.ratio} of {n_rows} rows selects no row; use a larger ratio or a size"
+            )
+        return k
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SelectionConfig:
+        """Build from a mapping; unknown keys are a ValueError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: unknown option(s)")
+        return cls(**values)
+
+
+def option_fields() -> list[dataclasses.Field[Any]]:
+    """The tunable options (every field but the budget and the method)."""
+    return [f for f in dataclasses.fields(SelectionConfig) if f.name not in BUDGET_AND_METHOD_FIELDS]
+
+
+def _constrained_fields() -> dict[str, Any]:
+    return get_type_hints(SelectionConfig, include_extras=True)
+
+
+def _check_constraints(name: str, value: Any, hint: Any) -> None:
+    """Check ``value`` against the Literal choices and annotated_types bounds in ``hint``."""
+    if value is None:
+        if type(None) in get_args(hint):
+            return
+        raise ValueError(f"{name}: a value is required")
+    for part in _union_members(hint):
+        if part is type(None):
+            continue
+        base, constraints = part, ()
+        if get_origin(part) is Annotated:
+            base, *constraints = get_args(part)
+        if get_origin(base) is Literal:
+            if value not in get_args(base):
+                choices = ", ".join(map(str, get_args(base)))
+                raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+            return
+        if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if base is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if base is str and not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
+        for constraint in constraints:
+            _check_bound(name, value, constraint)
+        return
+
+
+def _union_members(hint: Any) -> tuple[Any, ...]:
+    args = get_args(hint)
+    if get_origin(hint) is Annotated or not args:
+        return (hint,)
+    if get_origin(hint) is Literal:
+        return (hint,)
+    return args
+
+
+def _check_bound(name: str, value: Any, constraint: Any) -> None:
+    if isinstance(constraint, Gt) and not value > constraint.gt:
+        raise ValueError(f"{name}: must be greater than {constraint.gt}, got {value!r}")
+    if isinstance(constraint, Ge) and not value >= constraint.ge:
+        raise ValueError(f"{name}: must be at least {constraint.ge}, got {value!r}")
+    if isinstance(constraint, Lt) and not value < constraint.lt:
+        raise ValueError(f"{name}: must be less than {constraint.lt}, got {value!r}")
+    if isinstance(constraint, Le) and not value <= constraint.le:
+        raise ValueError(f"{name}: must be at most {constraint.le}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Label correction and Monte Carlo dropout denoising."""

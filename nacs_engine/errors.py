@@ -1,0 +1,20 @@
+"""Errors the engine raises about the data it was given.
+
+``DataError`` is a ``ValueError`` with a stable machine-readable ``code``; the
+worker turns it into a failed job that is never retried.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as given (missing, unreadable, wrong shape or labels)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SelectionCancelled(Exception):
+    """Raised by a progress callback to stop a selection; the engine lets it through."""

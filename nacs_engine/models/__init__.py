@@ -1,0 +1,1 @@
+"""CTR models: DeepFM and DCNv2."""

@@ -1,0 +1,1 @@
+"""Facility location and the batched stochastic greedy."""

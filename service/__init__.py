@@ -1,0 +1,1 @@
+"""The HTTP front end of the NaCS service. It never imports torch."""
