@@ -115,6 +115,12 @@ class SelectionConfig:
     eps: Annotated[float, Gt(0.0), Lt(1.0)] = field(
         default=1e-3, metadata=_doc("Stochastic-greedy accuracy epsilon, in (0, 1).")
     )
+    min_count: Annotated[int, Ge(1), Le(1_000_000)] = field(
+        default=10,
+        metadata=_doc(
+            "Feature values seen fewer times than this map to the field's out-of-vocabulary id, 1-1000000."
+        ),
+    )
     warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
         default=0.0,
         metadata=_doc(
