@@ -1,0 +1,95 @@
+"""Where the engine runs and where its randomness comes from.
+
+The device is chosen at run time from the configuration ("auto", "cpu", "cuda",
+"cuda:N"); nothing in the engine names a device otherwise. Every random draw
+comes from a generator derived from the job's seed: one numpy ``Generator`` or
+torch ``Generator`` per purpose ("stream"), so that adding a draw in one place
+does not shift the draws made elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# Named streams: each purpose draws from its own generator.
+STREAMS: dict[str, int] = {
+    "model_init": 1,
+    "warmup": 2,
+    "partitions": 3,
+    "greedy": 4,
+    "training": 5,
+    "dropout": 6,
+    "evaluation": 7,
+    "split": 8,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``device``: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+
+    Raises ValueError naming ``device`` when it is malformed or names a CUDA
+    device this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not _DEVICE_PATTERN.match(device):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
+    resolved = torch.device(device)
+    index = resolved.index if resolved.index is not None else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device: {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return resolved
+
+
+def _stream_seed(seed: int, stream: str) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if stream not in STREAMS:
+        raise ValueError(f"stream: expected one of {', '.join(STREAMS)}, got {stream!r}")
+    sequence = np.random.SeedSequence(entropy=seed, spawn_key=(STREAMS[stream],))
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_generator(seed: int, stream: str) -> np.random.Generator:
+    """A numpy generator for one purpose, derived from ``seed``."""
+    return np.random.default_rng(_stream_seed(seed, stream))
+
+
+def torch_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator for one purpose, derived from ``seed``, living on ``device``."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(_stream_seed(seed, stream))
+    return generator
+
+
+@contextlib.contextmanager
+def seeded_scope(seed: int, stream: str, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators for a block and restore them afterwards.
+
+    Some draws cannot take a generator (parameter initialisation, dropout
+    masks); inside this scope they come from ``seed`` too, and the caller's
+    global random state is left as it was.
+    """
+    devices = [device.index if device.index is not None else 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        stream_seed = _stream_seed(seed, stream)
+        torch.default_generator.manual_seed(stream_seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(stream_seed)
+        yield
