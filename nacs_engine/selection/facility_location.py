@@ -1,0 +1,273 @@
+"""Facility location: what the greedy maximises.
+
+In a problem (a partition) of N rows with features x, the similarity is
+sim(i, j) = C - ||x_i - x_j||, with C the largest distance in that problem, so
+sim >= 0, and the objective of a selection S is
+
+    f(S) = sum over i of max over j in S of sim(i, j)      (f(empty) = 0)
+
+Everything here is written in distances, which is the same function: with
+dmin_i = min over j in S of ||x_i - x_j|| (dmin_i = C when S is empty),
+f(S) = sum_i (C - dmin_i), and the marginal gain of a candidate c is
+
+    gain(c | S) = sum_j relu(sim(c, j) - cur_j) = sum_j relu(dmin_j - d(c, j)).
+
+Summing only the positive differences avoids the cancellation of
+sum(max(sim, cur)) - sum(cur) in float32. Distances come from centred features
+(|x|^2 + |y|^2 - 2 x.y on features with each problem's mean removed, clamped
+at 0 before the square root), so a shared offset costs no precision.
+
+This module also holds the CRAIG weights of a selection, the objective value,
+and an exact (non-stochastic) greedy used as a reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Work on pieces of about this many bytes so that the element-wise passes over
+# a freshly multiplied piece stay in the CPU's cache.
+_PIECE_BYTES = 1 << 21
+
+
+@dataclass(frozen=True)
+class DistanceBlock:
+    """Pairwise distances of B problems and what the greedy needs to start.
+
+    distances: (B, N, N) ||x_i - x_j||, exact zeros on the diagonal.
+    largest: (B,) C, the largest distance of each problem.
+    first_gains: (B, N) gain of each row when nothing is selected,
+        sum_j (C - d(i, j)), accumulated in float64 and stored in the block's dtype.
+    """
+
+    distances: torch.Tensor
+    largest: torch.Tensor
+    first_gains: torch.Tensor
+
+
+def distance_block(features: torch.Tensor) -> DistanceBlock:
+    """Pairwise distances of each problem in ``features`` (B, N, d).
+
+    The block has the dtype of ``features``; its row sums and maxima are taken
+    while each piece is still in cache.
+    """
+    batch, n_rows, _ = features.shape
+    dtype = features.dtype
+    centred = features - features.mean(dim=1, keepdim=True)  # (B, N, d)
+    squared = (centred * centred).sum(dim=-1)  # (B, N)
+    transposed = centred.transpose(1, 2)  # (B, d, N)
+    distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=features.device)
+    row_sums = torch.empty(batch, n_rows, dtype=torch.float64, device=features.device)
+    row_max = torch.empty(batch, n_rows, dtype=dtype, device=features.device)
+    element_bytes = distances.element_size()
+    problem_bytes = n_rows * n_rows * element_bytes
+    if features.device.type == "cuda":
+        # One pass per operation over the whole block is what a GPU does best.
+        _distance_piece(centred, transposed, squared, distances, row_sums, row_max)
+    elif problem_bytes <= _PIECE_BYTES:
+        group = max(1, _PIECE_BYTES // problem_bytes)
+        for start in range(0, batch, group):
+            stop = min(batch, start + group)
+            _distance_piece(
+                centred[start:stop],
+                transposed[start:stop],
+                squared[start:stop],
+                distances[start:stop],
+                row_sums[start:stop],
+                row_max[start:stop],
+            )
+    else:
+        rows_per_piece = max(1, _PIECE_BYTES // (n_rows * element_bytes))
+        for problem in range(batch):
+            for start in range(0, n_rows, rows_per_piece):
+                stop = min(n_rows, start + rows_per_piece)
+                _distance_rows(
+                    centred[problem],
+                    transposed[problem],
+                    squared[problem],
+                    start,
+                    stop,
+                    distances[problem, start:stop],
+                    row_sums[problem, start:stop],
+                    row_max[problem, start:stop],
+                )
+    largest = row_max.amax(dim=1)  # (B,)
+    first_gains = (n_rows * largest.to(torch.float64)[:, None] - row_sums).clamp_min_(0.0)
+    return DistanceBlock(distances, largest, first_gains.to(dtype))
+
+
+def _distance_piece(
+    centred: torch.Tensor,  # (b, N, d)
+    transposed: torch.Tensor,  # (b, d, N)
+    squared: torch.Tensor,  # (b, N)
+    out: torch.Tensor,  # (b, N, N)
+    row_sums: torch.Tensor,  # (b, N) float64
+    row_max: torch.Tensor,  # (b, N)
+) -> None:
+    torch.baddbmm(squared[:, :, None], centred, transposed, alpha=-2.0, out=out)
+    out.add_(squared[:, None, :]).clamp_min_(0.0)
+    out.diagonal(dim1=1, dim2=2).zero_()
+    out.sqrt_()
+    torch.sum(out, dim=2, dtype=torch.float64, out=row_sums)
+    torch.amax(out, dim=2, out=row_max)
+
+
+def _distance_rows(
+    centred: torch.Tensor,  # (N, d)
+    transposed: torch.Tensor,  # (d, N)
+    squared: torch.Tensor,  # (N,)
+    start: int,
+    stop: int,
+    out: torch.Tensor,  # (r, N) rows start..stop
+    row_sums: torch.Tensor,  # (r,) float64
+    row_max: torch.Tensor,  # (r,)
+) -> None:
+    torch.addmm(squared[start:stop, None], centred[start:stop], transposed, alpha=-2.0, out=out)
+    out.add_(squared[None, :]).clamp_min_(0.0)
+    out[:, start:stop].diagonal().zero_()
+    out.sqrt_()
+    torch.sum(out, dim=1, dtype=torch.float64, out=row_sums)
+    torch.amax(out, dim=1, out=row_max)
+
+
+def similarity_block(features: torch.Tensor) -> torch.Tensor:
+    """sim(i, j) = C - ||x_i - x_j|| for each problem of ``features`` (B, N, d) -> (B, N, N)."""
+    block = distance_block(features)
+    return torch.sub(block.largest[:, None, None], block.distances, out=block.distances)
+
+
+class FacilityLocationState:
+    """The state of a growing selection in B problems: dmin_j per row.
+
+    ``gains`` evaluates candidates, ``add`` records one pick per problem. The
+    greedy drives it; this class knows nothing about how candidates are chosen.
+    """
+
+    def __init__(self, block: DistanceBlock, *, max_evaluated_rows: int) -> None:
+        distances = block.distances
+        self.batch, self.n_rows, _ = distances.shape
+        self.distances = distances
+        self._flat = distances.view(self.batch * self.n_rows, self.n_rows)  # (B*N, N)
+        self._offsets = torch.arange(self.batch, device=distances.device) * self.n_rows  # (B,)
+        # dmin_j = C before anything is selected (cur_j = 0).
+        self.nearest = block.largest[:, None].expand(self.batch, self.n_rows).contiguous()  # (B, N)
+        self.max_evaluated_rows = max(1, max_evaluated_rows)
+        self._rows = torch.empty(
+            self.max_evaluated_rows, self.n_rows, dtype=distances.dtype, device=distances.device
+        )
+        self._gains = torch.empty(
+            self.max_evaluated_rows, dtype=distances.dtype, device=distances.device
+        )
+
+    def gains(self, problems: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Marginal gains of ``candidates`` (b, m) in ``problems`` (b,) -> (b, m).
+
+        b * m must not exceed ``max_evaluated_rows``. The result is a view of an
+        internal buffer, valid until the next call.
+        """
+        b, m = candidates.shape
+        count = b * m
+        rows = self._rows[:count]  # (b*m, N)
+        flat_index = (self._offsets[problems][:, None] + candidates).reshape(count)
+        torch.index_select(self._flat, 0, flat_index, out=rows)
+        rows3 = rows.view(b, m, self.n_rows)  # (b, m, N)
+        torch.sub(self.nearest[problems][:, None, :], rows3, out=rows3)
+        rows3.clamp_min_(0.0)
+        gains = self._gains[:count].view(b, m)
+        torch.sum(rows3, dim=2, out=gains)
+        return gains
+
+    def add(self, picks: torch.Tensor) -> None:
+        """Select ``picks`` (B,): one row per problem."""
+        picked_rows = torch.index_select(self._flat, 0, self._offsets + picks)  # (B, N)
+        torch.minimum(self.nearest, picked_rows, out=self.nearest)
+
+
+def distance_objective(block: DistanceBlock, selected: torch.Tensor) -> torch.Tensor:
+    """f(S) per problem (B,) float64 for ``selected`` (B, k) positions in ``block``."""
+    nearest = _nearest_selected(block.distances, selected)[0]  # (B, N)
+    n_rows = block.distances.shape[1]
+    return n_rows * block.largest.to(torch.float64) - nearest.to(torch.float64).sum(dim=1)
+
+
+def craig_counts(block: DistanceBlock, selected: torch.Tensor) -> torch.Tensor:
+    """For each selected row (B, k), how many rows of its problem it is nearest to.
+
+    Each row goes to its most similar selected row (the first one on ties);
+    the counts of a problem add up to N. Returns (B, k) int64.
+    """
+    _, assignment = _nearest_selected(block.distances, selected)  # (B, N)
+    counts = torch.zeros(selected.shape, dtype=torch.int64, device=selected.device)
+    counts.scatter_add_(1, assignment, torch.ones_like(assignment))
+    return counts
+
+
+def _nearest_selected(
+    distances: torch.Tensor, selected: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, n_rows, _ = distances.shape
+    index = selected[:, :, None].expand(batch, selected.shape[1], n_rows)  # (B, k, N)
+    to_selected = torch.gather(distances, 1, index)  # (B, k, N)
+    return to_selected.min(dim=1)  # values (B, N), indices into k (B, N)
+
+
+def facility_location_value(
+    similarity: torch.Tensor, selected: torch.Tensor
+) -> torch.Tensor | float:
+    """f(S) = sum_i max_{j in S} sim(i, j), computed in float64.
+
+    similarity: (N, N) or (B, N, N) similarity matrix (any non-negative
+    similarity, e.g. ``similarity_block``). selected: (k,) or (B, k) positions.
+    Returns a float for one problem, a (B,) float64 tensor for B problems.
+    An empty selection has value 0.
+    """
+    if not isinstance(similarity, torch.Tensor) or similarity.dim() not in (2, 3):
+        raise ValueError("similarity: expected a (N, N) or (B, N, N) tensor")
+    if similarity.shape[-1] != similarity.shape[-2]:
+        raise ValueError(
+            f"similarity: expected square matrices, got shape {tuple(similarity.shape)}"
+        )
+    selected = torch.as_tensor(selected, dtype=torch.int64, device=similarity.device)
+    single = similarity.dim() == 2
+    sim = similarity[None] if single else similarity
+    chosen = selected.reshape(1, -1) if single else selected
+    if chosen.dim() != 2 or chosen.shape[0] != sim.shape[0]:
+        raise ValueError(
+            f"selected: expected shape (B, k) matching similarity, got {tuple(selected.shape)}"
+        )
+    n_rows = sim.shape[1]
+    if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= n_rows):
+        raise ValueError(f"selected: positions must lie in [0, {n_rows})")
+    if chosen.shape[1] == 0:
+        values = torch.zeros(sim.shape[0], dtype=torch.float64, device=sim.device)
+    else:
+        index = chosen[:, :, None].expand(sim.shape[0], chosen.shape[1], n_rows)
+        values = torch.gather(sim, 1, index).to(torch.float64).amax(dim=1).sum(dim=1)  # (B,)
+    return float(values[0]) if single else values
+
+
+def exact_greedy(similarity: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain greedy on one problem: every pick takes the best of all rows.
+
+    similarity: (N, N), used in float64. Returns (picks (k,) int64, gains (k,)
+    float64). O(k N^2): a reference for tests and benchmarks.
+    """
+    sim = similarity.to(torch.float64)
+    n_rows = sim.shape[0]
+    if not 1 <= k <= n_rows:
+        raise ValueError(f"k: expected 1 <= k <= {n_rows}, got {k}")
+    current = torch.zeros(n_rows, dtype=torch.float64, device=sim.device)
+    selected = torch.zeros(n_rows, dtype=torch.bool, device=sim.device)
+    picks = torch.empty(k, dtype=torch.int64)
+    gains = torch.empty(k, dtype=torch.float64)
+    for step in range(k):
+        step_gains = (sim - current[None, :]).clamp_min_(0.0).sum(dim=1)  # (N,)
+        step_gains[selected] = -1.0
+        best = int(step_gains.argmax())
+        picks[step] = best
+        gains[step] = step_gains[best]
+        selected[best] = True
+        current = torch.maximum(current, sim[best])
+    return picks, gains

@@ -1,0 +1,251 @@
+"""The batched stochastic greedy: how the facility-location objective is maximised.
+
+"Lazier than lazy greedy" (Mirzasoleiman et al., 2015), for B problems at once:
+at each of k picks, every problem samples s = ceil(N ln(1/eps) / k) of its
+unselected rows without replacement and takes the sampled row of largest
+marginal gain. In expectation this reaches 1 - 1/e - eps of the optimum.
+
+Two things make it fast without changing what it picks:
+- Lazy evaluation. A row's gain can only shrink as the selection grows
+  (submodularity; the float sums shrink too, since every term does), so the
+  last gain computed for a row bounds its gain now. The sampled rows are
+  evaluated in order of their bounds, a few at a time, and a problem stops as
+  soon as its best exact gain reaches the next bound: the pick is the argmax
+  over the whole sample, as if every sampled row had been evaluated.
+- Counter-based sampling. The sample of problem b at pick t is the top s of
+  hash(seed_b, t, row) over unselected rows, so it depends only on the
+  problem's seed, not on how problems are grouped into blocks or on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from nacs_engine.selection.facility_location import (
+    DistanceBlock,
+    FacilityLocationState,
+    distance_block,
+)
+
+# Sampled rows evaluated per problem in the first lazy round; later rounds double it.
+_FIRST_ROUND = 8
+# At most this many candidate rows are gathered at once (rows * N elements).
+_MAX_EVALUATED_ELEMENTS = 1 << 22
+_MASK32 = 0xFFFFFFFF
+_HASH_MULTIPLIER = 0x45D9F3B
+_GOLDEN = 0x9E3779B9
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """picks: (B, k) int64 positions in pick order; gains: (B, k) float64 gain of each pick."""
+
+    picks: torch.Tensor
+    gains: torch.Tensor
+
+
+def sample_size(n_rows: int, k: int, eps: float) -> int:
+    """s = ceil(N ln(1/eps) / k), at most N."""
+    return min(n_rows, max(1, math.ceil(n_rows * math.log(1.0 / eps) / k)))
+
+
+def batched_stochastic_greedy(
+    features: torch.Tensor,
+    k: int,
+    *,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick k rows in each of B facility-location problems by stochastic greedy.
+
+    features: (B, N, d) float tensor, one problem per leading index; the
+    similarity of a problem is C - ||x_i - x_j|| with C its largest distance.
+    k: picks per problem, 1 <= k <= N. eps: the accuracy of the stochastic
+    greedy, in (0, 1). generator: a torch.Generator on the device of
+    ``features`` (None: a fresh, randomly seeded one).
+    Returns (B, k) int64 distinct positions in [0, N) per problem, in pick order.
+    Raises ValueError naming the argument on bad input.
+    """
+    return batched_stochastic_greedy_with_gains(features, k, eps=eps, generator=generator).picks
+
+
+def batched_stochastic_greedy_with_gains(
+    features: torch.Tensor,
+    k: int,
+    *,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> GreedyResult:
+    """``batched_stochastic_greedy`` that also returns the marginal gain of every pick."""
+    validate_features(features, "features", dims=3)
+    n_rows = features.shape[1]
+    validate_k(k, n_rows)
+    validate_eps(eps)
+    generator = resolve_generator(generator, features.device)
+    seeds = draw_seeds(features.shape[0], generator, features.device)
+    return solve_block(distance_block(features), k, sample_size(n_rows, k, eps), seeds)
+
+
+def validate_features(features: object, name: str, *, dims: int) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(features).__name__}")
+    if features.dim() != dims:
+        raise ValueError(f"{name}: expected a {dims}-D tensor, got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got {features.dtype}")
+    if dims == 3 and (features.shape[0] < 1 or features.shape[1] < 1):
+        raise ValueError(
+            f"{name}: expected at least one problem of at least one row, got shape {tuple(features.shape)}"
+        )
+    if features.shape[-1] < 1:
+        raise ValueError(
+            f"{name}: expected at least one feature column, got shape {tuple(features.shape)}"
+        )
+    if features.numel() and not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+
+
+def validate_k(k: object, n_rows: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"k: expected an int, got {type(k).__name__}")
+    if not 1 <= k <= n_rows:
+        raise ValueError(f"k: expected 1 <= k <= N = {n_rows}, got {k}")
+
+
+def validate_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < float(eps) < 1.0:
+        raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
+
+
+def resolve_generator(generator: object, device: torch.device) -> torch.Generator:
+    """``generator`` checked against ``device``, or a fresh randomly seeded one."""
+    if generator is None:
+        fresh = torch.Generator(device=device)
+        fresh.seed()
+        return fresh
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if not _same_device(generator.device, device):
+        raise ValueError(f"generator: is on {generator.device}, the features are on {device}")
+    return generator
+
+
+def _same_device(first: torch.device, second: torch.device) -> bool:
+    if first.type != second.type:
+        return False
+    if first.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    first_index = current if first.index is None else first.index
+    second_index = current if second.index is None else second.index
+    return first_index == second_index
+
+
+def draw_seeds(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One 32-bit sampling seed per problem, (count,) int64 on ``device``."""
+    return torch.randint(
+        0, 1 << 32, (count,), generator=generator, device=device, dtype=torch.int64
+    )
+
+
+def _mix32(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash applied in place to int64 ``values`` in [0, 2^32)."""
+    for _ in range(2):
+        torch.bitwise_right_shift(values, 16, out=scratch)
+        values.bitwise_xor_(scratch)
+        values.mul_(_HASH_MULTIPLIER).bitwise_and_(_MASK32)
+    torch.bitwise_right_shift(values, 16, out=scratch)
+    return values.bitwise_xor_(scratch)
+
+
+def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor) -> GreedyResult:
+    """k stochastic-greedy picks in each problem of ``block`` with ``samples`` rows sampled per pick.
+
+    seeds: (B,) int64 sampling seed of each problem (see ``draw_seeds``).
+    """
+    distances = block.distances
+    batch, n_rows, _ = distances.shape
+    device = distances.device
+    max_rows = max(batch, min(batch * samples, _MAX_EVALUATED_ELEMENTS // n_rows))
+    state = FacilityLocationState(block, max_evaluated_rows=max_rows)
+    bounds = block.first_gains.clone()  # (B, N) last known gain of each row
+    selected = torch.zeros(batch, n_rows, dtype=torch.bool, device=device)
+    picks = torch.empty(batch, k, dtype=torch.int64, device=device)
+    gains = torch.empty(batch, k, dtype=torch.float64, device=device)
+    all_problems = torch.arange(batch, device=device)
+
+    row_hash = (
+        torch.arange(n_rows, dtype=torch.int64, device=device).mul_(_GOLDEN).bitwise_and_(_MASK32)
+    )
+    scratch_rows = torch.empty_like(row_hash)
+    _mix32(row_hash, scratch_rows)
+    keys = torch.empty(batch, n_rows, dtype=torch.int64, device=device)  # (B, N)
+    scratch = torch.empty_like(keys)
+    step_seed = torch.empty_like(seeds)
+    scratch_seed = torch.empty_like(seeds)
+
+    for step in range(k):
+        count = min(samples, n_rows - step)
+        # Sampling keys: hash(seed_b, step, row); selected rows can never win.
+        torch.add(seeds, (step * _GOLDEN) & _MASK32, out=step_seed).bitwise_and_(_MASK32)
+        _mix32(step_seed, scratch_seed)
+        torch.bitwise_xor(step_seed[:, None], row_hash[None, :], out=keys)
+        _mix32(keys, scratch)
+        keys.masked_fill_(selected, -1)
+        candidates = keys.topk(count, dim=1, sorted=False).indices  # (B, s)
+        candidate_bounds = bounds.gather(1, candidates)  # (B, s)
+        if step == 0:
+            # Nothing is selected yet: the bounds are the exact gains.
+            best_gain, best = candidate_bounds.max(dim=1)
+            best_row = candidates.gather(1, best[:, None])[:, 0]
+        else:
+            best_gain, best_row = _lazy_argmax(
+                state, bounds, candidates, candidate_bounds, all_problems
+            )
+        picks[:, step] = best_row
+        gains[:, step] = best_gain
+        selected.scatter_(1, best_row[:, None], True)
+        state.add(best_row)
+    return GreedyResult(picks, gains)
+
+
+def _lazy_argmax(
+    state: FacilityLocationState,
+    bounds: torch.Tensor,  # (B, N), updated in place with fresh gains
+    candidates: torch.Tensor,  # (B, s)
+    candidate_bounds: torch.Tensor,  # (B, s)
+    all_problems: torch.Tensor,  # (B,)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled row of largest exact gain per problem, evaluating rows in order of their bounds."""
+    batch, count = candidates.shape
+    order = candidate_bounds.argsort(dim=1, descending=True)
+    candidates = candidates.gather(1, order)  # (B, s) by decreasing bound
+    candidate_bounds = candidate_bounds.gather(1, order)
+    best_gain = torch.full((batch,), -math.inf, dtype=bounds.dtype, device=bounds.device)
+    best_row = candidates[:, 0].clone()
+    active = all_problems
+    position = 0
+    width = _FIRST_ROUND
+    while True:
+        n_active = active.shape[0]
+        take = max(1, min(width, count - position, state.max_evaluated_rows // n_active))
+        batch_candidates = candidates[active, position : position + take]  # (b, take)
+        round_gains = state.gains(active, batch_candidates)  # (b, take)
+        bounds[active[:, None], batch_candidates] = round_gains
+        round_best, round_index = round_gains.max(dim=1)
+        improved = round_best > best_gain[active]
+        better = active[improved]
+        best_gain[better] = round_best[improved]
+        best_row[better] = batch_candidates[improved, round_index[improved]]
+        position += take
+        if position >= count:
+            break
+        unfinished = best_gain[active] < candidate_bounds[active, position]
+        active = active[unfinished]
+        if active.shape[0] == 0:
+            break
+        width *= 2
+    return best_gain.to(torch.float64), best_row
