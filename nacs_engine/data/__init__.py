@@ -1,5 +1,18 @@
 """Reading, encoding and generating CTR data."""
 
 from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.data.encoding import Encoder, Vocabulary, bucketize, load_dataset
+from nacs_engine.data.reading import TableSource, open_source
+from nacs_engine.data.schema import TableSchema, resolve_schema
 
-__all__ = ["EncodedDataset"]
+__all__ = [
+    "EncodedDataset",
+    "Encoder",
+    "TableSchema",
+    "TableSource",
+    "Vocabulary",
+    "bucketize",
+    "load_dataset",
+    "open_source",
+    "resolve_schema",
+]

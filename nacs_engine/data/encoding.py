@@ -1,0 +1,578 @@
+"""Encoding CTR tables into per-field integer ids, in two bounded-memory passes.
+
+Pass 1 (``Encoder.fit``) reads the batches once and counts every field's
+values; values seen at least ``min_count`` times get ids 1..V (most frequent
+first, ties by value), every other value maps to id 0, the field's
+out-of-vocabulary (OOV) id. Pass 2 (``Encoder.transform``) reads the batches
+again and writes the (n, F) int32 ids, into memory when small and into a
+memory-mapped file under ``workdir`` when larger than a threshold, so that a
+dataset larger than memory can be encoded. The same fitted ``Encoder`` can
+transform another split: values it never saw (or saw too rarely) become OOV.
+
+Tokens: categorical values are compared as strings (integer columns as
+integers); a missing value is a token of its own. Numeric columns are bucketed
+by the Criteo rule (``bucketize``) and the buckets are then categorical.
+
+Fingerprint (``EncodedDataset.fingerprint``): a SHA-256 over the schema and
+``min_count``, the vocabularies, and, row by row, the encoded ids, the labels,
+the raw values of the numeric columns and a hash of every value that falls out
+of the vocabulary. It changes when any label or any value of a used column
+changes, or when the options change; it does not depend on the URI, the file
+format or the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.data.reading import TableSource, as_source, open_source
+from nacs_engine.data.schema import TableSchema, parse_labels, resolve_schema
+from nacs_engine.data.storage import DEFAULT_MEMMAP_THRESHOLD_BYTES, FeatureSink
+from nacs_engine.errors import DataError
+
+MISSING_TOKEN = "\x00missing"
+"""The token of a missing categorical value (cannot occur in text data)."""
+MISSING_CODE = np.iinfo(np.int64).min
+"""The token of a missing value in integer and numeric fields."""
+
+FractionCallback = Callable[[float, str], None]
+"""progress(fraction, message), fraction in [0, 1]; it may raise to stop."""
+
+_MERGE_ROWS = 1 << 20
+
+
+def bucketize(values: np.ndarray) -> np.ndarray:
+    """Bucket numeric values by the Criteo rule.
+
+    values: (n,) float; NaN and infinities are missing.
+    Returns (n,) int64 tokens: floor(ln(v)^2) for v > 2, else v truncated to an
+    integer; ``MISSING_CODE`` for missing values. As in the rule, a large value
+    can share a token with a small one (v = 3 and v = 1 both give 1).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, MISSING_CODE, dtype=np.int64)
+    finite = np.isfinite(v)
+    large = finite & (v > 2.0)
+    out[large] = np.floor(np.square(np.log(v[large])))
+    small = finite & ~large
+    out[small] = np.trunc(v[small])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """The ids of one field's values.
+
+    kind: "int" (integer tokens, numeric buckets included) or "str".
+    values: (V,) the values of ids 1..V, in id order (int64 or object of str).
+    counts: (V,) int64 how often each was seen in the fitted data.
+    """
+
+    kind: str
+    values: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Number of ids, the OOV id 0 included."""
+        return int(self.values.shape[0]) + 1
+
+    def lookup(self, tokens: np.ndarray) -> np.ndarray:
+        """(n,) int32 ids of the tokens; 0 for values not in the vocabulary."""
+        if self.values.shape[0] == 0:
+            return np.zeros(len(tokens), dtype=np.int32)
+        if self.kind == "int":
+            order, sorted_values = self._sorted
+            pos = np.searchsorted(sorted_values, tokens)
+            np.minimum(pos, sorted_values.shape[0] - 1, out=pos)
+            hit = sorted_values[pos] == tokens
+            return np.where(hit, order[pos] + 1, 0).astype(np.int32)
+        return (self._index.get_indexer(tokens) + 1).astype(np.int32)
+
+    @cached_property
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.values, kind="stable")
+        return order, self.values[order]
+
+    @cached_property
+    def _index(self) -> Any:
+        import pandas as pd
+
+        return pd.Index(self.values, dtype=object)
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        h.update(_token_hashes(self.values, self.kind).astype("<u8").tobytes())
+        return h.digest()
+
+
+class Encoder:
+    """Per-field vocabularies fitted on one source, applied to any source.
+
+    label_column, feature_columns, numeric_columns: the column roles (see
+        ``schema.resolve_schema``); feature_columns None means every column but
+        the label.
+    min_count: values seen fewer times map to the field's OOV id 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        label_column: str = "label",
+        feature_columns: Sequence[str] | None = None,
+        numeric_columns: Sequence[str] | None = None,
+        min_count: int = 10,
+    ) -> None:
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+        self.label_column = label_column
+        self.requested_features = feature_columns
+        self.requested_numeric = numeric_columns
+        self.min_count = min_count
+        self.schema: TableSchema | None = None
+        self.vocabularies: tuple[Vocabulary, ...] = ()
+        self.fitted_rows = 0
+        self.fitted_clicks = 0
+        self.fitted_on = ""
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.schema is not None
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return self._fitted_schema().feature_columns
+
+    @property
+    def field_dims(self) -> tuple[int, ...]:
+        return tuple(v.size for v in self.vocabularies)
+
+    def fit(self, source: Any, *, progress: FractionCallback | None = None) -> Encoder:
+        """Count the values of ``source`` (a URI, table or ``TableSource``) and build vocabularies."""
+        source = as_source(source)
+        schema = resolve_schema(
+            source.columns,
+            label_column=self.label_column,
+            feature_columns=self.requested_features,
+            numeric_columns=self.requested_numeric,
+            layout=source.layout,
+            description=source.description,
+        )
+        columns = [schema.label_column, *schema.feature_columns]
+        counters = [_ValueCounter() for _ in schema.feature_columns]
+        kinds: list[str] | None = None
+        rows = 0
+        clicks = 0.0
+        for batch, fraction in source.batches(columns):
+            labels = parse_labels(batch.column(0), schema.label_column, source.description)
+            rows += batch.num_rows
+            clicks += float(labels.sum(dtype=np.float64))
+            if kinds is None:
+                kinds = [
+                    _field_kind(batch.column(i + 1), name in schema.numeric_columns)
+                    for i, name in enumerate(schema.feature_columns)
+                ]
+            for i, name in enumerate(schema.feature_columns):
+                tokens = _tokens(batch.column(i + 1), kinds[i], name, schema, source.description)
+                counters[i].add(tokens)
+            _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
+        if rows == 0 or kinds is None:
+            raise DataError("empty_dataset", f"{source.description}: the data has no rows")
+        self.vocabularies = tuple(
+            counter.vocabulary(kind, self.min_count)
+            for counter, kind in zip(counters, kinds, strict=True)
+        )
+        self.schema = schema
+        self.fitted_rows = rows
+        self.fitted_clicks = int(round(clicks))
+        self.fitted_on = source.description
+        return self
+
+    def transform(
+        self,
+        source: Any,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        progress: FractionCallback | None = None,
+        memmap_threshold_bytes: int = DEFAULT_MEMMAP_THRESHOLD_BYTES,
+        expected_rows: int | None = None,
+    ) -> EncodedDataset:
+        """Encode ``source`` with the fitted vocabularies.
+
+        workdir: folder for the memory-mapped features when they exceed
+            ``memmap_threshold_bytes`` (default: the system temp folder). The file
+            is unlinked once mapped (on POSIX), so nothing is left behind.
+        expected_rows: the row count when known (e.g. from ``fit`` on the same
+            source), to preallocate the output.
+        """
+        schema = self._fitted_schema()
+        source = as_source(source)
+        if (
+            isinstance(memmap_threshold_bytes, bool)
+            or not isinstance(memmap_threshold_bytes, int)
+            or memmap_threshold_bytes < 0
+        ):
+            raise ValueError(
+                f"memmap_threshold_bytes: expected a non-negative integer, got {memmap_threshold_bytes!r}"
+            )
+        if schema.label_column not in source.columns:
+            resolve_schema(
+                source.columns, label_column=schema.label_column, description=source.description
+            )
+        missing = [c for c in schema.feature_columns if c not in source.columns]
+        if missing:
+            raise DataError(
+                "column_missing",
+                f"feature_columns: {source.description} has no column(s) {missing}, which the "
+                f"encoder was fitted on (from {self.fitted_on})",
+            )
+        n_fields = len(schema.feature_columns)
+        hint = expected_rows if expected_rows is not None else source.total_rows
+        sink = FeatureSink(n_fields, hint, memmap_threshold_bytes, workdir, source.description)
+        hasher = _Fingerprint(self, schema)
+        labels_parts: list[np.ndarray] = []
+        oov_counts = np.zeros(n_fields, dtype=np.int64)
+        columns = [schema.label_column, *schema.feature_columns]
+        rows = 0
+        try:
+            for batch, fraction in source.batches(columns):
+                labels = parse_labels(batch.column(0), schema.label_column, source.description)
+                ids = np.empty((batch.num_rows, n_fields), dtype=np.int32)  # (b, F)
+                for i, name in enumerate(schema.feature_columns):
+                    vocab = self.vocabularies[i]
+                    column = batch.column(i + 1)
+                    tokens = _tokens(column, vocab.kind, name, schema, source.description)
+                    field_ids = vocab.lookup(tokens)
+                    ids[:, i] = field_ids
+                    oov = field_ids == 0
+                    oov_counts[i] += int(oov.sum())
+                    hasher.add_field(i, rows, oov, tokens, vocab.kind)
+                    if name in schema.numeric_columns:
+                        hasher.add_numeric(i, _numeric_values(column, name, source.description))
+                hasher.add_rows(ids, labels)
+                sink.append(ids)
+                labels_parts.append(labels)
+                rows += batch.num_rows
+                _report(progress, fraction, f"encoded {rows:,} rows of {source.description}")
+            if rows == 0:
+                raise DataError("empty_dataset", f"{source.description}: the data has no rows")
+            features, storage = sink.finish()
+        except BaseException:
+            sink.discard()
+            raise
+        labels_all = np.concatenate(labels_parts).astype(np.float32, copy=False)
+        n_clicks = int(labels_all.sum(dtype=np.float64))
+        metadata = {
+            "source": source.description,
+            "format": getattr(source, "format", "table"),
+            "layout": source.layout,
+            **schema.to_dict(),
+            "min_count": self.min_count,
+            "n_rows": rows,
+            "n_clicks": n_clicks,
+            "click_rate": n_clicks / rows,
+            "oov_share": {
+                name: float(count) / rows
+                for name, count in zip(schema.feature_columns, oov_counts.tolist(), strict=True)
+            },
+            "fitted_on": self.fitted_on,
+            "storage": storage,
+        }
+        return EncodedDataset(
+            features=features,
+            labels=labels_all,
+            field_names=schema.feature_columns,
+            field_dims=self.field_dims,
+            fingerprint=hasher.hexdigest(),
+            metadata=metadata,
+        )
+
+    def fit_transform(
+        self,
+        source: Any,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        progress: FractionCallback | None = None,
+        memmap_threshold_bytes: int = DEFAULT_MEMMAP_THRESHOLD_BYTES,
+    ) -> EncodedDataset:
+        """Fit on ``source`` and encode it (two passes); progress spans both."""
+        source = as_source(source)
+        self.fit(source, progress=_scaled(progress, 0.0, 0.5))
+        return self.transform(
+            source,
+            workdir=workdir,
+            progress=_scaled(progress, 0.5, 1.0),
+            memmap_threshold_bytes=memmap_threshold_bytes,
+            expected_rows=self.fitted_rows,
+        )
+
+    def _fitted_schema(self) -> TableSchema:
+        if self.schema is None:
+            raise ValueError("encoder: not fitted yet; call fit(source) first")
+        return self.schema
+
+
+def load_dataset(
+    uri: Any,
+    *,
+    label_column: str = "label",
+    feature_columns: Sequence[str] | None = None,
+    numeric_columns: Sequence[str] | None = None,
+    format: str | None = None,
+    column_names: Sequence[str] | None = None,
+    min_count: int = 10,
+    storage_options: dict[str, Any] | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    batch_rows: int = 65536,
+    progress: FractionCallback | None = None,
+    memmap_threshold_bytes: int = DEFAULT_MEMMAP_THRESHOLD_BYTES,
+) -> EncodedDataset:
+    """Read and encode the dataset at ``uri`` (or a pyarrow Table / DataFrame).
+
+    See ``reading.open_source`` for uri, format, column_names, storage_options
+    and batch_rows, ``Encoder`` for the column roles and min_count. progress is
+    called once per batch of each of the two passes with the overall fraction;
+    exceptions it raises propagate.
+
+    Raises DataError with code "dataset_not_found", "unreadable_data",
+    "unsupported_format", "label_column_missing", "column_missing",
+    "labels_not_binary" or "empty_dataset".
+    """
+    if isinstance(uri, (str, os.PathLike)):
+        source: TableSource = open_source(
+            uri,
+            format=format,
+            column_names=column_names,
+            storage_options=storage_options,
+            batch_rows=batch_rows,
+        )
+    else:
+        if format is not None or column_names is not None or storage_options is not None:
+            raise ValueError("format, column_names, storage_options: only for a URI, not a table")
+        source = as_source(uri, batch_rows=batch_rows)
+    encoder = Encoder(
+        label_column=label_column,
+        feature_columns=feature_columns,
+        numeric_columns=numeric_columns,
+        min_count=min_count,
+    )
+    return encoder.fit_transform(
+        source, workdir=workdir, progress=progress, memmap_threshold_bytes=memmap_threshold_bytes
+    )
+
+
+# -- tokens -----------------------------------------------------------------------
+
+
+def _field_kind(column: pa.Array, numeric: bool) -> str:
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return "int" if numeric or pa.types.is_integer(kind) else "str"
+
+
+def _tokens(
+    column: pa.Array, kind: str, name: str, schema: TableSchema, description: str
+) -> np.ndarray:
+    """(n,) tokens of one batch column: int64 (kind "int") or object str."""
+    if name in schema.numeric_columns:
+        return bucketize(_numeric_values(column, name, description))
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if kind == "int":
+        try:
+            column = column.cast(pa.int64())
+        except pa.ArrowException as exc:
+            raise DataError(
+                "unreadable_data",
+                f"{description}: column {name!r} has non-integer values ({_first_line(exc)}); the "
+                "encoder was fitted on integers in this column",
+            ) from exc
+        return np.asarray(
+            column.fill_null(MISSING_CODE).to_numpy(zero_copy_only=False), dtype=np.int64
+        )
+    try:
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            column = pc.binary_join(column.cast(pa.list_(pa.string())), "|")
+        elif not pa.types.is_string(column.type):
+            column = column.cast(pa.string())
+    except pa.ArrowException as exc:
+        raise DataError(
+            "unreadable_data",
+            f"{description}: column {name!r} of type {column.type} cannot be read as categories "
+            f"({_first_line(exc)})",
+        ) from exc
+    return np.asarray(column.fill_null(MISSING_TOKEN).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
+    """(n,) float64 values of a numeric column, NaN where missing."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    try:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.utf8_trim_whitespace(column)
+        values = column.cast(pa.float64())
+    except pa.ArrowException as exc:
+        raise DataError(
+            "unreadable_data",
+            f"numeric_columns: column {name!r} in {description} has a value that is not a number "
+            f"({_first_line(exc)})",
+        ) from exc
+    return np.asarray(values.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _canonical_strings(tokens: np.ndarray, kind: str) -> np.ndarray:
+    """(n,) object array of the tokens as text, the same whether a column was read
+    as integers (Parquet) or as text (CSV); missing values become MISSING_TOKEN."""
+    if kind != "int":
+        return np.asarray(tokens, dtype=object)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    text = tokens.astype(str).astype(object)
+    text[tokens == MISSING_CODE] = MISSING_TOKEN
+    return text
+
+
+def _token_hashes(tokens: np.ndarray, kind: str) -> np.ndarray:
+    """(n,) uint64 hashes of the tokens' text, the same in every process."""
+    import pandas as pd
+
+    return pd.util.hash_array(_canonical_strings(tokens, kind), categorize=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# -- counting ---------------------------------------------------------------------
+
+
+class _ValueCounter:
+    """Counts of one field's tokens, merged batch after batch in bounded memory."""
+
+    def __init__(self) -> None:
+        self._values: list[pa.Array] = []
+        self._counts: list[pa.Array] = []
+        self._pending = 0
+        self._merged = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        counted = pc.value_counts(pa.array(tokens, from_pandas=False))
+        self._values.append(counted.field("values"))
+        self._counts.append(counted.field("counts"))
+        self._pending += len(counted)
+        if self._pending > max(_MERGE_ROWS, 2 * self._merged):
+            self._merge()
+
+    def _merge(self) -> None:
+        if len(self._values) <= 1:
+            return
+        table = pa.table(
+            {"value": pa.concat_arrays(self._values), "count": pa.concat_arrays(self._counts)}
+        )
+        grouped = table.group_by("value").aggregate([("count", "sum")])
+        self._values = [grouped.column("value").combine_chunks()]
+        self._counts = [grouped.column("count_sum").combine_chunks()]
+        self._merged = len(grouped)
+        self._pending = self._merged
+
+    def vocabulary(self, kind: str, min_count: int) -> Vocabulary:
+        self._merge()
+        if not self._values:
+            empty = np.empty(0, dtype=np.int64 if kind == "int" else object)
+            return Vocabulary(kind, empty, np.empty(0, dtype=np.int64))
+        values = self._values[0]
+        counts = np.asarray(self._counts[0].to_numpy(zero_copy_only=False), dtype=np.int64)
+        keep = np.flatnonzero(counts >= min_count)
+        kept_counts = counts[keep]
+        if kind == "int":
+            kept_values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
+            # ties in text order, as for text columns, so ids do not depend on the file format
+            text = _canonical_strings(kept_values, kind).astype(str)
+            order = np.lexsort((text, -kept_counts))
+        else:
+            kept = values.take(pa.array(keep))
+            order_table = pa.table({"value": kept, "count": pa.array(kept_counts)})
+            order = np.asarray(
+                pc.sort_indices(
+                    order_table, sort_keys=[("count", "descending"), ("value", "ascending")]
+                ).to_numpy()
+            )
+            kept_values = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=object)
+        self._values, self._counts = [], []
+        return Vocabulary(kind, kept_values[order], kept_counts[order])
+
+
+# -- output -----------------------------------------------------------------------
+
+
+class _Fingerprint:
+    """SHA-256 over the encoding and the rows, independent of how rows are batched."""
+
+    def __init__(self, encoder: Encoder, schema: TableSchema) -> None:
+        header = json.dumps(
+            {"schema": schema.to_dict(), "min_count": encoder.min_count}, sort_keys=True
+        ).encode()
+        self._header = hashlib.sha256(header)
+        for vocab in encoder.vocabularies:
+            self._header.update(vocab.digest())
+        self._ids = hashlib.sha256()
+        self._labels = hashlib.sha256()
+        self._fields = [hashlib.sha256() for _ in schema.feature_columns]
+        self._numeric = [hashlib.sha256() for _ in schema.feature_columns]
+
+    def add_rows(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        self._ids.update(np.ascontiguousarray(ids, dtype="<i4").tobytes())
+        self._labels.update(np.ascontiguousarray(labels, dtype="<f4").tobytes())
+
+    def add_field(
+        self, field: int, first_row: int, oov: np.ndarray, tokens: np.ndarray, kind: str
+    ) -> None:
+        """Hash the positions and values of the tokens that fell out of the vocabulary."""
+        where = np.flatnonzero(oov)
+        if where.size == 0:
+            return
+        pairs = np.empty((where.size, 2), dtype="<u8")  # (m, 2): row position, value hash
+        pairs[:, 0] = where + first_row
+        pairs[:, 1] = _token_hashes(tokens[where], kind)
+        self._fields[field].update(pairs.tobytes())
+
+    def add_numeric(self, field: int, values: np.ndarray) -> None:
+        canonical = np.where(np.isnan(values), np.nan, values).astype("<f8")
+        self._numeric[field].update(canonical.tobytes())
+
+    def hexdigest(self) -> str:
+        h = self._header.copy()
+        h.update(self._ids.digest())
+        h.update(self._labels.digest())
+        for oov, numeric in zip(self._fields, self._numeric, strict=True):
+            h.update(oov.digest())
+            h.update(numeric.digest())
+        return h.hexdigest()
+
+
+def _report(progress: FractionCallback | None, fraction: float | None, message: str) -> None:
+    if progress is not None:
+        progress(0.0 if fraction is None else float(fraction), message)
+
+
+def _scaled(progress: FractionCallback | None, start: float, end: float) -> FractionCallback | None:
+    if progress is None:
+        return None
+
+    def scaled(fraction: float, message: str) -> None:
+        progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+
+    return scaled

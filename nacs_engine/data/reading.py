@@ -1,0 +1,481 @@
+"""Reading tabular CTR data in record batches from any fsspec URI.
+
+``open_source`` turns a URI (``file://``, ``s3://``, ``gs://``, ``https://`` or a
+plain path; a single file or a folder of part files) into a ``TableSource``: an
+object that can be read, as many times as needed, as a stream of
+``pyarrow.RecordBatch`` of at most ``batch_rows`` rows. The raw file is never
+read whole: Parquet is read row group by row group, CSV and TSV block by block.
+
+Formats: ``parquet`` (``.parquet``, ``.pq``), ``csv`` (``.csv``), ``tsv``
+(``.tsv``, ``.txt``) and ``criteo``: the Criteo text layout, tab-separated with
+no header and 40 columns (label, I1-I13 integer counts, C1-C26 hashed
+categoricals, an empty value meaning missing). A ``.tsv`` or ``.txt`` file whose
+first line has that shape is read as ``criteo``. Text files may be gzip- or
+bz2-compressed (``.csv.gz``, ``.tsv.gz``, ...).
+
+CSV and TSV columns are read as strings (an empty value is null), so that the
+type of a column never depends on which block is read first; the encoder parses
+labels and numeric columns itself. Every failure caused by the data (missing
+file, corrupt bytes, unknown format) is raised as ``DataError`` with a code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from nacs_engine.errors import DataError
+
+FORMATS: tuple[str, ...] = ("parquet", "csv", "tsv", "criteo")
+
+CRITEO_NUMERIC: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
+CRITEO_CATEGORICAL: tuple[str, ...] = tuple(f"C{i}" for i in range(1, 27))
+CRITEO_COLUMNS: tuple[str, ...] = ("label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL)
+
+_EXTENSIONS: dict[str, str] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+}
+_COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2"}
+_INTEGER = re.compile(r"^-?\d+$")
+_HEAD_BYTES = 1 << 16
+# Bytes of CSV text per block; big enough for any sane row, small enough to stream.
+_MIN_BLOCK_BYTES = 1 << 20
+_MAX_BLOCK_BYTES = 64 << 20
+
+ReadBatch = tuple[pa.RecordBatch, "float | None"]
+"""A batch and the fraction of the source read so far (None when unknown)."""
+
+
+class TableSource:
+    """Something that can be read, again and again, as record batches.
+
+    columns: the column names, in order.
+    layout: "criteo" for the Criteo text layout, else None.
+    description: a short human-readable name (the URI) for messages.
+    total_rows: the number of rows when known without reading (Parquet, tables).
+    """
+
+    columns: tuple[str, ...]
+    layout: str | None = None
+    description: str = ""
+    total_rows: int | None = None
+    batch_rows: int = 65536
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
+        """Yield ``(batch, fraction_read)`` for the given columns (all when None)."""
+        raise NotImplementedError
+
+
+class ArrowSource(TableSource):
+    """A ``pyarrow.Table`` (or a pandas DataFrame) already in memory."""
+
+    def __init__(self, table: Any, *, batch_rows: int = 65536, description: str = "table") -> None:
+        _check_batch_rows(batch_rows)
+        if not isinstance(table, pa.Table):
+            try:
+                table = pa.Table.from_pandas(table, preserve_index=False)
+            except (TypeError, AttributeError, pa.ArrowException) as exc:
+                raise ValueError(
+                    f"source: expected a URI, a pyarrow.Table or a pandas.DataFrame, got {type(table).__name__}"
+                ) from exc
+        _check_unique_columns(table.column_names, description)
+        self.table = table
+        self.columns = tuple(table.column_names)
+        self.total_rows = table.num_rows
+        self.batch_rows = batch_rows
+        self.description = description
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
+        table = self.table if columns is None else self.table.select(list(columns))
+        n = max(table.num_rows, 1)
+        done = 0
+        for batch in table.to_batches(max_chunksize=self.batch_rows):
+            if batch.num_rows == 0:
+                continue
+            done += batch.num_rows
+            yield batch, done / n
+
+
+@dataclass(frozen=True)
+class _TextLayout:
+    delimiter: str
+    names: tuple[str, ...]
+    has_header: bool
+
+
+class FileSource(TableSource):
+    """One file, or a folder of part files of the same format, behind an fsspec URI."""
+
+    def __init__(
+        self,
+        uri: str,
+        fs: fsspec.AbstractFileSystem,
+        paths: list[str],
+        sizes: list[int | None],
+        format: str,
+        *,
+        column_names: Sequence[str] | None,
+        batch_rows: int,
+    ) -> None:
+        self.uri = uri
+        self.description = uri
+        self.fs = fs
+        self.paths = paths
+        self.sizes = sizes
+        self.format = format
+        self.batch_rows = batch_rows
+        self.layout = "criteo" if format == "criteo" else None
+        self._text: _TextLayout | None = None
+        with _data_errors(uri):
+            if format == "parquet":
+                self.columns, self.total_rows = self._parquet_schema(column_names)
+            else:
+                self._text = self._text_layout(format, column_names)
+                self.columns = self._text.names
+                self.total_rows = None
+        _check_unique_columns(self.columns, uri)
+
+    # -- schema -----------------------------------------------------------------
+
+    def _parquet_schema(self, column_names: Sequence[str] | None) -> tuple[tuple[str, ...], int]:
+        if column_names is not None:
+            raise ValueError("column_names: only for headerless CSV or TSV files, not Parquet")
+        names: tuple[str, ...] | None = None
+        total = 0
+        for path in self.paths:
+            with self.fs.open(path, "rb") as handle:
+                meta = pq.ParquetFile(handle).metadata
+                file_names = tuple(meta.schema.to_arrow_schema().names)
+                total += meta.num_rows
+            if names is None:
+                names = file_names
+            elif file_names != names:
+                raise DataError(
+                    "unreadable_data",
+                    f"{self.uri}: the part files do not share one schema "
+                    f"({path} has columns {list(file_names)}, expected {list(names)})",
+                )
+        assert names is not None
+        return names, total
+
+    def _text_layout(self, format: str, column_names: Sequence[str] | None) -> _TextLayout:
+        first = self._first_line(self.paths[0])
+        if first is None:
+            raise DataError("empty_dataset", f"{self.uri}: the file is empty")
+        if format == "criteo":
+            if column_names is not None:
+                raise ValueError("column_names: the Criteo layout names its own columns")
+            return _TextLayout("\t", CRITEO_COLUMNS, has_header=False)
+        delimiter = "," if format == "csv" else "\t"
+        if format == "tsv" and column_names is None and _looks_like_criteo(first):
+            self.format = "criteo"
+            self.layout = "criteo"
+            return _TextLayout("\t", CRITEO_COLUMNS, has_header=False)
+        if column_names is not None:
+            names = tuple(str(name) for name in column_names)
+            if not names:
+                raise ValueError("column_names: give at least one name")
+            return _TextLayout(delimiter, names, has_header=False)
+        header = next(csv.reader([first], delimiter=delimiter), [])
+        names = tuple(name.strip() for name in header)
+        if not names or any(not name for name in names):
+            raise DataError(
+                "unreadable_data",
+                f"{self.uri}: the header line has an empty column name; for a file "
+                "without a header, give column_names",
+            )
+        return _TextLayout(delimiter, names, has_header=True)
+
+    def _first_line(self, path: str) -> str | None:
+        """The first line of a text file, decoded; None when the file is empty."""
+        with self._open_text(path) as (stream, _raw):
+            head = stream.read(_HEAD_BYTES)
+            while b"\n" not in head:
+                more = stream.read(_HEAD_BYTES)
+                if not more:
+                    break
+                head += more
+        if not head.strip():
+            return None
+        line = head.split(b"\n", 1)[0].rstrip(b"\r")
+        if b"\x00" in line:
+            raise DataError(
+                "unreadable_data", f"{self.uri}: binary data, not {self.format.upper()} text"
+            )
+        try:
+            return codecs.decode(line, "utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                "unreadable_data", f"{self.uri}: the first line is not UTF-8 text ({exc.reason})"
+            ) from exc
+
+    @contextmanager
+    def _open_text(self, path: str) -> Iterator[tuple[Any, Any]]:
+        """Open a text file, decompressing by extension; yields (stream, raw handle)."""
+        raw = self.fs.open(path, "rb")
+        try:
+            compression = _COMPRESSIONS.get(Path(path).suffix.lower())
+            if compression is None:
+                yield raw, raw
+            else:
+                yield pa.CompressedInputStream(raw, compression), raw
+        finally:
+            raw.close()
+
+    # -- reading ----------------------------------------------------------------
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
+        if columns is not None:
+            unknown = [c for c in columns if c not in self.columns]
+            if unknown:
+                raise DataError("column_missing", f"{self.uri}: no column(s) {unknown}")
+        total_bytes = sum(s or 0 for s in self.sizes) if all(self.sizes) else None
+        total_rows = self.total_rows
+        rows_done = 0
+        bytes_before = 0
+        for path, size in zip(self.paths, self.sizes, strict=True):
+            with _data_errors(self.uri):
+                if self.format == "parquet":
+                    reader: Iterator[tuple[pa.RecordBatch, Callable[[], int]]] = (
+                        self._parquet_batches(path, columns)
+                    )
+                else:
+                    reader = self._text_batches(path, columns)
+                for batch, position in _guarded(reader, self.uri):
+                    rows_done += batch.num_rows
+                    if total_rows:
+                        fraction: float | None = rows_done / total_rows
+                    elif total_bytes:
+                        fraction = (bytes_before + position()) / total_bytes
+                    else:
+                        fraction = None
+                    if fraction is not None:
+                        fraction = min(max(fraction, 0.0), 1.0)
+                    yield batch, fraction
+            bytes_before += size or 0
+
+    def _parquet_batches(
+        self, path: str, columns: Sequence[str] | None
+    ) -> Iterator[tuple[pa.RecordBatch, Callable[[], int]]]:
+        with self.fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            for batch in parquet.iter_batches(
+                batch_size=self.batch_rows, columns=None if columns is None else list(columns)
+            ):
+                if batch.num_rows:
+                    yield batch, handle.tell
+
+    def _text_batches(
+        self, path: str, columns: Sequence[str] | None
+    ) -> Iterator[tuple[pa.RecordBatch, Callable[[], int]]]:
+        assert self._text is not None
+        layout = self._text
+        wanted = list(layout.names) if columns is None else list(columns)
+        block = min(max(self.batch_rows * 512, _MIN_BLOCK_BYTES), _MAX_BLOCK_BYTES)
+        read_options = pa_csv.ReadOptions(
+            column_names=list(layout.names),
+            skip_rows=1 if layout.has_header else 0,
+            block_size=block,
+            encoding="utf8",
+        )
+        parse_options = pa_csv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=False)
+        convert_options = pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in layout.names},
+            include_columns=wanted,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        )
+        with self._open_text(path) as (stream, raw):
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+            for batch in reader:
+                for start in range(0, batch.num_rows, self.batch_rows):
+                    yield batch.slice(start, self.batch_rows), raw.tell
+
+
+def open_source(
+    uri: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    column_names: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    batch_rows: int = 65536,
+) -> FileSource:
+    """Open the data at ``uri`` for batch reading.
+
+    uri: a plain path or any fsspec URI; a folder is read as its part files
+        (sorted by name, those with a supported extension).
+    format: "parquet", "csv", "tsv" or "criteo"; None infers it from the extension.
+    column_names: names of the columns of a headerless CSV or TSV file.
+    storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
+    batch_rows: the most rows per batch.
+
+    Raises DataError "dataset_not_found", "unsupported_format", "unreadable_data"
+    or "empty_dataset"; ValueError naming the argument for bad arguments.
+    """
+    if not isinstance(uri, (str, os.PathLike)) or not str(uri):
+        raise ValueError(f"uri: expected a non-empty path or URI, got {uri!r}")
+    if format is not None and format not in FORMATS:
+        raise DataError(
+            "unsupported_format", f"format: expected one of {', '.join(FORMATS)}, got {format!r}"
+        )
+    _check_batch_rows(batch_rows)
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise ValueError("storage_options: expected a mapping of fsspec options")
+    uri = os.fspath(uri)
+    with _data_errors(uri):
+        fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            paths, sizes = _part_files(fs, path, uri, format)
+        else:
+            paths, sizes = [path], [info.get("size")]
+    resolved = format or _format_from_name(paths[0], uri)
+    return FileSource(
+        uri, fs, paths, sizes, resolved, column_names=column_names, batch_rows=batch_rows
+    )
+
+
+def as_source(source: Any, *, batch_rows: int = 65536) -> TableSource:
+    """A ``TableSource`` from a URI, a path, a pyarrow Table, a DataFrame or a source."""
+    if isinstance(source, TableSource):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return open_source(source, batch_rows=batch_rows)
+    return ArrowSource(source, batch_rows=batch_rows)
+
+
+def format_from_name(name: str) -> str | None:
+    """The format a file name's extension implies (".csv.gz" -> "csv"), or None."""
+    lowered = name.lower()
+    suffixes = Path(lowered).suffixes
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    if not suffixes:
+        return None
+    return _EXTENSIONS.get(suffixes[-1])
+
+
+def _format_from_name(path: str, uri: str) -> str:
+    found = format_from_name(path)
+    if found is None:
+        raise DataError(
+            "unsupported_format",
+            f"{uri}: cannot tell the format from the name {Path(path).name!r}; use a "
+            ".parquet, .csv, .tsv or .txt file (optionally .gz) or give the format "
+            f"({', '.join(FORMATS)})",
+        )
+    return found
+
+
+def _part_files(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
+) -> tuple[list[str], list[int | None]]:
+    entries = sorted(
+        (entry for entry in fs.ls(path, detail=True) if entry.get("type") == "file"),
+        key=lambda entry: entry["name"],
+    )
+    parts = []
+    for entry in entries:
+        base = Path(entry["name"]).name
+        if base.startswith((".", "_")):
+            continue
+        found = format_from_name(base)
+        if found is None or (format is not None and found != _text_family(format)):
+            continue
+        parts.append(entry)
+    if not parts:
+        raise DataError(
+            "dataset_not_found", f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file"
+        )
+    kinds = {format_from_name(Path(entry["name"]).name) for entry in parts}
+    if len(kinds) > 1:
+        raise DataError(
+            "unsupported_format",
+            f"{uri}: the folder mixes formats ({', '.join(sorted(k or '' for k in kinds))}); give format",
+        )
+    return [entry["name"] for entry in parts], [entry.get("size") for entry in parts]
+
+
+def _text_family(format: str) -> str:
+    return "tsv" if format == "criteo" else format
+
+
+def _looks_like_criteo(line: str) -> bool:
+    fields = line.split("\t")
+    if len(fields) != len(CRITEO_COLUMNS) or fields[0].strip() not in ("0", "1"):
+        return False
+    return all(value == "" or _INTEGER.match(value.strip()) for value in fields[1:14])
+
+
+def _check_batch_rows(batch_rows: int) -> None:
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows: expected a positive integer, got {batch_rows!r}")
+
+
+def _check_unique_columns(names: Sequence[str], description: str) -> None:
+    seen: set[str] = set()
+    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+    if duplicates:
+        raise DataError("unreadable_data", f"{description}: duplicate column name(s) {duplicates}")
+
+
+def _guarded(iterator: Iterator[Any], uri: str) -> Iterator[Any]:
+    """Re-raise reading failures of a lazy iterator as DataError."""
+    while True:
+        with _data_errors(uri):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+@contextmanager
+def _data_errors(uri: str) -> Iterator[None]:
+    """Turn the exceptions of fsspec, pyarrow and decompressors into DataError."""
+    try:
+        yield
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise DataError("dataset_not_found", f"{uri}: no such file or object") from exc
+    except PermissionError as exc:
+        raise DataError("dataset_not_found", f"{uri}: access denied ({exc})") from exc
+    except IsADirectoryError as exc:
+        raise DataError("dataset_not_found", f"{uri}: is a folder, expected a file") from exc
+    except (
+        pa.ArrowException,
+        OSError,
+        EOFError,
+        UnicodeDecodeError,
+        io.UnsupportedOperation,
+    ) as exc:
+        raise DataError("unreadable_data", f"{uri}: cannot read the data ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,183 @@
+"""Which columns are the label, the features and the numeric features; label parsing.
+
+A CTR table has one binary label column and F feature columns. Features are
+categorical unless named numeric; numeric features are bucketed (see
+``encoding.bucketize``) and then treated as categorical too. By default every
+column but the label is a feature, and only the Criteo layout's I1-I13 are
+numeric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nacs_engine.data.reading import CRITEO_NUMERIC
+from nacs_engine.errors import DataError
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The resolved roles of the columns of one table.
+
+    label_column: the binary label.
+    feature_columns: the F feature columns, in the order of the encoded fields.
+    numeric_columns: the subset of feature_columns that are bucketed numbers.
+    """
+
+    label_column: str
+    feature_columns: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
+
+    def is_numeric(self, column: str) -> bool:
+        return column in self.numeric_columns
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label_column": self.label_column,
+            "feature_columns": list(self.feature_columns),
+            "numeric_columns": list(self.numeric_columns),
+        }
+
+
+def resolve_schema(
+    columns: Sequence[str],
+    *,
+    label_column: str = "label",
+    feature_columns: Sequence[str] | None = None,
+    numeric_columns: Sequence[str] | None = None,
+    layout: str | None = None,
+    description: str = "the data",
+) -> TableSchema:
+    """Resolve the column roles against the columns a source actually has.
+
+    Raises DataError "label_column_missing" or "column_missing" naming the
+    column and listing those available; ValueError naming the argument when the
+    arguments contradict each other.
+    """
+    if not isinstance(label_column, str) or not label_column:
+        raise ValueError(f"label_column: expected a column name, got {label_column!r}")
+    feature_columns = _names("feature_columns", feature_columns)
+    numeric_columns = _names("numeric_columns", numeric_columns)
+    available = list(columns)
+    if label_column not in available:
+        raise DataError(
+            "label_column_missing",
+            f"label_column: {description} has no column {label_column!r}; "
+            f"available columns: {_listing(available)}",
+        )
+    if feature_columns is None:
+        features = tuple(c for c in available if c != label_column)
+    else:
+        if not feature_columns:
+            raise ValueError("feature_columns: give at least one column, or None for all")
+        if label_column in feature_columns:
+            raise ValueError(f"feature_columns: includes the label column {label_column!r}")
+        _require(feature_columns, available, "feature_columns", description)
+        features = tuple(feature_columns)
+    if not features:
+        raise DataError(
+            "column_missing",
+            f"feature_columns: {description} has no column besides the label {label_column!r}",
+        )
+    if numeric_columns is None:
+        numeric = tuple(c for c in CRITEO_NUMERIC if c in features) if layout == "criteo" else ()
+    else:
+        _require(numeric_columns, available, "numeric_columns", description)
+        outside = [c for c in numeric_columns if c not in features]
+        if outside:
+            raise ValueError(
+                f"numeric_columns: {outside} are not among the feature columns"
+                + (f" (the label column is {label_column!r})" if label_column in outside else "")
+            )
+        numeric = tuple(numeric_columns)
+    return TableSchema(label_column, features, numeric)
+
+
+def parse_labels(
+    column: pa.Array | pa.ChunkedArray, name: str, description: str = "the data"
+) -> np.ndarray:
+    """The (n,) float32 0/1 labels of one batch's label column.
+
+    Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1",
+    "0.0", "1.0", "true", "false". Anything else, nulls included, is DataError
+    "labels_not_binary" naming the column and an offending value.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise DataError(
+            "labels_not_binary",
+            f"label_column: {name!r} in {description} has a missing value (row {_first_null(column)} "
+            "of the batch); labels must be 0 or 1",
+        )
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    if pa.types.is_boolean(kind):
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        values = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        bad = ~((values == 0.0) | (values == 1.0))
+        if bad.any():
+            raise _not_binary(name, description, column[int(np.argmax(bad))].as_py())
+        return values.astype(np.float32)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(column))
+        ones = pc.is_in(text, value_set=pa.array(["1", "1.0", "true"]))
+        zeros = pc.is_in(text, value_set=pa.array(["0", "0.0", "false"]))
+        ok = np.asarray(pc.or_(ones, zeros).to_numpy(zero_copy_only=False))
+        if not ok.all():
+            raise _not_binary(name, description, column[int(np.argmin(ok))].as_py())
+        return np.asarray(ones.to_numpy(zero_copy_only=False), dtype=np.float32)
+    raise DataError(
+        "labels_not_binary",
+        f"label_column: {name!r} in {description} has type {kind}; labels must be 0/1 "
+        "integers, 0.0/1.0 floats, booleans or the strings '0'/'1'",
+    )
+
+
+def _not_binary(name: str, description: str, value: object) -> DataError:
+    return DataError(
+        "labels_not_binary",
+        f"label_column: {name!r} in {description} has the value {value!r}; labels must be "
+        "binary (0/1, 0.0/1.0, true/false or '0'/'1')",
+    )
+
+
+def _first_null(column: pa.Array) -> int:
+    return int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False))))
+
+
+def _names(argument: str, names: Sequence[str] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{argument}: expected a list of column names, got {names!r}")
+    names = tuple(names)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{argument}: duplicate column name(s) {duplicates}")
+    return names
+
+
+def _require(
+    names: Sequence[str], available: Sequence[str], argument: str, description: str
+) -> None:
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise DataError(
+            "column_missing",
+            f"{argument}: {description} has no column(s) {missing}; available columns: "
+            f"{_listing(available)}",
+        )
+
+
+def _listing(names: Sequence[str], limit: int = 50) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

@@ -1,0 +1,127 @@
+"""Vocabularies, OOV mapping, numeric buckets, memory mapping and fingerprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from nacs_engine.data import Encoder, bucketize, load_dataset
+from nacs_engine.data.encoding import MISSING_CODE
+from nacs_engine.errors import DataError
+
+
+def test_bucketize_follows_the_criteo_rule():
+    values = np.array([0, 1, 2, 3, 10, 100, -1, 1.5, np.nan, np.inf])
+    expected = [0, 1, 2, 1, 5, 21, -1, 1, MISSING_CODE, MISSING_CODE]
+    np.testing.assert_array_equal(bucketize(values), expected)
+
+
+def test_min_count_maps_rare_values_to_oov():
+    table = pa.table(
+        {
+            "label": [1, 0, 1, 0, 1, 0, 1, 0],
+            "city": ["a", "a", "a", "b", "b", "c", None, None],
+        }
+    )
+    data = load_dataset(table, min_count=2)
+    # counts: a 3, b 2, missing 2, c 1 -> a=1, then ties (b, missing) in text order
+    # (the missing token sorts first), c is rare -> 0
+    assert data.field_dims == (4,)
+    np.testing.assert_array_equal(data.features[:, 0], [1, 1, 1, 3, 3, 0, 2, 2])
+    assert data.metadata["oov_share"] == {"city": 1 / 8}
+    everything = load_dataset(table, min_count=1)
+    assert everything.field_dims == (5,)
+    assert np.all(everything.features > 0)
+
+
+def test_numeric_column_is_bucketed_before_counting():
+    table = pa.table({"label": [0, 1, 0, 1, 0], "clicks": [3.0, 1.0, 100.0, None, 120.0]})
+    data = load_dataset(table, numeric_columns=["clicks"], min_count=1)
+    # buckets: 3 -> 1, 1 -> 1, 100 -> 21, 120 -> 22, missing -> its own token
+    ids = data.features[:, 0]
+    assert ids[0] == ids[1]
+    assert len({ids[0], ids[2], ids[3], ids[4]}) == 4
+    assert data.field_dims == (5,)
+
+
+def test_encoder_transform_maps_unseen_values_to_oov():
+    train = pa.table({"label": [1, 0, 1, 0], "item": ["x", "x", "y", "y"], "n": [1, 2, 1, 2]})
+    test = pa.table({"label": [0, 1, 1], "item": ["y", "z", "x"], "n": [2, 7, 1]})
+    encoder = Encoder(min_count=1).fit(train)
+    encoded = encoder.transform(test)
+    assert encoded.field_dims == encoder.field_dims == (3, 3)
+    x, y = (encoder.vocabularies[0].lookup(np.array(v, dtype=object))[0] for v in (["x"], ["y"]))
+    np.testing.assert_array_equal(encoded.features[:, 0], [y, 0, x])
+    assert encoded.features[1, 1] == 0
+    np.testing.assert_array_equal(encoded.labels, [0, 1, 1])
+
+
+def test_transform_checks_columns_and_fit_state():
+    train = pa.table({"label": [1, 0], "item": ["x", "y"]})
+    with pytest.raises(ValueError, match="encoder"):
+        Encoder().transform(train)
+    encoder = Encoder(min_count=1).fit(train)
+    with pytest.raises(DataError) as info:
+        encoder.transform(pa.table({"label": [1], "other": ["x"]}))
+    assert info.value.code == "column_missing"
+    with pytest.raises(DataError) as info:
+        encoder.transform(pa.table({"y": [1], "item": ["x"]}))
+    assert info.value.code == "label_column_missing"
+
+
+def test_memmap_storage_gives_the_same_features(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 500
+    table = pa.table(
+        {
+            "label": rng.integers(0, 2, n),
+            "a": rng.integers(0, 30, n),
+            "b": rng.choice(list("pqrs"), n),
+        }
+    )
+    in_memory = load_dataset(table, min_count=3)
+    assert in_memory.metadata["storage"] == "memory"
+    mapped = load_dataset(
+        table, min_count=3, workdir=tmp_path, memmap_threshold_bytes=64, batch_rows=50
+    )
+    assert isinstance(mapped.features, np.memmap)
+    assert mapped.metadata["storage"] == "memmap"
+    np.testing.assert_array_equal(mapped.features, in_memory.features)
+    assert mapped.fingerprint == in_memory.fingerprint
+    assert list(tmp_path.iterdir()) == []  # the mapped file is unlinked once open
+
+
+def test_fingerprint_tracks_labels_values_and_options():
+    rng = np.random.default_rng(2)
+    n = 200
+    labels = rng.integers(0, 2, n)
+    values = rng.integers(0, 50, n)
+    base = load_dataset(pa.table({"label": labels, "v": values}), min_count=3)
+    again = load_dataset(pa.table({"label": labels, "v": values}), min_count=3, batch_rows=17)
+    assert base.fingerprint == again.fingerprint and len(base.fingerprint) == 64
+
+    flipped = labels.copy()
+    flipped[37] = 1 - flipped[37]
+    assert (
+        load_dataset(pa.table({"label": flipped, "v": values}), min_count=3).fingerprint
+        != base.fingerprint
+    )
+
+    counts = np.bincount(values)
+    rare = np.flatnonzero(values == np.flatnonzero((counts > 0) & (counts < 3))[0])[0]
+    changed = values.copy()
+    changed[rare] = 1000  # still out of vocabulary: the ids do not change, the data does
+    other = load_dataset(pa.table({"label": labels, "v": changed}), min_count=3)
+    np.testing.assert_array_equal(other.features, base.features)
+    assert other.fingerprint != base.fingerprint
+
+    assert (
+        load_dataset(pa.table({"label": labels, "v": values}), min_count=4).fingerprint
+        != base.fingerprint
+    )
+
+
+def test_min_count_must_be_positive():
+    with pytest.raises(ValueError, match="min_count"):
+        Encoder(min_count=0)

@@ -1,0 +1,250 @@
+"""Reading Parquet, CSV, TSV and the Criteo layout in batches; data errors."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nacs_engine.data import load_dataset, open_source
+from nacs_engine.data.reading import CRITEO_COLUMNS, format_from_name
+from nacs_engine.errors import DataError
+
+
+def _toy_table(n: int = 40) -> pa.Table:
+    rng = np.random.default_rng(0)
+    return pa.table(
+        {
+            "label": rng.integers(0, 2, n),
+            "color": rng.choice(["red", "green", "blue"], n),
+            "size": rng.integers(0, 4, n),
+        }
+    )
+
+
+def _write_csv(path, table: pa.Table, sep: str = ",", header: bool = True) -> None:
+    lines = [sep.join(table.column_names)] if header else []
+    for row in table.to_pylist():
+        lines.append(sep.join(str(v) for v in row.values()))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _criteo_lines(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        label = str(int(rng.integers(0, 2)))
+        ints = ["" if rng.random() < 0.2 else str(int(rng.integers(-1, 500))) for _ in range(13)]
+        cats = ["" if rng.random() < 0.1 else f"{int(rng.integers(0, 6)):08x}" for _ in range(26)]
+        lines.append("\t".join([label, *ints, *cats]))
+    return lines
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.pq", "t.csv", "t.tsv", "t.txt", "t.csv.gz"])
+def test_every_format_gives_the_same_encoding(tmp_path, name):
+    table = _toy_table()
+    reference = load_dataset(table, min_count=1)
+    path = tmp_path / name
+    if name.endswith((".parquet", ".pq")):
+        pq.write_table(table, path)
+    elif name.endswith(".gz"):
+        plain = tmp_path / "plain.csv"
+        _write_csv(plain, table)
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+    else:
+        _write_csv(path, table, sep="," if name.endswith(".csv") else "\t")
+    data = load_dataset(path, min_count=1)
+    assert data.n_rows == 40
+    assert data.field_names == ("color", "size")
+    np.testing.assert_array_equal(data.labels, table.column("label").to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(data.features, reference.features)
+    assert data.field_dims == reference.field_dims
+    assert data.fingerprint == reference.fingerprint
+
+
+def test_file_uri_and_folder_of_parts(tmp_path):
+    table = _toy_table(30)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 10), folder / "part-0.parquet")
+    pq.write_table(table.slice(10, 20), folder / "part-1.parquet")
+    (folder / "_SUCCESS").write_text("")
+    whole = load_dataset(table, min_count=1)
+    from_folder = load_dataset(f"file://{folder}", min_count=1)
+    np.testing.assert_array_equal(from_folder.features, whole.features)
+    assert from_folder.fingerprint == whole.fingerprint
+
+
+def test_criteo_layout_is_detected_and_numeric_columns_bucketed(tmp_path):
+    path = tmp_path / "day.txt"
+    path.write_text("\n".join(_criteo_lines(50)) + "\n")
+    source = open_source(path)
+    assert source.layout == "criteo" and source.format == "criteo"
+    assert source.columns == CRITEO_COLUMNS
+    data = load_dataset(path, min_count=1)
+    assert data.field_names == CRITEO_COLUMNS[1:]
+    assert data.metadata["numeric_columns"] == [f"I{i}" for i in range(1, 14)]
+    explicit = load_dataset(path, format="criteo", min_count=1)
+    np.testing.assert_array_equal(explicit.features, data.features)
+
+
+def test_headerless_csv_with_column_names(tmp_path):
+    table = _toy_table(20)
+    path = tmp_path / "dev.csv"
+    _write_csv(path, table, header=False)
+    data = load_dataset(path, column_names=["label", "color", "size"], min_count=1)
+    np.testing.assert_array_equal(data.features, load_dataset(table, min_count=1).features)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 64])
+def test_small_batches_read_the_same_rows(tmp_path, batch_rows):
+    path = tmp_path / "day.tsv"
+    path.write_text("\n".join(_criteo_lines(120, seed=3)) + "\n")
+    one = load_dataset(path, min_count=2)
+    batched = load_dataset(path, min_count=2, batch_rows=batch_rows)
+    np.testing.assert_array_equal(batched.features, one.features)
+    np.testing.assert_array_equal(batched.labels, one.labels)
+    assert batched.field_dims == one.field_dims
+    assert batched.fingerprint == one.fingerprint
+    source = open_source(path, batch_rows=batch_rows)
+    sizes = [batch.num_rows for batch, _ in source.batches()]
+    assert sum(sizes) == 120 and max(sizes) <= batch_rows
+
+
+def test_progress_is_called_per_batch_and_may_stop_the_load(tmp_path):
+    table = _toy_table(100)
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, row_group_size=10)
+    seen: list[float] = []
+    load_dataset(path, batch_rows=10, min_count=1, progress=lambda f, m: seen.append(f))
+    assert len(seen) == 20
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(fraction: float, message: str) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        load_dataset(path, batch_rows=10, progress=stop)
+
+
+def test_format_from_name():
+    assert format_from_name("a/b.PARQUET") == "parquet"
+    assert format_from_name("x.tsv.gz") == "tsv"
+    assert format_from_name("x.json") is None
+
+
+def _error_code(path, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(path, **kwargs)
+    assert isinstance(info.value, ValueError)
+    return info.value.code
+
+
+def test_missing_file(tmp_path):
+    assert _error_code(tmp_path / "nope.parquet") == "dataset_not_found"
+    assert _error_code(f"file://{tmp_path}/nope.csv") == "dataset_not_found"
+
+
+def test_corrupt_parquet_and_garbage(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet at all" * 10)
+    assert _error_code(bad) == "unreadable_data"
+    table = _toy_table()
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, good)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    assert _error_code(truncated) == "unreadable_data"
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert _error_code(binary) == "unreadable_data"
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("label,a,b\n1,x,y\n0,x\n")
+    assert _error_code(ragged) == "unreadable_data"
+
+
+def test_unsupported_format(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text("{}")
+    assert _error_code(path) == "unsupported_format"
+    csv = tmp_path / "data.csv"
+    _write_csv(csv, _toy_table())
+    assert _error_code(csv, format="excel") == "unsupported_format"
+
+
+def test_label_column_missing_names_it_and_lists_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    _write_csv(path, _toy_table())
+    with pytest.raises(DataError) as info:
+        load_dataset(path, label_column="clicked")
+    assert info.value.code == "label_column_missing"
+    assert "'clicked'" in info.value.message and "'color'" in info.value.message
+
+
+def test_named_columns_must_exist(tmp_path):
+    path = tmp_path / "t.csv"
+    _write_csv(path, _toy_table())
+    assert _error_code(path, feature_columns=["color", "shape"]) == "column_missing"
+    assert _error_code(path, numeric_columns=["weight"]) == "column_missing"
+
+
+@pytest.mark.parametrize(
+    ("labels", "offending"),
+    [
+        (["0", "2", "1"], "2"),
+        (["1", "yes", "0"], "yes"),
+        (["0.5", "1", "0"], "0.5"),
+        (["1", "", "0"], None),
+    ],
+)
+def test_labels_not_binary_in_text(tmp_path, labels, offending):
+    path = tmp_path / "t.csv"
+    path.write_text("label,a\n" + "".join(f"{v},x\n" for v in labels))
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    assert info.value.code == "labels_not_binary"
+    assert "'label'" in info.value.message
+    if offending is not None:
+        assert repr(offending) in info.value.message
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pa.array([0, 2, 1]),
+        pa.array([0.0, 0.5, 1.0]),
+        pa.array([1, None, 0]),
+        pa.array(["0", "yes", "1"]),
+    ],
+)
+def test_labels_not_binary_in_parquet(tmp_path, labels):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"label": labels, "a": ["x", "y", "z"]}), path)
+    assert _error_code(path) == "labels_not_binary"
+
+
+@pytest.mark.parametrize(
+    "labels", [pa.array([True, False, True]), pa.array([1.0, 0.0, 1.0]), pa.array(["1", "0", "1"])]
+)
+def test_binary_label_spellings(tmp_path, labels):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"label": labels, "a": ["x", "y", "z"]}), path)
+    np.testing.assert_array_equal(load_dataset(path, min_count=1).labels, [1.0, 0.0, 1.0])
+
+
+def test_empty_data(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert _error_code(empty) == "empty_dataset"
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("label,a\n")
+    assert _error_code(header_only) == "empty_dataset"
+    no_rows = tmp_path / "none.parquet"
+    pq.write_table(_toy_table().slice(0, 0), no_rows)
+    assert _error_code(no_rows) == "empty_dataset"
