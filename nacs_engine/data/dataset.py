@@ -28,12 +28,17 @@ class EncodedDataset:
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2:
-            raise ValueError(f"features: expected a 2-D (n, F) array, got shape {self.features.shape}")
+            raise ValueError(
+                f"features: expected a 2-D (n, F) array, got shape {self.features.shape}"
+            )
         if self.labels.shape != (self.features.shape[0],):
             raise ValueError(
                 f"labels: expected shape ({self.features.shape[0]},), got {self.labels.shape}"
             )
-        if len(self.field_names) != self.features.shape[1] or len(self.field_dims) != self.features.shape[1]:
+        if (
+            len(self.field_names) != self.features.shape[1]
+            or len(self.field_dims) != self.features.shape[1]
+        ):
             raise ValueError("field_names, field_dims: expected one entry per feature column")
 
     @property

