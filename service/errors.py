@@ -1,0 +1,161 @@
+"""The API's errors, and the one place that maps them (and every other failure) to HTTP.
+
+Every error response is ``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    status_code, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status_code, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status_code, code = 405, "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code, code = 413, "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status_code, code = 422, "invalid_request"
+
+
+class TooManyRequests(ApiError):
+    status_code, code = 429, "too_many_requests"
+
+
+class ServiceUnavailable(ApiError):
+    status_code, code = 503, "service_unavailable"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    headers = dict(error.headers)
+    if error.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse(
+        error_body(error.code, error.message, error.details), status_code=error.status_code, headers=headers
+    )
+
+
+def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    return ".".join(parts)
+
+
+def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """A 400 for a body that is not JSON, else a 422 naming each field and why."""
+    details = []
+    for item in errors:
+        field = _field_path(item.get("loc", ()))
+        message = str(item.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        entry = {"field": field or None, "message": message, "type": item.get("type")}
+        if item.get("type") == "json_invalid":
+            context = item.get("ctx", {}).get("error", "")
+            return BadRequest(
+                f"the request body is not valid JSON ({context})".replace(" ()", ""),
+                code="malformed_json",
+                details=[entry],
+            )
+        details.append(entry)
+    parts = []
+    for entry in details:
+        field, message = entry["field"], entry["message"]
+        if field and message.startswith(f"{field}:"):
+            parts.append(message)
+        elif field:
+            parts.append(f"{field}: {message}")
+        else:
+            parts.append(message if ":" in message.split(" ", 1)[0] else f"request: {message}")
+    return Unprocessable("; ".join(parts) or "the request is not valid", code="invalid_request", details=details)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(list(error.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        mapped: dict[int, tuple[str, str]] = {
+            404: ("not_found", f"no route {request.method} {request.url.path}"),
+            405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"),
+        }
+        code, message = mapped.get(error.status_code, ("http_error", str(error.detail)))
+        return JSONResponse(
+            error_body(code, message), status_code=error.status_code, headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis_down(request: Request, error: Exception) -> JSONResponse:
+        log.warning("redis unreachable: %s", error)
+        return error_response(
+            ServiceUnavailable(
+                "the job store (Redis) is unreachable; retry later",
+                code="redis_unavailable",
+                headers={"Retry-After": "5"},
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "the service hit an unexpected error; it has been logged"),
+            status_code=500,
+        )

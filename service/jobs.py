@@ -1,0 +1,81 @@
+"""Jobs as the API shows them: submission rules and record -> public job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from service.schemas import Job
+from service.security import check_dataset_uri, check_output_uri
+from service.settings import Settings
+from worker.queueing import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobStore,
+    TooManyActiveJobs,
+    new_job_id,
+)
+from worker.spec import JobRequest
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def to_public(record: dict[str, Any]) -> Job:
+    """The public view of a job record (internal fields stay inside)."""
+    return Job.model_validate({k: record.get(k) for k in Job.model_fields if k in record})
+
+
+def body_hash(request: JobRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit(
+    store: JobStore, settings: Settings, tenant: str, request: JobRequest, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Check the request's URIs, then record and enqueue it. Returns (job, created)."""
+    if idempotency_key is not None:
+        if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise Unprocessable(
+                f"Idempotency-Key: must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters", code="invalid_request"
+            )
+    job_id = new_job_id()
+    accepted = request.model_copy(
+        update={
+            "dataset_uri": check_dataset_uri(request.dataset_uri, settings),
+            "output_uri": check_output_uri(request.output_uri, tenant, job_id, settings),
+        }
+    )
+    key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
+    try:
+        record, created = store.create(
+            tenant,
+            accepted.model_dump(mode="json"),
+            job_id=job_id,
+            idempotency_key=key_digest,
+            body_hash=body_hash(request),
+            max_active=settings.max_active_jobs_per_tenant,
+        )
+    except IdempotencyConflict as error:
+        raise Conflict(error.message, code="idempotency_conflict") from None
+    except TooManyActiveJobs as error:
+        raise TooManyRequests(
+            f"{error}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={error.limit})",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "10"},
+        ) from None
+    return to_public(record), created
+
+
+def cancel(store: JobStore, record: dict[str, Any]) -> Job:
+    try:
+        return to_public(store.request_cancel(record["id"]))
+    except InvalidTransition as error:
+        raise Conflict(
+            f"job {record['id']} already {error.record['status']}; only queued or running jobs can be cancelled",
+            code="job_finished",
+        ) from None
+    except KeyError:
+        raise NotFound(f"no job {record['id']}", code="job_not_found") from None

@@ -1,0 +1,74 @@
+"""The FastAPI application: ``create_app(settings)`` and its lifespan. Nothing runs at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CollectorRegistry
+
+from service.errors import install_error_handlers
+from service.limits import BodyLimit
+from service.metrics import HttpMetrics, QueueCollector
+from service.routers import jobs, operations
+from service.security import KeyRing
+from service.settings import Settings
+from worker.queueing import JobStore, connect
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "NaCS coreset service: send a CTR dataset URI and a budget; get back a small, clean "
+    "training subset with corrected soft labels. Authenticate with Authorization: Bearer <key>."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Raises SettingsError when there are no keys and insecure local mode is off."""
+    settings = settings or Settings()
+    keys = settings.check()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_reap_forever(app.state.store, settings)) if settings.api_reaper else None
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reaper
+            app.state.store.redis.close()
+
+    app = FastAPI(
+        title="NaCS coreset service",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(keys)
+    app.state.store = JobStore(connect(settings.redis_url, timeout_s=settings.redis_timeout_s), settings)
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(app.state.store))
+    app.state.metrics_registry = registry
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(operations.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics, registry=registry)
+    return app
+
+
+async def _reap_forever(store: JobStore, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.reaper_interval_s)
+        try:
+            for job_id, action in await run_in_threadpool(store.reap):
+                log.warning("reaper: job %s %s", job_id, action)
+        except Exception as error:  # noqa: BLE001 - keep reaping after Redis hiccups
+            log.warning("reaper: %s", error)

@@ -1,0 +1,144 @@
+"""Who is calling (API keys) and what they may touch (dataset and output URIs)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import socket
+from urllib.parse import unquote, urlsplit
+
+from service.errors import Unauthorized, Unprocessable
+from service.settings import LOCAL_TENANT, Settings
+from worker.storage import join_uri, normalise_uri, scheme_of
+
+DATASET_SCHEMES = frozenset({"file", "s3", "gs", "https"})
+OUTPUT_SCHEMES = frozenset({"file", "s3", "gs"})
+
+
+class KeyRing:
+    """Tenants and their keys; a key is compared to every known key in constant time."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._keys = [(key.encode(), tenant) for key, tenant in keys.items()]
+
+    @property
+    def open(self) -> bool:
+        """No keys: the single local tenant, without authentication."""
+        return not self._keys
+
+    def tenant(self, authorization: str | None) -> str:
+        if self.open:
+            return LOCAL_TENANT
+        if not authorization:
+            raise Unauthorized("missing API key: send the header Authorization: Bearer <key>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("malformed Authorization header: expected Bearer <key>")
+        presented = token.strip().encode()
+        found = None
+        for key, tenant in self._keys:
+            if hmac.compare_digest(presented, key):
+                found = tenant
+        if found is None:
+            raise Unauthorized("invalid API key")
+        return found
+
+
+def check_dataset_uri(uri: str, settings: Settings) -> str:
+    """The normalised dataset URI, or a 422 naming dataset_uri and why."""
+    return _check_uri("dataset_uri", uri, settings, DATASET_SCHEMES)
+
+
+def _check_uri(field: str, uri: str, settings: Settings, schemes: frozenset[str]) -> str:
+    raw_scheme = uri.split(":", 1)[0].lower() if ":" in uri and "://" not in uri else None
+    if raw_scheme and not os.path.isabs(uri):
+        raise Unprocessable(f"{field}: unsupported URI scheme {raw_scheme!r}; use {_listing(schemes)}")
+    if "://" not in uri and not os.path.isabs(uri):
+        raise Unprocessable(f"{field}: a local path must be absolute (or use a file:// URI)")
+    scheme = scheme_of(uri)
+    if scheme not in schemes:
+        raise Unprocessable(f"{field}: unsupported URI scheme {scheme!r}; use {_listing(schemes)}")
+    normalised = normalise_uri(uri)
+    parts = urlsplit(normalised)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
+        resolved = "file://" + os.path.realpath(unquote(parts.path))
+        if not _allowed(resolved, settings.allowed_prefixes(), local=True):
+            raise Unprocessable(
+                f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
+                "paths are resolved, so '..' and symbolic links cannot leave them"
+            )
+        return resolved
+    if not parts.netloc:
+        raise Unprocessable(f"{field}: {uri} names no bucket or host")
+    if ".." in unquote(parts.path).split("/"):
+        raise Unprocessable(f"{field}: '..' is not allowed in object keys")
+    if scheme == "https":
+        _check_public_host(field, parts.hostname or "", settings)
+    if not _allowed(normalised, settings.allowed_prefixes(), local=False):
+        raise Unprocessable(f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS)")
+    return normalised
+
+
+def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: Settings) -> str:
+    """The output URI of a job: the given one if it lies inside the tenant's prefix, else the default."""
+    prefix = tenant_prefix(tenant, settings)
+    if uri is None:
+        return join_uri(prefix, "jobs", job_id)
+    scheme = scheme_of(uri)
+    if scheme not in OUTPUT_SCHEMES:
+        raise Unprocessable(f"output_uri: unsupported URI scheme {scheme!r}; use {_listing(OUTPUT_SCHEMES)}")
+    if "://" not in uri and not os.path.isabs(uri):
+        raise Unprocessable("output_uri: a local path must be absolute (or use a file:// URI)")
+    normalised = normalise_uri(uri)
+    if scheme == "file":
+        path = unquote(urlsplit(normalised).path)
+        normalised = "file://" + os.path.realpath(path)
+        prefix = "file://" + os.path.realpath(urlsplit(prefix).path)
+    elif ".." in unquote(urlsplit(normalised).path).split("/"):
+        raise Unprocessable("output_uri: '..' is not allowed in object keys")
+    if not normalised.startswith(prefix.rstrip("/") + "/"):
+        raise Unprocessable(f"output_uri: must be inside this tenant's output prefix {prefix}/")
+    return normalised
+
+
+def tenant_prefix(tenant: str, settings: Settings) -> str:
+    return join_uri(settings.storage_uri, tenant)
+
+
+def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:
+    if prefixes is None:
+        return True
+    for prefix in prefixes:
+        if local:
+            if scheme_of(prefix) != "file":
+                continue
+            root = os.path.realpath(unquote(urlsplit(normalise_uri(prefix)).path))
+            path = unquote(urlsplit(uri).path)
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return True
+        elif "://" in prefix and (uri == prefix.rstrip("/") or uri.startswith(prefix if prefix.endswith("/") else prefix + "/")):
+            return True
+    return False
+
+
+def _check_public_host(field: str, host: str, settings: Settings) -> None:
+    if settings.allow_private_urls:
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        raise Unprocessable(f"{field}: the host {host!r} does not resolve") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+            raise Unprocessable(
+                f"{field}: the host {host!r} resolves to a loopback, private or link-local address ({ip}), "
+                "which is refused (NACS_ALLOW_PRIVATE_URLS)"
+            )
+
+
+def _listing(schemes: frozenset[str]) -> str:
+    return ", ".join(f"{s}://" for s in sorted(schemes))

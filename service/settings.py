@@ -1,0 +1,89 @@
+"""The API's settings: the shared worker settings plus keys, URI rules and limits.
+
+Every setting is an ``NACS_*`` environment variable; ``.env.example`` lists them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field
+
+from worker.settings import WorkerSettings
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LOCAL_TENANT = "local"
+
+
+class SettingsError(ValueError):
+    """The settings cannot run a safe service (no keys, malformed key list)."""
+
+
+class Settings(WorkerSettings):
+    api_keys: str | None = Field(
+        default=None, description="Comma-separated tenant:key pairs, e.g. team-a:secret1,team-b:secret2."
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="File of tenant:key pairs, one per line or comma-separated; # starts a comment."
+    )
+    insecure_local: bool = Field(
+        default=False,
+        description="With no keys configured, serve one tenant 'local' without authentication (local use only).",
+    )
+    allowed_uris: str | None = Field(
+        default=None,
+        description=(
+            "Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,https://host/); "
+            "'*' allows any. Unset: any in insecure local mode, none otherwise."
+        ),
+    )
+    allow_private_urls: bool = Field(
+        default=False, description="Allow https:// dataset URLs whose host is a loopback, private or link-local address."
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
+    max_active_jobs_per_tenant: int = Field(
+        default=100, ge=1, description="Queued plus running jobs a tenant may have (429 above)."
+    )
+    api_reaper: bool = Field(
+        default=True, description="Whether the API process also runs the reaper of lost jobs on a timer."
+    )
+    redis_timeout_s: float = Field(default=2.0, gt=0, description="Connect timeout of the API's Redis calls.")
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Map of API key -> tenant. Raises SettingsError for malformed entries."""
+        text = self.api_keys or ""
+        if self.api_keys_file:
+            lines = Path(self.api_keys_file).read_text().splitlines()
+            text += "," + ",".join(line.split("#", 1)[0] for line in lines)
+        keys: dict[str, str] = {}
+        for number, entry in enumerate(filter(None, (e.strip() for e in text.split(","))), start=1):
+            tenant, sep, key = entry.partition(":")
+            tenant, key = tenant.strip(), key.strip()
+            if not sep or not _TENANT.match(tenant) or len(key) < 8:
+                raise SettingsError(
+                    f"NACS_API_KEYS: entry {number} is not tenant:key (tenant of letters, digits, '_.-'; key of 8+ characters)"
+                )
+            if key in keys and keys[key] != tenant:
+                raise SettingsError(f"NACS_API_KEYS: entry {number} reuses a key of tenant {keys[key]}")
+            keys[key] = tenant
+        return keys
+
+    def allowed_prefixes(self) -> list[str] | None:
+        """Allowed dataset URI prefixes; None means any."""
+        if self.allowed_uris is None or not self.allowed_uris.strip():
+            return None if self.insecure_local else []
+        entries = [e.strip() for e in self.allowed_uris.split(",") if e.strip()]
+        if "*" in entries:
+            return None
+        return entries
+
+    def check(self) -> dict[str, str]:
+        """Validate what a serving process needs; returns the key map."""
+        keys = self.tenant_keys()
+        if not keys and not self.insecure_local:
+            raise SettingsError(
+                "no API keys configured: set NACS_API_KEYS (tenant:key,...) or NACS_API_KEYS_FILE, "
+                "or NACS_INSECURE_LOCAL=1 to serve one local tenant without authentication"
+            )
+        return keys

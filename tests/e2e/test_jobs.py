@@ -1,0 +1,140 @@
+"""Submit, watch, succeed, read the result: the real API, Redis and worker processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.stack import MotoServer, Stack, make_ctr_parquet, start_stack
+
+pytestmark = pytest.mark.e2e
+
+CORESET_SCHEMA = {"row": "int64", "label": "float", "soft_label": "float", "weight": "float", "uncertainty": "float"}
+
+
+def check_result(job: dict, manifest: dict, table, n_rows: int, expected_size: int) -> None:
+    """What every succeeded job must hold: sizes, columns and dtypes, valid rows, manifest fields."""
+    assert job["status"] == "succeeded"
+    assert job["finished_at"] and job["started_at"] and job["error"] is None
+    assert job["result"]["size"] == expected_size
+    assert {name: str(table.schema.field(name).type) for name in table.column_names} == CORESET_SCHEMA
+    rows = table.column("row").to_numpy()
+    assert table.num_rows == expected_size
+    assert rows.min() >= 0 and rows.max() < n_rows
+    assert np.all(np.diff(rows) > 0), "rows are unique and ascending"
+    for column in ("soft_label", "uncertainty"):
+        values = table.column(column).to_numpy()
+        assert np.all(np.isfinite(values))
+    assert np.all(table.column("weight").to_numpy() > 0)
+    assert manifest["job_id"] == job["id"]
+    assert manifest["request"] == job["request"]
+    assert manifest["dataset"]["rows"] == n_rows
+    assert manifest["coreset"]["rows"] == expected_size
+    assert manifest["coreset"]["clicks"] == int(table.column("label").to_numpy().sum())
+    assert manifest["dataset"]["fingerprint"]
+    assert {"engine_version", "seed", "device", "phase_seconds", "diagnostics"} <= set(manifest)
+    assert {"loading", "writing"} <= set(manifest["phase_seconds"])
+
+
+def test_random_job_on_local_storage(stack: Stack, small_parquet: Path) -> None:
+    job = stack.submit({"dataset_uri": str(small_parquet), "ratio": 0.1, "method": "random"})
+    assert job["status"] == "queued"
+    assert job["request"]["options"]["rounds"] == 3, "defaults are filled in"
+    states = stack.watch(job["id"], timeout_s=60)
+    final = states[-1]
+    assert [s["status"] for s in states][0] == "queued"
+    assert final["status"] == "succeeded", final["error"]
+    assert final["progress"]["fraction"] == 1.0
+    output = Path(final["result"]["output_uri"][len("file://") :])
+    assert output == stack.storage_dir / "alpha" / "jobs" / job["id"]
+    manifest = json.loads((output / "manifest.json").read_text())
+    table = pq.read_table(output / "coreset.parquet")
+    check_result(final, manifest, table, 4000, 400)
+    with stack.client() as client:
+        assert client.get(f"/jobs/{job['id']}/result").json() == manifest
+    assert not list(output.glob(".part-*")), "no temporary files left behind"
+
+
+def test_nacs_job_progress_moves(stack: Stack, small_parquet: Path) -> None:
+    pytest.importorskip("nacs_engine.nacs")
+    body = {"dataset_uri": str(small_parquet), "size": 300, "method": "nacs", "options": {"rounds": 2, "mc_passes": 3, "device": "cpu"}}
+    job = stack.submit(body)
+    states = stack.watch(job["id"], timeout_s=120)
+    final = states[-1]
+    assert final["status"] == "succeeded", final["error"]
+    phases = [s["progress"]["phase"] for s in states if s["status"] == "running"]
+    assert "selecting" in phases
+    fractions = [s["progress"]["fraction"] for s in states if s["status"] == "running" and s["progress"]["phase"] == "selecting"]
+    assert fractions == sorted(fractions)
+    output = Path(final["result"]["output_uri"][len("file://") :])
+    check_result(final, json.loads((output / "manifest.json").read_text()), pq.read_table(output / "coreset.parquet"), 4000, 300)
+
+
+def test_bad_data_fails_at_once_without_retry(stack: Stack) -> None:
+    path = stack.tmp_dir / "data" / "no-label.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"clicked": [0, 1] * 50, "f0": list(range(100))}), path)
+    job = stack.submit({"dataset_uri": str(path), "ratio": 0.5, "method": "random"})
+    final = stack.wait(job["id"], timeout_s=60)
+    assert final["status"] == "failed"
+    assert final["error"]["code"] == "label_column_missing"
+    assert "label" in final["error"]["message"]
+    assert final["attempts"] == 1
+    assert final["result"] is None
+
+
+def test_s3_storage_through_moto(tmp_path: Path, moto: MotoServer) -> None:
+    bucket = f"nacs-{int(time.time() * 1000)}"
+    moto.create_bucket(bucket)
+    local = make_ctr_parquet(tmp_path / "upload.parquet", 3000, seed=2)
+    moto.client().upload_file(str(local), bucket, "data/ctr.parquet")
+    env = MotoServer.CREDENTIALS | {
+        "NACS_STORAGE_URI": f"s3://{bucket}/outputs",
+        "NACS_S3_ENDPOINT_URL": moto.endpoint,
+    }
+    s3_stack = start_stack(tmp_path / "stack", env=env, allowed_uris=f"s3://{bucket}/data/")
+    try:
+        with s3_stack.client() as client:
+            assert client.get("/readyz").status_code == 200
+        job = s3_stack.submit({"dataset_uri": f"s3://{bucket}/data/ctr.parquet", "ratio": 0.2, "method": "stratified"})
+        final = s3_stack.wait(job["id"], timeout_s=60)
+        assert final["status"] == "succeeded", final["error"]
+        prefix = f"outputs/alpha/jobs/{job['id']}"
+        assert final["result"]["manifest_uri"] == f"s3://{bucket}/{prefix}/manifest.json"
+        s3 = moto.client()
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read())
+        s3.download_file(bucket, f"{prefix}/coreset.parquet", str(tmp_path / "coreset.parquet"))
+        check_result(final, manifest, pq.read_table(tmp_path / "coreset.parquet"), 3000, 600)
+        with s3_stack.client() as client:
+            assert client.get(f"/jobs/{job['id']}/result").json() == manifest
+    finally:
+        s3_stack.stop()
+
+
+def test_storage_unreachable(tmp_path: Path) -> None:
+    from tests.stack import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = MotoServer.CREDENTIALS | {"NACS_STORAGE_URI": "s3://nowhere/outputs", "NACS_S3_ENDPOINT_URL": dead}
+    dead_stack = start_stack(tmp_path / "stack", env=env, allowed_uris="s3://nowhere/")
+    try:
+        with dead_stack.client() as client:
+            ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "not_ready"
+        assert ready.headers["Retry-After"]
+        job = dead_stack.submit({"dataset_uri": "s3://nowhere/data.parquet", "ratio": 0.1, "method": "random"})
+        states = dead_stack.watch(job["id"], timeout_s=90, interval_s=0.1)
+        final = states[-1]
+        assert final["status"] == "failed"
+        assert final["error"]["code"] == "storage_unavailable"
+        assert "did not answer" in final["error"]["message"]
+        assert any("retry" in s["progress"]["message"] for s in states), "the step was retried"
+    finally:
+        dead_stack.stop()

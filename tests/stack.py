@@ -1,0 +1,414 @@
+"""Start the real NaCS stack for tests: uvicorn serving the API, RQ worker processes, Redis, storage.
+
+Everything a test starts is isolated: a unique Redis key prefix and queue name
+per stack (the Redis at ``NACS_TEST_REDIS_URL``, default 127.0.0.1:6379, is
+shared by concurrent test runs, so nothing here ever flushes it), its own
+storage folder, and its own processes, each in its own process group so that
+a worker and the work horse it forked are killed together.
+
+Main entry points (plain functions and classes, usable from any test module):
+
+- ``start_stack(tmp_dir, *, workers=1, env=None, api_keys=TENANT_KEYS, redis_url=None) -> Stack``
+- ``Stack``: ``.url``, ``.env``, ``.prefix``, ``.queue``, ``.storage_dir``,
+  ``.client(tenant="alpha") -> httpx.Client`` (authenticated), ``.headers(tenant)``,
+  ``.submit(body, tenant=..., **kw) -> dict`` (asserts 202), ``.wait(job_id, statuses=FINISHED, timeout_s=...)``,
+  ``.watch(job_id, until, timeout_s)`` (every job state seen while polling),
+  ``.start_worker(env=None) -> subprocess.Popen``, ``.kill_worker(process, sig)``,
+  ``.restart_api(env=None)``, ``.store()`` (a ``worker.queueing.JobStore`` on the stack's keys),
+  ``.stop()`` (kills processes, deletes the stack's Redis keys).
+- ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, click_rate=0.2)``: a small CTR dataset.
+- ``RedisServer.start(tmp_dir, appendonly=True)``: a private redis-server on a free port (for restart tests).
+- ``MotoServer.start()``: an S3 endpoint (moto over HTTP) with fake credentials; ``.create_bucket(name)``.
+- ``free_port()``, ``unique_name(kind)``, ``delete_keys(redis_url, prefix, queue)``.
+
+pytest fixtures built on them live in ``tests/e2e/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DEFAULT_REDIS_URL = os.environ.get("NACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FINISHED = ("succeeded", "failed", "cancelled")
+TENANT_KEYS = {"alpha": "alpha-key-0123456789", "beta": "beta-key-0123456789"}
+
+# Short intervals so that lost and cancelled jobs settle within seconds in tests.
+FAST_SETTINGS = {
+    "NACS_HEARTBEAT_INTERVAL_S": "0.5",
+    "NACS_HEARTBEAT_TIMEOUT_S": "5",
+    "NACS_REAPER_INTERVAL_S": "1",
+    "NACS_CANCEL_GRACE_S": "4",
+    "NACS_STORAGE_RETRIES": "2",
+    "NACS_RETRY_BACKOFF_S": "0.2",
+    "NACS_STORAGE_TIMEOUT_S": "2",
+    "NACS_JOB_TIMEOUT_S": "600",
+}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_name(kind: str) -> str:
+    return f"test-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_until(condition: Any, timeout_s: float, interval_s: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``condition()`` until it returns a truthy value; raise TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - polling through start-up errors
+            last_error = error
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not met within {timeout_s} s" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def delete_keys(redis_url: str, prefix: str, queue: str | None = None) -> int:
+    """Delete every key of one stack: ours under ``prefix`` and RQ's for its queue and jobs."""
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        job_ids = [key.decode()[len(prefix) + 4 :] for key in connection.scan_iter(match=f"{prefix}job:*", count=1000)]
+        doomed = list(connection.scan_iter(match=f"{prefix}*", count=1000))
+        if queue or job_ids:
+            needles = [f":{queue}" for queue in ([queue] if queue else [])] + job_ids
+            for key in connection.scan_iter(match="rq:*", count=1000):
+                text = key.decode(errors="replace")
+                if any(needle in text for needle in needles):
+                    doomed.append(key)
+        for start in range(0, len(doomed), 500):
+            connection.delete(*doomed[start : start + 500])
+        return len(doomed)
+    finally:
+        connection.close()
+
+
+def make_ctr_parquet(
+    path: str | os.PathLike[str],
+    n_rows: int,
+    *,
+    seed: int = 0,
+    n_fields: int = 4,
+    vocabulary: int = 50,
+    click_rate: float = 0.2,
+) -> Path:
+    """Write a CTR-like Parquet file: ``label`` (0/1 int) and categorical fields f0..f{n_fields-1}."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {"label": (rng.random(n_rows) < click_rate).astype(np.int64)}
+    for field in range(n_fields):
+        columns[f"f{field}"] = rng.integers(0, vocabulary, n_rows).astype(np.int32)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _kill_group(process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
+
+
+class Stack:
+    """One running API process plus worker processes on unique Redis keys and a private storage folder."""
+
+    def __init__(self, tmp_dir: Path, env: dict[str, str], api_keys: dict[str, str]) -> None:
+        self.tmp_dir = tmp_dir
+        self.env = env
+        self.api_keys = api_keys
+        self.prefix = env["NACS_REDIS_PREFIX"]
+        self.queue = env["NACS_QUEUE"]
+        self.redis_url = env["NACS_REDIS_URL"]
+        self.storage_uri = env["NACS_STORAGE_URI"]
+        self.storage_dir = Path(self.storage_uri[len("file://") :]) if self.storage_uri.startswith("file://") else None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api: subprocess.Popen[Any] | None = None
+        self.workers: list[subprocess.Popen[Any]] = []
+        self._logs: list[Any] = []
+
+    # processes
+    def _spawn(self, args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[Any]:
+        log = open(self.tmp_dir / log_name, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen(
+            [PYTHON, "-m", "service", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_api(self, env: dict[str, str] | None = None) -> None:
+        self.api = self._spawn(
+            ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            self.env | (env or {}),
+            "api.log",
+        )
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 30, what="API up")
+
+    def restart_api(self, env: dict[str, str] | None = None) -> None:
+        if self.api is not None:
+            _kill_group(self.api)
+        self.start_api(env)
+
+    def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+        """Start one more worker process (``python -m service worker``) and wait until RQ lists it."""
+        name = unique_name("worker")
+        process = self._spawn(["worker", "--name", name], self.env | (env or {}), f"worker-{len(self.workers)}.log")
+        self.workers.append(process)
+        connection = redis.Redis.from_url(self.redis_url)
+        try:
+            wait_until(lambda: connection.exists(f"rq:worker:{name}") or process.poll() is not None, 30, what="worker up")
+        finally:
+            connection.close()
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited at start; see {self.tmp_dir}/worker-*.log")
+        return process
+
+    def kill_worker(self, process: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
+        """Signal a worker and the work horse it forked (its whole process group); wait for it to end."""
+        _kill_group(process, sig)
+        if process in self.workers:
+            self.workers.remove(process)
+
+    def stop(self) -> None:
+        for process in list(self.workers):
+            _kill_group(process)
+        self.workers.clear()
+        if self.api is not None:
+            _kill_group(self.api)
+            self.api = None
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        with contextlib.suppress(redis.exceptions.RedisError):
+            delete_keys(self.redis_url, self.prefix, self.queue)
+
+    # HTTP
+    def headers(self, tenant: str | None = "alpha") -> dict[str, str]:
+        if tenant is None or not self.api_keys:
+            return {}
+        return {"Authorization": f"Bearer {self.api_keys[tenant]}"}
+
+    def client(self, tenant: str | None = "alpha", timeout_s: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(tenant), timeout=timeout_s)
+
+    def submit(self, body: dict[str, Any], tenant: str = "alpha", headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/jobs", json=body, headers=self.headers(tenant) | (headers or {}), timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str, tenant: str = "alpha") -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/jobs/{job_id}", headers=self.headers(tenant), timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def watch(
+        self, job_id: str, until: Iterable[str] = FINISHED, timeout_s: float = 60.0, tenant: str = "alpha", interval_s: float = 0.05
+    ) -> list[dict[str, Any]]:
+        """Poll the job until its status is in ``until``; return every distinct state seen (the last is final)."""
+        until = tuple(until)
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id, tenant)
+            if not seen or (job["status"], job["progress"]) != (seen[-1]["status"], seen[-1]["progress"]):
+                seen.append(job)
+            if job["status"] in until:
+                return seen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} ({job['progress']}) after {timeout_s} s")
+            time.sleep(interval_s)
+
+    def wait(self, job_id: str, statuses: Iterable[str] = FINISHED, timeout_s: float = 60.0, tenant: str = "alpha") -> dict[str, Any]:
+        return self.watch(job_id, statuses, timeout_s, tenant, interval_s=0.2)[-1]
+
+    def store(self) -> Any:
+        """A JobStore on this stack's Redis keys (for reading records the API does not show)."""
+        from worker.queueing import JobStore, connect
+        from worker.settings import WorkerSettings
+
+        settings = WorkerSettings(redis_url=self.redis_url, redis_prefix=self.prefix, queue=self.queue)
+        return JobStore(connect(self.redis_url), settings)
+
+
+def start_stack(
+    tmp_dir: str | os.PathLike[str],
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    api_keys: dict[str, str] | None = None,
+    redis_url: str | None = None,
+    allowed_uris: str | None = None,
+) -> Stack:
+    """Start an API and ``workers`` worker processes; the caller must ``stop()`` it.
+
+    Settings: unique NACS_REDIS_PREFIX and NACS_QUEUE, NACS_STORAGE_URI a
+    folder under ``tmp_dir``, NACS_ALLOWED_URIS the ``tmp_dir`` itself (unless
+    given), the short intervals of FAST_SETTINGS, then ``env`` on top.
+    ``api_keys`` ({} for the insecure local mode) default to TENANT_KEYS.
+    """
+    tmp_dir = Path(tmp_dir).resolve()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    api_keys = TENANT_KEYS if api_keys is None else api_keys
+    name = unique_name("stack")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NACS_")}
+    stack_env = base | FAST_SETTINGS | {
+        "NACS_REDIS_URL": redis_url or DEFAULT_REDIS_URL,
+        "NACS_REDIS_PREFIX": f"{name}:",
+        "NACS_QUEUE": name,
+        "NACS_STORAGE_URI": f"file://{tmp_dir / 'storage'}",
+        "NACS_ALLOWED_URIS": allowed_uris or f"file://{tmp_dir}/",
+        "NACS_WORKDIR": str(tmp_dir / "work"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if api_keys:
+        stack_env["NACS_API_KEYS"] = ",".join(f"{tenant}:{key}" for tenant, key in api_keys.items())
+    else:
+        stack_env["NACS_INSECURE_LOCAL"] = "1"
+    stack_env |= env or {}
+    (tmp_dir / "work").mkdir(exist_ok=True)
+    stack = Stack(tmp_dir, stack_env, api_keys)
+    try:
+        stack.start_api()
+        for _ in range(workers):
+            stack.start_worker()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+class RedisServer:
+    """A private redis-server on a free port (never the shared one), stoppable and restartable."""
+
+    def __init__(self, folder: Path, port: int, appendonly: bool) -> None:
+        self.folder = folder
+        self.port = port
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[Any] | None = None
+
+    @classmethod
+    def start(cls, tmp_dir: str | os.PathLike[str], *, appendonly: bool = True) -> RedisServer:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed")
+        folder = Path(tmp_dir).resolve() / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        server = cls(folder, free_port(), appendonly)
+        server.run()
+        return server
+
+    def run(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--save", "", "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(self._answers, 15, what="redis-server up")
+
+    def _answers(self) -> bool:
+        connection = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            return bool(connection.ping())
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: it flushes its append-only file first)."""
+        if self.process is not None:
+            _kill_group(self.process, signal.SIGTERM)
+            self.process = None
+
+    def restart(self, down_s: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.run()
+
+
+class MotoServer:
+    """An S3-compatible endpoint (``moto_server``) on a free port, with fake AWS credentials."""
+
+    CREDENTIALS = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self, port: int, process: subprocess.Popen[Any]) -> None:
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.process = process
+
+    @classmethod
+    def start(cls) -> MotoServer:
+        port = free_port()
+        moto = shutil.which("moto_server", path=str(Path(PYTHON).parent)) or shutil.which("moto_server")
+        command = [moto] if moto else [PYTHON, "-m", "moto.server"]
+        process = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=os.environ | cls.CREDENTIALS,
+            start_new_session=True,
+        )
+        server = cls(port, process)
+        wait_until(lambda: httpx.get(server.endpoint, timeout=1).status_code < 500, 30, what="moto up")
+        return server
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        _kill_group(self.process)

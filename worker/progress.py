@@ -1,0 +1,77 @@
+"""Progress of a running job: throttled writes to its record, heartbeats, cancel requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from nacs_engine.errors import SelectionCancelled
+from worker.queueing import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobProgress:
+    """The ``progress(phase, fraction, message)`` callback of one running job.
+
+    A background thread writes the job's heartbeat every ``interval_s`` and
+    watches for a cancel request; the callback raises SelectionCancelled at its
+    next call once one arrived. Writes of the progress itself are throttled to
+    one per ``min_write_interval_s`` (phase changes and completions always go
+    through). Redis errors are logged and tolerated: a job keeps running while
+    Redis restarts.
+    """
+
+    def __init__(
+        self, store: JobStore, job_id: str, *, interval_s: float, min_write_interval_s: float = 0.5
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self.min_write_interval_s = min_write_interval_s
+        self.cancelled = threading.Event()
+        self._stop = threading.Event()
+        self._last_write = 0.0
+        self._last_phase: str | None = None
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> JobProgress:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+    def check(self) -> None:
+        """Raise SelectionCancelled if the job was asked to stop."""
+        if self.cancelled.is_set():
+            raise SelectionCancelled(f"job {self.job_id} was cancelled")
+
+    def __call__(self, phase: str, fraction: float, message: str) -> None:
+        self.check()
+        now = time.monotonic()
+        if phase == self._last_phase and fraction < 1.0 and now - self._last_write < self.min_write_interval_s:
+            return
+        try:
+            record = self.store.set_progress(self.job_id, phase, fraction, message)
+        except redis.exceptions.RedisError as error:
+            log.warning("job %s: progress not written (%s)", self.job_id, error)
+            return
+        self._last_write, self._last_phase = now, phase
+        self._note(record)
+        self.check()
+
+    def _note(self, record: dict | None) -> None:
+        if record is None or record.get("cancel_requested") or record.get("status") != "running":
+            self.cancelled.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._note(self.store.heartbeat(self.job_id))
+            except redis.exceptions.RedisError as error:
+                log.warning("job %s: heartbeat not written (%s)", self.job_id, error)

@@ -1,0 +1,515 @@
+"""Job records in Redis and the RQ queue that carries job ids to the workers.
+
+Each job has our own JSON record at ``{prefix}job:{id}`` (it outlives RQ's
+short-lived job hashes by days); RQ only carries the job id, serialised as
+JSON. Keys, all under the configured prefix:
+
+- ``job:{id}``: the record (JSON), expiring ``job_ttl_s`` after its last change.
+- ``tenant:{tenant}:jobs``: sorted set of the tenant's job ids by creation time.
+- ``tenant:{tenant}:active``: set of the tenant's queued and running job ids.
+- ``status:queued``, ``status:running``: sets of active job ids (the reaper's view).
+- ``idempotency:{tenant}:{key digest}``: the job a key made, and the body hash.
+- ``finished``: hash of finished-job counts by status; ``phase_seconds``: time per phase.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from worker.settings import WorkerSettings
+from worker.spec import ACTIVE_STATUSES, FINISHED_STATUSES, PUBLIC_STATUSES
+
+log = logging.getLogger(__name__)
+
+TASK = "worker.tasks.run_job"
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def utc_now() -> str:
+    """The current time in RFC 3339 (UTC, milliseconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def public_status(rq_status: JobStatus | str | None) -> str | None:
+    """The public status an RQ job status stands for (RQ's own names never reach the wire)."""
+    if rq_status is None:
+        return None
+    value = rq_status.value if isinstance(rq_status, JobStatus) else str(rq_status)
+    return {
+        "created": "queued",
+        "queued": "queued",
+        "deferred": "queued",
+        "scheduled": "queued",
+        "started": "running",
+        "finished": "succeeded",
+        "failed": "failed",
+        "stopped": "cancelled",
+        "canceled": "cancelled",
+    }.get(value)
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
+    """A Redis client (bytes responses, as RQ needs) with bounded timeouts."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0), health_check_interval=30
+    )
+
+
+class InvalidTransition(Exception):
+    """The job is already finished; its status cannot change."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(f"job {record['id']} is already {record['status']}")
+        self.record = record
+
+
+class JobStore:
+    """Reads and writes job records and puts job ids on the queue."""
+
+    def __init__(self, connection: redis.Redis, settings: WorkerSettings) -> None:
+        self.redis = connection
+        self.settings = settings
+        self.prefix = settings.redis_prefix
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> JobStore:
+        return cls(connect(settings.redis_url), settings)
+
+    # keys
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def job_key(self, job_id: str) -> str:
+        return self._key("job", job_id)
+
+    def queue(self) -> Queue:
+        return Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
+
+    # records
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.job_key(job_id))
+        return json.loads(raw) if raw else None
+
+    def create(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        max_active: int | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record and enqueue a new job; with an idempotency key, return the key's job instead.
+
+        Returns (record, created). Raises IdempotencyConflict when the key was
+        used with a different body, TooManyActiveJobs when the tenant already
+        has ``max_active`` queued or running jobs.
+        """
+        job_id = job_id or new_job_id()
+        claim_key = None
+        if idempotency_key is not None:
+            claim_key = self._key("idempotency", tenant, idempotency_key)
+            claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
+            if not self.redis.set(claim_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
+                return self._replay(claim_key, body_hash), False
+        if max_active is not None and self.active_count(tenant) >= max_active:
+            if claim_key is not None:
+                self.redis.delete(claim_key)
+            raise TooManyActiveJobs(max_active)
+        now = time.time()
+        record: dict[str, Any] = {
+            "id": job_id,
+            "tenant": tenant,
+            "status": "queued",
+            "created_at": utc_now(),
+            "started_at": None,
+            "finished_at": None,
+            "progress": {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"},
+            "request": request,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "heartbeat_at": None,
+            "cancel_requested": False,
+            "rq_job_id": None,
+            "idempotency_key": idempotency_key,
+            "body_hash": body_hash,
+        }
+        ttl = self.settings.job_ttl_s
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.job_key(job_id), json.dumps(record), ex=ttl)
+        pipe.zadd(self._key("tenant", tenant, "jobs"), {job_id: now})
+        pipe.zremrangebyscore(self._key("tenant", tenant, "jobs"), "-inf", now - ttl)
+        pipe.expire(self._key("tenant", tenant, "jobs"), ttl)
+        pipe.sadd(self._key("tenant", tenant, "active"), job_id)
+        pipe.sadd(self._key("status", "queued"), job_id)
+        pipe.execute()
+        return self.enqueue(job_id), True
+
+    def _replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
+        for _ in range(50):
+            claim = json.loads(self.redis.get(key) or b"null")
+            if claim is None:
+                break
+            if claim["body_hash"] != body_hash:
+                raise IdempotencyConflict()
+            record = self.get(claim["job_id"])
+            if record is not None:
+                return record
+            time.sleep(0.02)
+        raise IdempotencyConflict("the job this Idempotency-Key made is being created or has expired; retry later")
+
+    def enqueue(self, job_id: str) -> dict[str, Any]:
+        """Put the job on the RQ queue (a fresh RQ job per attempt) and record its RQ id."""
+        record = self.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        rq_job_id = f"{job_id}-{record['attempts'] + 1}"
+        self.update(job_id, lambda r: r.update(rq_job_id=rq_job_id))
+        self.queue().enqueue(
+            TASK,
+            job_id,
+            self.prefix,
+            job_id=rq_job_id,
+            job_timeout=self.settings.job_timeout_s,
+            result_ttl=self.settings.job_ttl_s,
+            failure_ttl=self.settings.job_ttl_s,
+            ttl=self.settings.job_ttl_s,
+            description=f"nacs job {job_id}",
+        )
+        return self.get(job_id) or record
+
+    def update(self, job_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+        """Apply ``change`` to the record atomically (optimistic lock); None if the record is gone."""
+        key = self.job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        pipe.reset()
+                        return None
+                    record = json.loads(raw)
+                    before = record["status"]
+                    change(record)
+                    pipe.multi()
+                    pipe.set(key, json.dumps(record), ex=self.settings.job_ttl_s)
+                    if record["status"] != before:
+                        self._index_status(pipe, record, before)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def _index_status(self, pipe: Any, record: dict[str, Any], before: str) -> None:
+        job_id, after = record["id"], record["status"]
+        for status in ACTIVE_STATUSES:
+            if status != after:
+                pipe.srem(self._key("status", status), job_id)
+        if after in ACTIVE_STATUSES:
+            pipe.sadd(self._key("status", after), job_id)
+        if after in FINISHED_STATUSES:
+            pipe.srem(self._key("tenant", record["tenant"], "active"), job_id)
+            pipe.hincrby(self._key("finished"), after, 1)
+
+    def transition(self, job_id: str, status: str, **fields: Any) -> dict[str, Any] | None:
+        """Move an active job to ``status`` and set ``fields``; a finished job raises InvalidTransition."""
+        assert status in PUBLIC_STATUSES
+
+        def change(record: dict[str, Any]) -> None:
+            if record["status"] in FINISHED_STATUSES:
+                raise InvalidTransition(record)
+            record["status"] = status
+            if status in FINISHED_STATUSES:
+                record["finished_at"] = utc_now()
+            record.update(fields)
+
+        return self.update(job_id, change)
+
+    # progress and heartbeats
+    def set_progress(self, job_id: str, phase: str, fraction: float, message: str) -> dict[str, Any] | None:
+        def change(record: dict[str, Any]) -> None:
+            record["progress"] = {
+                "phase": phase,
+                "fraction": round(min(max(float(fraction), 0.0), 1.0), 4),
+                "message": message,
+            }
+            record["heartbeat_at"] = utc_now()
+
+        return self.update(job_id, change)
+
+    def heartbeat(self, job_id: str) -> dict[str, Any] | None:
+        return self.update(job_id, lambda r: r.update(heartbeat_at=utc_now()))
+
+    def add_phase_seconds(self, phase_seconds: dict[str, float]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for phase, seconds in phase_seconds.items():
+            pipe.hincrbyfloat(self._key("phase_seconds"), f"{phase}:sum", float(seconds))
+            pipe.hincrby(self._key("phase_seconds"), f"{phase}:count", 1)
+        pipe.execute()
+
+    # cancel
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job at once; ask a running one to stop. Raises InvalidTransition if finished."""
+        record = self.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        if record["status"] == "queued":
+            rq_job_id = record.get("rq_job_id")
+            try:
+                record = self.transition(
+                    job_id,
+                    "cancelled",
+                    cancel_requested=True,
+                    progress=record["progress"] | {"message": "cancelled before it started"},
+                ) or record
+            except InvalidTransition as error:
+                return error.record
+            if rq_job_id:
+                self.queue().remove(rq_job_id)
+                try:
+                    Job.fetch(rq_job_id, connection=self.redis, serializer=JSONSerializer).cancel()
+                except Exception:  # noqa: BLE001 - the RQ job may be gone already; our record decides
+                    pass
+            return record
+
+        def change(r: dict[str, Any]) -> None:
+            if r["status"] in FINISHED_STATUSES:
+                raise InvalidTransition(r)
+            if not r["cancel_requested"]:
+                r["cancel_requested"] = True
+                r["cancel_requested_at"] = utc_now()
+
+        try:
+            return self.update(job_id, change) or record
+        except InvalidTransition as error:
+            if error.record["status"] == "cancelled":
+                return error.record
+            raise
+
+    # listing
+    def list(
+        self, tenant: str, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the tenant's jobs, newest first, and the cursor of the next page (or None)."""
+        key = self._key("tenant", tenant, "jobs")
+        after = decode_cursor(cursor) if cursor else None
+        max_score: Any = "+inf" if after is None else after[0]
+        found: list[dict[str, Any]] = []
+        offset, batch = 0, max(limit * 2, 50)
+        more = False
+        while True:
+            rows = self.redis.zrevrangebyscore(key, max_score, "-inf", start=offset, num=batch, withscores=True)
+            if not rows:
+                break
+            offset += len(rows)
+            ids = [member.decode() for member, _ in rows]
+            raws = self.redis.mget([self.job_key(i) for i in ids])
+            for (member, score), job_id, raw in zip(rows, ids, raws, strict=True):
+                if after is not None and score == after[0] and job_id >= after[1]:
+                    continue
+                if raw is None:
+                    self.redis.zrem(key, member)
+                    offset -= 1
+                    continue
+                record = json.loads(raw)
+                if status is not None and record["status"] != status:
+                    continue
+                if len(found) == limit:
+                    more = True
+                    break
+                record["_score"] = score
+                found.append(record)
+            if more or len(rows) < batch:
+                break
+        next_cursor = encode_cursor(found[-1]["_score"], found[-1]["id"]) if more and found else None
+        for record in found:
+            record.pop("_score", None)
+        return found, next_cursor
+
+    def active_count(self, tenant: str) -> int:
+        return int(self.redis.scard(self._key("tenant", tenant, "active")))
+
+    # operations
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def stats(self) -> dict[str, Any]:
+        """Queue depth, active and finished job counts, and time per phase, for /metrics."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(f"rq:queue:{self.settings.queue}")
+        pipe.scard(self._key("status", "queued"))
+        pipe.scard(self._key("status", "running"))
+        pipe.hgetall(self._key("finished"))
+        pipe.hgetall(self._key("phase_seconds"))
+        depth, queued, running, finished, phases = pipe.execute()
+        jobs = {"queued": int(queued), "running": int(running)}
+        jobs |= {k.decode(): int(v) for k, v in finished.items()}
+        phase_seconds: dict[str, dict[str, float]] = {}
+        for name, value in phases.items():
+            phase, kind = name.decode().rsplit(":", 1)
+            phase_seconds.setdefault(phase, {"sum": 0.0, "count": 0.0})[kind] = float(value)
+        return {"queue_depth": int(depth), "jobs": jobs, "phase_seconds": phase_seconds}
+
+    def reap(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Settle running jobs whose worker is gone or that ignore a cancel request.
+
+        A running job is lost when its heartbeat is older than
+        ``heartbeat_timeout_s`` or its RQ job ended without our record ending. A
+        lost job runs again while it has attempts left, else fails with code
+        ``worker_lost``. A job asked to cancel that still runs after
+        ``cancel_grace_s`` has its work stopped and turns ``cancelled``.
+        Only one process reaps at a time (a short Redis lock). Returns (job id, action) pairs.
+        """
+        lock = self.redis.lock(self._key("reaper"), timeout=60, blocking=False)
+        if not lock.acquire(blocking=False):
+            return []
+        try:
+            return self._reap(time.time() if now is None else now)
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass
+
+    def _reap(self, now: float) -> list[tuple[str, str]]:
+        actions: list[tuple[str, str]] = []
+        for member in self.redis.smembers(self._key("status", "running")):
+            job_id = member.decode()
+            record = self.get(job_id)
+            if record is None:
+                self.redis.srem(self._key("status", "running"), job_id)
+                continue
+            if record["status"] != "running":
+                continue
+            beat = parse_time(record.get("heartbeat_at")) or parse_time(record.get("started_at")) or now
+            rq_state = self._rq_public_status(record.get("rq_job_id"))
+            ended = rq_state in FINISHED_STATUSES
+            if record.get("cancel_requested"):
+                asked = parse_time(record.get("cancel_requested_at")) or now
+                if ended or now - asked > self.settings.cancel_grace_s or now - beat > self.settings.heartbeat_timeout_s:
+                    self._stop_rq_job(record.get("rq_job_id"))
+                    if self._finish(job_id, "cancelled", message="cancelled; the work was stopped"):
+                        actions.append((job_id, "cancelled"))
+                continue
+            if not ended and now - beat <= self.settings.heartbeat_timeout_s:
+                continue
+            reason = (
+                "its worker process ended without finishing it"
+                if ended
+                else f"its worker sent no heartbeat for {now - beat:.0f} s"
+            )
+            actions.append((job_id, self._recover(record, reason)))
+        return actions
+
+    def _recover(self, record: dict[str, Any], reason: str) -> str:
+        job_id = record["id"]
+        self._stop_rq_job(record.get("rq_job_id"))
+        if record["attempts"] < self.settings.max_attempts:
+            try:
+                self.transition(
+                    job_id,
+                    "queued",
+                    progress={"phase": "queued", "fraction": 0.0, "message": f"running again: {reason}"},
+                    heartbeat_at=None,
+                )
+            except InvalidTransition:
+                return "finished"
+            self.enqueue(job_id)
+            log.warning("job %s re-enqueued: %s", job_id, reason)
+            return "requeued"
+        message = (
+            f"the job was lost after {record['attempts']} attempt(s): {reason} "
+            "(killed, out of memory, or the machine went away)"
+        )
+        self._finish(job_id, "failed", code="worker_lost", message=message)
+        log.warning("job %s failed: %s", job_id, message)
+        return "failed"
+
+    def _finish(self, job_id: str, status: str, *, message: str, code: str | None = None) -> bool:
+        fields: dict[str, Any] = {}
+        if code is not None:
+            fields["error"] = {"code": code, "message": message}
+        record = self.get(job_id)
+        if record is not None:
+            fields["progress"] = record["progress"] | {"message": message}
+        try:
+            return self.transition(job_id, status, **fields) is not None
+        except InvalidTransition:
+            return False
+
+    def _rq_public_status(self, rq_job_id: str | None) -> str | None:
+        if not rq_job_id:
+            return None
+        try:
+            job = Job.fetch(rq_job_id, connection=self.redis, serializer=JSONSerializer)
+        except Exception:  # noqa: BLE001 - a missing RQ job tells us nothing more
+            return None
+        return public_status(job.get_status(refresh=False))
+
+    def _stop_rq_job(self, rq_job_id: str | None) -> None:
+        if not rq_job_id:
+            return
+        from rq.command import send_stop_job_command
+
+        try:
+            send_stop_job_command(self.redis, rq_job_id, serializer=JSONSerializer)
+        except Exception:  # noqa: BLE001 - the job is not running anywhere; nothing to stop
+            pass
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TooManyActiveJobs(Exception):
+    """The tenant already has as many queued and running jobs as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the tenant already has {limit} queued or running jobs")
+        self.limit = limit
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different body."""
+
+    def __init__(self, message: str = "this Idempotency-Key was used with a different request body") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    raw = json.dumps([score, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Raises ValueError for a cursor this service did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        score, job_id = json.loads(raw)
+        if not isinstance(job_id, str) or not isinstance(score, (int, float)):
+            raise TypeError
+        return float(score), job_id
+    except (ValueError, TypeError) as error:
+        raise ValueError("cursor: not a cursor from a previous page") from error

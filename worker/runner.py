@@ -1,0 +1,62 @@
+"""A worker process: an RQ worker on the job queue, plus the reaper of lost jobs.
+
+By default RQ forks a work horse per job: the parent process never imports
+torch, so it never starts CUDA and the fork is safe on GPU hosts; the horse
+imports the engine when it runs the job. ``fork=False`` runs jobs in the
+worker process itself (RQ's SimpleWorker): use it for a GPU worker that should
+keep its CUDA context between jobs, at the price that a crashing job takes the
+worker with it (the reaper then re-runs or fails the job).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from rq import Queue, SimpleWorker, Worker
+from rq.serializers import JSONSerializer
+
+from worker.queueing import JobStore, connect
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def start_reaper(settings: WorkerSettings, stop: threading.Event) -> threading.Thread:
+    """A daemon thread that calls ``JobStore.reap`` every ``reaper_interval_s`` until ``stop`` is set."""
+
+    def loop() -> None:
+        store = JobStore(connect(settings.redis_url), settings)
+        while not stop.wait(settings.reaper_interval_s):
+            try:
+                for job_id, action in store.reap():
+                    log.warning("reaper: job %s %s", job_id, action)
+            except Exception as error:  # noqa: BLE001 - the reaper must outlive Redis restarts
+                log.warning("reaper: %s", error)
+
+    thread = threading.Thread(target=loop, name="nacs-reaper", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_worker(
+    settings: WorkerSettings | None = None,
+    *,
+    burst: bool = False,
+    fork: bool = True,
+    name: str | None = None,
+    reaper: bool = True,
+) -> bool:
+    """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
+    settings = settings or WorkerSettings()
+    connection = connect(settings.redis_url)
+    queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+    worker_class = Worker if fork else SimpleWorker
+    worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)
+    stop = threading.Event()
+    if reaper:
+        start_reaper(settings, stop)
+    try:
+        return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
+    finally:
+        stop.set()

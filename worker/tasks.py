@@ -1,0 +1,281 @@
+"""The work of one job: read the data, run the engine, write the result, then the manifest.
+
+``execute`` runs a request to an output URI with no Redis (the ``nacs select``
+command calls it); ``run_job`` is what RQ runs: it adds the job record's
+lifecycle, heartbeats, cancellation, retries of transient storage faults and
+the mapping of every failure to a code and a message.
+
+This module imports the engine lazily, inside the functions, so the worker's
+parent process (which forks one work horse per job) never starts CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pydantic
+import redis
+
+from nacs_engine.errors import DataError, SelectionCancelled
+from worker.errors import JobFailed, is_transient
+from worker.outputs import coreset_table, write_coreset, write_manifest
+from worker.queueing import InvalidTransition, JobStore, connect, utc_now
+from worker.settings import WorkerSettings
+from worker.spec import JobRequest
+from worker.storage import normalise_uri, storage_options
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, str], None]
+T = TypeVar("T")
+
+
+def _no_progress(phase: str, fraction: float, message: str) -> None:
+    return None
+
+
+def execute(
+    request: JobRequest,
+    output_uri: str,
+    *,
+    job_id: str,
+    progress: Progress | None = None,
+    settings: WorkerSettings | None = None,
+) -> dict[str, Any]:
+    """Select a coreset for ``request`` and write it under ``output_uri``; return the manifest.
+
+    progress(phase, fraction, message) is called with phases loading,
+    selecting, denoising and writing; it may raise SelectionCancelled to stop.
+    Raises DataError for unusable data, JobFailed("storage_unavailable", ...)
+    when the store keeps failing after the configured retries.
+    """
+    import nacs_engine
+    from nacs_engine.data import load_dataset
+    from nacs_engine.pipeline import select_coreset
+
+    settings = settings or WorkerSettings()
+    report = progress or _no_progress
+    config = request.to_config()
+    output_uri = normalise_uri(output_uri)
+    phase_seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    report("loading", 0.0, f"reading {request.dataset_uri}")
+    with tempfile.TemporaryDirectory(prefix=f"nacs-{job_id}-", dir=settings.workdir) as workdir:
+        data = _with_retries(
+            "reading the dataset",
+            lambda: load_dataset(
+                normalise_uri(request.dataset_uri),
+                label_column=request.label_column,
+                feature_columns=request.feature_columns,
+                numeric_columns=request.numeric_columns or None,
+                format=request.format,
+                min_count=config.min_count,
+                storage_options=storage_options(request.dataset_uri, settings) or None,
+                workdir=workdir,
+                progress=lambda fraction, message: report("loading", fraction, message),
+            ),
+            settings,
+            report,
+            "loading",
+        )
+        phase_seconds["loading"] = time.perf_counter() - started
+        report("loading", 1.0, f"{data.n_rows} rows, {data.n_fields} fields")
+
+        selecting_started = time.perf_counter()
+        result = select_coreset(data, config, progress=report)
+        engine_seconds = dict(result.diagnostics.get("phase_seconds") or {})
+        if engine_seconds:
+            phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
+        else:
+            phase_seconds["selecting"] = time.perf_counter() - selecting_started
+
+        writing_started = time.perf_counter()
+        report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
+        table = coreset_table(result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty)
+        coreset_uri = _with_retries(
+            "writing the coreset", lambda: write_coreset(output_uri, table, settings), settings, report, "writing"
+        )
+        phase_seconds["writing"] = time.perf_counter() - writing_started
+        diagnostics = dict(result.diagnostics)
+        manifest: dict[str, Any] = {
+            "manifest_version": 1,
+            "job_id": job_id,
+            "request": request.model_dump(mode="json"),
+            "engine_version": nacs_engine.__version__,
+            "method": config.method,
+            "seed": config.seed,
+            "device": str(diagnostics.get("device", config.device)),
+            "host": platform.node(),
+            "created_at": utc_now(),
+            "dataset": {
+                "uri": request.dataset_uri,
+                "fingerprint": data.fingerprint,
+                "rows": data.n_rows,
+                "clicks": data.n_clicks,
+                "fields": list(data.field_names),
+                "field_dims": [int(d) for d in data.field_dims],
+            },
+            "coreset": {
+                "uri": coreset_uri,
+                "rows": result.size,
+                "clicks": int(float(result.labels.sum())),
+                "soft_label_mean": float(result.soft_labels.mean()) if result.size else 0.0,
+                "weight_sum": float(result.weights.sum()),
+            },
+            "output_uri": output_uri,
+            "phase_seconds": {k: round(v, 4) for k, v in phase_seconds.items()},
+            "diagnostics": diagnostics,
+        }
+        manifest["manifest_uri"] = _with_retries(
+            "writing the manifest", lambda: write_manifest(output_uri, manifest, settings), settings, report, "writing"
+        )
+        report("writing", 1.0, "result written")
+    return manifest
+
+
+def _with_retries(
+    what: str, step: Callable[[], T], settings: WorkerSettings, report: Progress, phase: str
+) -> T:
+    """Run ``step``, retrying transient storage faults with doubling waits, then fail clearly."""
+    attempts = settings.storage_retries + 1
+    wait_s = settings.retry_backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except (DataError, SelectionCancelled, JobFailed):
+            raise
+        except Exception as error:
+            cause = _transient_cause(error)
+            if cause is None:
+                raise
+            if attempt == attempts:
+                raise JobFailed(
+                    "storage_unavailable",
+                    f"{what} failed {attempts} time(s): the store or network did not answer "
+                    f"({_short(cause)}); check the storage endpoint and try again",
+                ) from error
+            report(phase, 0.0, f"{what}: storage did not answer ({_short(cause)}); retry {attempt} of {attempts - 1} in {wait_s:g} s")
+            time.sleep(wait_s)
+            wait_s *= 2
+    raise AssertionError("unreachable")
+
+
+def _transient_cause(error: BaseException) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DataError) and current.code != "dataset_not_found":
+            return None
+        if is_transient(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
+    """What RQ runs for a job id: the record's lifecycle around ``execute``."""
+    settings = WorkerSettings()
+    if prefix is not None and prefix != settings.redis_prefix:
+        settings = settings.model_copy(update={"redis_prefix": prefix})
+    store = JobStore(connect(settings.redis_url), settings)
+    record = store.get(job_id)
+    if record is None or record["status"] != "queued":
+        log.info("job %s: nothing to run (%s)", job_id, "no record" if record is None else record["status"])
+        return {"job_id": job_id, "ran": False}
+    try:
+        record = store.transition(
+            job_id,
+            "running",
+            started_at=record["started_at"] or utc_now(),
+            attempts=record["attempts"] + 1,
+            heartbeat_at=utc_now(),
+            progress={"phase": "loading", "fraction": 0.0, "message": "starting"},
+        )
+    except InvalidTransition:
+        return {"job_id": job_id, "ran": False}
+    assert record is not None
+    from worker.progress import JobProgress
+
+    progress = JobProgress(store, job_id, interval_s=settings.heartbeat_interval_s).start()
+    outcome: tuple[str, dict[str, Any]]
+    try:
+        request = JobRequest.model_validate(record["request"])
+        output_uri = record["request"]["output_uri"]
+        manifest = execute(request, output_uri, job_id=job_id, progress=progress, settings=settings)
+        result = {
+            "output_uri": manifest["output_uri"],
+            "coreset_uri": manifest["coreset"]["uri"],
+            "manifest_uri": manifest["manifest_uri"],
+            "size": manifest["coreset"]["rows"],
+            "clicks": manifest["coreset"]["clicks"],
+            "data_rows": manifest["dataset"]["rows"],
+            "data_clicks": manifest["dataset"]["clicks"],
+            "phase_seconds": manifest["phase_seconds"],
+        }
+        outcome = ("succeeded", {"result": result, "progress": {"phase": "writing", "fraction": 1.0, "message": "done"}})
+        _retry_redis(lambda: store.add_phase_seconds(manifest["phase_seconds"]))
+    except SelectionCancelled:
+        outcome = ("cancelled", {"progress": record["progress"] | {"message": "cancelled while running"}})
+    except BaseException as error:  # noqa: BLE001 - every failure ends the job with a code
+        code, message = failure_of(error)
+        log.warning("job %s failed: %s: %s", job_id, code, message)
+        outcome = ("failed", {"error": {"code": code, "message": message}})
+    finally:
+        progress.stop()
+    status, fields = outcome
+    if status != "cancelled" and progress.cancelled.is_set():
+        current = _retry_redis(lambda: store.get(job_id)) or {}
+        if current.get("cancel_requested"):
+            status = "cancelled"
+    if status == "cancelled":
+        fields.setdefault("progress", {"phase": "writing", "fraction": 1.0, "message": "cancelled"})
+    try:
+        _retry_redis(lambda: store.transition(job_id, status, heartbeat_at=utc_now(), **fields))
+    except InvalidTransition as error:
+        status = error.record["status"]
+    return {"job_id": job_id, "status": status}
+
+
+def failure_of(error: BaseException) -> tuple[str, str]:
+    """The (code, message) a failed job shows for ``error``; never a stack trace."""
+    from rq.timeouts import JobTimeoutException
+
+    if isinstance(error, (JobFailed, DataError)):
+        return error.code, error.message
+    if isinstance(error, JobTimeoutException):
+        return "timeout", "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
+    if isinstance(error, pydantic.ValidationError):
+        return "invalid_request", f"the stored request is not valid: {error.errors()[0].get('msg', error)}"
+    if isinstance(error, MemoryError):
+        return "out_of_memory", "the worker ran out of memory; use a larger worker or a smaller partition_size"
+    if isinstance(error, ValueError):
+        return "invalid_data", str(error).splitlines()[0] if str(error) else "the data cannot be used"
+    if _transient_cause(error) is not None:
+        return "storage_unavailable", f"the store or network did not answer: {_short(error)}"
+    return "internal_error", f"the job stopped on an unexpected error ({type(error).__name__}); see the worker log"
+
+
+def _retry_redis(call: Callable[[], T], *, for_s: float = 120.0) -> T:
+    """Run a Redis call, waiting out a Redis restart for up to ``for_s`` seconds."""
+    deadline = time.monotonic() + for_s
+    wait_s = 0.2
+    while True:
+        try:
+            return call()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 5.0)
