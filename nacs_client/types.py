@@ -80,8 +80,9 @@ class JobPage(_Model):
 class Manifest(_Model):
     """``manifest.json`` of a succeeded job (``GET /jobs/{id}/result``).
 
-    The service documents the fields below; every other field of the manifest
-    is kept as an extra attribute (``manifest.model_extra``).
+    ``dataset`` and ``coreset`` hold ``rows`` and ``clicks`` (and the dataset's
+    ``fingerprint``); every field beyond those below is kept as an extra
+    attribute (``manifest.model_extra``).
     """
 
     job_id: str | None = None
@@ -89,30 +90,20 @@ class Manifest(_Model):
     engine_version: str | None = None
     seed: int | None = None
     device: str | None = None
-    dataset_fingerprint: str | None = None
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    coreset: dict[str, Any] = Field(default_factory=dict)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
 
     @property
     def data_rows(self) -> int | None:
-        """Rows in the dataset as read by the service, when the manifest records them."""
-        return _find_count(self.model_dump(), "data", "rows")
+        """Rows in the dataset as the service read it, when the manifest records them."""
+        return _count(self.dataset.get("rows"))
 
     @property
     def coreset_rows(self) -> int | None:
         """Rows in the coreset, when the manifest records them."""
-        return _find_count(self.model_dump(), "coreset", "rows")
+        return _count(self.coreset.get("rows"))
 
 
-def _find_count(values: dict[str, Any], part: str, what: str) -> int | None:
-    """A count recorded as ``{part: {what: n}}``, ``{part}_{what}`` or ``{"counts": {part: {what: n}}}``."""
-    candidates: list[Any] = [
-        (values.get(part) or {}).get(what) if isinstance(values.get(part), dict) else None,
-        values.get(f"{part}_{what}"),
-        values.get(f"n_{part}_{what}"),
-    ]
-    counts = values.get("counts")
-    if isinstance(counts, dict) and isinstance(counts.get(part), dict):
-        candidates.append(counts[part].get(what))
-    for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -37,7 +37,7 @@ def make_coreset(manifest: dict | None = None) -> Coreset:
         soft_labels=np.linspace(0.1, 0.9, len(ROWS)).astype(np.float32),
         weights=np.array([1, 2, 1, 4, 1, 1], dtype=np.float32),
         uncertainty=np.full(len(ROWS), 0.25, dtype=np.float32),
-        manifest=Manifest.model_validate(manifest or {"data": {"rows": N_ROWS}}),
+        manifest=Manifest.model_validate(manifest or {"dataset": {"rows": N_ROWS}}),
     )
 
 
@@ -45,7 +45,7 @@ def test_read_from_a_local_parquet(tmp_path):
     path = tmp_path / "coreset.parquet"
     pq.write_table(make_coreset().to_arrow(), path)
     for uri in (str(path), path.as_uri()):
-        coreset = Coreset.read(uri, manifest={"data_rows": N_ROWS})
+        coreset = Coreset.read(uri, manifest={"dataset": {"rows": N_ROWS, "clicks": 3}})
         np.testing.assert_array_equal(coreset.rows, ROWS)
         assert coreset.rows.dtype == np.int64
         assert coreset.soft_labels.dtype == np.float32

@@ -61,6 +61,13 @@ def test_status_maps_to_its_error_class(status, error_class):
     ("details", "field"),
     [
         ({"field": "ratio"}, "ratio"),
+        (
+            [
+                {"field": None, "message": "give one budget", "type": "value_error"},
+                {"field": "options.rounds", "message": "at most 20", "type": "less_than_equal"},
+            ],
+            "options.rounds",
+        ),
         ({"errors": [{"field": "options.rounds", "message": "too many"}]}, "options.rounds"),
         ([{"loc": ["body", "ratio"], "msg": "must be < 1"}], "ratio"),
         ([{"loc": ["body", "options", "rounds"], "msg": "x"}], "options.rounds"),

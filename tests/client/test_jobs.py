@@ -331,7 +331,7 @@ def result_files(tmp_path):
         }
     )
     pq.write_table(table, folder / "coreset.parquet")
-    manifest = {"job_id": "job-1", "data": {"rows": 10, "clicks": 5}, "coreset": {"rows": 3}}
+    manifest = {"job_id": "job-1", "dataset": {"rows": 10, "clicks": 5}, "coreset": {"rows": 3}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     succeeded = job_json(
         "job-1",

@@ -83,7 +83,7 @@ SCRIPT = textwrap.dedent(
         assert client.jobs.get(created.id).status == "queued"
         assert client.jobs.wait(created.id, progress=False).status == "succeeded"
 
-    coreset = Coreset.read(str(folder / "coreset.parquet"), manifest={"data": {"rows": 4}})
+    coreset = Coreset.read(str(folder / "coreset.parquet"), manifest={"dataset": {"rows": 4}})
     taken = coreset.take(pa.table({"x": ["a", "b", "c", "d"]}))
     assert taken.column("x").to_pylist() == ["b", "d"], taken
 
