@@ -1,0 +1,263 @@
+"""How good a coreset is: train a fresh model on it, score it on held-out data.
+
+A fresh backbone is trained on the coreset rows with their soft labels and
+weights, early-stopped on the validation split's AUC, and scored on the test
+split by AUC and log loss. Feature values that never occur in the training
+rows are mapped to their field's out-of-vocabulary id 0 in the validation and
+test rows: a model trained on a coreset has never seen them, and their
+embeddings are still at their random initial values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.models.registry import BACKBONES, build_model
+from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
+from nacs_engine.train import default_batch_size, fit_early_stopping, predict_logits
+
+_PROBABILITY_FLOOR = 1e-7
+_INFERENCE_BATCH_ROWS = 16384
+
+
+def _labels_and_values(labels: object, values: object, values_name: str) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(values, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"labels: expected a 1-D array, got shape {y.shape}")
+    if s.shape != y.shape:
+        raise ValueError(f"{values_name}: expected shape {y.shape}, got {s.shape}")
+    if y.size == 0:
+        raise ValueError("labels: expected at least one row")
+    if not np.all((y == 0.0) | (y == 1.0)):
+        raise ValueError("labels: expected 0/1 values")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{values_name}: contains NaN or infinite values")
+    return y, s
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve from ranks (Mann-Whitney U); tied scores share their mean rank.
+
+    labels: (n,) 0/1; scores: (n,) any real numbers. Raises ValueError when
+    only one class is present.
+    """
+    y, s = _labels_and_values(labels, scores, "scores")
+    n_pos = int(y.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("labels: AUC needs both positive and negative rows")
+    order = np.argsort(s, kind="mergesort")
+    sorted_scores = s[order]
+    # Average rank (1-based) of each run of equal scores.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [s.shape[0]]])
+    mean_ranks = (starts + ends + 1) / 2.0  # ranks starts+1 .. ends, averaged
+    ranks = np.empty(s.shape[0], dtype=np.float64)
+    ranks[order] = np.repeat(mean_ranks, ends - starts)
+    positive_rank_sum = float(ranks[y == 1.0].sum())
+    return (positive_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities ``probs`` (clipped to [1e-7, 1 - 1e-7])."""
+    y, p = _labels_and_values(labels, probs, "probs")
+    if np.any((p < 0.0) | (p > 1.0)):
+        raise ValueError("probs: expected values in [0, 1]")
+    p = np.clip(p, _PROBABILITY_FLOOR, 1.0 - _PROBABILITY_FLOOR)
+    return float(-(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)).mean())
+
+
+def map_unseen_to_oov(features: np.ndarray, seen: np.ndarray, field_dims: tuple[int, ...]) -> np.ndarray:
+    """A copy of ``features`` (m, F) where values absent from ``seen`` (n, F) become 0, per field."""
+    features = np.asarray(features)
+    seen = np.asarray(seen)
+    if features.ndim != 2 or features.shape[1] != len(field_dims):
+        raise ValueError(f"features: expected shape (m, {len(field_dims)}), got {features.shape}")
+    if seen.ndim != 2 or seen.shape[1] != len(field_dims):
+        raise ValueError(f"seen: expected shape (n, {len(field_dims)}), got {seen.shape}")
+    out = np.array(features, dtype=np.int32, copy=True)
+    for column, dim in enumerate(field_dims):
+        present = np.zeros(dim, dtype=bool)
+        present[seen[:, column]] = True
+        present[0] = True
+        out[:, column] = np.where(present[out[:, column]], out[:, column], 0)
+    return out
+
+
+def split_rows(
+    n_rows: int, *, validation_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random disjoint (train, validation, test) positions, each ascending."""
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 3:
+        raise ValueError(f"n_rows: expected an integer of at least 3, got {n_rows!r}")
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError("test_fraction: validation_fraction + test_fraction must be below 1")
+    order = numpy_generator(seed, "split").permutation(n_rows)
+    n_val = max(1, int(round(validation_fraction * n_rows)))
+    n_test = max(1, int(round(test_fraction * n_rows)))
+    return (
+        np.sort(order[n_val + n_test :]),
+        np.sort(order[:n_val]),
+        np.sort(order[n_val : n_val + n_test]),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How the fresh model is trained: backbone, sizes, Adam, early stopping."""
+
+    backbone: str = "deepfm"
+    embed_dim: int = 10
+    dropout: float = 0.5
+    learning_rate: float = 0.01
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+    max_epochs: int = 20
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 2):
+            raise ValueError(f"batch_size: expected an integer of at least 2, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of a model trained on a coreset."""
+
+    test_auc: float
+    test_log_loss: float
+    validation_auc: float
+    best_epoch: int
+    epochs_run: int
+    train_rows: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "test_auc": self.test_auc,
+            "test_log_loss": self.test_log_loss,
+            "validation_auc": self.validation_auc,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "train_rows": self.train_rows,
+            "seconds": self.seconds,
+        }
+
+
+def evaluate_coreset(
+    train: EncodedDataset,
+    validation: EncodedDataset,
+    test: EncodedDataset,
+    *,
+    rows: np.ndarray | None = None,
+    soft_labels: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    options: EvaluationOptions | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Callable[[int, float], None] | None = None,
+) -> Evaluation:
+    """Train a fresh backbone on ``train`` rows ``rows`` and score it on ``test``.
+
+    rows: (k,) positions in ``train`` (None: all rows, i.e. the full-data model).
+    soft_labels: (k,) targets in [0, 1] (None: the given labels).
+    weights: (k,) non-negative weights (None: all 1).
+    progress(epoch, validation_auc) is called after every epoch.
+    """
+    started = time.perf_counter()
+    for name, value in (("train", train), ("validation", validation), ("test", test)):
+        if not isinstance(value, EncodedDataset):
+            raise ValueError(f"{name}: expected an EncodedDataset, got {type(value).__name__}")
+    for name, value in (("validation", validation), ("test", test)):
+        if tuple(value.field_dims) != tuple(train.field_dims):
+            raise ValueError(f"{name}: its field_dims differ from the training data's")
+    options = options or EvaluationOptions()
+    if not isinstance(options, EvaluationOptions):
+        raise ValueError(f"options: expected EvaluationOptions, got {type(options).__name__}")
+    resolved = resolve_device(device)
+    if rows is None:
+        positions = np.arange(train.n_rows, dtype=np.int64)
+    else:
+        positions = np.asarray(rows)
+        if positions.ndim != 1 or positions.size < 2 or positions.dtype.kind not in "iu":
+            raise ValueError("rows: expected a 1-D integer array of at least 2 positions")
+        if positions.min() < 0 or positions.max() >= train.n_rows:
+            raise ValueError(f"rows: positions must lie in [0, {train.n_rows})")
+        positions = positions.astype(np.int64)
+    k = positions.shape[0]
+    given = np.asarray(train.labels[positions], dtype=np.float32)
+    if soft_labels is None:
+        targets = given
+    else:
+        targets = np.asarray(soft_labels, dtype=np.float32)
+        if targets.shape != (k,):
+            raise ValueError(f"soft_labels: expected shape ({k},), got {targets.shape}")
+        if not np.all((targets >= 0.0) & (targets <= 1.0)):
+            raise ValueError("soft_labels: expected values in [0, 1]")
+    if weights is None:
+        row_weights = None
+    else:
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape != (k,):
+            raise ValueError(f"weights: expected shape ({k},), got {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+            raise ValueError("weights: expected finite non-negative values with a positive sum")
+        row_weights = torch.from_numpy(w)
+
+    train_features = np.ascontiguousarray(train.features[positions])
+    val_features = map_unseen_to_oov(validation.features, train_features, train.field_dims)
+    test_features = map_unseen_to_oov(test.features, train_features, train.field_dims)
+    val_labels = np.asarray(validation.labels, dtype=np.float64)
+    batch_size = options.batch_size or default_batch_size(k)
+
+    with seeded_scope(seed, "dropout", resolved):
+        with seeded_scope(seed, "evaluation", resolved):
+            model = build_model(
+                options.backbone, train.field_dims, embed_dim=options.embed_dim, dropout=options.dropout
+            )
+        model = model.to(resolved)
+
+        def validate(current: torch.nn.Module) -> float:
+            logits = predict_logits(current, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+            return auc(val_labels, logits.numpy())
+
+        fit = fit_early_stopping(
+            model,
+            train_features,
+            torch.from_numpy(targets),
+            row_weights,
+            validate=validate,
+            learning_rate=options.learning_rate,
+            weight_decay=options.weight_decay,
+            batch_size=batch_size,
+            max_epochs=options.max_epochs,
+            patience=options.patience,
+            device=resolved,
+            generator=torch_generator(seed, "training"),
+            on_epoch=progress,
+        )
+    test_logits = predict_logits(model, test_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+    test_probs = torch.sigmoid(test_logits.double()).numpy()
+    test_labels = np.asarray(test.labels, dtype=np.float64)
+    return Evaluation(
+        test_auc=auc(test_labels, test_logits.numpy()),
+        test_log_loss=log_loss(test_labels, test_probs),
+        validation_auc=fit.best_score,
+        best_epoch=fit.best_epoch,
+        epochs_run=fit.epochs_run,
+        train_rows=int(k),
+        seconds=time.perf_counter() - started,
+    )

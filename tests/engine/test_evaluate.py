@@ -1,0 +1,168 @@
+"""AUC and log loss on arrays, OOV mapping, splits, and training a fresh model on a coreset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.evaluate import (
+    EvaluationOptions,
+    auc,
+    evaluate_coreset,
+    log_loss,
+    map_unseen_to_oov,
+    split_rows,
+)
+from nacs_engine.models import build_model
+from nacs_engine.train import default_batch_size, fit_early_stopping, steps_per_epoch
+
+
+def _pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    positives = scores[labels == 1]
+    negatives = scores[labels == 0]
+    wins = (positives[:, None] > negatives[None, :]).sum() + 0.5 * (
+        positives[:, None] == negatives[None, :]
+    ).sum()
+    return float(wins / (positives.size * negatives.size))
+
+
+def test_auc_by_hand_and_with_ties() -> None:
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert auc(np.array([0, 1, 0, 1]), np.array([0.3, 0.3, 0.3, 0.3])) == pytest.approx(0.5)
+    assert auc(np.array([0, 1, 1]), np.array([0.2, 0.2, 0.9])) == pytest.approx(0.75)
+    assert auc(np.array([1, 0]), np.array([2.0, -1.0])) == pytest.approx(1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3)), min_size=2, max_size=40).filter(
+        lambda rows: len({label for label, _ in rows}) == 2
+    )
+)
+def test_auc_equals_pairwise_count(rows: list[tuple[int, int]]) -> None:
+    labels = np.array([label for label, _ in rows], dtype=np.float32)
+    scores = np.array([score for _, score in rows], dtype=np.float64)
+    assert auc(labels, scores) == pytest.approx(_pairwise_auc(labels, scores))
+
+
+def test_log_loss_by_hand() -> None:
+    value = log_loss(np.array([1, 0]), np.array([0.8, 0.4]))
+    assert value == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    assert math.isfinite(log_loss(np.array([1, 0]), np.array([0.0, 1.0])))
+
+
+def test_metric_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        auc(np.array([1, 1]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="scores"):
+        auc(np.array([1, 0]), np.array([0.1]))
+    with pytest.raises(ValueError, match="scores"):
+        auc(np.array([1, 0]), np.array([np.nan, 0.1]))
+    with pytest.raises(ValueError, match="labels"):
+        log_loss(np.array([2, 0]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="probs"):
+        log_loss(np.array([1, 0]), np.array([1.5, 0.2]))
+
+
+def test_map_unseen_to_oov() -> None:
+    seen = np.array([[1, 2], [3, 2]])
+    other = np.array([[1, 1], [2, 2], [3, 0]])
+    np.testing.assert_array_equal(
+        map_unseen_to_oov(other, seen, (4, 3)), np.array([[1, 0], [0, 2], [3, 0]])
+    )
+    with pytest.raises(ValueError, match="features"):
+        map_unseen_to_oov(np.zeros((2, 3), dtype=np.int32), seen, (4, 3))
+
+
+def test_split_rows_is_a_seeded_partition() -> None:
+    train, validation, test = split_rows(1000, validation_fraction=0.1, test_fraction=0.2, seed=3)
+    assert (validation.size, test.size, train.size) == (100, 200, 700)
+    assert np.array_equal(np.sort(np.concatenate([train, validation, test])), np.arange(1000))
+    again = split_rows(1000, validation_fraction=0.1, test_fraction=0.2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, validation, test), again, strict=True))
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_rows(1000, validation_fraction=0.5, test_fraction=0.5)
+
+
+def test_batch_sizes() -> None:
+    assert default_batch_size(10_000_000) == 8192
+    assert default_batch_size(100_000) == 4096
+    assert default_batch_size(500) == 64
+    assert steps_per_epoch(130, 64) == 3
+    assert steps_per_epoch(129, 64) == 2  # a trailing single row is skipped
+    with pytest.raises(ValueError, match="n_rows"):
+        default_batch_size(0)
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    torch.manual_seed(0)
+    model = build_model("deepfm", (4, 4), embed_dim=2, hidden_dims=(4,), dropout=0.0)
+    x = np.array([[1, 2], [3, 1], [2, 2], [0, 3]] * 8, dtype=np.int32)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0] * 8)
+    scores = iter([0.6, 0.9, 0.7, 0.65, 0.99])
+    snapshots: list[dict] = []
+
+    def validate(current: torch.nn.Module) -> float:
+        snapshots.append({k: v.clone() for k, v in current.state_dict().items()})
+        return next(scores)
+
+    fit = fit_early_stopping(
+        model, x, y, None, validate=validate, learning_rate=0.05, weight_decay=0.0,
+        batch_size=8, max_epochs=5, patience=2, device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (fit.best_epoch, fit.epochs_run, fit.best_score) == (2, 4, 0.9)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, snapshots[1][key])
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[EncodedDataset, EncodedDataset, EncodedDataset]:
+    data = make_synthetic_ctr(
+        4000, cardinalities=(20, 50, 8, 100, 30), click_rate=0.3, flip_rate=0.0, signal=2.5, seed=2
+    ).dataset
+    train, validation, test = split_rows(data.n_rows, seed=0)
+    return data.subset(train), data.subset(validation), data.subset(test)
+
+
+def test_evaluate_coreset_learns_the_task(splits) -> None:
+    train, validation, test = splits
+    options = EvaluationOptions(embed_dim=4, max_epochs=4)
+    full = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
+    assert full.train_rows == train.n_rows
+    assert full.test_auc > 0.7
+    assert 0 < full.test_log_loss < 0.69
+    assert 1 <= full.best_epoch <= full.epochs_run <= 4
+    again = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
+    assert again.test_auc == full.test_auc
+    rows = np.arange(0, train.n_rows, 4)
+    epochs: list[int] = []
+    small = evaluate_coreset(
+        train, validation, test, rows=rows, soft_labels=np.clip(train.labels[rows], 0.05, 0.95),
+        weights=np.ones(rows.size), options=options, device="cpu",
+        progress=lambda epoch, score: epochs.append(epoch),
+    )
+    assert small.train_rows == rows.size and 0.5 < small.test_auc <= 1.0
+    assert epochs == list(range(1, small.epochs_run + 1))
+
+
+def test_evaluate_coreset_rejects_bad_inputs(splits) -> None:
+    train, validation, test = splits
+    rows = np.arange(10)
+    with pytest.raises(ValueError, match="rows"):
+        evaluate_coreset(train, validation, test, rows=np.array([0, train.n_rows]))
+    with pytest.raises(ValueError, match="soft_labels"):
+        evaluate_coreset(train, validation, test, rows=rows, soft_labels=np.full(10, 1.5))
+    with pytest.raises(ValueError, match="weights"):
+        evaluate_coreset(train, validation, test, rows=rows, weights=np.full(9, 1.0))
+    with pytest.raises(ValueError, match="validation"):
+        evaluate_coreset(train, train.features, test)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backbone"):
+        EvaluationOptions(backbone="lr")
