@@ -93,12 +93,42 @@ class Vocabulary:
         if self.values.shape[0] == 0:
             return np.zeros(len(tokens), dtype=np.int32)
         if self.kind == "int":
-            order, sorted_values = self._sorted
-            pos = np.searchsorted(sorted_values, tokens)
-            np.minimum(pos, sorted_values.shape[0] - 1, out=pos)
-            hit = sorted_values[pos] == tokens
-            return np.where(hit, order[pos] + 1, 0).astype(np.int32)
+            return self._lookup_integers(np.asarray(tokens, dtype=np.int64))
         return (self._index.get_indexer(tokens) + 1).astype(np.int32)
+
+    def _lookup_integers(self, tokens: np.ndarray) -> np.ndarray:
+        dense = self._dense
+        if dense is not None:
+            low, table, missing_id = dense
+            offset = tokens - low
+            inside = (offset >= 0) & (offset < table.shape[0])
+            ids = table[np.where(inside, offset, 0)]
+            ids[~inside] = 0
+            if missing_id:
+                ids[tokens == MISSING_CODE] = missing_id
+            return ids
+        order, sorted_values = self._sorted
+        pos = np.searchsorted(sorted_values, tokens)
+        np.minimum(pos, sorted_values.shape[0] - 1, out=pos)
+        hit = sorted_values[pos] == tokens
+        return np.where(hit, order[pos] + 1, 0).astype(np.int32)
+
+    @cached_property
+    def _dense(self) -> tuple[int, np.ndarray, int] | None:
+        """(lowest value, id of each value from it, id of the missing token) when the
+        values span a small range, so that a lookup is one gather."""
+        present = self.values != MISSING_CODE
+        missing = np.flatnonzero(~present)
+        missing_id = int(missing[0]) + 1 if missing.size else 0
+        values = self.values[present]
+        if values.size == 0:
+            return 0, np.zeros(1, dtype=np.int32), missing_id
+        low, high = int(values.min()), int(values.max())
+        if high - low >= max(1 << 20, 8 * values.size):
+            return None
+        table = np.zeros(high - low + 1, dtype=np.int32)
+        table[values - low] = np.flatnonzero(present) + 1
+        return low, table, missing_id
 
     @cached_property
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:

@@ -345,8 +345,14 @@ def open_source(
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ValueError("storage_options: expected a mapping of fsspec options")
     uri = os.fspath(uri)
-    with _data_errors(uri):
+    try:
         fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise DataError(
+            "unsupported_format", f"{uri}: no reader for this kind of URI ({_short(exc)})"
+        ) from exc
+    with _data_errors(uri):
+        fs.invalidate_cache(path)
         info = fs.info(path)
         if info.get("type") == "directory":
             paths, sizes = _part_files(fs, path, uri, format)

@@ -125,3 +125,50 @@ def test_fingerprint_tracks_labels_values_and_options():
 def test_min_count_must_be_positive():
     with pytest.raises(ValueError, match="min_count"):
         Encoder(min_count=0)
+
+
+@pytest.mark.parametrize("spread", [1, 10**12])
+def test_integer_lookup_dense_and_sparse(spread):
+    rng = np.random.default_rng(4)
+    base = rng.integers(0, 40, 400) * spread
+    values = pa.array(base.tolist() + [None] * 30, pa.int64())
+    labels = rng.integers(0, 2, len(values))
+    data = load_dataset(pa.table({"label": labels, "v": values}), min_count=5)
+    as_text = load_dataset(
+        pa.table(
+            {
+                "label": labels,
+                "v": pa.array([None if v is None else str(v) for v in values.to_pylist()]),
+            }
+        ),
+        min_count=5,
+    )
+    # integer and text columns give the same ids (ties are broken in text order)
+    np.testing.assert_array_equal(data.features, as_text.features)
+    tokens = values.to_pylist()
+    counts = {t: tokens.count(t) for t in set(tokens)}
+    kept = sorted(
+        (t for t in counts if counts[t] >= 5),
+        key=lambda t: (-counts[t], "" if t is None else str(t)),
+    )
+    expected = [kept.index(t) + 1 if t in kept else 0 for t in tokens]
+    np.testing.assert_array_equal(data.features[:, 0], expected)
+
+
+def test_numeric_column_with_text_is_a_data_error():
+    table = pa.table({"label": [0, 1], "n": ["3", "many"]})
+    with pytest.raises(DataError) as info:
+        load_dataset(table, numeric_columns=["n"])
+    assert info.value.code == "unreadable_data" and "'n'" in info.value.message
+
+
+def test_argument_errors_name_the_argument():
+    table = pa.table({"label": [0, 1], "a": ["x", "y"]})
+    with pytest.raises(ValueError, match="feature_columns"):
+        load_dataset(table, feature_columns=["label", "a"])
+    with pytest.raises(ValueError, match="numeric_columns"):
+        load_dataset(table, feature_columns=["a"], numeric_columns=["label"])
+    with pytest.raises(ValueError, match="batch_rows"):
+        load_dataset(table, batch_rows=0)
+    with pytest.raises(ValueError, match="source"):
+        load_dataset(42)
