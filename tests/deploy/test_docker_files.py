@@ -482,6 +482,8 @@ def test_gpu_worker_is_only_under_the_gpu_profile(services, stages):
     assert gpu, "no service reserves a GPU"
     for name, svc in gpu.items():
         assert svc["build"]["target"] == "worker"
+        # A forked child cannot use the parent's CUDA context: GPU workers run jobs in-process.
+        assert "--no-fork" in (svc.get("command") or []), f"{name} forks after CUDA starts"
         index = svc["build"]["args"]["TORCH_INDEX_URL"]
         assert re.search(r"/whl/cu\d+", index), f"{name} would build CPU torch: {index}"
     for name, svc in services.items():
