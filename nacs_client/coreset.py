@@ -8,6 +8,7 @@ pandas and torch are optional and imported only by the methods that need them.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -235,11 +236,17 @@ def _options_for(uri: str, storage_options: Mapping[str, Any] | None) -> dict[st
 
 
 def open_uri(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """An fsspec file opened for reading ``uri``; a clear ImportError when its backend is missing.
+    """A binary file opened for reading ``uri`` (use it in a ``with`` block).
 
-    For ``s3://`` the endpoint defaults to ``$NACS_S3_ENDPOINT_URL`` when set.
+    Local paths, ``file://``, ``s3://`` and the other fsspec protocols go
+    through fsspec (a clear ImportError when a backend such as s3fs is
+    missing); for ``s3://`` the endpoint defaults to ``$NACS_S3_ENDPOINT_URL``.
+    ``http://`` and ``https://`` are fetched with httpx, so they need no extra
+    package; ``storage_options`` may then hold ``headers`` and ``timeout``.
     """
     protocol = fsspec.utils.get_protocol(uri)
+    if protocol in ("http", "https"):
+        return _fetch_http(uri, storage_options or {})
     try:
         return fsspec.open(uri, "rb", **_options_for(uri, storage_options))
     except ImportError as error:
@@ -247,6 +254,28 @@ def open_uri(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
         raise ImportError(
             f"reading {protocol}:// URIs needs an optional package{extra}: {error}"
         ) from error
+
+
+def _fetch_http(uri: str, options: Mapping[str, Any]) -> io.BytesIO:
+    import httpx
+
+    unknown = sorted(set(options) - {"headers", "timeout"})
+    if unknown:
+        raise ValueError(f"storage_options: {', '.join(unknown)} not supported for {uri}")
+    try:
+        response = httpx.get(
+            uri,
+            headers=options.get("headers"),
+            timeout=options.get("timeout", 60.0),
+            follow_redirects=True,
+        )
+    except httpx.HTTPError as error:
+        raise OSError(f"could not read {uri}: {error}") from error
+    if response.status_code == 404:
+        raise FileNotFoundError(f"{uri}: HTTP 404")
+    if not response.is_success:
+        raise OSError(f"could not read {uri}: HTTP {response.status_code}")
+    return io.BytesIO(response.content)
 
 
 def copy_to_local(

@@ -188,3 +188,31 @@ def test_a_missing_backend_is_a_clear_import_error(monkeypatch):
     monkeypatch.setattr(fsspec, "open", missing)
     with pytest.raises(ImportError, match=r"nacs\[s3\]"):
         open_uri("s3://bucket/coreset.parquet")
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on loopback (http.server in a thread)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_read_over_http_needs_no_extra_package(http_folder):
+    folder, url = http_folder
+    pq.write_table(make_coreset().to_arrow(), folder / "coreset.parquet")
+    coreset = Coreset.read(f"{url}/coreset.parquet", storage_options={"headers": {"X-Test": "1"}})
+    np.testing.assert_array_equal(coreset.rows, ROWS)
+    with pytest.raises(FileNotFoundError, match="404"):
+        Coreset.read(f"{url}/missing.parquet")
+    with pytest.raises(ValueError, match="storage_options: anon"):
+        Coreset.read(f"{url}/coreset.parquet", storage_options={"anon": True})
