@@ -111,13 +111,13 @@ class _Teacher:
         self.bias = 0.0
 
     def raw_logits(self, values: np.ndarray) -> np.ndarray:
-        """(n,) float64 logits before scale and bias; values (n, F) 0-based value ranks."""
-        logits = np.zeros(values.shape[0], dtype=np.float64)
+        """(n,) float64 logits before scale and bias; values (F, n) 0-based value ranks."""
+        logits = np.zeros(values.shape[1], dtype=np.float64)
         for f, weights in enumerate(self.weights):
-            logits += weights[values[:, f]]
+            logits += weights[values[f]]
         for a, c in self.pairs:
-            ea = self.embeddings[a][values[:, a]]  # (n, d)
-            ec = self.embeddings[c][values[:, c]]  # (n, d)
+            ea = self.embeddings[a][values[a]]  # (n, d)
+            ec = self.embeddings[c][values[c]]  # (n, d)
             logits += np.einsum("nd,nd->n", ea, ec)
         return logits
 
@@ -336,19 +336,19 @@ def _generate(spec: _Spec) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
         rng = np.random.default_rng(chunk_seed)
         start = index * CHUNK_ROWS
         rows = min(CHUNK_ROWS, spec.n_rows - start)
-        values = _draw_values(spec, rows, rng)  # (b, F) 0-based ranks
+        values = _draw_values(spec, rows, rng)  # (F, b) 0-based ranks
         p = teacher.probability(values)
         clean = (rng.random(rows) < p).astype(np.float32)
         flip_chance = np.where(clean > 0, spec.flip_positive, spec.flip_negative)
         flipped = rng.random(rows) < flip_chance
         noisy = np.where(flipped, 1.0 - clean, clean).astype(np.float32)
-        ids = (values + 1).astype(np.int32)
+        ids = values.T + 1  # (b, F)
         yield start, (ids, noisy, clean, flipped, p.astype(np.float32))
 
 
 def _draw_values(spec: _Spec, rows: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, F) int64 value ranks, rank r of a field drawn with weight ~ (r + 1)^-s."""
-    values = np.empty((rows, len(spec.cardinalities)), dtype=np.int64)
+    """(F, rows) int32 value ranks, rank r of a field drawn with weight ~ (r + 1)^-s."""
+    values = np.empty((len(spec.cardinalities), rows), dtype=np.int32)
     for f, (card, s) in enumerate(zip(spec.cardinalities, spec.exponents, strict=True)):
         u = rng.random(rows)
         top = card + 1.0
@@ -357,7 +357,7 @@ def _draw_values(spec: _Spec, rows: int, rng: np.random.Generator) -> np.ndarray
         else:
             x = (1.0 + u * (top ** (1.0 - s) - 1.0)) ** (1.0 / (1.0 - s))
         np.clip(np.floor(x) - 1, 0, card - 1, out=x)
-        values[:, f] = x
+        values[f] = x
     return values
 
 
