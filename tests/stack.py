@@ -13,7 +13,8 @@ Main entry points (plain functions and classes, usable from any test module):
   ``.client(tenant="alpha") -> httpx.Client`` (authenticated), ``.headers(tenant)``,
   ``.submit(body, tenant=..., **kw) -> dict`` (asserts 202), ``.wait(job_id, statuses=FINISHED, timeout_s=...)``,
   ``.watch(job_id, until, timeout_s)`` (every job state seen while polling),
-  ``.start_worker(env=None) -> subprocess.Popen``, ``.kill_worker(process, sig)``,
+  ``.start_worker(env=None) -> subprocess.Popen``, ``.kill_worker(process, sig)`` (the worker and its
+  work horse), ``.horse_pids(process)``,
   ``.restart_api(env=None)``, ``.store()`` (a ``worker.queueing.JobStore`` on the stack's keys),
   ``.stop()`` (kills processes, deletes the stack's Redis keys).
 - ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, click_rate=0.2)``: a small CTR dataset.
@@ -129,6 +130,26 @@ def make_ctr_parquet(
     return path
 
 
+def descendants(pid: int) -> list[int]:
+    """Process ids of every descendant of ``pid`` (RQ work horses run in their own process group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _kill_group(process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
     if process.poll() is not None:
         return
@@ -201,13 +222,23 @@ class Stack:
         return process
 
     def kill_worker(self, process: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
-        """Signal a worker and the work horse it forked (its whole process group); wait for it to end."""
+        """Signal a worker and every process it forked (the work horse too); wait for it to end."""
+        for pid in descendants(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         _kill_group(process, sig)
         if process in self.workers:
             self.workers.remove(process)
 
+    def horse_pids(self, process: subprocess.Popen[Any]) -> list[int]:
+        """The work horses (forked children) a worker process runs now."""
+        return descendants(process.pid)
+
     def stop(self) -> None:
         for process in list(self.workers):
+            for pid in descendants(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             _kill_group(process)
         self.workers.clear()
         if self.api is not None:

@@ -29,3 +29,13 @@ def moto() -> Iterator[MotoServer]:
     server = MotoServer.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slow_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset big enough that reading it takes seconds: time to cancel or kill a running job.
+
+    Written outside the session stack's folder; tests that use it start stacks allowing its folder.
+    """
+    folder = tmp_path_factory.mktemp("slow")
+    return make_ctr_parquet(folder / "slow.parquet", 2_500_000, seed=3, n_fields=8, vocabulary=1000)

@@ -1,0 +1,91 @@
+"""Cancel a running job, kill a worker mid-job, restart Redis mid-job: the real processes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.stack import RedisServer, Stack, start_stack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def slow_body(path: Path) -> dict:
+    return {"dataset_uri": str(path), "ratio": 0.001, "method": "random"}
+
+
+@pytest.fixture
+def fault_stack(tmp_path: Path, slow_parquet: Path):
+    running = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/")
+    yield running
+    running.stop()
+
+
+def wait_running(stack: Stack, job_id: str) -> dict:
+    return stack.watch(job_id, until=("running", "succeeded", "failed", "cancelled"), timeout_s=60)[-1]
+
+
+def test_cancel_running_job(fault_stack: Stack, slow_parquet: Path) -> None:
+    job = fault_stack.submit(slow_body(slow_parquet))
+    running = wait_running(fault_stack, job["id"])
+    assert running["status"] == "running", running
+    with fault_stack.client() as client:
+        asked = client.post(f"/jobs/{job['id']}/cancel").json()
+    assert asked["cancel_requested"] is True
+    final = fault_stack.wait(job["id"], timeout_s=15)
+    assert final["status"] == "cancelled", final
+    assert final["finished_at"] and final["result"] is None
+    output = Path(final["request"]["output_uri"][len("file://") :])
+    assert not (output / "manifest.json").exists()
+    again = fault_stack.submit({"dataset_uri": str(slow_parquet), "size": 10, "method": "random"})
+    assert fault_stack.wait(again["id"], timeout_s=90)["status"] == "succeeded", "the worker goes on after a cancel"
+
+
+def test_worker_killed_mid_job_is_run_again(fault_stack: Stack, slow_parquet: Path) -> None:
+    job = fault_stack.submit(slow_body(slow_parquet))
+    assert wait_running(fault_stack, job["id"])["status"] == "running"
+    fault_stack.kill_worker(fault_stack.workers[0], signal.SIGKILL)
+    requeued = fault_stack.watch(job["id"], until=("queued", "failed", "succeeded"), timeout_s=30)[-1]
+    assert requeued["status"] == "queued", requeued
+    assert "running again" in requeued["progress"]["message"]
+    fault_stack.start_worker()
+    final = fault_stack.wait(job["id"], timeout_s=120)
+    assert final["status"] == "succeeded", final
+    assert final["attempts"] == 2
+
+
+def test_worker_killed_on_last_attempt_fails_with_worker_lost(tmp_path: Path, slow_parquet: Path) -> None:
+    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_MAX_ATTEMPTS": "1"})
+    try:
+        job = stack.submit(slow_body(slow_parquet))
+        assert wait_running(stack, job["id"])["status"] == "running"
+        stack.kill_worker(stack.workers[0], signal.SIGKILL)
+        final = stack.wait(job["id"], timeout_s=30)
+        assert final["status"] == "failed"
+        assert final["error"]["code"] == "worker_lost"
+        assert "heartbeat" in final["error"]["message"] or "worker process" in final["error"]["message"]
+    finally:
+        stack.stop()
+
+
+def test_redis_restart_mid_job_keeps_the_job(tmp_path: Path, slow_parquet: Path) -> None:
+    server = RedisServer.start(tmp_path, appendonly=True)
+    stack = start_stack(tmp_path / "stack", redis_url=server.url, allowed_uris=f"file://{slow_parquet.parent}/")
+    try:
+        job = stack.submit(slow_body(slow_parquet))
+        queued_only = stack.submit({"dataset_uri": str(slow_parquet), "size": 5, "method": "random"})
+        running = wait_running(stack, job["id"])
+        assert running["status"] == "running"
+        server.restart(down_s=1.0)
+        final = stack.wait(job["id"], timeout_s=120)
+        assert final["status"] == "succeeded", final
+        assert final["created_at"] == job["created_at"] and final["request"] == job["request"]
+        assert stack.wait(queued_only["id"], timeout_s=60)["status"] == "succeeded"
+        with stack.client() as client:
+            assert client.get(f"/jobs/{job['id']}/result").status_code == 200
+            wait_until(lambda: client.get("/readyz").status_code == 200, 10, what="ready again")
+    finally:
+        stack.stop()
+        server.stop()

@@ -1,0 +1,344 @@
+"""The API through the real app and the real Redis (no worker: jobs stay queued)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import SettingsError
+from tests.service.conftest import assert_error
+from tests.stack import REPO, TENANT_KEYS, free_port
+
+
+def body(dataset: Path, **extra: object) -> dict:
+    return {"dataset_uri": str(dataset), "ratio": 0.1, "method": "random"} | extra
+
+
+def test_submit_returns_202_location_and_defaults(client: TestClient, dataset: Path, settings) -> None:
+    response = client.post("/jobs", json=body(dataset))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["result"] is None and job["error"] is None
+    assert job["request"]["dataset_uri"] == f"file://{dataset}"
+    assert job["request"]["options"]["mc_passes"] == 10
+    assert job["request"]["output_uri"] == f"{settings.storage_uri}/alpha/jobs/{job['id']}"
+    assert job["progress"] == {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"}
+    assert client.get(f"/jobs/{job['id']}").json() == job
+    assert "rq_job_id" not in job and "tenant" not in job
+
+
+def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, settings) -> None:
+    import redis
+
+    job = client.post("/jobs", json=body(dataset)).json()
+    connection = redis.Redis.from_url(settings.redis_url)
+    record = connection.get(f"{settings.redis_prefix}job:{job['id']}")
+    assert record.startswith(b"{")
+    rq_job = connection.hgetall(f"rq:job:{job['id']}-1")
+    payload = json.loads(zlib.decompress(rq_job[b"data"]))  # RQ compresses; the content is JSON, not a pickle
+    assert payload[0] == "worker.tasks.run_job" and payload[2] == [job["id"], settings.redis_prefix]
+    assert int(connection.ttl(f"{settings.redis_prefix}job:{job['id']}")) > 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({}, 422, "dataset_uri"),
+        ({"ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "DATA"}, 422, "ratio, size"),
+        ({"dataset_uri": "DATA", "ratio": 0}, 422, "ratio"),
+        ({"dataset_uri": "DATA", "ratio": 1}, 422, "ratio"),
+        ({"dataset_uri": "DATA", "ratio": -0.5}, 422, "ratio"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "size": 10}, 422, "ratio, size"),
+        ({"dataset_uri": "DATA", "size": 0}, 422, "size"),
+        ({"dataset_uri": "DATA", "size": "many"}, 422, "size"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "method": "magic"}, 422, "method"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "colour": "red"}, 422, "colour"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"turbo": True}}, 422, "options.turbo"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"rounds": 0}}, 422, "options.rounds"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"rounds": 21}}, 422, "options.rounds"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"remove_rate": 0.9}}, 422, "options.remove_rate"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"backbone": "bert"}}, 422, "options.backbone"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"device": "tpu"}}, 422, "options.device"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": "fast"}, 422, "options"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "format": "xlsx"}, 422, "format"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "feature_columns": ["label"]}, 422, "feature_columns"),
+        ({"dataset_uri": "ftp://example.com/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "gopher://example.com/x", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "data:text/csv,label%0A1", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "relative/path.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "/etc/passwd", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "s3://other-bucket/data/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "s3://allowed-bucket/data/../secret/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "https://127.0.0.1/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "https://localhost/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "https://169.254.169.254/latest/meta-data", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "https://10.0.0.8/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "http://example.com/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "/tmp/elsewhere"}, 422, "output_uri"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "s3://allowed-bucket/x"}, 422, "output_uri"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/beta/jobs/mine"}, 422, "output_uri"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/alpha/../beta/x"}, 422, "output_uri"),
+        ([1, 2, 3], 422, None),
+        ("just a string", 422, None),
+    ],
+)
+def test_bad_requests_name_the_field(client: TestClient, dataset: Path, settings, payload, status, field) -> None:
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("DATA", str(dataset)).replace("STORAGE", settings.storage_uri)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    error = assert_error(client.post("/jobs", json=fill(payload)), status)
+    if field is not None:
+        assert field in error["message"], error
+    assert client.get("/jobs").json()["jobs"] == [], "no job was created"
+
+
+def test_ratio_nan_and_infinity_are_refused(client: TestClient, dataset: Path) -> None:
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        raw = f'{{"dataset_uri": "{dataset}", "ratio": {literal}}}'
+        error = assert_error(client.post("/jobs", content=raw, headers={"Content-Type": "application/json"}), 422)
+        assert "ratio" in error["message"]
+
+
+def test_malformed_json_is_a_clear_400(client: TestClient) -> None:
+    response = client.post("/jobs", content=b'{"dataset_uri": ', headers={"Content-Type": "application/json"})
+    error = assert_error(response, 400, "malformed_json")
+    assert "JSON" in error["message"]
+
+
+def test_path_escapes_are_refused(client: TestClient, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (tmp_path / "secret.parquet").write_bytes(b"PAR1")
+    (data / "link.parquet").symlink_to(tmp_path / "secret.parquet")
+    (data / "linkdir").symlink_to(tmp_path)
+    for uri in (
+        f"{data}/../secret.parquet",
+        f"file://{data}/../secret.parquet",
+        f"{data}/link.parquet",
+        f"{data}/linkdir/secret.parquet",
+        f"file://{data}/%2e%2e/secret.parquet",
+    ):
+        error = assert_error(client.post("/jobs", json={"dataset_uri": uri, "ratio": 0.1}), 422)
+        assert "dataset_uri" in error["message"], uri
+
+
+def test_output_uri_inside_own_prefix_is_accepted(client: TestClient, dataset: Path, settings) -> None:
+    wanted = f"{settings.storage_uri}/alpha/experiments/run-1"
+    job = client.post("/jobs", json=body(dataset, output_uri=wanted))
+    assert job.status_code == 202, job.text
+    assert job.json()["request"]["output_uri"] == wanted
+
+
+def test_bodies_are_bounded(make_settings, dataset: Path) -> None:
+    settings = make_settings(max_body_bytes=4096)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
+        huge = body(dataset, feature_columns=[f"c{i}" for i in range(2000)])
+        assert_error(client.post("/jobs", json=huge), 413, "payload_too_large")
+
+        def chunks():
+            yield b'{"dataset_uri": "'
+            for _ in range(100):
+                yield b"x" * 100
+            yield b'"}'
+
+        streamed = client.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+        assert_error(streamed, 413, "payload_too_large")
+
+
+def test_auth(client: TestClient, dataset: Path) -> None:
+    job = client.post("/jobs", json=body(dataset)).json()
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong-key-123456"}, {"Authorization": "Basic abc"}):
+        assert_error(client.get("/jobs", headers=headers), 401, "unauthorized")
+        assert_error(client.get(f"/jobs/{job['id']}", headers=headers), 401)
+        assert_error(client.post("/jobs", json=body(dataset), headers=headers), 401)
+    no_header = TestClient(client.app, raise_server_exceptions=False)
+    response = no_header.get("/jobs")
+    assert_error(response, 401, mentions="Authorization")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_tenants_see_only_their_own_jobs(client: TestClient, dataset: Path, beta_headers) -> None:
+    job = client.post("/jobs", json=body(dataset)).json()
+    for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/result")):
+        error = assert_error(client.request(method, f"/jobs/{job['id']}{path}", headers=beta_headers), 404, "job_not_found")
+        assert job["id"] in error["message"]
+    assert client.get("/jobs", headers=beta_headers).json() == {"jobs": [], "next_cursor": None}
+    assert_error(client.get("/jobs/does-not-exist"), 404, "job_not_found")
+    assert_error(client.get("/jobs/../../etc"), 404)
+    assert client.get(f"/jobs/{job['id']}").status_code == 200
+
+
+def test_idempotency(client: TestClient, dataset: Path, beta_headers) -> None:
+    key = {"Idempotency-Key": "abc-123"}
+    first = client.post("/jobs", json=body(dataset), headers=key)
+    assert first.status_code == 202
+    again = client.post("/jobs", json=body(dataset), headers=key)
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Location"] == f"/jobs/{first.json()['id']}"
+    assert_error(client.post("/jobs", json=body(dataset, ratio=0.2), headers=key), 409, "idempotency_conflict")
+    other_tenant = client.post("/jobs", json=body(dataset), headers=key | beta_headers)
+    assert other_tenant.status_code == 202 and other_tenant.json()["id"] != first.json()["id"]
+    assert len(client.get("/jobs").json()["jobs"]) == 1
+    assert_error(client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "k" * 300}), 422)
+
+
+def test_list_pages_newest_first_with_status_filter(client: TestClient, dataset: Path) -> None:
+    ids = [client.post("/jobs", json=body(dataset, size=i + 1, ratio=None)).json()["id"] for i in range(7)]
+    client.post(f"/jobs/{ids[2]}/cancel")
+    client.post(f"/jobs/{ids[5]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = client.get("/jobs", params={"limit": 3} | ({"cursor": cursor} if cursor else {})).json()
+        assert len(page["jobs"]) <= 3
+        seen += [job["id"] for job in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    cancelled = client.get("/jobs", params={"status": "cancelled"}).json()
+    assert [job["id"] for job in cancelled["jobs"]] == [ids[5], ids[2]]
+    first = client.get("/jobs", params={"status": "queued", "limit": 1}).json()
+    assert [job["id"] for job in first["jobs"]] == [ids[6]] and first["next_cursor"]
+    for params, field in (({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"status": "started"}, "status"), ({"cursor": "garbage"}, "cursor")):
+        assert_error(client.get("/jobs", params=params), 422, mentions=field)
+
+
+def test_cancel_queued_and_finished(client: TestClient, dataset: Path, settings) -> None:
+    job = client.post("/jobs", json=body(dataset)).json()
+    cancelled = client.post(f"/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled", "cancel is idempotent"
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from worker.queueing import connect
+
+    assert Queue(settings.queue, connection=connect(settings.redis_url), serializer=JSONSerializer).count == 0
+    assert_error(client.get(f"/jobs/{job['id']}/result"), 409, "job_not_succeeded")
+    store = client.app.state.store
+    done = client.post("/jobs", json=body(dataset)).json()
+    store.transition(done["id"], "failed", error={"code": "labels_not_binary", "message": "label: 2 is not 0/1"})
+    error = assert_error(client.post(f"/jobs/{done['id']}/cancel"), 409, "job_finished")
+    assert "failed" in error["message"]
+
+
+def test_running_cancel_sets_the_flag(client: TestClient, dataset: Path) -> None:
+    job = client.post("/jobs", json=body(dataset)).json()
+    store = client.app.state.store
+    store.transition(job["id"], "running", attempts=1)
+    response = client.post(f"/jobs/{job['id']}/cancel").json()
+    assert response["status"] == "running" and response["cancel_requested"] is True
+
+
+def test_too_many_active_jobs_is_429(make_settings, dataset: Path) -> None:
+    settings = make_settings(max_active_jobs_per_tenant=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
+        first = client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "one"}).json()
+        client.post("/jobs", json=body(dataset))
+        response = client.post("/jobs", json=body(dataset))
+        assert_error(response, 429, "too_many_active_jobs")
+        assert int(response.headers["Retry-After"]) > 0
+        replay = client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "one"})
+        assert replay.status_code == 200 and replay.json()["id"] == first["id"], "a replay is not a new job"
+        client.post(f"/jobs/{first['id']}/cancel")
+        assert client.post("/jobs", json=body(dataset)).status_code == 202
+
+
+def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
+    assert_error(client.get("/nothing-here"), 404, "not_found")
+    assert_error(client.delete("/jobs"), 405, "method_not_allowed")
+    assert_error(client.put("/jobs/abc/cancel"), 405)
+
+
+def test_health_ready_metrics_openapi(client: TestClient, dataset: Path) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "storage": "ok"}
+    job = client.post("/jobs", json=body(dataset)).json()
+    client.get(f"/jobs/{job['id']}")
+    text = client.get("/metrics").text
+    assert 'nacs_http_requests_total{method="GET",route="/jobs/{job_id}",status="200"} 1.0' in text
+    assert "nacs_http_request_duration_seconds_bucket" in text
+    assert "nacs_queue_depth 1.0" in text
+    assert 'nacs_jobs{status="queued"} 1.0' in text
+    schema = client.get("/openapi.json").json()
+    request_schema = schema["components"]["schemas"]["JobRequest"]
+    assert request_schema["additionalProperties"] is False
+    options = schema["components"]["schemas"]["JobOptions"]["properties"]
+    assert options["rounds"]["minimum"] == 1 and options["rounds"]["maximum"] == 20
+    assert options["mc_passes"]["description"]
+    assert "/jobs/{job_id}/result" in schema["paths"]
+
+
+def test_redis_unreachable_is_503(make_settings, dataset: Path) -> None:
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
+        ready = client.get("/readyz")
+        error = assert_error(ready, 503, "not_ready", mentions="redis")
+        assert error["details"]["storage"] == "ok"
+        assert ready.headers["Retry-After"]
+        for response in (client.post("/jobs", json=body(dataset)), client.get("/jobs"), client.get("/jobs/abc")):
+            assert_error(response, 503, "redis_unavailable")
+            assert response.headers["Retry-After"]
+        assert "nacs_redis_up 0.0" in client.get("/metrics").text
+
+
+def test_service_refuses_to_start_without_keys(make_settings) -> None:
+    with pytest.raises(SettingsError, match="NACS_INSECURE_LOCAL"):
+        create_app(make_settings(api_keys=None))
+    with pytest.raises(SettingsError, match="entry 1"):
+        create_app(make_settings(api_keys="no-colon-here"))
+
+
+def test_insecure_local_mode_serves_one_tenant(make_settings, dataset: Path) -> None:
+    settings = make_settings(api_keys=None, insecure_local=True)
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/jobs", json=body(dataset))
+        assert job.status_code == 202
+        assert "/local/jobs/" in job.json()["request"]["output_uri"]
+
+
+def test_keys_file(make_settings, tmp_path: Path, dataset: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# tenants\ngamma:gamma-key-987654321\n")
+    settings = make_settings(api_keys=None, api_keys_file=str(keys))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/jobs", headers={"Authorization": "Bearer gamma-key-987654321"}).status_code == 200
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}).status_code == 401
+
+
+def test_api_process_never_imports_torch() -> None:
+    code = (
+        "import os, sys; os.environ['NACS_INSECURE_LOCAL'] = '1'\n"
+        "import service.main, service.cli, worker.queueing, worker.spec, worker.storage, worker.runner\n"
+        "service.main.create_app()\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=os.environ.copy(), timeout=120)
+
+
+def test_keys_are_never_logged(client: TestClient, dataset: Path, caplog) -> None:
+    caplog.set_level("DEBUG")
+    client.post("/jobs", json=body(dataset))
+    client.get("/jobs", headers={"Authorization": "Bearer wrong-key-123456"})
+    for key in (*TENANT_KEYS.values(), "wrong-key-123456"):
+        assert key not in caplog.text
