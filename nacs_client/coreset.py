@@ -52,11 +52,12 @@ class Coreset:
         manifest: Manifest | None = None,
         uri: str | None = None,
     ) -> None:
-        self.rows = np.asarray(rows, dtype=np.int64)  # (k,)
-        self.labels = np.asarray(labels)  # (k,)
-        self.soft_labels = np.asarray(soft_labels, dtype=np.float32)  # (k,)
-        self.weights = np.asarray(weights, dtype=np.float32)  # (k,)
-        self.uncertainty = np.asarray(uncertainty, dtype=np.float32)  # (k,)
+        # Own, writable copies (arrays read from Arrow are read-only views).
+        self.rows = np.array(rows, dtype=np.int64)  # (k,)
+        self.labels = np.array(labels)  # (k,)
+        self.soft_labels = np.array(soft_labels, dtype=np.float32)  # (k,)
+        self.weights = np.array(weights, dtype=np.float32)  # (k,)
+        self.uncertainty = np.array(uncertainty, dtype=np.float32)  # (k,)
         self.manifest = manifest
         self.uri = uri
         k = self.rows.shape[0]
