@@ -61,7 +61,7 @@ def is_transient(error: BaseException) -> bool:
         cause = error.__cause__ or error.__context__
         if cause is not None and cause is not error:
             return is_transient(cause)
-        return error.errno is None or error.errno in _TRANSIENT_ERRNOS
+        return error.errno in _TRANSIENT_ERRNOS
     return False
 
 

@@ -58,6 +58,8 @@ def public_status(rq_status: JobStatus | str | None) -> str | None:
         "queued": "queued",
         "deferred": "queued",
         "scheduled": "queued",
+        "rate_limited": "queued",
+        "ready_to_enqueue": "queued",
         "started": "running",
         "finished": "succeeded",
         "failed": "failed",

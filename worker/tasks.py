@@ -23,11 +23,11 @@ import redis
 
 from nacs_engine.errors import DataError, SelectionCancelled
 from worker.errors import JobFailed, is_transient
-from worker.outputs import coreset_table, write_coreset, write_manifest
+from worker.outputs import MANIFEST_FILE, coreset_table, write_coreset, write_manifest
 from worker.queueing import InvalidTransition, JobStore, connect, utc_now
 from worker.settings import WorkerSettings
 from worker.spec import JobRequest
-from worker.storage import normalise_uri, storage_options
+from worker.storage import join_uri, normalise_uri, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,11 @@ def execute(
                 "weight_sum": float(result.weights.sum()),
             },
             "output_uri": output_uri,
+            "manifest_uri": join_uri(output_uri, MANIFEST_FILE),
             "phase_seconds": {k: round(v, 4) for k, v in phase_seconds.items()},
             "diagnostics": diagnostics,
         }
-        manifest["manifest_uri"] = _with_retries(
+        _with_retries(
             "writing the manifest", lambda: write_manifest(output_uri, manifest, settings), settings, report, "writing"
         )
         report("writing", 1.0, "result written")
@@ -148,7 +149,7 @@ def _with_retries(
     for attempt in range(1, attempts + 1):
         try:
             return step()
-        except (DataError, SelectionCancelled, JobFailed):
+        except (SelectionCancelled, JobFailed):
             raise
         except Exception as error:
             cause = _transient_cause(error)
@@ -167,12 +168,11 @@ def _with_retries(
 
 
 def _transient_cause(error: BaseException) -> BaseException | None:
+    """The passing storage or network fault behind ``error`` (also one wrapped in a DataError), or None."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DataError) and current.code != "dataset_not_found":
-            return None
         if is_transient(current):
             return current
         current = current.__cause__ or current.__context__

@@ -1,0 +1,139 @@
+"""Job records, transitions, listing and the reaper against the real Redis (unique keys)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from rq.job import JobStatus
+
+from tests.stack import DEFAULT_REDIS_URL, delete_keys, unique_name
+from worker.queueing import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobStore,
+    TooManyActiveJobs,
+    connect,
+    decode_cursor,
+    encode_cursor,
+    public_status,
+    utc_now,
+)
+from worker.settings import WorkerSettings
+
+REQUEST = {"dataset_uri": "file:///data/x.parquet", "ratio": 0.1, "method": "random", "output_uri": "file:///out"}
+
+
+@pytest.fixture
+def store() -> Iterator[JobStore]:
+    name = unique_name("queueing")
+    settings = WorkerSettings(
+        redis_url=DEFAULT_REDIS_URL, redis_prefix=f"{name}:", queue=name, heartbeat_timeout_s=5, max_attempts=2
+    )
+    yield JobStore(connect(DEFAULT_REDIS_URL), settings)
+    delete_keys(DEFAULT_REDIS_URL, settings.redis_prefix, settings.queue)
+
+
+def test_public_status_maps_every_rq_status() -> None:
+    public = {public_status(status) for status in JobStatus}
+    assert public == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert public_status(JobStatus.STARTED) == "running"
+    assert public_status(JobStatus.STOPPED) == "cancelled"
+    assert public_status(None) is None
+
+
+def test_create_enqueues_json_and_sets_ttls(store: JobStore) -> None:
+    record, created = store.create("t1", REQUEST)
+    assert created and record["status"] == "queued" and record["rq_job_id"] == f"{record['id']}-1"
+    assert store.queue().count == 1
+    assert store.redis.ttl(store.job_key(record["id"])) > 6 * 24 * 3600
+    rq_job = store.queue().fetch_job(record["rq_job_id"])
+    assert rq_job.func_name == "worker.tasks.run_job"
+    assert rq_job.args == [record["id"], store.prefix] or rq_job.args == (record["id"], store.prefix)
+    assert rq_job.timeout == store.settings.job_timeout_s
+    assert rq_job.result_ttl == store.settings.job_ttl_s and rq_job.failure_ttl == store.settings.job_ttl_s
+
+
+def test_finished_jobs_do_not_change(store: JobStore) -> None:
+    record, _ = store.create("t1", REQUEST)
+    store.transition(record["id"], "running", attempts=1)
+    store.transition(record["id"], "succeeded", result={"size": 1})
+    with pytest.raises(InvalidTransition):
+        store.transition(record["id"], "failed")
+    assert store.get(record["id"])["status"] == "succeeded"
+    stats = store.stats()
+    assert stats["jobs"]["succeeded"] == 1 and stats["jobs"]["running"] == 0
+
+
+def test_idempotency_and_active_limit(store: JobStore) -> None:
+    first, created = store.create("t1", REQUEST, idempotency_key="k", body_hash="h1")
+    again, created_again = store.create("t1", REQUEST, idempotency_key="k", body_hash="h1")
+    assert created and not created_again and again["id"] == first["id"]
+    with pytest.raises(IdempotencyConflict):
+        store.create("t1", REQUEST, idempotency_key="k", body_hash="h2")
+    with pytest.raises(TooManyActiveJobs):
+        store.create("t1", REQUEST, idempotency_key="k2", body_hash="h", max_active=1)
+    assert store.redis.get(store._key("idempotency", "t1", "k2")) is None, "a refused job frees its key"
+    assert store.active_count("t1") == 1
+
+
+def test_list_pages_through_equal_timestamps(store: JobStore) -> None:
+    ids = [store.create("t1", REQUEST)[0]["id"] for _ in range(5)]
+    key = store._key("tenant", "t1", "jobs")
+    store.redis.zadd(key, {job_id: 1000.0 for job_id in ids})
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list("t1", limit=2, cursor=cursor)
+        seen += [r["id"] for r in page]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    assert decode_cursor(encode_cursor(12.5, "abc")) == (12.5, "abc")
+    with pytest.raises(ValueError, match="cursor"):
+        decode_cursor("not-a-cursor")
+
+
+def _stale_running(store: JobStore, attempts: int) -> str:
+    record, _ = store.create("t1", REQUEST)
+    store.queue().remove(record["rq_job_id"])
+    stale = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60))
+    store.transition(record["id"], "running", attempts=attempts, started_at=stale, heartbeat_at=stale)
+    return record["id"]
+
+
+def test_reaper_runs_a_lost_job_again(store: JobStore) -> None:
+    job_id = _stale_running(store, attempts=1)
+    assert store.reap() == [(job_id, "requeued")]
+    record = store.get(job_id)
+    assert record["status"] == "queued" and record["rq_job_id"] == f"{job_id}-2"
+    assert "heartbeat" in record["progress"]["message"]
+    assert store.queue().count == 1
+
+
+def test_reaper_fails_a_lost_job_without_attempts_left(store: JobStore) -> None:
+    job_id = _stale_running(store, attempts=2)
+    assert store.reap() == [(job_id, "failed")]
+    record = store.get(job_id)
+    assert record["status"] == "failed" and record["finished_at"]
+    assert record["error"]["code"] == "worker_lost"
+    assert "2 attempt" in record["error"]["message"]
+
+
+def test_reaper_leaves_healthy_jobs_alone(store: JobStore) -> None:
+    record, _ = store.create("t1", REQUEST)
+    store.transition(record["id"], "running", attempts=1, started_at=utc_now(), heartbeat_at=utc_now())
+    assert store.reap() == []
+    assert store.get(record["id"])["status"] == "running"
+
+
+def test_reaper_settles_an_ignored_cancel(store: JobStore) -> None:
+    record, _ = store.create("t1", REQUEST)
+    store.transition(record["id"], "running", attempts=1, started_at=utc_now(), heartbeat_at=utc_now())
+    store.request_cancel(record["id"])
+    assert store.reap() == []
+    assert store.reap(now=time.time() + store.settings.cancel_grace_s + 1) == [(record["id"], "cancelled")]
+    assert store.get(record["id"])["status"] == "cancelled"

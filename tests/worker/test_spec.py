@@ -1,0 +1,76 @@
+"""The JSON job contract mirrors the engine's configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydantic import ValidationError
+
+from nacs_engine.config import SelectionConfig, option_fields
+from worker.spec import JobOptions, JobRequest
+
+
+def test_options_are_the_engine_options_with_their_defaults_and_docs() -> None:
+    fields = JobOptions.model_fields
+    assert set(fields) == {f.name for f in option_fields()}
+    for option in option_fields():
+        assert fields[option.name].default == option.default
+        assert fields[option.name].description == option.metadata["doc"]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": 21}, "rounds"),
+        ({"mc_passes": 1}, "mc_passes"),
+        ({"remove_rate": 0.51}, "remove_rate"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"partition_size": 63}, "partition_size"),
+        ({"seed": -1}, "seed"),
+        ({"device": "cuda:x"}, "device"),
+        ({"backbone": "lstm"}, "backbone"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"no_such_option": 1}, "no_such_option"),
+    ],
+)
+def test_out_of_range_options_name_the_option(options: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobRequest(dataset_uri="/data/x.parquet", ratio=0.1, options=options)
+    assert caught.value.errors()[0]["loc"] == ("options", field)
+
+
+def test_every_accepted_request_makes_a_valid_engine_config() -> None:
+    request = JobRequest(
+        dataset_uri="/data/x.parquet",
+        size=100,
+        method="nacs-no-denoise",
+        options={"rounds": 20, "mc_passes": 100, "partition_size": 64, "device": "cuda:1", "remove_rate": 0.5},
+    )
+    config = request.to_config()
+    assert isinstance(config, SelectionConfig)
+    assert config.size == 100 and config.rounds == 20 and config.device == "cuda:1"
+    assert dataclasses.asdict(config)["method"] == "nacs-no-denoise"
+
+
+@pytest.mark.parametrize(
+    "budget", [{}, {"ratio": 0.1, "size": 5}, {"ratio": 0.0}, {"ratio": 1.0}, {"ratio": float("inf")}, {"size": 0}]
+)
+def test_budget_is_exactly_one_valid_value(budget: dict) -> None:
+    with pytest.raises(ValidationError):
+        JobRequest(dataset_uri="/data/x.parquet", **budget)
+
+
+def test_request_round_trips_as_json() -> None:
+    request = JobRequest(dataset_uri="s3://b/k.parquet", ratio=0.25, numeric_columns=["price"], format="parquet")
+    assert JobRequest.model_validate_json(request.model_dump_json()) == request
+
+
+def test_spec_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, worker.spec, worker.queueing, worker.storage; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

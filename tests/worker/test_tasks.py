@@ -1,0 +1,199 @@
+"""Running one job: execute() without Redis, run_job() against Redis, failures and retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nacs_engine.errors import DataError
+from tests.stack import DEFAULT_REDIS_URL, delete_keys, make_ctr_parquet, unique_name
+from worker import outputs, tasks
+from worker.errors import JobFailed, is_transient
+from worker.queueing import JobStore, connect
+from worker.settings import WorkerSettings
+from worker.spec import JobRequest
+from worker.storage import storage_options, write_bytes
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> WorkerSettings:
+    name = unique_name("tasks")
+    return WorkerSettings(
+        redis_url=DEFAULT_REDIS_URL,
+        redis_prefix=f"{name}:",
+        queue=name,
+        storage_uri=str(tmp_path / "storage"),
+        retry_backoff_s=0.01,
+        storage_retries=2,
+        heartbeat_interval_s=0.2,
+    )
+
+
+@pytest.fixture
+def store(settings: WorkerSettings) -> Iterator[JobStore]:
+    yield JobStore(connect(settings.redis_url), settings)
+    delete_keys(settings.redis_url, settings.redis_prefix, settings.queue)
+
+
+def test_execute_writes_coreset_then_manifest(tmp_path: Path, settings: WorkerSettings, monkeypatch) -> None:
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 1000, seed=4)
+    written: list[str] = []
+    for name in ("write_coreset", "write_manifest"):
+        original = getattr(tasks, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            written.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tasks, name, spy)
+    phases: list[str] = []
+    request = JobRequest(dataset_uri=str(data), size=100, method="balanced")
+    manifest = tasks.execute(
+        request, str(tmp_path / "out"), job_id="job-1", settings=settings, progress=lambda p, f, m: phases.append(p)
+    )
+    assert written == ["write_coreset", "write_manifest"], "the manifest is written last"
+    assert phases[0] == "loading" and phases[-1] == "writing" and "selecting" in phases
+    table = pq.read_table(tmp_path / "out" / "coreset.parquet")
+    assert table.num_rows == 100
+    assert table.schema.field("row").type == pa.int64()
+    assert all(table.schema.field(c).type == pa.float32() for c in ("soft_label", "weight", "uncertainty"))
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["job_id"] == "job-1" and on_disk["coreset"]["rows"] == 100
+    assert on_disk["dataset"]["rows"] == 1000 and on_disk["seed"] == 0
+    assert on_disk == json.loads(json.dumps(manifest))
+    labels = table.column("label").to_numpy()
+    assert labels.sum() == 50, "balanced takes half clicks"
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (None, "dataset_not_found"),
+        (b"this is not parquet", None),
+        ({"label": [0, 2, 1, 0], "f0": [1, 2, 3, 4]}, "labels_not_binary"),
+        ({"clicked": [0, 1, 1, 0], "f0": [1, 2, 3, 4]}, "label_column_missing"),
+        ({"label": pa.array([], pa.int64()), "f0": pa.array([], pa.int64())}, "empty_dataset"),
+    ],
+)
+def test_bad_data_is_a_data_error_and_never_retried(tmp_path: Path, settings: WorkerSettings, content, code, monkeypatch) -> None:
+    path = tmp_path / "bad.parquet"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        pq.write_table(pa.table(content), path)
+    sleeps: list[float] = []
+    monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
+    with pytest.raises(DataError) as caught:
+        tasks.execute(JobRequest(dataset_uri=str(path), ratio=0.5, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+    if code is not None:
+        assert caught.value.code == code
+    assert caught.value.message
+    assert sleeps == [], "bad data is not retried"
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_budget_larger_than_data_fails_clearly(tmp_path: Path, settings: WorkerSettings) -> None:
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 50)
+    with pytest.raises(DataError) as caught:
+        tasks.execute(JobRequest(dataset_uri=str(data), size=51, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+    assert caught.value.code == "budget_too_large" and "size" in caught.value.message
+
+
+def test_transient_faults_are_retried_then_fail_clearly(settings: WorkerSettings, monkeypatch) -> None:
+    monkeypatch.setattr(tasks.time, "sleep", lambda s: None)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "done"
+
+    messages: list[str] = []
+    assert tasks._with_retries("reading", flaky, settings, lambda p, f, m: messages.append(m), "loading") == "done"
+    assert len(calls) == 3 and "retry 1 of 2" in messages[0]
+
+    def down() -> None:
+        raise OSError(111, "Connection refused")
+
+    with pytest.raises(JobFailed) as caught:
+        tasks._with_retries("writing the coreset", down, settings, lambda p, f, m: None, "writing")
+    assert caught.value.code == "storage_unavailable"
+    assert "3 time(s)" in caught.value.message and "writing the coreset" in caught.value.message
+
+    wrapped = DataError("unreadable_data", "cannot read")
+    wrapped.__cause__ = TimeoutError("read timed out")
+    assert tasks._transient_cause(wrapped) is not None, "a data error caused by a timeout is a storage fault"
+
+
+def test_transient_classification() -> None:
+    assert is_transient(ConnectionResetError())
+    assert is_transient(TimeoutError())
+    assert not is_transient(FileNotFoundError("x"))
+    assert not is_transient(OSError("Invalid: Parquet magic bytes not found"))
+    assert not is_transient(ValueError("bad"))
+    from botocore.exceptions import EndpointConnectionError
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+
+
+def test_failure_codes() -> None:
+    from rq.timeouts import JobTimeoutException
+
+    assert tasks.failure_of(DataError("labels_not_binary", "label: 3"))[0] == "labels_not_binary"
+    assert tasks.failure_of(JobTimeoutException("late"))[0] == "timeout"
+    assert tasks.failure_of(MemoryError())[0] == "out_of_memory"
+    code, message = tasks.failure_of(RuntimeError("secret internals\nTraceback"))
+    assert code == "internal_error" and "Traceback" not in message and "secret" not in message
+
+
+def test_run_job_lifecycle(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 500)
+    request = JobRequest(dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=str(tmp_path / "out"))
+    record, _ = store.create("t1", request.model_dump(mode="json"))
+    outcome = tasks.run_job(record["id"], settings.redis_prefix)
+    assert outcome["status"] == "succeeded"
+    done = store.get(record["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["heartbeat_at"]
+    assert done["result"]["size"] == 100 and done["result"]["manifest_uri"].endswith("/manifest.json")
+    assert store.stats()["phase_seconds"]["loading"]["count"] == 1
+    assert tasks.run_job(record["id"], settings.redis_prefix) == {"job_id": record["id"], "ran": False}
+
+    bad, _ = store.create("t1", (request.model_copy(update={"dataset_uri": str(tmp_path / "missing.parquet")})).model_dump(mode="json"))
+    assert tasks.run_job(bad["id"], settings.redis_prefix)["status"] == "failed"
+    failed = store.get(bad["id"])
+    assert failed["error"]["code"] == "dataset_not_found" and failed["attempts"] == 1
+
+    cancelled, _ = store.create("t1", request.model_dump(mode="json"))
+    store.request_cancel(cancelled["id"])
+    assert tasks.run_job(cancelled["id"], settings.redis_prefix)["ran"] is False
+    assert store.get(cancelled["id"])["status"] == "cancelled"
+
+
+def test_local_writes_are_atomic(tmp_path: Path, settings: WorkerSettings) -> None:
+    target = tmp_path / "deep" / "folder" / "file.json"
+    write_bytes(str(target), b"{}", settings)
+    assert target.read_bytes() == b"{}"
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def test_s3_options_use_the_endpoint_and_no_region(settings: WorkerSettings) -> None:
+    configured = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9000"})
+    options = storage_options("s3://bucket/key", configured)
+    assert options["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000"}
+    assert "region_name" not in json.dumps(options, default=str)
+    assert storage_options("file:///x", configured) == {}
+
+
+def test_coreset_table_dtypes() -> None:
+    table = outputs.coreset_table(np.array([1, 5]), np.array([0, 1]), np.array([0.1, 0.9]), np.ones(2), np.zeros(2))
+    assert [str(f.type) for f in table.schema] == ["int64", "float", "float", "float", "float"]
