@@ -31,7 +31,7 @@ class ProgressBar:
         line = f"{job.id}  {job.status:<9} {phase:<9} [{bar}] {fraction * 100:5.1f}%"
         message = job.progress.message if job.progress else ""
         if message and not job.is_finished:
-            line += f"  {message[:40]}"
+            line += "  " + " ".join(message.split())[:40]
         padding = " " * max(0, self._last_length - len(line))
         self._stream.write("\r" + line + padding)
         self._stream.flush()

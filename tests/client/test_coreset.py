@@ -49,7 +49,9 @@ def test_read_from_a_local_parquet(tmp_path):
         np.testing.assert_array_equal(coreset.rows, ROWS)
         assert coreset.rows.dtype == np.int64
         assert coreset.soft_labels.dtype == np.float32
-        assert all(array.flags.writeable for array in (coreset.rows, coreset.labels, coreset.soft_labels))
+        assert all(
+            array.flags.writeable for array in (coreset.rows, coreset.labels, coreset.soft_labels)
+        )
         assert coreset.manifest.data_rows == N_ROWS
         assert len(coreset) == len(ROWS)
         assert coreset.uri == uri

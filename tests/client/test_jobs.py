@@ -439,3 +439,21 @@ async def test_async_wait_raises_the_same_errors():
         with pytest.raises(WaitTimeoutError):
             await client.jobs.wait("job-1", timeout=3, poll_interval=1)
     assert clock.waits == [1, 1, 1]
+
+
+def test_wait_draws_the_bar_by_default_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    service = ScriptedService(running(0.25), ok(job_json("job-1", "succeeded")))
+    with client_for(service) as client:
+        client.jobs.wait("job-1")
+    drawn = terminal.getvalue()
+    assert drawn.count("\r") == 2
+    assert " 25.0%" in drawn and "100.0%" in drawn and drawn.endswith("\n")
