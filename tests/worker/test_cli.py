@@ -1,0 +1,73 @@
+"""``nacs select``: the job's code path from the command line, no server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import select
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    rng = np.random.default_rng(7)
+    n = 1500
+    user = rng.integers(0, 40, n)
+    item = rng.integers(0, 60, n)
+    label = (rng.random(n) < 0.2 + 0.5 * (item % 3 == 0)).astype(np.int64)
+    path = tmp_path_factory.mktemp("data") / "clicks.parquet"
+    pq.write_table(pa.table({"user": user, "item": item, "label": label}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("stratified", []), ("nacs", ["--option", "rounds=2", "--option", "mc_passes=3", "--option", "min_count=1"])],
+)
+def test_select_writes_the_coreset_and_manifest(dataset: str, tmp_path, method: str, options: list[str]) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", method, *options])
+    assert result.exit_code == 0, result.output
+    assert "150 of 1500 rows" in result.output
+    table = pq.read_table(out / "coreset.parquet")
+    assert table.column_names == ["row", "label", "soft_label", "weight", "uncertainty"]
+    rows = table.column("row").to_numpy()
+    assert rows.dtype == np.int64 and len(np.unique(rows)) == 150 and rows.min() >= 0 and rows.max() < 1500
+    original = pq.read_table(dataset).column("label").to_numpy()
+    np.testing.assert_array_equal(table.column("label").to_numpy(), original[rows])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == method
+    assert manifest["dataset"]["rows"] == 1500 and manifest["coreset"]["rows"] == 150
+
+
+@pytest.mark.parametrize(
+    ("arguments", "exit_code", "message"),
+    [
+        (["--ratio", "1.5"], 2, "ratio"),
+        (["--ratio", "0.1", "--size", "10"], 2, "exactly one budget"),
+        (["--ratio", "0.1", "--option", "bogus=1"], 2, "options.bogus"),
+        (["--ratio", "0.1", "--option", "rounds"], 2, "key=value"),
+        (["--ratio", "0.1", "--method", "magic"], 2, "method"),
+        (["--size", "5000"], 1, "budget_too_large"),
+        (["--ratio", "0.1", "--label-column", "clicked"], 1, "label_column_missing"),
+    ],
+)
+def test_select_bad_input_exits_with_a_clear_message(
+    dataset: str, tmp_path, arguments: list[str], exit_code: int, message: str
+) -> None:
+    result = CliRunner().invoke(select, [dataset, "--out", str(tmp_path / "out"), "--method", "random", *arguments])
+    assert result.exit_code == exit_code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_select_missing_file_is_a_data_error(tmp_path) -> None:
+    result = CliRunner().invoke(select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "dataset_not_found" in result.output

@@ -1,0 +1,262 @@
+"""Engine commands that need no server: ``nacs select`` and ``nacs evaluate``.
+
+``nacs select`` runs the same code as a job (``worker.tasks.execute``) and
+writes ``coreset.parquet`` and ``manifest.json`` to a folder or any fsspec URI.
+``nacs evaluate`` splits one dataset into train, validation and test rows and
+prints how a model trained on each method's coreset scores against full data.
+
+Exit codes follow the ``nacs`` command's table: 0 success, 1 the data or the
+selection failed, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import pydantic
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse, else as strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--option")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def _split_columns(value: str | None) -> list[str] | None:
+    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _validation_message(error: pydantic.ValidationError) -> str:
+    parts = []
+    for detail in error.errors():
+        where = ".".join(str(part) for part in detail["loc"]) or "request"
+        parts.append(f"{where}: {detail['msg']}")
+    return "; ".join(parts)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """A progress callback drawing one bar per phase on stderr (nothing when disabled)."""
+    if not enabled:
+        yield lambda phase, fraction, message: None
+        return
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def report(phase: str, fraction: float, message: str) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = tqdm(total=100, desc=f"{phase:<10}", unit="%", file=sys.stderr, leave=True)
+        bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        bar.set_postfix_str(message[:60], refresh=True)
+
+    try:
+        yield report
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _budget_and_request(
+    dataset: str,
+    ratio: float | None,
+    size: int | None,
+    method: str,
+    options: tuple[str, ...],
+    label_column: str,
+    feature_columns: str | None,
+    numeric_columns: str | None,
+    data_format: str | None,
+) -> Any:
+    from worker.spec import JobRequest
+
+    body: dict[str, Any] = {
+        "dataset_uri": dataset,
+        "method": method,
+        "label_column": label_column,
+        "options": _parse_options(options),
+        "ratio": ratio,
+        "size": size,
+        "format": data_format,
+    }
+    if feature_columns:
+        body["feature_columns"] = _split_columns(feature_columns)
+    if numeric_columns:
+        body["numeric_columns"] = _split_columns(numeric_columns)
+    try:
+        return JobRequest.model_validate(body)
+    except pydantic.ValidationError as error:
+        _fail(_validation_message(error), EXIT_USAGE)
+
+
+_data_options = [
+    click.option(
+        "--option",
+        "options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A selection option, e.g. --option rounds=3 --option class_balance=balanced (repeatable).",
+    ),
+    click.option("--label-column", default="label", show_default=True),
+    click.option("--feature-columns", default=None, help="Comma-separated; default: every column but the label."),
+    click.option("--numeric-columns", default=None, help="Comma-separated columns to bucket as numbers."),
+    click.option(
+        "--format", "data_format", type=click.Choice(["parquet", "csv", "tsv", "criteo"]), default=None,
+        help="Data format; default: from the file name.",
+    ),
+]
+
+
+def _with_data_options(command: Any) -> Any:
+    for option in reversed(_data_options):
+        command = option(command)
+    return command
+
+
+@click.command(name="select")
+@click.argument("dataset")
+@click.option("--ratio", type=float, default=None, help="Budget as a fraction of the rows, in (0, 1).")
+@click.option("--size", type=int, default=None, help="Budget as a number of rows.")
+@click.option("--out", "output", required=True, help="Output folder or URI for coreset.parquet and manifest.json.")
+@click.option("--method", default="nacs", show_default=True, help="nacs, an ablation or a baseline.")
+@_with_data_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def select(
+    dataset: str,
+    ratio: float | None,
+    size: int | None,
+    output: str,
+    method: str,
+    options: tuple[str, ...],
+    label_column: str,
+    feature_columns: str | None,
+    numeric_columns: str | None,
+    data_format: str | None,
+    quiet: bool,
+) -> None:
+    """Select a coreset of DATASET locally and write it to --out."""
+    from nacs_engine.errors import DataError
+    from worker.errors import JobFailed
+    from worker.tasks import execute
+
+    request = _budget_and_request(
+        dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns, data_format
+    )
+    job_id = f"local-{uuid.uuid4().hex[:12]}"
+    try:
+        with _progress_bar(not quiet and sys.stderr.isatty()) as report:
+            manifest = execute(request, output, job_id=job_id, progress=report)
+    except DataError as error:
+        _fail(f"{error.code}: {error.message}", EXIT_FAILED)
+    except JobFailed as error:
+        _fail(str(error), EXIT_FAILED)
+    except ValueError as error:
+        _fail(str(error), EXIT_USAGE)
+    coreset = manifest["coreset"]
+    data = manifest["dataset"]
+    seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest["phase_seconds"].items())
+    click.echo(f"coreset:  {coreset['uri']}")
+    click.echo(f"manifest: {manifest['manifest_uri']}")
+    click.echo(
+        f"{coreset['rows']} of {data['rows']} rows "
+        f"(click rate {coreset['clicks'] / max(coreset['rows'], 1):.3f}, data {data['clicks'] / max(data['rows'], 1):.3f}); "
+        f"{seconds}"
+    )
+
+
+@click.command(name="evaluate")
+@click.argument("dataset")
+@click.option(
+    "--ratio", "ratios", type=float, multiple=True, help="Budget(s) as fractions of the training rows (repeatable)."
+)
+@click.option(
+    "--methods",
+    default="nacs,nacs-no-denoise,nacs-no-relabel,random,stratified,balanced,full",
+    show_default=True,
+    help="Comma-separated methods; 'full' trains on all training rows.",
+)
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 50), help="Seeds per method.")
+@click.option(
+    "--flip-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
+    help="Share of training labels flipped before selection (test labels stay clean).",
+)
+@_with_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines.")
+def evaluate(
+    dataset: str,
+    ratios: tuple[float, ...],
+    methods: str,
+    seeds: int,
+    flip_rate: float,
+    options: tuple[str, ...],
+    label_column: str,
+    feature_columns: str | None,
+    numeric_columns: str | None,
+    data_format: str | None,
+    as_json: bool,
+) -> None:
+    """Compare methods on DATASET: test AUC and log loss of models trained on each coreset."""
+    from nacs_engine.compare import compare_methods, format_table, summarise
+    from nacs_engine.data import load_dataset
+    from nacs_engine.errors import DataError
+    from nacs_engine.evaluate import split_rows
+
+    budgets = ratios or (0.01, 0.05)
+    request = _budget_and_request(
+        dataset, budgets[0], None, "nacs", options, label_column, feature_columns, numeric_columns, data_format
+    )
+    selection_options = request.options.model_dump()
+    try:
+        data = load_dataset(
+            request.dataset_uri,
+            label_column=request.label_column,
+            feature_columns=request.feature_columns,
+            numeric_columns=request.numeric_columns or None,
+            format=request.format,
+            min_count=selection_options["min_count"],
+        )
+        train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=selection_options["seed"])
+        rows = compare_methods(
+            data.subset(train_rows),
+            data.subset(validation_rows),
+            data.subset(test_rows),
+            methods=[name.strip() for name in methods.split(",") if name.strip()],
+            budgets=list(budgets),
+            seeds=list(range(seeds)),
+            selection_options=selection_options,
+            flip_rate=flip_rate,
+        )
+    except DataError as error:
+        _fail(f"{error.code}: {error.message}", EXIT_FAILED)
+    except ValueError as error:
+        _fail(str(error), EXIT_USAGE)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=float))
+    else:
+        click.echo(format_table(summarise(rows)))
