@@ -2,6 +2,18 @@
 
 :class:`Jobs` (sync) and :class:`AsyncJobs` (async) are thin: each call builds an
 operation from :mod:`nacs_client._operations` and lets its client run it.
+
+Arguments of ``create`` and ``create_and_wait``:
+
+- ``dataset_uri``: where the data lives (``file://``, ``s3://``, ``gs://``,
+  ``https://``; Parquet, CSV or TSV).
+- ``ratio`` / ``size``: the budget, exactly one: a fraction in (0, 1) or rows.
+- ``method``: ``nacs`` (the service's default) or a baseline (``random``, ...).
+- ``options``: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).
+- ``label_column``, ``feature_columns``, ``numeric_columns``, ``format``: how to read the data.
+- ``output_uri``: where to write the result (default: the tenant's prefix).
+- ``idempotency_key``: sent as ``Idempotency-Key``; a new uuid4 per call by
+  default, reused on every retry of that call.
 """
 
 from __future__ import annotations
@@ -20,20 +32,6 @@ if TYPE_CHECKING:
     from nacs_client._client import AsyncClient, Client
 
 __all__ = ["Jobs", "AsyncJobs", "DownloadedResult"]
-
-COMMON_DOC = """
-    Arguments shared by ``create`` and ``create_and_wait``:
-
-    dataset_uri: where the data lives (``file://``, ``s3://``, ``gs://``, ``https://``;
-        Parquet, CSV or TSV).
-    ratio / size: the budget, exactly one: a fraction in (0, 1) or a number of rows.
-    method: ``nacs`` (the service's default) or a baseline (``random``, ``stratified``, ...).
-    options: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).
-    label_column, feature_columns, numeric_columns, format: how to read the data.
-    output_uri: where to write the result (default: the tenant's prefix).
-    idempotency_key: sent as ``Idempotency-Key``; a new uuid4 per call by default,
-        reused on every retry of that call.
-"""
 
 
 class DownloadedResult(NamedTuple):
@@ -62,8 +60,6 @@ def _download(
 
 class Jobs:
     """Selection jobs, synchronously (``client.jobs``)."""
-
-    __doc__ = (__doc__ or "") + COMMON_DOC
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -220,8 +216,6 @@ class Jobs:
 
 class AsyncJobs:
     """Selection jobs, asynchronously (``client.jobs`` of an AsyncClient); see :class:`Jobs`."""
-
-    __doc__ = (__doc__ or "") + COMMON_DOC
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
