@@ -103,6 +103,8 @@ def exit_code_for(error: BaseException) -> int:
 
 def _error_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, (NacsError, ValueError, OSError, ImportError)):
+        text = f"unexpected {type(error).__name__}: {text}"
     if isinstance(error, BadRequestError) and error.field and error.field not in text:
         text += f" (field: {error.field})"
     return f"error: {text}"
@@ -209,10 +211,16 @@ class NacsGroup(click.Group):
             with formatter.section("Server commands (need nacs[server])"):
                 formatter.write_dl(plugins)
 
+
+class NacsCommand(click.Command):
+    """A built-in command: every error ends as one line on stderr and a documented exit code."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (NacsError, ValueError, OSError, ImportError) as error:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # the CLI never shows a traceback
             click.echo(_error_line(error), err=True)
             ctx.exit(exit_code_for(error))
 
@@ -381,7 +389,7 @@ _poll_option = click.option(
 # --- commands -----------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(cls=NacsCommand)
 @click.argument("dataset_uri")
 @click.option("--ratio", type=float, help="Budget as a fraction of the rows, in (0, 1).")
 @click.option("--size", type=int, help="Budget as a number of rows.")
@@ -478,7 +486,7 @@ def _wait(
         raise
 
 
-@main.command()
+@main.command(cls=NacsCommand)
 @click.argument("job_id")
 @_json_option
 @click.pass_obj
@@ -487,7 +495,7 @@ def status(state: CliState, job_id: str, as_json: bool) -> None:
     _echo_job(state.client().jobs.get(job_id), as_json)
 
 
-@main.command(name="wait")
+@main.command(name="wait", cls=NacsCommand)
 @click.argument("job_id")
 @_timeout_option
 @_poll_option
@@ -509,7 +517,7 @@ def wait_command(
     _echo_job(_wait(state.client(), job_id, timeout, poll_interval, progress, as_json), as_json)
 
 
-@main.command(name="jobs")
+@main.command(name="jobs", cls=NacsCommand)
 @click.option(
     "--status",
     "status_filter",
@@ -547,7 +555,7 @@ def jobs_command(
     click.echo(jobs_table(selected))
 
 
-@main.command()
+@main.command(cls=NacsCommand)
 @click.argument("job_id")
 @_json_option
 @click.pass_obj
@@ -560,7 +568,7 @@ def cancel(state: CliState, job_id: str, as_json: bool) -> None:
         click.echo(f"{job.id}  {job.status}")
 
 
-@main.command()
+@main.command(cls=NacsCommand)
 @click.argument("job_id")
 @click.argument("directory", type=click.Path(file_okay=False, writable=True))
 @click.pass_obj

@@ -383,3 +383,9 @@ def test_plugins_load_lazily_and_fail_with_an_install_hint(monkeypatch):
 def test_the_installed_entry_points_are_declared():
     names = {entry.name for entry in metadata.entry_points(group="nacs.cli")}
     assert {"serve", "worker", "up", "select", "evaluate"} <= names
+
+
+def test_an_unexpected_error_is_still_one_line():
+    result = invoke(ScriptedService(RuntimeError("the transport broke")), "status", "job-1")
+    assert result.exit_code == 7
+    assert result.stderr == "error: unexpected RuntimeError: the transport broke\n"
