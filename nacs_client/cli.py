@@ -187,8 +187,6 @@ class NacsGroup(click.Group):
             return None
         try:
             command = entry.load()
-        except ImportError as error:
-            return _unavailable_command(cmd_name, error)
         except Exception as error:  # a plugin that cannot load must not break the CLI
             return _unavailable_command(cmd_name, error)
         if not isinstance(command, click.Command):
