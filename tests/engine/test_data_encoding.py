@@ -172,3 +172,28 @@ def test_argument_errors_name_the_argument():
         load_dataset(table, batch_rows=0)
     with pytest.raises(ValueError, match="source"):
         load_dataset(42)
+
+
+def test_spill_to_a_file_when_the_row_count_is_unknown(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 300
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "label,a\n"
+        + "".join(
+            f"{int(y)},{int(v)}\n"
+            for y, v in zip(rng.integers(0, 2, n), rng.integers(0, 9, n), strict=True)
+        )
+    )
+    from nacs_engine.data import open_source
+
+    source = open_source(path, batch_rows=32)
+    assert source.total_rows is None
+    encoder = Encoder(min_count=1).fit(source)
+    in_memory = encoder.transform(source)
+    spilled = encoder.transform(source, workdir=tmp_path / "..", memmap_threshold_bytes=100)
+    assert in_memory.metadata["storage"] == "memory" and spilled.metadata["storage"] == "memmap"
+    np.testing.assert_array_equal(spilled.features, in_memory.features)
+    assert spilled.fingerprint == in_memory.fingerprint
+    with pytest.raises(ValueError, match="workdir"):
+        encoder.transform(source, workdir=tmp_path / "absent", memmap_threshold_bytes=100)
