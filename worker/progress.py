@@ -10,6 +10,7 @@ import redis
 
 from nacs_engine.errors import SelectionCancelled
 from worker.queueing import JobStore
+from worker.spec import PHASES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class JobProgress:
 
     def __call__(self, phase: str, fraction: float, message: str) -> None:
         self.check()
+        if phase not in PHASES:
+            phase, message = self._last_phase or "selecting", f"{phase}: {message}"
         now = time.monotonic()
         if phase == self._last_phase and fraction < 1.0 and now - self._last_write < self.min_write_interval_s:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -54,6 +55,33 @@ def test_worker_killed_mid_job_is_run_again(fault_stack: Stack, slow_parquet: Pa
     final = fault_stack.wait(job["id"], timeout_s=120)
     assert final["status"] == "succeeded", final
     assert final["attempts"] == 2
+
+
+def test_work_horse_killed_alone_is_run_again(fault_stack: Stack, slow_parquet: Path) -> None:
+    """An out-of-memory kill takes the forked work horse only; its worker lives on and runs the job again."""
+    job = fault_stack.submit(slow_body(slow_parquet))
+    assert wait_running(fault_stack, job["id"])["status"] == "running"
+    worker = fault_stack.workers[0]
+    horses = wait_until(lambda: fault_stack.horse_pids(worker), 10, what="work horse")
+    for pid in horses:
+        os.kill(pid, signal.SIGKILL)
+    final = fault_stack.wait(job["id"], timeout_s=120)
+    assert final["status"] == "succeeded", final
+    assert final["attempts"] == 2
+    assert worker.poll() is None, "the worker survived its horse"
+
+
+def test_job_timeout_fails_the_job(tmp_path: Path, slow_parquet: Path) -> None:
+    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_JOB_TIMEOUT_S": "1"})
+    try:
+        job = stack.submit(slow_body(slow_parquet))
+        final = stack.wait(job["id"], timeout_s=60)
+        assert final["status"] == "failed"
+        assert final["error"]["code"] == "timeout"
+        assert "NACS_JOB_TIMEOUT_S" in final["error"]["message"]
+        assert final["attempts"] == 1, "a timeout is not retried"
+    finally:
+        stack.stop()
 
 
 def test_worker_killed_on_last_attempt_fails_with_worker_lost(tmp_path: Path, slow_parquet: Path) -> None:

@@ -74,6 +74,8 @@ def test_nacs_job_progress_moves(stack: Stack, small_parquet: Path) -> None:
     assert fractions == sorted(fractions)
     output = Path(final["result"]["output_uri"][len("file://") :])
     check_result(final, json.loads((output / "manifest.json").read_text()), pq.read_table(output / "coreset.parquet"), 4000, 300)
+    worker_maps = Path(f"/proc/{stack.workers[0].pid}/maps").read_text()
+    assert "libtorch" not in worker_maps, "the worker's parent process never loads torch (its horse does)"
 
 
 def test_bad_data_fails_at_once_without_retry(stack: Stack) -> None:

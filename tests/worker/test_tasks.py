@@ -197,3 +197,22 @@ def test_s3_options_use_the_endpoint_and_no_region(settings: WorkerSettings) -> 
 def test_coreset_table_dtypes() -> None:
     table = outputs.coreset_table(np.array([1, 5]), np.array([0, 1]), np.array([0.1, 0.9]), np.ones(2), np.zeros(2))
     assert [str(f.type) for f in table.schema] == ["int64", "float", "float", "float", "float"]
+
+
+def test_execute_reads_over_http(tmp_path: Path, settings: WorkerSettings) -> None:
+    import functools
+    import http.server
+    import threading
+
+    make_ctr_parquet(tmp_path / "site" / "ctr.parquet", 600, seed=5)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ctr.parquet"
+        manifest = tasks.execute(JobRequest(dataset_uri=url, size=60, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert manifest["dataset"]["rows"] == 600 and manifest["coreset"]["rows"] == 60
