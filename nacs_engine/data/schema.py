@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 from nacs_engine.data.reading import CRITEO_NUMERIC
 from nacs_engine.errors import DataError
 
+_LABEL_LIKE = frozenset({"label", "click", "clicked", "is_click", "target", "y"})
+
 
 @dataclass(frozen=True)
 class TableSchema:
@@ -65,10 +67,12 @@ def resolve_schema(
     numeric_columns = _names("numeric_columns", numeric_columns)
     available = list(columns)
     if label_column not in available:
+        likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
+        hint = f"; to use {likely[0]!r}, pass label_column={likely[0]!r}" if likely else ""
         raise DataError(
             "label_column_missing",
             f"label_column: {description} has no column {label_column!r}; "
-            f"available columns: {_listing(available)}",
+            f"available columns: {_listing(available)}{hint}",
         )
     if feature_columns is None:
         features = tuple(c for c in available if c != label_column)

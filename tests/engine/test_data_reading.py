@@ -248,3 +248,12 @@ def test_empty_data(tmp_path):
     no_rows = tmp_path / "none.parquet"
     pq.write_table(_toy_table().slice(0, 0), no_rows)
     assert _error_code(no_rows) == "empty_dataset"
+
+
+def test_label_hint_names_a_likely_label(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,click,site\n1,0,a\n2,1,b\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    assert info.value.code == "label_column_missing"
+    assert "label_column='click'" in info.value.message
