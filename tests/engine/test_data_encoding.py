@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nacs_engine.data import Encoder, bucketize, load_dataset
 from nacs_engine.data.encoding import MISSING_CODE
@@ -197,3 +199,28 @@ def test_spill_to_a_file_when_the_row_count_is_unknown(tmp_path):
     assert spilled.fingerprint == in_memory.fingerprint
     with pytest.raises(ValueError, match="workdir"):
         encoder.transform(source, workdir=tmp_path / "absent", memmap_threshold_bytes=100)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "e", "10", "9"])),
+        min_size=1,
+        max_size=60,
+    ),
+    min_count=st.integers(1, 4),
+    batch_rows=st.integers(1, 12),
+)
+def test_encoding_matches_a_plain_python_reference(values, min_count, batch_rows):
+    labels = [i % 2 for i in range(len(values))]
+    table = pa.table({"label": labels, "v": pa.array(values, pa.string())})
+    data = load_dataset(table, min_count=min_count, batch_rows=batch_rows)
+    counts = {v: values.count(v) for v in set(values)}
+    kept = sorted(
+        (v for v in counts if counts[v] >= min_count),
+        key=lambda v: (-counts[v], "" if v is None else v),
+    )
+    expected = [kept.index(v) + 1 if v in kept else 0 for v in values]
+    np.testing.assert_array_equal(data.features[:, 0], expected)
+    assert data.field_dims == (len(kept) + 1,)
+    assert data.fingerprint == load_dataset(table, min_count=min_count).fingerprint
