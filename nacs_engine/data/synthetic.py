@@ -180,6 +180,7 @@ def make_synthetic_ctr(
     n_interactions: int = 8,
     interaction_dim: int = 4,
     seed: int = 0,
+    min_count: int = 1,
     workdir: str | os.PathLike[str] | None = None,
     memmap_threshold_bytes: int = DEFAULT_MEMMAP_THRESHOLD_BYTES,
 ) -> SyntheticData:
@@ -193,13 +194,17 @@ def make_synthetic_ctr(
     signal: standard deviation of the teacher's logits (higher: an easier task).
     n_interactions, interaction_dim: pairwise field interactions in the teacher and their rank.
     seed: the same arguments and seed give the same data.
+    min_count: values seen fewer times map to id 0 (OOV) and the others are
+        renumbered, most frequent first, exactly as ``load_dataset`` with this
+        min_count encodes the file ``write_synthetic`` writes; 1 keeps every value.
     workdir, memmap_threshold_bytes: features larger than the threshold go to a
         memory-mapped file in workdir (default: the temp folder).
 
     Returns SyntheticData; dataset.features is (n, F) int32 with ids 1..card
-    (frequent values first; id 0, the OOV id, is unused), dataset.labels the
-    noisy labels.
+    (frequent values first; with min_count 1 the OOV id 0 is unused),
+    dataset.labels the noisy labels.
     """
+    _check_int("min_count", min_count, 1, 1_000_000)
     spec = _make_spec(
         n_rows,
         n_fields,
@@ -230,13 +235,16 @@ def make_synthetic_ctr(
     except BaseException:
         sink.discard()
         raise
+    field_dims = tuple(c + 1 for c in spec.cardinalities)
+    if min_count > 1:
+        field_dims = _apply_min_count(features, spec.cardinalities, min_count)
     n_clicks = int(labels.sum(dtype=np.float64))
     dataset = EncodedDataset(
         features=features,
         labels=labels,
         field_names=tuple(f"f{i}" for i in range(n_fields)),
-        field_dims=tuple(c + 1 for c in spec.cardinalities),
-        fingerprint=_fingerprint(spec),
+        field_dims=field_dims,
+        fingerprint=_fingerprint(spec, min_count),
         metadata={
             "source": "synthetic",
             "n_rows": spec.n_rows,
@@ -245,6 +253,7 @@ def make_synthetic_ctr(
             "clean_click_rate": float(clean.mean(dtype=np.float64)),
             "flip_share": float(flipped.mean()),
             "storage": storage,
+            "min_count": min_count,
             "synthetic": _spec_dict(spec),
         },
     )
@@ -318,6 +327,38 @@ def write_synthetic(
             os.fspath(truth_path),
         )
     return SyntheticTruth(clean, flipped, probability, spec.n_rows, n_clicks)
+
+
+def _apply_min_count(
+    features: np.ndarray, cardinalities: Sequence[int], min_count: int
+) -> tuple[int, ...]:
+    """Map ids seen fewer than min_count times to 0 and renumber the rest in place,
+    most frequent first (ties in text order, as the encoder breaks them).
+
+    features: (n, F) int32, ids 1..card. Returns the new field_dims.
+    """
+    block_rows = 16 * CHUNK_ROWS
+    counts = [np.zeros(card + 1, dtype=np.int64) for card in cardinalities]
+    for start in range(0, features.shape[0], block_rows):
+        block = np.ascontiguousarray(features[start : start + block_rows].T)  # (F, b)
+        for f, field_counts in enumerate(counts):
+            field_counts += np.bincount(block[f], minlength=field_counts.shape[0])
+    tables = []
+    for field_counts in counts:
+        kept = np.flatnonzero(field_counts >= min_count)
+        kept = kept[kept > 0]
+        order = np.lexsort((kept.astype(str), -field_counts[kept]))
+        table = np.zeros(field_counts.shape[0], dtype=np.int32)
+        table[kept[order]] = np.arange(1, kept.shape[0] + 1, dtype=np.int32)
+        tables.append(table)
+    for start in range(0, features.shape[0], block_rows):
+        block = np.array(features[start : start + block_rows])  # (b, F)
+        for f, table in enumerate(tables):
+            block[:, f] = table[block[:, f]]
+        features[start : start + block_rows] = block
+    if isinstance(features, np.memmap):
+        features.flush()
+    return tuple(int(np.count_nonzero(table)) + 1 for table in tables)
 
 
 def _generate(spec: _Spec) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
@@ -430,9 +471,12 @@ def _spec_dict(spec: _Spec) -> dict[str, Any]:
     }
 
 
-def _fingerprint(spec: _Spec) -> str:
+def _fingerprint(spec: _Spec, min_count: int) -> str:
     """The data are a pure function of the spec, so the spec's digest identifies them."""
-    text = json.dumps({"generator": "nacs-synthetic-1", **_spec_dict(spec)}, sort_keys=True)
+    text = json.dumps(
+        {"generator": "nacs-synthetic-1", "min_count": min_count, **_spec_dict(spec)},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -125,3 +125,23 @@ def test_bad_arguments_name_themselves(kwargs, name):
     arguments = {"n_rows": 100, **kwargs}
     with pytest.raises(ValueError, match=name):
         make_synthetic_ctr(**arguments)
+
+
+def test_min_count_matches_the_encoder_on_the_written_file(tmp_path):
+    path = tmp_path / "syn.parquet"
+    write_synthetic(path, 6_000, cardinalities=[5, 300, 2000], seed=9)
+    made = make_synthetic_ctr(6_000, cardinalities=[5, 300, 2000], seed=9, min_count=4)
+    loaded = load_dataset(path, min_count=4)
+    np.testing.assert_array_equal(made.dataset.features, loaded.features)
+    assert made.dataset.field_dims == loaded.field_dims
+    assert made.dataset.field_dims[2] < 2001 and (made.dataset.features[:, 2] == 0).any()
+    mapped = make_synthetic_ctr(
+        6_000,
+        cardinalities=[5, 300, 2000],
+        seed=9,
+        min_count=4,
+        workdir=tmp_path,
+        memmap_threshold_bytes=0,
+    )
+    assert isinstance(mapped.dataset.features, np.memmap)
+    np.testing.assert_array_equal(mapped.dataset.features, made.dataset.features)
