@@ -1,4 +1,7 @@
-"""FastAPI dependencies: settings, the job store, the calling tenant, the caller's job."""
+"""FastAPI dependencies: settings, the job store, the calling tenant, the caller's job.
+
+The ones without I/O are ``async`` so they run on the event loop, not in the thread pool.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,15 @@ from service.settings import Settings
 from worker.queueing import JobStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def current_tenant(
+async def current_tenant(
     request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:

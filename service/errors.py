@@ -111,7 +111,9 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     parts = []
     for entry in details:
         field, message = entry["field"], entry["message"]
-        if field and message.startswith(f"{field}:"):
+        if not field and entry["type"] in ("missing", "model_attributes_type", "dict_type", "model_type"):
+            parts.append("request body: expected a JSON object (Content-Type: application/json)")
+        elif field and message.startswith(f"{field}:"):
             parts.append(message)
         elif field:
             parts.append(f"{field}: {message}")
@@ -132,6 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         mapped: dict[int, tuple[str, str]] = {
+            400: ("malformed_json", "the request body could not be parsed as JSON"),
             404: ("not_found", f"no route {request.method} {request.url.path}"),
             405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"),
         }

@@ -381,6 +381,8 @@ class JobStore:
         lost job runs again while it has attempts left, else fails with code
         ``worker_lost``. A job asked to cancel that still runs after
         ``cancel_grace_s`` has its work stopped and turns ``cancelled``.
+        A queued job whose queue entry is gone (the enqueue was cut short, or
+        its work horse died before the job started) is enqueued again.
         Only one process reaps at a time (a short Redis lock). Returns (job id, action) pairs.
         """
         lock = self.redis.lock(self._key("reaper"), timeout=60, blocking=False)
@@ -422,6 +424,20 @@ class JobStore:
                 else f"its worker sent no heartbeat for {now - beat:.0f} s"
             )
             actions.append((job_id, self._recover(record, reason)))
+        for member in self.redis.smembers(self._key("status", "queued")):
+            job_id = member.decode()
+            record = self.get(job_id)
+            if record is None:
+                self.redis.srem(self._key("status", "queued"), job_id)
+                continue
+            created = parse_time(record.get("created_at")) or now
+            if record["status"] != "queued" or now - created <= self.settings.heartbeat_timeout_s:
+                continue
+            if self._rq_public_status(record.get("rq_job_id")) in ACTIVE_STATUSES:
+                continue
+            self.enqueue(job_id)
+            log.warning("job %s was queued without a queue entry; enqueued again", job_id)
+            actions.append((job_id, "enqueued"))
         return actions
 
     def _recover(self, record: dict[str, Any], reason: str) -> str:

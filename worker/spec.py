@@ -26,7 +26,7 @@ DataFormat = Literal["parquet", "csv", "tsv", "criteo"]
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def _options_model() -> type[BaseModel]:

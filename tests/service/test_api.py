@@ -61,6 +61,13 @@ def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, se
         ({"dataset_uri": "DATA", "ratio": 0.1, "size": 10}, 422, "ratio, size"),
         ({"dataset_uri": "DATA", "size": 0}, 422, "size"),
         ({"dataset_uri": "DATA", "size": "many"}, 422, "size"),
+        ({"dataset_uri": "DATA", "size": True}, 422, "size"),
+        ({"dataset_uri": "DATA", "size": 2.5}, 422, "size"),
+        ({"dataset_uri": "DATA", "ratio": "0.5"}, 422, "ratio"),
+        ({"dataset_uri": None, "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"rounds": 2.5}}, 422, "options.rounds"),
+        ({"dataset_uri": "file://evil.example.com/etc/passwd", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "https://[::1]/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "method": "magic"}, 422, "method"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "colour": "red"}, 422, "colour"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"turbo": True}}, 422, "options.turbo"),
@@ -88,8 +95,9 @@ def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, se
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "s3://allowed-bucket/x"}, 422, "output_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/beta/jobs/mine"}, 422, "output_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/alpha/../beta/x"}, 422, "output_uri"),
-        ([1, 2, 3], 422, None),
-        ("just a string", 422, None),
+        ([1, 2, 3], 422, "request body"),
+        ("just a string", 422, "request body"),
+        (None, 422, "request body"),
     ],
 )
 def test_bad_requests_name_the_field(client: TestClient, dataset: Path, settings, payload, status, field) -> None:
@@ -113,10 +121,17 @@ def test_ratio_nan_and_infinity_are_refused(client: TestClient, dataset: Path) -
         assert "ratio" in error["message"]
 
 
-def test_malformed_json_is_a_clear_400(client: TestClient) -> None:
-    response = client.post("/jobs", content=b'{"dataset_uri": ', headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize("raw", [b'{"dataset_uri": ', b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000, b"{'single': 'quotes'}"])
+def test_malformed_json_is_a_clear_400(client: TestClient, raw: bytes) -> None:
+    response = client.post("/jobs", content=raw, headers={"Content-Type": "application/json"})
     error = assert_error(response, 400, "malformed_json")
     assert "JSON" in error["message"]
+
+
+def test_empty_body_names_the_body(client: TestClient) -> None:
+    for content_type in ("application/json", "text/plain"):
+        response = client.post("/jobs", content=b"", headers={"Content-Type": content_type})
+        assert_error(response, 422, "invalid_request", mentions="request body")
 
 
 def test_path_escapes_are_refused(client: TestClient, tmp_path: Path) -> None:

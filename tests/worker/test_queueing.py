@@ -137,3 +137,14 @@ def test_reaper_settles_an_ignored_cancel(store: JobStore) -> None:
     assert store.reap() == []
     assert store.reap(now=time.time() + store.settings.cancel_grace_s + 1) == [(record["id"], "cancelled")]
     assert store.get(record["id"])["status"] == "cancelled"
+
+
+def test_reaper_enqueues_a_queued_job_that_lost_its_queue_entry(store: JobStore) -> None:
+    record, _ = store.create("t1", REQUEST)
+    store.queue().remove(record["rq_job_id"])
+    store.redis.delete(f"rq:job:{record['rq_job_id']}")
+    assert store.reap() == [], "a young job may still be on its way to the queue"
+    later = time.time() + store.settings.heartbeat_timeout_s + 1
+    assert store.reap(now=later) == [(record["id"], "enqueued")]
+    assert store.queue().count == 1
+    assert store.reap(now=later) == [], "an enqueued job is left alone"
