@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m service.demo
+	$(PY) examples/quickstart.py
 
 test: setup
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
