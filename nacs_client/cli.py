@@ -558,12 +558,17 @@ def jobs_command(
 @_json_option
 @click.pass_obj
 def cancel(state: CliState, job_id: str, as_json: bool) -> None:
-    """Cancel a queued or running job."""
+    """Cancel a queued or running job.
+
+    A queued job is cancelled at once; a running one stops within seconds
+    (follow it with nacs wait, which then exits 1).
+    """
     job = state.client().jobs.cancel(job_id)
     if as_json:
         _echo_job(job, True)
     else:
-        click.echo(f"{job.id}  {job.status}")
+        note = "" if job.is_finished else "  (cancel requested: it stops within seconds)"
+        click.echo(f"{job.id}  {job.status}{note}")
 
 
 @main.command(cls=NacsCommand)

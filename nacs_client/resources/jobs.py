@@ -122,7 +122,12 @@ class Jobs:
                 return
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job (``POST /jobs/{id}/cancel``); returns the job."""
+        """Cancel a queued or running job (``POST /jobs/{id}/cancel``); returns the job.
+
+        A queued job comes back ``cancelled``; a running one comes back still
+        ``running`` and stops within seconds (``wait`` then raises JobCancelledError).
+        Cancelling a cancelled job returns it; a succeeded or failed one is a ConflictError.
+        """
         return self._client._run(ops.cancel_job(self._client._endpoint, job_id))
 
     def wait(

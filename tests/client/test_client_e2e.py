@@ -18,6 +18,7 @@ from nacs_client import (
     BadRequestError,
     Client,
     ConflictError,
+    JobCancelledError,
     JobFailedError,
     NotFoundError,
 )
@@ -153,6 +154,26 @@ def test_errors_from_the_real_service(stack: Stack, dataset: Path) -> None:
         client.jobs.get("anything")
     with Client(stack.url, TENANT_KEYS["beta"]) as client, pytest.raises(NotFoundError):
         client.jobs.get(first.id)  # another tenant's job does not exist for beta
+
+
+@pytest.mark.skipif(not HAS_NACS, reason="needs a method that runs long enough to be cancelled")
+def test_cancel_a_running_job(stack: Stack, dataset: Path) -> None:
+    slow = {"rounds": 20, "epochs_per_round": 5, "mc_passes": 50, "device": "cpu"}
+    cancelled = []
+    with Client(stack.url, KEY) as client:
+        job = client.jobs.create(str(dataset), ratio=0.5, method="nacs", options=slow)
+
+        def cancel_once_running(state) -> None:
+            if state.status == "running" and not cancelled:
+                cancelled.append(client.jobs.cancel(job.id))
+
+        with pytest.raises(JobCancelledError) as raised:
+            client.jobs.wait(job.id, poll_interval=0.05, timeout=60, progress=cancel_once_running)
+        assert cancelled[0].status in ("running", "cancelled")
+        assert raised.value.job.status == "cancelled"
+        assert client.jobs.cancel(job.id).status == "cancelled"  # cancelling again is harmless
+        with pytest.raises(JobCancelledError):
+            client.jobs.result(job.id)
 
 
 def test_cli_against_the_real_service(stack: Stack, dataset: Path, tmp_path: Path) -> None:
