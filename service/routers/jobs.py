@@ -68,7 +68,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, responses=_ERRORS)
-def get_job(job: OwnedJobDep) -> Job:
+async def get_job(job: OwnedJobDep) -> Job:
     return to_public(job)
 
 
