@@ -201,7 +201,10 @@ class Coreset:
             )
         weights = torch.as_tensor(self.weights, dtype=torch.float64)  # (k,)
         return WeightedRandomSampler(
-            weights, num_samples=num_samples, replacement=replacement, generator=generator
+            weights,  # type: ignore[arg-type]  # typed as Sequence[float]; a tensor is what it stores
+            num_samples=num_samples,
+            replacement=replacement,
+            generator=generator,
         )
 
     def _check_length(self, length: int, name: str) -> None:

@@ -457,3 +457,28 @@ def test_wait_draws_the_bar_by_default_on_a_terminal(monkeypatch):
     drawn = terminal.getvalue()
     assert drawn.count("\r") == 2
     assert " 25.0%" in drawn and "100.0%" in drawn and drawn.endswith("\n")
+
+
+def test_the_sync_and_async_surfaces_are_twins():
+    import inspect
+
+    from nacs_client.resources.jobs import AsyncJobs, Jobs
+
+    def public(cls):
+        return {name for name in vars(cls) if not name.startswith("_")}
+
+    assert public(Jobs) == public(AsyncJobs)
+    for name in public(Jobs):
+        sync_signature = inspect.signature(getattr(Jobs, name))
+        async_signature = inspect.signature(getattr(AsyncJobs, name))
+        assert list(sync_signature.parameters) == list(async_signature.parameters), name
+        for parameter in sync_signature.parameters:
+            assert (
+                sync_signature.parameters[parameter].default
+                == async_signature.parameters[parameter].default
+            ), (name, parameter)
+        if name != "list":
+            assert inspect.iscoroutinefunction(getattr(AsyncJobs, name)), name
+    assert list(inspect.signature(Client).parameters) == list(
+        inspect.signature(AsyncClient).parameters
+    )
