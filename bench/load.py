@@ -25,7 +25,7 @@ unique and counts non-2xx responses) when it is on PATH, else an
 the client as much as the server). It runs on the same machine as the
 servers and shares its cores with them.
 
-    .venv/bin/python bench/load.py                      # defaults: 3 rounds x 10 s, 32 connections
+    .venv/bin/python bench/load.py                      # defaults: 3 rounds x 10 s, 32 connections, own Redis
     .venv/bin/python bench/load.py --duration 5 --rounds 1 --client httpx
 """
 
@@ -285,12 +285,45 @@ def cleanup_redis(redis_url: str, prefix: str, queue: str) -> int:
     return deleted
 
 
+# ---------------------------------------------------------------- process CPU
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_own_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway redis-server on a free loopback port, nothing saved to disk."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis.from_url(url, socket_timeout=1).ping():
+                return process, url
+        except redis.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 # ---------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default=None,
+                        help="use this Redis (a unique key prefix and queue, deleted afterwards); "
+                             "default: a throwaway redis-server on a free port")
     parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive clients")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
@@ -302,11 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         client = "wrk" if shutil.which("wrk") else "httpx"
     if not (1 <= args.connections <= 1024 and 0 < args.duration <= 600 and 1 <= args.rounds <= 20):
         parser.error("connections in [1, 1024], duration in (0, 600], rounds in [1, 20]")
+    if args.redis_url is None and not shutil.which("redis-server"):
+        parser.error("no redis-server on PATH: give --redis-url")
 
     run_id = uuid.uuid4().hex[:12]
     prefix, queue = f"nacsbench-{run_id}:", f"nacsbench-{run_id}"
     token = "bench-" + uuid.uuid4().hex
     servers: list[Server] = []
+    own_redis: subprocess.Popen | None = None
+    deleted = 0
     with tempfile.TemporaryDirectory(prefix="nacs-load-") as tmp:
         workdir = Path(tmp)
         data_dir = workdir / "data"
@@ -316,10 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({"label": [0, 1] * 50, "f0": [str(i % 7) for i in range(100)]}), dataset)
+        redis_url = args.redis_url
+        if redis_url is None:
+            own_redis, redis_url = start_own_redis(workdir)
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            NACS_REDIS_URL=args.redis_url,
+            NACS_REDIS_URL=redis_url,
             NACS_REDIS_PREFIX=prefix,
             NACS_QUEUE=queue,
             NACS_API_KEYS=f"bench:{token}",
@@ -342,32 +382,46 @@ def main(argv: list[str] | None = None) -> int:
             job_id = created.json()["id"]
 
             scenarios = {
-                "GET /jobs/{id}": (ours.base_url, f"/jobs/{job_id}", "GET", token, ""),
-                "POST /jobs": (ours.base_url, "/jobs", "POST", token, body),
-                "GET /bare (bare FastAPI)": (bare.base_url, "/bare", "GET", "", ""),
+                "GET /jobs/{id}": (ours, f"/jobs/{job_id}", "GET", token, ""),
+                "POST /jobs": (ours, "/jobs", "POST", token, body),
+                "GET /bare (bare FastAPI)": (bare, "/bare", "GET", "", ""),
             }
-            for url, path, method, tok, b in scenarios.values():  # warm-up, not measured
-                drive(client, url, path, method, tok, b, argparse.Namespace(**{**vars(args), "duration": 1,
-                      "max_requests": 200}), workdir)
+            warm_up = argparse.Namespace(**{**vars(args), "duration": 1, "max_requests": 200})
+            for server, path, method, tok, b in scenarios.values():  # not measured
+                drive(client, server.base_url, path, method, tok, b, warm_up, workdir)
             results: dict[str, list[Measure]] = {name: [] for name in scenarios}
+            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in scenarios}
             for round_no in range(args.rounds):
-                for name, (url, path, method, tok, b) in scenarios.items():
-                    m = drive(client, url, path, method, tok, b, args, workdir)
+                for name, (server, path, method, tok, b) in scenarios.items():
+                    before = cpu_seconds(server.process.pid), cpu_seconds(own_redis.pid) if own_redis else 0.0
+                    m = drive(client, server.base_url, path, method, tok, b, args, workdir)
+                    after = cpu_seconds(server.process.pid), cpu_seconds(own_redis.pid) if own_redis else 0.0
+                    per_request = [(a - b_) * 1000 / max(m.requests, 1) for a, b_ in zip(after, before, strict=True)]
                     results[name].append(m)
+                    cpu[name].append((per_request[0], per_request[1]))
                     print(f"round {round_no + 1}: {name:26s} {m.rps:9.0f} req/s  p50 {m.p50_ms:7.2f} ms  "
-                          f"p99 {m.p99_ms:7.2f} ms  errors {m.errors}", file=sys.stderr)
+                          f"p99 {m.p99_ms:7.2f} ms  errors {m.errors}  server CPU {per_request[0]:.3f} ms/req",
+                          file=sys.stderr)
         finally:
             for server in servers:
                 server.stop()
-            deleted = cleanup_redis(args.redis_url, prefix, queue)
+            if own_redis is not None:
+                own_redis.terminate()
+                own_redis.wait(timeout=10)
+            else:
+                deleted = cleanup_redis(redis_url, prefix, queue)
 
-    bare_rps = statistics.median(m.rps for m in results["GET /bare (bare FastAPI)"])
+    bare_name = "GET /bare (bare FastAPI)"
+    bare_rps = statistics.median(m.rps for m in results[bare_name])
+    bare_cpu = statistics.median(c[0] for c in cpu[bare_name])
     print()
     print(f"client {client}, {args.connections} connections, {args.rounds} x {args.duration:g} s per scenario, "
-          f"uvicorn 1 process (uvloop, httptools), {os.cpu_count()} CPUs shared by servers and client")
+          f"uvicorn 1 process (uvloop, httptools), {os.cpu_count()} CPUs shared by servers, Redis and client; "
+          f"Redis: {'own redis-server' if own_redis else redis_url}")
     print()
-    print("| endpoint | requests/s | p50 ms | p99 ms | errors / requests | ours/bare |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| endpoint | requests/s | p50 ms | p99 ms | errors / requests | ours/bare (req/s) "
+          "| server CPU ms/request | Redis CPU ms/request |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     worst = None
     total_errors = 0
     for name, ms in results.items():
@@ -375,14 +429,18 @@ def main(argv: list[str] | None = None) -> int:
         errors, requests = sum(m.errors for m in ms), sum(m.requests for m in ms)
         total_errors += errors
         ratio = rps / bare_rps if bare_rps else 0.0
-        if not name.startswith("GET /bare"):
+        if name != bare_name:
             worst = ratio if worst is None else min(worst, ratio)
+        server_cpu = statistics.median(c[0] for c in cpu[name])
+        redis_cpu = f"{statistics.median(c[1] for c in cpu[name]):.3f}" if own_redis else "n/a"
         print(f"| `{name}` | {rps:,.0f} | {statistics.median(m.p50_ms for m in ms):.2f} | "
-              f"{statistics.median(m.p99_ms for m in ms):.2f} | {errors} / {requests:,} | {ratio:.2f} |")
+              f"{statistics.median(m.p99_ms for m in ms):.2f} | {errors} / {requests:,} | {ratio:.2f} | "
+              f"{server_cpu:.3f} ({server_cpu / bare_cpu:.1f}x bare) | {redis_cpu} |")
     print()
-    print(f"Redis keys of this run deleted afterwards: {deleted}")
+    if own_redis is None:
+        print(f"Redis keys of this run deleted afterwards: {deleted}")
     met = worst is not None and worst >= 0.5 and total_errors == 0
-    print(f"target (each endpoint >= 0.5 x bare, no errors): {'met' if met else 'NOT met'}")
+    print(f"target (each endpoint >= 0.5 x bare requests/s, no errors): {'met' if met else 'NOT met'}")
     return 0 if met else 1
 
 

@@ -677,11 +677,17 @@ def env_example_names() -> set[str]:
     return set(re.findall(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", path.read_text(), re.MULTILINE))
 
 
+def compose_code() -> str:
+    """docker-compose.yml without its comment lines."""
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    return "\n".join(ln for ln in lines if not ln.lstrip().startswith("#"))
+
+
 def compose_nacs_variables(services) -> set[str]:
     names = set()
     for svc in services.values():
         names.update(k for k in env_of(svc) if k.startswith("NACS_"))
-    text = (ROOT / "docker-compose.yml").read_text()
+    text = compose_code()
     names.update(re.findall(r"\$\{(NACS_\w+?)(?::?[-?][^}]*)?\}", text))
     return names
 
@@ -699,8 +705,7 @@ def test_compose_nacs_variables_are_settings_the_service_reads(services):
 def test_compose_variables_are_documented_in_env_example(services):
     documented = env_example_names()
     used = compose_nacs_variables(services)
-    text = (ROOT / "docker-compose.yml").read_text()
-    required = set(re.findall(r"\$\{(\w+):\?", text))  # compose refuses to start without these
+    required = set(re.findall(r"\$\{(\w+):\?", compose_code()))  # compose refuses to start without these
     missing = (used | required) - documented
     assert not missing, f"not documented in .env.example: {sorted(missing)}"
 
