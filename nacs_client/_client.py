@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -130,7 +130,7 @@ class Client(_BaseClient):
                 else:  # pragma: no cover - the operations yield only these two
                     raise TypeError(f"unknown effect {effect!r}")
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
         finally:
             operation.close()
 
@@ -201,7 +201,7 @@ class AsyncClient(_BaseClient):
                 else:  # pragma: no cover - the operations yield only these two
                     raise TypeError(f"unknown effect {effect!r}")
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
         finally:
             operation.close()
 

@@ -40,7 +40,7 @@ class RetryPolicy:
     def backoff_s(self, retry: int) -> float:
         """The jittered wait before retry number ``retry`` (0 for the first retry)."""
         base = min(self.max_delay_s, self.initial_delay_s * (2**retry))
-        return base * (1.0 - self.jitter * self.random())
+        return float(base * (1.0 - self.jitter * self.random()))
 
     def wait_s(self, retry: int, retry_after_s: float | None) -> float:
         return retry_after_s if retry_after_s is not None else self.backoff_s(retry)

@@ -165,7 +165,7 @@ class Coreset:
             f"Array, or a numpy array; got {type(table).__name__}"
         )
 
-    def torch_subset(self, dataset: Any) -> torch.utils.data.Subset:
+    def torch_subset(self, dataset: Any) -> torch.utils.data.Subset[Any]:
         """A ``torch.utils.data.Subset`` of ``dataset`` (indexed like the original rows)."""
         from torch.utils.data import Subset
 

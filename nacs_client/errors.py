@@ -213,7 +213,7 @@ def _field_from_details(details: Any) -> str | None:
     """
     if isinstance(details, dict):
         if isinstance(details.get("field"), str):
-            return details["field"]
+            return str(details["field"])
         for key in ("errors", "fields"):
             if key in details:
                 return _field_from_details(details[key])
@@ -225,7 +225,7 @@ def _field_from_details(details: Any) -> str | None:
             if not isinstance(item, dict):
                 continue
             if isinstance(item.get("field"), str):
-                return item["field"]
+                return str(item["field"])
             loc = item.get("loc")
             if isinstance(loc, (list, tuple)):
                 parts = [str(part) for part in loc if part not in ("body", "query", "path")]
