@@ -30,6 +30,8 @@ import torch
 # Work on pieces of about this many bytes so that the element-wise passes over
 # a freshly multiplied piece stay in the CPU's cache.
 _PIECE_BYTES = 1 << 21
+# Relative slack added to the first gains so that they bound the exact gains from above.
+_BOUND_MARGIN = 1e-5
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class DistanceBlock:
 
     distances: (B, N, N) ||x_i - x_j||, exact zeros on the diagonal.
     largest: (B,) C, the largest distance of each problem.
-    first_gains: (B, N) gain of each row when nothing is selected,
-        sum_j (C - d(i, j)), accumulated in float64 and stored in the block's dtype.
+    first_gains: (B, N) an upper bound of each row's gain when nothing is
+        selected, sum_j (C - d(i, j)) plus a margin for rounding.
     """
 
     distances: torch.Tensor
@@ -50,86 +52,58 @@ class DistanceBlock:
 def distance_block(features: torch.Tensor) -> DistanceBlock:
     """Pairwise distances of each problem in ``features`` (B, N, d).
 
-    The block has the dtype of ``features``; its row sums and maxima are taken
-    while each piece is still in cache.
+    The block has the dtype of ``features``. One matrix product gives
+    |x_i|^2 + |x_j|^2 - 2 x_i.x_j on centred rows, through the augmented rows
+    [-2 x_i, |x_i|^2, 1] and [x_j, 1, |x_j|^2]; on a CPU it is formed piece by
+    piece, and each piece is clamped, square-rooted and summed while it is
+    still in cache.
     """
     batch, n_rows, _ = features.shape
     dtype = features.dtype
+    device = features.device
     centred = features - features.mean(dim=1, keepdim=True)  # (B, N, d)
-    squared = (centred * centred).sum(dim=-1)  # (B, N)
-    transposed = centred.transpose(1, 2)  # (B, d, N)
-    distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=features.device)
-    row_sums = torch.empty(batch, n_rows, dtype=torch.float64, device=features.device)
-    row_max = torch.empty(batch, n_rows, dtype=dtype, device=features.device)
-    element_bytes = distances.element_size()
-    problem_bytes = n_rows * n_rows * element_bytes
-    if features.device.type == "cuda":
-        # One pass per operation over the whole block is what a GPU does best.
-        _distance_piece(centred, transposed, squared, distances, row_sums, row_max)
-    elif problem_bytes <= _PIECE_BYTES:
-        group = max(1, _PIECE_BYTES // problem_bytes)
+    squared = (centred * centred).sum(dim=-1, keepdim=True)  # (B, N, 1)
+    ones = torch.ones_like(squared)
+    left = torch.cat([centred * -2.0, squared, ones], dim=2)  # (B, N, d + 2)
+    right = torch.cat([centred, ones, squared], dim=2).transpose(1, 2)  # (B, d + 2, N)
+    distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
+    row_sums = torch.empty(batch, n_rows, dtype=dtype, device=device)
+    row_max = torch.empty(batch, n_rows, dtype=dtype, device=device)
+    problem_bytes = n_rows * n_rows * distances.element_size()
+    if device.type == "cuda" or problem_bytes <= _PIECE_BYTES:
+        # Whole problems at a time (on a GPU: the whole block in one pass per operation).
+        group = batch if device.type == "cuda" else max(1, _PIECE_BYTES // problem_bytes)
         for start in range(0, batch, group):
-            stop = min(batch, start + group)
-            _distance_piece(
-                centred[start:stop],
-                transposed[start:stop],
-                squared[start:stop],
-                distances[start:stop],
-                row_sums[start:stop],
-                row_max[start:stop],
-            )
+            piece = slice(start, min(batch, start + group))
+            out = distances[piece]  # (b, N, N)
+            torch.bmm(left[piece], right[piece], out=out)
+            out.clamp_min_(0.0)
+            out.diagonal(dim1=1, dim2=2).zero_()
+            _finish_piece(out, row_sums[piece], row_max[piece])
     else:
-        rows_per_piece = max(1, _PIECE_BYTES // (n_rows * element_bytes))
+        rows_per_piece = max(1, _PIECE_BYTES // (n_rows * distances.element_size()))
         for problem in range(batch):
             for start in range(0, n_rows, rows_per_piece):
-                stop = min(n_rows, start + rows_per_piece)
-                _distance_rows(
-                    centred[problem],
-                    transposed[problem],
-                    squared[problem],
-                    start,
-                    stop,
-                    distances[problem, start:stop],
-                    row_sums[problem, start:stop],
-                    row_max[problem, start:stop],
-                )
+                rows = slice(start, min(n_rows, start + rows_per_piece))
+                out = distances[problem, rows]  # (r, N)
+                torch.mm(left[problem, rows], right[problem], out=out)
+                out.clamp_min_(0.0)
+                out[:, rows].diagonal().zero_()
+                _finish_piece(out, row_sums[problem, rows], row_max[problem, rows])
     largest = row_max.amax(dim=1)  # (B,)
-    first_gains = (n_rows * largest.to(torch.float64)[:, None] - row_sums).clamp_min_(0.0)
+    # First gains sum_j (C - d_ij) = N C - row sum. The row sums carry float
+    # rounding, so the margin keeps these valid upper bounds of the gains the
+    # greedy computes exactly.
+    total = n_rows * largest.to(torch.float64)[:, None]  # (B, 1)
+    first_gains = (total - row_sums.to(torch.float64)).clamp_min_(0.0) + _BOUND_MARGIN * total
     return DistanceBlock(distances, largest, first_gains.to(dtype))
 
 
-def _distance_piece(
-    centred: torch.Tensor,  # (b, N, d)
-    transposed: torch.Tensor,  # (b, d, N)
-    squared: torch.Tensor,  # (b, N)
-    out: torch.Tensor,  # (b, N, N)
-    row_sums: torch.Tensor,  # (b, N) float64
-    row_max: torch.Tensor,  # (b, N)
-) -> None:
-    torch.baddbmm(squared[:, :, None], centred, transposed, alpha=-2.0, out=out)
-    out.add_(squared[:, None, :]).clamp_min_(0.0)
-    out.diagonal(dim1=1, dim2=2).zero_()
+def _finish_piece(out: torch.Tensor, row_sums: torch.Tensor, row_max: torch.Tensor) -> None:
+    """Squared distances -> distances in place; their row sums and maxima."""
     out.sqrt_()
-    torch.sum(out, dim=2, dtype=torch.float64, out=row_sums)
-    torch.amax(out, dim=2, out=row_max)
-
-
-def _distance_rows(
-    centred: torch.Tensor,  # (N, d)
-    transposed: torch.Tensor,  # (d, N)
-    squared: torch.Tensor,  # (N,)
-    start: int,
-    stop: int,
-    out: torch.Tensor,  # (r, N) rows start..stop
-    row_sums: torch.Tensor,  # (r,) float64
-    row_max: torch.Tensor,  # (r,)
-) -> None:
-    torch.addmm(squared[start:stop, None], centred[start:stop], transposed, alpha=-2.0, out=out)
-    out.add_(squared[None, :]).clamp_min_(0.0)
-    out[:, start:stop].diagonal().zero_()
-    out.sqrt_()
-    torch.sum(out, dim=1, dtype=torch.float64, out=row_sums)
-    torch.amax(out, dim=1, out=row_max)
+    torch.sum(out, dim=-1, out=row_sums)
+    torch.amax(out, dim=-1, out=row_max)
 
 
 def similarity_block(features: torch.Tensor) -> torch.Tensor:
@@ -143,14 +117,14 @@ class FacilityLocationState:
 
     ``gains`` evaluates candidates, ``add`` records one pick per problem. The
     greedy drives it; this class knows nothing about how candidates are chosen.
+    Rows are named by their flat position problem * N + row.
     """
 
     def __init__(self, block: DistanceBlock, *, max_evaluated_rows: int) -> None:
         distances = block.distances
         self.batch, self.n_rows, _ = distances.shape
-        self.distances = distances
         self._flat = distances.view(self.batch * self.n_rows, self.n_rows)  # (B*N, N)
-        self._offsets = torch.arange(self.batch, device=distances.device) * self.n_rows  # (B,)
+        self.offsets = torch.arange(self.batch, device=distances.device) * self.n_rows  # (B,)
         # dmin_j = C before anything is selected (cur_j = 0).
         self.nearest = block.largest[:, None].expand(self.batch, self.n_rows).contiguous()  # (B, N)
         self.max_evaluated_rows = max(1, max_evaluated_rows)
@@ -161,27 +135,28 @@ class FacilityLocationState:
             self.max_evaluated_rows, dtype=distances.dtype, device=distances.device
         )
 
-    def gains(self, problems: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Marginal gains of ``candidates`` (b, m) in ``problems`` (b,) -> (b, m).
+    def gains(self, problems: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+        """Marginal gains of ``rows`` (b, m), flat positions, in ``problems`` (b,) -> (b, m).
 
-        b * m must not exceed ``max_evaluated_rows``. The result is a view of an
-        internal buffer, valid until the next call.
+        problems: which problems the b lines of ``rows`` belong to (None: all
+        B, in order). b * m must not exceed ``max_evaluated_rows``. The result
+        is a view of an internal buffer, valid until the next call.
         """
-        b, m = candidates.shape
+        b, m = rows.shape
         count = b * m
-        rows = self._rows[:count]  # (b*m, N)
-        flat_index = (self._offsets[problems][:, None] + candidates).reshape(count)
-        torch.index_select(self._flat, 0, flat_index, out=rows)
-        rows3 = rows.view(b, m, self.n_rows)  # (b, m, N)
-        torch.sub(self.nearest[problems][:, None, :], rows3, out=rows3)
-        rows3.clamp_min_(0.0)
+        gathered = self._rows[:count]  # (b*m, N)
+        torch.index_select(self._flat, 0, rows.reshape(count), out=gathered)
+        gathered = gathered.view(b, m, self.n_rows)  # (b, m, N)
+        nearest = self.nearest if problems is None else self.nearest.index_select(0, problems)
+        torch.sub(nearest[:, None, :], gathered, out=gathered)
+        gathered.clamp_min_(0.0)
         gains = self._gains[:count].view(b, m)
-        torch.sum(rows3, dim=2, out=gains)
+        torch.sum(gathered, dim=2, out=gains)
         return gains
 
     def add(self, picks: torch.Tensor) -> None:
-        """Select ``picks`` (B,): one row per problem."""
-        picked_rows = torch.index_select(self._flat, 0, self._offsets + picks)  # (B, N)
+        """Select ``picks`` (B,), one flat position per problem."""
+        picked_rows = torch.index_select(self._flat, 0, picks)  # (B, N)
         torch.minimum(self.nearest, picked_rows, out=self.nearest)
 
 

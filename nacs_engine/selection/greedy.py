@@ -34,6 +34,8 @@ from nacs_engine.selection.facility_location import (
 _FIRST_ROUND = 8
 # At most this many candidate rows are gathered at once (rows * N elements).
 _MAX_EVALUATED_ELEMENTS = 1 << 22
+# One lazy round gathers about this many elements, so that its passes stay in cache.
+_ROUND_ELEMENTS = 1 << 20
 _MASK32 = 0xFFFFFFFF
 _HASH_MULTIPLIER = 0x45D9F3B
 _GOLDEN = 0x9E3779B9
@@ -104,8 +106,11 @@ def validate_features(features: object, name: str, *, dims: int) -> None:
         raise ValueError(
             f"{name}: expected at least one feature column, got shape {tuple(features.shape)}"
         )
-    if features.numel() and not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    rows = features.reshape(-1, features.shape[-1])  # (B*N, d) or (n, d)
+    rows_per_check = max(1, (1 << 22) // features.shape[-1])
+    for part in rows.split(rows_per_check):
+        if not bool(torch.isfinite(part).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def validate_k(k: object, n_rows: int) -> None:
@@ -171,17 +176,15 @@ def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor)
     device = distances.device
     max_rows = max(batch, min(batch * samples, _MAX_EVALUATED_ELEMENTS // n_rows))
     state = FacilityLocationState(block, max_evaluated_rows=max_rows)
-    bounds = block.first_gains.clone()  # (B, N) last known gain of each row
-    selected = torch.zeros(batch, n_rows, dtype=torch.bool, device=device)
+    offsets = state.offsets[:, None]  # (B, 1) flat position of each problem's row 0
+    bounds = block.first_gains.clone().view(batch * n_rows)  # last known gain of each row
+    selected = torch.zeros(batch * n_rows, dtype=torch.bool, device=device)
     picks = torch.empty(batch, k, dtype=torch.int64, device=device)
     gains = torch.empty(batch, k, dtype=torch.float64, device=device)
-    all_problems = torch.arange(batch, device=device)
 
-    row_hash = (
-        torch.arange(n_rows, dtype=torch.int64, device=device).mul_(_GOLDEN).bitwise_and_(_MASK32)
-    )
-    scratch_rows = torch.empty_like(row_hash)
-    _mix32(row_hash, scratch_rows)
+    row_hash = torch.arange(n_rows, dtype=torch.int64, device=device)
+    row_hash.mul_(_GOLDEN).bitwise_and_(_MASK32)
+    _mix32(row_hash, torch.empty_like(row_hash))
     keys = torch.empty(batch, n_rows, dtype=torch.int64, device=device)  # (B, N)
     scratch = torch.empty_like(keys)
     step_seed = torch.empty_like(seeds)
@@ -194,58 +197,79 @@ def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor)
         _mix32(step_seed, scratch_seed)
         torch.bitwise_xor(step_seed[:, None], row_hash[None, :], out=keys)
         _mix32(keys, scratch)
-        keys.masked_fill_(selected, -1)
-        candidates = keys.topk(count, dim=1, sorted=False).indices  # (B, s)
-        candidate_bounds = bounds.gather(1, candidates)  # (B, s)
-        if step == 0:
-            # Nothing is selected yet: the bounds are the exact gains.
-            best_gain, best = candidate_bounds.max(dim=1)
-            best_row = candidates.gather(1, best[:, None])[:, 0]
-        else:
-            best_gain, best_row = _lazy_argmax(
-                state, bounds, candidates, candidate_bounds, all_problems
-            )
-        picks[:, step] = best_row
+        keys.masked_fill_(selected.view(batch, n_rows), -1)
+        candidates = keys.topk(count, dim=1, sorted=False).indices.add_(offsets)  # (B, s) flat
+        best_gain, best_row = _lazy_argmax(state, bounds, candidates)
+        picks[:, step] = best_row - offsets[:, 0]
         gains[:, step] = best_gain
-        selected.scatter_(1, best_row[:, None], True)
+        selected.index_fill_(0, best_row, True)
         state.add(best_row)
     return GreedyResult(picks, gains)
 
 
 def _lazy_argmax(
     state: FacilityLocationState,
-    bounds: torch.Tensor,  # (B, N), updated in place with fresh gains
-    candidates: torch.Tensor,  # (B, s)
-    candidate_bounds: torch.Tensor,  # (B, s)
-    all_problems: torch.Tensor,  # (B,)
+    bounds: torch.Tensor,  # (B*N,) updated in place with fresh gains
+    candidates: torch.Tensor,  # (B, s) flat positions
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampled row of largest exact gain per problem, evaluating rows in order of their bounds."""
-    batch, count = candidates.shape
-    order = candidate_bounds.argsort(dim=1, descending=True)
+    """The sampled row of largest exact gain per problem, evaluating rows in order of their bounds.
+
+    Returns (gain (B,), flat position (B,)).
+    """
+    count = candidates.shape[1]
+    candidate_bounds, order = torch.take(bounds, candidates).sort(dim=1, descending=True)
     candidates = candidates.gather(1, order)  # (B, s) by decreasing bound
-    candidate_bounds = candidate_bounds.gather(1, order)
-    best_gain = torch.full((batch,), -math.inf, dtype=bounds.dtype, device=bounds.device)
+    best_gain = torch.full_like(candidate_bounds[:, 0], -math.inf)
     best_row = candidates[:, 0].clone()
-    active = all_problems
+    # Working copies hold the problems still searching; `active` maps them back (None: all).
+    active: torch.Tensor | None = None
+    work_candidates, work_bounds, work_gain, work_row = (
+        candidates,
+        candidate_bounds,
+        best_gain,
+        best_row,
+    )
     position = 0
     width = _FIRST_ROUND
     while True:
-        n_active = active.shape[0]
-        take = max(1, min(width, count - position, state.max_evaluated_rows // n_active))
-        batch_candidates = candidates[active, position : position + take]  # (b, take)
-        round_gains = state.gains(active, batch_candidates)  # (b, take)
-        bounds[active[:, None], batch_candidates] = round_gains
+        n_active = work_candidates.shape[0]
+        limit = max(1, min(state.max_evaluated_rows, _ROUND_ELEMENTS // state.n_rows) // n_active)
+        take = min(width, count - position, limit)
+        rows = work_candidates[:, position : position + take].contiguous()  # (b, take)
+        round_gains = state.gains(active, rows)  # (b, take)
+        bounds.index_copy_(0, rows.view(-1), round_gains.view(-1))
         round_best, round_index = round_gains.max(dim=1)
-        improved = round_best > best_gain[active]
-        better = active[improved]
-        best_gain[better] = round_best[improved]
-        best_row[better] = batch_candidates[improved, round_index[improved]]
+        improved = round_best > work_gain
+        work_gain = torch.where(improved, round_best, work_gain)
+        work_row = torch.where(improved, rows.gather(1, round_index[:, None])[:, 0], work_row)
         position += take
         if position >= count:
             break
-        unfinished = best_gain[active] < candidate_bounds[active, position]
-        active = active[unfinished]
-        if active.shape[0] == 0:
-            break
+        unfinished = work_gain < work_bounds[:, position]
+        n_unfinished = int(unfinished.sum())
+        if n_unfinished < n_active:
+            _write_back(best_gain, best_row, active, work_gain, work_row)
+            if n_unfinished == 0:
+                return best_gain.to(torch.float64), best_row
+            keep = unfinished.nonzero()[:, 0]
+            active = keep if active is None else active[keep]
+            work_candidates, work_bounds = work_candidates[keep], work_bounds[keep]
+            work_gain, work_row = work_gain[keep], work_row[keep]
         width *= 2
+    _write_back(best_gain, best_row, active, work_gain, work_row)
     return best_gain.to(torch.float64), best_row
+
+
+def _write_back(
+    best_gain: torch.Tensor,
+    best_row: torch.Tensor,
+    active: torch.Tensor | None,
+    work_gain: torch.Tensor,
+    work_row: torch.Tensor,
+) -> None:
+    if active is None:
+        best_gain.copy_(work_gain)
+        best_row.copy_(work_row)
+    else:
+        best_gain[active] = work_gain
+        best_row[active] = work_row

@@ -24,6 +24,15 @@ from nacs_engine.selection.greedy import sample_size
 EXACT_EPS = 1e-300
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensor work runs faster on one thread, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gaussian_mixture(
     batch: int,
     n_rows: int,

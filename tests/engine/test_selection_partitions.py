@@ -16,6 +16,15 @@ from nacs_engine.selection import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensor work runs faster on one thread, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
