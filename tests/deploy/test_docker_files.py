@@ -783,11 +783,18 @@ for name in packages:
     for info in pkgutil.walk_packages(package.__path__, name + "."):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
+if len(sys.argv) > 3:  # the image's command, as its console script runs it
+    import contextlib, io
+    from nacs_client.cli import main
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(json.loads(sys.argv[3]) + ["--help"], standalone_mode=False)
 print(json.dumps({"loaded": sorted({m.split(".")[0] for m in sys.modules}), "refused": sorted(refused)}))
 """
 
 
-def import_as_in_image(packages: list[str], distributions: set[str]) -> dict[str, list[str]]:
+def import_as_in_image(
+    packages: list[str], distributions: set[str], command: list[str] | None = None
+) -> dict[str, list[str]]:
     """Import every module of ``packages`` in a fresh interpreter that can see only what an
     image with these distributions holds (plus the standard library and this repository)."""
     import subprocess
@@ -796,7 +803,8 @@ def import_as_in_image(packages: list[str], distributions: set[str]) -> dict[str
     allowed = {m for m, dists in provided.items() if any(_normalise(d) in distributions for d in dists)}
     allowed |= {p.parent.name for p in ROOT.glob("*/__init__.py")} | BASE_IMAGE_MODULES
     out = subprocess.run(
-        [sys.executable, "-c", IMPORT_IN_IMAGE, json.dumps(sorted(allowed)), json.dumps(packages)],
+        [sys.executable, "-c", IMPORT_IN_IMAGE, json.dumps(sorted(allowed)), json.dumps(packages)]
+        + ([json.dumps(command)] if command else []),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -810,10 +818,12 @@ def test_the_api_code_runs_with_only_the_server_extra(stages, pyproject):
     """Every module of service/ imports in the api image: no torch, nothing from the engine extra."""
     distributions = distribution_closure(pyproject, installed_extras(stages, "api"))
     assert "torch" not in distributions
-    result = import_as_in_image(["service"], distributions)
+    cmd = exec_form(next(i.args for i in stages["api"].instructions if i.keyword == "CMD"))
+    result = import_as_in_image(["service"], distributions, command=cmd[1:2])
     assert "torch" not in result["loaded"], "service/ imports torch: the api image has none"
 
 
 def test_the_worker_code_runs_in_the_worker_image(stages, pyproject):
     distributions = distribution_closure(pyproject, installed_extras(stages, "worker")) | {"torch"}
-    import_as_in_image(["worker", "service", "nacs_engine"], distributions)
+    cmd = exec_form(next(i.args for i in stages["worker"].instructions if i.keyword == "CMD"))
+    import_as_in_image(["worker", "service", "nacs_engine"], distributions, command=cmd[1:2])
