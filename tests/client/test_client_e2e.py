@@ -18,6 +18,7 @@ from nacs_client import (
     BadRequestError,
     Client,
     ConflictError,
+    Coreset,
     JobCancelledError,
     JobFailedError,
     NotFoundError,
@@ -214,3 +215,38 @@ def test_cli_against_the_real_service(stack: Stack, dataset: Path, tmp_path: Pat
     assert missing.exit_code == 3
     unauthorised = runner.invoke(main, ["--api-key", "wrong", "status", job["id"]], env=env)
     assert unauthorised.exit_code == 4
+
+
+def test_coreset_from_s3_through_an_s3_compatible_endpoint(monkeypatch, tmp_path: Path) -> None:
+    pytest.importorskip("s3fs")
+    from tests.stack import MotoServer
+
+    server = MotoServer.start()
+    try:
+        server.create_bucket("results")
+        table = pa.table(
+            {
+                "row": pa.array([0, 5, 9], pa.int64()),
+                "label": pa.array([1.0, 0.0, 1.0], pa.float32()),
+                "soft_label": pa.array([0.8, 0.1, 0.6], pa.float32()),
+                "weight": pa.array([1.0, 1.5, 0.5], pa.float32()),
+                "uncertainty": pa.array([0.1, 0.2, 0.3], pa.float32()),
+            }
+        )
+        pq.write_table(table, tmp_path / "coreset.parquet")
+        server.client().upload_file(
+            str(tmp_path / "coreset.parquet"), "results", "job-1/coreset.parquet"
+        )
+        for name, value in MotoServer.CREDENTIALS.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("NACS_S3_ENDPOINT_URL", server.endpoint)
+        coreset = Coreset.read("s3://results/job-1/coreset.parquet")
+        np.testing.assert_array_equal(coreset.rows, [0, 5, 9])
+        np.testing.assert_array_equal(coreset.take(np.arange(10) * 10), [0, 50, 90])
+        monkeypatch.delenv("NACS_S3_ENDPOINT_URL")
+        explicit = Coreset.read(
+            "s3://results/job-1/coreset.parquet", storage_options={"endpoint_url": server.endpoint}
+        )
+        np.testing.assert_array_equal(explicit.soft_labels, coreset.soft_labels)
+    finally:
+        server.stop()
