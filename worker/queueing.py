@@ -433,11 +433,19 @@ class JobStore:
             created = parse_time(record.get("created_at")) or now
             if record["status"] != "queued" or now - created <= self.settings.heartbeat_timeout_s:
                 continue
-            if self._rq_public_status(record.get("rq_job_id")) in ACTIVE_STATUSES:
+            rq_state = self._rq_public_status(record.get("rq_job_id"))
+            if rq_state in ACTIVE_STATUSES:
                 continue
-            self.enqueue(job_id)
-            log.warning("job %s was queued without a queue entry; enqueued again", job_id)
-            actions.append((job_id, "enqueued"))
+            if rq_state is None:
+                self.enqueue(job_id)
+                log.warning("job %s was queued without a queue entry; enqueued again", job_id)
+                actions.append((job_id, "enqueued"))
+                continue
+            try:
+                record = self.update(job_id, _count_lost_start) or record
+            except InvalidTransition:
+                continue
+            actions.append((job_id, self._recover(record, "its worker process ended before the job started")))
         return actions
 
     def _recover(self, record: dict[str, Any], reason: str) -> str:
@@ -494,6 +502,12 @@ class JobStore:
             send_stop_job_command(self.redis, rq_job_id, serializer=JSONSerializer)
         except Exception:  # noqa: BLE001 - the job is not running anywhere; nothing to stop
             pass
+
+
+def _count_lost_start(record: dict[str, Any]) -> None:
+    if record["status"] != "queued":
+        raise InvalidTransition(record)
+    record["attempts"] += 1
 
 
 def new_job_id() -> str:

@@ -48,6 +48,8 @@ def run_worker(
     reaper: bool = True,
 ) -> bool:
     """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
+    import worker.tasks  # noqa: F401 - loaded once here (no torch) so each forked horse starts at once
+
     settings = settings or WorkerSettings()
     connection = connect(settings.redis_url)
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)

@@ -24,6 +24,7 @@ import redis
 from nacs_engine.errors import DataError, SelectionCancelled
 from worker.errors import JobFailed, is_transient
 from worker.outputs import MANIFEST_FILE, coreset_table, write_coreset, write_manifest
+from worker.progress import JobProgress
 from worker.queueing import InvalidTransition, JobStore, connect, utc_now
 from worker.settings import WorkerSettings
 from worker.spec import JobRequest
@@ -186,10 +187,24 @@ def _short(error: BaseException, limit: int = 240) -> str:
 
 def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
     """What RQ runs for a job id: the record's lifecycle around ``execute``."""
+    from rq.timeouts import JobTimeoutException
+
     settings = WorkerSettings()
     if prefix is not None and prefix != settings.redis_prefix:
         settings = settings.model_copy(update={"redis_prefix": prefix})
     store = JobStore(connect(settings.redis_url), settings)
+    try:
+        return _run_job(job_id, store, settings)
+    except JobTimeoutException as error:
+        code, message = failure_of(error)
+        try:
+            _retry_redis(lambda: store.transition(job_id, "failed", error={"code": code, "message": message}))
+        except InvalidTransition:
+            pass
+        return {"job_id": job_id, "status": "failed"}
+
+
+def _run_job(job_id: str, store: JobStore, settings: WorkerSettings) -> dict[str, Any]:
     record = store.get(job_id)
     if record is None or record["status"] != "queued":
         log.info("job %s: nothing to run (%s)", job_id, "no record" if record is None else record["status"])
@@ -206,8 +221,6 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
     except InvalidTransition:
         return {"job_id": job_id, "ran": False}
     assert record is not None
-    from worker.progress import JobProgress
-
     progress = JobProgress(store, job_id, interval_s=settings.heartbeat_interval_s).start()
     outcome: tuple[str, dict[str, Any]]
     try:

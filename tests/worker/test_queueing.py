@@ -148,3 +148,19 @@ def test_reaper_enqueues_a_queued_job_that_lost_its_queue_entry(store: JobStore)
     assert store.reap(now=later) == [(record["id"], "enqueued")]
     assert store.queue().count == 1
     assert store.reap(now=later) == [], "an enqueued job is left alone"
+
+
+def test_reaper_counts_a_horse_lost_before_the_job_started(store: JobStore) -> None:
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    record, _ = store.create("t1", REQUEST)
+    store.queue().remove(record["rq_job_id"])
+    Job.fetch(record["rq_job_id"], connection=store.redis, serializer=JSONSerializer).set_status(JobStatus.FAILED)
+    later = time.time() + store.settings.heartbeat_timeout_s + 1
+    assert store.reap(now=later) == [(record["id"], "requeued")]
+    again = store.get(record["id"])
+    assert again["attempts"] == 1 and again["rq_job_id"] == f"{record['id']}-2"
+    Job.fetch(again["rq_job_id"], connection=store.redis, serializer=JSONSerializer).set_status(JobStatus.FAILED)
+    assert store.reap(now=later) == [(record["id"], "failed")]
+    assert store.get(record["id"])["error"]["code"] == "worker_lost"
