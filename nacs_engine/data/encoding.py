@@ -37,7 +37,12 @@ import pyarrow.compute as pc
 
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.reading import TableSource, as_source, open_source
-from nacs_engine.data.schema import TableSchema, parse_labels, resolve_schema
+from nacs_engine.data.schema import (
+    TableSchema,
+    check_column_names,
+    parse_labels,
+    resolve_schema,
+)
 from nacs_engine.data.storage import DEFAULT_MEMMAP_THRESHOLD_BYTES, FeatureSink
 from nacs_engine.errors import DataError
 
@@ -166,9 +171,11 @@ class Encoder:
     ) -> None:
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+        if not isinstance(label_column, str) or not label_column:
+            raise ValueError(f"label_column: expected a column name, got {label_column!r}")
         self.label_column = label_column
-        self.requested_features = feature_columns
-        self.requested_numeric = numeric_columns
+        self.requested_features = check_column_names("feature_columns", feature_columns)
+        self.requested_numeric = check_column_names("numeric_columns", numeric_columns)
         self.min_count = min_count
         self.schema: TableSchema | None = None
         self.vocabularies: tuple[Vocabulary, ...] = ()

@@ -63,8 +63,8 @@ def resolve_schema(
     """
     if not isinstance(label_column, str) or not label_column:
         raise ValueError(f"label_column: expected a column name, got {label_column!r}")
-    feature_columns = _names("feature_columns", feature_columns)
-    numeric_columns = _names("numeric_columns", numeric_columns)
+    feature_columns = check_column_names("feature_columns", feature_columns)
+    numeric_columns = check_column_names("numeric_columns", numeric_columns)
     available = list(columns)
     if label_column not in available:
         likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
@@ -158,12 +158,19 @@ def _first_null(column: pa.Array) -> int:
     return int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False))))
 
 
-def _names(argument: str, names: Sequence[str] | None) -> tuple[str, ...] | None:
+def check_column_names(argument: str, names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``names`` as a tuple of distinct non-empty strings (None stays None);
+    ValueError naming ``argument`` otherwise."""
     if names is None:
         return None
-    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+    if isinstance(names, (str, bytes)):
         raise ValueError(f"{argument}: expected a list of column names, got {names!r}")
-    names = tuple(names)
+    try:
+        names = tuple(names)
+    except TypeError as exc:
+        raise ValueError(f"{argument}: expected a list of column names, got {names!r}") from exc
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{argument}: expected a list of column names, got {list(names)!r}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{argument}: duplicate column name(s) {duplicates}")
