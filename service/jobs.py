@@ -44,7 +44,7 @@ def submit(
     job_id = new_job_id()
     accepted = request.model_copy(
         update={
-            "dataset_uri": check_dataset_uri(request.dataset_uri, settings),
+            "dataset_uri": check_dataset_uri(request.dataset_uri, tenant, settings),
             "output_uri": check_output_uri(request.output_uri, tenant, job_id, settings),
         }
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -45,12 +46,21 @@ class KeyRing:
         return found
 
 
-def check_dataset_uri(uri: str, settings: Settings) -> str:
+_FILESYSTEM_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "https": "aiohttp"}
+
+
+def check_dataset_uri(uri: str, tenant: str, settings: Settings) -> str:
     """The normalised dataset URI, or a 422 naming dataset_uri and why."""
-    return _check_uri("dataset_uri", uri, settings, DATASET_SCHEMES)
+    return _check_uri("dataset_uri", uri, tenant, settings, DATASET_SCHEMES)
 
 
-def _check_uri(field: str, uri: str, settings: Settings, schemes: frozenset[str]) -> str:
+def _check_scheme_installed(field: str, scheme: str) -> None:
+    package = _FILESYSTEM_PACKAGES.get(scheme)
+    if package and importlib.util.find_spec(package) is None:
+        raise Unprocessable(f"{field}: {scheme}:// is not available on this service (the {package} package is not installed)")
+
+
+def _check_uri(field: str, uri: str, tenant: str, settings: Settings, schemes: frozenset[str]) -> str:
     raw_scheme = uri.split(":", 1)[0].lower() if ":" in uri and "://" not in uri else None
     if raw_scheme and not os.path.isabs(uri):
         raise Unprocessable(f"{field}: unsupported URI scheme {raw_scheme!r}; use {_listing(schemes)}")
@@ -59,13 +69,15 @@ def _check_uri(field: str, uri: str, settings: Settings, schemes: frozenset[str]
     scheme = scheme_of(uri)
     if scheme not in schemes:
         raise Unprocessable(f"{field}: unsupported URI scheme {scheme!r}; use {_listing(schemes)}")
+    _check_scheme_installed(field, scheme)
     normalised = normalise_uri(uri)
     parts = urlsplit(normalised)
+    allowed = settings.allowed_prefixes(tenant)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
         resolved = "file://" + os.path.realpath(unquote(parts.path))
-        if not _allowed(resolved, settings.allowed_prefixes(), local=True):
+        if not _allowed(resolved, allowed, local=True):
             raise Unprocessable(
                 f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
                 "paths are resolved, so '..' and symbolic links cannot leave them"
@@ -77,7 +89,7 @@ def _check_uri(field: str, uri: str, settings: Settings, schemes: frozenset[str]
         raise Unprocessable(f"{field}: '..' is not allowed in object keys")
     if scheme == "https":
         _check_public_host(field, parts.hostname or "", settings)
-    if not _allowed(normalised, settings.allowed_prefixes(), local=False):
+    if not _allowed(normalised, allowed, local=False):
         raise Unprocessable(f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS)")
     return normalised
 
@@ -90,6 +102,7 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: Settin
     scheme = scheme_of(uri)
     if scheme not in OUTPUT_SCHEMES:
         raise Unprocessable(f"output_uri: unsupported URI scheme {scheme!r}; use {_listing(OUTPUT_SCHEMES)}")
+    _check_scheme_installed("output_uri", scheme)
     if "://" not in uri and not os.path.isabs(uri):
         raise Unprocessable("output_uri: a local path must be absolute (or use a file:// URI)")
     normalised = normalise_uri(uri)

@@ -35,7 +35,8 @@ class Settings(WorkerSettings):
         default=None,
         description=(
             "Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,https://host/); "
-            "'*' allows any. Unset: any in insecure local mode, none otherwise."
+            "an entry tenant=prefix applies to that tenant only; '*' allows any. "
+            "Unset: any in insecure local mode, none otherwise."
         ),
     )
     allow_private_urls: bool = Field(
@@ -69,11 +70,21 @@ class Settings(WorkerSettings):
             keys[key] = tenant
         return keys
 
-    def allowed_prefixes(self) -> list[str] | None:
-        """Allowed dataset URI prefixes; None means any."""
+    def allowed_prefixes(self, tenant: str | None = None) -> list[str] | None:
+        """Dataset URI prefixes ``tenant`` may read; None means any.
+
+        Entries apply to every tenant, or to one when written ``tenant=prefix``.
+        """
         if self.allowed_uris is None or not self.allowed_uris.strip():
             return None if self.insecure_local else []
-        entries = [e.strip() for e in self.allowed_uris.split(",") if e.strip()]
+        entries = []
+        for entry in filter(None, (e.strip() for e in self.allowed_uris.split(","))):
+            owner, sep, prefix = entry.partition("=")
+            if sep and "://" not in owner:
+                if owner.strip() == tenant:
+                    entries.append(prefix.strip())
+            else:
+                entries.append(entry)
         if "*" in entries:
             return None
         return entries

@@ -26,7 +26,7 @@ def make_settings(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
             "redis_prefix": f"{name}:",
             "queue": name,
             "storage_uri": str(tmp_path / "storage"),
-            "allowed_uris": f"file://{tmp_path}/data/,s3://allowed-bucket/data/,https://example.com/",
+            "allowed_uris": f"file://{tmp_path}/data/,s3://allowed-bucket/data/,https://example.com/,beta=s3://beta-only/",
             "api_keys": ",".join(f"{t}:{k}" for t, k in TENANT_KEYS.items()),
             "api_reaper": False,
         }

@@ -91,6 +91,7 @@ def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, se
         ({"dataset_uri": "https://169.254.169.254/latest/meta-data", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "https://10.0.0.8/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "http://example.com/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        ({"dataset_uri": "s3://beta-only/data/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "/tmp/elsewhere"}, 422, "output_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "s3://allowed-bucket/x"}, 422, "output_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/beta/jobs/mine"}, 422, "output_uri"),
@@ -149,6 +150,12 @@ def test_path_escapes_are_refused(client: TestClient, tmp_path: Path) -> None:
     ):
         error = assert_error(client.post("/jobs", json={"dataset_uri": uri, "ratio": 0.1}), 422)
         assert "dataset_uri" in error["message"], uri
+
+
+def test_allowed_prefixes_can_be_per_tenant(client: TestClient, beta_headers) -> None:
+    uri = {"dataset_uri": "s3://beta-only/data/x.parquet", "ratio": 0.1}
+    assert client.post("/jobs", json=uri, headers=beta_headers).status_code == 202
+    assert_error(client.post("/jobs", json=uri), 422, mentions="dataset_uri")
 
 
 def test_output_uri_inside_own_prefix_is_accepted(client: TestClient, dataset: Path, settings) -> None:
@@ -357,3 +364,12 @@ def test_keys_are_never_logged(client: TestClient, dataset: Path, caplog) -> Non
     client.get("/jobs", headers={"Authorization": "Bearer wrong-key-123456"})
     for key in (*TENANT_KEYS.values(), "wrong-key-123456"):
         assert key not in caplog.text
+
+
+def test_schemes_without_their_filesystem_are_refused_clearly(client: TestClient) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    error = assert_error(client.post("/jobs", json={"dataset_uri": "gs://bucket/x.parquet", "ratio": 0.1}), 422)
+    assert "dataset_uri" in error["message"] and "gcsfs" in error["message"]
