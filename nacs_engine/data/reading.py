@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
@@ -54,6 +55,7 @@ _EXTENSIONS: dict[str, str] = {
 }
 _COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2"}
 _INTEGER = re.compile(r"^-?\d+$")
+_URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
 _HEAD_BYTES = 1 << 16
 # Bytes of CSV text per block; big enough for any sane row, small enough to stream.
 _MIN_BLOCK_BYTES = 1 << 20
@@ -231,7 +233,7 @@ class FileSource(TableSource):
         """Open a text file, decompressing by extension; yields (stream, raw handle)."""
         raw = self.fs.open(path, "rb")
         try:
-            compression = _COMPRESSIONS.get(Path(path).suffix.lower())
+            compression = _COMPRESSIONS.get(Path(_name_part(path)).suffix.lower())
             if compression is None:
                 yield raw, raw
             else:
@@ -344,24 +346,39 @@ def open_source(
     _check_batch_rows(batch_rows)
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ValueError("storage_options: expected a mapping of fsspec options")
-    uri = os.fspath(uri)
+    address = os.fspath(uri)
+    shown = redact_uri(address)  # what messages and metadata say
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(address, **dict(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise DataError(
-            "unsupported_format", f"{uri}: no reader for this kind of URI ({_short(exc)})"
+            "unsupported_format", f"{shown}: no reader for this kind of URI ({_short(exc)})"
         ) from exc
-    with _data_errors(uri):
+    with _data_errors(shown):
         fs.invalidate_cache(path)
         info = fs.info(path)
         if info.get("type") == "directory":
-            paths, sizes = _part_files(fs, path, uri, format)
+            paths, sizes = _part_files(fs, path, shown, format)
         else:
             paths, sizes = [path], [info.get("size")]
-    resolved = format or _format_from_name(paths[0], uri)
+    resolved = format or _format_from_name(paths[0], shown)
     return FileSource(
-        uri, fs, paths, sizes, resolved, column_names=column_names, batch_rows=batch_rows
+        shown, fs, paths, sizes, resolved, column_names=column_names, batch_rows=batch_rows
     )
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password or a query string (e.g. the signature of a
+    pre-signed URL), for messages and metadata."""
+    parts = urlsplit(uri)
+    if not parts.scheme or len(parts.scheme) == 1:  # a plain path (or a Windows drive)
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = "..." if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def as_source(source: Any, *, batch_rows: int = 65536) -> TableSource:
@@ -375,7 +392,7 @@ def as_source(source: Any, *, batch_rows: int = 65536) -> TableSource:
 
 def format_from_name(name: str) -> str | None:
     """The format a file name's extension implies (".csv.gz" -> "csv"), or None."""
-    lowered = name.lower()
+    lowered = _name_part(name).lower()
     suffixes = Path(lowered).suffixes
     if suffixes and suffixes[-1] in _COMPRESSIONS:
         suffixes = suffixes[:-1]
@@ -384,12 +401,17 @@ def format_from_name(name: str) -> str | None:
     return _EXTENSIONS.get(suffixes[-1])
 
 
+def _name_part(path: str) -> str:
+    """The path of a URL without its query string; a plain path as it is."""
+    return urlsplit(path).path if "://" in path else path
+
+
 def _format_from_name(path: str, uri: str) -> str:
     found = format_from_name(path)
     if found is None:
         raise DataError(
             "unsupported_format",
-            f"{uri}: cannot tell the format from the name {Path(path).name!r}; use a "
+            f"{uri}: cannot tell the format from the name {Path(_name_part(path)).name!r}; use a "
             ".parquet, .csv, .tsv or .txt file (optionally .gz) or give the format "
             f"({', '.join(FORMATS)})",
         )
@@ -484,4 +506,5 @@ def _data_errors(uri: str) -> Iterator[None]:
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _URL_QUERY.sub(r"\1?...", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -116,3 +116,16 @@ def test_unknown_scheme_is_a_data_error():
     with pytest.raises(DataError) as info:
         load_dataset("nosuchscheme://bucket/t.parquet")
     assert info.value.code == "unsupported_format"
+
+
+def test_query_strings_stay_out_of_messages_and_metadata(http_folder):
+    pytest.importorskip("aiohttp")
+    folder, base = http_folder
+    pq.write_table(_table(), folder / "t.parquet")
+    data = load_dataset(f"{base}/t.parquet?X-Amz-Signature=secret123", min_count=1)
+    assert data.n_rows == 60
+    assert "secret123" not in str(data.metadata)
+    with pytest.raises(DataError) as info:
+        load_dataset(f"{base}/missing.csv?X-Amz-Signature=secret123")
+    assert info.value.code == "dataset_not_found"
+    assert "secret123" not in info.value.message
