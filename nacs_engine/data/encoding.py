@@ -289,14 +289,17 @@ class Encoder:
                 for i, name in enumerate(schema.feature_columns):
                     vocab = self.vocabularies[i]
                     column = batch.column(i + 1)
-                    tokens = _tokens(column, vocab.kind, name, schema, source.description)
+                    if name in schema.numeric_columns:
+                        values = _numeric_values(column, name, source.description)
+                        hasher.add_numeric(i, values)
+                        tokens = bucketize(values)
+                    else:
+                        tokens = _tokens(column, vocab.kind, name, schema, source.description)
                     field_ids = vocab.lookup(tokens)
                     ids[:, i] = field_ids
                     oov = field_ids == 0
                     oov_counts[i] += int(oov.sum())
                     hasher.add_field(i, rows, oov, tokens, vocab.kind)
-                    if name in schema.numeric_columns:
-                        hasher.add_numeric(i, _numeric_values(column, name, source.description))
                 hasher.add_rows(ids, labels)
                 sink.append(ids)
                 labels_parts.append(labels)
