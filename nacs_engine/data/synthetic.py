@@ -428,7 +428,7 @@ def _make_spec(
                 raise ValueError(f"cardinalities: expected integers in [1, 2^30], got {card!r}")
         cards = tuple(int(c) for c in cardinalities)
     _check_float("click_rate", click_rate, 0.0, 1.0, closed=False)
-    if isinstance(flip_rate, tuple):
+    if isinstance(flip_rate, (tuple, list)):
         if len(flip_rate) != 2:
             raise ValueError("flip_rate: expected a rate or a pair (from 0 to 1, from 1 to 0)")
         flip_negative, flip_positive = flip_rate
