@@ -13,7 +13,7 @@ Main entry points (plain functions and classes, usable from any test module):
   ``.client(tenant="alpha") -> httpx.Client`` (authenticated), ``.headers(tenant)``,
   ``.submit(body, tenant=..., **kw) -> dict`` (asserts 202), ``.wait(job_id, statuses=FINISHED, timeout_s=...)``,
   ``.watch(job_id, until, timeout_s)`` (every job state seen while polling),
-  ``.start_worker(env=None) -> subprocess.Popen``, ``.kill_worker(process, sig)`` (the worker and its
+  ``.start_worker(env=None, args=()) -> subprocess.Popen``, ``.kill_worker(process, sig)`` (the worker and its
   work horse), ``.horse_pids(process)``,
   ``.restart_api(env=None)``, ``.store()`` (a ``worker.queueing.JobStore`` on the stack's keys),
   ``.stop()`` (kills processes, deletes the stack's Redis keys).
@@ -22,7 +22,13 @@ Main entry points (plain functions and classes, usable from any test module):
 - ``MotoServer.start()``: an S3 endpoint (moto over HTTP) with fake credentials; ``.create_bucket(name)``.
 - ``free_port()``, ``unique_name(kind)``, ``delete_keys(redis_url, prefix, queue)``.
 
-pytest fixtures built on them live in ``tests/e2e/conftest.py``.
+pytest fixtures (import them into a conftest.py: ``from tests.stack import stack, moto  # noqa: F401``):
+
+- ``stack`` (session): API + one worker, tenants alpha and beta (TENANT_KEYS), local storage.
+- ``small_parquet`` (session): 4000 rows in the stack's allowed folder.
+- ``slow_parquet`` (session): 2.5M rows, seconds to read (for cancel and kill tests); outside the
+  session stack's allowed folder, so start a stack with ``allowed_uris=f"file://{slow_parquet.parent}/"``.
+- ``moto`` (session): a MotoServer.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,17 +207,32 @@ class Stack:
             self.env | (env or {}),
             "api.log",
         )
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 30, what="API up")
+        api = self.api
+
+        def up() -> bool:
+            if api.poll() is not None:
+                tail = (self.tmp_dir / "api.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the API exited at start:\n{tail}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not up():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API did not answer within 30 s; see {self.tmp_dir}/api.log")
+            time.sleep(0.1)
 
     def restart_api(self, env: dict[str, str] | None = None) -> None:
         if self.api is not None:
             _kill_group(self.api)
         self.start_api(env)
 
-    def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-        """Start one more worker process (``python -m service worker``) and wait until RQ lists it."""
+    def start_worker(self, env: dict[str, str] | None = None, args: Iterable[str] = ()) -> subprocess.Popen[Any]:
+        """Start one more worker process (``python -m service worker [args]``) and wait until RQ lists it."""
         name = unique_name("worker")
-        process = self._spawn(["worker", "--name", name], self.env | (env or {}), f"worker-{len(self.workers)}.log")
+        process = self._spawn(["worker", "--name", name, *args], self.env | (env or {}), f"worker-{len(self.workers)}.log")
         self.workers.append(process)
         connection = redis.Redis.from_url(self.redis_url)
         try:
@@ -443,3 +465,31 @@ class MotoServer:
 
     def stop(self) -> None:
         _kill_group(self.process)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """API + one worker on the shared Redis (unique keys), local storage; tenants alpha and beta."""
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def small_parquet(stack: Stack) -> Path:
+    """4000 rows, 4 categorical fields, ~20% clicks, inside the stack's allowed folder."""
+    return make_ctr_parquet(stack.tmp_dir / "data" / "small.parquet", 4000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def slow_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset big enough that reading it takes seconds: time to cancel or kill a running job."""
+    folder = tmp_path_factory.mktemp("slow")
+    return make_ctr_parquet(folder / "slow.parquet", 2_500_000, seed=3, n_fields=8, vocabulary=1000)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer.start()
+    yield server
+    server.stop()

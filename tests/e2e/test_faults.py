@@ -117,3 +117,19 @@ def test_redis_restart_mid_job_keeps_the_job(tmp_path: Path, slow_parquet: Path)
     finally:
         stack.stop()
         server.stop()
+
+
+def test_worker_without_fork_runs_jobs(tmp_path: Path) -> None:
+    """--no-fork (RQ's SimpleWorker): jobs run in the worker process, as a GPU worker keeping its CUDA context does."""
+    from tests.stack import make_ctr_parquet
+
+    data = make_ctr_parquet(tmp_path / "data" / "ctr.parquet", 1500)
+    stack = start_stack(tmp_path / "stack", workers=0, allowed_uris=f"file://{tmp_path}/data/")
+    try:
+        worker = stack.start_worker(args=["--no-fork"])
+        job = stack.submit({"dataset_uri": str(data), "size": 150, "method": "random"})
+        final = stack.wait(job["id"], timeout_s=60)
+        assert final["status"] == "succeeded", final
+        assert stack.horse_pids(worker) == [], "no work horse was forked"
+    finally:
+        stack.stop()
