@@ -1,7 +1,8 @@
 """Reading tabular CTR data in record batches from any fsspec URI.
 
-``open_source`` turns a URI (``file://``, ``s3://``, ``gs://``, ``https://`` or a
-plain path; a single file or a folder of part files) into a ``TableSource``: an
+``open_source`` turns a URI (``file://``, ``s3://``, ``gs://`` with gcsfs installed,
+``https://`` or a plain path; a single file or a folder of part files; fsspec
+``storage_options`` passed through) into a ``TableSource``: an
 object that can be read, as many times as needed, as a stream of
 ``pyarrow.RecordBatch`` of at most ``batch_rows`` rows. The raw file is never
 read whole: Parquet is read row group by row group, CSV and TSV block by block.
@@ -17,6 +18,8 @@ CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
 labels and numeric columns itself. Every failure caused by the data (missing
 file, corrupt bytes, unknown format) is raised as ``DataError`` with a code.
+Messages and metadata name the URI without its password or query string (the
+signature of a pre-signed URL).
 """
 
 from __future__ import annotations

@@ -257,3 +257,13 @@ def test_label_hint_names_a_likely_label(tmp_path):
         load_dataset(path)
     assert info.value.code == "label_column_missing"
     assert "label_column='click'" in info.value.message
+
+
+def test_text_progress_follows_the_bytes_read(tmp_path):
+    path = tmp_path / "day.tsv.gz"
+    path.write_bytes(gzip.compress(("\n".join(_criteo_lines(300, seed=8)) + "\n").encode()))
+    source = open_source(path, batch_rows=50)
+    fractions = [fraction for _, fraction in source.batches()]
+    assert len(fractions) == 6
+    assert all(0.0 < f <= 1.0 for f in fractions) and fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
