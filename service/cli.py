@@ -71,11 +71,13 @@ def up(port: int) -> None:
     env = dict(os.environ)
     embedded = None
     if not _redis_answers(os.environ.get("NACS_REDIS_URL")):
+        if os.environ.get("NACS_REDIS_URL"):
+            click.echo(f"NACS_REDIS_URL ({_redacted(os.environ['NACS_REDIS_URL'])}) does not answer; starting an embedded Redis.")
         embedded = _start_embedded_redis(settings)
         env["NACS_REDIS_URL"] = f"unix://{embedded.socket_file}"
         click.echo(f"Redis: embedded, data in {embedded.db}")
     else:
-        click.echo(f"Redis: {os.environ['NACS_REDIS_URL']}")
+        click.echo(f"Redis: {_redacted(os.environ['NACS_REDIS_URL'])}")
     if not settings.tenant_keys():
         env["NACS_INSECURE_LOCAL"] = "1"
         click.echo("No API keys configured: one local tenant, no authentication, bound to 127.0.0.1 only.")
@@ -107,6 +109,14 @@ def up(port: int) -> None:
                 process.kill()
         if embedded is not None:
             embedded.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 
 def _redis_answers(url: str | None) -> bool:
