@@ -62,7 +62,6 @@ def test_random_job_on_local_storage(stack: Stack, small_parquet: Path) -> None:
 
 
 def test_nacs_job_progress_moves(stack: Stack, small_parquet: Path) -> None:
-    pytest.importorskip("nacs_engine.nacs")
     body = {"dataset_uri": str(small_parquet), "size": 300, "method": "nacs", "options": {"rounds": 2, "mc_passes": 3, "device": "cpu"}}
     job = stack.submit(body)
     states = stack.watch(job["id"], timeout_s=120)
@@ -140,3 +139,22 @@ def test_storage_unreachable(tmp_path: Path) -> None:
         assert any("retry" in s["progress"]["message"] for s in states), "the step was retried"
     finally:
         dead_stack.stop()
+
+
+def test_cancel_stops_the_engine_through_its_progress_callback(stack: Stack, small_parquet: Path) -> None:
+    options = {"rounds": 20, "mc_passes": 100, "epochs_per_round": 20, "device": "cpu"}
+    job = stack.submit({"dataset_uri": str(small_parquet), "size": 1000, "method": "nacs", "options": options})
+
+    def selecting() -> dict | None:
+        current = stack.job(job["id"])
+        assert current["status"] in ("queued", "running"), current
+        return current if current["progress"]["phase"] in ("selecting", "denoising") else None
+
+    from tests.stack import wait_until
+
+    wait_until(selecting, 120, interval_s=0.1, what="selection started")
+    with stack.client() as client:
+        assert client.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    final = stack.wait(job["id"], timeout_s=20)
+    assert final["status"] == "cancelled", final
+    assert final["progress"]["message"] == "cancelled while running", "the engine stopped itself, not the reaper"
