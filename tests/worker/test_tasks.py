@@ -75,7 +75,7 @@ def test_execute_writes_coreset_then_manifest(tmp_path: Path, settings: WorkerSe
     ("content", "code"),
     [
         (None, "dataset_not_found"),
-        (b"this is not parquet", None),
+        (b"this is not parquet", "unreadable_data"),
         ({"label": [0, 2, 1, 0], "f0": [1, 2, 3, 4]}, "labels_not_binary"),
         ({"clicked": [0, 1, 1, 0], "f0": [1, 2, 3, 4]}, "label_column_missing"),
         ({"label": pa.array([], pa.int64()), "f0": pa.array([], pa.int64())}, "empty_dataset"),
@@ -91,8 +91,7 @@ def test_bad_data_is_a_data_error_and_never_retried(tmp_path: Path, settings: Wo
     monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
     with pytest.raises(DataError) as caught:
         tasks.execute(JobRequest(dataset_uri=str(path), ratio=0.5, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
-    if code is not None:
-        assert caught.value.code == code
+    assert caught.value.code == code
     assert caught.value.message
     assert sleeps == [], "bad data is not retried"
     assert not (tmp_path / "out" / "manifest.json").exists()
