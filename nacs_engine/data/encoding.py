@@ -93,13 +93,23 @@ class Vocabulary:
         """Number of ids, the OOV id 0 included."""
         return int(self.values.shape[0]) + 1
 
-    def lookup(self, tokens: np.ndarray) -> np.ndarray:
-        """(n,) int32 ids of the tokens; 0 for values not in the vocabulary."""
+    def lookup(self, tokens: np.ndarray | pa.Array) -> np.ndarray:
+        """(n,) int32 ids of the tokens; 0 for values not in the vocabulary.
+
+        tokens: int64 values (kind "int"), or strings as an object array or a
+        pyarrow string array (kind "str").
+        """
         if self.values.shape[0] == 0:
             return np.zeros(len(tokens), dtype=np.int32)
         if self.kind == "int":
             return self._lookup_integers(np.asarray(tokens, dtype=np.int64))
-        return (self._index.get_indexer(tokens) + 1).astype(np.int32)
+        if isinstance(tokens, pa.Array):
+            # look each distinct value up once, then spread the ids over the rows
+            encoded = tokens.dictionary_encode()
+            distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+            distinct_ids = (self._index.get_indexer(distinct) + 1).astype(np.int32)
+            return distinct_ids[encoded.indices.to_numpy(zero_copy_only=False)]
+        return (self._index.get_indexer(np.asarray(tokens, dtype=object)) + 1).astype(np.int32)
 
     def _lookup_integers(self, tokens: np.ndarray) -> np.ndarray:
         dense = self._dense
@@ -425,7 +435,8 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
 def _tokens(
     column: pa.Array, kind: str, name: str, schema: TableSchema, description: str
 ) -> np.ndarray:
-    """(n,) tokens of one batch column: int64 (kind "int") or object str."""
+    """(n,) tokens of one batch column: int64 numpy (kind "int") or a pyarrow
+    string array without nulls (kind "str")."""
     if name in schema.numeric_columns:
         return bucketize(_numeric_values(column, name, description))
     if pa.types.is_dictionary(column.type):
@@ -445,7 +456,7 @@ def _tokens(
     try:
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
             column = pc.binary_join(column.cast(pa.list_(pa.string())), "|")
-        elif not pa.types.is_string(column.type):
+        if not pa.types.is_string(column.type):
             column = column.cast(pa.string())
     except pa.ArrowException as exc:
         raise DataError(
@@ -453,7 +464,7 @@ def _tokens(
             f"{description}: column {name!r} of type {column.type} cannot be read as categories "
             f"({_first_line(exc)})",
         ) from exc
-    return np.asarray(column.fill_null(MISSING_TOKEN).to_numpy(zero_copy_only=False), dtype=object)
+    return column.fill_null(MISSING_TOKEN)
 
 
 def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
@@ -473,9 +484,11 @@ def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray
     return np.asarray(values.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _canonical_strings(tokens: np.ndarray, kind: str) -> np.ndarray:
+def _canonical_strings(tokens: np.ndarray | pa.Array, kind: str) -> np.ndarray:
     """(n,) object array of the tokens as text, the same whether a column was read
     as integers (Parquet) or as text (CSV); missing values become MISSING_TOKEN."""
+    if isinstance(tokens, pa.Array):
+        return np.asarray(tokens.to_numpy(zero_copy_only=False), dtype=object)
     if kind != "int":
         return np.asarray(tokens, dtype=object)
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -508,8 +521,10 @@ class _ValueCounter:
         self._pending = 0
         self._merged = 0
 
-    def add(self, tokens: np.ndarray) -> None:
-        counted = pc.value_counts(pa.array(tokens, from_pandas=False))
+    def add(self, tokens: np.ndarray | pa.Array) -> None:
+        if not isinstance(tokens, pa.Array):
+            tokens = pa.array(tokens, from_pandas=False)
+        counted = pc.value_counts(tokens)
         self._values.append(counted.field("values"))
         self._counts.append(counted.field("counts"))
         self._pending += len(counted)
@@ -578,7 +593,12 @@ class _Fingerprint:
         self._labels.update(np.ascontiguousarray(labels, dtype="<f4").tobytes())
 
     def add_field(
-        self, field: int, first_row: int, oov: np.ndarray, tokens: np.ndarray, kind: str
+        self,
+        field: int,
+        first_row: int,
+        oov: np.ndarray,
+        tokens: np.ndarray | pa.Array,
+        kind: str,
     ) -> None:
         """Hash the positions and values of the tokens that fell out of the vocabulary."""
         where = np.flatnonzero(oov)
@@ -586,7 +606,8 @@ class _Fingerprint:
             return
         pairs = np.empty((where.size, 2), dtype="<u8")  # (m, 2): row position, value hash
         pairs[:, 0] = where + first_row
-        pairs[:, 1] = _token_hashes(tokens[where], kind)
+        chosen = tokens.take(pa.array(where)) if isinstance(tokens, pa.Array) else tokens[where]
+        pairs[:, 1] = _token_hashes(chosen, kind)
         self._fields[field].update(pairs.tobytes())
 
     def add_numeric(self, field: int, values: np.ndarray) -> None:
