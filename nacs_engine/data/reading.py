@@ -198,7 +198,8 @@ class FileSource(TableSource):
             if not names:
                 raise ValueError("column_names: give at least one name")
             return _TextLayout(delimiter, names, has_header=False)
-        header = next(csv.reader([first], delimiter=delimiter), [])
+        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])
         names = tuple(name.strip() for name in header)
         if not names or any(not name for name in names):
             raise DataError(
@@ -300,7 +301,12 @@ class FileSource(TableSource):
             block_size=block,
             encoding="utf8",
         )
-        parse_options = pa_csv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=False)
+        parse_options = pa_csv.ParseOptions(
+            delimiter=layout.delimiter,
+            # TSV has no quoting: a double quote in a tab-separated value is just a character
+            quote_char='"' if layout.delimiter == "," else False,
+            newlines_in_values=False,
+        )
         convert_options = pa_csv.ConvertOptions(
             column_types={name: pa.string() for name in layout.names},
             include_columns=wanted,

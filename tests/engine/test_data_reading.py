@@ -267,3 +267,13 @@ def test_text_progress_follows_the_bytes_read(tmp_path):
     assert len(fractions) == 6
     assert all(0.0 < f <= 1.0 for f in fractions) and fractions == sorted(fractions)
     assert fractions[-1] == 1.0
+
+
+def test_quotes_in_tsv_are_plain_characters_and_quoted_csv_fields_work(tmp_path):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text('label\ttitle\n1\t"Great Day in Harlem, A" (1994)\n0\tSay "hi"\n')
+    data = load_dataset(tsv, min_count=1)
+    assert data.n_rows == 2 and data.field_dims == (3,)
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text('label,title\n1,"Harlem, A"\n0,"Harlem, A"\n')
+    assert load_dataset(csv_path, min_count=1).field_dims == (2,)
