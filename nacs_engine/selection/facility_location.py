@@ -58,14 +58,20 @@ def distance_block(features: torch.Tensor) -> DistanceBlock:
     piece, and each piece is clamped, square-rooted and summed while it is
     still in cache.
     """
-    batch, n_rows, _ = features.shape
+    batch, n_rows, dim = features.shape
     dtype = features.dtype
     device = features.device
-    centred = features - features.mean(dim=1, keepdim=True)  # (B, N, d)
-    squared = (centred * centred).sum(dim=-1, keepdim=True)  # (B, N, 1)
-    ones = torch.ones_like(squared)
-    left = torch.cat([centred * -2.0, squared, ones], dim=2)  # (B, N, d + 2)
-    right = torch.cat([centred, ones, squared], dim=2).transpose(1, 2)  # (B, d + 2, N)
+    right_rows = torch.empty(batch, n_rows, dim + 2, dtype=dtype, device=device)
+    centred = right_rows[:, :, :dim]  # (B, N, d)
+    torch.sub(features, features.mean(dim=1, keepdim=True), out=centred)
+    squared = torch.linalg.vecdot(centred, centred)  # (B, N)
+    right_rows[:, :, dim] = 1.0
+    right_rows[:, :, dim + 1] = squared
+    left = torch.empty_like(right_rows)  # (B, N, d + 2) rows [-2 x_i, |x_i|^2, 1]
+    torch.mul(centred, -2.0, out=left[:, :, :dim])
+    left[:, :, dim] = squared
+    left[:, :, dim + 1] = 1.0
+    right = right_rows.transpose(1, 2)  # (B, d + 2, N) columns [x_j, 1, |x_j|^2]
     distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
     row_sums = torch.empty(batch, n_rows, dtype=dtype, device=device)
     row_max = torch.empty(batch, n_rows, dtype=dtype, device=device)

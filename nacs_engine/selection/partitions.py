@@ -29,8 +29,9 @@ from nacs_engine.selection.greedy import (
 
 ProgressCallback = Callable[[float, str], None]
 
-# On a CPU the similarity blocks are capped at this many bytes by default.
-CPU_MEMORY_BYTES = 512 * 1024 * 1024
+# On a CPU the distance blocks are capped at this many bytes by default: small
+# blocks are still in cache when the greedy reads them back.
+CPU_MEMORY_BYTES = 64 * 1024 * 1024
 # On a GPU they may use this share of the free memory by default.
 CUDA_FREE_SHARE = 0.5
 
@@ -188,7 +189,8 @@ def select_partitions(
         samples = sample_size(n_problem, picks, eps)
         for start in range(0, rows.shape[0], per_block):
             block_rows = rows[start : start + per_block]  # (b, N)
-            block = distance_block(features[block_rows])  # (b, N, N)
+            block_features = features.index_select(0, block_rows.reshape(-1))
+            block = distance_block(block_features.view(*block_rows.shape, -1))  # (b, N, N)
             result = solve_block(block, picks, samples, group_seeds[start : start + per_block])
             objective += float(distance_objective(block, result.picks).sum())
             count_parts.append(craig_counts(block, result.picks).reshape(-1))
