@@ -17,7 +17,7 @@ Main entry points (plain functions and classes, usable from any test module):
   work horse), ``.horse_pids(process)``,
   ``.restart_api(env=None)``, ``.store()`` (a ``worker.queueing.JobStore`` on the stack's keys),
   ``.stop()`` (kills processes, deletes the stack's Redis keys).
-- ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, click_rate=0.2)``: a small CTR dataset.
+- ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, vocabulary=50, click_rate=0.2, strings=False)``: a CTR dataset.
 - ``RedisServer.start(tmp_dir, appendonly=True)``: a private redis-server on a free port (for restart tests).
 - ``MotoServer.start()``: an S3 endpoint (moto over HTTP) with fake credentials; ``.create_bucket(name)``.
 - ``free_port()``, ``unique_name(kind)``, ``delete_keys(redis_url, prefix, queue)``.
@@ -26,7 +26,7 @@ pytest fixtures (import them into a conftest.py: ``from tests.stack import stack
 
 - ``stack`` (session): API + one worker, tenants alpha and beta (TENANT_KEYS), local storage.
 - ``small_parquet`` (session): 4000 rows in the stack's allowed folder.
-- ``slow_parquet`` (session): 2.5M rows, seconds to read (for cancel and kill tests); outside the
+- ``slow_parquet`` (session): 600k rows of string fields, seconds to read (for cancel and kill tests); outside the
   session stack's allowed folder, so start a stack with ``allowed_uris=f"file://{slow_parquet.parent}/"``.
 - ``moto`` (session): a MotoServer.
 """
@@ -125,12 +125,19 @@ def make_ctr_parquet(
     n_fields: int = 4,
     vocabulary: int = 50,
     click_rate: float = 0.2,
+    strings: bool = False,
 ) -> Path:
-    """Write a CTR-like Parquet file: ``label`` (0/1 int) and categorical fields f0..f{n_fields-1}."""
+    """Write a CTR-like Parquet file: ``label`` (0/1 int) and categorical fields f0..f{n_fields-1}.
+
+    With ``strings`` the fields hold strings (slower to encode than integers).
+    """
+    import pyarrow.compute as pc
+
     rng = np.random.default_rng(seed)
     columns: dict[str, Any] = {"label": (rng.random(n_rows) < click_rate).astype(np.int64)}
     for field in range(n_fields):
-        columns[f"f{field}"] = rng.integers(0, vocabulary, n_rows).astype(np.int32)
+        values = rng.integers(0, vocabulary, n_rows).astype(np.int32)
+        columns[f"f{field}"] = pc.cast(pa.array(values), pa.string()) if strings else values
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
@@ -483,9 +490,9 @@ def small_parquet(stack: Stack) -> Path:
 
 @pytest.fixture(scope="session")
 def slow_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dataset big enough that reading it takes seconds: time to cancel or kill a running job."""
+    """A dataset whose reading takes seconds (string fields, large vocabularies): time to cancel or kill a running job."""
     folder = tmp_path_factory.mktemp("slow")
-    return make_ctr_parquet(folder / "slow.parquet", 2_500_000, seed=3, n_fields=8, vocabulary=1000)
+    return make_ctr_parquet(folder / "slow.parquet", 600_000, seed=3, n_fields=8, vocabulary=100_000, strings=True)
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_work_horse_killed_alone_is_run_again(fault_stack: Stack, slow_parquet: 
 
 
 def test_job_timeout_fails_the_job(tmp_path: Path, slow_parquet: Path) -> None:
-    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_JOB_TIMEOUT_S": "3"})
+    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_JOB_TIMEOUT_S": "2"})
     try:
         job = stack.submit(slow_body(slow_parquet))
         final = stack.wait(job["id"], timeout_s=60)
