@@ -188,3 +188,13 @@ def test_bad_inputs_name_the_argument(kwargs, name):
     budget = arguments.pop("budget")
     with pytest.raises(ValueError, match=f"^{name}:"):
         select_partitions(features, budget, **arguments)
+
+
+def test_single_row_and_float64_rows():
+    one = select_partitions(torch.ones(1, 3), 1, partition_size=10, generator=seeded(18))
+    assert one.indices.tolist() == [0] and one.weights.tolist() == [1.0]
+    features = clustered_rows(150, seed=19).double()
+    result = select_partitions(features, 15, partition_size=40, generator=seeded(20))
+    assert len(set(result.indices.tolist())) == 15
+    # Each of the 4 partitions of 37 or 38 rows gets 3 or 4 picks.
+    assert result.partitions == 4 and result.partition_size == 38
