@@ -9,6 +9,7 @@ import sys
 import time
 
 import click
+from pydantic import ValidationError
 
 from worker.settings import WorkerSettings
 
@@ -26,8 +27,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
 
     try:
         Settings().check()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
+    except (SettingsError, ValidationError) as error:
+        raise click.ClickException(_settings_problem(error)) from None
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -55,7 +56,10 @@ def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> N
     from worker.runner import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = WorkerSettings()
+    try:
+        settings = WorkerSettings()
+    except ValidationError as error:
+        raise click.ClickException(_settings_problem(error)) from None
     if queue:
         settings = settings.model_copy(update={"queue": queue})
     run_worker(settings, burst=burst, fork=not no_fork, name=name)
@@ -65,9 +69,13 @@ def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> N
 @click.option("--port", default=8000, show_default=True, type=int, help="Port of the API on 127.0.0.1.")
 def up(port: int) -> None:
     """API + one worker + Redis on this machine (an embedded Redis when none answers at NACS_REDIS_URL)."""
-    from service.settings import Settings
+    from service.settings import Settings, SettingsError
 
-    settings = Settings()
+    try:
+        settings = Settings()
+        settings.tenant_keys()
+    except (SettingsError, ValidationError) as error:
+        raise click.ClickException(_settings_problem(error)) from None
     env = dict(os.environ)
     embedded = None
     if not _redis_answers(os.environ.get("NACS_REDIS_URL")):
@@ -109,6 +117,15 @@ def up(port: int) -> None:
                 process.kill()
         if embedded is not None:
             embedded.close()
+
+
+def _settings_problem(error: Exception) -> str:
+    """One line per bad setting, named as its environment variable."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"NACS_{'_'.join(str(p) for p in item['loc']).upper()}: {item['msg']}" for item in error.errors()
+        )
+    return str(error)
 
 
 def _redacted(url: str) -> str:

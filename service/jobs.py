@@ -24,7 +24,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 def to_public(record: dict[str, Any]) -> Job:
     """The public view of a job record (internal fields stay inside)."""
-    return Job.model_validate({k: record.get(k) for k in Job.model_fields if k in record})
+    return Job.model_validate({k: record.get(k) for k in Job.model_fields if k in record}, strict=False)
 
 
 def body_hash(request: JobRequest) -> str:
