@@ -43,7 +43,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels .
 FROM base AS api
 COPY --from=wheel /wheels/ /wheels/
 # The last command fails the build if anything pulled torch into this image.
-RUN pip install "$(ls /wheels/nacs-*.whl)[server]" \
+RUN pip install "$(ls /wheels/nacs-*.whl)[server,gcs]" \
  && rm -rf /wheels \
  && python -c "import importlib.util, sys; sys.exit('torch found in the api image' if importlib.util.find_spec('torch') else 0)"
 USER nacs
@@ -59,7 +59,7 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 COPY --from=wheel /wheels/ /wheels/
-RUN pip install "$(ls /wheels/nacs-*.whl)[server,engine]" \
+RUN pip install "$(ls /wheels/nacs-*.whl)[server,engine,gcs]" \
  && rm -rf /wheels \
  && python -c "import torch, nacs_engine, worker; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 USER nacs
