@@ -238,7 +238,7 @@ def test_worker_image_installs_pinned_cpu_torch_then_the_engine(stages):
     # torch comes first so the project's install finds it and never pulls a CUDA build from PyPI.
     runs = [i.args for i in stage_instructions(stages, "worker") if i.keyword == "RUN"]
     torch_at = next(n for n, r in enumerate(runs) if "TORCH_SPEC" in r)
-    engine_at = next(n for n, r in enumerate(runs) if "engine]" in r)
+    engine_at = next(n for n, r in enumerate(runs) if re.search(r"\[[^\]]*\bengine\b[^\]]*\]", r))
     assert torch_at < engine_at
 
 
