@@ -27,10 +27,17 @@ class JobProgress:
     """
 
     def __init__(
-        self, store: JobStore, job_id: str, *, interval_s: float, min_write_interval_s: float = 0.5
+        self,
+        store: JobStore,
+        job_id: str,
+        *,
+        interval_s: float,
+        attempt: int | None = None,
+        min_write_interval_s: float = 0.5,
     ) -> None:
         self.store = store
         self.job_id = job_id
+        self.attempt = attempt
         self.interval_s = interval_s
         self.min_write_interval_s = min_write_interval_s
         self.cancelled = threading.Event()
@@ -60,7 +67,7 @@ class JobProgress:
         if phase == self._last_phase and fraction < 1.0 and now - self._last_write < self.min_write_interval_s:
             return
         try:
-            record = self.store.set_progress(self.job_id, phase, fraction, message)
+            record = self.store.set_progress(self.job_id, phase, fraction, message, attempt=self.attempt)
         except redis.exceptions.RedisError as error:
             log.warning("job %s: progress not written (%s)", self.job_id, error)
             return
@@ -69,12 +76,18 @@ class JobProgress:
         self.check()
 
     def _note(self, record: dict | None) -> None:
-        if record is None or record.get("cancel_requested") or record.get("status") != "running":
+        """Stop at the next call when the job was cancelled, is gone, or belongs to another run now."""
+        if (
+            record is None
+            or record.get("cancel_requested")
+            or record.get("status") != "running"
+            or (self.attempt is not None and record.get("attempts") != self.attempt)
+        ):
             self.cancelled.set()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self._note(self.store.heartbeat(self.job_id))
+                self._note(self.store.heartbeat(self.job_id, attempt=self.attempt))
             except redis.exceptions.RedisError as error:
                 log.warning("job %s: heartbeat not written (%s)", self.job_id, error)

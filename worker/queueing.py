@@ -201,7 +201,10 @@ class JobStore:
         return self.get(job_id) or record
 
     def update(self, job_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
-        """Apply ``change`` to the record atomically (optimistic lock); None if the record is gone."""
+        """Apply ``change`` to the record atomically (optimistic lock); None if the record is gone.
+
+        ``change`` may raise LeaveUnchanged to write nothing (the record as read is returned).
+        """
         key = self.job_key(job_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -213,7 +216,11 @@ class JobStore:
                         return None
                     record = json.loads(raw)
                     before = record["status"]
-                    change(record)
+                    try:
+                        change(record)
+                    except LeaveUnchanged:
+                        pipe.reset()
+                        return json.loads(raw)
                     pipe.multi()
                     pipe.set(key, json.dumps(record), ex=self.settings.job_ttl_s)
                     if record["status"] != before:
@@ -249,8 +256,13 @@ class JobStore:
         return self.update(job_id, change)
 
     # progress and heartbeats
-    def set_progress(self, job_id: str, phase: str, fraction: float, message: str) -> dict[str, Any] | None:
+    def set_progress(
+        self, job_id: str, phase: str, fraction: float, message: str, *, attempt: int | None = None
+    ) -> dict[str, Any] | None:
+        """Write the progress of the run ``attempt`` (nothing when another run owns the job now)."""
+
         def change(record: dict[str, Any]) -> None:
+            _check_owner(record, attempt)
             record["progress"] = {
                 "phase": phase,
                 "fraction": round(min(max(float(fraction), 0.0), 1.0), 4),
@@ -260,8 +272,27 @@ class JobStore:
 
         return self.update(job_id, change)
 
-    def heartbeat(self, job_id: str) -> dict[str, Any] | None:
-        return self.update(job_id, lambda r: r.update(heartbeat_at=utc_now()))
+    def heartbeat(self, job_id: str, *, attempt: int | None = None) -> dict[str, Any] | None:
+        """Mark the run ``attempt`` alive (nothing when another run owns the job now)."""
+
+        def change(record: dict[str, Any]) -> None:
+            _check_owner(record, attempt)
+            record["heartbeat_at"] = utc_now()
+
+        return self.update(job_id, change)
+
+    def finish_run(self, job_id: str, attempt: int, status: str, **fields: Any) -> dict[str, Any] | None:
+        """End the run ``attempt`` with ``status``; raises InvalidTransition when the job is
+        finished or another run owns it (the reaper gave it to a new run)."""
+
+        def change(record: dict[str, Any]) -> None:
+            if record["status"] != "running" or record["attempts"] != attempt:
+                raise InvalidTransition(record)
+            record["status"] = status
+            record["finished_at"] = utc_now()
+            record.update(fields)
+
+        return self.update(job_id, change)
 
     def add_phase_seconds(self, phase_seconds: dict[str, float]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -502,6 +533,15 @@ class JobStore:
             send_stop_job_command(self.redis, rq_job_id, serializer=JSONSerializer)
         except Exception:  # noqa: BLE001 - the job is not running anywhere; nothing to stop
             pass
+
+
+class LeaveUnchanged(Exception):
+    """Raised by an update's change function to write nothing."""
+
+
+def _check_owner(record: dict[str, Any], attempt: int | None) -> None:
+    if attempt is not None and (record["status"] != "running" or record["attempts"] != attempt):
+        raise LeaveUnchanged()
 
 
 def _count_lost_start(record: dict[str, Any]) -> None:

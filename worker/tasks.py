@@ -193,18 +193,24 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
     if prefix is not None and prefix != settings.redis_prefix:
         settings = settings.model_copy(update={"redis_prefix": prefix})
     store = JobStore(connect(settings.redis_url), settings)
+    run: dict[str, int] = {}
     try:
-        return _run_job(job_id, store, settings)
+        return _run_job(job_id, store, settings, run)
     except JobTimeoutException as error:
         code, message = failure_of(error)
+        failed = {"error": {"code": code, "message": message}}
         try:
-            _retry_redis(lambda: store.transition(job_id, "failed", error={"code": code, "message": message}))
+            if "attempt" in run:
+                _retry_redis(lambda: store.finish_run(job_id, run["attempt"], "failed", **failed))
+            else:
+                _retry_redis(lambda: store.transition(job_id, "failed", **failed))
         except InvalidTransition:
             pass
         return {"job_id": job_id, "status": "failed"}
 
 
-def _run_job(job_id: str, store: JobStore, settings: WorkerSettings) -> dict[str, Any]:
+def _run_job(job_id: str, store: JobStore, settings: WorkerSettings, run: dict[str, int]) -> dict[str, Any]:
+    """One run of a queued job; ``run["attempt"]`` is set once this run owns the job."""
     record = store.get(job_id)
     if record is None or record["status"] != "queued":
         log.info("job %s: nothing to run (%s)", job_id, "no record" if record is None else record["status"])
@@ -221,7 +227,8 @@ def _run_job(job_id: str, store: JobStore, settings: WorkerSettings) -> dict[str
     except InvalidTransition:
         return {"job_id": job_id, "ran": False}
     assert record is not None
-    progress = JobProgress(store, job_id, interval_s=settings.heartbeat_interval_s).start()
+    attempt = run["attempt"] = record["attempts"]
+    progress = JobProgress(store, job_id, interval_s=settings.heartbeat_interval_s, attempt=attempt).start()
     outcome: tuple[str, dict[str, Any]]
     try:
         request = JobRequest.model_validate(record["request"])
@@ -255,8 +262,9 @@ def _run_job(job_id: str, store: JobStore, settings: WorkerSettings) -> dict[str
     if status == "cancelled":
         fields.setdefault("progress", {"phase": "writing", "fraction": 1.0, "message": "cancelled"})
     try:
-        _retry_redis(lambda: store.transition(job_id, status, heartbeat_at=utc_now(), **fields))
+        _retry_redis(lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields))
     except InvalidTransition as error:
+        log.warning("job %s: run %d ended %s, but the job is now %s (attempt %s)", job_id, attempt, status, error.record["status"], error.record["attempts"])
         status = error.record["status"]
     return {"job_id": job_id, "status": status}
 

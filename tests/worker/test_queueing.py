@@ -164,3 +164,17 @@ def test_reaper_counts_a_horse_lost_before_the_job_started(store: JobStore) -> N
     Job.fetch(again["rq_job_id"], connection=store.redis, serializer=JSONSerializer).set_status(JobStatus.FAILED)
     assert store.reap(now=later) == [(record["id"], "failed")]
     assert store.get(record["id"])["error"]["code"] == "worker_lost"
+
+
+def test_a_superseded_run_cannot_touch_the_job(store: JobStore) -> None:
+    """After the reaper gives a job to a new run, the old run's heartbeats, progress and ending are ignored."""
+    job_id = _stale_running(store, attempts=1)
+    assert store.reap() == [(job_id, "requeued")]
+    store.transition(job_id, "running", attempts=2, heartbeat_at=utc_now())
+    before = store.get(job_id)
+    assert store.heartbeat(job_id, attempt=1) == before
+    assert store.set_progress(job_id, "selecting", 0.5, "old run", attempt=1) == before
+    with pytest.raises(InvalidTransition):
+        store.finish_run(job_id, 1, "cancelled")
+    assert store.get(job_id) == before
+    assert store.finish_run(job_id, 2, "succeeded", result={"size": 3})["status"] == "succeeded"
