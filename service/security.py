@@ -145,7 +145,7 @@ def _check_public_host(field: str, host: str, settings: Settings) -> None:
     except (socket.gaierror, UnicodeError):
         raise Unprocessable(f"{field}: the host {host!r} does not resolve") from None
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
         if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
             raise Unprocessable(
                 f"{field}: the host {host!r} resolves to a loopback, private or link-local address ({ip}), "

@@ -341,7 +341,7 @@ class JobStore:
             raise
 
     # listing
-    def list(
+    def page(
         self, tenant: str, *, status: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of the tenant's jobs, newest first, and the cursor of the next page (or None)."""

@@ -54,11 +54,11 @@ def run_worker(
     connection = connect(settings.redis_url)
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
     worker_class = Worker if fork else SimpleWorker
-    worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)
+    rq_worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)
     stop = threading.Event()
     if reaper:
         start_reaper(settings, stop)
     try:
-        return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
+        return bool(rq_worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         stop.set()

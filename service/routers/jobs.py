@@ -61,7 +61,7 @@ def list_jobs(
 ) -> JobPage:
     """The caller's jobs, newest first, a page at a time."""
     try:
-        records, next_cursor = store.list(tenant, status=status, limit=limit, cursor=cursor)
+        records, next_cursor = store.page(tenant, status=status, limit=limit, cursor=cursor)
     except ValueError as error:
         raise Unprocessable(str(error)) from None
     return JobPage(jobs=[to_public(r) for r in records], next_cursor=next_cursor)

@@ -84,7 +84,7 @@ def test_list_pages_through_equal_timestamps(store: JobStore) -> None:
     store.redis.zadd(key, {job_id: 1000.0 for job_id in ids})
     seen, cursor = [], None
     while True:
-        page, cursor = store.list("t1", limit=2, cursor=cursor)
+        page, cursor = store.page("t1", limit=2, cursor=cursor)
         seen += [r["id"] for r in page]
         if cursor is None:
             break
