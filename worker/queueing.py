@@ -152,7 +152,7 @@ class JobStore:
             "attempts": 0,
             "heartbeat_at": None,
             "cancel_requested": False,
-            "rq_job_id": None,
+            "rq_job_id": f"{job_id}-1",
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }
@@ -165,7 +165,8 @@ class JobStore:
         pipe.sadd(self._key("tenant", tenant, "active"), job_id)
         pipe.sadd(self._key("status", "queued"), job_id)
         pipe.execute()
-        return self.enqueue(job_id), True
+        self._put_on_queue(job_id, record["rq_job_id"])
+        return record, True
 
     def _replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
         for _ in range(50):
@@ -187,6 +188,10 @@ class JobStore:
             raise KeyError(job_id)
         rq_job_id = f"{job_id}-{record['attempts'] + 1}"
         self.update(job_id, lambda r: r.update(rq_job_id=rq_job_id))
+        self._put_on_queue(job_id, rq_job_id)
+        return self.get(job_id) or record
+
+    def _put_on_queue(self, job_id: str, rq_job_id: str) -> None:
         self.queue().enqueue(
             TASK,
             job_id,
@@ -198,7 +203,6 @@ class JobStore:
             ttl=self.settings.job_ttl_s,
             description=f"nacs job {job_id}",
         )
-        return self.get(job_id) or record
 
     def update(self, job_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
         """Apply ``change`` to the record atomically (optimistic lock); None if the record is gone.
