@@ -176,10 +176,14 @@ def distance_objective(block: DistanceBlock, selected: torch.Tensor) -> torch.Te
 def craig_counts(block: DistanceBlock, selected: torch.Tensor) -> torch.Tensor:
     """For each selected row (B, k), how many rows of its problem it is nearest to.
 
-    Each row goes to its most similar selected row (the first one on ties);
-    the counts of a problem add up to N. Returns (B, k) int64.
+    Each row goes to its most similar selected row (the first one on ties),
+    and every selected row counts itself, so no count is 0 even when rows are
+    duplicates of each other; the counts of a problem add up to N. Returns
+    (B, k) int64.
     """
     _, assignment = _nearest_selected(block.distances, selected)  # (B, N)
+    own = torch.arange(selected.shape[1], device=selected.device).expand_as(selected)  # (B, k)
+    assignment.scatter_(1, selected, own)
     counts = torch.zeros(selected.shape, dtype=torch.int64, device=selected.device)
     counts.scatter_add_(1, assignment, torch.ones_like(assignment))
     return counts

@@ -198,3 +198,11 @@ def test_single_row_and_float64_rows():
     assert len(set(result.indices.tolist())) == 15
     # Each of the 4 partitions of 37 or 38 rows gets 3 or 4 picks.
     assert result.partitions == 4 and result.partition_size == 38
+
+
+def test_duplicate_rows_never_get_a_zero_weight() -> None:
+    base = torch.randn(20, 4, generator=torch.Generator().manual_seed(3))
+    features = torch.cat([base, base, base])  # every row three times: nearest-row ties everywhere
+    picked = select_partitions(features, 12, partition_size=60, generator=torch.Generator().manual_seed(0))
+    assert bool((picked.weights > 0).all())
+    assert abs(float(picked.weights.mean()) - 1.0) < 1e-5
