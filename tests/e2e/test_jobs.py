@@ -157,3 +157,27 @@ def test_cancel_stops_the_engine_through_its_progress_callback(stack: Stack, sma
     final = stack.wait(job["id"], timeout_s=20)
     assert final["status"] == "cancelled", final
     assert final["progress"]["message"] == "cancelled while running", "the engine stopped itself, not the reaper"
+
+
+def test_several_workers_share_the_queue(tmp_path: Path, slow_parquet: Path) -> None:
+    """Two worker processes on one queue run two jobs at the same time."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from tests.stack import wait_until
+
+    shared = start_stack(tmp_path / "stack", workers=2, allowed_uris=f"file://{slow_parquet.parent}/")
+    try:
+        jobs = [shared.submit({"dataset_uri": str(slow_parquet), "size": 10 + i, "method": "random"}) for i in range(2)]
+        wait_until(lambda: all(shared.job(job["id"])["status"] == "running" for job in jobs), 60, what="both running at once")
+        finals = [shared.wait(job["id"], timeout_s=120) for job in jobs]
+        assert [f["status"] for f in finals] == ["succeeded"] * 2
+        assert [f["result"]["size"] for f in finals] == [10, 11]
+        store = shared.store()
+        workers = {
+            Job.fetch(store.get(f["id"])["rq_job_id"], connection=store.redis, serializer=JSONSerializer).worker_name
+            for f in finals
+        }
+        assert len(workers) == 2 and None not in workers
+    finally:
+        shared.stop()
