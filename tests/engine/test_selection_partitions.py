@@ -200,9 +200,10 @@ def test_single_row_and_float64_rows():
     assert result.partitions == 4 and result.partition_size == 38
 
 
-def test_duplicate_rows_never_get_a_zero_weight() -> None:
-    base = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))
-    features = base.repeat(12, 1)  # 5 distinct rows, 12 copies each: more picks than distinct rows
-    picked = select_partitions(features, 8, partition_size=60, generator=torch.Generator().manual_seed(0))
-    assert bool((picked.weights > 0).all())
-    assert abs(float(picked.weights.mean()) - 1.0) < 1e-5
+
+def test_selected_rows_count_themselves_when_distances_tie() -> None:
+    from nacs_engine.selection.facility_location import craig_counts, distance_block
+
+    block = distance_block(torch.zeros(1, 6, 3))  # six identical rows: every distance ties at 0
+    counts = craig_counts(block, torch.tensor([[0, 4, 2]]))
+    assert counts.tolist() == [[4, 1, 1]]
