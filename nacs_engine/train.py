@@ -44,12 +44,19 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 
 
 def make_optimizer(model: nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam over all of the model's parameters."""
+    """Adam over all of the model's parameters (the fused implementation where torch has one)."""
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
         raise ValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
         raise ValueError(f"weight_decay: expected a non-negative number, got {weight_decay!r}")
-    return torch.optim.Adam(model.parameters(), lr=float(learning_rate), weight_decay=float(weight_decay))
+    parameters = list(model.parameters())
+    try:
+        # The fused kernel updates large embedding tables several times faster.
+        return torch.optim.Adam(
+            parameters, lr=float(learning_rate), weight_decay=float(weight_decay), fused=True
+        )
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(parameters, lr=float(learning_rate), weight_decay=float(weight_decay))
 
 
 def as_feature_tensor(features: np.ndarray | torch.Tensor, name: str = "features") -> torch.Tensor:

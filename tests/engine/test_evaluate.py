@@ -166,3 +166,12 @@ def test_evaluate_coreset_rejects_bad_inputs(splits) -> None:
         evaluate_coreset(train, train.features, test)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backbone"):
         EvaluationOptions(backbone="lr")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_coreset_on_cuda(splits) -> None:
+    train, validation, test = splits
+    options = EvaluationOptions(embed_dim=4, max_epochs=3)
+    result = evaluate_coreset(train, validation, test, options=options, device="cuda", seed=0)
+    assert result.test_auc > 0.7

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from nacs_engine import SelectionCancelled, select_coreset
 from nacs_engine.baselines import class_quota
@@ -160,3 +161,14 @@ def test_bad_inputs(data: EncodedDataset) -> None:
     )
     with pytest.raises(ValueError, match="labels"):
         run_nacs(bad_labels, _config(size=10), 10, report)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nacs_on_cuda_is_reproducible(data: EncodedDataset) -> None:
+    first = select_coreset(data, _config(device="cuda", seed=3))
+    second = select_coreset(data, _config(device="cuda", seed=3))
+    assert first.diagnostics["device"].startswith("cuda")
+    assert first.size == 300 and np.unique(first.rows).shape[0] == 300
+    np.testing.assert_array_equal(first.rows, second.rows)
+    assert first.weights.mean() == pytest.approx(1.0, abs=1e-5)
