@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import NotFound
 from service.security import KeyRing
@@ -23,12 +24,16 @@ async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+_bearer = HTTPBearer(auto_error=False, description="An API key of your tenant: Authorization: Bearer <key>.")
+
+
 async def current_tenant(
     request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> str:
+    """The tenant of the request's API key (the bearer scheme is declared for OpenAPI; the header is read here)."""
     keyring: KeyRing = request.app.state.keyring
-    return keyring.tenant(authorization)
+    return keyring.tenant(request.headers.get("authorization"))
 
 
 def owned_job(

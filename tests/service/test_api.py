@@ -308,6 +308,8 @@ def test_health_ready_metrics_openapi(client: TestClient, dataset: Path) -> None
     assert options["rounds"]["minimum"] == 1 and options["rounds"]["maximum"] == 20
     assert options["mc_passes"]["description"]
     assert "/jobs/{job_id}/result" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
 
 
 def test_redis_unreachable_is_503(make_settings, dataset: Path) -> None:
