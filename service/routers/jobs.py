@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-import redis
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import OwnedJobDep, SettingsDep, StoreDep, TenantDep
-from service.errors import Conflict, ServiceUnavailable, Unprocessable
+from service.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from service.jobs import cancel, submit, to_public
 from service.schemas import ErrorBody, Job, JobPage, Manifest
 from worker.spec import JobRequest, JobStatus
@@ -83,12 +82,11 @@ async def get_result(job: OwnedJobDep, settings: SettingsDep) -> Manifest:
     """The manifest of a succeeded job."""
     if job["status"] != "succeeded" or not job.get("result"):
         raise Conflict(f"job {job['id']} is {job['status']}; a result exists only once it succeeded", code="job_not_succeeded")
+    manifest_uri = job["result"]["manifest_uri"]
     try:
-        raw = await run_in_threadpool(read_bytes, job["result"]["manifest_uri"], settings)
-    except (OSError, TimeoutError, redis.exceptions.RedisError) as error:
-        raise ServiceUnavailable(
-            f"the result store did not answer ({type(error).__name__})", code="storage_unavailable", headers={"Retry-After": "5"}
-        ) from None
+        raw = await run_in_threadpool(read_bytes, manifest_uri, settings)
+    except FileNotFoundError:
+        raise NotFound(f"the manifest {manifest_uri} is no longer in storage", code="result_missing") from None
     except Exception as error:  # noqa: BLE001 - object-store clients raise their own errors
         raise ServiceUnavailable(
             f"the result store did not answer ({type(error).__name__})", code="storage_unavailable", headers={"Retry-After": "5"}

@@ -375,3 +375,18 @@ def test_schemes_without_their_filesystem_are_refused_clearly(client: TestClient
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real_find_spec(name, *a))
     error = assert_error(client.post("/jobs", json={"dataset_uri": "gs://bucket/x.parquet", "ratio": 0.1}), 422)
     assert "dataset_uri" in error["message"] and "gcsfs" in error["message"]
+
+
+def test_result_of_a_succeeded_job(client: TestClient, dataset: Path, settings, tmp_path: Path) -> None:
+    store = client.app.state.store
+    job = client.post("/jobs", json=body(dataset)).json()
+    manifest_path = tmp_path / "storage" / "alpha" / "jobs" / job["id"] / "manifest.json"
+    result = {"output_uri": "x", "coreset_uri": "x", "manifest_uri": f"file://{manifest_path}", "size": 20}
+    store.transition(job["id"], "running", attempts=1)
+    store.transition(job["id"], "succeeded", result=result)
+    assert_error(client.get(f"/jobs/{job['id']}/result"), 404, "result_missing")
+    manifest_path.parent.mkdir(parents=True)
+    manifest = {"job_id": job["id"], "request": {}, "engine_version": "0", "seed": 0, "device": "cpu",
+                "dataset": {}, "coreset": {}, "phase_seconds": {"loading": 0.1}, "extra": [1, 2]}
+    manifest_path.write_text(json.dumps(manifest))
+    assert client.get(f"/jobs/{job['id']}/result").json() == manifest
