@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hmac
 import importlib.util
-import ipaddress
 import os
 import socket
 from urllib.parse import unquote, urlsplit
 
 from service.errors import Unauthorized, Unprocessable
 from service.settings import LOCAL_TENANT, Settings
-from worker.storage import join_uri, normalise_uri, scheme_of
+from worker.storage import join_uri, normalise_uri, private_address, scheme_of
 
 DATASET_SCHEMES = frozenset({"file", "s3", "gs", "https"})
 OUTPUT_SCHEMES = frozenset({"file", "s3", "gs"})
@@ -141,16 +140,14 @@ def _check_public_host(field: str, host: str, settings: Settings) -> None:
     if settings.allow_private_urls:
         return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        ip = private_address(host)
     except (socket.gaierror, UnicodeError):
         raise Unprocessable(f"{field}: the host {host!r} does not resolve") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
-        if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-            raise Unprocessable(
-                f"{field}: the host {host!r} resolves to a loopback, private or link-local address ({ip}), "
-                "which is refused (NACS_ALLOW_PRIVATE_URLS)"
-            )
+    if ip is not None:
+        raise Unprocessable(
+            f"{field}: the host {host!r} resolves to a loopback, private or link-local address ({ip}), "
+            "which is refused (NACS_ALLOW_PRIVATE_URLS)"
+        )
 
 
 def _listing(schemes: frozenset[str]) -> str:

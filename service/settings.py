@@ -39,9 +39,6 @@ class Settings(WorkerSettings):
             "Unset: any in insecure local mode, none otherwise."
         ),
     )
-    allow_private_urls: bool = Field(
-        default=False, description="Allow https:// dataset URLs whose host is a loopback, private or link-local address."
-    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
     max_active_jobs_per_tenant: int = Field(
         default=100, ge=1, description="Queued plus running jobs a tenant may have (429 above)."

@@ -68,6 +68,9 @@ class WorkerSettings(BaseSettings):
     retry_backoff_s: float = Field(
         default=2.0, ge=0, description="First wait before a retry; doubles at each retry."
     )
+    allow_private_urls: bool = Field(
+        default=False, description="Allow https:// dataset URLs whose host is a loopback, private or link-local address."
+    )
     workdir: str | None = Field(
         default=None, description="Local scratch folder of the workers (default: the system temporary folder)."
     )

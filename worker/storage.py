@@ -7,7 +7,9 @@ appears whole when its upload ends. Callers write the manifest last.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tempfile
 import uuid
 from typing import Any
@@ -34,6 +36,18 @@ def scheme_of(uri: str) -> str:
 def join_uri(base: str, *parts: str) -> str:
     base = base.rstrip("/")
     return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def private_address(host: str) -> str | None:
+    """The first loopback, private, link-local or otherwise non-public address ``host`` resolves to, or None.
+
+    Raises socket.gaierror when the host does not resolve.
+    """
+    for info in socket.getaddrinfo(host, None):
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+            return str(ip)
+    return None
 
 
 def storage_options(uri: str, settings: WorkerSettings) -> dict[str, Any]:

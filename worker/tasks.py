@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pydantic
 import redis
@@ -28,7 +29,7 @@ from worker.progress import JobProgress
 from worker.queueing import InvalidTransition, JobStore, connect, utc_now
 from worker.settings import WorkerSettings
 from worker.spec import JobRequest
-from worker.storage import join_uri, normalise_uri, storage_options
+from worker.storage import join_uri, normalise_uri, private_address, scheme_of, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ def _run_job(job_id: str, store: JobStore, settings: WorkerSettings, run: dict[s
     outcome: tuple[str, dict[str, Any]]
     try:
         request = JobRequest.model_validate(record["request"])
+        _refuse_private_url(request.dataset_uri, settings)
         output_uri = record["request"]["output_uri"]
         manifest = execute(request, output_uri, job_id=job_id, progress=progress, settings=settings)
         result = {
@@ -267,6 +269,22 @@ def _run_job(job_id: str, store: JobStore, settings: WorkerSettings, run: dict[s
         log.warning("job %s: run %d ended %s, but the job is now %s (attempt %s)", job_id, attempt, status, error.record["status"], error.record["attempts"])
         status = error.record["status"]
     return {"job_id": job_id, "status": status}
+
+
+def _refuse_private_url(uri: str, settings: WorkerSettings) -> None:
+    """Check again, at run time, that an https:// dataset's host is public (its DNS may have changed)."""
+    if settings.allow_private_urls or scheme_of(uri) not in ("http", "https"):
+        return
+    host = urlsplit(uri).hostname or ""
+    try:
+        address = private_address(host)
+    except (OSError, UnicodeError):
+        return
+    if address is not None:
+        raise JobFailed(
+            "dataset_uri_refused",
+            f"dataset_uri: the host {host!r} now resolves to a non-public address ({address}); refused (NACS_ALLOW_PRIVATE_URLS)",
+        )
 
 
 def failure_of(error: BaseException) -> tuple[str, str]:

@@ -215,3 +215,14 @@ def test_execute_reads_over_http(tmp_path: Path, settings: WorkerSettings) -> No
         server.shutdown()
         server.server_close()
     assert manifest["dataset"]["rows"] == 600 and manifest["coreset"]["rows"] == 60
+
+
+def test_run_job_checks_private_hosts_again(store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+    request = JobRequest(dataset_uri="https://localhost/data.parquet", size=5, method="random", output_uri="/tmp/unused")
+    record, _ = store.create("t1", request.model_dump(mode="json"))
+    assert tasks.run_job(record["id"], settings.redis_prefix)["status"] == "failed"
+    error = store.get(record["id"])["error"]
+    assert error["code"] == "dataset_uri_refused" and "localhost" in error["message"]
