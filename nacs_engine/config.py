@@ -122,7 +122,7 @@ class SelectionConfig:
         ),
     )
     warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
-        default=0.0,
+        default=0.1,
         metadata=_doc(
             "Share of the rows the proxy model trains on (one epoch) before the first round, 0-0.5."
         ),

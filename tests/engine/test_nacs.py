@@ -44,6 +44,7 @@ def test_nacs_returns_k_distinct_rows_with_mean_one_weights(data: EncodedDataset
     diagnostics = json.loads(json.dumps(result.diagnostics))
     assert set(diagnostics["phase_seconds"]) == {"selecting", "denoising"}
     assert diagnostics["device"] == "cpu"
+    assert diagnostics["warmup_steps"] > 0  # the default warm-up trains the proxy first
     assert diagnostics["coreset_rows"] == 300
     assert diagnostics["coreset_clicks"] == int(result.labels.sum())
     assert [r["round"] for r in diagnostics["rounds"]] == [1, 2, 3]
@@ -126,8 +127,9 @@ def test_balanced_takes_half_positives_and_restores_the_click_rate(data: Encoded
 
 
 def test_dcnv2_proxy_and_one_round(data: EncodedDataset) -> None:
-    result = select_coreset(data, _config(backbone="dcnv2", rounds=1, size=200))
+    result = select_coreset(data, _config(backbone="dcnv2", rounds=1, size=200, warmup_ratio=0.0))
     assert result.size == 200
+    assert result.diagnostics["warmup_steps"] == 0
     assert result.diagnostics["backbone"] == "dcnv2"
 
 
