@@ -70,6 +70,10 @@ MAX_PARTITION = 4096
 INFERENCE_BATCH_ROWS = 16384
 # Share of each round's progress given to scoring and selection; the rest is training.
 _SELECT_SHARE = 0.8
+# Share of the selecting phase's progress given to the warm-up, when there is one.
+_WARMUP_SHARE = 0.1
+# Training reports progress after this many optimizer steps.
+_REPORT_EVERY_STEPS = 8
 
 Report = Callable[[str, float, str], None]
 
@@ -174,6 +178,11 @@ class _Selection:
         )
         self.rows: list[np.ndarray] = []
         self.craig_weights: list[np.ndarray] = []
+        self.warmup_share = _WARMUP_SHARE if config.warmup_ratio > 0 else 0.0
+
+    def _report_rounds(self, fraction: float, message: str) -> None:
+        """Progress of the rounds (``fraction`` in [0, 1]) after the warm-up's share."""
+        self.report("selecting", self.warmup_share + (1.0 - self.warmup_share) * fraction, message)
 
     def _groups(self) -> list[_Group]:
         rounds = self.config.rounds
@@ -265,6 +274,10 @@ class _Selection:
             return 0
         rows = np.sort(numpy_generator(self.config.seed, "warmup").choice(self.n, size=count, replace=False))
         self.report("selecting", 0.0, f"warm-up on {count} rows")
+
+        def on_batch(done: int, total: int) -> None:
+            self.report("selecting", self.warmup_share * done / total, f"warm-up: batch {done}/{total}")
+
         log = train_label_correcting(
             self.model,
             self.optimizer,
@@ -278,6 +291,8 @@ class _Selection:
             start_step=0,
             total_steps=1,
             relabel=False,
+            on_batch=on_batch,
+            report_every=_REPORT_EVERY_STEPS,
         )
         return log.steps
 
@@ -309,8 +324,7 @@ class _Selection:
 
                 def scored(rows_done: int, rows_total: int, offset: int = done_rows) -> None:
                     fraction = (offset + 0.5 * rows_done) / max(candidates_total, 1)
-                    self.report(
-                        "selecting",
+                    self._report_rounds(
                         base + _SELECT_SHARE * fraction / rounds,
                         f"round {round_index + 1}/{rounds}: gradients of {offset + rows_done}/{candidates_total} rows",
                     )
@@ -319,8 +333,7 @@ class _Selection:
 
                 def blocks(fraction: float, message: str, offset: int = done_rows, size: int = chunk.shape[0]) -> None:
                     overall = (offset + size * (0.5 + 0.5 * fraction)) / max(candidates_total, 1)
-                    self.report(
-                        "selecting",
+                    self._report_rounds(
                         base + _SELECT_SHARE * overall / rounds,
                         f"round {round_index + 1}/{rounds}: {message}",
                     )
@@ -389,13 +402,23 @@ class _Selection:
         rounds = self.config.rounds
         base = round_index / rounds
 
+        epochs = self.config.epochs_per_round
+        epochs_done = [0]
+
         def on_epoch(epoch: int, loss: float, correction: float) -> None:
-            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epoch + 1) / self.config.epochs_per_round
-            self.report(
-                "selecting",
+            epochs_done[0] = epoch + 1
+            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epoch + 1) / epochs
+            self._report_rounds(
                 base + fraction / rounds,
                 f"round {round_index + 1}/{rounds}: training epoch {epoch + 1}, loss {loss:.4f}, "
                 f"correction {correction:.3f}",
+            )
+
+        def on_batch(done: int, total: int) -> None:
+            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epochs_done[0] + done / total) / epochs
+            self._report_rounds(
+                base + fraction / rounds,
+                f"round {round_index + 1}/{rounds}: training epoch {epochs_done[0] + 1}, batch {done}/{total}",
             )
 
         log = train_label_correcting(
@@ -404,7 +427,7 @@ class _Selection:
             self.data.features[rows],
             torch.from_numpy(self.labels[rows]),
             torch.from_numpy(weights.astype(np.float32)),
-            epochs=self.config.epochs_per_round,
+            epochs=epochs,
             batch_size=self.batch_size,
             device=self.device,
             generator=self.training_generator,
@@ -412,6 +435,8 @@ class _Selection:
             total_steps=self.total_steps,
             relabel=self.config.relabel,
             on_epoch=on_epoch,
+            on_batch=on_batch,
+            report_every=_REPORT_EVERY_STEPS,
         )
         self.step += log.steps
         return log

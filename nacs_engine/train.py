@@ -107,6 +107,8 @@ def train_label_correcting(
     total_steps: int,
     relabel: bool,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    report_every: int = 8,
 ) -> TrainingLog:
     """Train ``model`` for ``epochs`` epochs with the label-correcting loss (ENGINE.md, Eqs. 11-15).
 
@@ -114,7 +116,9 @@ def train_label_correcting(
     The targets of each batch are (1 - e) y + e p with p the model's own
     detached prediction and e = g(t) l(p), t = ``start_step`` + steps taken so
     far, T = ``total_steps``. ``on_epoch(epoch, mean_loss, mean_e)`` is called
-    after every epoch (it may raise to stop). Returns the training log.
+    after every epoch and ``on_batch(steps_done, steps_in_epoch)`` every
+    ``report_every`` steps within an epoch (either may raise to stop).
+    Returns the training log.
     """
     x_all = as_feature_tensor(features)
     n = x_all.shape[0]
@@ -133,7 +137,8 @@ def train_label_correcting(
     model.train()
     for epoch in range(epochs):
         loss_sum, correction_sum, batches_done = 0.0, 0.0, 0
-        for batch in _batches(n, batch_size, generator):
+        batches = _batches(n, batch_size, generator)
+        for batch in batches:
             batch = batch.to(device)
             logits = model(x_all[batch])
             loss, mean_e = label_correcting_loss(
@@ -151,6 +156,8 @@ def train_label_correcting(
             batches_done += 1
             loss_sum += float(loss.detach())
             correction_sum += float(mean_e)
+            if on_batch is not None and batches_done % report_every == 0:
+                on_batch(batches_done, len(batches))
         mean_loss = loss_sum / max(batches_done, 1)
         mean_correction = correction_sum / max(batches_done, 1)
         log.epoch_losses.append(mean_loss)

@@ -52,6 +52,9 @@ def test_nacs_returns_k_distinct_rows_with_mean_one_weights(data: EncodedDataset
     phases = {phase for phase, _, _ in calls}
     assert phases == {"selecting", "denoising"}
     assert all(0.0 <= fraction <= 1.0 for _, fraction, _ in calls)
+    for phase in phases:
+        fractions = [fraction for name, fraction, _ in calls if name == phase]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len(calls) > 10
 
 
