@@ -78,7 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         help="a SelectionConfig option for every nacs run, e.g. --option rounds=5",
     )
     parser.add_argument("--json", help="append every run's row to this JSON-lines file")
+    parser.add_argument(
+        "--tables-from", metavar="JSONL", help="only print the tables of the rows in this file"
+    )
     args = parser.parse_args(argv)
+    if args.tables_from:
+        with open(args.tables_from) as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+        print(format_table(summarise(rows)))
+        return
     options = {}
     for item in args.option:
         name, _, value = item.partition("=")
@@ -90,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - started
         print(f"[{elapsed:7.0f} s] {done}/{total} {message}", file=sys.stderr, flush=True)
 
-    tables = []
     for name in args.datasets:
         train, validation, test = load(name)
         print(
@@ -100,27 +107,29 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         for flip_rate in args.noise:
-            rows = compare_methods(
-                train,
-                validation,
-                test,
-                methods=args.methods,
-                budgets=args.budgets or DEFAULT_BUDGETS[name],
-                seeds=args.seeds,
-                selection_options=options,
-                evaluation_options=evaluation,
-                flip_rate=flip_rate,
-                device="cpu",
-                dataset_name=name,
-                progress=progress,
-            )
-            if args.json:
-                with open(args.json, "a") as handle:
-                    for row in rows:
-                        handle.write(json.dumps(row) + "\n")
-            table = format_table(summarise(rows))
-            tables.append(table)
-            print(table, flush=True)
+            rows = []
+            for seed in args.seeds:
+                # One seed at a time, so that an interrupted run keeps what it finished.
+                seed_rows = compare_methods(
+                    train,
+                    validation,
+                    test,
+                    methods=args.methods,
+                    budgets=args.budgets or DEFAULT_BUDGETS[name],
+                    seeds=[seed],
+                    selection_options=options,
+                    evaluation_options=evaluation,
+                    flip_rate=flip_rate,
+                    device="cpu",
+                    dataset_name=name,
+                    progress=progress,
+                )
+                rows.extend(seed_rows)
+                if args.json:
+                    with open(args.json, "a") as handle:
+                        for row in seed_rows:
+                            handle.write(json.dumps(row) + "\n")
+            print(format_table(summarise(rows)), flush=True)
             print(flush=True)
     print(
         f"total {time.perf_counter() - started:.0f} s; options {options}; evaluation {evaluation}"

@@ -94,7 +94,7 @@ class SelectionConfig:
         ),
     )
     epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(
-        default=1, metadata=_doc("Training epochs over the coreset after each round, 1-20.")
+        default=3, metadata=_doc("Training epochs over the coreset after each round, 1-20.")
     )
     learning_rate: Annotated[float, Gt(0.0), Le(1.0)] = field(
         default=0.01, metadata=_doc("Adam learning rate of the proxy model, in (0, 1].")
@@ -122,7 +122,7 @@ class SelectionConfig:
         ),
     )
     warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
-        default=0.1,
+        default=0.2,
         metadata=_doc(
             "Share of the rows the proxy model trains on (one epoch) before the first round, 0-0.5."
         ),
