@@ -241,9 +241,13 @@ def partitioned(
     block = result.block_partitions
 
     started = clock()
+    buffer = torch.empty(
+        block, rows_per_problem, rows_per_problem
+    )  # reused, as select_partitions does
     for first in range(0, problems, block):
-        similarity_block(points[order[first : first + block]])
+        similarity_block(points[order[first : first + block]], out=buffer)
     floor_s = clock() - started
+    del buffer
 
     position_in_order = torch.empty(n_rows, dtype=torch.int64)
     position_in_order[order.reshape(-1)] = torch.arange(n_rows)

@@ -49,8 +49,12 @@ class DistanceBlock:
     first_gains: torch.Tensor
 
 
-def distance_block(features: torch.Tensor) -> DistanceBlock:
+def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -> DistanceBlock:
     """Pairwise distances of each problem in ``features`` (B, N, d).
+
+    out: an optional (B', N, N) buffer with B' >= B, of the dtype and device of
+    ``features``, whose first B problems receive the distances; reusing one
+    buffer across blocks saves touching fresh memory for every block.
 
     The block has the dtype of ``features``. One matrix product gives
     |x_i|^2 + |x_j|^2 - 2 x_i.x_j on centred rows, through the augmented rows
@@ -72,7 +76,10 @@ def distance_block(features: torch.Tensor) -> DistanceBlock:
     left[:, :, dim] = squared
     left[:, :, dim + 1] = 1.0
     right = right_rows.transpose(1, 2)  # (B, d + 2, N) columns [x_j, 1, |x_j|^2]
-    distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
+    if out is None:
+        distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
+    else:
+        distances = out[:batch]
     row_sums = torch.empty(batch, n_rows, dtype=dtype, device=device)
     row_max = torch.empty(batch, n_rows, dtype=dtype, device=device)
     problem_bytes = n_rows * n_rows * distances.element_size()
@@ -112,9 +119,12 @@ def _finish_piece(out: torch.Tensor, row_sums: torch.Tensor, row_max: torch.Tens
     torch.amax(out, dim=-1, out=row_max)
 
 
-def similarity_block(features: torch.Tensor) -> torch.Tensor:
-    """sim(i, j) = C - ||x_i - x_j|| for each problem of ``features`` (B, N, d) -> (B, N, N)."""
-    block = distance_block(features)
+def similarity_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sim(i, j) = C - ||x_i - x_j|| for each problem of ``features`` (B, N, d) -> (B, N, N).
+
+    out: an optional buffer as for ``distance_block``.
+    """
+    block = distance_block(features, out=out)
     return torch.sub(block.largest[:, None, None], block.distances, out=block.distances)
 
 

@@ -185,12 +185,16 @@ def select_partitions(
     most_in_block = 0
     for rows, group_seeds, picks in work:
         n_problem = rows.shape[1]
-        per_block = block_partitions_for(n_problem, element_bytes, memory_bytes)
+        per_block = min(rows.shape[0], block_partitions_for(n_problem, element_bytes, memory_bytes))
         samples = sample_size(n_problem, picks, eps)
+        # One buffer for every block of the group.
+        buffer = torch.empty(per_block, n_problem, n_problem, dtype=features.dtype, device=device)
         for start in range(0, rows.shape[0], per_block):
             block_rows = rows[start : start + per_block]  # (b, N)
             block_features = features.index_select(0, block_rows.reshape(-1))
-            block = distance_block(block_features.view(*block_rows.shape, -1))  # (b, N, N)
+            block = distance_block(
+                block_features.view(*block_rows.shape, -1), out=buffer
+            )  # (b, N, N)
             result = solve_block(block, picks, samples, group_seeds[start : start + per_block])
             objective += float(distance_objective(block, result.picks).sum())
             count_parts.append(craig_counts(block, result.picks).reshape(-1))
@@ -204,6 +208,7 @@ def select_partitions(
                     done_partitions / total_partitions,
                     f"facility location: {done_partitions}/{total_partitions} partitions",
                 )
+        del buffer
 
     chosen = torch.cat(chosen_parts)
     counts = torch.cat(count_parts).to(torch.float64)
