@@ -52,6 +52,7 @@ from nacs_engine.denoise.mc_dropout import mc_dropout_scores
 from nacs_engine.errors import DataError
 from nacs_engine.gradients import adam_precondition, head_moments, last_layer_gradients
 from nacs_engine.models.registry import build_model
+from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
 from nacs_engine.train import (
     as_feature_tensor,
@@ -108,15 +109,13 @@ def automatic_partition_size(candidates: int, budget: int) -> int:
     return int(max(1, min(candidates, max(MIN_PARTITION, min(MAX_PARTITION, wanted)))))
 
 
-def run_nacs(data: EncodedDataset, config: SelectionConfig, k: int, report: Report):
+def run_nacs(data: EncodedDataset, config: SelectionConfig, k: int, report: Report) -> CoresetResult:
     """Select ``k`` rows of ``data`` by NaCS as ``config`` says; returns a ``CoresetResult``.
 
     ``report(phase, fraction, message)`` is called after every batch of
     gradients, every block of partitions, every training epoch and every
     MC-dropout pass; an exception it raises propagates.
     """
-    from nacs_engine.pipeline import CoresetResult
-
     if not isinstance(data, EncodedDataset):
         raise ValueError(f"data: expected an EncodedDataset, got {type(data).__name__}")
     if not isinstance(config, SelectionConfig):
@@ -134,7 +133,7 @@ def run_nacs(data: EncodedDataset, config: SelectionConfig, k: int, report: Repo
 
     device = resolve_device(config.device)
     with seeded_scope(config.seed, "dropout", device):
-        return _Selection(data, labels, config, k, report, device).run(CoresetResult)
+        return _Selection(data, labels, config, k, report, device).run()
 
 
 class _Selection:
@@ -204,7 +203,7 @@ class _Selection:
 
     # -- the run ---------------------------------------------------------------------
 
-    def run(self, result_type: type) -> Any:
+    def run(self) -> CoresetResult:
         started = time.perf_counter()
         config = self.config
         self.report("selecting", 0.0, f"{config.method}: selecting {self.k_pre} rows in {config.rounds} rounds")
@@ -258,7 +257,7 @@ class _Selection:
             "final_mean_correction": final_correction,
             "soft_label_mean_shift": float(np.abs(soft_labels - given).mean()) if given.size else 0.0,
         }
-        return result_type(
+        return CoresetResult(
             rows=rows.astype(np.int64),
             labels=given.astype(np.float32),
             soft_labels=soft_labels.astype(np.float32),
