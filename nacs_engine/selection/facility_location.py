@@ -170,9 +170,19 @@ class FacilityLocationState:
         torch.sum(gathered, dim=2, out=gains)
         return gains
 
-    def add(self, picks: torch.Tensor) -> None:
-        """Select ``picks`` (B,), one flat position per problem."""
+    def add(self, picks: torch.Tensor, bounds: torch.Tensor | None = None) -> None:
+        """Select ``picks`` (B,), one flat position per problem.
+
+        bounds: optional (B, N) upper bounds of every row's gain, tightened in
+        place. Adding p takes away at least the term j = p of every row's gain,
+        relu(dmin_p - d(c, p)), since p then covers itself; row p holds d(c, p)
+        for every c, so the whole update costs one pass over (B, N).
+        """
         picked_rows = torch.index_select(self._flat, 0, picks)  # (B, N)
+        if bounds is not None:
+            own_nearest = torch.take(self.nearest, picks)  # (B,) dmin_p before the pick
+            lost = (own_nearest[:, None] - picked_rows).clamp_min_(0.0)  # (B, N)
+            bounds.sub_(lost.mul_(1.0 - _BOUND_MARGIN))
         torch.minimum(self.nearest, picked_rows, out=self.nearest)
 
 

@@ -207,7 +207,7 @@ def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor)
         picks[:, step] = best_row - offsets[:, 0]
         gains[:, step] = best_gain
         selected.index_fill_(0, best_row, True)
-        state.add(best_row)
+        state.add(best_row, bounds.view(batch, n_rows))
     return GreedyResult(picks, gains)
 
 
