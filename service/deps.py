@@ -1,6 +1,7 @@
 """FastAPI dependencies: settings, the job store, the calling tenant, the caller's job.
 
-The ones without I/O are ``async`` so they run on the event loop, not in the thread pool.
+All are ``async`` and do their Redis reads with ``redis.asyncio``, so a request
+never waits for a thread of the pool to resolve them.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from service.errors import NotFound
+from service.records import RecordReader
 from service.security import KeyRing
 from service.settings import Settings
 from worker.queueing import JobStore
@@ -24,28 +26,39 @@ async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-_bearer = HTTPBearer(auto_error=False, description="An API key of your tenant: Authorization: Bearer <key>.")
+class BearerTenant(HTTPBearer):
+    """The tenant of the request's API key; declared to OpenAPI as the bearer scheme ``HTTPBearer``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name="HTTPBearer",
+            auto_error=False,
+            description="An API key of your tenant: Authorization: Bearer <key>.",
+        )
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        keyring: KeyRing = request.app.state.keyring
+        return keyring.tenant(request.headers.get("authorization"))
 
 
-async def current_tenant(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> str:
-    """The tenant of the request's API key (the bearer scheme is declared for OpenAPI; the header is read here)."""
-    keyring: KeyRing = request.app.state.keyring
-    return keyring.tenant(request.headers.get("authorization"))
+current_tenant = BearerTenant()
+# The OpenAPI security requirement ``current_tenant`` adds, for a route that checks the key itself.
+BEARER: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-def owned_job(
-    job_id: Annotated[str, Path(min_length=1, max_length=64)],
-    tenant: Annotated[str, Depends(current_tenant)],
-    store: Annotated[JobStore, Depends(get_store)],
-) -> dict[str, Any]:
+async def read_owned(request: Request, job_id: str, tenant: str) -> dict[str, Any]:
     """The caller's job record; another tenant's job is a 404, as is one that never existed."""
-    record = store.get(job_id) if job_id.isalnum() else None
+    records: RecordReader = request.app.state.records
+    record = await records.get(job_id) if job_id.isalnum() else None
     if record is None or record["tenant"] != tenant:
         raise NotFound(f"no job {job_id}", code="job_not_found")
     return record
+
+
+async def owned_job(request: Request, job_id: JobId, tenant: Annotated[str, Depends(current_tenant)]) -> dict[str, Any]:
+    return await read_owned(request, job_id, tenant)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+from fastapi import Response
+
 from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from service.schemas import Job
 from service.security import check_dataset_uri, check_output_uri
@@ -23,8 +25,42 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 def to_public(record: dict[str, Any]) -> Job:
-    """The public view of a job record (internal fields stay inside)."""
+    """The public view of a job record (internal fields stay inside), as a model."""
     return Job.model_validate({k: record.get(k) for k in Job.model_fields if k in record}, strict=False)
+
+
+def public_job(record: dict[str, Any]) -> dict[str, Any]:
+    """The public view of a job record as plain JSON data: ``to_public(record).model_dump(mode="json")``
+    without building the models. Records are written by this service from validated requests,
+    so picking the public fields (with the model's defaults) is all the conversion there is."""
+    progress = record["progress"]
+    error = record.get("error")
+    return {
+        "id": record["id"],
+        "status": record["status"],
+        "created_at": record["created_at"],
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+        "progress": {
+            "phase": progress["phase"],
+            "fraction": float(progress["fraction"]),
+            "message": progress.get("message", ""),
+        },
+        "request": record["request"],
+        "result": record.get("result"),
+        "error": None if error is None else {"code": error["code"], "message": error["message"]},
+        "attempts": record.get("attempts", 0),
+        "cancel_requested": record.get("cancel_requested", False),
+    }
+
+
+class JsonBody(Response):
+    """A JSON response from data already in its public shape (encoded as FastAPI's JSONResponse does)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def body_hash(request: JobRequest) -> str:
@@ -34,8 +70,8 @@ def body_hash(request: JobRequest) -> str:
 
 def submit(
     store: JobStore, settings: Settings, tenant: str, request: JobRequest, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Check the request's URIs, then record and enqueue it. Returns (job, created)."""
+) -> tuple[dict[str, Any], bool]:
+    """Check the request's URIs, then record and enqueue it. Returns (public job, created)."""
     if idempotency_key is not None:
         if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
             raise Unprocessable(
@@ -66,12 +102,13 @@ def submit(
             code="too_many_active_jobs",
             headers={"Retry-After": "10"},
         ) from None
-    return to_public(record), created
+    return public_job(record), created
 
 
-def cancel(store: JobStore, record: dict[str, Any]) -> Job:
+def cancel(store: JobStore, record: dict[str, Any]) -> dict[str, Any]:
+    """Cancel the job of ``record``; returns the public job."""
     try:
-        return to_public(store.request_cancel(record["id"]))
+        return public_job(store.request_cancel(record["id"]))
     except InvalidTransition as error:
         raise Conflict(
             f"job {record['id']} already {error.record['status']}; only queued or running jobs can be cancelled",

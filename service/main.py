@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from service.errors import install_error_handlers
 from service.limits import BodyLimit
 from service.metrics import HttpMetrics, QueueCollector
+from service.records import RecordReader
 from service.routers import jobs, operations
 from service.security import KeyRing
 from service.settings import Settings
@@ -35,6 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reaper = asyncio.create_task(_reap_forever(app.state.store, settings)) if settings.api_reaper else None
+        # Everything built so far (modules, models, routes) lives as long as the process: moved out
+        # of the garbage collector's generations, it is no longer traversed by every full
+        # collection that request garbage triggers (measured: about a fifth of a GET's CPU time).
+        gc.freeze()
         try:
             yield
         finally:
@@ -43,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reaper
             app.state.store.redis.close()
+            await app.state.records.aclose()
 
     app = FastAPI(
         title="NaCS coreset service",
@@ -53,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = KeyRing(keys)
     app.state.store = JobStore(connect(settings.redis_url, timeout_s=settings.redis_timeout_s), settings)
+    app.state.records = RecordReader(settings.redis_url, settings.redis_prefix, timeout_s=settings.redis_timeout_s)
     registry = CollectorRegistry()
     registry.register(QueueCollector(app.state.store))
     app.state.metrics_registry = registry

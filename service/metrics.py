@@ -66,17 +66,30 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _children(self, method: str, template: str, status: int) -> tuple[Any, Any]:
+        """The counter and histogram of one (method, route, status), looked up once."""
+        key = (method, template, status)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = (
+                self.requests.labels(method, template, str(status)),
+                self.latency.labels(method, template),
+            )
+        return found
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = [500]
+        status = 500
 
         async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
@@ -84,6 +97,6 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.requests.labels(method, template, str(status[0])).inc()
-            self.latency.labels(method, template).observe(time.perf_counter() - started)
+            count, latency = self._children(scope.get("method", ""), template, status)
+            count.inc()
+            latency.observe(time.perf_counter() - started)

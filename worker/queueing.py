@@ -19,11 +19,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
+import redis.asyncio
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -75,6 +76,13 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
     )
 
 
+def connect_async(url: str, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
+    """An asyncio Redis client with the same timeouts as ``connect``."""
+    return redis.asyncio.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0), health_check_interval=30
+    )
+
+
 class InvalidTransition(Exception):
     """The job is already finished; its status cannot change."""
 
@@ -90,6 +98,7 @@ class JobStore:
         self.redis = connection
         self.settings = settings
         self.prefix = settings.redis_prefix
+        self._queue: Queue | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> JobStore:
@@ -103,7 +112,10 @@ class JobStore:
         return self._key("job", job_id)
 
     def queue(self) -> Queue:
-        return Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
+        """The RQ queue (one object per store: it caches the server version RQ asks for)."""
+        if self._queue is None:
+            self._queue = Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
+        return self._queue
 
     # records
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -128,12 +140,19 @@ class JobStore:
         """
         job_id = job_id or new_job_id()
         claim_key = None
+        active_key = self._key("tenant", tenant, "active")
+        # One round trip: claim the idempotency key (if any) and count the active jobs.
+        check = self.redis.pipeline(transaction=False)
         if idempotency_key is not None:
             claim_key = self._key("idempotency", tenant, idempotency_key)
             claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
-            if not self.redis.set(claim_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
-                return self._replay(claim_key, body_hash), False
-        if max_active is not None and self.active_count(tenant) >= max_active:
+            check.set(claim_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S)
+        if max_active is not None:
+            check.scard(active_key)
+        answers = check.execute() if check.command_stack else []
+        if claim_key is not None and not answers[0]:
+            return self._replay(claim_key, body_hash), False
+        if max_active is not None and int(answers[-1]) >= max_active:
             if claim_key is not None:
                 self.redis.delete(claim_key)
             raise TooManyActiveJobs(max_active)
@@ -157,15 +176,19 @@ class JobStore:
             "body_hash": body_hash,
         }
         ttl = self.settings.job_ttl_s
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.job_key(job_id), json.dumps(record), ex=ttl)
-        pipe.zadd(self._key("tenant", tenant, "jobs"), {job_id: now})
-        pipe.zremrangebyscore(self._key("tenant", tenant, "jobs"), "-inf", now - ttl)
-        pipe.expire(self._key("tenant", tenant, "jobs"), ttl)
-        pipe.sadd(self._key("tenant", tenant, "active"), job_id)
-        pipe.sadd(self._key("status", "queued"), job_id)
-        pipe.execute()
-        self._put_on_queue(job_id, record["rq_job_id"])
+        jobs_key = self._key("tenant", tenant, "jobs")
+        # One transaction: the record, its indexes and RQ's job, so a worker never
+        # sees a queued job without its record, nor a record without its queue entry.
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            pipe.set(self.job_key(job_id), json.dumps(record), ex=ttl)
+            pipe.zadd(jobs_key, {job_id: now})
+            pipe.zremrangebyscore(jobs_key, "-inf", now - ttl)
+            pipe.expire(jobs_key, ttl)
+            pipe.sadd(active_key, job_id)
+            pipe.sadd(self._key("status", "queued"), job_id)
+            self._put_on_queue(job_id, record["rq_job_id"], pipeline=pipe)
+            pipe.execute()
         return record, True
 
     def _replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
@@ -191,13 +214,14 @@ class JobStore:
         self._put_on_queue(job_id, rq_job_id)
         return self.get(job_id) or record
 
-    def _put_on_queue(self, job_id: str, rq_job_id: str) -> None:
-        self.queue().enqueue(
+    def _put_on_queue(self, job_id: str, rq_job_id: str, pipeline: Any = None) -> None:
+        """Enqueue the RQ job ``rq_job_id``; with ``pipeline`` (in MULTI), only queue its commands there."""
+        self.queue().enqueue_call(
             TASK,
-            job_id,
-            self.prefix,
+            args=(job_id, self.prefix),
             job_id=rq_job_id,
-            job_timeout=self.settings.job_timeout_s,
+            pipeline=pipeline,
+            timeout=self.settings.job_timeout_s,
             result_ttl=self.settings.job_ttl_s,
             failure_ttl=self.settings.job_ttl_s,
             ttl=self.settings.job_ttl_s,
@@ -433,16 +457,9 @@ class JobStore:
 
     def _reap(self, now: float) -> list[tuple[str, str]]:
         actions: list[tuple[str, str]] = []
-        for member in self.redis.smembers(self._key("status", "running")):
-            job_id = member.decode()
-            record = self.get(job_id)
-            if record is None:
-                self.redis.srem(self._key("status", "running"), job_id)
-                continue
-            if record["status"] != "running":
-                continue
+        running_key = self._key("status", "running")
+        for job_id, record, rq_state in self._indexed(running_key, "running", lambda r: True):
             beat = parse_time(record.get("heartbeat_at")) or parse_time(record.get("started_at")) or now
-            rq_state = self._rq_public_status(record.get("rq_job_id"))
             ended = rq_state in FINISHED_STATUSES
             if record.get("cancel_requested"):
                 asked = parse_time(record.get("cancel_requested_at")) or now
@@ -459,16 +476,12 @@ class JobStore:
                 else f"its worker sent no heartbeat for {now - beat:.0f} s"
             )
             actions.append((job_id, self._recover(record, reason)))
-        for member in self.redis.smembers(self._key("status", "queued")):
-            job_id = member.decode()
-            record = self.get(job_id)
-            if record is None:
-                self.redis.srem(self._key("status", "queued"), job_id)
-                continue
+
+        def waited_long(record: dict[str, Any]) -> bool:
             created = parse_time(record.get("created_at")) or now
-            if record["status"] != "queued" or now - created <= self.settings.heartbeat_timeout_s:
-                continue
-            rq_state = self._rq_public_status(record.get("rq_job_id"))
+            return now - created > self.settings.heartbeat_timeout_s
+
+        for job_id, record, rq_state in self._indexed(self._key("status", "queued"), "queued", waited_long):
             if rq_state in ACTIVE_STATUSES:
                 continue
             if rq_state is None:
@@ -482,6 +495,35 @@ class JobStore:
                 continue
             actions.append((job_id, self._recover(record, "its worker process ended before the job started")))
         return actions
+
+    def _indexed(
+        self, index_key: str, status: str, wanted: Callable[[dict[str, Any]], bool], batch: int = 500
+    ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """(job id, record, public status of its RQ job) for the ids in the set ``index_key``
+        whose record has ``status`` and passes ``wanted``; ids without a record leave the set.
+
+        Records and RQ jobs are read ``batch`` at a time (one MGET, one RQ fetch_many), so a
+        reap costs a few round trips however many jobs wait.
+        """
+        members = [member.decode() for member in self.redis.smembers(index_key)]
+        for start in range(0, len(members), batch):
+            ids = members[start : start + batch]
+            raws = self.redis.mget([self.job_key(job_id) for job_id in ids])
+            gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+            if gone:
+                self.redis.srem(index_key, *gone)
+            chosen = []
+            for job_id, raw in zip(ids, raws, strict=True):
+                if raw is None:
+                    continue
+                record = json.loads(raw)
+                if record["status"] == status and wanted(record):
+                    chosen.append((job_id, record))
+            if not chosen:
+                continue
+            states = self._rq_public_statuses([record.get("rq_job_id") for _, record in chosen])
+            for (job_id, record), rq_state in zip(chosen, states, strict=True):
+                yield job_id, record, rq_state
 
     def _recover(self, record: dict[str, Any], reason: str) -> str:
         job_id = record["id"]
@@ -518,6 +560,19 @@ class JobStore:
             return self.transition(job_id, status, **fields) is not None
         except InvalidTransition:
             return False
+
+    def _rq_public_statuses(self, rq_job_ids: list[str | None]) -> list[str | None]:
+        """The public status of each RQ job (None where there is no id or no such RQ job), in one fetch."""
+        known = [rq_job_id for rq_job_id in rq_job_ids if rq_job_id]
+        try:
+            jobs = Job.fetch_many(known, connection=self.redis, serializer=JSONSerializer) if known else []
+        except Exception:  # noqa: BLE001 - an unreadable RQ job tells us nothing more
+            return [self._rq_public_status(rq_job_id) for rq_job_id in rq_job_ids]
+        found = {rq_job_id: job for rq_job_id, job in zip(known, jobs, strict=True)}
+        return [
+            public_status(found[rq_job_id].get_status(refresh=False)) if rq_job_id and found.get(rq_job_id) else None
+            for rq_job_id in rq_job_ids
+        ]
 
     def _rq_public_status(self, rq_job_id: str | None) -> str | None:
         if not rq_job_id:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import OwnedJobDep, SettingsDep, StoreDep, TenantDep
+from service.deps import BEARER, JobId, OwnedJobDep, SettingsDep, StoreDep, TenantDep, read_owned
 from service.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from service.jobs import cancel, submit, to_public
+from service.jobs import JsonBody, cancel, public_job, submit
 from service.schemas import ErrorBody, Job, JobPage, Manifest
 from worker.spec import JobRequest, JobStatus
 from worker.storage import read_bytes
@@ -35,46 +35,46 @@ _ERRORS = {
     response_model=Job,
     responses={200: {"model": Job, "description": "The job an earlier request with this Idempotency-Key made"}, **_ERRORS},
 )
-def create_job(
+async def create_job(
     request: JobRequest,
-    response: Response,
     tenant: TenantDep,
     store: StoreDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Job:
+) -> Response:
     """Submit a selection job (202 and Location); the same Idempotency-Key and body return the same job (200)."""
-    job, created = submit(store, settings, tenant, request, idempotency_key)
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return job
+    job, created = await run_in_threadpool(submit, store, settings, tenant, request, idempotency_key)
+    return JsonBody(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS)
-def list_jobs(
+async def list_jobs(
     tenant: TenantDep,
     store: StoreDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> JobPage:
+) -> Response:
     """The caller's jobs, newest first, a page at a time."""
     try:
-        records, next_cursor = store.page(tenant, status=status, limit=limit, cursor=cursor)
+        records, next_cursor = await run_in_threadpool(store.page, tenant, status=status, limit=limit, cursor=cursor)
     except ValueError as error:
         raise Unprocessable(str(error)) from None
-    return JobPage(jobs=[to_public(r) for r in records], next_cursor=next_cursor)
+    return JsonBody({"jobs": [public_job(r) for r in records], "next_cursor": next_cursor})
 
 
-@router.get("/{job_id}", response_model=Job, responses=_ERRORS)
-async def get_job(job: OwnedJobDep) -> Job:
-    return to_public(job)
+@router.get("/{job_id}", response_model=Job, responses=_ERRORS, openapi_extra=BEARER)
+async def get_job(request: Request, job_id: JobId) -> Response:
+    """The caller's job. The hottest route: the key is checked here rather than by a dependency
+    (one dependency fewer to resolve per request); ``BEARER`` declares the scheme to OpenAPI."""
+    tenant = request.app.state.keyring.tenant(request.headers.get("authorization"))
+    return JsonBody(public_job(await read_owned(request, job_id, tenant)))
 
 
 @router.post("/{job_id}/cancel", response_model=Job, responses=_ERRORS)
-def cancel_job(job: OwnedJobDep, store: StoreDep) -> Job:
+async def cancel_job(job: OwnedJobDep, store: StoreDep) -> Response:
     """Cancel a queued job at once, or ask a running one to stop (it turns cancelled within seconds)."""
-    return cancel(store, job)
+    return JsonBody(await run_in_threadpool(cancel, store, job))
 
 
 @router.get("/{job_id}/result", response_model=Manifest, responses=_ERRORS)

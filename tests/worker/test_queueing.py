@@ -178,3 +178,30 @@ def test_a_superseded_run_cannot_touch_the_job(store: JobStore) -> None:
         store.finish_run(job_id, 1, "cancelled")
     assert store.get(job_id) == before
     assert store.finish_run(job_id, 2, "succeeded", result={"size": 3})["status"] == "succeeded"
+
+
+def test_create_enqueues_in_the_records_transaction(store: JobStore) -> None:
+    from rq import Queue
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    record, created = store.create("alpha", REQUEST, max_active=5)
+    queue = Queue(store.settings.queue, connection=store.redis, serializer=JSONSerializer)
+    assert created and queue.job_ids == [record["rq_job_id"]]
+    rq_job = Job.fetch(record["rq_job_id"], connection=store.redis, serializer=JSONSerializer)
+    assert rq_job.timeout == store.settings.job_timeout_s and rq_job.args == [record["id"], store.prefix]
+    assert store.redis.sismember(store._key("tenant", "alpha", "active"), record["id"])
+
+
+def test_reaper_reads_many_jobs_in_batches(store: JobStore) -> None:
+    ids = [store.create("alpha", REQUEST)[0]["id"] for _ in range(5)]
+    store.redis.delete(store.job_key(ids[1]))
+    for job_id in ids[2:4]:  # enqueues cut short: no RQ job
+        rq_job_id = store.get(job_id)["rq_job_id"]
+        store.queue().remove(rq_job_id)
+        store.redis.delete(f"rq:job:{rq_job_id}")
+    later = time.time() + store.settings.heartbeat_timeout_s + 1
+    found = list(store._indexed(store._key("status", "queued"), "queued", lambda r: True, batch=2))
+    assert sorted(job_id for job_id, _, _ in found) == sorted(ids[:1] + ids[2:])
+    assert not store.redis.sismember(store._key("status", "queued"), ids[1]), "a record that is gone leaves the index"
+    assert sorted(store.reap(now=later)) == sorted((job_id, "enqueued") for job_id in ids[2:4])
