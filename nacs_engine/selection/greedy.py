@@ -7,11 +7,14 @@ marginal gain. In expectation this reaches 1 - 1/e - eps of the optimum.
 
 Two things make it fast without changing what it picks:
 - Lazy evaluation. A row's gain can only shrink as the selection grows
-  (submodularity; the float sums shrink too, since every term does), so the
-  last gain computed for a row bounds its gain now. The sampled rows are
-  evaluated in order of their bounds, a few at a time, and a problem stops as
-  soon as its best exact gain reaches the next bound: the pick is the argmax
-  over the whole sample, as if every sampled row had been evaluated.
+  (submodularity; the float sums shrink too, up to rounding, since every term
+  does), so the last gain computed for a row bounds its gain now; after each
+  pick every bound is also lowered by the one term the pick surely removes
+  (see ``FacilityLocationState.add``). The sampled rows are evaluated in order
+  of their bounds, a few at a time, and a problem stops as soon as its best
+  exact gain reaches the next bound: the pick is the argmax over the whole
+  sample, as if every sampled row had been evaluated. On clustered data this
+  evaluates about 1.5-2.5 N rows in all instead of N ln(1/eps).
 - Counter-based sampling. The sample of problem b at pick t is the top s of
   hash(seed_b, t, row) over unselected rows, so it depends only on the
   problem's seed, not on how problems are grouped into blocks or on the device.
@@ -32,9 +35,8 @@ from nacs_engine.selection.facility_location import (
 
 # Sampled rows evaluated per problem in the first lazy round; later rounds double it.
 _FIRST_ROUND = 16
-# At most this many candidate rows are gathered at once (rows * N elements).
-_MAX_EVALUATED_ELEMENTS = 1 << 22
-# One lazy round gathers about this many elements, so that its passes stay in cache.
+# One lazy round gathers about this many elements (rows * N), so that its
+# passes stay in cache; at least one row per active problem.
 _ROUND_ELEMENTS = 1 << 19
 _MASK32 = 0xFFFFFFFF
 _HASH_MULTIPLIER = 0x45D9F3B
@@ -178,7 +180,7 @@ def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor)
     distances = block.distances
     batch, n_rows, _ = distances.shape
     device = distances.device
-    max_rows = max(batch, min(batch * samples, _MAX_EVALUATED_ELEMENTS // n_rows))
+    max_rows = max(batch, min(batch * samples, _ROUND_ELEMENTS // n_rows))
     state = FacilityLocationState(block, max_evaluated_rows=max_rows)
     offsets = state.offsets[:, None]  # (B, 1) flat position of each problem's row 0
     bounds = block.first_gains.clone().view(batch * n_rows)  # last known gain of each row
@@ -237,7 +239,7 @@ def _lazy_argmax(
     width = _FIRST_ROUND
     while True:
         n_active = work_candidates.shape[0]
-        limit = max(1, min(state.max_evaluated_rows, _ROUND_ELEMENTS // state.n_rows) // n_active)
+        limit = max(1, state.max_evaluated_rows // n_active)
         take = min(width, count - position, limit)
         rows = work_candidates[:, position : position + take].contiguous()  # (b, take)
         round_gains = state.gains(active, rows)  # (b, take)
