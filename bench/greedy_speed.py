@@ -271,7 +271,12 @@ def partitioned(
         seconds, picks = peers["submodlib"].run(dense, k, eps, seed)
         submodlib_s += seconds
         totals["submodlib"] += value(similarity, picks)
-        totals["random"] += value(similarity, torch.randperm(rows_per_problem)[:k])
+        totals["random"] += value(
+            similarity,
+            torch.randperm(
+                rows_per_problem, generator=torch.Generator().manual_seed(seed + problem)
+            )[:k],
+        )
     scale = problems / peer_problems
     row = {
         "setting": f"{problems:,} x {rows_per_problem:,} rows, k={k} each",
