@@ -110,7 +110,8 @@ def select_partitions(
     ``features`` (None: a fresh one); it shuffles the rows and seeds each
     partition's sampling. progress(fraction, message) is called after each
     block; exceptions from it propagate. memory_bytes: the most bytes one
-    distance block may take (default ``default_memory_bytes``).
+    distance block may take (default ``default_memory_bytes``); a block holds
+    at least one partition even when one alone is larger.
     Raises ValueError naming the argument on bad input.
     """
     started = time.perf_counter()

@@ -200,7 +200,6 @@ def test_single_row_and_float64_rows():
     assert result.partitions == 4 and result.partition_size == 38
 
 
-
 def test_selected_rows_count_themselves_when_distances_tie() -> None:
     from nacs_engine.selection.facility_location import craig_counts, distance_block
 
