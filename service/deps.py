@@ -12,7 +12,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPBearer
 
 from service.errors import NotFound
-from service.records import RecordReader
+from service.records import AsyncRecords
 from service.security import KeyRing
 from service.settings import Settings
 from worker.queueing import JobStore
@@ -50,7 +50,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 async def read_owned(request: Request, job_id: str, tenant: str) -> dict[str, Any]:
     """The caller's job record; another tenant's job is a 404, as is one that never existed."""
-    records: RecordReader = request.app.state.records
+    records: AsyncRecords = request.app.state.records
     record = await records.get(job_id) if job_id.isalnum() else None
     if record is None or record["tenant"] != tenant:
         raise NotFound(f"no job {job_id}", code="job_not_found")

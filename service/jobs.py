@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 from fastapi import Response
+from fastapi.concurrency import run_in_threadpool
 
 from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from service.records import AsyncRecords
 from service.schemas import Job
 from service.security import check_dataset_uri, check_output_uri
 from service.settings import Settings
@@ -68,10 +70,19 @@ def body_hash(request: JobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submit(
-    store: JobStore, settings: Settings, tenant: str, request: JobRequest, idempotency_key: str | None
+async def submit(
+    records: AsyncRecords,
+    store: JobStore,
+    settings: Settings,
+    tenant: str,
+    request: JobRequest,
+    idempotency_key: str | None,
 ) -> tuple[dict[str, Any], bool]:
-    """Check the request's URIs, then record and enqueue it. Returns (public job, created)."""
+    """Check the request's URIs, then record and enqueue it. Returns (public job, created).
+
+    Two round trips on the event loop (``worker.queueing.Creation``): the idempotency claim and
+    the active-job count, then one transaction with the record, its indexes and RQ's job.
+    """
     if idempotency_key is not None:
         if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
             raise Unprocessable(
@@ -85,24 +96,32 @@ def submit(
         }
     )
     key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
-    try:
-        record, created = store.create(
-            tenant,
-            accepted.model_dump(mode="json"),
-            job_id=job_id,
-            idempotency_key=key_digest,
-            body_hash=body_hash(request),
-            max_active=settings.max_active_jobs_per_tenant,
-        )
-    except IdempotencyConflict as error:
-        raise Conflict(error.message, code="idempotency_conflict") from None
-    except TooManyActiveJobs as error:
+    request_hash = body_hash(request)
+    plan = store.plan_creation(
+        tenant,
+        accepted.model_dump(mode="json"),
+        job_id=job_id,
+        idempotency_key=key_digest,
+        body_hash=request_hash,
+        max_active=settings.max_active_jobs_per_tenant,
+    )
+    outcome = plan.checked(await records.pipeline(plan.checks))
+    if outcome == "replay":
+        try:
+            record = await run_in_threadpool(store.replay, plan.claim_key, request_hash)
+        except IdempotencyConflict as error:
+            raise Conflict(error.message, code="idempotency_conflict") from None
+        return public_job(record), False
+    if outcome == "too_many":
+        await records.pipeline(plan.release)
+        limit = settings.max_active_jobs_per_tenant
         raise TooManyRequests(
-            f"{error}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={error.limit})",
+            f"{TooManyActiveJobs(limit)}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={limit})",
             code="too_many_active_jobs",
             headers={"Retry-After": "10"},
-        ) from None
-    return public_job(record), created
+        )
+    await records.transaction(plan.writes())
+    return public_job(plan.record), True
 
 
 def cancel(store: JobStore, record: dict[str, Any]) -> dict[str, Any]:

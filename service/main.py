@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from service.errors import install_error_handlers
 from service.limits import BodyLimit
 from service.metrics import HttpMetrics, QueueCollector
-from service.records import RecordReader
+from service.records import AsyncRecords
 from service.routers import jobs, operations
 from service.security import KeyRing
 from service.settings import Settings
@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # of the garbage collector's generations, it is no longer traversed by every full
         # collection that request garbage triggers (measured: about a fifth of a GET's CPU time).
         gc.freeze()
+        # RQ asks the server's version once per connection; ask it now, off the event loop, so the
+        # first submission does not (POST /jobs builds RQ's commands on the event loop).
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(app.state.store.queue().get_redis_server_version)
         try:
             yield
         finally:
@@ -60,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = KeyRing(keys)
     app.state.store = JobStore(connect(settings.redis_url, timeout_s=settings.redis_timeout_s), settings)
-    app.state.records = RecordReader(settings.redis_url, settings.redis_prefix, timeout_s=settings.redis_timeout_s)
+    app.state.records = AsyncRecords(settings.redis_url, settings.redis_prefix, timeout_s=settings.redis_timeout_s)
     registry = CollectorRegistry()
     registry.register(QueueCollector(app.state.store))
     app.state.metrics_registry = registry

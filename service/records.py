@@ -1,9 +1,9 @@
-"""Reading job records from the event loop: one pipelined Redis connection, no thread hop.
+"""Job records from the event loop: one pipelined Redis connection, no thread hop.
 
 ``GET /jobs/{id}`` is one Redis ``GET``. ``redis.asyncio`` spends several times
 the round trip itself in Python per command (a pooled connection checked out
 and back, a timeout task around each read and write), so the API reads records
-through ``RecordReader``: one connection per event loop on which every request
+through ``AsyncRecords``: one connection per event loop on which every request
 writes its ``GET`` at once and waits for its reply, replies arriving in the
 order the commands went out (Redis answers a connection's commands in order).
 
@@ -41,7 +41,7 @@ _INCOMPLETE = object()
 
 
 def _parse(buffer: bytearray, start: int) -> tuple[Any, int]:
-    """One RESP2 reply of the kinds GET, AUTH and SELECT answer with, from ``start``.
+    """One RESP2 reply from ``start`` (errors come back as ``_Reply``).
 
     Returns (value, end) or (_INCOMPLETE, start) when the buffer holds less than a reply.
     """
@@ -63,13 +63,42 @@ def _parse(buffer: bytearray, start: int) -> tuple[Any, int]:
         return _Reply(head.decode(errors="replace")), line_end + 2
     if kind == b":":
         return int(head), line_end + 2
+    if kind == b"*":
+        count = int(head)
+        if count < 0:
+            return None, line_end + 2
+        items, position = [], line_end + 2
+        for _ in range(count):
+            item, position = _parse(buffer, position)
+            if item is _INCOMPLETE:
+                return _INCOMPLETE, start
+            items.append(item)
+        return items, position
     raise redis.exceptions.ConnectionError(f"unexpected reply from Redis: {bytes(buffer[start:line_end])[:40]!r}")
 
 
-def _command(*parts: bytes) -> bytes:
+def _encode(part: Any) -> bytes:
+    """An argument as redis-py sends it: bytes as they are, text in UTF-8, numbers as text."""
+    if isinstance(part, bytes):
+        return part
+    if isinstance(part, str):
+        return part.encode()
+    if isinstance(part, bool):
+        raise redis.exceptions.DataError("a bool is not a Redis argument; convert it to bytes, text or a number")
+    if isinstance(part, int):
+        return str(part).encode()
+    if isinstance(part, float):
+        return repr(part).encode()
+    if isinstance(part, memoryview):
+        return part.tobytes()
+    raise redis.exceptions.DataError(f"a {type(part).__name__} is not a Redis argument")
+
+
+def _command(*parts: Any) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+        encoded = _encode(part)
+        out.append(b"$%d\r\n%s\r\n" % (len(encoded), encoded))
     return b"".join(out)
 
 
@@ -78,7 +107,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        # Each entry: the future of a request, how many replies it waits for, those received.
+        self.waiters: deque[tuple[asyncio.Future[Any], int, list[Any]]] = deque()
         self.buffer = bytearray()
         self.outgoing: list[bytes] = []
         self.lost = False
@@ -95,10 +125,16 @@ class _Connection(asyncio.Protocol):
                 if value is _INCOMPLETE:
                     break
                 start = end
-                waiter = self.waiters.popleft()
+                waiter, count, replies = self.waiters[0]
+                replies.append(value)
+                if len(replies) < count:
+                    continue
+                self.waiters.popleft()
                 if waiter.done():  # its request gave up (timeout, client gone)
                     continue
-                if isinstance(value, _Reply):
+                if count > 1:
+                    waiter.set_result(replies)
+                elif isinstance(value, _Reply):
                     waiter.set_exception(redis.exceptions.ResponseError(value.message))
                 else:
                     waiter.set_result(value)
@@ -116,18 +152,19 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter = self.waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue ``command``; the commands of one turn of the event loop go out in one write."""
+    def send(self, payload: bytes, replies: int = 1) -> asyncio.Future[Any]:
+        """Queue ``payload`` (``replies`` commands); the commands of one turn of the event loop go
+        out in one write. The future gets the reply, or with ``replies`` > 1 the list of replies."""
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.waiters.append(waiter)
+        self.waiters.append((waiter, replies, []))
         if not self.outgoing:
             loop.call_soon(self._flush)
-        self.outgoing.append(command)
+        self.outgoing.append(payload)
         return waiter
 
     def _flush(self) -> None:
@@ -196,10 +233,43 @@ class _Pipelined:
         encoded = key.encode()
         return await self._await(connection, connection.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded)))
 
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        connection = await self._connected()
+        payload = b"".join(_command(*command) for command in commands)
+        replies = await self._await(connection, connection.send(payload, len(commands)))
+        return _raise_first_error(replies if len(commands) > 1 else [replies])
+
+    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        connection = await self._connected()
+        payload = b"".join(_command(*command) for command in [("MULTI",), *commands, ("EXEC",)])
+        replies = await self._await(connection, connection.send(payload, len(commands) + 2))
+        _raise_first_error(replies[:-1])
+        if isinstance(replies[-1], _Reply):
+            raise redis.exceptions.ResponseError(replies[-1].message)
+        if replies[-1] is None:
+            raise redis.exceptions.WatchError("the transaction was aborted")
+        return _raise_first_error(replies[-1])
+
     async def aclose(self) -> None:
         if self._connection is not None:
             self._connection.fail(redis.exceptions.ConnectionError("the record reader was closed"))
             self._connection = None
+
+
+def _raise_first_error(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, _Reply):
+            raise redis.exceptions.ResponseError(reply.message)
+    return replies
+
+
+async def _redis_asyncio_pipeline(client: Any, commands: list[tuple[Any, ...]], transaction: bool) -> list[Any]:
+    async with client.pipeline(transaction=transaction) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
 
 
 def _expire(connection: _Connection, waiter: asyncio.Future[Any], timeout_s: float) -> None:
@@ -230,8 +300,8 @@ def pipelined_target(url: str) -> dict[str, Any] | None:
     }
 
 
-class RecordReader:
-    """Reads job records (``{prefix}job:{id}``) on the running event loop.
+class AsyncRecords:
+    """Reads job records (``{prefix}job:{id}``) and sends command lists, on the running event loop.
 
     Each event loop gets its own connection, made on its first read.
     """
@@ -261,6 +331,20 @@ class RecordReader:
         """The record of ``job_id``, or None. Raises redis.exceptions.ConnectionError / TimeoutError."""
         raw = await self._for_loop().get(self.prefix + "job:" + job_id)
         return json.loads(raw) if raw else None
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` at once; their replies, in order. An error reply raises ResponseError."""
+        client = self._for_loop()
+        if isinstance(client, _Pipelined):
+            return await client.pipeline(commands)
+        return await _redis_asyncio_pipeline(client, commands, transaction=False)
+
+    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC; their replies. An error reply raises ResponseError."""
+        client = self._for_loop()
+        if isinstance(client, _Pipelined):
+            return await client.transaction(commands)
+        return await _redis_asyncio_pipeline(client, commands, transaction=True)
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop

@@ -136,62 +136,70 @@ class JobStore:
 
         Returns (record, created). Raises IdempotencyConflict when the key was
         used with a different body, TooManyActiveJobs when the tenant already
-        has ``max_active`` queued or running jobs.
+        has ``max_active`` queued or running jobs. Two round trips: the checks,
+        then one transaction (see ``Creation``).
         """
-        job_id = job_id or new_job_id()
-        claim_key = None
-        active_key = self._key("tenant", tenant, "active")
-        # One round trip: claim the idempotency key (if any) and count the active jobs.
-        check = self.redis.pipeline(transaction=False)
-        if idempotency_key is not None:
-            claim_key = self._key("idempotency", tenant, idempotency_key)
-            claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
-            check.set(claim_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S)
-        if max_active is not None:
-            check.scard(active_key)
-        answers = check.execute() if check.command_stack else []
-        if claim_key is not None and not answers[0]:
-            return self._replay(claim_key, body_hash), False
-        if max_active is not None and int(answers[-1]) >= max_active:
-            if claim_key is not None:
-                self.redis.delete(claim_key)
-            raise TooManyActiveJobs(max_active)
+        plan = self.plan_creation(
+            tenant, request, job_id=job_id, idempotency_key=idempotency_key, body_hash=body_hash, max_active=max_active
+        )
+        outcome = plan.checked(self._send(plan.checks))
+        if outcome == "replay":
+            return self.replay(plan.claim_key, body_hash), False  # type: ignore[arg-type]
+        if outcome == "too_many":
+            self._send(plan.release)
+            raise TooManyActiveJobs(max_active)  # type: ignore[arg-type]
+        self._send(plan.writes(), transaction=True)
+        return plan.record, True
+
+    def plan_creation(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        max_active: int | None = None,
+    ) -> Creation:
+        """The Redis commands that create a job, for a caller that sends them itself (see ``Creation``)."""
+        return Creation(self, tenant, request, job_id or new_job_id(), idempotency_key, body_hash, max_active)
+
+    def _send(self, commands: list[tuple[Any, ...]], *, transaction: bool = False) -> list[Any]:
+        if not commands:
+            return []
+        pipe = self.redis.pipeline(transaction=transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+
+    def creation_writes(self, record: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The commands of one transaction writing a new job: the record, its indexes and RQ's job
+        (so a worker never sees a queued job without its record, nor a record without its queue entry)."""
+        job_id, tenant = record["id"], record["tenant"]
         now = time.time()
-        record: dict[str, Any] = {
-            "id": job_id,
-            "tenant": tenant,
-            "status": "queued",
-            "created_at": utc_now(),
-            "started_at": None,
-            "finished_at": None,
-            "progress": {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"},
-            "request": request,
-            "result": None,
-            "error": None,
-            "attempts": 0,
-            "heartbeat_at": None,
-            "cancel_requested": False,
-            "rq_job_id": f"{job_id}-1",
-            "idempotency_key": idempotency_key,
-            "body_hash": body_hash,
-        }
         ttl = self.settings.job_ttl_s
         jobs_key = self._key("tenant", tenant, "jobs")
-        # One transaction: the record, its indexes and RQ's job, so a worker never
-        # sees a queued job without its record, nor a record without its queue entry.
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.multi()
-            pipe.set(self.job_key(job_id), json.dumps(record), ex=ttl)
-            pipe.zadd(jobs_key, {job_id: now})
-            pipe.zremrangebyscore(jobs_key, "-inf", now - ttl)
-            pipe.expire(jobs_key, ttl)
-            pipe.sadd(active_key, job_id)
-            pipe.sadd(self._key("status", "queued"), job_id)
-            self._put_on_queue(job_id, record["rq_job_id"], pipeline=pipe)
-            pipe.execute()
-        return record, True
+        commands: list[tuple[Any, ...]] = [
+            ("SET", self.job_key(job_id), json.dumps(record), "EX", ttl),
+            ("ZADD", jobs_key, now, job_id),
+            ("ZREMRANGEBYSCORE", jobs_key, "-inf", now - ttl),
+            ("EXPIRE", jobs_key, ttl),
+            ("SADD", self._key("tenant", tenant, "active"), job_id),
+            ("SADD", self._key("status", "queued"), job_id),
+        ]
+        # RQ builds its job's commands on a pipeline; they are taken from it, never sent by it.
+        recorder = self.redis.pipeline(transaction=True)
+        recorder.multi()
+        self._put_on_queue(job_id, record["rq_job_id"], pipeline=recorder)
+        commands += [tuple(args) for args, _options in recorder.command_stack]
+        recorder.reset()
+        return commands
 
-    def _replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
+    def replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
+        """The job an idempotency claim ``key`` names (waiting briefly while it is being created).
+
+        Raises IdempotencyConflict when the claim was made with another body, or its job is not there.
+        """
         for _ in range(50):
             claim = json.loads(self.redis.get(key) or b"null")
             if claim is None:
@@ -592,6 +600,69 @@ class JobStore:
             send_stop_job_command(self.redis, rq_job_id, serializer=JSONSerializer)
         except Exception:  # noqa: BLE001 - the job is not running anywhere; nothing to stop
             pass
+
+
+class Creation:
+    """How a new job is created, as Redis commands, so that a synchronous client (``JobStore.create``)
+    and an asynchronous one (the API) run the same steps:
+
+    1. ``checks``, one pipeline: claim the idempotency key (SET NX) and count the tenant's active jobs;
+    2. ``checked(answers)``: "replay" (the key's job exists: return it), "too_many" (send
+       ``release``, then refuse), or "create";
+    3. ``writes()``, one MULTI/EXEC transaction: the record, its indexes and RQ's job.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        tenant: str,
+        request: dict[str, Any],
+        job_id: str,
+        idempotency_key: str | None,
+        body_hash: str | None,
+        max_active: int | None,
+    ) -> None:
+        self.store = store
+        self.max_active = max_active
+        self.record: dict[str, Any] = {
+            "id": job_id,
+            "tenant": tenant,
+            "status": "queued",
+            "created_at": utc_now(),
+            "started_at": None,
+            "finished_at": None,
+            "progress": {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"},
+            "request": request,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "heartbeat_at": None,
+            "cancel_requested": False,
+            "rq_job_id": f"{job_id}-1",
+            "idempotency_key": idempotency_key,
+            "body_hash": body_hash,
+        }
+        self.claim_key: str | None = None
+        self.checks: list[tuple[Any, ...]] = []
+        self.release: list[tuple[Any, ...]] = []
+        if idempotency_key is not None:
+            self.claim_key = store._key("idempotency", tenant, idempotency_key)
+            claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
+            self.checks.append(("SET", self.claim_key, claim, "NX", "EX", IDEMPOTENCY_TTL_S))
+            self.release.append(("DEL", self.claim_key))
+        if max_active is not None:
+            self.checks.append(("SCARD", store._key("tenant", tenant, "active")))
+
+    def checked(self, answers: list[Any]) -> str:
+        """What the answers to ``checks`` call for: "replay", "too_many" or "create"."""
+        if self.claim_key is not None and not answers[0]:
+            return "replay"
+        if self.max_active is not None and int(answers[-1]) >= self.max_active:
+            return "too_many"
+        return "create"
+
+    def writes(self) -> list[tuple[Any, ...]]:
+        return self.store.creation_writes(self.record)
 
 
 class LeaveUnchanged(Exception):

@@ -37,13 +37,14 @@ _ERRORS = {
 )
 async def create_job(
     request: JobRequest,
+    http: Request,
     tenant: TenantDep,
     store: StoreDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Submit a selection job (202 and Location); the same Idempotency-Key and body return the same job (200)."""
-    job, created = await run_in_threadpool(submit, store, settings, tenant, request, idempotency_key)
+    job, created = await submit(http.app.state.records, store, settings, tenant, request, idempotency_key)
     return JsonBody(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 

@@ -11,7 +11,7 @@ import redis
 import redis.exceptions
 
 from service.jobs import public_job, to_public
-from service.records import RecordReader, pipelined_target
+from service.records import AsyncRecords, pipelined_target
 from tests.stack import DEFAULT_REDIS_URL, delete_keys, free_port, unique_name
 from worker.queueing import JobStore, connect
 from worker.settings import WorkerSettings
@@ -31,7 +31,7 @@ def test_concurrent_reads_each_get_their_own_record(store: JobStore) -> None:
     ids = [store.create("alpha", REQUEST | {"ratio": 0.01 * (i + 1)})[0]["id"] for i in range(40)]
 
     async def read_all() -> list[Any]:
-        reader = RecordReader(DEFAULT_REDIS_URL, store.prefix)
+        reader = AsyncRecords(DEFAULT_REDIS_URL, store.prefix)
         try:
             wanted = ids + ["0" * 32] + ids[::-1]
             return await asyncio.gather(*(reader.get(job_id) for job_id in wanted))
@@ -47,7 +47,7 @@ def test_concurrent_reads_each_get_their_own_record(store: JobStore) -> None:
 
 def test_a_new_event_loop_gets_a_new_connection(store: JobStore) -> None:
     job_id = store.create("alpha", REQUEST)[0]["id"]
-    reader = RecordReader(DEFAULT_REDIS_URL, store.prefix)
+    reader = AsyncRecords(DEFAULT_REDIS_URL, store.prefix)
     for _ in range(2):
         assert asyncio.run(reader.get(job_id))["id"] == job_id
 
@@ -58,7 +58,7 @@ def test_other_databases_and_urls_left_to_redis_asyncio(store: JobStore) -> None
     other_db.set(key_prefix + "job:abc", b'{"id": "abc"}', ex=60)
     try:
         for url in (DEFAULT_REDIS_URL.rsplit("/", 1)[0] + "/3", DEFAULT_REDIS_URL.rsplit("/", 1)[0] + "/3?health_check_interval=5"):
-            assert asyncio.run(RecordReader(url, key_prefix).get("abc")) == {"id": "abc"}, url
+            assert asyncio.run(AsyncRecords(url, key_prefix).get("abc")) == {"id": "abc"}, url
     finally:
         other_db.delete(key_prefix + "job:abc")
         other_db.close()
@@ -74,7 +74,7 @@ def test_urls_the_pipelined_reader_serves() -> None:
 
 
 def test_refused_connection_is_a_redis_connection_error() -> None:
-    reader = RecordReader(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout_s=0.5)
+    reader = AsyncRecords(f"redis://127.0.0.1:{free_port()}/0", "p:", timeout_s=0.5)
     with pytest.raises(redis.exceptions.ConnectionError):
         asyncio.run(reader.get("abc"))
 
@@ -101,7 +101,7 @@ def test_silent_server_times_out_and_the_next_read_reconnects() -> None:
 
     async def scenario() -> Any:
         server, url = await _serve(handler)
-        records = RecordReader(url, "p:", timeout_s=1, read_timeout_s=0.3)
+        records = AsyncRecords(url, "p:", timeout_s=1, read_timeout_s=0.3)
         with pytest.raises(redis.exceptions.TimeoutError):
             await records.get("ab")
         found = await records.get("ab")
@@ -122,7 +122,7 @@ def test_error_reply_and_lost_connection_are_redis_errors() -> None:
 
     async def scenario() -> None:
         server, url = await _serve(handler)
-        records = RecordReader(url, "p:", timeout_s=1, read_timeout_s=2)
+        records = AsyncRecords(url, "p:", timeout_s=1, read_timeout_s=2)
         with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
             await records.get("ab")
         with pytest.raises(redis.exceptions.ConnectionError):
