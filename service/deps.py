@@ -1,6 +1,6 @@
 """FastAPI dependencies: settings, the job store, the calling tenant, the caller's job.
 
-All are ``async`` and do their Redis reads with ``redis.asyncio``, so a request
+All are ``async`` and read Redis through ``service.records.AsyncRecords``, so a request
 never waits for a thread of the pool to resolve them.
 """
 

@@ -1,11 +1,14 @@
 """Job records from the event loop: one pipelined Redis connection, no thread hop.
 
-``GET /jobs/{id}`` is one Redis ``GET``. ``redis.asyncio`` spends several times
-the round trip itself in Python per command (a pooled connection checked out
-and back, a timeout task around each read and write), so the API reads records
-through ``AsyncRecords``: one connection per event loop on which every request
-writes its ``GET`` at once and waits for its reply, replies arriving in the
-order the commands went out (Redis answers a connection's commands in order).
+``GET /jobs/{id}`` is one Redis ``GET``, and ``POST /jobs`` two round trips (the
+checks, then one transaction). ``redis.asyncio`` spends several times the round
+trip itself in Python per command (a pooled connection checked out and back, a
+timeout task around each read and write), and the synchronous client costs a
+hop through the thread pool, so the API talks to Redis through ``AsyncRecords``:
+one connection per event loop on which every request writes its commands at
+once and waits for its replies, replies arriving in the order the commands
+went out (Redis answers a connection's commands in order). The commands of
+one turn of the event loop leave in one write.
 
 Failures read as redis-py's: a refused or lost connection raises
 ``redis.exceptions.ConnectionError``, a late reply ``redis.exceptions.TimeoutError``
@@ -174,7 +177,11 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pipelined:
-    """``get(key)`` over one pipelined connection of one event loop."""
+    """Reads, pipelines and transactions over one pipelined connection of one event loop.
+
+    Each request's commands go out as one contiguous payload, so a MULTI ... EXEC is never
+    interleaved with another request's commands.
+    """
 
     def __init__(self, target: dict[str, Any], connect_timeout_s: float, timeout_s: float) -> None:
         self.target = target
@@ -254,7 +261,7 @@ class _Pipelined:
 
     async def aclose(self) -> None:
         if self._connection is not None:
-            self._connection.fail(redis.exceptions.ConnectionError("the record reader was closed"))
+            self._connection.fail(redis.exceptions.ConnectionError("the connection was closed by the service"))
             self._connection = None
 
 

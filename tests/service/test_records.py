@@ -155,3 +155,41 @@ def test_public_job_is_the_model_dump(store: JobStore, changes: dict[str, Any]) 
     assert fast == to_public(record).model_dump(mode="json")
     assert list(fast) == list(to_public(record).model_dump(mode="json"))
     assert "tenant" not in fast and "body_hash" not in fast
+
+
+@pytest.mark.parametrize("query", ["", "?health_check_interval=5"])  # pipelined, then redis.asyncio
+def test_pipelines_and_transactions(query: str) -> None:
+    prefix = unique_name("records-tx") + ":"
+    url = DEFAULT_REDIS_URL + query
+
+    async def scenario() -> list[Any]:
+        records = AsyncRecords(url, prefix)
+        try:
+            done = await records.transaction([("SET", prefix + "a", "1", "EX", 60), ("INCRBY", prefix + "a", 41)])
+            read = await records.pipeline([("GET", prefix + "a"), ("SCARD", prefix + "none"), ("SET", prefix + "a", 1.5)])
+            with pytest.raises(redis.exceptions.ResponseError):
+                await records.transaction([("SADD", prefix + "a", "x")])  # a string is not a set
+            with pytest.raises(redis.exceptions.ResponseError):
+                await records.pipeline([("NOSUCHCOMMAND",)])
+            after = await records.pipeline([("GET", prefix + "a")])
+            return [done, read, after, await records.pipeline([])]
+        finally:
+            await records.aclose()
+
+    try:
+        done, read, after, nothing = asyncio.run(scenario())
+    finally:
+        redis.Redis.from_url(DEFAULT_REDIS_URL).delete(prefix + "a")
+    assert done[1] == 42 and read[0] == b"42" and read[1] == 0 and after == [b"1.5"] and nothing == []
+
+
+def test_openapi_still_documents_the_fast_routes(client: Any) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    job = {"$ref": "#/components/schemas/Job"}
+    for method, path, status in (("get", "/jobs/{job_id}", "200"), ("post", "/jobs", "202"), ("post", "/jobs/{job_id}/cancel", "200")):
+        operation = paths[path][method]
+        assert operation["security"] == [{"HTTPBearer": []}], (method, path)
+        assert operation["responses"][status]["content"]["application/json"]["schema"] == job, (method, path)
+    assert paths["/jobs"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobPage"
+    }
