@@ -36,7 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reaper = asyncio.create_task(_reap_forever(app.state.store, settings)) if settings.api_reaper else None
         # Everything built so far (modules, models, routes) lives as long as the process: moved out
         # of the garbage collector's generations, it is no longer traversed by every full
         # collection that request garbage triggers (measured: about a fifth of a GET's CPU time).
@@ -45,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # first submission does not (POST /jobs builds RQ's commands on the event loop).
         with contextlib.suppress(Exception):
             await run_in_threadpool(app.state.store.queue().get_redis_server_version)
+        reaper = asyncio.create_task(_reap_forever(app.state.store, settings)) if settings.api_reaper else None
         try:
             yield
         finally:
+            gc.unfreeze()  # what this app built can be collected once it is gone (tests build many)
             if reaper is not None:
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -39,12 +39,11 @@ async def create_job(
     request: JobRequest,
     http: Request,
     tenant: TenantDep,
-    store: StoreDep,
-    settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Submit a selection job (202 and Location); the same Idempotency-Key and body return the same job (200)."""
-    job, created = await submit(http.app.state.records, store, settings, tenant, request, idempotency_key)
+    state = http.app.state  # read here rather than through two more dependencies: this route is hot
+    job, created = await submit(state.records, state.store, state.settings, tenant, request, idempotency_key)
     return JsonBody(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 
