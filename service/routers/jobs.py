@@ -65,8 +65,9 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=Job, responses=_ERRORS, openapi_extra=BEARER)
 async def get_job(request: Request, job_id: JobId) -> Response:
-    """The caller's job. The hottest route: the key is checked here rather than by a dependency
-    (one dependency fewer to resolve per request); ``BEARER`` declares the scheme to OpenAPI."""
+    """The caller's job: status, progress, the accepted request, and the result or error once it ended."""
+    # The hottest route: the key is checked here rather than by a dependency (one fewer to
+    # resolve per request); BEARER declares the scheme to OpenAPI as the dependency would.
     tenant = request.app.state.keyring.tenant(request.headers.get("authorization"))
     return JsonBody(public_job(await read_owned(request, job_id, tenant)))
 
