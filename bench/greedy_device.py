@@ -18,33 +18,14 @@ import time
 
 import torch
 
+from greedy_speed import DIM, TABLE_1, gaussian_mixture  # the same problems as the CPU benchmark
+
 from nacs_engine.selection import (
     batched_stochastic_greedy,
     facility_location_value,
     select_partitions,
     similarity_block,
 )
-
-TABLE_1 = [
-    (50, 1e-3, 100),
-    (50, 1e-3, 1_000),
-    (50, 1e-3, 10_000),
-    (100, 1e-3, 10_000),
-    (100, 1e-4, 10_000),
-    (200, 1e-4, 10_000),
-]
-DIM = 100
-
-
-def gaussian_mixture(n_rows: int, clusters: int, seed: int) -> torch.Tensor:
-    """(n_rows, DIM) float32: clusters of unequal sizes and spreads (as greedy_speed.py)."""
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(clusters, DIM, generator=generator)
-    spreads = 0.2 + 0.4 * torch.rand(clusters, generator=generator)
-    popularity = 1.0 / torch.arange(1, clusters + 1, dtype=torch.float64) ** 0.7
-    labels = torch.multinomial(popularity, n_rows, replacement=True, generator=generator)
-    return centres[labels] + spreads[labels, None] * torch.randn(n_rows, DIM, generator=generator)
-
 
 def timed(function, device: torch.device, repeats: int) -> tuple[float, object]:
     """Best wall time of ``repeats`` calls after one warm-up, synchronising the device."""
