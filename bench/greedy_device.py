@@ -17,7 +17,6 @@ import math
 import time
 
 import torch
-
 from greedy_speed import DIM, TABLE_1, gaussian_mixture  # the same problems as the CPU benchmark
 
 from nacs_engine.selection import (
@@ -26,6 +25,7 @@ from nacs_engine.selection import (
     select_partitions,
     similarity_block,
 )
+
 
 def timed(function, device: torch.device, repeats: int) -> tuple[float, object]:
     """Best wall time of ``repeats`` calls after one warm-up, synchronising the device."""
