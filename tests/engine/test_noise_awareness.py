@@ -31,6 +31,7 @@ def test_nacs_coreset_holds_fewer_flipped_rows_than_the_data_and_random(noisy) -
     assert data_share == pytest.approx(0.2, abs=0.01)
     # Random keeps the data's share (1,000 rows: one standard error is 0.013).
     assert abs(random_share - data_share) < 0.03
-    # Measured on this seed: 0.159 against 0.198 in the data.
+    # Measured on this seed: 0.152 against 0.198 in the data (0.201 without the
+    # warm-up and with one proxy epoch per round, the first defaults).
     assert nacs_share < 0.9 * data_share
     assert nacs_share < random_share - 0.015
