@@ -76,7 +76,7 @@ PLUGIN_HELP: dict[str, tuple[str, str]] = {
     "worker": ("Run a selection worker.", "server,engine"),
     "up": ("Run API, worker and Redis on one machine.", "server,engine"),
     "select": ("Run a selection locally, without the service.", "server,engine"),
-    "evaluate": ("Evaluate a coreset by training on it.", "server,engine"),
+    "evaluate": ("Compare methods on a dataset: test AUC of models trained on their coresets.", "server,engine"),
 }
 
 
@@ -206,7 +206,7 @@ class NacsGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(own)
         if plugins:
-            with formatter.section("Server commands (need nacs[server])"):
+            with formatter.section("Server and engine commands (need nacs[server] or nacs[server,engine])"):
                 formatter.write_dl(plugins)
 
 
