@@ -250,6 +250,7 @@ def evaluate(
             seeds=list(range(seeds)),
             selection_options=selection_options,
             flip_rate=flip_rate,
+            dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
         )
     except DataError as error:
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)
