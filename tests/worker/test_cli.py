@@ -71,3 +71,22 @@ def test_select_missing_file_is_a_data_error(tmp_path) -> None:
     result = CliRunner().invoke(select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "dataset_not_found" in result.output
+
+
+def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    result = CliRunner().invoke(
+        evaluate, [dataset, "--ratio", "0.2", "--methods", "random,stratified,full", "--seeds", "1", "--option", "min_count=1"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
+    assert sorted(line.split("|")[5].strip() for line in rows) == ["full", "random", "stratified"]
+
+
+def test_evaluate_unknown_method_is_a_usage_error(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    result = CliRunner().invoke(evaluate, [dataset, "--ratio", "0.2", "--methods", "random,magic"])
+    assert result.exit_code == 2, result.output
+    assert "magic" in result.output and "Traceback" not in result.output
