@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
-import tempfile
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import fsspec
@@ -80,23 +82,30 @@ def filesystem(uri: str, settings: WorkerSettings) -> tuple[fsspec.AbstractFileS
     return url_to_fs(normalise_uri(uri), **storage_options(uri, settings))
 
 
+@contextmanager
+def _replaced_atomically(path: str) -> Iterator[BinaryIO]:
+    """A file to write that takes ``path``'s place only once it is complete and on disk."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".part-{uuid.uuid4().hex}")
+    try:
+        with open(temporary, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 def write_bytes(uri: str, data: bytes, settings: WorkerSettings) -> None:
     """Write ``data`` at ``uri`` so that a reader sees either nothing or all of it."""
     fs, path = filesystem(uri, settings)
     if scheme_of(normalise_uri(uri)) == "file":
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".part-", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        with _replaced_atomically(path) as out:
+            out.write(data)
         return
     with fs.open(path, "wb") as out:
         out.write(data)
@@ -106,20 +115,8 @@ def upload_file(local_path: str, uri: str, settings: WorkerSettings) -> None:
     """Copy a local file to ``uri`` (whole-object semantics as in ``write_bytes``)."""
     fs, path = filesystem(uri, settings)
     if scheme_of(normalise_uri(uri)) == "file":
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        temporary = os.path.join(folder, f".part-{uuid.uuid4().hex}")
-        try:
-            with open(local_path, "rb") as source, open(temporary, "wb") as out:
-                while chunk := source.read(1 << 20):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        with open(local_path, "rb") as source, _replaced_atomically(path) as out:
+            shutil.copyfileobj(source, out, 1 << 20)
         return
     fs.put_file(local_path, path)
 
