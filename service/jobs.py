@@ -15,6 +15,7 @@ from service.schemas import Job
 from service.security import check_dataset_uri, check_output_uri
 from service.settings import Settings
 from worker.queueing import (
+    CREATE_SCRIPT,
     IdempotencyConflict,
     InvalidTransition,
     JobStore,
@@ -65,8 +66,9 @@ class JsonBody(Response):
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-def body_hash(request: JobRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def body_hash(request: dict[str, Any]) -> str:
+    """SHA-256 of a request's canonical JSON (sorted keys), the same for the same validated body."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -80,8 +82,9 @@ async def submit(
 ) -> tuple[dict[str, Any], bool]:
     """Check the request's URIs, then record and enqueue it. Returns (public job, created).
 
-    Two round trips on the event loop (``worker.queueing.Creation``): the idempotency claim and
-    the active-job count, then one transaction with the record, its indexes and RQ's job.
+    One round trip on the event loop (``worker.queueing.Creation``): a script that claims the
+    idempotency key, counts the tenant's active jobs and writes the record, its indexes and
+    RQ's job, atomically.
     """
     if idempotency_key is not None:
         if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
@@ -89,23 +92,20 @@ async def submit(
                 f"Idempotency-Key: must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters", code="invalid_request"
             )
     job_id = new_job_id()
-    accepted = request.model_copy(
-        update={
-            "dataset_uri": check_dataset_uri(request.dataset_uri, tenant, settings),
-            "output_uri": check_output_uri(request.output_uri, tenant, job_id, settings),
-        }
-    )
+    dataset_uri = check_dataset_uri(request.dataset_uri, tenant, settings)
+    output_uri = check_output_uri(request.output_uri, tenant, job_id, settings)
+    dumped = request.model_dump(mode="json")
+    request_hash = body_hash(dumped)
     key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
-    request_hash = body_hash(request)
     plan = store.plan_creation(
         tenant,
-        accepted.model_dump(mode="json"),
+        dumped | {"dataset_uri": dataset_uri, "output_uri": output_uri},
         job_id=job_id,
         idempotency_key=key_digest,
         body_hash=request_hash,
         max_active=settings.max_active_jobs_per_tenant,
     )
-    outcome = plan.checked(await records.pipeline(plan.checks))
+    outcome = plan.outcome(await records.script(CREATE_SCRIPT, plan.keys, plan.args))
     if outcome == "replay":
         try:
             record = await run_in_threadpool(store.replay, plan.claim_key, request_hash)
@@ -113,14 +113,12 @@ async def submit(
             raise Conflict(error.message, code="idempotency_conflict") from None
         return public_job(record), False
     if outcome == "too_many":
-        await records.pipeline(plan.release)
         limit = settings.max_active_jobs_per_tenant
         raise TooManyRequests(
             f"{TooManyActiveJobs(limit)}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={limit})",
             code="too_many_active_jobs",
             headers={"Retry-After": "10"},
         )
-    await records.transaction(plan.writes())
     return public_job(plan.record), True
 
 

@@ -40,10 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # of the garbage collector's generations, it is no longer traversed by every full
         # collection that request garbage triggers (measured: about a fifth of a GET's CPU time).
         gc.freeze()
-        # RQ asks the server's version once per connection; ask it now, off the event loop, so the
-        # first submission does not (POST /jobs builds RQ's commands on the event loop).
-        with contextlib.suppress(Exception):
-            await run_in_threadpool(app.state.store.queue().get_redis_server_version)
         reaper = asyncio.create_task(_reap_forever(app.state.store, settings)) if settings.api_reaper else None
         try:
             yield

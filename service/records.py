@@ -1,12 +1,12 @@
 """Job records from the event loop: one pipelined Redis connection, no thread hop.
 
-``GET /jobs/{id}`` is one Redis ``GET``, and ``POST /jobs`` two round trips (the
-checks, then one transaction). ``redis.asyncio`` spends several times the round
+``GET /jobs/{id}`` is one Redis ``GET``, and ``POST /jobs`` one script call
+(``worker.queueing.CREATE_SCRIPT``). ``redis.asyncio`` spends several times the round
 trip itself in Python per command (a pooled connection checked out and back, a
 timeout task around each read and write), and the synchronous client costs a
 hop through the thread pool, so the API talks to Redis through ``AsyncRecords``:
 one connection per event loop on which every request writes its commands at
-once and waits for its replies, replies arriving in the order the commands
+once and waits for its reply, replies arriving in the order the commands
 went out (Redis answers a connection's commands in order). The commands of
 one turn of the event loop leave in one write.
 
@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.exceptions
 
-from worker.queueing import connect_async
+from worker.queueing import Script, connect_async
 
 
 class _Reply:
@@ -110,8 +110,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        # Each entry: the future of a request, how many replies it waits for, those received.
-        self.waiters: deque[tuple[asyncio.Future[Any], int, list[Any]]] = deque()
+        self.waiters: deque[asyncio.Future[Any]] = deque()  # one per command sent, oldest first
         self.buffer = bytearray()
         self.outgoing: list[bytes] = []
         self.lost = False
@@ -128,16 +127,10 @@ class _Connection(asyncio.Protocol):
                 if value is _INCOMPLETE:
                     break
                 start = end
-                waiter, count, replies = self.waiters[0]
-                replies.append(value)
-                if len(replies) < count:
-                    continue
-                self.waiters.popleft()
+                waiter = self.waiters.popleft()
                 if waiter.done():  # its request gave up (timeout, client gone)
                     continue
-                if count > 1:
-                    waiter.set_result(replies)
-                elif isinstance(value, _Reply):
+                if isinstance(value, _Reply):
                     waiter.set_exception(redis.exceptions.ResponseError(value.message))
                 else:
                     waiter.set_result(value)
@@ -155,16 +148,16 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         while self.waiters:
-            waiter = self.waiters.popleft()[0]
+            waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, payload: bytes, replies: int = 1) -> asyncio.Future[Any]:
-        """Queue ``payload`` (``replies`` commands); the commands of one turn of the event loop go
-        out in one write. The future gets the reply, or with ``replies`` > 1 the list of replies."""
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        """Queue ``payload`` (one command); the commands of one turn of the event loop go out in
+        one write. The future gets the reply; an error reply raises ResponseError."""
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.waiters.append((waiter, replies, []))
+        self.waiters.append(waiter)
         if not self.outgoing:
             loop.call_soon(self._flush)
         self.outgoing.append(payload)
@@ -177,11 +170,7 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pipelined:
-    """Reads, pipelines and transactions over one pipelined connection of one event loop.
-
-    Each request's commands go out as one contiguous payload, so a MULTI ... EXEC is never
-    interleaved with another request's commands.
-    """
+    """Reads and script calls over one pipelined connection of one event loop."""
 
     def __init__(self, target: dict[str, Any], connect_timeout_s: float, timeout_s: float) -> None:
         self.target = target
@@ -240,43 +229,19 @@ class _Pipelined:
         encoded = key.encode()
         return await self._await(connection, connection.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded)))
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if not commands:
-            return []
+    async def script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         connection = await self._connected()
-        payload = b"".join(_command(*command) for command in commands)
-        replies = await self._await(connection, connection.send(payload, len(commands)))
-        return _raise_first_error(replies if len(commands) > 1 else [replies])
-
-    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        connection = await self._connected()
-        payload = b"".join(_command(*command) for command in [("MULTI",), *commands, ("EXEC",)])
-        replies = await self._await(connection, connection.send(payload, len(commands) + 2))
-        _raise_first_error(replies[:-1])
-        if isinstance(replies[-1], _Reply):
-            raise redis.exceptions.ResponseError(replies[-1].message)
-        if replies[-1] is None:
-            raise redis.exceptions.WatchError("the transaction was aborted")
-        return _raise_first_error(replies[-1])
+        try:
+            return await self._await(connection, connection.send(_command(b"EVALSHA", script.sha, len(keys), *keys, *args)))
+        except redis.exceptions.ResponseError as error:
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+        return await self._await(connection, connection.send(_command(b"EVAL", script.source, len(keys), *keys, *args)))
 
     async def aclose(self) -> None:
         if self._connection is not None:
             self._connection.fail(redis.exceptions.ConnectionError("the connection was closed by the service"))
             self._connection = None
-
-
-def _raise_first_error(replies: list[Any]) -> list[Any]:
-    for reply in replies:
-        if isinstance(reply, _Reply):
-            raise redis.exceptions.ResponseError(reply.message)
-    return replies
-
-
-async def _redis_asyncio_pipeline(client: Any, commands: list[tuple[Any, ...]], transaction: bool) -> list[Any]:
-    async with client.pipeline(transaction=transaction) as pipe:
-        for command in commands:
-            pipe.execute_command(*command)
-        return await pipe.execute()
 
 
 def _expire(connection: _Connection, waiter: asyncio.Future[Any], timeout_s: float) -> None:
@@ -308,7 +273,7 @@ def pipelined_target(url: str) -> dict[str, Any] | None:
 
 
 class AsyncRecords:
-    """Reads job records (``{prefix}job:{id}``) and sends command lists, on the running event loop.
+    """Reads job records (``{prefix}job:{id}``) and runs scripts, on the running event loop.
 
     Each event loop gets its own connection, made on its first read.
     """
@@ -339,19 +304,15 @@ class AsyncRecords:
         raw = await self._for_loop().get(self.prefix + "job:" + job_id)
         return json.loads(raw) if raw else None
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` at once; their replies, in order. An error reply raises ResponseError."""
+    async def script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua ``script`` (EVALSHA, then EVAL if Redis lacks it); its reply. An error raises ResponseError."""
         client = self._for_loop()
         if isinstance(client, _Pipelined):
-            return await client.pipeline(commands)
-        return await _redis_asyncio_pipeline(client, commands, transaction=False)
-
-    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Run ``commands`` in one MULTI/EXEC; their replies. An error reply raises ResponseError."""
-        client = self._for_loop()
-        if isinstance(client, _Pipelined):
-            return await client.transaction(commands)
-        return await _redis_asyncio_pipeline(client, commands, transaction=True)
+            return await client.script(script, keys, args)
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await client.eval(script.source, len(keys), *keys, *args)
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop

@@ -15,10 +15,12 @@ JSON. Keys, all under the configured prefix:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 
 TASK = "worker.tasks.run_job"
 IDEMPOTENCY_TTL_S = 24 * 3600
+# RQ's key names and time format (rq.queue.Queue, rq.job.Job, rq.utils.utcformat).
+RQ_QUEUES_KEY = Queue.redis_queues_keys
+RQ_QUEUE_PREFIX = Queue.redis_queue_namespace_prefix
+RQ_JOB_PREFIX = Job.redis_job_namespace_prefix
+RQ_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utc_now() -> str:
@@ -136,19 +143,16 @@ class JobStore:
 
         Returns (record, created). Raises IdempotencyConflict when the key was
         used with a different body, TooManyActiveJobs when the tenant already
-        has ``max_active`` queued or running jobs. Two round trips: the checks,
-        then one transaction (see ``Creation``).
+        has ``max_active`` queued or running jobs. One round trip (see ``Creation``).
         """
         plan = self.plan_creation(
             tenant, request, job_id=job_id, idempotency_key=idempotency_key, body_hash=body_hash, max_active=max_active
         )
-        outcome = plan.checked(self._send(plan.checks))
+        outcome = plan.outcome(self._run_script(CREATE_SCRIPT, plan.keys, plan.args))
         if outcome == "replay":
             return self.replay(plan.claim_key, body_hash), False  # type: ignore[arg-type]
         if outcome == "too_many":
-            self._send(plan.release)
             raise TooManyActiveJobs(max_active)  # type: ignore[arg-type]
-        self._send(plan.writes(), transaction=True)
         return plan.record, True
 
     def plan_creation(
@@ -161,39 +165,56 @@ class JobStore:
         body_hash: str | None = None,
         max_active: int | None = None,
     ) -> Creation:
-        """The Redis commands that create a job, for a caller that sends them itself (see ``Creation``)."""
+        """The script call that creates a job, for a caller that sends it itself (see ``Creation``)."""
         return Creation(self, tenant, request, job_id or new_job_id(), idempotency_key, body_hash, max_active)
 
-    def _send(self, commands: list[tuple[Any, ...]], *, transaction: bool = False) -> list[Any]:
-        if not commands:
-            return []
-        pipe = self.redis.pipeline(transaction=transaction)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute()
+    def _run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL when Redis does not hold the script yet (it keeps it from then on)."""
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return self.redis.eval(script.source, len(keys), *keys, *args)
 
-    def creation_writes(self, record: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """The commands of one transaction writing a new job: the record, its indexes and RQ's job
-        (so a worker never sees a queued job without its record, nor a record without its queue entry)."""
-        job_id, tenant = record["id"], record["tenant"]
-        now = time.time()
+    def rq_job_commands(self, job_id: str, rq_job_id: str) -> list[tuple[Any, ...]]:
+        """The commands that put ``rq_job_id`` on the queue, to run in one MULTI/EXEC."""
+        queue_key = RQ_QUEUE_PREFIX + self.settings.queue
         ttl = self.settings.job_ttl_s
-        jobs_key = self._key("tenant", tenant, "jobs")
-        commands: list[tuple[Any, ...]] = [
-            ("SET", self.job_key(job_id), json.dumps(record), "EX", ttl),
-            ("ZADD", jobs_key, now, job_id),
-            ("ZREMRANGEBYSCORE", jobs_key, "-inf", now - ttl),
-            ("EXPIRE", jobs_key, ttl),
-            ("SADD", self._key("tenant", tenant, "active"), job_id),
-            ("SADD", self._key("status", "queued"), job_id),
+        return [
+            ("SADD", RQ_QUEUES_KEY, queue_key),
+            ("HSET", RQ_JOB_PREFIX + rq_job_id, *self.rq_job_fields(job_id)),
+            ("EXPIRE", RQ_JOB_PREFIX + rq_job_id, ttl),
+            ("RPUSH", queue_key, rq_job_id),
         ]
-        # RQ builds its job's commands on a pipeline; they are taken from it, never sent by it.
-        recorder = self.redis.pipeline(transaction=True)
-        recorder.multi()
-        self._put_on_queue(job_id, record["rq_job_id"], pipeline=recorder)
-        commands += [tuple(args) for args, _options in recorder.command_stack]
-        recorder.reset()
-        return commands
+
+    def rq_job_fields(self, job_id: str) -> list[Any]:
+        """RQ's job hash for a run of ``job_id``, as field, value, ...: what ``Queue.enqueue_call``
+        writes for ``run_job(job_id, prefix)`` with the JSON serializer, our timeout and TTLs and
+        no callbacks, retries or dependencies (a test holds the two equal). Written here rather
+        than through RQ's Job object, which costs a submission several times the rest of its work."""
+        ttl = self.settings.job_ttl_s
+        stamp = datetime.now(timezone.utc).strftime(RQ_TIME_FORMAT)
+        # RQ stores (function, instance, args, kwargs) through its serializer, then zlib.
+        data = zlib.compress(json.dumps([TASK, None, [job_id, self.prefix], {}]).encode())
+        return [
+            "created_at", stamp,
+            "data", data,
+            "success_callback_name", "",
+            "failure_callback_name", "",
+            "stopped_callback_name", "",
+            "started_at", "",
+            "ended_at", "",
+            "last_heartbeat", "",
+            "worker_name", "",
+            "group_id", "",
+            "origin", self.settings.queue,
+            "description", f"nacs job {job_id}",
+            "enqueued_at", stamp,
+            "timeout", self.settings.job_timeout_s,
+            "result_ttl", ttl,
+            "failure_ttl", ttl,
+            "status", "queued",
+            "ttl", ttl,
+        ]  # fmt: skip
 
     def replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
         """The job an idempotency claim ``key`` names (waiting briefly while it is being created).
@@ -222,19 +243,12 @@ class JobStore:
         self._put_on_queue(job_id, rq_job_id)
         return self.get(job_id) or record
 
-    def _put_on_queue(self, job_id: str, rq_job_id: str, pipeline: Any = None) -> None:
-        """Enqueue the RQ job ``rq_job_id``; with ``pipeline`` (in MULTI), only queue its commands there."""
-        self.queue().enqueue_call(
-            TASK,
-            args=(job_id, self.prefix),
-            job_id=rq_job_id,
-            pipeline=pipeline,
-            timeout=self.settings.job_timeout_s,
-            result_ttl=self.settings.job_ttl_s,
-            failure_ttl=self.settings.job_ttl_s,
-            ttl=self.settings.job_ttl_s,
-            description=f"nacs job {job_id}",
-        )
+    def _put_on_queue(self, job_id: str, rq_job_id: str) -> None:
+        """Enqueue the RQ job ``rq_job_id`` (one MULTI/EXEC)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for command in self.rq_job_commands(job_id, rq_job_id):
+            pipe.execute_command(*command)
+        pipe.execute()
 
     def update(self, job_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
         """Apply ``change`` to the record atomically (optimistic lock); None if the record is gone.
@@ -602,14 +616,55 @@ class JobStore:
             pass
 
 
-class Creation:
-    """How a new job is created, as Redis commands, so that a synchronous client (``JobStore.create``)
-    and an asynchronous one (the API) run the same steps:
+class Script:
+    """A Lua script run by its SHA-1 (EVALSHA), sent whole (EVAL) only when Redis lacks it."""
 
-    1. ``checks``, one pipeline: claim the idempotency key (SET NX) and count the tenant's active jobs;
-    2. ``checked(answers)``: "replay" (the key's job exists: return it), "too_many" (send
-       ``release``, then refuse), or "create";
-    3. ``writes()``, one MULTI/EXEC transaction: the record, its indexes and RQ's job.
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+# Creates a job atomically. KEYS: the record, the tenant's job index, the tenant's active set,
+# the queued index, RQ's set of queues, RQ's job hash, RQ's queue and, when the request has
+# an Idempotency-Key, its claim. ARGV: the active-job limit ("" for none), the claim and its
+# TTL, the record, the TTL of the record, the index and RQ's job, the creation time and the
+# index's cutoff (scores), the job id, the RQ job id, the queue's key, then RQ's job hash as
+# field, value, ... Returns 0 (created), 1 (the claim exists: replay its job) or 2 (too many
+# active jobs; nothing written).
+CREATE_SCRIPT = Script(
+    """
+local claimed = #KEYS == 8
+if claimed and not redis.call("SET", KEYS[8], ARGV[2], "NX", "EX", ARGV[3]) then
+  return 1
+end
+if ARGV[1] ~= "" and redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[1]) then
+  if claimed then redis.call("DEL", KEYS[8]) end
+  return 2
+end
+local ttl = ARGV[5]
+redis.call("SET", KEYS[1], ARGV[4], "EX", ttl)
+redis.call("ZADD", KEYS[2], ARGV[6], ARGV[8])
+redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", ARGV[7])
+redis.call("EXPIRE", KEYS[2], ttl)
+redis.call("SADD", KEYS[3], ARGV[8])
+redis.call("SADD", KEYS[4], ARGV[8])
+redis.call("SADD", KEYS[5], ARGV[10])
+redis.call("HSET", KEYS[6], unpack(ARGV, 11))
+redis.call("EXPIRE", KEYS[6], ttl)
+redis.call("RPUSH", KEYS[7], ARGV[9])
+return 0
+"""
+)
+_OUTCOMES = {0: "create", 1: "replay", 2: "too_many"}
+
+
+class Creation:
+    """How a new job is created: one call of ``CREATE_SCRIPT`` (``keys``, ``args``), so that a
+    synchronous client (``JobStore.create``) and an asynchronous one (the API) run the same steps,
+    in one round trip and atomically: claim the idempotency key, count the tenant's active jobs,
+    then write the record, its indexes and RQ's job (a worker never sees a queued job without its
+    record, nor a record without its queue entry). ``outcome(reply)`` reads the answer:
+    "create" (done), "replay" (the key's job exists: return it) or "too_many" (refuse).
     """
 
     def __init__(
@@ -622,8 +677,7 @@ class Creation:
         body_hash: str | None,
         max_active: int | None,
     ) -> None:
-        self.store = store
-        self.max_active = max_active
+        rq_job_id = f"{job_id}-1"
         self.record: dict[str, Any] = {
             "id": job_id,
             "tenant": tenant,
@@ -638,31 +692,46 @@ class Creation:
             "attempts": 0,
             "heartbeat_at": None,
             "cancel_requested": False,
-            "rq_job_id": f"{job_id}-1",
+            "rq_job_id": rq_job_id,
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }
+        settings = store.settings
+        queue_key = RQ_QUEUE_PREFIX + settings.queue
+        self.keys = [
+            store.job_key(job_id),
+            store._key("tenant", tenant, "jobs"),
+            store._key("tenant", tenant, "active"),
+            store._key("status", "queued"),
+            RQ_QUEUES_KEY,
+            RQ_JOB_PREFIX + rq_job_id,
+            queue_key,
+        ]
         self.claim_key: str | None = None
-        self.checks: list[tuple[Any, ...]] = []
-        self.release: list[tuple[Any, ...]] = []
+        claim = ""
         if idempotency_key is not None:
             self.claim_key = store._key("idempotency", tenant, idempotency_key)
+            self.keys.append(self.claim_key)
             claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
-            self.checks.append(("SET", self.claim_key, claim, "NX", "EX", IDEMPOTENCY_TTL_S))
-            self.release.append(("DEL", self.claim_key))
-        if max_active is not None:
-            self.checks.append(("SCARD", store._key("tenant", tenant, "active")))
+        now = time.time()
+        ttl = settings.job_ttl_s
+        self.args: list[Any] = [
+            "" if max_active is None else max_active,
+            claim,
+            IDEMPOTENCY_TTL_S,
+            json.dumps(self.record),
+            ttl,
+            now,
+            now - ttl,
+            job_id,
+            rq_job_id,
+            queue_key,
+            *store.rq_job_fields(job_id),
+        ]
 
-    def checked(self, answers: list[Any]) -> str:
-        """What the answers to ``checks`` call for: "replay", "too_many" or "create"."""
-        if self.claim_key is not None and not answers[0]:
-            return "replay"
-        if self.max_active is not None and int(answers[-1]) >= self.max_active:
-            return "too_many"
-        return "create"
-
-    def writes(self) -> list[tuple[Any, ...]]:
-        return self.store.creation_writes(self.record)
+    def outcome(self, reply: Any) -> str:
+        """What the script's reply says: "create", "replay" or "too_many"."""
+        return _OUTCOMES[int(reply)]
 
 
 class LeaveUnchanged(Exception):

@@ -13,7 +13,7 @@ import redis.exceptions
 from service.jobs import public_job, to_public
 from service.records import AsyncRecords, pipelined_target
 from tests.stack import DEFAULT_REDIS_URL, delete_keys, free_port, unique_name
-from worker.queueing import JobStore, connect
+from worker.queueing import JobStore, Script, connect
 from worker.settings import WorkerSettings
 
 REQUEST = {"dataset_uri": "file:///data/x.parquet", "ratio": 0.1, "method": "random", "output_uri": "file:///out"}
@@ -158,29 +158,31 @@ def test_public_job_is_the_model_dump(store: JobStore, changes: dict[str, Any]) 
 
 
 @pytest.mark.parametrize("query", ["", "?health_check_interval=5"])  # pipelined, then redis.asyncio
-def test_pipelines_and_transactions(query: str) -> None:
-    prefix = unique_name("records-tx") + ":"
+def test_scripts(query: str) -> None:
+    prefix = unique_name("records-script") + ":"
     url = DEFAULT_REDIS_URL + query
+    # A source of its own (the prefix is unique), so Redis cannot hold it yet: the first call is an EVAL.
+    script = Script(f"-- {prefix}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])")
+    listing = Script(f"-- {prefix}\nreturn {{ARGV[1], tonumber(ARGV[2]), redis.call('GET', KEYS[1])}}")
 
     async def scenario() -> list[Any]:
         records = AsyncRecords(url, prefix)
         try:
-            done = await records.transaction([("SET", prefix + "a", "1", "EX", 60), ("INCRBY", prefix + "a", 41)])
-            read = await records.pipeline([("GET", prefix + "a"), ("SCARD", prefix + "none"), ("SET", prefix + "a", 1.5)])
+            first = await records.script(script, [prefix + "a"], [40])
+            second = await records.script(script, [prefix + "a"], [2])
+            mixed = await records.script(listing, [prefix + "a"], ["text", 1.5])
             with pytest.raises(redis.exceptions.ResponseError):
-                await records.transaction([("SADD", prefix + "a", "x")])  # a string is not a set
-            with pytest.raises(redis.exceptions.ResponseError):
-                await records.pipeline([("NOSUCHCOMMAND",)])
-            after = await records.pipeline([("GET", prefix + "a")])
-            return [done, read, after, await records.pipeline([])]
+                await records.script(Script("return redis.call('SADD', KEYS[1], 'x')"), [prefix + "a"], [])  # not a set
+            return [first, second, mixed, await records.get("missing")]
         finally:
             await records.aclose()
 
     try:
-        done, read, after, nothing = asyncio.run(scenario())
+        first, second, mixed, missing = asyncio.run(scenario())
     finally:
         redis.Redis.from_url(DEFAULT_REDIS_URL).delete(prefix + "a")
-    assert done[1] == 42 and read[0] == b"42" and read[1] == 0 and after == [b"1.5"] and nothing == []
+    assert (first, second, missing) == (40, 42, None)
+    assert mixed == [b"text", 1, b"42"]  # Lua numbers come back as integers
 
 
 def test_openapi_still_documents_the_fast_routes(client: Any) -> None:

@@ -205,3 +205,70 @@ def test_reaper_reads_many_jobs_in_batches(store: JobStore) -> None:
     assert sorted(job_id for job_id, _, _ in found) == sorted(ids[:1] + ids[2:])
     assert not store.redis.sismember(store._key("status", "queued"), ids[1]), "a record that is gone leaves the index"
     assert sorted(store.reap(now=later)) == sorted((job_id, "enqueued") for job_id in ids[2:4])
+
+
+def test_rq_job_written_directly_is_the_one_rq_writes(store: JobStore) -> None:
+    """``rq_job_fields`` stands in for ``Queue.enqueue_call``: the same hash, field by field, but for the times."""
+    recorder = store.redis.pipeline(transaction=True)
+    recorder.multi()
+    store.queue().enqueue_call(
+        "worker.tasks.run_job",
+        args=("abc", store.prefix),
+        job_id="abc-1",
+        pipeline=recorder,
+        timeout=store.settings.job_timeout_s,
+        result_ttl=store.settings.job_ttl_s,
+        failure_ttl=store.settings.job_ttl_s,
+        ttl=store.settings.job_ttl_s,
+        description="nacs job abc",
+    )
+    rq_fields: dict[str, object] = {}
+    rq_other = []
+    for args, _options in recorder.command_stack:
+        if args[0] == "HSET":
+            pairs = args[2:]
+            rq_fields |= {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
+        elif args[0] != "MULTI":
+            rq_other.append(tuple(args))
+    recorder.reset()
+
+    ours = store.rq_job_fields("abc")
+    our_fields = dict(zip(ours[::2], ours[1::2], strict=True))
+    assert set(our_fields) == set(rq_fields)
+    times = {"created_at", "enqueued_at"}
+    encode = store.redis.connection_pool.get_encoder().encode
+    assert {k: encode(v) for k, v in our_fields.items() if k not in times} == {
+        k: encode(v) for k, v in rq_fields.items() if k not in times
+    }
+    for field in times:
+        assert len(our_fields[field]) == len(rq_fields[field]) and our_fields[field].endswith("Z")
+
+    commands = store.rq_job_commands("abc", "abc-1")
+    assert commands[0] == ("SADD", "rq:queues", f"rq:queue:{store.settings.queue}")
+    assert commands[-1] == ("RPUSH", f"rq:queue:{store.settings.queue}", "abc-1")
+    assert ("EXPIRE", "rq:job:abc-1", store.settings.job_ttl_s) in commands
+    # RQ also expires the job's dependents and dependencies keys, which a job without them never has.
+    assert {c for c in rq_other if c[0] != "EXPIRE"} <= set(commands)
+
+
+def test_too_many_active_jobs_writes_nothing(store: JobStore) -> None:
+    first, _ = store.create("alpha", REQUEST, idempotency_key="k1", body_hash="h1", max_active=1)
+    with pytest.raises(TooManyActiveJobs):
+        store.create("alpha", REQUEST, idempotency_key="k2", body_hash="h2", max_active=1)
+    assert store.queue().job_ids == [first["rq_job_id"]]
+    assert store.redis.scard(store._key("tenant", "alpha", "active")) == 1
+    assert store.redis.zcard(store._key("tenant", "alpha", "jobs")) == 1
+    assert not store.redis.exists(store._key("idempotency", "alpha", "k2")), "the refused request's claim is released"
+    # The same key with the same body is a replay of the first job, whatever the limit.
+    assert store.create("alpha", REQUEST, idempotency_key="k1", body_hash="h1", max_active=1) == (first, False)
+
+
+def test_script_is_sent_whole_when_redis_lacks_it(store: JobStore) -> None:
+    from worker.queueing import Script
+
+    script = Script(f"-- {store.prefix}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])")
+    key = store._key("counter")
+    assert store.redis.script_exists(script.sha) == [False]
+    assert store._run_script(script, [key], [2]) == 2  # EVAL
+    assert store.redis.script_exists(script.sha) == [True]
+    assert store._run_script(script, [key], [3]) == 5  # EVALSHA

@@ -226,3 +226,25 @@ def test_run_job_checks_private_hosts_again(store: JobStore, settings: WorkerSet
     assert tasks.run_job(record["id"], settings.redis_prefix)["status"] == "failed"
     error = store.get(record["id"])["error"]
     assert error["code"] == "dataset_uri_refused" and "localhost" in error["message"]
+
+
+def test_rq_worker_runs_the_queue_entry_the_store_writes(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+    """The queue entry of ``JobStore.create`` (RQ's job hash written directly, see ``rq_job_fields``) is
+    taken and run by a real RQ worker, which leaves our record succeeded and RQ's job finished."""
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from worker.runner import run_worker
+
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 400)
+    request = JobRequest(dataset_uri=str(data), size=40, method="random", output_uri=str(tmp_path / "out"))
+    record, _ = store.create("t1", request.model_dump(mode="json"))
+    run_worker(settings, burst=True, fork=False, reaper=False)
+    done = store.get(record["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["result"]["size"] == 40, done
+    rq_job = Job.fetch(record["rq_job_id"], connection=store.redis, serializer=JSONSerializer)
+    assert rq_job.get_status() == JobStatus.FINISHED and rq_job.return_value()["status"] == "succeeded"
+    assert store.queue().count == 0
