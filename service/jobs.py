@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
-from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from service.errors import Conflict, NotFound, TooManyRequests, Unprocessable, validation_error
 from service.records import AsyncRecords
 from service.schemas import Job
 from service.security import check_dataset_uri, check_output_uri
@@ -64,6 +65,30 @@ class JsonBody(Response):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def parse_job_request(body: bytes, content_type: str | None) -> JobRequest:
+    """The ``JobRequest`` of a ``POST /jobs`` body, or the error FastAPI's body validation gives.
+
+    As FastAPI reads a body: JSON when the Content-Type is absent, application/json or
+    application/*+json; an empty body, or one of another type, is a 422 naming the request
+    body; JSON that does not parse is a 400 (malformed_json); a field that does not validate
+    is a 422 naming it (``service.errors.validation_error``). Parsing and validating in one
+    step (pydantic-core's JSON parser) costs a fraction of FastAPI's route to the same model.
+    """
+    if not body:
+        raise validation_error([{"loc": (), "type": "missing", "msg": "Field required"}])
+    if content_type is not None and not _is_json(content_type):
+        raise validation_error([{"loc": (), "type": "model_type", "msg": "Input should be an object"}])
+    try:
+        return JobRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise validation_error(error.errors(include_url=False)) from None
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def body_hash(request: dict[str, Any]) -> str:

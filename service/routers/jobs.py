@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import BEARER, JobId, OwnedJobDep, SettingsDep, StoreDep, TenantDep, read_owned
 from service.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from service.jobs import JsonBody, cancel, public_job, submit
+from service.jobs import JsonBody, cancel, parse_job_request, public_job, submit
 from service.schemas import ErrorBody, Job, JobPage, Manifest
-from worker.spec import JobRequest, JobStatus
+from worker.spec import JobStatus
 from worker.storage import read_bytes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -29,21 +29,42 @@ _ERRORS = {
 }
 
 
+# What FastAPI would document for a ``JobRequest`` body and an ``Idempotency-Key`` header
+# parameter: create_job reads both itself (see parse_job_request).
+_SUBMISSION: dict[str, Any] = {
+    "parameters": [
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Idempotency-Key"},
+        }
+    ],
+    "requestBody": {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+        "required": True,
+    },
+}
+
+
 @router.post(
     "",
     status_code=202,
     response_model=Job,
     responses={200: {"model": Job, "description": "The job an earlier request with this Idempotency-Key made"}, **_ERRORS},
+    openapi_extra=BEARER | _SUBMISSION,
 )
-async def create_job(
-    request: JobRequest,
-    http: Request,
-    tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
+async def create_job(http: Request) -> Response:
     """Submit a selection job (202 and Location); the same Idempotency-Key and body return the same job (200)."""
-    state = http.app.state  # read here rather than through two more dependencies: this route is hot
-    job, created = await submit(state.records, state.store, state.settings, tenant, request, idempotency_key)
+    # The key, the body and the header are read here rather than by FastAPI's dependencies and
+    # body validation (a third of this route's time): the same checks, errors and OpenAPI.
+    headers = http.headers
+    state = http.app.state
+    tenant = state.keyring.tenant(headers.get("authorization"))
+    request = parse_job_request(await http.body(), headers.get("content-type"))
+    job, created = await submit(
+        state.records, state.store, state.settings, tenant, request, headers.get("idempotency-key")
+    )
     return JsonBody(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 

@@ -135,6 +135,44 @@ def test_empty_body_names_the_body(client: TestClient) -> None:
         assert_error(response, 422, "invalid_request", mentions="request body")
 
 
+def test_body_is_read_as_json_by_its_content_type(client: TestClient, dataset: Path) -> None:
+    raw = json.dumps(body(dataset)).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = client.post("/jobs", content=raw, headers={"Content-Type": content_type})
+        error = assert_error(response, 422, "invalid_request", mentions="request body")
+        assert error["details"][0]["field"] is None
+    for content_type in (None, "application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.nacs+json"):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        response = client.post("/jobs", content=raw, headers=headers)
+        assert response.status_code == 202, (content_type, response.text)
+
+
+def test_field_errors_name_each_field_in_the_details(client: TestClient, dataset: Path) -> None:
+    response = client.post(
+        "/jobs", json=body(dataset, size="many", options={"rounds": 0, "turbo": True}, colour="red")
+    )
+    error = assert_error(response, 422, "invalid_request")
+    fields = {detail["field"]: detail["type"] for detail in error["details"]}
+    assert fields == {"size": "int_type", "options.rounds": "greater_than_equal", "options.turbo": "extra_forbidden", "colour": "extra_forbidden"}
+    for field in fields:
+        assert field in error["message"]
+    malformed = assert_error(client.post("/jobs", content=b'{"ratio": 0.1,', headers={"Content-Type": "application/json"}), 400)
+    assert malformed["code"] == "malformed_json" and malformed["message"].startswith("the request body is not valid JSON (")
+    # The key is checked before the body is read.
+    assert_error(client.post("/jobs", content=b"{", headers={"Authorization": "Bearer wrong-key-123456"}), 401)
+
+
+def test_openapi_documents_the_submission(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    submit = schema["paths"]["/jobs"]["post"]
+    assert submit["requestBody"] == {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+        "required": True,
+    }
+    assert [(p["in"], p["name"], p["required"]) for p in submit["parameters"]] == [("header", "Idempotency-Key", False)]
+    assert schema["components"]["schemas"]["JobRequest"]["required"] == ["dataset_uri"]
+
+
 def test_path_escapes_are_refused(client: TestClient, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
