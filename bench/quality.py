@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument(
+        "--monitor", choices=["auc", "log_loss"], default="auc", help="what early stopping watches"
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.option:
         name, _, value = item.partition("=")
         options[name] = json.loads(value)
-    evaluation = EvaluationOptions(max_epochs=args.max_epochs, patience=args.patience)
+    evaluation = EvaluationOptions(max_epochs=args.max_epochs, patience=args.patience, monitor=args.monitor)
     started = time.perf_counter()
 
     def progress(done: int, total: int, message: str) -> None:

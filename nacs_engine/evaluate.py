@@ -1,7 +1,7 @@
 """How good a coreset is: train a fresh model on it, score it on held-out data.
 
 A fresh backbone is trained on the coreset rows with their soft labels and
-weights, early-stopped on the validation split's AUC, and scored on the test
+weights, early-stopped on the validation split's AUC (or log loss), and scored on the test
 split by AUC and log loss. Feature values that never occur in the training
 rows are mapped to their field's out-of-vocabulary id 0 in the validation and
 test rows: a model trained on a coreset has never seen them, and their
@@ -24,6 +24,7 @@ from nacs_engine.train import default_batch_size, fit_early_stopping, predict_lo
 
 _PROBABILITY_FLOOR = 1e-7
 _INFERENCE_BATCH_ROWS = 16384
+MONITORS = ("auc", "log_loss")
 
 
 def _labels_and_values(labels: object, values: object, values_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,8 +126,12 @@ class EvaluationOptions:
     batch_size: int | None = None
     max_epochs: int = 20
     patience: int = 2
+    # What early stopping watches on the validation split: "auc" or "log_loss".
+    monitor: str = "auc"
 
     def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor: expected one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 2):
@@ -175,7 +180,9 @@ def evaluate_coreset(
     rows: (k,) positions in ``train`` (None: all rows, i.e. the full-data model).
     soft_labels: (k,) targets in [0, 1] (None: the given labels).
     weights: (k,) non-negative weights (None: all 1).
-    progress(epoch, validation_auc) is called after every epoch.
+    progress(epoch, score) is called after every epoch with the validation
+    score early stopping watches (``options.monitor``: the AUC, or the log loss
+    negated, so that higher is better for both).
     """
     started = time.perf_counter()
     for name, value in (("train", train), ("validation", validation), ("test", test)):
@@ -232,6 +239,8 @@ def evaluate_coreset(
 
         def validate(current: torch.nn.Module) -> float:
             logits = predict_logits(current, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+            if options.monitor == "log_loss":
+                return -log_loss(val_labels, torch.sigmoid(logits.double()).numpy())
             return auc(val_labels, logits.numpy())
 
         fit = fit_early_stopping(
@@ -249,13 +258,14 @@ def evaluate_coreset(
             generator=torch_generator(seed, "training"),
             on_epoch=progress,
         )
+    validation_logits = predict_logits(model, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
     test_logits = predict_logits(model, test_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
     test_probs = torch.sigmoid(test_logits.double()).numpy()
     test_labels = np.asarray(test.labels, dtype=np.float64)
     return Evaluation(
         test_auc=auc(test_labels, test_logits.numpy()),
         test_log_loss=log_loss(test_labels, test_probs),
-        validation_auc=fit.best_score,
+        validation_auc=auc(val_labels, validation_logits.numpy()),
         best_epoch=fit.best_epoch,
         epochs_run=fit.epochs_run,
         train_rows=int(k),

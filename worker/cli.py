@@ -205,6 +205,10 @@ def select(
     "--flip-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
     help="Share of training labels flipped before selection (test labels stay clean).",
 )
+@click.option(
+    "--monitor", type=click.Choice(["auc", "log_loss"]), default="auc", show_default=True,
+    help="Validation metric that early-stops each fresh model.",
+)
 @_with_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines.")
 def evaluate(
@@ -213,6 +217,7 @@ def evaluate(
     methods: str,
     seeds: int,
     flip_rate: float,
+    monitor: str,
     options: tuple[str, ...],
     label_column: str,
     feature_columns: str | None,
@@ -224,7 +229,7 @@ def evaluate(
     from nacs_engine.compare import compare_methods, format_table, summarise
     from nacs_engine.data import load_dataset
     from nacs_engine.errors import DataError
-    from nacs_engine.evaluate import split_rows
+    from nacs_engine.evaluate import EvaluationOptions, split_rows
 
     budgets = ratios or (0.01, 0.05)
     request = _budget_and_request(
@@ -249,6 +254,7 @@ def evaluate(
             budgets=list(budgets),
             seeds=list(range(seeds)),
             selection_options=selection_options,
+            evaluation_options=EvaluationOptions(backbone=selection_options["backbone"], monitor=monitor),
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
         )

@@ -166,6 +166,28 @@ def test_evaluate_coreset_rejects_bad_inputs(splits) -> None:
         evaluate_coreset(train, train.features, test)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backbone"):
         EvaluationOptions(backbone="lr")
+    with pytest.raises(ValueError, match="monitor"):
+        EvaluationOptions(monitor="accuracy")
+
+
+def test_early_stopping_on_log_loss_keeps_the_epoch_of_best_validation_log_loss(splits) -> None:
+    train, validation, test = splits
+    rows = np.arange(0, train.n_rows, 8)
+    scores: dict[str, list[float]] = {"auc": [], "log_loss": []}
+    results = {}
+    for monitor in scores:
+        options = EvaluationOptions(embed_dim=4, max_epochs=6, patience=6, monitor=monitor)
+        results[monitor] = evaluate_coreset(
+            train, validation, test, rows=rows, options=options, device="cpu", seed=0,
+            progress=lambda epoch, score, m=monitor: scores[m].append(score),
+        )
+    # Same seed, same training: the epochs' scores differ only in what they measure.
+    assert len(scores["auc"]) == len(scores["log_loss"]) == 6
+    assert all(score < 0 for score in scores["log_loss"])  # the log loss, negated
+    for monitor, result in results.items():
+        assert result.best_epoch == 1 + int(np.argmax(scores[monitor]))
+    best = results["log_loss"]
+    assert best.validation_auc == pytest.approx(scores["auc"][best.best_epoch - 1], abs=1e-12)
 
 
 @pytest.mark.gpu

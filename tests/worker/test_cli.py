@@ -84,6 +84,18 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert sorted(line.split("|")[5].strip() for line in rows) == ["full", "random", "stratified"]
 
 
+def test_evaluate_early_stopping_on_log_loss_and_an_unknown_monitor(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1", "--option", "min_count=1", "--json"]
+    result = CliRunner().invoke(evaluate, [*args, "--monitor", "log_loss"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert row["method"] == "random" and 0 < row["test_log_loss"] < 5
+    result = CliRunner().invoke(evaluate, [*args, "--monitor", "accuracy"])
+    assert result.exit_code == 2 and "accuracy" in result.output
+
+
 def test_evaluate_unknown_method_is_a_usage_error(dataset: str) -> None:
     from worker.cli import evaluate
 
