@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import pydantic_core
 from fastapi import Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -67,6 +68,15 @@ class JsonBody(Response):
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+class FiniteJsonBody(JsonBody):
+    """A ``JsonBody`` of data that cannot hold NaN or infinity (a job just made from a validated
+    request), encoded by pydantic-core: equivalent JSON in a third of the time. ``JsonBody``
+    stays for records a worker wrote, where a non-finite number must fail rather than go out."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
+
+
 def parse_job_request(body: bytes, content_type: str | None) -> JobRequest:
     """The ``JobRequest`` of a ``POST /jobs`` body, or the error FastAPI's body validation gives.
 
@@ -91,10 +101,12 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def body_hash(request: dict[str, Any]) -> str:
     """SHA-256 of a request's canonical JSON (sorted keys), the same for the same validated body."""
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(request).encode()).hexdigest()
 
 
 async def submit(

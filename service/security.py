@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -130,15 +131,27 @@ def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:
         return True
     for prefix in prefixes:
         if local:
-            if scheme_of(prefix) != "file":
+            root = _local_root(prefix)
+            if root is None:
                 continue
-            root = os.path.realpath(unquote(urlsplit(normalise_uri(prefix)).path))
             path = unquote(urlsplit(uri).path)
             if path == root or path.startswith(root.rstrip("/") + "/"):
                 return True
         elif "://" in prefix and (uri == prefix.rstrip("/") or uri.startswith(prefix if prefix.endswith("/") else prefix + "/")):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _local_root(prefix: str) -> str | None:
+    """The folder an allowed ``file://`` prefix names, resolved (None for other schemes).
+
+    Resolved once per process, like the rest of the settings: the path of each request is
+    resolved every time, so '..' and symbolic links in it are still followed before the check.
+    """
+    if scheme_of(prefix) != "file":
+        return None
+    return os.path.realpath(unquote(urlsplit(normalise_uri(prefix)).path))
 
 
 def _check_public_host(field: str, host: str, settings: Settings) -> None:

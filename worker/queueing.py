@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+import pydantic_core
 import redis
 import redis.asyncio
 from rq import Queue
@@ -719,7 +720,7 @@ class Creation:
             "" if max_active is None else max_active,
             claim,
             IDEMPOTENCY_TTL_S,
-            json.dumps(self.record),
+            pydantic_core.to_json(self.record),  # json.dumps's JSON, several times faster
             ttl,
             now,
             now - ttl,

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.deps import BEARER, JobId, OwnedJobDep, SettingsDep, StoreDep, TenantDep, read_owned
 from service.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from service.jobs import JsonBody, cancel, parse_job_request, public_job, submit
+from service.jobs import FiniteJsonBody, JsonBody, cancel, parse_job_request, public_job, submit
 from service.schemas import ErrorBody, Job, JobPage, Manifest
 from worker.spec import JobStatus
 from worker.storage import read_bytes
@@ -65,7 +65,8 @@ async def create_job(http: Request) -> Response:
     job, created = await submit(
         state.records, state.store, state.settings, tenant, request, headers.get("idempotency-key")
     )
-    return JsonBody(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
+    body = FiniteJsonBody if created else JsonBody  # a replayed job is a record a worker may have changed
+    return body(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS)
