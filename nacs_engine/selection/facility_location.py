@@ -32,7 +32,7 @@ import torch
 # a freshly multiplied piece stay in the CPU's cache.
 _PIECE_BYTES = 1 << 21
 # Relative slack added to the first gains so that they bound the exact gains from above.
-_BOUND_MARGIN = 1e-5
+BOUND_MARGIN = 1e-5
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     # rounding, so the margin keeps these valid upper bounds of the gains the
     # greedy computes exactly.
     total = n_rows * largest.to(torch.float64)[:, None]  # (B, 1)
-    first_gains = (total - row_sums.to(torch.float64)).clamp_min_(0.0) + _BOUND_MARGIN * total
+    first_gains = (total - row_sums.to(torch.float64)).clamp_min_(0.0) + BOUND_MARGIN * total
     return DistanceBlock(distances, largest, first_gains.to(dtype))
 
 
@@ -192,6 +192,25 @@ class FacilityLocationState:
         torch.sum(gathered, dim=2, out=gains)
         return gains
 
+    def all_gains(self, out: torch.Tensor) -> torch.Tensor:
+        """Marginal gains of every row of every problem into ``out`` (B, N), selected rows included.
+
+        One streaming pass over the block, a slice of rows of every problem
+        at a time: no gather, and each slice stays in cache for its three
+        passes. The sums are those ``gains`` computes, row by row.
+        """
+        rows_per_slice = max(1, self.max_evaluated_rows // self.batch)
+        distances = self._flat.view(self.batch, self.n_rows, self.n_rows)
+        for start in range(0, self.n_rows, rows_per_slice):
+            stop = min(self.n_rows, start + rows_per_slice)
+            work = self._rows[: self.batch * (stop - start)].view(
+                self.batch, stop - start, self.n_rows
+            )
+            torch.sub(self.nearest[:, None, :], distances[:, start:stop], out=work)
+            work.clamp_min_(0.0)
+            torch.sum(work, dim=2, out=out[:, start:stop])
+        return out
+
     def add(self, picks: torch.Tensor, bounds: torch.Tensor | None = None) -> None:
         """Select ``picks`` (B,), one flat position per problem.
 
@@ -204,7 +223,7 @@ class FacilityLocationState:
         if bounds is not None:
             own_nearest = torch.take(self.nearest, picks)  # (B,) dmin_p before the pick
             lost = (own_nearest[:, None] - picked_rows).clamp_min_(0.0)  # (B, N)
-            bounds.sub_(lost.mul_(1.0 - _BOUND_MARGIN))
+            bounds.sub_(lost.mul_(1.0 - BOUND_MARGIN))
         torch.minimum(self.nearest, picked_rows, out=self.nearest)
 
 

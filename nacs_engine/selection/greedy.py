@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from nacs_engine.selection.facility_location import (
+    BOUND_MARGIN,
     DistanceBlock,
     FacilityLocationState,
     distance_block,
@@ -198,6 +199,13 @@ def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor)
 
     for step in range(k):
         count = min(samples, n_rows - step)
+        if step == 1 and 2 * count >= n_rows:
+            # The first pick leaves every bound far above its gain, so this pick
+            # would evaluate its whole sample; when the sample is half the rows
+            # or more, one pass over all rows is cheaper and leaves every bound
+            # exact for the later picks.
+            exact = state.all_gains(bounds.view(batch, n_rows))
+            exact.mul_(1.0 + BOUND_MARGIN)
         # Sampling keys: hash(seed_b, step, row); selected rows can never win.
         torch.add(seeds, (step * _GOLDEN) & _MASK32, out=step_seed).bitwise_and_(_MASK32)
         _mix32(step_seed, scratch_seed)
@@ -220,38 +228,38 @@ def _lazy_argmax(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampled row of largest exact gain per problem, evaluating rows in order of their bounds.
 
+    Each round evaluates the pending candidates of largest bound, found by a
+    top-k over the sample rather than by sorting it: most picks stop after a
+    few rounds, long before a sort of the whole sample would pay off.
     Returns (gain (B,), flat position (B,)).
     """
     count = candidates.shape[1]
-    candidate_bounds, order = torch.take(bounds, candidates).sort(dim=1, descending=True)
-    candidates = candidates.gather(1, order)  # (B, s) by decreasing bound
-    best_gain = torch.full_like(candidate_bounds[:, 0], -math.inf)
+    pending = torch.take(bounds, candidates)  # (B, s) bounds; -inf once evaluated
+    best_gain = torch.full_like(pending[:, 0], -math.inf)
     best_row = candidates[:, 0].clone()
     # Working copies hold the problems still searching; `active` maps them back (None: all).
     active: torch.Tensor | None = None
-    work_candidates, work_bounds, work_gain, work_row = (
-        candidates,
-        candidate_bounds,
-        best_gain,
-        best_row,
-    )
-    position = 0
+    work_candidates, work_pending, work_gain, work_row = candidates, pending, best_gain, best_row
+    evaluated = 0
     width = _FIRST_ROUND
     while True:
         n_active = work_candidates.shape[0]
         limit = max(1, state.max_evaluated_rows // n_active)
-        take = min(width, count - position, limit)
-        rows = work_candidates[:, position : position + take].contiguous()  # (b, take)
+        take = min(width, count - evaluated, limit)
+        # The `take` largest pending bounds (in no particular order).
+        positions = work_pending.topk(take, dim=1, sorted=False).indices  # (b, take)
+        rows = work_candidates.gather(1, positions)  # (b, take)
         round_gains = state.gains(active, rows)  # (b, take)
         bounds.index_copy_(0, rows.view(-1), round_gains.view(-1))
+        work_pending.scatter_(1, positions, -math.inf)
         round_best, round_index = round_gains.max(dim=1)
         improved = round_best > work_gain
         work_gain = torch.where(improved, round_best, work_gain)
         work_row = torch.where(improved, rows.gather(1, round_index[:, None])[:, 0], work_row)
-        position += take
-        if position >= count:
+        evaluated += take
+        if evaluated >= count:
             break
-        unfinished = work_gain < work_bounds[:, position]
+        unfinished = work_gain < work_pending.amax(dim=1)  # the largest bound left
         n_unfinished = int(unfinished.sum())
         if n_unfinished < n_active:
             _write_back(best_gain, best_row, active, work_gain, work_row)
@@ -259,7 +267,7 @@ def _lazy_argmax(
                 return best_gain.to(torch.float64), best_row
             keep = unfinished.nonzero()[:, 0]
             active = keep if active is None else active[keep]
-            work_candidates, work_bounds = work_candidates[keep], work_bounds[keep]
+            work_candidates, work_pending = work_candidates[keep], work_pending[keep]
             work_gain, work_row = work_gain[keep], work_row[keep]
         width *= 2
     _write_back(best_gain, best_row, active, work_gain, work_row)
