@@ -31,6 +31,10 @@ import torch
 # Work on pieces of about this many bytes so that the element-wise passes over
 # a freshly multiplied piece stay in the CPU's cache.
 _PIECE_BYTES = 1 << 21
+# But at least this many rows per product: each product first repacks the
+# whole right-hand side (d x N), which thin pieces of a large problem would
+# repeat hundreds of times.
+_MIN_PIECE_ROWS = 256
 # Relative slack added to the first gains so that they bound the exact gains from above.
 BOUND_MARGIN = 1e-5
 
@@ -95,7 +99,7 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
             out.diagonal(dim1=1, dim2=2).zero_()
             _finish_piece(out, row_sums[piece], row_max[piece])
     else:
-        rows_per_piece = max(1, _PIECE_BYTES // (n_rows * distances.element_size()))
+        rows_per_piece = max(_MIN_PIECE_ROWS, _PIECE_BYTES // (n_rows * distances.element_size()))
         for problem in range(batch):
             for start in range(0, n_rows, rows_per_piece):
                 rows = slice(start, min(n_rows, start + rows_per_piece))
