@@ -45,6 +45,7 @@ Progress = Callable[[int, int, str], None]
 _SUMMARY_METRICS: tuple[str, ...] = (
     "test_auc",
     "test_log_loss",
+    "test_log_loss_calibrated",
     "recovery",
     "selection_seconds",
     "evaluation_seconds",
@@ -106,7 +107,8 @@ def compare_methods(
     device: "cpu", "cuda", "auto"; used by selection and evaluation.
 
     Each row holds dataset, method, budget (as a label), budget_rows, seed,
-    flip_rate, test_auc, test_log_loss, validation_auc, recovery (None without
+    flip_rate, test_auc, test_log_loss, test_log_loss_calibrated (after Platt
+    scaling on the validation split), validation_auc, recovery (None without
     "full"), selection_seconds, evaluation_seconds, best_epoch,
     coreset_click_rate, data_click_rate, coreset_flipped_share,
     data_flipped_share (None without flips) and soft_label_shift (mean
@@ -181,7 +183,7 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Returns one dict per group, in the order groups first appear, with
     dataset, flip_rate, method, budget, budget_rows, seeds (the count) and,
-    for each metric m of test_auc, test_log_loss, recovery, selection_seconds,
+    for each metric m of test_auc, test_log_loss, test_log_loss_calibrated, recovery, selection_seconds,
     evaluation_seconds, coreset_click_rate and coreset_flipped_share, m_mean
     and m_std (sample standard deviation; 0 for one seed; None when the
     metric is missing).
@@ -215,7 +217,7 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
     """A markdown table of ``summarise`` output: one line per (method, budget).
 
     Columns: dataset, label noise, budget, rows, method, test AUC, log loss,
-    recovery, flipped share of the coreset (only when some run had flips),
+    log loss after Platt scaling, recovery, flipped share of the coreset (only when some run had flips),
     selection seconds. Values are mean ± std over the seeds.
     """
     entries = list(summary)
@@ -227,7 +229,8 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
 
         entries = sorted(entries, key=key)
     noisy = any(e.get("coreset_flipped_share_mean") is not None for e in entries)
-    header = ["dataset", "noise", "budget", "rows", "method", "test AUC", "log loss", "recovery"]
+    header = ["dataset", "noise", "budget", "rows", "method", "test AUC", "log loss"]
+    header += ["calibrated log loss", "recovery"]
     if noisy:
         header.append("flipped in coreset")
     header.append("select s")
@@ -241,6 +244,7 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
             str(e["method"]),
             _spread(e, "test_auc", 4),
             _spread(e, "test_log_loss", 4),
+            _spread(e, "test_log_loss_calibrated", 4),
             _spread(e, "recovery", 3),
         ]
         if noisy:
@@ -273,6 +277,7 @@ def _evaluate_full(
         "budget_rows": train.n_rows,
         "test_auc": evaluation.test_auc,
         "test_log_loss": evaluation.test_log_loss,
+        "test_log_loss_calibrated": evaluation.test_log_loss_calibrated,
         "validation_auc": evaluation.validation_auc,
         "recovery": 1.0,
         "selection_seconds": 0.0,
@@ -317,6 +322,7 @@ def _evaluate_selection(
         "budget_rows": result.size,
         "test_auc": evaluation.test_auc,
         "test_log_loss": evaluation.test_log_loss,
+        "test_log_loss_calibrated": evaluation.test_log_loss_calibrated,
         "validation_auc": evaluation.validation_auc,
         "selection_seconds": selection_seconds,
         "evaluation_seconds": evaluation.seconds,

@@ -18,6 +18,7 @@ from nacs_engine.evaluate import (
     evaluate_coreset,
     log_loss,
     map_unseen_to_oov,
+    platt_scaling,
     split_rows,
 )
 from nacs_engine.models import build_model
@@ -56,6 +57,31 @@ def test_log_loss_by_hand() -> None:
     value = log_loss(np.array([1, 0]), np.array([0.8, 0.4]))
     assert value == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
     assert math.isfinite(log_loss(np.array([1, 0]), np.array([0.0, 1.0])))
+
+
+def test_platt_scaling_recovers_the_scale_and_shift_of_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0.0, 1.5, 200_000)
+    labels = (rng.random(true_logits.size) < 1.0 / (1.0 + np.exp(-true_logits))).astype(np.float64)
+    # A model three times too confident, and shifted: a = 1/3 and b = 0.5/3 undo it.
+    scale, shift = platt_scaling(3.0 * true_logits - 0.5, labels)
+    assert scale == pytest.approx(1 / 3, abs=0.01) and shift == pytest.approx(0.5 / 3, abs=0.01)
+    raw = log_loss(labels, 1.0 / (1.0 + np.exp(-(3.0 * true_logits - 0.5))))
+    fitted = log_loss(labels, 1.0 / (1.0 + np.exp(-(scale * (3.0 * true_logits - 0.5) + shift))))
+    assert fitted < raw - 0.05
+
+
+def test_platt_scaling_is_never_worse_than_the_identity_and_checks_inputs() -> None:
+    labels = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    logits = np.array([-40.0, 35.0, -30.0, 0.5, 60.0])  # huge logits, one badly wrong
+    scale, shift = platt_scaling(logits, labels)
+    assert math.isfinite(scale) and math.isfinite(shift)
+    t = scale * logits + shift
+    assert np.mean(np.logaddexp(0, t) - labels * t) <= np.mean(np.logaddexp(0, logits) - labels * logits)
+    with pytest.raises(ValueError, match="logits"):
+        platt_scaling(np.array([0.1]), labels)
+    with pytest.raises(ValueError, match="iterations"):
+        platt_scaling(logits, labels, iterations=0)
 
 
 def test_metric_inputs_are_checked() -> None:
@@ -139,6 +165,7 @@ def test_evaluate_coreset_learns_the_task(splits) -> None:
     assert full.train_rows == train.n_rows
     assert full.test_auc > 0.7
     assert 0 < full.test_log_loss < 0.69
+    assert 0 < full.test_log_loss_calibrated < 0.69
     assert 1 <= full.best_epoch <= full.epochs_run <= 4
     again = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
     assert again.test_auc == full.test_auc
