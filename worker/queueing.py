@@ -8,6 +8,8 @@ JSON. Keys, all under the configured prefix:
 - ``tenant:{tenant}:jobs``: sorted set of the tenant's job ids by creation time.
 - ``tenant:{tenant}:active``: set of the tenant's queued and running job ids.
 - ``status:queued``, ``status:running``: sets of active job ids (the reaper's view).
+- ``queued_since``: sorted set of the queued job ids by creation time, so that the reaper
+  reads only the records of jobs queued long enough to check, however many wait.
 - ``idempotency:{tenant}:{key digest}``: the job a key made, and the body hash.
 - ``finished``: hash of finished-job counts by status; ``phase_seconds``: time per phase.
 """
@@ -288,6 +290,10 @@ class JobStore:
                 pipe.srem(self._key("status", status), job_id)
         if after in ACTIVE_STATUSES:
             pipe.sadd(self._key("status", after), job_id)
+        if after == "queued":
+            pipe.zadd(self._key("queued_since"), {job_id: parse_time(record["created_at"]) or time.time()})
+        else:
+            pipe.zrem(self._key("queued_since"), job_id)
         if after in FINISHED_STATUSES:
             pipe.srem(self._key("tenant", record["tenant"], "active"), job_id)
             pipe.hincrby(self._key("finished"), after, 1)
@@ -481,7 +487,8 @@ class JobStore:
     def _reap(self, now: float) -> list[tuple[str, str]]:
         actions: list[tuple[str, str]] = []
         running_key = self._key("status", "running")
-        for job_id, record, rq_state in self._indexed(running_key, "running", lambda r: True):
+        running = [member.decode() for member in self.redis.smembers(running_key)]
+        for job_id, record, rq_state in self._indexed(running, (running_key,), "running"):
             beat = parse_time(record.get("heartbeat_at")) or parse_time(record.get("started_at")) or now
             ended = rq_state in FINISHED_STATUSES
             if record.get("cancel_requested"):
@@ -500,11 +507,14 @@ class JobStore:
             )
             actions.append((job_id, self._recover(record, reason)))
 
-        def waited_long(record: dict[str, Any]) -> bool:
-            created = parse_time(record.get("created_at")) or now
-            return now - created > self.settings.heartbeat_timeout_s
-
-        for job_id, record, rq_state in self._indexed(self._key("status", "queued"), "queued", waited_long):
+        queued_key, since_key = self._key("status", "queued"), self._key("queued_since")
+        if self.redis.scard(queued_key) > self.redis.zcard(since_key):
+            self._index_queued_since()
+        # Only the jobs queued for longer than a heartbeat timeout (by creation time) are read.
+        waited_long = self.redis.zrangebyscore(since_key, "-inf", f"({now - self.settings.heartbeat_timeout_s}")
+        for job_id, record, rq_state in self._indexed(
+            [member.decode() for member in waited_long], (queued_key, since_key), "queued"
+        ):
             if rq_state in ACTIVE_STATUSES:
                 continue
             if rq_state is None:
@@ -520,33 +530,63 @@ class JobStore:
         return actions
 
     def _indexed(
-        self, index_key: str, status: str, wanted: Callable[[dict[str, Any]], bool], batch: int = 500
+        self, members: list[str], index_keys: tuple[str, ...], status: str, batch: int = 500
     ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-        """(job id, record, public status of its RQ job) for the ids in the set ``index_key``
-        whose record has ``status`` and passes ``wanted``; ids without a record leave the set.
+        """(job id, record, public status of its RQ job) for the job ids ``members`` whose record
+        has ``status``; ids without a record leave the indexes ``index_keys`` (sets or sorted sets).
 
         Records and RQ jobs are read ``batch`` at a time (one MGET, one RQ fetch_many), so a
-        reap costs a few round trips however many jobs wait.
+        reap costs a few round trips however many jobs it reads.
         """
-        members = [member.decode() for member in self.redis.smembers(index_key)]
         for start in range(0, len(members), batch):
             ids = members[start : start + batch]
             raws = self.redis.mget([self.job_key(job_id) for job_id in ids])
             gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
-                self.redis.srem(index_key, *gone)
+                self._forget(index_keys, gone)
             chosen = []
             for job_id, raw in zip(ids, raws, strict=True):
                 if raw is None:
                     continue
                 record = json.loads(raw)
-                if record["status"] == status and wanted(record):
+                if record["status"] == status:
                     chosen.append((job_id, record))
             if not chosen:
                 continue
             states = self._rq_public_statuses([record.get("rq_job_id") for _, record in chosen])
             for (job_id, record), rq_state in zip(chosen, states, strict=True):
                 yield job_id, record, rq_state
+
+    def _forget(self, index_keys: tuple[str, ...], job_ids: list[str]) -> None:
+        """Take ``job_ids`` (whose records are gone) out of the sets and sorted sets ``index_keys``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in index_keys:
+            if key == self._key("queued_since"):
+                pipe.zrem(key, *job_ids)
+            else:
+                pipe.srem(key, *job_ids)
+        pipe.execute()
+
+    def _index_queued_since(self, batch: int = 500) -> None:
+        """Add to ``queued_since`` the queued jobs it lacks (recorded before it existed, or by an
+        older version during an upgrade), by their creation time; ids without a record leave
+        ``status:queued``. Runs while ``status:queued`` has more ids than ``queued_since``."""
+        queued_key, since_key = self._key("status", "queued"), self._key("queued_since")
+        indexed = {member.decode() for member in self.redis.zrange(since_key, 0, -1)}
+        missing = [member.decode() for member in self.redis.smembers(queued_key) if member.decode() not in indexed]
+        for start in range(0, len(missing), batch):
+            ids = missing[start : start + batch]
+            raws = self.redis.mget([self.job_key(job_id) for job_id in ids])
+            gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+            if gone:
+                self.redis.srem(queued_key, *gone)
+            since = {}
+            for job_id, raw in zip(ids, raws, strict=True):
+                record = json.loads(raw) if raw is not None else None
+                if record is not None and record["status"] == "queued":
+                    since[job_id] = parse_time(record.get("created_at")) or time.time()
+            if since:
+                self.redis.zadd(since_key, since)
 
     def _recover(self, record: dict[str, Any], reason: str) -> str:
         job_id = record["id"]
@@ -626,20 +666,20 @@ class Script:
 
 
 # Creates a job atomically. KEYS: the record, the tenant's job index, the tenant's active set,
-# the queued index, RQ's set of queues, RQ's job hash, RQ's queue and, when the request has
-# an Idempotency-Key, its claim. ARGV: the active-job limit ("" for none), the claim and its
+# the queued index, RQ's set of queues, RQ's job hash, RQ's queue, ``queued_since`` and, when
+# the request has an Idempotency-Key, its claim. ARGV: the active-job limit ("" for none), the claim and its
 # TTL, the record, the TTL of the record, the index and RQ's job, the creation time and the
 # index's cutoff (scores), the job id, the RQ job id, the queue's key, then RQ's job hash as
 # field, value, ... Returns 0 (created), 1 (the claim exists: replay its job) or 2 (too many
 # active jobs; nothing written).
 CREATE_SCRIPT = Script(
     """
-local claimed = #KEYS == 8
-if claimed and not redis.call("SET", KEYS[8], ARGV[2], "NX", "EX", ARGV[3]) then
+local claimed = #KEYS == 9
+if claimed and not redis.call("SET", KEYS[9], ARGV[2], "NX", "EX", ARGV[3]) then
   return 1
 end
 if ARGV[1] ~= "" and redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[1]) then
-  if claimed then redis.call("DEL", KEYS[8]) end
+  if claimed then redis.call("DEL", KEYS[9]) end
   return 2
 end
 local ttl = ARGV[5]
@@ -649,6 +689,7 @@ redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", ARGV[7])
 redis.call("EXPIRE", KEYS[2], ttl)
 redis.call("SADD", KEYS[3], ARGV[8])
 redis.call("SADD", KEYS[4], ARGV[8])
+redis.call("ZADD", KEYS[8], ARGV[6], ARGV[8])
 redis.call("SADD", KEYS[5], ARGV[10])
 redis.call("HSET", KEYS[6], unpack(ARGV, 11))
 redis.call("EXPIRE", KEYS[6], ttl)
@@ -707,6 +748,7 @@ class Creation:
             RQ_QUEUES_KEY,
             RQ_JOB_PREFIX + rq_job_id,
             queue_key,
+            store._key("queued_since"),
         ]
         self.claim_key: str | None = None
         claim = ""

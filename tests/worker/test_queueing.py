@@ -201,9 +201,11 @@ def test_reaper_reads_many_jobs_in_batches(store: JobStore) -> None:
         store.queue().remove(rq_job_id)
         store.redis.delete(f"rq:job:{rq_job_id}")
     later = time.time() + store.settings.heartbeat_timeout_s + 1
-    found = list(store._indexed(store._key("status", "queued"), "queued", lambda r: True, batch=2))
+    indexes = (store._key("status", "queued"), store._key("queued_since"))
+    found = list(store._indexed(ids, indexes, "queued", batch=2))
     assert sorted(job_id for job_id, _, _ in found) == sorted(ids[:1] + ids[2:])
-    assert not store.redis.sismember(store._key("status", "queued"), ids[1]), "a record that is gone leaves the index"
+    assert not store.redis.sismember(indexes[0], ids[1]), "a record that is gone leaves the index"
+    assert store.redis.zscore(indexes[1], ids[1]) is None
     assert sorted(store.reap(now=later)) == sorted((job_id, "enqueued") for job_id in ids[2:4])
 
 
@@ -272,3 +274,35 @@ def test_script_is_sent_whole_when_redis_lacks_it(store: JobStore) -> None:
     assert store._run_script(script, [key], [2]) == 2  # EVAL
     assert store.redis.script_exists(script.sha) == [True]
     assert store._run_script(script, [key], [3]) == 5  # EVALSHA
+
+
+def test_reaper_reads_only_jobs_queued_long_enough(store: JobStore) -> None:
+    since_key = store._key("queued_since")
+    old, new = (store.create("alpha", REQUEST)[0]["id"] for _ in range(2))
+    assert store.redis.zcard(since_key) == 2
+    for job_id in (old, new):  # both queue entries lost
+        rq_job_id = store.get(job_id)["rq_job_id"]
+        store.queue().remove(rq_job_id)
+        store.redis.delete(f"rq:job:{rq_job_id}")
+    store.redis.zadd(since_key, {old: time.time() - store.settings.heartbeat_timeout_s - 1})
+    assert store.reap() == [(old, "enqueued")], "the job queued a moment ago is not read yet"
+    store.transition(old, "running", attempts=1)
+    store.request_cancel(new)
+    assert store.redis.zcard(since_key) == 0, "a job leaves queued_since when it starts or ends"
+    store.transition(old, "queued")
+    assert store.redis.zscore(since_key, old) == pytest.approx(store.redis.zscore(store._key("tenant", "alpha", "jobs"), old), abs=0.01)
+
+
+def test_reaper_indexes_queued_jobs_recorded_without_queued_since(store: JobStore) -> None:
+    """Jobs recorded before ``queued_since`` existed are indexed by their creation time on the first reap."""
+    since_key = store._key("queued_since")
+    ids = [store.create("alpha", REQUEST)[0]["id"] for _ in range(3)]
+    store.redis.delete(since_key)
+    store.redis.delete(store.job_key(ids[2]))
+    lost = store.get(ids[0])["rq_job_id"]
+    store.queue().remove(lost)
+    store.redis.delete(f"rq:job:{lost}")
+    later = time.time() + store.settings.heartbeat_timeout_s + 1
+    assert store.reap(now=later) == [(ids[0], "enqueued")]
+    assert sorted(m.decode() for m in store.redis.zrange(since_key, 0, -1)) == sorted(ids[:2])
+    assert not store.redis.sismember(store._key("status", "queued"), ids[2]), "a record that is gone leaves the index"
