@@ -132,8 +132,11 @@ async def submit(
     dataset_uri = check_dataset_uri(request.dataset_uri, tenant, settings)
     output_uri = check_output_uri(request.output_uri, tenant, job_id, settings)
     dumped = request.model_dump(mode="json")
-    request_hash = body_hash(dumped)
-    key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
+    # The hash is compared only with the claim of an Idempotency-Key; without a key there is none.
+    key_digest = request_hash = None
+    if idempotency_key is not None:
+        key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        request_hash = body_hash(dumped)
     plan = store.plan_creation(
         tenant,
         dumped | {"dataset_uri": dataset_uri, "output_uri": output_uri},

@@ -258,6 +258,20 @@ def test_idempotency(client: TestClient, dataset: Path, beta_headers) -> None:
     assert_error(client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "k" * 300}), 422)
 
 
+def test_body_hash_is_kept_only_with_an_idempotency_key(client: TestClient, dataset: Path, settings) -> None:
+    import redis
+
+    connection = redis.Redis.from_url(settings.redis_url)
+
+    def stored(job: dict) -> dict:
+        return json.loads(connection.get(f"{settings.redis_prefix}job:{job['id']}"))
+
+    keyless = stored(client.post("/jobs", json=body(dataset)).json())
+    keyed = stored(client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "abc"}).json())
+    assert keyless["body_hash"] is None and keyless["idempotency_key"] is None
+    assert len(keyed["body_hash"]) == 64 and len(keyed["idempotency_key"]) == 64
+
+
 def test_list_pages_newest_first_with_status_filter(client: TestClient, dataset: Path) -> None:
     ids = [client.post("/jobs", json=body(dataset, size=i + 1, ratio=None)).json()["id"] for i in range(7)]
     client.post(f"/jobs/{ids[2]}/cancel")
