@@ -101,13 +101,24 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     else:
         rows_per_piece = max(_MIN_PIECE_ROWS, _PIECE_BYTES // (n_rows * distances.element_size()))
         for problem in range(batch):
+            block = distances[problem]  # (N, N)
             for start in range(0, n_rows, rows_per_piece):
-                rows = slice(start, min(n_rows, start + rows_per_piece))
-                out = distances[problem, rows]  # (r, N)
-                torch.mm(left[problem, rows], right[problem], out=out)
-                out.clamp_min_(0.0)
-                out[:, rows].diagonal().zero_()
-                _finish_piece(out, row_sums[problem, rows], row_max[problem, rows])
+                stop = min(n_rows, start + rows_per_piece)
+                out = block[start:stop]  # (r, N)
+                # The block is symmetric: only the columns from this piece's
+                # diagonal on are multiplied; the others are copied, tile by
+                # tile, from what the pieces above computed. About half the
+                # products and square roots.
+                upper = out[:, start:]  # (r, N - start)
+                torch.mm(left[problem, start:stop], right[problem, :, start:], out=upper)
+                upper.clamp_min_(0.0)
+                upper[:, : stop - start].diagonal().zero_()
+                upper.sqrt_()
+                for above in range(0, start, rows_per_piece):
+                    tile = slice(above, min(start, above + rows_per_piece))
+                    out[:, tile].copy_(block[tile, start:stop].transpose(0, 1))
+                torch.sum(out, dim=-1, out=row_sums[problem, start:stop])
+                torch.amax(out, dim=-1, out=row_max[problem, start:stop])
     largest = row_max.amax(dim=1)  # (B,)
     # First gains sum_j (C - d_ij) = N C - row sum. The row sums carry float
     # rounding, so the margin keeps these valid upper bounds of the gains the
