@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 # Work on pieces of about this many bytes so that the element-wise passes over
@@ -82,7 +81,7 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     left[:, :, dim + 1] = 1.0
     right = right_rows.transpose(1, 2)  # (B, d + 2, N) columns [x_j, 1, |x_j|^2]
     if out is None:
-        distances = empty_block((batch, n_rows, n_rows), dtype=dtype, device=device)
+        distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
     else:
         distances = out[:batch]
     row_sums = torch.empty(batch, n_rows, dtype=dtype, device=device)
@@ -126,27 +125,6 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     total = n_rows * largest.to(torch.float64)[:, None]  # (B, 1)
     first_gains = (total - row_sums.to(torch.float64)).clamp_min_(0.0) + BOUND_MARGIN * total
     return DistanceBlock(distances, largest, first_gains.to(dtype))
-
-
-# numpy's dtypes for the torch dtypes a block may have on a CPU.
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-
-
-def empty_block(
-    shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """An uninitialised tensor for distances, in memory that is cheap to touch the first time.
-
-    On a CPU the memory comes from numpy, which asks the kernel for
-    transparent huge pages on large arrays: the first write to a fresh
-    400 MB block then costs a few hundred page faults instead of 100,000,
-    a quarter of building a 1e4 x 1e4 block with torch's own allocation.
-    Elsewhere (CUDA) it is ``torch.empty``.
-    """
-    numpy_dtype = _NUMPY_DTYPES.get(dtype)
-    if torch.device(device).type != "cpu" or numpy_dtype is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
 
 
 def _finish_piece(out: torch.Tensor, row_sums: torch.Tensor, row_max: torch.Tensor) -> None:

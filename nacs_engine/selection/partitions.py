@@ -21,7 +21,6 @@ from nacs_engine.selection.facility_location import (
     craig_counts,
     distance_block,
     distance_objective,
-    empty_block,
 )
 from nacs_engine.selection.greedy import (
     draw_seeds,
@@ -194,7 +193,7 @@ def select_partitions(
         per_block = min(rows.shape[0], block_partitions_for(n_problem, element_bytes, memory_bytes))
         samples = sample_size(n_problem, picks, eps)
         # One buffer for every block of the group.
-        buffer = empty_block((per_block, n_problem, n_problem), dtype=features.dtype, device=device)
+        buffer = torch.empty(per_block, n_problem, n_problem, dtype=features.dtype, device=device)
         for start in range(0, rows.shape[0], per_block):
             block_rows = rows[start : start + per_block]  # (b, N)
             block_features = features.index_select(0, block_rows.reshape(-1))
