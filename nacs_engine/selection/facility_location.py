@@ -64,7 +64,9 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     |x_i|^2 + |x_j|^2 - 2 x_i.x_j on centred rows, through the augmented rows
     [-2 x_i, |x_i|^2, 1] and [x_j, 1, |x_j|^2]; on a CPU it is formed piece by
     piece, and each piece is clamped, square-rooted and summed while it is
-    still in cache.
+    still in cache. Problems too large for one piece are cut into pieces of
+    rows that multiply only the columns from their diagonal on and copy the
+    rest from the pieces above (the block is symmetric, up to rounding).
     """
     batch, n_rows, dim = features.shape
     dtype = features.dtype

@@ -14,7 +14,10 @@ Two things make it fast without changing what it picks:
   of their bounds, a few at a time, and a problem stops as soon as its best
   exact gain reaches the next bound: the pick is the argmax over the whole
   sample, as if every sampled row had been evaluated. On clustered data this
-  evaluates about 1.5-2.5 N rows in all instead of N ln(1/eps).
+  evaluates about 1.5-2.5 N rows in all instead of N ln(1/eps). The first
+  pick leaves every bound far above the gain, so the second pick would
+  evaluate its whole sample; when that sample is half the rows or more
+  (small k), one streaming pass computes every row's gain instead.
 - Counter-based sampling. The sample of problem b at pick t is the top s of
   hash(seed_b, t, row) over unselected rows, so it depends only on the
   problem's seed, not on how problems are grouped into blocks or on the device.
