@@ -17,7 +17,6 @@ from service.schemas import Job
 from service.security import check_dataset_uri, check_output_uri
 from service.settings import Settings
 from worker.queueing import (
-    CREATE_SCRIPT,
     IdempotencyConflict,
     InvalidTransition,
     JobStore,
@@ -145,7 +144,7 @@ async def submit(
         body_hash=request_hash,
         max_active=settings.max_active_jobs_per_tenant,
     )
-    outcome = plan.outcome(await records.script(CREATE_SCRIPT, plan.keys, plan.args))
+    outcome = plan.outcome(await records.script(store.creation_script, plan.keys, plan.args))
     if outcome == "replay":
         try:
             record = await run_in_threadpool(store.replay, plan.claim_key, request_hash)

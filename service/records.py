@@ -1,7 +1,7 @@
 """Job records from the event loop: one pipelined Redis connection, no thread hop.
 
 ``GET /jobs/{id}`` is one Redis ``GET``, and ``POST /jobs`` one script call
-(``worker.queueing.CREATE_SCRIPT``). ``redis.asyncio`` spends several times the round
+(``worker.queueing.JobStore.creation_script``). ``redis.asyncio`` spends several times the round
 trip itself in Python per command (a pooled connection checked out and back, a
 timeout task around each read and write), and the synchronous client costs a
 hop through the thread pool, so the API talks to Redis through ``AsyncRecords``:

@@ -17,6 +17,7 @@ JSON. Keys, all under the configured prefix:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -151,7 +152,7 @@ class JobStore:
         plan = self.plan_creation(
             tenant, request, job_id=job_id, idempotency_key=idempotency_key, body_hash=body_hash, max_active=max_active
         )
-        outcome = plan.outcome(self._run_script(CREATE_SCRIPT, plan.keys, plan.args))
+        outcome = plan.outcome(self._run_script(self.creation_script, plan.keys, plan.args))
         if outcome == "replay":
             return self.replay(plan.claim_key, body_hash), False  # type: ignore[arg-type]
         if outcome == "too_many":
@@ -194,10 +195,17 @@ class JobStore:
         writes for ``run_job(job_id, prefix)`` with the JSON serializer, our timeout and TTLs and
         no callbacks, retries or dependencies (a test holds the two equal). Written here rather
         than through RQ's Job object, which costs a submission several times the rest of its work."""
-        ttl = self.settings.job_ttl_s
+        return self._rq_job_hash(*self.rq_job_values(job_id))
+
+    def rq_job_values(self, job_id: str) -> tuple[str, bytes, str]:
+        """What differs between the RQ job hashes of two jobs: the time, the payload, the description."""
         stamp = datetime.now(timezone.utc).strftime(RQ_TIME_FORMAT)
         # RQ stores (function, instance, args, kwargs) through its serializer, then zlib.
         data = zlib.compress(json.dumps([TASK, None, [job_id, self.prefix], {}]).encode())
+        return stamp, data, f"nacs job {job_id}"
+
+    def _rq_job_hash(self, stamp: str, data: Any, description: str) -> list[Any]:
+        ttl = self.settings.job_ttl_s
         return [
             "created_at", stamp,
             "data", data,
@@ -210,7 +218,7 @@ class JobStore:
             "worker_name", "",
             "group_id", "",
             "origin", self.settings.queue,
-            "description", f"nacs job {job_id}",
+            "description", description,
             "enqueued_at", stamp,
             "timeout", self.settings.job_timeout_s,
             "result_ttl", ttl,
@@ -218,6 +226,16 @@ class JobStore:
             "status", "queued",
             "ttl", ttl,
         ]  # fmt: skip
+
+    @functools.cached_property
+    def creation_script(self) -> Script:
+        """``CREATE_SCRIPT`` with RQ's job hash written in: the fields this store's settings fix
+        as Lua literals, so that each job sends only its time, payload and description
+        (ARGV[11], ARGV[12], ARGV[13]); the hash is still the one ``rq_job_fields`` gives."""
+        marks = {"\0stamp": "ARGV[11]", "\0data": "ARGV[12]", "\0description": "ARGV[13]"}
+        fields = self._rq_job_hash("\0stamp", "\0data", "\0description")
+        lua = ", ".join(marks[value] if value in marks else _lua_string(value) for value in fields)
+        return Script(CREATE_SCRIPT.replace("RQ_JOB_HASH", lua))
 
     def replay(self, key: str, body_hash: str | None) -> dict[str, Any]:
         """The job an idempotency claim ``key`` names (waiting briefly while it is being created).
@@ -665,15 +683,15 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# Creates a job atomically. KEYS: the record, the tenant's job index, the tenant's active set,
+# Creates a job atomically (the source of ``JobStore.creation_script``, which writes RQ's job
+# hash in for RQ_JOB_HASH). KEYS: the record, the tenant's job index, the tenant's active set,
 # the queued index, RQ's set of queues, RQ's job hash, RQ's queue, ``queued_since`` and, when
-# the request has an Idempotency-Key, its claim. ARGV: the active-job limit ("" for none), the claim and its
-# TTL, the record, the TTL of the record, the index and RQ's job, the creation time and the
-# index's cutoff (scores), the job id, the RQ job id, the queue's key, then RQ's job hash as
-# field, value, ... Returns 0 (created), 1 (the claim exists: replay its job) or 2 (too many
-# active jobs; nothing written).
-CREATE_SCRIPT = Script(
-    """
+# the request has an Idempotency-Key, its claim. ARGV: the active-job limit ("" for none), the
+# claim and its TTL, the record, the TTL of the record, the index and RQ's job, the creation
+# time and the index's cutoff (scores), the job id, the RQ job id, the queue's key, then the
+# time, payload and description of RQ's job. Returns 0 (created), 1 (the claim exists: replay
+# its job) or 2 (too many active jobs; nothing written).
+CREATE_SCRIPT = """
 local claimed = #KEYS == 9
 if claimed and not redis.call("SET", KEYS[9], ARGV[2], "NX", "EX", ARGV[3]) then
   return 1
@@ -691,17 +709,23 @@ redis.call("SADD", KEYS[3], ARGV[8])
 redis.call("SADD", KEYS[4], ARGV[8])
 redis.call("ZADD", KEYS[8], ARGV[6], ARGV[8])
 redis.call("SADD", KEYS[5], ARGV[10])
-redis.call("HSET", KEYS[6], unpack(ARGV, 11))
+redis.call("HSET", KEYS[6], RQ_JOB_HASH)
 redis.call("EXPIRE", KEYS[6], ttl)
 redis.call("RPUSH", KEYS[7], ARGV[9])
 return 0
 """
-)
 _OUTCOMES = {0: "create", 1: "replay", 2: "too_many"}
 
 
+def _lua_string(value: Any) -> str:
+    """A Lua string literal of ``value``'s text: letters, digits and a few safe characters as
+    they are, every other byte as a decimal escape."""
+    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:/"
+    return '"' + "".join(chr(b) if b in safe else f"\\{b:03d}" for b in str(value).encode()) + '"'
+
+
 class Creation:
-    """How a new job is created: one call of ``CREATE_SCRIPT`` (``keys``, ``args``), so that a
+    """How a new job is created: one call of ``JobStore.creation_script`` (``keys``, ``args``), so that a
     synchronous client (``JobStore.create``) and an asynchronous one (the API) run the same steps,
     in one round trip and atomically: claim the idempotency key, count the tenant's active jobs,
     then write the record, its indexes and RQ's job (a worker never sees a queued job without its
@@ -769,7 +793,7 @@ class Creation:
             job_id,
             rq_job_id,
             queue_key,
-            *store.rq_job_fields(job_id),
+            *store.rq_job_values(job_id),
         ]
 
     def outcome(self, reply: Any) -> str:

@@ -306,3 +306,24 @@ def test_reaper_indexes_queued_jobs_recorded_without_queued_since(store: JobStor
     assert store.reap(now=later) == [(ids[0], "enqueued")]
     assert sorted(m.decode() for m in store.redis.zrange(since_key, 0, -1)) == sorted(ids[:2])
     assert not store.redis.sismember(store._key("status", "queued"), ids[2]), "a record that is gone leaves the index"
+
+
+@pytest.mark.parametrize("odd", ["", ' "quoted" \\ été\n'])
+def test_creation_script_writes_the_rq_job_fields(store: JobStore, odd: str) -> None:
+    """The creation script carries RQ's hash with the store's fields written in as Lua literals
+    (any queue name), and writes what ``rq_job_fields`` gives."""
+    settings = store.settings.model_copy(update={"queue": store.settings.queue + odd})
+    odd_store = JobStore(store.redis, settings)
+    try:
+        record, _ = odd_store.create("alpha", REQUEST)
+        stored = store.redis.hgetall(f"rq:job:{record['rq_job_id']}")
+        fields = odd_store.rq_job_fields(record["id"])
+        encode = store.redis.connection_pool.get_encoder().encode
+        expected = {encode(k): encode(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+        times = {b"created_at", b"enqueued_at"}
+        assert {k: v for k, v in stored.items() if k not in times} == {k: v for k, v in expected.items() if k not in times}
+        assert stored[b"created_at"] == stored[b"enqueued_at"] and len(stored[b"created_at"]) == len(expected[b"created_at"])
+        assert stored[b"origin"] == settings.queue.encode()
+        assert odd_store.queue().job_ids == [record["rq_job_id"]]
+    finally:
+        delete_keys(DEFAULT_REDIS_URL, settings.redis_prefix, settings.queue)
