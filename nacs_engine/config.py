@@ -31,6 +31,8 @@ CLASS_BALANCES: tuple[str, ...] = ("stratified", "balanced", "none")
 Method = Literal["nacs", "nacs-no-denoise", "nacs-no-relabel", "random", "stratified", "balanced"]
 Backbone = Literal["deepfm", "dcnv2"]
 ClassBalance = Literal["stratified", "balanced", "none"]
+SoftLabelSource = Literal["selection", "final"]
+SOFT_LABEL_SOURCES: tuple[str, ...] = ("selection", "final")
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -125,6 +127,15 @@ class SelectionConfig:
         default=0.2,
         metadata=_doc(
             "Share of the rows the proxy model trains on (one epoch) before the first round, 0-0.5."
+        ),
+    )
+
+    soft_labels: SoftLabelSource = field(
+        default="selection",
+        metadata=_doc(
+            "Whose predictions correct the labels: selection (the proxy's prediction for a row "
+            "when the row was selected, before the proxy trained on it) or final (the final "
+            "proxy, which has trained on every coreset row)."
         ),
     )
 

@@ -25,6 +25,10 @@ How the pieces are sized here:
   is not counted in T.
 - MC-dropout losses are taken against the given labels: a row whose given
   label the model keeps disputing, across dropout masks, scores high.
+- Soft labels: by default the correction uses the proxy's prediction for each
+  row at the moment it was selected (``config.soft_labels``), not the final
+  proxy's, which has fitted every coreset row's given label (see
+  ``_Selection._soft_labels``).
 """
 
 from __future__ import annotations
@@ -177,6 +181,8 @@ class _Selection:
         )
         self.rows: list[np.ndarray] = []
         self.craig_weights: list[np.ndarray] = []
+        # The proxy's probability for each selected row when it was selected (aligned with rows).
+        self.selection_probs: list[np.ndarray] = []
         self.warmup_share = _WARMUP_SHARE if config.warmup_ratio > 0 else 0.0
 
     def _report_rounds(self, fraction: float, message: str) -> None:
@@ -214,6 +220,7 @@ class _Selection:
             round_log.append(self._round(round_index, selected_mask))
         rows = np.concatenate(self.rows)
         weights = np.concatenate(self.craig_weights).astype(np.float64)
+        probs = np.concatenate(self.selection_probs)
         selecting_seconds = time.perf_counter() - started
         self.report("selecting", 1.0, f"{rows.shape[0]} rows selected")
 
@@ -223,13 +230,13 @@ class _Selection:
         if config.denoise and self.k_pre > self.k:
             keep, uncertainty = self._denoise(rows)
             removed = int(rows.shape[0] - keep.shape[0])
-            rows, weights, uncertainty = rows[keep], weights[keep], uncertainty[keep]
+            rows, weights, uncertainty, probs = rows[keep], weights[keep], uncertainty[keep], probs[keep]
         elif config.denoise:
             self.report("denoising", 1.0, "nothing to remove")
         order = np.argsort(rows, kind="stable")
-        rows, weights, uncertainty = rows[order], weights[order], uncertainty[order]
+        rows, weights, uncertainty, probs = rows[order], weights[order], uncertainty[order], probs[order]
         given = self.labels[rows]
-        soft_labels, final_correction = self._soft_labels(rows, given)
+        soft_labels, final_correction = self._soft_labels(rows, given, probs)
         if config.class_balance == "balanced":
             weights = weights * prior_weights(given, self.data_click_rate)
         weights = weights / weights.mean()
@@ -328,7 +335,7 @@ class _Selection:
                         f"round {round_index + 1}/{rounds}: gradients of {offset + rows_done}/{candidates_total} rows",
                     )
 
-                gradients = self._preconditioned_gradients(chunk, moments, scored)
+                gradients, probs = self._preconditioned_gradients(chunk, moments, scored)
 
                 def blocks(fraction: float, message: str, offset: int = done_rows, size: int = chunk.shape[0]) -> None:
                     overall = (offset + size * (0.5 + 0.5 * fraction)) / max(candidates_total, 1)
@@ -348,6 +355,7 @@ class _Selection:
                 del gradients
                 positions = chosen.indices.cpu().numpy()
                 self.rows.append(chunk[positions])
+                self.selection_probs.append(probs[positions])
                 self.craig_weights.append(chosen.weights.cpu().numpy().astype(np.float64))
                 selected_mask[chunk[positions]] = True
                 objective += float(chosen.objective)
@@ -370,24 +378,25 @@ class _Selection:
     @torch.no_grad()
     def _preconditioned_gradients(
         self, rows: np.ndarray, moments: Any, on_batch: Callable[[int, int], None]
-    ) -> torch.Tensor:
-        """Adam-preconditioned last-layer gradients of ``rows`` under the current model, (r, H + 1)."""
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Adam-preconditioned last-layer gradients of ``rows`` under the current model, (r, H + 1),
+        and the model's click probabilities for them, (r,)."""
         self.model.eval()
         hidden = self.model.head.in_features
         out = torch.empty(rows.shape[0], hidden + 1, dtype=torch.float32, device=self.device)
+        probs = np.empty(rows.shape[0], dtype=np.float64)
         for start in range(0, rows.shape[0], INFERENCE_BATCH_ROWS):
             stop = min(rows.shape[0], start + INFERENCE_BATCH_ROWS)
             batch_rows = rows[start:stop]
             x = as_feature_tensor(self.data.features[batch_rows]).to(self.device)
             y = torch.from_numpy(self.labels[batch_rows]).to(self.device)
             logits, h = self.model.logits_and_features(x)
-            if self.config.relabel:
-                targets = corrected_targets(y, torch.sigmoid(logits), self.step, self.total_steps)
-            else:
-                targets = y
+            p = torch.sigmoid(logits)
+            probs[start:stop] = torch.sigmoid(logits.double()).cpu().numpy()
+            targets = corrected_targets(y, p, self.step, self.total_steps) if self.config.relabel else y
             out[start:stop] = adam_precondition(last_layer_gradients(logits, h, targets), moments)
             on_batch(stop, rows.shape[0])
-        return out
+        return out, probs
 
     def _selected_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         rows = np.concatenate(self.rows)
@@ -471,14 +480,28 @@ class _Selection:
             raise RuntimeError(f"denoising kept {keep.shape[0]} rows instead of {self.k}")
         return keep, scores
 
-    def _soft_labels(self, rows: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, float]:
-        """y* of the kept rows from the final model (the given labels without relabelling)."""
+    def _soft_labels(
+        self, rows: np.ndarray, given: np.ndarray, selection_probs: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """y* of the kept rows (the given labels without relabelling).
+
+        The correction y* = (1 - e) y + e p takes the final global trust; p is the
+        proxy's prediction when the row was selected (``soft_labels="selection"``)
+        or the final proxy's (``"final"``). The final proxy has trained for
+        several epochs on every coreset row and predicts each row's given label,
+        right or wrong, with confidence; the prediction made at selection time
+        came before the proxy ever trained on the row (it may have been among
+        the warm-up rows), so it can disagree with a wrong label.
+        """
         if not self.config.relabel:
             return given.astype(np.float32).copy(), 0.0
-        logits = predict_logits(
-            self.model, self.data.features[rows], batch_size=INFERENCE_BATCH_ROWS, device=self.device
-        )
-        probs = torch.sigmoid(logits.double())
+        if self.config.soft_labels == "selection":
+            probs = torch.from_numpy(np.asarray(selection_probs, dtype=np.float64))
+        else:
+            logits = predict_logits(
+                self.model, self.data.features[rows], batch_size=INFERENCE_BATCH_ROWS, device=self.device
+            )
+            probs = torch.sigmoid(logits.double())
         y = torch.from_numpy(given.astype(np.float64))
         soft = corrected_targets(y, probs, self.step, self.total_steps)
         strength = correction_strength(probs, self.step, self.total_steps)

@@ -1,19 +1,23 @@
 """Noise awareness on synthetic data with known flips: NaCS keeps fewer flipped rows than random.
 
 A small version of ``bench/noise.py`` (20,000 rows, 20% flipped, ratio 5%).
-The selection is deterministic for a seed, so the figures below are exact on
-CPU; the thresholds leave room for changes that keep the behaviour.
+The selection is deterministic for a seed on one machine, but its float
+arithmetic (and so its rows) differs between CPUs and thread counts, and a
+1,000-row coreset's flipped share has a standard error of about 0.013: the
+test averages two seeds and its thresholds leave room for that spread.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.pipeline import select_coreset
 
-OPTIONS = {"ratio": 0.05, "device": "cpu", "seed": 0, "warmup_ratio": 0.1, "epochs_per_round": 3}
+OPTIONS = {"ratio": 0.05, "device": "cpu"}
+SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +27,27 @@ def noisy():
 
 def test_nacs_coreset_holds_fewer_flipped_rows_than_the_data_and_random(noisy) -> None:
     flipped = noisy.flipped
-    nacs = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS))
-    random = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS | {"method": "random"}))
+    nacs_shares, random_shares, given_errors, soft_errors = [], [], [], []
+    for seed in SEEDS:
+        nacs = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS, seed=seed))
+        random = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS, seed=seed, method="random"))
+        nacs_shares.append(float(flipped[nacs.rows].mean()))
+        random_shares.append(float(flipped[random.rows].mean()))
+        clean = np.where(flipped[nacs.rows], 1.0 - nacs.labels, nacs.labels)
+        given_errors.append(float(np.mean((nacs.labels - clean) ** 2)))
+        soft_errors.append(float(np.mean((nacs.soft_labels - clean) ** 2)))
     data_share = float(flipped.mean())
-    nacs_share = float(flipped[nacs.rows].mean())
-    random_share = float(flipped[random.rows].mean())
+    nacs_share = sum(nacs_shares) / len(SEEDS)
+    random_share = sum(random_shares) / len(SEEDS)
     assert data_share == pytest.approx(0.2, abs=0.01)
-    # Random keeps the data's share (1,000 rows: one standard error is 0.013).
-    assert abs(random_share - data_share) < 0.03
-    # Measured on this seed: 0.152 against 0.198 in the data (0.201 without the
-    # warm-up and with one proxy epoch per round, the first defaults).
+    # Random keeps the data's share (2 x 1,000 rows: one standard error is 0.009).
+    assert abs(random_share - data_share) < 0.025
+    # Measured with the defaults: 0.157 and 0.169 (random 0.186 and 0.200); with
+    # no warm-up and one proxy epoch per round (the first defaults) NaCS kept
+    # about the data's share (0.201 on seed 0), and this test failed.
     assert nacs_share < 0.9 * data_share
     assert nacs_share < random_share - 0.015
+    # Soft labels are closer to the clean labels than the given ones, in squared
+    # error (the Brier score of the labels). Measured: 0.145 and 0.153 against
+    # 0.157 and 0.169; with soft_labels="final" 0.155 and 0.168, and this fails.
+    assert sum(soft_errors) < 0.97 * sum(given_errors)
