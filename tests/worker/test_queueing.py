@@ -327,3 +327,10 @@ def test_creation_script_writes_the_rq_job_fields(store: JobStore, odd: str) -> 
         assert odd_store.queue().job_ids == [record["rq_job_id"]]
     finally:
         delete_keys(DEFAULT_REDIS_URL, settings.redis_prefix, settings.queue)
+
+
+def test_reaper_reads_rq_statuses_from_the_hashes(store: JobStore) -> None:
+    first, second = (store.create("alpha", REQUEST)[0] for _ in range(2))
+    store.redis.hset(f"rq:job:{second['rq_job_id']}", "status", JobStatus.STARTED.value)
+    ids = [first["rq_job_id"], None, second["rq_job_id"], "no-such-job-1"]
+    assert store._rq_public_statuses(ids) == ["queued", None, "running", None]
