@@ -14,10 +14,16 @@ from nacs_engine.selection import (
     batched_stochastic_greedy,
     batched_stochastic_greedy_with_gains,
     exact_greedy,
+    facility_location,
     facility_location_value,
     similarity_block,
 )
-from nacs_engine.selection.facility_location import craig_counts, distance_block, distance_objective
+from nacs_engine.selection.facility_location import (
+    FacilityLocationState,
+    craig_counts,
+    distance_block,
+    distance_objective,
+)
 from nacs_engine.selection.greedy import sample_size
 
 # eps this small makes s = N: every unselected row is a candidate, the plain greedy.
@@ -78,6 +84,34 @@ def test_distances_survive_a_large_shared_offset_in_float32():
     reference = torch.cdist(as_float32.double(), as_float32.double())
     got = distance_block(as_float32).distances.double()
     assert torch.allclose(got, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_a_problem_cut_into_pieces_has_the_distances_of_a_whole_one(monkeypatch):
+    # Pieces of 64 rows (the last one shorter): each multiplies only the columns
+    # from its diagonal on and copies the others from the pieces above.
+    monkeypatch.setattr(facility_location, "_PIECE_BYTES", 1)
+    monkeypatch.setattr(facility_location, "_MIN_PIECE_ROWS", 64)
+    features = gaussian_mixture(2, 300, 5, seed=21)
+    block = distance_block(features)
+    reference = torch.cdist(features, features, compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.allclose(block.distances, reference, atol=1e-9)
+    assert torch.equal(torch.diagonal(block.distances, dim1=1, dim2=2), torch.zeros(2, 300))
+    assert torch.allclose(block.largest, reference.amax(dim=(1, 2)), atol=1e-9)
+    exact_first = 300 * reference.amax(dim=(1, 2))[:, None] - reference.sum(dim=2)
+    assert bool((block.first_gains >= exact_first).all())
+
+
+def test_all_gains_are_the_gains_of_every_row():
+    features = gaussian_mixture(3, 120, 4, seed=22, dtype=torch.float32)
+    block = distance_block(features)
+    state = FacilityLocationState(block, max_evaluated_rows=50)
+    state.add(torch.tensor([5, 120 + 7, 240 + 119]))
+    state.add(torch.tensor([60, 120 + 0, 240 + 3]))
+    every_row = state.gains(None, torch.arange(360).view(3, 120)[:, :16]).clone()
+    streamed = state.all_gains(torch.empty(3, 120))
+    assert torch.equal(streamed[:, :16], every_row)
+    expected = (state.nearest[:, None, :] - block.distances).clamp_min(0.0).sum(dim=2)
+    assert torch.allclose(streamed, expected, rtol=1e-5)
 
 
 def test_facility_location_value_by_hand():
