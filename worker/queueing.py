@@ -566,7 +566,7 @@ class JobStore:
             for job_id, raw in zip(ids, raws, strict=True):
                 if raw is None:
                     continue
-                record = json.loads(raw)
+                record = pydantic_core.from_json(raw)  # json.loads's result, in under half the time
                 if record["status"] == status:
                     chosen.append((job_id, record))
             if not chosen:
@@ -645,14 +645,12 @@ class JobStore:
     def _rq_public_statuses(self, rq_job_ids: list[str | None]) -> list[str | None]:
         """The public status of each RQ job (None where there is no id or no such RQ job).
 
-        Only the status field of each RQ hash is read, in one pipeline: RQ's ``Job.fetch_many``
-        rebuilt every job (payload included), which cost a reap of a long queue most of its time.
+        Only the status field of each RQ hash is read (as RQ reads it), all in one script call:
+        RQ's ``Job.fetch_many`` rebuilt every job, payload included, and a pipeline of HGETs
+        spends most of its time in the client, which made a reap of a long queue costly.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        for rq_job_id in rq_job_ids:
-            if rq_job_id:
-                pipe.hget(RQ_JOB_PREFIX + rq_job_id, "status")
-        statuses = iter(pipe.execute())
+        keys = [RQ_JOB_PREFIX + rq_job_id for rq_job_id in rq_job_ids if rq_job_id]
+        statuses = iter(self._run_script(_RQ_STATUSES_SCRIPT, keys, []) if keys else [])
         return [public_status(_text(next(statuses))) if rq_job_id else None for rq_job_id in rq_job_ids]
 
     def _stop_rq_job(self, rq_job_id: str | None) -> None:
@@ -706,6 +704,14 @@ redis.call("RPUSH", KEYS[7], ARGV[9])
 return 0
 """
 _OUTCOMES = {0: "create", 1: "replay", 2: "too_many"}
+# The status field of each RQ job hash in KEYS (nil where there is none).
+_RQ_STATUSES_SCRIPT = Script(
+    """
+local statuses = {}
+for i, key in ipairs(KEYS) do statuses[i] = redis.call("HGET", key, "status") end
+return statuses
+"""
+)
 
 
 def _lua_string(value: Any) -> str:
