@@ -11,8 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPBearer
 
-from service.errors import NotFound
-from service.records import AsyncRecords
+from service.jobs import find_owned
 from service.security import KeyRing
 from service.settings import Settings
 from worker.queueing import JobStore
@@ -45,20 +44,13 @@ current_tenant = BearerTenant()
 # The OpenAPI security requirement ``current_tenant`` adds, for a route that checks the key itself.
 BEARER: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
-JobId = Annotated[str, Path(min_length=1, max_length=64)]
-
-
-async def read_owned(request: Request, job_id: str, tenant: str) -> dict[str, Any]:
-    """The caller's job record; another tenant's job is a 404, as is one that never existed."""
-    records: AsyncRecords = request.app.state.records
-    record = await records.get(job_id) if job_id.isalnum() else None
-    if record is None or record["tenant"] != tenant:
-        raise NotFound(f"no job {job_id}", code="job_not_found")
-    return record
+MAX_JOB_ID_LENGTH = 64
+JobId = Annotated[str, Path(min_length=1, max_length=MAX_JOB_ID_LENGTH)]
 
 
 async def owned_job(request: Request, job_id: JobId, tenant: Annotated[str, Depends(current_tenant)]) -> dict[str, Any]:
-    return await read_owned(request, job_id, tenant)
+    """The caller's job record (404 for another tenant's job, as for one that never existed)."""
+    return await find_owned(request.app.state.records, job_id, tenant)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -122,6 +122,18 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     return Unprocessable("; ".join(parts) or "the request is not valid", code="invalid_request", details=details)
 
 
+def redis_down_response(error: Exception) -> JSONResponse:
+    """The 503 of a Redis that did not answer (redis-py's ConnectionError or TimeoutError)."""
+    log.warning("redis unreachable: %s", error)
+    return error_response(
+        ServiceUnavailable(
+            "the job store (Redis) is unreachable; retry later",
+            code="redis_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -146,14 +158,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def _redis_down(request: Request, error: Exception) -> JSONResponse:
-        log.warning("redis unreachable: %s", error)
-        return error_response(
-            ServiceUnavailable(
-                "the job store (Redis) is unreachable; retry later",
-                code="redis_unavailable",
-                headers={"Retry-After": "5"},
-            )
-        )
+        return redis_down_response(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from fastapi import Response
@@ -24,6 +24,9 @@ from worker.queueing import (
     new_job_id,
 )
 from worker.spec import JobRequest
+
+if TYPE_CHECKING:
+    from starlette.datastructures import State
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -159,6 +162,36 @@ async def submit(
             headers={"Retry-After": "10"},
         )
     return public_job(plan.record), True
+
+
+async def submission_response(
+    state: State, body: bytes, authorization: str | None, content_type: str | None, idempotency_key: str | None
+) -> Response:
+    """The response to ``POST /jobs``: 202 and Location for a new job, 200 for a replayed one.
+
+    Raises the ``ApiError`` of the first check that fails: the key (401), the body (400/422),
+    the URIs and the Idempotency-Key (422), a replay with another body (409), the active-job
+    limit (429). The route and ``service.hot_paths`` both answer through this function.
+    """
+    tenant = state.keyring.tenant(authorization)
+    request = parse_job_request(body, content_type)
+    job, created = await submit(state.records, state.store, state.settings, tenant, request, idempotency_key)
+    response = FiniteJsonBody if created else JsonBody  # a replayed job is a record a worker may have changed
+    return response(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
+
+
+async def find_owned(records: AsyncRecords, job_id: str, tenant: str) -> dict[str, Any]:
+    """The tenant's job record; another tenant's job is a 404, as is one that never existed."""
+    record = await records.get(job_id) if job_id.isalnum() else None
+    if record is None or record["tenant"] != tenant:
+        raise NotFound(f"no job {job_id}", code="job_not_found")
+    return record
+
+
+async def job_response(state: State, job_id: str, authorization: str | None) -> Response:
+    """The response to ``GET /jobs/{job_id}`` (the route and ``service.hot_paths`` both answer through it)."""
+    tenant = state.keyring.tenant(authorization)
+    return JsonBody(public_job(await find_owned(state.records, job_id, tenant)))
 
 
 def cancel(store: JobStore, record: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry
 
 from service.errors import install_error_handlers
+from service.hot_paths import HotPaths
 from service.limits import BodyLimit
-from service.metrics import HttpMetrics, QueueCollector
+from service.metrics import HttpMetrics, QueueCollector, RequestMetrics
 from service.records import AsyncRecords
 from service.routers import jobs, operations
 from service.security import KeyRing
@@ -68,8 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(operations.router)
+    request_metrics = RequestMetrics(registry)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(HttpMetrics, metrics=request_metrics)
+    app.add_middleware(HotPaths, state=app.state, metrics=request_metrics)  # outermost: see service.hot_paths
     return app
 
 

@@ -51,11 +51,14 @@ class QueueCollector(Collector):
         yield phases
 
 
-class HttpMetrics:
-    """Request counts and latencies; a pure ASGI middleware so it costs little per request."""
+class RequestMetrics:
+    """Request counts and latencies by method, route template and status.
 
-    def __init__(self, app: Any, registry: CollectorRegistry) -> None:
-        self.app = app
+    One object per app, shared by ``HttpMetrics`` and ``service.hot_paths.HotPaths``, so a
+    request is counted in the same series whichever of the two served it.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "nacs_http_requests", "HTTP requests by method, route and status.", ["method", "route", "status"], registry=registry
         )
@@ -68,8 +71,8 @@ class HttpMetrics:
         )
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def _children(self, method: str, template: str, status: int) -> tuple[Any, Any]:
-        """The counter and histogram of one (method, route, status), looked up once."""
+    def note(self, method: str, template: str, status: int, seconds: float) -> None:
+        """Count one request and observe its latency (the labelled series are looked up once)."""
         key = (method, template, status)
         found = self._series.get(key)
         if found is None:
@@ -77,7 +80,16 @@ class HttpMetrics:
                 self.requests.labels(method, template, str(status)),
                 self.latency.labels(method, template),
             )
-        return found
+        found[0].inc()
+        found[1].observe(seconds)
+
+
+class HttpMetrics:
+    """Counts every request the app serves in ``metrics``; a pure ASGI middleware so it costs little."""
+
+    def __init__(self, app: Any, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -97,6 +109,4 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            count, latency = self._children(scope.get("method", ""), template, status)
-            count.inc()
-            latency.observe(time.perf_counter() - started)
+            self.metrics.note(scope.get("method", ""), template, status, time.perf_counter() - started)

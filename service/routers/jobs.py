@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import BEARER, JobId, OwnedJobDep, SettingsDep, StoreDep, TenantDep, read_owned
+from service.deps import BEARER, JobId, OwnedJobDep, SettingsDep, StoreDep, TenantDep
 from service.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from service.jobs import FiniteJsonBody, JsonBody, cancel, parse_job_request, public_job, submit
+from service.jobs import JsonBody, cancel, job_response, public_job, submission_response
 from service.schemas import ErrorBody, Job, JobPage, Manifest
 from worker.spec import JobStatus
 from worker.storage import read_bytes
@@ -30,7 +30,7 @@ _ERRORS = {
 
 
 # What FastAPI would document for a ``JobRequest`` body and an ``Idempotency-Key`` header
-# parameter: create_job reads both itself (see parse_job_request).
+# parameter: create_job reads both itself (see service.jobs.submission_response).
 _SUBMISSION: dict[str, Any] = {
     "parameters": [
         {
@@ -58,15 +58,12 @@ async def create_job(http: Request) -> Response:
     """Submit a selection job (202 and Location); the same Idempotency-Key and body return the same job (200)."""
     # The key, the body and the header are read here rather than by FastAPI's dependencies and
     # body validation (a third of this route's time): the same checks, errors and OpenAPI.
+    # service.hot_paths answers this route ahead of FastAPI; this route remains its declaration
+    # to OpenAPI and the fallback for a request the hot path does not take.
     headers = http.headers
-    state = http.app.state
-    tenant = state.keyring.tenant(headers.get("authorization"))
-    request = parse_job_request(await http.body(), headers.get("content-type"))
-    job, created = await submit(
-        state.records, state.store, state.settings, tenant, request, headers.get("idempotency-key")
+    return await submission_response(
+        http.app.state, await http.body(), headers.get("authorization"), headers.get("content-type"), headers.get("idempotency-key")
     )
-    body = FiniteJsonBody if created else JsonBody  # a replayed job is a record a worker may have changed
-    return body(job, status_code=202 if created else 200, headers={"Location": f"/jobs/{job['id']}"})
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS)
@@ -88,10 +85,10 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=Job, responses=_ERRORS, openapi_extra=BEARER)
 async def get_job(request: Request, job_id: JobId) -> Response:
     """The caller's job: status, progress, the accepted request, and the result or error once it ended."""
-    # The hottest route: the key is checked here rather than by a dependency (one fewer to
-    # resolve per request); BEARER declares the scheme to OpenAPI as the dependency would.
-    tenant = request.app.state.keyring.tenant(request.headers.get("authorization"))
-    return JsonBody(public_job(await read_owned(request, job_id, tenant)))
+    # The hottest route, answered by service.hot_paths ahead of FastAPI (this route declares it to
+    # OpenAPI and serves what the hot path passes on). The key is checked by job_response rather
+    # than by a dependency; BEARER declares the scheme to OpenAPI as the dependency would.
+    return await job_response(request.app.state, job_id, request.headers.get("authorization"))
 
 
 @router.post("/{job_id}/cancel", response_model=Job, responses=_ERRORS)
