@@ -68,20 +68,10 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     rows that multiply only the columns from their diagonal on and copy the
     rest from the pieces above (the block is symmetric, up to rounding).
     """
-    batch, n_rows, dim = features.shape
+    batch, n_rows, _ = features.shape
     dtype = features.dtype
     device = features.device
-    right_rows = torch.empty(batch, n_rows, dim + 2, dtype=dtype, device=device)
-    centred = right_rows[:, :, :dim]  # (B, N, d)
-    torch.sub(features, features.mean(dim=1, keepdim=True), out=centred)
-    squared = torch.linalg.vecdot(centred, centred)  # (B, N)
-    right_rows[:, :, dim] = 1.0
-    right_rows[:, :, dim + 1] = squared
-    left = torch.empty_like(right_rows)  # (B, N, d + 2) rows [-2 x_i, |x_i|^2, 1]
-    torch.mul(centred, -2.0, out=left[:, :, :dim])
-    left[:, :, dim] = squared
-    left[:, :, dim + 1] = 1.0
-    right = right_rows.transpose(1, 2)  # (B, d + 2, N) columns [x_j, 1, |x_j|^2]
+    means = features.mean(dim=1, keepdim=True)  # (B, 1, d)
     if out is None:
         distances = torch.empty(batch, n_rows, n_rows, dtype=dtype, device=device)
     else:
@@ -94,14 +84,16 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
         group = batch if device.type == "cuda" else max(1, _PIECE_BYTES // problem_bytes)
         for start in range(0, batch, group):
             piece = slice(start, min(batch, start + group))
+            left, right = _augmented_rows(features[piece], means[piece])
             out = distances[piece]  # (b, N, N)
-            torch.bmm(left[piece], right[piece], out=out)
+            torch.bmm(left, right, out=out)
             out.clamp_min_(0.0)
             out.diagonal(dim1=1, dim2=2).zero_()
             _finish_piece(out, row_sums[piece], row_max[piece])
     else:
         rows_per_piece = max(_MIN_PIECE_ROWS, _PIECE_BYTES // (n_rows * distances.element_size()))
         for problem in range(batch):
+            left, right = _augmented_rows(features[problem], means[problem])
             block = distances[problem]  # (N, N)
             for start in range(0, n_rows, rows_per_piece):
                 stop = min(n_rows, start + rows_per_piece)
@@ -111,7 +103,7 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
                 # tile, from what the pieces above computed. About half the
                 # products and square roots.
                 upper = out[:, start:]  # (r, N - start)
-                torch.mm(left[problem, start:stop], right[problem, :, start:], out=upper)
+                torch.mm(left[start:stop], right[:, start:], out=upper)
                 upper.clamp_min_(0.0)
                 upper[:, : stop - start].diagonal().zero_()
                 upper.sqrt_()
@@ -127,6 +119,30 @@ def distance_block(features: torch.Tensor, *, out: torch.Tensor | None = None) -
     total = n_rows * largest.to(torch.float64)[:, None]  # (B, 1)
     first_gains = (total - row_sums.to(torch.float64)).clamp_min_(0.0) + BOUND_MARGIN * total
     return DistanceBlock(distances, largest, first_gains.to(dtype))
+
+
+def _augmented_rows(
+    features: torch.Tensor, means: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [-2 x_i, |x_i|^2, 1] (..., N, d + 2) and columns [x_j, 1, |x_j|^2] (..., d + 2, N).
+
+    x are the rows of ``features`` (..., N, d) less ``means`` (..., 1, d).
+    Formed for one piece at a time: small enough to come from memory the
+    allocator reuses, where one pair for a whole block of many problems was
+    fresh memory, and its page faults, every block.
+    """
+    dim = features.shape[-1]
+    right_rows = features.new_empty(*features.shape[:-1], dim + 2)
+    centred = right_rows[..., :dim]  # (..., N, d)
+    torch.sub(features, means, out=centred)
+    squared = torch.linalg.vecdot(centred, centred)  # (..., N)
+    right_rows[..., dim] = 1.0
+    right_rows[..., dim + 1] = squared
+    left = torch.empty_like(right_rows)
+    torch.mul(centred, -2.0, out=left[..., :dim])
+    left[..., dim] = squared
+    left[..., dim + 1] = 1.0
+    return left, right_rows.transpose(-2, -1)
 
 
 def _finish_piece(out: torch.Tensor, row_sums: torch.Tensor, row_max: torch.Tensor) -> None:

@@ -192,11 +192,14 @@ def select_partitions(
         n_problem = rows.shape[1]
         per_block = min(rows.shape[0], block_partitions_for(n_problem, element_bytes, memory_bytes))
         samples = sample_size(n_problem, picks, eps)
-        # One buffer for every block of the group.
+        # One buffer of distances and one of features for every block of the
+        # group: fresh memory for each block would be page faults each time.
         buffer = torch.empty(per_block, n_problem, n_problem, dtype=features.dtype, device=device)
+        feature_buffer = features.new_empty(per_block * n_problem, features.shape[1])
         for start in range(0, rows.shape[0], per_block):
             block_rows = rows[start : start + per_block]  # (b, N)
-            block_features = features.index_select(0, block_rows.reshape(-1))
+            block_features = feature_buffer[: block_rows.numel()]
+            torch.index_select(features, 0, block_rows.reshape(-1), out=block_features)
             block = distance_block(
                 block_features.view(*block_rows.shape, -1), out=buffer
             )  # (b, N, N)
@@ -213,7 +216,7 @@ def select_partitions(
                     done_partitions / total_partitions,
                     f"facility location: {done_partitions}/{total_partitions} partitions",
                 )
-        del buffer
+        del buffer, feature_buffer
 
     chosen = torch.cat(chosen_parts)
     counts = torch.cat(count_parts).to(torch.float64)
