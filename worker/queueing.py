@@ -21,11 +21,12 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import pydantic_core
@@ -52,6 +53,27 @@ RQ_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 def utc_now() -> str:
     """The current time in RFC 3339 (UTC, milliseconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def creation_times() -> tuple[float, str, str]:
+    """The current time, read once, in the three forms a new job records: seconds since the epoch
+    (the index scores), ``utc_now``'s form (the record's created_at) and ``RQ_TIME_FORMAT`` (RQ's
+    job hash)."""
+    return time_texts(time.time_ns())
+
+
+def time_texts(ns: int) -> tuple[float, str, str]:
+    """``creation_times`` of the instant ``ns`` nanoseconds after the epoch. Both texts truncate,
+    as ``datetime.now`` and ``isoformat`` do; the date and time of day are formatted once per second."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    whole = _utc_second(seconds)
+    micros = rest // 1000
+    return ns / 1e9, f"{whole}.{micros // 1000:03d}Z", f"{whole}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def parse_time(value: str | None) -> float | None:
@@ -197,12 +219,29 @@ class JobStore:
         than through RQ's Job object, which costs a submission several times the rest of its work."""
         return self._rq_job_hash(*self.rq_job_values(job_id))
 
-    def rq_job_values(self, job_id: str) -> tuple[str, bytes, str]:
-        """What differs between the RQ job hashes of two jobs: the time, the payload, the description."""
-        stamp = datetime.now(timezone.utc).strftime(RQ_TIME_FORMAT)
-        # RQ stores (function, instance, args, kwargs) through its serializer, then zlib.
-        data = zlib.compress(json.dumps([TASK, None, [job_id, self.prefix], {}]).encode())
+    def rq_job_values(self, job_id: str, stamp: str | None = None) -> tuple[str, bytes, str]:
+        """What differs between the RQ job hashes of two jobs: the time (``RQ_TIME_FORMAT``; now
+        when not given), the payload, the description."""
+        if stamp is None:
+            stamp = creation_times()[2]
+        # RQ stores (function, instance, args, kwargs) through its serializer, then zlib: here
+        # json.dumps's text of that list (the job id put between its fixed parts), in a zlib
+        # stream that RQ's zlib.decompress reads as it reads its own.
+        before, after = self._payload_parts
+        data = zlib_stored((before + encode_basestring_ascii(job_id) + after).encode())
         return stamp, data, f"nacs job {job_id}"
+
+    @functools.cached_property
+    def _payload_parts(self) -> tuple[str, str]:
+        """``json.dumps([TASK, None, [job_id, prefix], {}])`` before and after the job id's text."""
+        mark = "\0"
+        before, after = json.dumps([TASK, None, [mark, self.prefix], {}]).split(json.dumps(mark), 1)
+        return before, after
+
+    @functools.cached_property
+    def _fixed_keys(self) -> tuple[str, str, str]:
+        """The keys every creation writes: the queued index, ``queued_since`` and RQ's queue."""
+        return self._key("status", "queued"), self._key("queued_since"), RQ_QUEUE_PREFIX + self.settings.queue
 
     def _rq_job_hash(self, stamp: str, data: Any, description: str) -> list[Any]:
         ttl = self.settings.job_ttl_s
@@ -714,6 +753,18 @@ return statuses
 )
 
 
+def zlib_stored(data: bytes) -> bytes:
+    """A zlib stream (RFC 1950) of ``data`` in one stored, uncompressed deflate block: what
+    ``zlib.compress(data, 0)`` gives, without setting up a compressor (which costs more than
+    the rest of a short payload's encoding). Beyond 32 KiB (RQ payloads here are a hundred
+    bytes), zlib itself writes it, as zlib splits long data into several blocks."""
+    size = len(data)
+    if size > 0x8000:
+        return zlib.compress(data, 0)
+    header = b"\x78\x01\x01" + size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little")
+    return header + data + zlib.adler32(data).to_bytes(4, "big")
+
+
 def _lua_string(value: Any) -> str:
     """A Lua string literal of ``value``'s text: letters, digits and a few safe characters as
     they are, every other byte as a decimal escape."""
@@ -741,11 +792,12 @@ class Creation:
         max_active: int | None,
     ) -> None:
         rq_job_id = f"{job_id}-1"
+        now, created_at, rq_stamp = creation_times()
         self.record: dict[str, Any] = {
             "id": job_id,
             "tenant": tenant,
             "status": "queued",
-            "created_at": utc_now(),
+            "created_at": created_at,
             "started_at": None,
             "finished_at": None,
             "progress": {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"},
@@ -760,16 +812,17 @@ class Creation:
             "body_hash": body_hash,
         }
         settings = store.settings
-        queue_key = RQ_QUEUE_PREFIX + settings.queue
+        queued_key, queued_since_key, queue_key = store._fixed_keys
+        tenant_key = f"{store.prefix}tenant:{tenant}:"
         self.keys = [
             store.job_key(job_id),
-            store._key("tenant", tenant, "jobs"),
-            store._key("tenant", tenant, "active"),
-            store._key("status", "queued"),
+            tenant_key + "jobs",
+            tenant_key + "active",
+            queued_key,
             RQ_QUEUES_KEY,
             RQ_JOB_PREFIX + rq_job_id,
             queue_key,
-            store._key("queued_since"),
+            queued_since_key,
         ]
         self.claim_key: str | None = None
         claim = ""
@@ -777,7 +830,6 @@ class Creation:
             self.claim_key = store._key("idempotency", tenant, idempotency_key)
             self.keys.append(self.claim_key)
             claim = json.dumps({"job_id": job_id, "body_hash": body_hash})
-        now = time.time()
         ttl = settings.job_ttl_s
         self.args: list[Any] = [
             "" if max_active is None else max_active,
@@ -790,7 +842,7 @@ class Creation:
             job_id,
             rq_job_id,
             queue_key,
-            *store.rq_job_values(job_id),
+            *store.rq_job_values(job_id, rq_stamp),
         ]
 
     def outcome(self, reply: Any) -> str:
@@ -818,7 +870,8 @@ def _text(value: bytes | None) -> str | None:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (128 random bits, a uuid4 has 122), in a quarter of uuid4().hex's time."""
+    return os.urandom(16).hex()
 
 
 class TooManyActiveJobs(Exception):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from rq.job import JobStatus
 
 from tests.stack import DEFAULT_REDIS_URL, delete_keys, unique_name
 from worker.queueing import (
+    RQ_TIME_FORMAT,
     IdempotencyConflict,
     InvalidTransition,
     JobStore,
@@ -18,7 +21,9 @@ from worker.queueing import (
     decode_cursor,
     encode_cursor,
     public_status,
+    time_texts,
     utc_now,
+    zlib_stored,
 )
 from worker.settings import WorkerSettings
 
@@ -239,8 +244,10 @@ def test_rq_job_written_directly_is_the_one_rq_writes(store: JobStore) -> None:
     assert set(our_fields) == set(rq_fields)
     times = {"created_at", "enqueued_at"}
     encode = store.redis.connection_pool.get_encoder().encode
-    assert {k: encode(v) for k, v in our_fields.items() if k not in times} == {
-        k: encode(v) for k, v in rq_fields.items() if k not in times
+    # The payload is the same JSON, in a zlib stream RQ reads the same way (Job.restore: zlib.decompress).
+    assert zlib.decompress(our_fields["data"]) == zlib.decompress(rq_fields["data"])
+    assert {k: encode(v) for k, v in our_fields.items() if k not in times | {"data"}} == {
+        k: encode(v) for k, v in rq_fields.items() if k not in times | {"data"}
     }
     for field in times:
         assert len(our_fields[field]) == len(rq_fields[field]) and our_fields[field].endswith("Z")
@@ -334,3 +341,34 @@ def test_reaper_reads_rq_statuses_from_the_hashes(store: JobStore) -> None:
     store.redis.hset(f"rq:job:{second['rq_job_id']}", "status", JobStatus.STARTED.value)
     ids = [first["rq_job_id"], None, second["rq_job_id"], "no-such-job-1"]
     assert store._rq_public_statuses(ids) == ["queued", None, "running", None]
+
+
+@pytest.mark.parametrize("size", [0, 1, 97, 4096, 0x8000, 0x8001, 100_000])
+def test_zlib_stored_is_zlib_level_0(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert zlib_stored(data) == zlib.compress(data, 0)
+    assert zlib.decompress(zlib_stored(data)) == data
+
+
+# The epoch, a whole second, within a second, its last nanosecond, and 2100 (past 32-bit time).
+INSTANTS = [0, 999, 1_764_464_789_000_000_000, 1_764_464_789_123_456_789, 1_764_464_789_999_999_999, 4_102_444_800_500_000_001]
+
+
+@pytest.mark.parametrize("ns", INSTANTS)
+def test_time_texts_are_the_datetime_formats(ns: int) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000)
+    seconds, created_at, rq_stamp = time_texts(ns)
+    assert seconds == ns / 1e9
+    assert created_at == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert rq_stamp == moment.strftime(RQ_TIME_FORMAT)
+
+
+def test_creation_reads_the_time_once(store: JobStore) -> None:
+    """The record, its index score and RQ's job hash carry one instant."""
+    record, _ = store.create("alpha", REQUEST)
+    score = store.redis.zscore(store._key("tenant", "alpha", "jobs"), record["id"])
+    rq_stamp = store.redis.hget(f"rq:job:{record['rq_job_id']}", "created_at").decode()
+    assert rq_stamp[:23] == record["created_at"][:23] and rq_stamp.endswith("Z")
+    stamp_seconds = datetime.strptime(rq_stamp, RQ_TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    assert stamp_seconds == pytest.approx(score, abs=1e-5)
+    assert len(record["id"]) == 32 and int(record["id"], 16) >= 0
