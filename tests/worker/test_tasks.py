@@ -152,10 +152,15 @@ def test_failure_codes() -> None:
     assert code == "internal_error" and "Traceback" not in message and "secret" not in message
 
 
-def test_run_job_lifecycle(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+def export_settings(settings: WorkerSettings, monkeypatch) -> None:
+    """Every set field of ``settings`` as its NACS_* variable, as a worker process reads them."""
     for name, value in settings.model_dump().items():
         if value is not None:
             monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+
+
+def test_run_job_lifecycle(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+    export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 500)
     request = JobRequest(dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=str(tmp_path / "out"))
     record, _ = store.create("t1", request.model_dump(mode="json"))
@@ -218,9 +223,7 @@ def test_execute_reads_over_http(tmp_path: Path, settings: WorkerSettings) -> No
 
 
 def test_run_job_checks_private_hosts_again(store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+    export_settings(settings, monkeypatch)
     request = JobRequest(dataset_uri="https://localhost/data.parquet", size=5, method="random", output_uri="/tmp/unused")
     record, _ = store.create("t1", request.model_dump(mode="json"))
     assert tasks.run_job(record["id"], settings.redis_prefix)["status"] == "failed"
@@ -236,9 +239,7 @@ def test_rq_worker_runs_the_queue_entry_the_store_writes(tmp_path: Path, store: 
 
     from worker.runner import run_worker
 
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
+    export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 400)
     request = JobRequest(dataset_uri=str(data), size=40, method="random", output_uri=str(tmp_path / "out"))
     record, _ = store.create("t1", request.model_dump(mode="json"))
