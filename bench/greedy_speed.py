@@ -8,7 +8,9 @@ stands out from a random one):
 
 Every peer gets the same similarity matrix, sim = C - ||x_i - x_j||, built in
 torch by ``similarity_block``; the "floor" is the time to build those blocks
-alone. Our time includes building our own distance blocks. Every objective is
+alone, into one reused buffer. Our time includes building our own distance
+blocks, in the workspace the greedy keeps between calls; "first call" is ours
+with that workspace released first (fresh memory). Every objective is
 computed by ``facility_location_value`` on the same similarity. Each peer is
 warmed up once before timing; apricot still compiles its numba gain kernel
 inside every ``fit`` (it builds it with cache=False), which is part of its cost.
@@ -37,6 +39,7 @@ import torch
 from nacs_engine.selection import (
     batched_stochastic_greedy,
     facility_location_value,
+    release_workspace,
     select_partitions,
     similarity_block,
 )
@@ -156,15 +159,20 @@ def table_1(settings, repeats: int, seed: int, peers: dict[str, Peer]) -> list[d
     for k, eps, n_rows in settings:
         points = gaussian_mixture(n_rows, clusters=50, seed=seed + n_rows)
         features = points[None]  # (1, N, d)
+        # The floor writes into one reused buffer, as ours reuses its workspace.
+        buffer = torch.zeros(1, n_rows, n_rows)
         floor_s, similarity = best_time(
-            lambda features=features: similarity_block(features)[0], repeats
+            lambda features=features: similarity_block(features, out=buffer)[0], repeats
         )
-        ours_s, picks = best_time(
-            lambda features=features, k=k, eps=eps: batched_stochastic_greedy(
+
+        def ours(features=features, k=k, eps=eps):
+            return batched_stochastic_greedy(
                 features, k, eps=eps, generator=torch.Generator().manual_seed(seed)
-            )[0],
-            repeats,
-        )
+            )[0]
+
+        release_workspace()
+        cold_s, _ = best_time(ours, 1)  # the first call: the block is fresh memory
+        ours_s, picks = best_time(ours, repeats)
         # The plain greedy (every row a candidate), by the same lazy evaluation: the quality reference.
         greedy_s, greedy_picks = best_time(
             lambda features=features, k=k: batched_stochastic_greedy(
@@ -195,6 +203,7 @@ def table_1(settings, repeats: int, seed: int, peers: dict[str, Peer]) -> list[d
             {
                 "setting": f"k={k}, eps={eps:g}, |D|={n_rows:,}",
                 "ours_s": ours_s,
+                "cold_s": cold_s,
                 "floor_s": floor_s,
                 "apricot_s": apricot_s,
                 "submodlib_s": submodlib_s,
@@ -225,6 +234,7 @@ def partitioned(
     eps = 1e-3
     points = gaussian_mixture(n_rows, clusters=200, seed=seed)
 
+    release_workspace()  # a first call, as for the floor below: its buffer is fresh memory
     started = clock()
     result = select_partitions(
         points,
@@ -281,6 +291,7 @@ def partitioned(
     row = {
         "setting": f"{problems:,} x {rows_per_problem:,} rows, k={k} each",
         "ours_s": ours_s,
+        "cold_s": ours_s,
         "floor_s": floor_s,
         "apricot_s": apricot_s * scale,
         "submodlib_s": submodlib_s * scale,
@@ -300,7 +311,7 @@ def partitioned(
 
 
 HEADER = (
-    "| setting | ours (s) | floor (s) | ours/floor | apricot (s) | submodlib (s) | apricot/ours "
+    "| setting | ours (s) | ours, first call (s) | floor (s) | ours/floor | apricot (s) | submodlib (s) | apricot/ours "
     "| submodlib/ours | objective ours | ours, 5 more seeds | apricot | submodlib | plain greedy | random |"
 )
 
@@ -314,7 +325,7 @@ def print_row(row: dict) -> None:
         return "-" if math.isnan(v) else f"{v:,.0f}"
 
     print(
-        f"| {row['setting']} | {row['ours_s']:.3f} | {row['floor_s']:.3f} | {ratio(row['ours_s'], row['floor_s'])} "
+        f"| {row['setting']} | {row['ours_s']:.3f} | {row['cold_s']:.3f} | {row['floor_s']:.3f} | {ratio(row['ours_s'], row['floor_s'])} "
         f"| {row['apricot_s']:.2f} | {row['submodlib_s']:.2f} | {ratio(row['apricot_s'], row['ours_s'])} "
         f"| {ratio(row['submodlib_s'], row['ours_s'])} | {objective('ours')} | {row['ours_seeds']} | {objective('apricot')} "
         f"| {objective('submodlib')} | {objective('greedy')} | {objective('random')} |",

@@ -8,6 +8,7 @@ CRAIG weights); ``greedy`` says how (the batched stochastic greedy);
 from nacs_engine.selection.facility_location import (
     exact_greedy,
     facility_location_value,
+    release_workspace,
     similarity_block,
 )
 from nacs_engine.selection.greedy import (
@@ -31,6 +32,7 @@ __all__ = [
     "exact_greedy",
     "facility_location_value",
     "partition_budgets",
+    "release_workspace",
     "select_partitions",
     "similarity_block",
 ]

@@ -34,6 +34,7 @@ from nacs_engine.selection.facility_location import (
     BOUND_MARGIN,
     DistanceBlock,
     FacilityLocationState,
+    block_workspace,
     distance_block,
 )
 
@@ -76,6 +77,9 @@ def batched_stochastic_greedy(
     ``features`` (None: a fresh, randomly seeded one).
     Returns (B, k) int64 distinct positions in [0, N) per problem, in pick order.
     Raises ValueError naming the argument on bad input.
+    On a CPU, the memory of the (B, N, N) distance block is kept for the next
+    call in the same thread when it is at most 512 MiB;
+    ``release_workspace()`` frees it.
     """
     return batched_stochastic_greedy_with_gains(features, k, eps=eps, generator=generator).picks
 
@@ -94,7 +98,9 @@ def batched_stochastic_greedy_with_gains(
     validate_eps(eps)
     generator = resolve_generator(generator, features.device)
     seeds = draw_seeds(features.shape[0], generator, features.device)
-    return solve_block(distance_block(features), k, sample_size(n_rows, k, eps), seeds)
+    workspace = block_workspace(features.shape[0], n_rows, features.dtype, features.device)
+    block = distance_block(features, out=workspace)
+    return solve_block(block, k, sample_size(n_rows, k, eps), seeds)
 
 
 def validate_features(features: object, name: str, *, dims: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from nacs_engine.selection.facility_location import (
+    block_workspace,
     craig_counts,
     distance_block,
     distance_objective,
@@ -194,7 +195,7 @@ def select_partitions(
         samples = sample_size(n_problem, picks, eps)
         # One buffer of distances and one of features for every block of the
         # group: fresh memory for each block would be page faults each time.
-        buffer = torch.empty(per_block, n_problem, n_problem, dtype=features.dtype, device=device)
+        buffer = block_workspace(per_block, n_problem, features.dtype, device)
         feature_buffer = features.new_empty(per_block * n_problem, features.shape[1])
         for start in range(0, rows.shape[0], per_block):
             block_rows = rows[start : start + per_block]  # (b, N)

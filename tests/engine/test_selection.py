@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -16,10 +17,12 @@ from nacs_engine.selection import (
     exact_greedy,
     facility_location,
     facility_location_value,
+    release_workspace,
     similarity_block,
 )
 from nacs_engine.selection.facility_location import (
     FacilityLocationState,
+    block_workspace,
     craig_counts,
     distance_block,
     distance_objective,
@@ -246,6 +249,40 @@ def test_same_seed_same_picks_and_seeds_matter():
     other = batched_stochastic_greedy(features, 10, generator=seeded(12))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_the_kept_workspace_gives_the_picks_of_fresh_memory():
+    large = gaussian_mixture(2, 300, 8, seed=20, dtype=torch.float32)
+    small = gaussian_mixture(3, 100, 8, seed=21, dtype=torch.float32)
+    release_workspace()
+    fresh_large = batched_stochastic_greedy(large, 12, generator=seeded(5))
+    # The small problems reuse the large block's memory, holding its distances.
+    from_kept = batched_stochastic_greedy(small, 6, generator=seeded(6))
+    release_workspace()
+    fresh_small = batched_stochastic_greedy(small, 6, generator=seeded(6))
+    assert torch.equal(from_kept, fresh_small)
+    assert torch.equal(batched_stochastic_greedy(large, 12, generator=seeded(5)), fresh_large)
+
+
+def test_the_workspace_is_kept_per_thread_and_up_to_its_limit(monkeypatch):
+    release_workspace()
+    first = block_workspace(2, 50, torch.float32, torch.device("cpu"))
+    again = block_workspace(1, 70, torch.float32, torch.device("cpu"))
+    assert again.data_ptr() == first.data_ptr()  # 4,900 of the 5,000 elements kept
+    assert block_workspace(2, 50, torch.float64, torch.device("cpu")).data_ptr() != first.data_ptr()
+    others: list[torch.Tensor] = []
+    thread = threading.Thread(
+        target=lambda: others.append(block_workspace(2, 50, torch.float64, torch.device("cpu")))
+    )
+    thread.start()
+    thread.join()
+    kept = block_workspace(2, 50, torch.float64, torch.device("cpu"))
+    assert others[0].data_ptr() != kept.data_ptr()
+    monkeypatch.setattr(facility_location, "WORKSPACE_MAX_BYTES", 1000)
+    release_workspace()
+    too_large = block_workspace(1, 20, torch.float32, torch.device("cpu"))  # 1,600 bytes
+    assert block_workspace(1, 20, torch.float32, torch.device("cpu")).data_ptr() != too_large.data_ptr()
+    release_workspace()
 
 
 def test_float32_picks_match_a_float64_run_on_clustered_data():
