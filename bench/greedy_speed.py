@@ -162,7 +162,8 @@ def table_1(settings, repeats: int, seed: int, peers: dict[str, Peer]) -> list[d
         # The floor writes into one reused buffer, as ours reuses its workspace.
         buffer = torch.zeros(1, n_rows, n_rows)
         floor_s, similarity = best_time(
-            lambda features=features: similarity_block(features, out=buffer)[0], repeats
+            lambda features=features, buffer=buffer: similarity_block(features, out=buffer)[0],
+            repeats,
         )
 
         def ours(features=features, k=k, eps=eps):
