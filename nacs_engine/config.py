@@ -130,6 +130,13 @@ class SelectionConfig:
         ),
     )
 
+    random_share: Annotated[float, Ge(0.0), Le(0.9)] = field(
+        default=0.0,
+        metadata=_doc(
+            "Share of each round's picks drawn uniformly at random from its candidates (per class) "
+            "instead of by facility location, 0-0.9; they are denoised and relabelled like the rest."
+        ),
+    )
     soft_labels: SoftLabelSource = field(
         default="selection",
         metadata=_doc(

@@ -322,7 +322,10 @@ class _Selection:
             candidates = np.flatnonzero(group.mask & ~selected_mask)
             if candidates.shape[0] > CHUNK_ROWS:
                 candidates = self.rng.permutation(candidates)
-            partition_size = self.config.partition_size or automatic_partition_size(candidates.shape[0], budget)
+            fl_share = 1.0 - self.config.random_share
+            partition_size = self.config.partition_size or automatic_partition_size(
+                candidates.shape[0], max(1, round(fl_share * budget))
+            )
             partition_size = min(partition_size, candidates.shape[0])
             partition_sizes.append(int(partition_size))
             chunk_count = -(-candidates.shape[0] // CHUNK_ROWS)
@@ -341,6 +344,18 @@ class _Selection:
                     )
 
                 gradients, probs = self._preconditioned_gradients(chunk, moments, scored)
+                drawn, pool = self._random_share(chunk.shape[0], int(chunk_budget))
+                if drawn.shape[0]:
+                    self.rows.append(chunk[drawn])
+                    self.selection_probs.append(probs[drawn])
+                    self.craig_weights.append(np.ones(drawn.shape[0], dtype=np.float64))
+                    selected_mask[chunk[drawn]] = True
+                    picked += int(drawn.shape[0])
+                    gradients = gradients[torch.from_numpy(pool).to(gradients.device)]
+                fl_budget = int(chunk_budget) - int(drawn.shape[0])
+                if fl_budget == 0:
+                    done_rows += chunk.shape[0]
+                    continue
 
                 def blocks(fraction: float, message: str, offset: int = done_rows, size: int = chunk.shape[0]) -> None:
                     overall = (offset + size * (0.5 + 0.5 * fraction)) / max(candidates_total, 1)
@@ -351,14 +366,14 @@ class _Selection:
 
                 chosen = selection.select_partitions(
                     gradients,
-                    int(chunk_budget),
-                    partition_size=int(min(partition_size, chunk.shape[0])),
+                    fl_budget,
+                    partition_size=int(min(partition_size, pool.shape[0])),
                     eps=self.config.eps,
                     generator=self.greedy_generator,
                     progress=blocks,
                 )
                 del gradients
-                positions = chosen.indices.cpu().numpy()
+                positions = pool[chosen.indices.cpu().numpy()]
                 self.rows.append(chunk[positions])
                 self.selection_probs.append(probs[positions])
                 self.craig_weights.append(chosen.weights.cpu().numpy().astype(np.float64))
@@ -379,6 +394,18 @@ class _Selection:
             "train_loss": float(np.mean(training.epoch_losses)) if training.epoch_losses else 0.0,
             "steps": int(self.step),
         }
+
+    def _random_share(self, n_candidates: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions among ``n_candidates`` drawn uniformly for ``config.random_share`` of
+        ``budget``, and the positions left to facility location, both ascending."""
+        count = int(round(self.config.random_share * budget))
+        everything = np.arange(n_candidates)
+        if count == 0:
+            return everything[:0], everything
+        drawn = np.sort(self.rng.choice(n_candidates, size=count, replace=False))
+        left = np.ones(n_candidates, dtype=bool)
+        left[drawn] = False
+        return drawn, everything[left]
 
     @torch.no_grad()
     def _preconditioned_gradients(

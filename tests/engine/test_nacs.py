@@ -129,6 +129,31 @@ def test_balanced_takes_half_positives_and_restores_the_click_rate(data: Encoded
     assert result.weights.mean() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_random_share_of_the_picks_keeps_sizes_quotas_and_determinism(data: EncodedDataset) -> None:
+    config = _config(random_share=0.5, size=600)
+    result = select_coreset(data, config)
+    assert result.size == 600 and np.unique(result.rows).shape[0] == 600
+    assert int(result.labels.sum()) == class_quota(data.labels, 600, "stratified")[0]
+    assert result.weights.mean() == pytest.approx(1.0, abs=1e-5)
+    assert sum(r["selected"] for r in result.diagnostics["rounds"]) == result.diagnostics["pre_denoise_rows"]
+    np.testing.assert_array_equal(select_coreset(data, config).rows, result.rows)
+    # Uniform draws carry weight 1 before normalisation; facility location's CRAIG
+    # weights vary, so half the pre-denoising rows share one weight.
+    values, counts = np.unique(result.weights, return_counts=True)
+    assert counts.max() >= 0.4 * result.size
+    without = select_coreset(data, _config(size=600))
+    assert not np.array_equal(without.rows, result.rows)
+    _, plain_counts = np.unique(without.weights, return_counts=True)
+    assert plain_counts.max() < 0.4 * result.size
+
+
+def test_random_share_out_of_range_names_the_option() -> None:
+    with pytest.raises(ValueError, match="random_share"):
+        _config(random_share=0.95)
+    with pytest.raises(ValueError, match="random_share"):
+        _config(random_share=-0.1)
+
+
 def test_dcnv2_proxy_and_one_round(data: EncodedDataset) -> None:
     result = select_coreset(data, _config(backbone="dcnv2", rounds=1, size=200, warmup_ratio=0.0))
     assert result.size == 200
