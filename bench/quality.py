@@ -11,7 +11,10 @@ For each dataset, noise level, budget, method and seed, ``compare_methods``
 selects a coreset of the training rows, trains a fresh DeepFM on it (soft
 labels and weights, early-stopped on the validation AUC) and scores it on the
 test rows. With ``--noise 0.2`` that share of the TRAINING labels is flipped
-before selection; validation and test labels stay clean.
+before selection; validation and test labels stay clean. With ``--resplit``
+each seed draws its own 70/10/20 split of all the dataset's rows (the
+samples' three files pooled), so that the spread over seeds includes the
+choice of test rows, which a fixed 400-row test file leaves out.
 
     .venv/bin/python bench/quality.py --datasets criteo avazu movielens --noise 0 0.2 \
         --seeds 0 1 2 --json /tmp/quality.jsonl
@@ -23,6 +26,8 @@ import argparse
 import json
 import sys
 import time
+
+import pyarrow as pa
 
 from nacs_engine.compare import compare_methods, format_table, summarise
 from nacs_engine.data import encode_splits, public
@@ -38,25 +43,44 @@ DEFAULT_BUDGETS = {
 MIN_COUNT = {"movielens": 1, "criteo": 2, "avazu": 2}
 
 
-def load(name: str):
-    """(train, validation, test) EncodedDatasets of one dataset, vocabularies from train."""
+# --resplit: each seed draws its own split of all the rows, with this share as test rows.
+RESPLIT_VALIDATION = 0.1
+RESPLIT_TEST = 0.2
+ENCODING = {
+    "movielens": {},
+    "criteo": {"numeric_columns": list(public.CRITEO_NUMERIC)},
+    "avazu": {"label_column": public.AVAZU_LABEL},
+}
+
+
+def load(name: str, split_seed: int | None = None):
+    """(train, validation, test) EncodedDatasets of one dataset, vocabularies from train.
+
+    split_seed None: MovieLens split 80/10/10 with seed 0, the samples' own
+    train/dev/test files. Otherwise every row of the dataset (the samples'
+    three files pooled) split 70/10/20 with that seed.
+    """
+    if name not in ENCODING:
+        raise ValueError(f"datasets: unknown {name!r}; expected movielens, criteo or avazu")
     if name == "movielens":
         table = public.movielens_100k()
-        train, validation, test = split_rows(table.num_rows, seed=0)
-        return encode_splits(
-            table.take(train), table.take(validation), table.take(test), min_count=MIN_COUNT[name]
+    else:
+        splits = public.criteo_sample() if name == "criteo" else public.avazu_sample()
+        if split_seed is None:
+            return encode_splits(*splits, min_count=MIN_COUNT[name], **ENCODING[name])
+        table = pa.concat_tables(splits)
+    if split_seed is None:
+        parts = split_rows(table.num_rows, seed=0)
+    else:
+        parts = split_rows(
+            table.num_rows,
+            validation_fraction=RESPLIT_VALIDATION,
+            test_fraction=RESPLIT_TEST,
+            seed=split_seed,
         )
-    if name == "criteo":
-        train, dev, test = public.criteo_sample()
-        return encode_splits(
-            train, dev, test, numeric_columns=list(public.CRITEO_NUMERIC), min_count=MIN_COUNT[name]
-        )
-    if name == "avazu":
-        train, dev, test = public.avazu_sample()
-        return encode_splits(
-            train, dev, test, label_column=public.AVAZU_LABEL, min_count=MIN_COUNT[name]
-        )
-    raise ValueError(f"datasets: unknown {name!r}; expected movielens, criteo or avazu")
+    return encode_splits(
+        *(table.take(part) for part in parts), min_count=MIN_COUNT[name], **ENCODING[name]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=JSON",
         help="a SelectionConfig option for every nacs run, e.g. --option rounds=5",
     )
+    parser.add_argument(
+        "--resplit",
+        action="store_true",
+        help="each seed splits all the rows anew (70/10/20), so that seeds also vary the test rows",
+    )
     parser.add_argument("--json", help="append every run's row to this JSON-lines file")
     parser.add_argument(
         "--tables-from", metavar="JSONL", help="only print the tables of the rows in this file"
@@ -101,17 +130,24 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - started
         print(f"[{elapsed:7.0f} s] {done}/{total} {message}", file=sys.stderr, flush=True)
 
-    for name in args.datasets:
-        train, validation, test = load(name)
+    def loaded(name: str, split_seed: int | None):
+        splits = load(name, split_seed)
+        train, validation, test = splits
         print(
             f"{name}: train {train.n_rows:,} rows (click rate {train.labels.mean():.4f}), "
-            f"validation {validation.n_rows:,}, test {test.n_rows:,}, fields {train.n_fields}",
+            f"validation {validation.n_rows:,}, test {test.n_rows:,}, fields {train.n_fields}"
+            + ("" if split_seed is None else f", split seed {split_seed}"),
             file=sys.stderr,
             flush=True,
         )
+        return splits
+
+    for name in args.datasets:
+        fixed = None if args.resplit else loaded(name, None)
         for flip_rate in args.noise:
             rows = []
             for seed in args.seeds:
+                train, validation, test = fixed or loaded(name, seed)
                 # One seed at a time, so that an interrupted run keeps what it finished.
                 seed_rows = compare_methods(
                     train,
@@ -136,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             print(flush=True)
     print(
         f"total {time.perf_counter() - started:.0f} s; options {options}; evaluation {evaluation}"
+        + ("; each seed its own 70/10/20 split" if args.resplit else "")
     )
 
 
