@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from nacs_engine.config import METHODS, SelectionConfig
+from nacs_engine.config import BASELINE_METHODS, METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.evaluate import EvaluationOptions, evaluate_coreset
 
@@ -211,6 +211,73 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
+
+
+def paired_differences(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    baselines: Sequence[str] = ("random", "stratified"),
+    metric: str = "test_auc",
+) -> list[dict[str, Any]]:
+    """Each method's ``metric`` less each baseline's, seed by seed (same split, flips and budget).
+
+    Returns one dict per (dataset, flip_rate, budget, method, baseline) with
+    the seeds both ran: dataset, flip_rate, budget, method, baseline, seeds,
+    mean and std of the differences, stderr = std / sqrt(seeds), and wins
+    (seeds where the method is strictly above the baseline). Only the NaCS
+    methods are compared: not the random baselines, nor "full".
+    """
+    values: dict[tuple[Any, ...], dict[int, float]] = {}
+    order: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row.get(metric) is None:
+            continue
+        key = (row["dataset"], row["flip_rate"], row["budget"], row["method"])
+        if key not in values:
+            values[key] = {}
+            order.append(key)
+        values[key][row["seed"]] = float(row[metric])
+    result = []
+    for dataset, flip_rate, budget, method in order:
+        if method in BASELINE_METHODS or method == FULL:
+            continue
+        ours = values[(dataset, flip_rate, budget, method)]
+        for baseline in baselines:
+            theirs = values.get((dataset, flip_rate, budget, baseline), {})
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            differences = np.array([ours[seed] - theirs[seed] for seed in seeds])
+            std = float(np.std(differences, ddof=1)) if len(seeds) > 1 else 0.0
+            result.append(
+                {
+                    "dataset": dataset,
+                    "flip_rate": flip_rate,
+                    "budget": budget,
+                    "method": method,
+                    "baseline": baseline,
+                    "seeds": len(seeds),
+                    "mean": float(differences.mean()),
+                    "std": std,
+                    "stderr": std / math.sqrt(len(seeds)),
+                    "wins": int((differences > 0).sum()),
+                }
+            )
+    return result
+
+
+def format_differences(differences: Sequence[Mapping[str, Any]], *, metric: str = "test AUC") -> str:
+    """A markdown table of ``paired_differences``: mean ± standard error and wins per line."""
+    lines = [
+        f"| dataset | noise | budget | method | baseline | {metric} difference (mean ± s.e.) | wins |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in differences:
+        lines.append(
+            f"| {d['dataset']} | {100 * d['flip_rate']:g}% | {d['budget']} | {d['method']} "
+            f"| {d['baseline']} | {d['mean']:+.4f} ± {d['stderr']:.4f} | {d['wins']}/{d['seeds']} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool = True) -> str:

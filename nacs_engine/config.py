@@ -25,6 +25,7 @@ METHODS: tuple[str, ...] = (
     "stratified",
     "balanced",
 )
+BASELINE_METHODS: tuple[str, ...] = ("random", "stratified", "balanced")
 BACKBONES: tuple[str, ...] = ("deepfm", "dcnv2")
 CLASS_BALANCES: tuple[str, ...] = ("stratified", "balanced", "none")
 
@@ -166,7 +167,7 @@ class SelectionConfig:
 
     @property
     def is_baseline(self) -> bool:
-        return self.method in ("random", "stratified", "balanced")
+        return self.method in BASELINE_METHODS
 
     def budget(self, n_rows: int) -> int:
         """The number of rows to return for a dataset of ``n_rows`` rows.

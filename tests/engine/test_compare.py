@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from nacs_engine.compare import compare_methods, flip_labels, format_table, summarise
+from nacs_engine.compare import (
+    compare_methods,
+    flip_labels,
+    format_differences,
+    format_table,
+    paired_differences,
+    summarise,
+)
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.evaluate import EvaluationOptions, split_rows
@@ -99,6 +106,33 @@ def test_summary_means_and_sample_std_over_seeds() -> None:
     assert lines[0].startswith("| dataset | noise | budget | rows | method | test AUC")
     assert len(lines) == 4
     assert "0.7000 ± 0.1000" in table and "| - |" in table
+
+
+def test_paired_differences_are_taken_seed_by_seed() -> None:
+    def row(method: str, seed: int, auc: float, budget: str = "5%") -> dict:
+        return {"dataset": "d", "flip_rate": 0.0, "method": method, "budget": budget, "seed": seed, "test_auc": auc}
+
+    rows = [
+        row("full", 0, 0.9, "100%"),
+        row("nacs", 0, 0.70), row("random", 0, 0.60), row("stratified", 0, 0.75),
+        row("nacs", 1, 0.62), row("random", 1, 0.64), row("stratified", 1, 0.60),
+        row("nacs", 2, 0.66), row("random", 2, 0.62),  # no stratified run for seed 2
+        row("nacs", 0, 0.5, "10%"),  # no baseline at 10%
+        row("balanced", 0, 0.7),  # a baseline itself: not compared
+    ]
+    differences = paired_differences(rows)
+    assert [(d["method"], d["baseline"], d["seeds"]) for d in differences] == [
+        ("nacs", "random", 3),
+        ("nacs", "stratified", 2),
+    ]
+    against_random = np.array([0.10, -0.02, 0.04])
+    assert differences[0]["mean"] == pytest.approx(against_random.mean())
+    assert differences[0]["std"] == pytest.approx(np.std(against_random, ddof=1))
+    assert differences[0]["stderr"] == pytest.approx(np.std(against_random, ddof=1) / math.sqrt(3))
+    assert differences[0]["wins"] == 2
+    assert differences[1]["mean"] == pytest.approx((-0.05 + 0.02) / 2) and differences[1]["wins"] == 1
+    table = format_differences(differences)
+    assert "| d | 0% | 5% | nacs | random | +0.0400 ± 0.0346 | 2/3 |" in table
 
 
 def test_flips_touch_training_labels_only_and_are_counted(splits) -> None:
