@@ -92,8 +92,8 @@ class SelectionConfig:
     partition_size: Annotated[int, Ge(64), Le(100_000)] | None = field(
         default=None,
         metadata=_doc(
-            "Rows per facility-location partition, 64-100000; by default chosen from the "
-            "budget and the device's memory."
+            "Rows per facility-location partition, 64-100000; by default 512 million / the "
+            "rows, within 256-4096 (512 rows at 1M rows)."
         ),
     )
     epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(

@@ -168,12 +168,12 @@ def test_helpers() -> None:
     assert over_selection_size(10, 100, 0.1, True) == math.ceil(10 / 0.9)
     assert split_evenly(10, 3) == [4, 3, 3]
     assert sum(split_evenly(7, 5)) == 7
-    assert automatic_partition_size(100_000, 5_000) == 256  # 200 wanted: at least MIN_PARTITION
-    assert automatic_partition_size(100_000, 2_500) == 400
-    assert automatic_partition_size(100_000, 1_000) == 512
-    assert automatic_partition_size(100_000, 10) == 512
-    assert automatic_partition_size(100_000, 90_000) == 256
-    assert automatic_partition_size(100, 90) == 100
+    assert automatic_partition_size(1_000_000) == 512  # PAIRS_PER_PASS / candidates
+    assert automatic_partition_size(400_000) == 1280
+    assert automatic_partition_size(125_000) == 4096
+    assert automatic_partition_size(70_000) == 4096  # at most MAX_PARTITION
+    assert automatic_partition_size(10_000_000) == 256  # at least MIN_PARTITION
+    assert automatic_partition_size(100) == 100  # at most the rows there are
 
 
 def test_bad_inputs(data: EncodedDataset) -> None:
