@@ -93,7 +93,7 @@ class SelectionConfig:
         default=None,
         metadata=_doc(
             "Rows per facility-location partition, 64-100000; by default 512 million / the "
-            "rows, within 256-4096 (512 rows at 1M rows)."
+            "rows, within 512-4096 (512 rows from 1M rows on)."
         ),
     )
     epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(

@@ -16,14 +16,15 @@ How the pieces are sized here:
   chunk, its budget proportional to the chunk), so memory stays bounded for
   data of any size while no row is left out.
 - Partition size: ``config.partition_size``, or else the largest that keeps
-  a round's greedy affordable. A partition of N rows costs N^2 similarities,
-  so a pass over n candidates costs n N; the automatic size is
-  ``PAIRS_PER_PASS`` / n, clipped to [``MIN_PARTITION``, ``MAX_PARTITION``]
-  (and to the rows available): 512 rows at 1M candidates, which keeps
-  selection well under full training on a CPU, and 4,096 rows up to 125,000
-  candidates. Larger partitions give facility location a wider view: on
-  MovieLens they gained 0.008-0.013 test AUC at every budget with clean
-  labels, and at 5-10% with noise (docs/BENCHMARKS.md).
+  a round's greedy within what it costs at 1M rows. A partition of N rows
+  costs N^2 similarities, so a pass over n candidates costs n N; the
+  automatic size is ``PAIRS_PER_PASS`` / n, clipped to [``MIN_PARTITION``,
+  ``MAX_PARTITION``] (and to the rows available): 512 rows from 1M
+  candidates on, which keeps selection well under full training on a CPU,
+  and 4,096 rows up to 125,000 candidates. Larger partitions give facility
+  location a wider view: on MovieLens they gained 0.006-0.013 test AUC with
+  clean labels and 0.001-0.008 with noise, for selection several times
+  slower there (docs/BENCHMARKS.md).
 - Label-correction horizon: T is the number of optimizer steps the rounds'
   training will take in total (known in advance from the round sizes), so the
   global trust g(t) rises from about 0 in round 1 to about 1 in the last
@@ -76,7 +77,7 @@ from nacs_engine.train import (
 CHUNK_ROWS = 1 << 20
 # Similarities one round's greedy may compute: 1M candidates in partitions of 512.
 PAIRS_PER_PASS = 512 * 1_000_000
-MIN_PARTITION = 256
+MIN_PARTITION = 512
 MAX_PARTITION = 4096
 # Rows per forward pass when scoring candidates (inference needs no small batches).
 INFERENCE_BATCH_ROWS = 16384

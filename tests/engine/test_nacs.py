@@ -172,7 +172,7 @@ def test_helpers() -> None:
     assert automatic_partition_size(400_000) == 1280
     assert automatic_partition_size(125_000) == 4096
     assert automatic_partition_size(70_000) == 4096  # at most MAX_PARTITION
-    assert automatic_partition_size(10_000_000) == 256  # at least MIN_PARTITION
+    assert automatic_partition_size(10_000_000) == 512  # at least MIN_PARTITION
     assert automatic_partition_size(100) == 100  # at most the rows there are
 
 
