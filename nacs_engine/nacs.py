@@ -321,13 +321,13 @@ class _Selection:
         picked = 0
         partition_sizes: list[int] = []
         moments = head_moments(self.optimizer, self.model.head)
+        round_partition_size = self.config.partition_size or automatic_partition_size(candidates_total)
 
         for group, budget in groups:
             candidates = np.flatnonzero(group.mask & ~selected_mask)
             if candidates.shape[0] > CHUNK_ROWS:
                 candidates = self.rng.permutation(candidates)
-            partition_size = self.config.partition_size or automatic_partition_size(candidates_total)
-            partition_size = min(partition_size, candidates.shape[0])
+            partition_size = min(round_partition_size, candidates.shape[0])
             partition_sizes.append(int(partition_size))
             chunk_count = -(-candidates.shape[0] // CHUNK_ROWS)
             chunks = np.array_split(candidates, chunk_count)
