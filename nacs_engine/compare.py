@@ -227,21 +227,15 @@ def paired_differences(
     (seeds where the method is strictly above the baseline). Only the NaCS
     methods are compared: not the random baselines, nor "full".
     """
-    values: dict[tuple[Any, ...], dict[int, float]] = {}
-    order: list[tuple[Any, ...]] = []
+    values: dict[tuple[Any, ...], dict[int, float]] = {}  # in the order groups first appear
     for row in rows:
-        if row.get(metric) is None:
-            continue
-        key = (row["dataset"], row["flip_rate"], row["budget"], row["method"])
-        if key not in values:
-            values[key] = {}
-            order.append(key)
-        values[key][row["seed"]] = float(row[metric])
+        if row.get(metric) is not None:
+            key = (row["dataset"], row["flip_rate"], row["budget"], row["method"])
+            values.setdefault(key, {})[row["seed"]] = float(row[metric])
     result = []
-    for dataset, flip_rate, budget, method in order:
+    for (dataset, flip_rate, budget, method), ours in values.items():
         if method in BASELINE_METHODS or method == FULL:
             continue
-        ours = values[(dataset, flip_rate, budget, method)]
         for baseline in baselines:
             theirs = values.get((dataset, flip_rate, budget, baseline), {})
             seeds = sorted(set(ours) & set(theirs))
