@@ -21,19 +21,40 @@ METHODS: tuple[str, ...] = (
     "nacs",
     "nacs-no-denoise",
     "nacs-no-relabel",
+    "nacs-paper",
+    "denoised-random",
     "random",
     "stratified",
     "balanced",
 )
 BASELINE_METHODS: tuple[str, ...] = ("random", "stratified", "balanced")
+# Methods that run the cross-fitted teacher (``nacs_engine.nacs``).
+TEACHER_METHODS: tuple[str, ...] = ("nacs", "nacs-no-denoise", "nacs-no-relabel", "denoised-random")
 BACKBONES: tuple[str, ...] = ("deepfm", "dcnv2")
 CLASS_BALANCES: tuple[str, ...] = ("stratified", "balanced", "none")
 
-Method = Literal["nacs", "nacs-no-denoise", "nacs-no-relabel", "random", "stratified", "balanced"]
+Method = Literal[
+    "nacs",
+    "nacs-no-denoise",
+    "nacs-no-relabel",
+    "nacs-paper",
+    "denoised-random",
+    "random",
+    "stratified",
+    "balanced",
+]
 Backbone = Literal["deepfm", "dcnv2"]
 ClassBalance = Literal["stratified", "balanced", "none"]
 SoftLabelSource = Literal["selection", "final"]
 SOFT_LABEL_SOURCES: tuple[str, ...] = ("selection", "final")
+Selection = Literal["coverage", "facility-location", "random"]
+SELECTIONS: tuple[str, ...] = ("coverage", "facility-location", "random")
+Embedding = Literal["gradient", "normalized-gradient", "scalar", "features"]
+EMBEDDINGS: tuple[str, ...] = ("gradient", "normalized-gradient", "scalar", "features")
+Weighting = Literal["uniform", "craig"]
+WEIGHTINGS: tuple[str, ...] = ("uniform", "craig")
+Guard = Literal["report", "fallback"]
+GUARDS: tuple[str, ...] = ("report", "fallback")
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -58,23 +79,25 @@ class SelectionConfig:
     method: Method = field(
         default="nacs",
         metadata=_doc(
-            "nacs, its ablations nacs-no-denoise and nacs-no-relabel, or a baseline: "
-            "random (uniform), stratified (keeps the click rate), balanced (50/50 with "
-            "weights that restore the click rate)."
+            "nacs; its ablations nacs-no-denoise (nothing set aside) and nacs-no-relabel "
+            "(the given labels); nacs-paper (the paper's rounds of gradient matching with "
+            "MC-dropout denoising); denoised-random (the teacher's filter and soft labels on "
+            "a stratified random draw); or a baseline: random (uniform), stratified (keeps "
+            "the click rate), balanced (50/50 with weights that restore the click rate)."
         ),
     )
     backbone: Backbone = field(
         default="deepfm", metadata=_doc("Proxy CTR model used for selection: deepfm or dcnv2.")
     )
     rounds: Annotated[int, Ge(1), Le(20)] = field(
-        default=3, metadata=_doc("Selection rounds (N_choose), 1-20.")
+        default=3, metadata=_doc("Selection rounds (N_choose) of nacs-paper, 1-20.")
     )
     remove_rate: Annotated[float, Ge(0.0), Le(0.5)] = field(
         default=0.1,
-        metadata=_doc("Share of over-selected rows removed by MC-dropout denoising, 0-0.5."),
+        metadata=_doc("Share of over-selected rows removed by MC-dropout denoising (nacs-paper), 0-0.5."),
     )
     mc_passes: Annotated[int, Ge(2), Le(100)] = field(
-        default=10, metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise), 2-100.")
+        default=10, metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise) of nacs-paper, 2-100.")
     )
     class_balance: ClassBalance = field(
         default="stratified",
@@ -97,7 +120,7 @@ class SelectionConfig:
         ),
     )
     epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(
-        default=3, metadata=_doc("Training epochs over the coreset after each round, 1-20.")
+        default=3, metadata=_doc("Training epochs over the coreset after each round of nacs-paper, 1-20.")
     )
     learning_rate: Annotated[float, Gt(0.0), Le(1.0)] = field(
         default=0.01, metadata=_doc("Adam learning rate of the proxy model, in (0, 1].")
@@ -127,7 +150,8 @@ class SelectionConfig:
     warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
         default=0.2,
         metadata=_doc(
-            "Share of the rows the proxy model trains on (one epoch) before the first round, 0-0.5."
+            "Share of the rows the proxy model trains on (one epoch) before the first round "
+            "of nacs-paper, 0-0.5."
         ),
     )
 
@@ -135,15 +159,84 @@ class SelectionConfig:
         default=0.0,
         metadata=_doc(
             "Share of each round's picks drawn uniformly at random from its candidates (per class) "
-            "instead of by facility location, 0-0.9; they are denoised and relabelled like the rest."
+            "instead of by facility location (nacs-paper), 0-0.9."
         ),
     )
     soft_labels: SoftLabelSource = field(
         default="selection",
         metadata=_doc(
-            "Whose predictions correct the labels: selection (the proxy's prediction for a row "
-            "when the row was selected, before the proxy trained on it) or final (the final "
-            "proxy, which has trained on every coreset row)."
+            "Whose predictions correct the labels in nacs-paper: selection (the proxy's "
+            "prediction for a row when the row was selected, before the proxy trained on it) "
+            "or final (the final proxy, which has trained on every coreset row)."
+        ),
+    )
+
+    teacher_folds: Annotated[int, Ge(2), Le(10)] = field(
+        default=2,
+        metadata=_doc(
+            "Folds of the cross-fitted teacher, 2-10: each row is scored by a proxy model "
+            "trained on the other folds."
+        ),
+    )
+    selection: Selection = field(
+        default="coverage",
+        metadata=_doc(
+            "How the kept rows are chosen within each class: coverage (evenly across the "
+            "teacher's difficulty strata), facility-location (on the embedding option) or random."
+        ),
+    )
+    embedding: Embedding = field(
+        default="gradient",
+        metadata=_doc(
+            "What facility location compares: gradient (the head's last-layer gradient "
+            "vector), normalized-gradient, scalar (the residual p - y) or features (the "
+            "penultimate layer)."
+        ),
+    )
+    weighting: Weighting = field(
+        default="uniform",
+        metadata=_doc(
+            "Row weights: uniform, or craig (facility location's cluster sizes, tempered to "
+            "keep min_effective_share)."
+        ),
+    )
+    min_effective_share: Annotated[float, Ge(0.0), Le(1.0)] = field(
+        default=0.5,
+        metadata=_doc(
+            "With craig weights, the least effective sample size (sum w)^2 / sum w^2 as a "
+            "share of the rows, 0-1."
+        ),
+    )
+    set_aside_factor: Annotated[float, Ge(0.0), Le(10.0)] = field(
+        default=3.0,
+        metadata=_doc(
+            "Rows set aside as likely wrong labels, as a multiple of the estimated count of "
+            "wrong labels in each class, 0-10 (0 sets none aside)."
+        ),
+    )
+    label_mix: Annotated[float, Ge(0.0), Le(1.0)] = field(
+        default=0.0,
+        metadata=_doc(
+            "Weight of the given label in the soft label, 0-1: soft = mix * label + (1 - mix) "
+            "* the teacher's calibrated click probability."
+        ),
+    )
+    audit: bool = field(
+        default=True,
+        metadata=_doc(
+            "Hold back validation rows and compare the coreset with a stratified random "
+            "subset of the same size (the manifest's audit)."
+        ),
+    )
+    audit_seeds: Annotated[int, Ge(1), Le(10)] = field(
+        default=3, metadata=_doc("Seeds of the audit's paired comparison, 1-10.")
+    )
+    guard: Guard = field(
+        default="report",
+        metadata=_doc(
+            "What the audit does: report (writes its verdict) or fallback (delivers the best "
+            "on validation of the coreset, the random subset and their mixture when the "
+            "coreset loses beyond two standard errors)."
         ),
     )
 
@@ -157,13 +250,23 @@ class SelectionConfig:
 
     @property
     def denoise(self) -> bool:
-        """Whether the MC-dropout step runs (off for nacs-no-denoise and baselines)."""
-        return self.method in ("nacs", "nacs-no-relabel") and self.remove_rate > 0
+        """Whether likely wrong labels are removed: rows set aside by the teacher, or
+        nacs-paper's MC-dropout step (off for nacs-no-denoise and the random baselines)."""
+        if self.method == "nacs-paper":
+            return self.remove_rate > 0
+        return self.method in ("nacs", "nacs-no-relabel", "denoised-random") and (
+            self.set_aside_factor > 0
+        )
 
     @property
     def relabel(self) -> bool:
-        """Whether progressive label correction runs (off for nacs-no-relabel)."""
-        return self.method in ("nacs", "nacs-no-denoise")
+        """Whether the coreset gets soft labels (off for nacs-no-relabel and baselines)."""
+        return self.method in ("nacs", "nacs-no-denoise", "nacs-paper", "denoised-random")
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the method runs the cross-fitted teacher (``nacs_engine.nacs``)."""
+        return self.method in TEACHER_METHODS
 
     @property
     def is_baseline(self) -> bool:
@@ -236,6 +339,8 @@ def _check_constraints(name: str, value: Any, hint: Any) -> None:
                 raise ValueError(f"{name}: expected a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if base is bool and not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
         if base is str and not isinstance(value, str):
             raise ValueError(f"{name}: expected a string, got {value!r}")
         for constraint in constraints:

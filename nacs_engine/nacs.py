@@ -1,542 +1,323 @@
-"""NaCS selection (ENGINE.md, Algorithm 1): gradient-matching rounds, MC-dropout denoising, relabelling.
+"""NaCS: a cross-fitted teacher, likely wrong labels set aside, and soft labels.
 
-How the pieces are sized here:
-- Over-selection: when denoising, the rounds select k' = ceil(k / (1 - remove_rate))
-  rows (at most n) and denoising removes exactly k' - k, so the result has k rows.
-- Class balance: "stratified" and "balanced" fix the number of positives and
-  negatives once (``baselines.class_quota``) for k' and for k; each round
-  selects its share of each class among that class's rows, and denoising
-  removes the highest-scoring rows within each class down to the quota for k,
-  so the class mix the user asked for survives denoising. "none" selects and
-  removes over all rows together.
-- Round budgets: each class quota is split evenly over the rounds (the first
-  rounds take the remainder).
-- Candidates: every round considers all rows not yet selected, streamed in
-  chunks of at most ``CHUNK_ROWS`` rows (one ``select_partitions`` call per
-  chunk, its budget proportional to the chunk), so memory stays bounded for
-  data of any size while no row is left out.
-- Partition size: ``config.partition_size``, or else the largest that keeps
-  a round's greedy within what it costs at 1M rows. A partition of N rows
-  costs N^2 similarities, so a pass over n candidates costs n N; the
-  automatic size is ``PAIRS_PER_PASS`` / n, clipped to [``MIN_PARTITION``,
-  ``MAX_PARTITION``] (and to the rows available): 512 rows from 1M
-  candidates on, which keeps selection well under full training on a CPU,
-  and 4,096 rows up to 125,000 candidates. Larger partitions give facility
-  location a wider view: on MovieLens they gained 0.006-0.013 test AUC with
-  clean labels and 0.001-0.008 with noise, for selection several times
-  slower there (docs/BENCHMARKS.md).
-- Label-correction horizon: T is the number of optimizer steps the rounds'
-  training will take in total (known in advance from the round sizes), so the
-  global trust g(t) rises from about 0 in round 1 to about 1 in the last
-  epoch. A warm-up (``config.warmup_ratio``) trains with the given labels and
-  is not counted in T.
-- MC-dropout losses are taken against the given labels: a row whose given
-  label the model keeps disputing, across dropout masks, scores high.
-- Soft labels: by default the correction uses the proxy's prediction for each
-  row at the moment it was selected (``config.soft_labels``), not the final
-  proxy's, which has fitted every coreset row's given label (see
-  ``_Selection._soft_labels``).
+The steps of one selection over the candidate rows:
+
+1. Teacher (``nacs_engine.teacher``): K proxies, each trained on all folds but
+   one, give every candidate an out-of-fold click probability, recalibrated by
+   Platt scaling.
+2. Noise (``nacs_engine.denoise.noise_estimate``): the flip rate is read from
+   the lowest and highest probabilities, and within each class the rows whose
+   given label the teacher supports least are set aside, ``set_aside_factor``
+   times the estimated count of wrong labels in that class. On labels with few
+   flips little is set aside.
+3. Selection among the kept rows, within each class (``class_balance``: the
+   kept rows' click rate by default): ``coverage`` draws evenly across equal-
+   count strata of the teacher's support for the given label (stratified
+   sampling over difficulty); ``facility-location`` solves partitioned facility
+   location on the fold model's ``embedding`` of each row (partitions never mix
+   folds, whose models differ); ``random`` draws uniformly.
+4. Labels and weights: each row's soft label is ``label_mix`` * its given label
+   + (1 - ``label_mix``) * the teacher's calibrated probability; weights are
+   uniform, or facility location's cluster sizes (``weighting="craig"``),
+   tempered until their effective sample size is at least
+   ``min_effective_share`` of the rows. The uncertainty column is the teacher's
+   probability that the given label is wrong.
+
+Why a teacher instead of the paper's rounds (``nacs_engine.paper``): measured on
+five real datasets and three model families, the paper's facility location on
+raw last-layer gradients favoured hard and wrongly labelled rows and did not
+carry over to other models, while the out-of-fold probabilities both find wrong
+labels and, as soft labels, pass on what the proxy learned from every row
+(docs/BENCHMARKS.md, docs/design/).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from nacs_engine import selection
 from nacs_engine.baselines import class_quota, prior_weights
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.denoise.label_correction import (
-    corrected_targets,
-    correction_strength,
-    global_trust,
-)
-from nacs_engine.denoise.mc_dropout import mc_dropout_scores
+from nacs_engine.denoise.noise_estimate import estimate_noise, label_support, likely_wrong
 from nacs_engine.errors import DataError
-from nacs_engine.gradients import adam_precondition, head_moments, last_layer_gradients
-from nacs_engine.models.registry import build_model
+from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
 from nacs_engine.pipeline import CoresetResult
-from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
-from nacs_engine.train import (
-    as_feature_tensor,
-    default_batch_size,
-    make_optimizer,
-    predict_logits,
-    steps_per_epoch,
-    train_label_correcting,
-)
+from nacs_engine.runtime import numpy_generator, resolve_device, torch_generator
+from nacs_engine.teacher import Teacher, cross_fit, embeddings
 
-CHUNK_ROWS = 1 << 20
-# Similarities one round's greedy may compute: 1M candidates in partitions of 512.
-PAIRS_PER_PASS = 512 * 1_000_000
-MIN_PARTITION = 512
-MAX_PARTITION = 4096
-# Rows per forward pass when scoring candidates (inference needs no small batches).
-INFERENCE_BATCH_ROWS = 16384
-# Share of each round's progress given to scoring and selection; the rest is training.
-_SELECT_SHARE = 0.8
-# Share of the selecting phase's progress given to the warm-up, when there is one.
-_WARMUP_SHARE = 0.1
-# Training reports progress after this many optimizer steps.
-_REPORT_EVERY_STEPS = 8
+# Difficulty strata of the coverage selection (fewer when a class takes fewer rows).
+COVERAGE_STRATA = 10
+# Share of the selecting phase's progress given to the teacher.
+_TEACHER_SHARE = 0.9
 
 Report = Callable[[str, float, str], None]
 
 
-@dataclass
-class _Group:
-    """Rows selected together: one class, or all rows when class balance is "none"."""
+def run_nacs(
+    data: EncodedDataset,
+    config: SelectionConfig,
+    k: int,
+    report: Report,
+    *,
+    candidates: np.ndarray | None = None,
+) -> CoresetResult:
+    """Select ``k`` of the ``candidates`` rows of ``data`` (default: all) as ``config`` says.
 
-    name: str
-    mask: np.ndarray  # (n,) bool
-    pre_quota: int
-    final_quota: int
-    round_budgets: list[int]
-
-
-def over_selection_size(k: int, n_rows: int, remove_rate: float, denoise: bool) -> int:
-    """k' = ceil(k / (1 - remove_rate)) when denoising (at most n_rows), else k."""
-    if not denoise or remove_rate <= 0:
-        return k
-    return min(n_rows, math.ceil(k / (1.0 - remove_rate) - 1e-9))
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """``total`` split into ``parts`` integers differing by at most one, larger first."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def automatic_partition_size(candidates: int) -> int:
-    """Rows per partition for a round over ``candidates`` rows: ``PAIRS_PER_PASS`` / candidates,
-    within [``MIN_PARTITION``, ``MAX_PARTITION``] and at most ``candidates``."""
-    wanted = PAIRS_PER_PASS // max(candidates, 1)
-    return int(max(1, min(candidates, max(MIN_PARTITION, min(MAX_PARTITION, wanted)))))
-
-
-def run_nacs(data: EncodedDataset, config: SelectionConfig, k: int, report: Report) -> CoresetResult:
-    """Select ``k`` rows of ``data`` by NaCS as ``config`` says; returns a ``CoresetResult``.
-
-    ``report(phase, fraction, message)`` is called after every batch of
-    gradients, every block of partitions, every training epoch and every
-    MC-dropout pass; an exception it raises propagates.
+    ``report(phase, fraction, message)`` is called as the teacher trains, after
+    the set-aside and after the selection; an exception it raises propagates.
+    Raises DataError when the labels are not 0/1 or hold one class only.
     """
     if not isinstance(data, EncodedDataset):
         raise ValueError(f"data: expected an EncodedDataset, got {type(data).__name__}")
-    if not isinstance(config, SelectionConfig):
-        raise ValueError(f"config: expected a SelectionConfig, got {type(config).__name__}")
-    if config.is_baseline:
-        raise ValueError(f"config: method {config.method!r} is a random baseline, not a NaCS method")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= data.n_rows:
-        raise ValueError(f"k: expected an integer in [1, {data.n_rows}], got {k!r}")
+    if not isinstance(config, SelectionConfig) or not config.uses_teacher:
+        raise ValueError("config: expected a SelectionConfig of a teacher method (nacs, ...)")
+    rows = np.arange(data.n_rows, dtype=np.int64) if candidates is None else np.asarray(candidates, np.int64)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rows.shape[0]:
+        raise ValueError(f"k: expected an integer in [1, {rows.shape[0]}], got {k!r}")
     if not callable(report):
         raise ValueError("report: expected a callable report(phase, fraction, message)")
     labels = np.asarray(data.labels, dtype=np.float32)
-    if not np.all((labels == 0.0) | (labels == 1.0)):
-        bad = labels[(labels != 0.0) & (labels != 1.0)][0]
+    given = labels[rows]
+    if not np.all((given == 0.0) | (given == 1.0)):
+        bad = given[(given != 0.0) & (given != 1.0)][0]
         raise DataError("labels_not_binary", f"labels: expected 0 or 1, found {bad!r}")
-
+    if given.min() == given.max():
+        raise DataError(
+            "single_class",
+            f"labels: every row is labelled {int(given[0])}; the teacher needs clicks and "
+            "non-clicks (method random or stratified selects from one class)",
+        )
     device = resolve_device(config.device)
-    with seeded_scope(config.seed, "dropout", device):
-        return _Selection(data, labels, config, k, report, device).run()
+    started = time.perf_counter()
+    report("selecting", 0.0, f"{config.method}: training {config.teacher_folds} teacher models")
+
+    def teacher_progress(fraction: float, message: str) -> None:
+        report("selecting", _TEACHER_SHARE * fraction, message)
+
+    teacher = cross_fit(
+        data.features, labels, rows, data.field_dims, config, device=device, progress=teacher_progress
+    )
+    teacher_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    probabilities = teacher.probabilities
+    estimate = estimate_noise(probabilities, given)
+    if config.denoise:
+        aside = likely_wrong(probabilities, given, estimate, config.set_aside_factor)
+    else:
+        aside = np.zeros(rows.shape[0], dtype=bool)
+    kept = np.flatnonzero(~aside)  # positions into rows
+    if kept.shape[0] < k:
+        # The budget needs more rows than survive: keep the best supported of those set aside.
+        support = label_support(probabilities, given)
+        order = np.flatnonzero(aside)[np.argsort(-support[aside], kind="stable")]
+        kept = np.sort(np.concatenate([kept, order[: k - kept.shape[0]]]))
+        aside = np.ones(rows.shape[0], dtype=bool)
+        aside[kept] = False
+    denoising_seconds = time.perf_counter() - started
+    report(
+        "denoising",
+        1.0,
+        f"estimated flip rate {estimate.flip_rate:.3f}; {int(aside.sum())} rows set aside",
+    )
+
+    started = time.perf_counter()
+    strategy = "random" if config.method == "denoised-random" else config.selection
+    picked, craig, objective = _select(data, teacher, given, kept, k, strategy, config, device, report)
+    weights = np.ones(k)
+    if config.weighting == "craig" and craig is not None:
+        weights = _weights(craig, config.min_effective_share)
+    picked_given = given[picked]
+    if config.class_balance == "balanced":
+        weights = weights * prior_weights(picked_given, float(given[kept].mean()))
+    weights = weights / weights.mean()
+    if config.relabel:
+        soft = config.label_mix * picked_given + (1.0 - config.label_mix) * probabilities[picked]
+    else:
+        soft = picked_given.astype(np.float64)
+    uncertainty = 1.0 - label_support(probabilities[picked], picked_given)
+    selecting_seconds = teacher_seconds + time.perf_counter() - started
+    report("selecting", 1.0, f"{k} rows selected")
+
+    dataset_rows = rows[picked]
+    effective = float(weights.sum() ** 2 / (weights**2).sum()) / k
+    diagnostics: dict[str, Any] = {
+        "method": config.method,
+        "backbone": config.backbone,
+        "device": str(device),
+        "phase_seconds": {"selecting": selecting_seconds, "denoising": denoising_seconds},
+        "data_rows": int(data.n_rows),
+        "data_clicks": int(labels.sum(dtype=np.float64)),
+        "candidate_rows": int(rows.shape[0]),
+        "coreset_rows": int(k),
+        "coreset_clicks": int(picked_given.sum(dtype=np.float64)),
+        "noise": estimate.to_dict()
+        | {
+            "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
+            "set_aside_rows": int(aside.sum()),
+            "set_aside_positive": int((aside & (given > 0.5)).sum()),
+            "set_aside_negative": int((aside & (given <= 0.5)).sum()),
+        },
+        "teacher": teacher.summary(),
+        "selection": {
+            "strategy": strategy,
+            "embedding": config.embedding if strategy == "facility-location" else None,
+            "weighting": config.weighting if strategy == "facility-location" else "uniform",
+            "objective": objective,
+            "effective_sample_share": effective,
+        },
+        "soft_label_mean": float(soft.mean()),
+        "soft_label_mean_shift": float(np.abs(soft - picked_given).mean()),
+    }
+    return CoresetResult(
+        rows=dataset_rows.astype(np.int64),
+        labels=picked_given.astype(np.float32),
+        soft_labels=np.clip(soft, 0.0, 1.0).astype(np.float32),
+        weights=weights.astype(np.float32),
+        uncertainty=uncertainty.astype(np.float32),
+        diagnostics=diagnostics,
+    )
 
 
-class _Selection:
-    """The state of one NaCS run: the proxy model, its optimizer, the selection so far."""
+def _groups(given: np.ndarray, kept: np.ndarray, k: int, class_balance: str) -> list[tuple[np.ndarray, int]]:
+    """(kept positions of one class, rows to take) per class; one group for "none"."""
+    if class_balance == "none":
+        return [(kept, k)]
+    positive = kept[given[kept] > 0.5]
+    negative = kept[given[kept] <= 0.5]
+    take_positive, take_negative = class_quota(given[kept], k, class_balance)
+    return [(positive, take_positive), (negative, take_negative)]
 
-    def __init__(
-        self,
-        data: EncodedDataset,
-        labels: np.ndarray,
-        config: SelectionConfig,
-        k: int,
-        report: Report,
-        device: torch.device,
-    ) -> None:
-        self.data = data
-        self.labels = labels
-        self.config = config
-        self.k = k
-        self.report = report
-        self.device = device
-        self.n = data.n_rows
-        self.k_pre = over_selection_size(k, self.n, config.remove_rate, config.denoise)
-        self.rng = numpy_generator(config.seed, "partitions")
-        self.greedy_generator = torch_generator(config.seed, "greedy", device)
-        self.training_generator = torch_generator(config.seed, "training")
-        self.batch_size = config.batch_size or default_batch_size(self.k_pre)
-        self.data_click_rate = float(labels.mean())
-        self.groups = self._groups()
-        with seeded_scope(config.seed, "model_init", device):
-            model = build_model(
-                config.backbone, data.field_dims, embed_dim=config.embed_dim, dropout=config.dropout
-            )
-        self.model: nn.Module = model.to(device)
-        self.optimizer = make_optimizer(
-            self.model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
-        )
-        self.step = 0
-        cumulative = np.cumsum([sum(g.round_budgets[r] for g in self.groups) for r in range(config.rounds)])
-        self.total_steps = max(
-            1, sum(config.epochs_per_round * steps_per_epoch(int(c), self.batch_size) for c in cumulative)
-        )
-        self.rows: list[np.ndarray] = []
-        self.craig_weights: list[np.ndarray] = []
-        # The proxy's probability for each selected row when it was selected (aligned with rows).
-        self.selection_probs: list[np.ndarray] = []
-        self.warmup_share = _WARMUP_SHARE if config.warmup_ratio > 0 else 0.0
 
-    def _report_rounds(self, fraction: float, message: str) -> None:
-        """Progress of the rounds (``fraction`` in [0, 1]) after the warm-up's share."""
-        self.report("selecting", self.warmup_share + (1.0 - self.warmup_share) * fraction, message)
-
-    def _groups(self) -> list[_Group]:
-        rounds = self.config.rounds
-        if self.config.class_balance == "none":
-            mask = np.ones(self.n, dtype=bool)
-            return [_Group("all", mask, self.k_pre, self.k, split_evenly(self.k_pre, rounds))]
-        pre_pos, pre_neg = class_quota(self.labels, self.k_pre, self.config.class_balance)
-        final_pos, final_neg = class_quota(self.labels, self.k, self.config.class_balance)
-        # Denoising can only remove rows: never ask a class for more than it was given.
-        final_pos = min(final_pos, pre_pos)
-        final_neg = self.k - final_pos
-        if final_neg > pre_neg:
-            final_neg, final_pos = pre_neg, self.k - pre_neg
-        positive = self.labels > 0.5
-        return [
-            _Group("positive", positive, pre_pos, final_pos, split_evenly(pre_pos, rounds)),
-            _Group("negative", ~positive, pre_neg, final_neg, split_evenly(pre_neg, rounds)),
-        ]
-
-    # -- the run ---------------------------------------------------------------------
-
-    def run(self) -> CoresetResult:
-        started = time.perf_counter()
-        config = self.config
-        self.report("selecting", 0.0, f"{config.method}: selecting {self.k_pre} rows in {config.rounds} rounds")
-        warmup_steps = self._warmup()
-        selected_mask = np.zeros(self.n, dtype=bool)
-        round_log: list[dict[str, Any]] = []
-        for round_index in range(config.rounds):
-            round_log.append(self._round(round_index, selected_mask))
-        rows = np.concatenate(self.rows)
-        weights = np.concatenate(self.craig_weights).astype(np.float64)
-        probs = np.concatenate(self.selection_probs)
-        selecting_seconds = time.perf_counter() - started
-        self.report("selecting", 1.0, f"{rows.shape[0]} rows selected")
-
-        started = time.perf_counter()
-        uncertainty = np.zeros(rows.shape[0], dtype=np.float64)
-        removed = 0
-        if config.denoise and self.k_pre > self.k:
-            keep, uncertainty = self._denoise(rows)
-            removed = int(rows.shape[0] - keep.shape[0])
-            rows, weights, uncertainty, probs = rows[keep], weights[keep], uncertainty[keep], probs[keep]
-        elif config.denoise:
-            self.report("denoising", 1.0, "nothing to remove")
-        order = np.argsort(rows, kind="stable")
-        rows, weights, uncertainty, probs = rows[order], weights[order], uncertainty[order], probs[order]
-        given = self.labels[rows]
-        soft_labels, final_correction = self._soft_labels(rows, given, probs)
-        if config.class_balance == "balanced":
-            weights = weights * prior_weights(given, self.data_click_rate)
-        weights = weights / weights.mean()
-        denoising_seconds = time.perf_counter() - started
-        if config.denoise:
-            self.report("denoising", 1.0, f"{removed} rows removed, {rows.shape[0]} kept")
-
-        diagnostics: dict[str, Any] = {
-            "method": config.method,
-            "backbone": config.backbone,
-            "device": str(self.device),
-            "phase_seconds": {"selecting": selecting_seconds, "denoising": denoising_seconds},
-            "data_rows": int(self.n),
-            "data_clicks": int(self.labels.sum()),
-            "coreset_rows": int(rows.shape[0]),
-            "coreset_clicks": int(given.sum()),
-            "pre_denoise_rows": int(self.k_pre),
-            "removed_rows": removed,
-            "rounds": round_log,
-            "batch_size": int(self.batch_size),
-            "warmup_steps": int(warmup_steps),
-            "planned_steps": int(self.total_steps),
-            "steps": int(self.step),
-            "final_global_trust": global_trust(self.step, self.total_steps),
-            "final_mean_correction": final_correction,
-            "soft_label_mean_shift": float(np.abs(soft_labels - given).mean()) if given.size else 0.0,
-        }
-        return CoresetResult(
-            rows=rows.astype(np.int64),
-            labels=given.astype(np.float32),
-            soft_labels=soft_labels.astype(np.float32),
-            weights=weights.astype(np.float32),
-            uncertainty=uncertainty.astype(np.float32),
-            diagnostics=diagnostics,
-        )
-
-    def _warmup(self) -> int:
-        ratio = self.config.warmup_ratio
-        count = int(round(ratio * self.n))
-        if ratio <= 0 or count < 2:
-            return 0
-        rows = np.sort(numpy_generator(self.config.seed, "warmup").choice(self.n, size=count, replace=False))
-        self.report("selecting", 0.0, f"warm-up on {count} rows")
-
-        def on_batch(done: int, total: int) -> None:
-            self.report("selecting", self.warmup_share * done / total, f"warm-up: batch {done}/{total}")
-
-        log = train_label_correcting(
-            self.model,
-            self.optimizer,
-            self.data.features[rows],
-            torch.from_numpy(self.labels[rows]),
-            None,
-            epochs=1,
-            batch_size=self.batch_size,
-            device=self.device,
-            generator=torch_generator(self.config.seed, "warmup"),
-            start_step=0,
-            total_steps=1,
-            relabel=False,
-            on_batch=on_batch,
-            report_every=_REPORT_EVERY_STEPS,
-        )
-        return log.steps
-
-    def _round(self, round_index: int, selected_mask: np.ndarray) -> dict[str, Any]:
-        rounds = self.config.rounds
-        base = round_index / rounds
-        groups = [(g, g.round_budgets[round_index]) for g in self.groups if g.round_budgets[round_index] > 0]
-        candidates_total = sum(int(np.count_nonzero(g.mask & ~selected_mask)) for g, _ in groups)
-        done_rows = 0
-        objective = 0.0
-        picked = 0
-        partition_sizes: list[int] = []
-        moments = head_moments(self.optimizer, self.model.head)
-        round_partition_size = self.config.partition_size or automatic_partition_size(candidates_total)
-
-        for group, budget in groups:
-            candidates = np.flatnonzero(group.mask & ~selected_mask)
-            if candidates.shape[0] > CHUNK_ROWS:
-                candidates = self.rng.permutation(candidates)
-            partition_size = min(round_partition_size, candidates.shape[0])
-            partition_sizes.append(int(partition_size))
-            chunk_count = -(-candidates.shape[0] // CHUNK_ROWS)
-            chunks = np.array_split(candidates, chunk_count)
-            chunk_budgets = selection.partition_budgets([c.shape[0] for c in chunks], budget)
-            for chunk, chunk_budget in zip(chunks, chunk_budgets, strict=True):
-                if chunk_budget == 0:
-                    done_rows += chunk.shape[0]
-                    continue
-
-                def scored(rows_done: int, rows_total: int, offset: int = done_rows) -> None:
-                    fraction = (offset + 0.5 * rows_done) / max(candidates_total, 1)
-                    self._report_rounds(
-                        base + _SELECT_SHARE * fraction / rounds,
-                        f"round {round_index + 1}/{rounds}: gradients of {offset + rows_done}/{candidates_total} rows",
-                    )
-
-                gradients, probs = self._preconditioned_gradients(chunk, moments, scored)
-                drawn, pool = self._random_share(chunk.shape[0], int(chunk_budget))
-                if drawn.shape[0]:
-                    self.rows.append(chunk[drawn])
-                    self.selection_probs.append(probs[drawn])
-                    self.craig_weights.append(np.ones(drawn.shape[0], dtype=np.float64))
-                    selected_mask[chunk[drawn]] = True
-                    picked += int(drawn.shape[0])
-                    gradients = gradients[torch.from_numpy(pool).to(gradients.device)]
-                fl_budget = int(chunk_budget) - int(drawn.shape[0])
-                if fl_budget == 0:
-                    done_rows += chunk.shape[0]
-                    continue
-
-                def blocks(fraction: float, message: str, offset: int = done_rows, size: int = chunk.shape[0]) -> None:
-                    overall = (offset + size * (0.5 + 0.5 * fraction)) / max(candidates_total, 1)
-                    self._report_rounds(
-                        base + _SELECT_SHARE * overall / rounds,
-                        f"round {round_index + 1}/{rounds}: {message}",
-                    )
-
-                chosen = selection.select_partitions(
-                    gradients,
-                    fl_budget,
-                    partition_size=int(min(partition_size, pool.shape[0])),
-                    eps=self.config.eps,
-                    generator=self.greedy_generator,
-                    progress=blocks,
-                )
-                del gradients
-                positions = pool[chosen.indices.cpu().numpy()]
-                self.rows.append(chunk[positions])
-                self.selection_probs.append(probs[positions])
-                self.craig_weights.append(chosen.weights.cpu().numpy().astype(np.float64))
-                selected_mask[chunk[positions]] = True
-                objective += float(chosen.objective)
-                picked += int(positions.shape[0])
-                done_rows += chunk.shape[0]
-
-        training = self._train_on_selection(round_index)
-        return {
-            "round": round_index + 1,
-            "candidates": int(candidates_total),
-            "selected": int(picked),
-            "selected_total": int(selected_mask.sum()),
-            "objective": float(objective),
-            "partition_sizes": partition_sizes,
-            "mean_correction": float(np.mean(training.epoch_corrections)) if training.epoch_corrections else 0.0,
-            "train_loss": float(np.mean(training.epoch_losses)) if training.epoch_losses else 0.0,
-            "steps": int(self.step),
-        }
-
-    def _random_share(self, n_candidates: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions among ``n_candidates`` drawn uniformly for ``config.random_share`` of
-        ``budget``, and the positions left to facility location, both ascending."""
-        count = int(round(self.config.random_share * budget))
-        everything = np.arange(n_candidates)
-        if count == 0:
-            return everything[:0], everything
-        drawn = np.sort(self.rng.choice(n_candidates, size=count, replace=False))
-        left = np.ones(n_candidates, dtype=bool)
-        left[drawn] = False
-        return drawn, everything[left]
-
-    @torch.no_grad()
-    def _preconditioned_gradients(
-        self, rows: np.ndarray, moments: Any, on_batch: Callable[[int, int], None]
-    ) -> tuple[torch.Tensor, np.ndarray]:
-        """Adam-preconditioned last-layer gradients of ``rows`` under the current model, (r, H + 1),
-        and the model's click probabilities for them, (r,)."""
-        self.model.eval()
-        hidden = self.model.head.in_features
-        out = torch.empty(rows.shape[0], hidden + 1, dtype=torch.float32, device=self.device)
-        probs = np.empty(rows.shape[0], dtype=np.float64)
-        for start in range(0, rows.shape[0], INFERENCE_BATCH_ROWS):
-            stop = min(rows.shape[0], start + INFERENCE_BATCH_ROWS)
-            batch_rows = rows[start:stop]
-            x = as_feature_tensor(self.data.features[batch_rows]).to(self.device)
-            y = torch.from_numpy(self.labels[batch_rows]).to(self.device)
-            logits, h = self.model.logits_and_features(x)
-            p = torch.sigmoid(logits)
-            probs[start:stop] = torch.sigmoid(logits.double()).cpu().numpy()
-            targets = corrected_targets(y, p, self.step, self.total_steps) if self.config.relabel else y
-            out[start:stop] = adam_precondition(last_layer_gradients(logits, h, targets), moments)
-            on_batch(stop, rows.shape[0])
-        return out, probs
-
-    def _selected_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.concatenate(self.rows)
-        weights = np.concatenate(self.craig_weights)
-        if self.config.class_balance == "balanced":
-            weights = weights * prior_weights(self.labels[rows], self.data_click_rate)
-        return rows, weights / weights.mean()
-
-    def _train_on_selection(self, round_index: int) -> Any:
-        rows, weights = self._selected_arrays()
-        rounds = self.config.rounds
-        base = round_index / rounds
-
-        epochs = self.config.epochs_per_round
-        epochs_done = [0]
-
-        def on_epoch(epoch: int, loss: float, correction: float) -> None:
-            epochs_done[0] = epoch + 1
-            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epoch + 1) / epochs
-            self._report_rounds(
-                base + fraction / rounds,
-                f"round {round_index + 1}/{rounds}: training epoch {epoch + 1}, loss {loss:.4f}, "
-                f"correction {correction:.3f}",
-            )
-
-        def on_batch(done: int, total: int) -> None:
-            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epochs_done[0] + done / total) / epochs
-            self._report_rounds(
-                base + fraction / rounds,
-                f"round {round_index + 1}/{rounds}: training epoch {epochs_done[0] + 1}, batch {done}/{total}",
-            )
-
-        log = train_label_correcting(
-            self.model,
-            self.optimizer,
-            self.data.features[rows],
-            torch.from_numpy(self.labels[rows]),
-            torch.from_numpy(weights.astype(np.float32)),
-            epochs=epochs,
-            batch_size=self.batch_size,
-            device=self.device,
-            generator=self.training_generator,
-            start_step=self.step,
-            total_steps=self.total_steps,
-            relabel=self.config.relabel,
-            on_epoch=on_epoch,
-            on_batch=on_batch,
-            report_every=_REPORT_EVERY_STEPS,
-        )
-        self.step += log.steps
-        return log
-
-    def _denoise(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions (into ``rows``) to keep, and the UCB score of every row."""
-        self.report("denoising", 0.0, f"MC dropout over {rows.shape[0]} rows")
-
-        def on_pass(fraction: float, message: str) -> None:
-            self.report("denoising", 0.9 * fraction, message)
-
-        _, _, scores_tensor = mc_dropout_scores(
-            self.model,
-            self.data.features[rows],
-            torch.from_numpy(self.labels[rows]),
-            passes=self.config.mc_passes,
-            batch_size=INFERENCE_BATCH_ROWS,
-            device=self.device,
-            progress=on_pass,
-        )
-        scores = scores_tensor.numpy()
-        keep_mask = np.ones(rows.shape[0], dtype=bool)
-        for group in self.groups:
-            members = np.flatnonzero(group.mask[rows])
-            remove = members.shape[0] - group.final_quota
-            if remove <= 0:
-                continue
-            # Highest scores first; ties broken by position for determinism.
-            ranked = members[np.lexsort((members, -scores[members]))]
-            keep_mask[ranked[:remove]] = False
-        keep = np.flatnonzero(keep_mask)
-        if keep.shape[0] != self.k:
-            raise RuntimeError(f"denoising kept {keep.shape[0]} rows instead of {self.k}")
-        return keep, scores
-
-    def _soft_labels(
-        self, rows: np.ndarray, given: np.ndarray, selection_probs: np.ndarray
-    ) -> tuple[np.ndarray, float]:
-        """y* of the kept rows (the given labels without relabelling).
-
-        The correction y* = (1 - e) y + e p takes the final global trust; p is the
-        proxy's prediction when the row was selected (``soft_labels="selection"``)
-        or the final proxy's (``"final"``). The final proxy has trained for
-        several epochs on every coreset row and predicts each row's given label,
-        right or wrong, with confidence; the prediction made at selection time
-        came before the proxy ever trained on the row (it may have been among
-        the warm-up rows), so it can disagree with a wrong label.
-        """
-        if not self.config.relabel:
-            return given.astype(np.float32).copy(), 0.0
-        if self.config.soft_labels == "selection":
-            probs = torch.from_numpy(np.asarray(selection_probs, dtype=np.float64))
+def _select(
+    data: EncodedDataset,
+    teacher: Teacher,
+    given: np.ndarray,
+    kept: np.ndarray,
+    k: int,
+    strategy: str,
+    config: SelectionConfig,
+    device: torch.device,
+    report: Report,
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Positions (into the candidates, ascending) of the k rows, their CRAIG weights
+    (facility location only, aligned) and the facility-location objective."""
+    rng = numpy_generator(config.seed, "selection")
+    support = label_support(teacher.probabilities, given)
+    chosen: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    objective = 0.0
+    groups = _groups(given, kept, k, config.class_balance)
+    for index, (members, take) in enumerate(groups):
+        if take == 0:
+            continue
+        if strategy == "random":
+            chosen.append(np.sort(rng.choice(members, size=take, replace=False)))
+        elif strategy == "coverage":
+            chosen.append(_coverage(members, support[members], take, rng))
         else:
-            logits = predict_logits(
-                self.model, self.data.features[rows], batch_size=INFERENCE_BATCH_ROWS, device=self.device
+            picks, weights, value = _facility_location(
+                data, teacher, given, members, take, config, device
             )
-            probs = torch.sigmoid(logits.double())
-        y = torch.from_numpy(given.astype(np.float64))
-        soft = corrected_targets(y, probs, self.step, self.total_steps)
-        strength = correction_strength(probs, self.step, self.total_steps)
-        return soft.numpy(), float(strength.mean()) if strength.numel() else 0.0
+            chosen.append(picks)
+            counts.append(weights)
+            objective += value
+        report(
+            "selecting",
+            _TEACHER_SHARE + (1.0 - _TEACHER_SHARE) * (index + 1) / len(groups),
+            f"{strategy}: {sum(c.shape[0] for c in chosen)}/{k} rows chosen",
+        )
+    picked = np.concatenate(chosen)
+    order = np.argsort(picked, kind="stable")
+    craig = np.concatenate(counts)[order] if counts else None
+    return picked[order], craig, objective if strategy == "facility-location" else None
 
+
+def _coverage(members: np.ndarray, support: np.ndarray, take: int, rng: np.random.Generator) -> np.ndarray:
+    """``take`` of ``members``, drawn evenly across equal-count strata of ``support``."""
+    strata_count = int(min(COVERAGE_STRATA, take, members.shape[0]))
+    ordered = members[np.lexsort((members, support))]
+    strata = np.array_split(ordered, strata_count)
+    sizes = np.array([s.shape[0] for s in strata])
+    quota = np.zeros(strata_count, dtype=np.int64)
+    left = take
+    # Water-filling: each stratum takes an even share of what is left, at most its size.
+    for position, stratum in enumerate(np.argsort(sizes, kind="stable")):
+        share = left // (strata_count - position)
+        quota[stratum] = min(share, sizes[stratum])
+        left -= int(quota[stratum])
+    for stratum in np.argsort(-sizes, kind="stable"):
+        extra = min(left, int(sizes[stratum] - quota[stratum]))
+        quota[stratum] += extra
+        left -= extra
+    picks = [rng.choice(s, size=int(q), replace=False) for s, q in zip(strata, quota, strict=True) if q]
+    return np.sort(np.concatenate(picks))
+
+
+def _facility_location(
+    data: EncodedDataset,
+    teacher: Teacher,
+    given: np.ndarray,
+    members: np.ndarray,
+    take: int,
+    config: SelectionConfig,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``take`` of ``members`` by partitioned facility location, fold by fold and chunk by chunk."""
+    generator = torch_generator(config.seed, "facility_location", device)
+    folds = [members[teacher.folds[members] == f] for f in range(len(teacher.models))]
+    chunks = [
+        chunk
+        for fold_members in folds
+        if fold_members.shape[0]
+        for chunk in np.array_split(fold_members, -(-fold_members.shape[0] // CHUNK_ROWS))
+    ]
+    budgets = selection.partition_budgets([c.shape[0] for c in chunks], take)
+    partition_size = config.partition_size or automatic_partition_size(members.shape[0])
+    picks: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    objective = 0.0
+    for chunk, budget in zip(chunks, budgets, strict=True):
+        if budget == 0:
+            continue
+        vectors = embeddings(teacher, data.features, data.labels, chunk, config.embedding, device=device)
+        result = selection.select_partitions(
+            vectors,
+            int(budget),
+            partition_size=int(min(partition_size, chunk.shape[0])),
+            eps=config.eps,
+            generator=generator,
+        )
+        del vectors
+        picks.append(chunk[result.indices.cpu().numpy()])
+        # Weights have mean 1 over the chunk's picks: back to rows represented per pick.
+        counts.append(result.weights.cpu().numpy().astype(np.float64) * chunk.shape[0] / int(budget))
+        objective += float(result.objective)
+    return np.concatenate(picks), np.concatenate(counts), objective
+
+
+def _weights(counts: np.ndarray, min_effective_share: float) -> np.ndarray:
+    """CRAIG counts raised to the largest power in [0, 1] whose effective sample size
+    (sum w)^2 / sum w^2 is at least ``min_effective_share`` of the rows."""
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1e-12)
+
+    def share(power: float) -> float:
+        w = counts**power
+        return float(w.sum() ** 2 / (w**2).sum()) / counts.shape[0]
+
+    if share(1.0) >= min_effective_share:
+        return counts
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if share(middle) >= min_effective_share:
+            low = middle
+        else:
+            high = middle
+    return counts**low

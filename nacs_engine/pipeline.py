@@ -79,6 +79,10 @@ def select_coreset(
             diagnostics=_class_mix(labels, selected)
             | {"method": config.method, "device": "cpu", "phase_seconds": {"selecting": time.perf_counter() - started}},
         )
+    if config.method == "nacs-paper":
+        from nacs_engine.paper import run_nacs_paper
+
+        return run_nacs_paper(data, config, k, report)
     from nacs_engine.nacs import run_nacs
 
     return run_nacs(data, config, k, report)

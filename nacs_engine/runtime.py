@@ -28,6 +28,14 @@ STREAMS: dict[str, int] = {
     "dropout": 6,
     "evaluation": 7,
     "split": 8,
+    "teacher_folds": 9,
+    "teacher_init": 10,
+    "teacher_dropout": 11,
+    "teacher_batches": 12,
+    "teacher_validation": 13,
+    "selection": 14,
+    "facility_location": 15,
+    "audit": 16,
 }
 
 
@@ -56,29 +64,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def _stream_seed(seed: int, stream: str) -> int:
+def _stream_seed(seed: int, stream: str, index: int | None = None) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     if stream not in STREAMS:
         raise ValueError(f"stream: expected one of {', '.join(STREAMS)}, got {stream!r}")
-    sequence = np.random.SeedSequence(entropy=seed, spawn_key=(STREAMS[stream],))
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise ValueError(f"index: expected a non-negative integer, got {index!r}")
+    key = (STREAMS[stream],) if index is None else (STREAMS[stream], index)
+    sequence = np.random.SeedSequence(entropy=seed, spawn_key=key)
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def numpy_generator(seed: int, stream: str) -> np.random.Generator:
-    """A numpy generator for one purpose, derived from ``seed``."""
-    return np.random.default_rng(_stream_seed(seed, stream))
+def numpy_generator(seed: int, stream: str, index: int | None = None) -> np.random.Generator:
+    """A numpy generator for one purpose (and one ``index`` of it), derived from ``seed``."""
+    return np.random.default_rng(_stream_seed(seed, stream, index))
 
 
-def torch_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator for one purpose, derived from ``seed``, living on ``device``."""
+def torch_generator(
+    seed: int, stream: str, device: torch.device | str = "cpu", index: int | None = None
+) -> torch.Generator:
+    """A torch generator for one purpose (and one ``index`` of it), derived from ``seed``, on ``device``."""
     generator = torch.Generator(device=torch.device(device))
-    generator.manual_seed(_stream_seed(seed, stream))
+    generator.manual_seed(_stream_seed(seed, stream, index))
     return generator
 
 
 @contextlib.contextmanager
-def seeded_scope(seed: int, stream: str, device: torch.device) -> Iterator[None]:
+def seeded_scope(
+    seed: int, stream: str, device: torch.device, index: int | None = None
+) -> Iterator[None]:
     """Seed torch's global generators for a block and restore them afterwards.
 
     Some draws cannot take a generator (parameter initialisation, dropout
@@ -87,7 +102,7 @@ def seeded_scope(seed: int, stream: str, device: torch.device) -> Iterator[None]
     """
     devices = [device.index if device.index is not None else 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        stream_seed = _stream_seed(seed, stream)
+        stream_seed = _stream_seed(seed, stream, index)
         torch.default_generator.manual_seed(stream_seed)
         if device.type == "cuda":
             with torch.cuda.device(device):

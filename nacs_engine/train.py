@@ -223,13 +223,17 @@ def fit_early_stopping(
     device: torch.device,
     generator: torch.Generator,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    report_every: int = 8,
 ) -> FitResult:
     """Train on (features, soft targets, weights) until ``validate`` stops improving.
 
     targets: (n,) in [0, 1]; weights: (n,) or None. ``validate(model)`` returns a
     score where higher is better (e.g. validation AUC). Training stops after
     ``patience`` epochs without improvement or at ``max_epochs``; the model ends
-    with the weights of its best epoch.
+    with the weights of its best epoch. ``on_epoch(epoch, score)`` is called after
+    every epoch and ``on_batch(steps_done, steps_in_epoch)`` every ``report_every``
+    steps within an epoch (either may raise to stop).
     """
     x_all = as_feature_tensor(features)
     n = x_all.shape[0]
@@ -256,7 +260,8 @@ def fit_early_stopping(
     for epoch in range(1, max_epochs + 1):
         model.train()
         loss_sum, batches_done = 0.0, 0
-        for batch in _batches(n, batch_size, generator):
+        batches = _batches(n, batch_size, generator)
+        for batch in batches:
             batch = batch.to(device)
             logits = model(x_all[batch])
             per_row = F.binary_cross_entropy_with_logits(logits, y_all[batch], reduction="none")
@@ -270,6 +275,8 @@ def fit_early_stopping(
             optimizer.step()
             loss_sum += float(loss.detach())
             batches_done += 1
+            if on_batch is not None and batches_done % report_every == 0:
+                on_batch(batches_done, len(batches))
         epochs_run = epoch
         losses.append(loss_sum / max(batches_done, 1))
         score = float(validate(model))

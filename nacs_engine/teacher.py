@@ -1,0 +1,258 @@
+"""The cross-fitted teacher: an out-of-fold click probability for every candidate row.
+
+The candidate rows are dealt at random into K folds (``config.teacher_folds``).
+For each fold a fresh proxy model (``config.backbone``, its embedding size,
+dropout, Adam learning rate and weight decay) trains on the rows of the other
+folds with their given labels, early-stopped on the validation score of a
+sample of its own fold (at most ``VALIDATION_ROWS`` rows), for at most
+``ROW_VISITS`` / its training rows epochs (1 to ``MAX_EPOCHS``): one epoch from
+1M candidates on with two folds, more on small data. It then scores its own
+fold. Each row's probability therefore comes from a model that never trained
+on it, so it can disagree with a wrong label (what the noise estimate and the
+set-aside read), and it carries what the proxy learned from all the other rows
+(what the soft labels pass on to the user's model).
+
+The out-of-fold logits are recalibrated by Platt scaling fitted on all the
+candidates (two parameters): early-stopped proxies rank well, but their
+probabilities drift, most at the extremes and where clicks are rare.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from nacs_engine.config import SelectionConfig
+from nacs_engine.evaluate import auc, log_loss, platt_scaling
+from nacs_engine.models.registry import build_model
+from nacs_engine.runtime import numpy_generator, seeded_scope, torch_generator
+from nacs_engine.train import as_feature_tensor, default_batch_size, fit_early_stopping
+
+# Training rows times epochs one fold's model may take: one epoch at 500,000 rows.
+ROW_VISITS = 500_000
+MAX_EPOCHS = 20
+PATIENCE = 1
+VALIDATION_ROWS = 20_000
+INFERENCE_BATCH_ROWS = 16_384
+# Share of the teacher's progress given to each fold's training; the rest is scoring.
+_TRAIN_SHARE = 0.85
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Teacher:
+    """The fold models and their out-of-fold probabilities for the candidates.
+
+    rows: (m,) int64 dataset positions of the candidates, ascending.
+    folds: (m,) int8 fold of each candidate.
+    models: one proxy per fold, in eval mode; ``models[f]`` never trained on fold f.
+    logits: (m,) float64 out-of-fold logits, before calibration.
+    probabilities: (m,) float64 calibrated out-of-fold click probabilities.
+    calibration: (a, b) of the Platt scaling sigmoid(a * logit + b).
+    epochs: per fold, epochs trained (the best epoch's weights are kept).
+    validation_scores: per fold, the best validation score (AUC, or minus the
+        log loss where the fold's sample holds one class only).
+    seconds: wall time of the cross-fitting.
+    """
+
+    rows: np.ndarray
+    folds: np.ndarray
+    models: list[nn.Module]
+    logits: np.ndarray
+    probabilities: np.ndarray
+    calibration: tuple[float, float]
+    epochs: list[int]
+    validation_scores: list[float]
+    seconds: float
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "folds": len(self.models),
+            "epochs": list(self.epochs),
+            "validation_scores": [round(float(s), 6) for s in self.validation_scores],
+            "calibration": [float(self.calibration[0]), float(self.calibration[1])],
+            "seconds": self.seconds,
+        }
+
+
+def fold_epochs(training_rows: int) -> int:
+    """The most epochs a fold's model trains: ``ROW_VISITS`` / rows, within [1, ``MAX_EPOCHS``]."""
+    return int(min(MAX_EPOCHS, max(1, ROW_VISITS // max(training_rows, 1))))
+
+
+def _score(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Validation score, higher is better: AUC, or minus the log loss for one class."""
+    if 0.0 < labels.mean() < 1.0:
+        return auc(labels, logits)
+    return -log_loss(labels, 1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+
+
+@torch.no_grad()
+def _fold_logits(
+    model: nn.Module, features: np.ndarray, device: torch.device
+) -> np.ndarray:
+    out = np.empty(features.shape[0], dtype=np.float64)
+    for start in range(0, features.shape[0], INFERENCE_BATCH_ROWS):
+        stop = min(features.shape[0], start + INFERENCE_BATCH_ROWS)
+        x = as_feature_tensor(features[start:stop]).to(device)
+        out[start:stop] = model(x).double().cpu().numpy()
+    return out
+
+
+def cross_fit(
+    features: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    field_dims: tuple[int, ...],
+    config: SelectionConfig,
+    *,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> Teacher:
+    """Cross-fit ``config.teacher_folds`` proxies on ``rows`` of (``features``, ``labels``).
+
+    features: (n, F) ids (an array or memory map); labels: (n,) 0/1;
+    rows: (m,) ascending dataset positions of the candidates (m >= 2 folds).
+    progress(fraction, message) is called after every few training steps and
+    after every fold; exceptions from it propagate.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    rows = np.asarray(rows, dtype=np.int64)
+    k_folds = int(config.teacher_folds)
+    if rows.shape[0] < 2 * k_folds:
+        raise ValueError(f"rows: the teacher needs at least {2 * k_folds} rows, got {rows.shape[0]}")
+    y = np.asarray(labels, dtype=np.float32)[rows]
+    rng = numpy_generator(config.seed, "teacher_folds")
+    folds = (rng.permutation(rows.shape[0]) % k_folds).astype(np.int8)
+    logits = np.empty(rows.shape[0], dtype=np.float64)
+    models: list[nn.Module] = []
+    epochs: list[int] = []
+    scores: list[float] = []
+    for fold in range(k_folds):
+        inside = np.flatnonzero(folds != fold)
+        outside = np.flatnonzero(folds == fold)
+        sample = outside
+        if sample.shape[0] > VALIDATION_ROWS:
+            sample = np.sort(
+                numpy_generator(config.seed, "teacher_validation", fold).choice(
+                    outside, size=VALIDATION_ROWS, replace=False
+                )
+            )
+        validation_features = np.ascontiguousarray(features[rows[sample]])
+        validation_labels = y[sample].astype(np.float64)
+        base = fold / k_folds
+
+        def validate(model: nn.Module) -> float:
+            return _score(validation_labels, _fold_logits(model, validation_features, device))
+
+        max_epochs = fold_epochs(int(inside.shape[0]))
+        epochs_done = [0]
+
+        def on_epoch(epoch: int, score: float) -> None:
+            epochs_done[0] = epoch
+
+        def on_batch(done: int, total: int, base: float = base, fold: int = fold) -> None:
+            # Early stopping may end the fold sooner: the fraction assumes every epoch runs.
+            within = (epochs_done[0] + done / total) / max_epochs
+            report(
+                base + _TRAIN_SHARE * within / k_folds,
+                f"teacher {fold + 1}/{k_folds}: epoch {epochs_done[0] + 1}, batch {done}/{total}",
+            )
+
+        with seeded_scope(config.seed, "teacher_init", device, fold):
+            model = build_model(
+                config.backbone, field_dims, embed_dim=config.embed_dim, dropout=config.dropout
+            ).to(device)
+        with seeded_scope(config.seed, "teacher_dropout", device, fold):
+            fit = fit_early_stopping(
+                model,
+                np.ascontiguousarray(features[rows[inside]]),
+                torch.from_numpy(y[inside]),
+                None,
+                validate=validate,
+                learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay,
+                batch_size=config.batch_size or default_batch_size(int(inside.shape[0])),
+                max_epochs=max_epochs,
+                patience=PATIENCE,
+                device=device,
+                generator=torch_generator(config.seed, "teacher_batches", index=fold),
+                on_epoch=on_epoch,
+                on_batch=on_batch,
+            )
+        model.eval()
+        logits[outside] = _fold_logits(model, features[rows[outside]], device)
+        models.append(model)
+        epochs.append(fit.epochs_run)
+        scores.append(fit.best_score)
+        report((fold + 1) / k_folds, f"teacher {fold + 1}/{k_folds}: best epoch {fit.best_epoch}")
+    if 0.0 < y.mean() < 1.0:
+        a, b = platt_scaling(logits, y.astype(np.float64))
+    else:
+        a, b = 1.0, 0.0
+    probabilities = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+    return Teacher(
+        rows=rows,
+        folds=folds,
+        models=models,
+        logits=logits,
+        probabilities=probabilities,
+        calibration=(a, b),
+        epochs=epochs,
+        validation_scores=scores,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def embeddings(
+    teacher: Teacher,
+    features: np.ndarray,
+    labels: np.ndarray,
+    positions: np.ndarray,
+    kind: str,
+    *,
+    device: torch.device,
+) -> torch.Tensor:
+    """(r, d) float32 embeddings of candidates ``positions`` (into ``teacher.rows``), all of one fold.
+
+    kind: "features" (the penultimate layer h, d = H), "gradient" (the head's
+    last-layer gradient (p - y) [h, 1], d = H + 1), "normalized-gradient" (that
+    vector scaled to unit length) or "scalar" (the residual p - y, d = 1); p is
+    the fold model's own probability and y the given label.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    fold_ids = np.unique(teacher.folds[positions])
+    if fold_ids.shape[0] > 1:
+        raise ValueError("positions: expected candidates of one fold (their models differ)")
+    model = teacher.models[int(fold_ids[0])] if fold_ids.shape[0] else teacher.models[0]
+    dataset_rows = teacher.rows[positions]
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float32)[dataset_rows])
+    parts: list[torch.Tensor] = []
+    for start in range(0, positions.shape[0], INFERENCE_BATCH_ROWS):
+        stop = min(positions.shape[0], start + INFERENCE_BATCH_ROWS)
+        x = as_feature_tensor(features[dataset_rows[start:stop]]).to(device)
+        logit, h = model.logits_and_features(x)  # (b,), (b, H)
+        residual = torch.sigmoid(logit.float()) - y[start:stop].to(device)  # (b,)
+        if kind == "features":
+            part = h.float()
+        elif kind == "scalar":
+            part = residual[:, None]
+        elif kind in ("gradient", "normalized-gradient"):
+            ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
+            part = residual[:, None] * torch.cat([h.float(), ones.float()], dim=1)  # (b, H + 1)
+            if kind == "normalized-gradient":
+                part = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            raise ValueError(f"kind: expected features, gradient, normalized-gradient or scalar, got {kind!r}")
+        parts.append(part)
+    if not parts:
+        return torch.empty(0, 1, dtype=torch.float32, device=device)
+    return torch.cat(parts)

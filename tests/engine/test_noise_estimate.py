@@ -1,0 +1,118 @@
+"""The flip-rate estimate and the set-aside: exact values on hand-made rows, recovery on generated data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nacs_engine.config import SelectionConfig
+from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.denoise.noise_estimate import (
+    ANCHOR_MIN_ROWS,
+    NoiseEstimate,
+    estimate_noise,
+    label_support,
+    likely_wrong,
+)
+from nacs_engine.teacher import cross_fit
+
+
+def _anchored(n: int = 10_000, low_clicks: int = 10, high_clicks: int = 45) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities 0..1 in order; 50 anchor rows at each end with the given clicks, 30% elsewhere."""
+    probabilities = np.linspace(0.0, 1.0, n)
+    labels = np.zeros(n)
+    rng = np.random.default_rng(0)
+    middle = np.arange(ANCHOR_MIN_ROWS, n - ANCHOR_MIN_ROWS)
+    labels[rng.choice(middle, size=int(0.3 * middle.shape[0]), replace=False)] = 1.0
+    labels[:low_clicks] = 1.0
+    labels[n - ANCHOR_MIN_ROWS : n - ANCHOR_MIN_ROWS + high_clicks] = 1.0
+    return probabilities, labels
+
+
+def test_the_flip_rate_is_the_smaller_anchor_bound() -> None:
+    probabilities, labels = _anchored()
+    estimate = estimate_noise(probabilities, labels)
+    assert estimate.anchor_rows == ANCHOR_MIN_ROWS  # 0.5% of 10,000 rows
+    assert estimate.lower_floor == pytest.approx(10 / 50)
+    assert estimate.upper_floor == pytest.approx(5 / 50)
+    assert estimate.flip_rate == pytest.approx(0.1)
+    rate = labels.mean()
+    clean = (rate - 0.1) / 0.8
+    assert estimate.clean_click_rate == pytest.approx(clean)
+    assert estimate.wrong_share_positive == pytest.approx(0.1 * (1 - clean) / rate)
+    assert estimate.wrong_share_negative == pytest.approx(0.1 * clean / (1 - rate))
+    assert estimate.wrong_share == pytest.approx(0.1)  # symmetric flips: rho of all rows
+    assert set(estimate.to_dict()) >= {"flip_rate", "wrong_share", "clean_click_rate"}
+
+
+def test_only_the_ranking_of_the_probabilities_matters() -> None:
+    probabilities, labels = _anchored()
+    squeezed = estimate_noise(0.25 + 0.5 * probabilities**3, labels)
+    assert squeezed == estimate_noise(probabilities, labels)
+
+
+def test_clean_anchors_give_no_flips() -> None:
+    probabilities, labels = _anchored(low_clicks=0, high_clicks=50)
+    estimate = estimate_noise(probabilities, labels)
+    assert estimate.flip_rate == 0.0 and estimate.wrong_share == 0.0
+    assert not likely_wrong(probabilities, labels, estimate, 3.0).any()
+
+
+def test_likely_wrong_takes_the_least_supported_rows_of_each_class() -> None:
+    probabilities = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.6, 0.05, 0.95])
+    labels = np.array([0, 1, 1, 1, 0, 0, 0, 1], dtype=float)
+    estimate = NoiseEstimate(0.25, 0.25, 0.25, 0.5, 0.25, 0.5, 0.375, 1)
+    np.testing.assert_allclose(label_support(probabilities, labels), [0.1, 0.1, 0.2, 0.8, 0.7, 0.4, 0.95, 0.95])
+    # Factor 1: one of four positives (0.25 x 4), two of four negatives (0.5 x 4).
+    wrong = likely_wrong(probabilities, labels, estimate, 1.0)
+    np.testing.assert_array_equal(np.flatnonzero(wrong), [0, 1, 5])
+    # Factor 2: two positives, and at most 90% of the negatives (3 of 4).
+    wrong = likely_wrong(probabilities, labels, estimate, 2.0)
+    np.testing.assert_array_equal(np.flatnonzero(wrong), [0, 1, 2, 4, 5])
+    assert not likely_wrong(probabilities, labels, estimate, 0.0).any()
+
+
+def test_bad_inputs_name_the_argument() -> None:
+    probabilities, labels = _anchored(n=400)
+    with pytest.raises(ValueError, match="labels"):
+        estimate_noise(probabilities, labels[:-1])
+    with pytest.raises(ValueError, match="labels"):
+        estimate_noise(probabilities, np.full(400, 0.5))
+    with pytest.raises(ValueError, match="probabilities"):
+        estimate_noise(probabilities * 2, labels)
+    with pytest.raises(ValueError, match="probabilities"):
+        estimate_noise(np.array([]), np.array([]))
+    with pytest.raises(ValueError, match="factor"):
+        likely_wrong(probabilities, labels, estimate_noise(probabilities, labels), -1.0)
+
+
+@pytest.mark.parametrize("flip_rate", [0.2, 0.3])
+def test_the_estimate_recovers_a_known_flip_rate_on_generated_data(flip_rate: float) -> None:
+    generated = make_synthetic_ctr(60_000, n_fields=10, signal=2.0, flip_rate=flip_rate, seed=3)
+    data = generated.dataset
+    teacher = cross_fit(
+        data.features,
+        data.labels,
+        np.arange(data.n_rows),
+        data.field_dims,
+        SelectionConfig(size=1, device="cpu"),
+        device=torch.device("cpu"),
+    )
+    estimate = estimate_noise(teacher.probabilities, data.labels)
+    assert abs(estimate.flip_rate - float(generated.flipped.mean())) <= 0.03
+    assert abs(estimate.wrong_share - float(generated.flipped.mean())) <= 0.03
+
+
+def test_on_clean_generated_labels_the_estimate_is_small() -> None:
+    generated = make_synthetic_ctr(60_000, n_fields=10, signal=2.0, flip_rate=0.0, seed=3)
+    data = generated.dataset
+    teacher = cross_fit(
+        data.features,
+        data.labels,
+        np.arange(data.n_rows),
+        data.field_dims,
+        SelectionConfig(size=1, device="cpu"),
+        device=torch.device("cpu"),
+    )
+    assert estimate_noise(teacher.probabilities, data.labels).flip_rate <= 0.03
