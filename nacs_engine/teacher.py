@@ -31,7 +31,7 @@ from nacs_engine.config import SelectionConfig
 from nacs_engine.evaluate import auc, log_loss, platt_scaling
 from nacs_engine.models.registry import build_model
 from nacs_engine.runtime import numpy_generator, seeded_scope, torch_generator
-from nacs_engine.train import as_feature_tensor, default_batch_size, fit_early_stopping
+from nacs_engine.train import FitResult, as_feature_tensor, default_batch_size, fit_early_stopping
 
 # Training rows times epochs one fold's model may take: one epoch at 500,000 rows.
 ROW_VISITS = 500_000
@@ -138,56 +138,9 @@ def cross_fit(
     for fold in range(k_folds):
         inside = np.flatnonzero(folds != fold)
         outside = np.flatnonzero(folds == fold)
-        sample = outside
-        if sample.shape[0] > VALIDATION_ROWS:
-            sample = np.sort(
-                numpy_generator(config.seed, "teacher_validation", fold).choice(
-                    outside, size=VALIDATION_ROWS, replace=False
-                )
-            )
-        validation_features = np.ascontiguousarray(features[rows[sample]])
-        validation_labels = y[sample].astype(np.float64)
-        base = fold / k_folds
-
-        def validate(model: nn.Module) -> float:
-            return _score(validation_labels, _fold_logits(model, validation_features, device))
-
-        max_epochs = fold_epochs(int(inside.shape[0]))
-        epochs_done = [0]
-
-        def on_epoch(epoch: int, score: float) -> None:
-            epochs_done[0] = epoch
-
-        def on_batch(done: int, total: int, base: float = base, fold: int = fold) -> None:
-            # Early stopping may end the fold sooner: the fraction assumes every epoch runs.
-            within = (epochs_done[0] + done / total) / max_epochs
-            report(
-                base + _TRAIN_SHARE * within / k_folds,
-                f"teacher {fold + 1}/{k_folds}: epoch {epochs_done[0] + 1}, batch {done}/{total}",
-            )
-
-        with seeded_scope(config.seed, "teacher_init", device, fold):
-            model = build_model(
-                config.backbone, field_dims, embed_dim=config.embed_dim, dropout=config.dropout
-            ).to(device)
-        with seeded_scope(config.seed, "teacher_dropout", device, fold):
-            fit = fit_early_stopping(
-                model,
-                np.ascontiguousarray(features[rows[inside]]),
-                torch.from_numpy(y[inside]),
-                None,
-                validate=validate,
-                learning_rate=config.learning_rate,
-                weight_decay=config.weight_decay,
-                batch_size=config.batch_size or default_batch_size(int(inside.shape[0])),
-                max_epochs=max_epochs,
-                patience=PATIENCE,
-                device=device,
-                generator=torch_generator(config.seed, "teacher_batches", index=fold),
-                on_epoch=on_epoch,
-                on_batch=on_batch,
-            )
-        model.eval()
+        model, fit = _train_fold(
+            features, y, rows, inside, outside, field_dims, config, fold, device, report
+        )
         logits[outside] = _fold_logits(model, features[rows[outside]], device)
         models.append(model)
         epochs.append(fit.epochs_run)
@@ -209,6 +162,71 @@ def cross_fit(
         validation_scores=scores,
         seconds=time.perf_counter() - started,
     )
+
+
+def _train_fold(
+    features: np.ndarray,
+    y: np.ndarray,
+    rows: np.ndarray,
+    inside: np.ndarray,
+    outside: np.ndarray,
+    field_dims: tuple[int, ...],
+    config: SelectionConfig,
+    fold: int,
+    device: torch.device,
+    report: Progress,
+) -> tuple[nn.Module, FitResult]:
+    """Train fold ``fold``'s model on candidates ``inside``, early-stopped on a sample of ``outside``."""
+    k_folds = int(config.teacher_folds)
+    sample = outside
+    if sample.shape[0] > VALIDATION_ROWS:
+        sample = np.sort(
+            numpy_generator(config.seed, "teacher_validation", fold).choice(
+                outside, size=VALIDATION_ROWS, replace=False
+            )
+        )
+    validation_features = np.ascontiguousarray(features[rows[sample]])
+    validation_labels = y[sample].astype(np.float64)
+    max_epochs = fold_epochs(int(inside.shape[0]))
+    epochs_done = [0]
+
+    def validate(model: nn.Module) -> float:
+        return _score(validation_labels, _fold_logits(model, validation_features, device))
+
+    def on_epoch(epoch: int, score: float) -> None:
+        epochs_done[0] = epoch
+
+    def on_batch(done: int, total: int) -> None:
+        # Early stopping may end the fold sooner: the fraction assumes every epoch runs.
+        within = (epochs_done[0] + done / total) / max_epochs
+        report(
+            (fold + _TRAIN_SHARE * within) / k_folds,
+            f"teacher {fold + 1}/{k_folds}: epoch {epochs_done[0] + 1}, batch {done}/{total}",
+        )
+
+    with seeded_scope(config.seed, "teacher_init", device, fold):
+        model = build_model(
+            config.backbone, field_dims, embed_dim=config.embed_dim, dropout=config.dropout
+        ).to(device)
+    with seeded_scope(config.seed, "teacher_dropout", device, fold):
+        fit = fit_early_stopping(
+            model,
+            np.ascontiguousarray(features[rows[inside]]),
+            torch.from_numpy(y[inside]),
+            None,
+            validate=validate,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size or default_batch_size(int(inside.shape[0])),
+            max_epochs=max_epochs,
+            patience=PATIENCE,
+            device=device,
+            generator=torch_generator(config.seed, "teacher_batches", index=fold),
+            on_epoch=on_epoch,
+            on_batch=on_batch,
+        )
+    model.eval()
+    return model, fit
 
 
 @torch.no_grad()
