@@ -65,7 +65,6 @@ the clean full-data DeepFM reaches AUC 0.75, else at most 0.8x).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -273,38 +272,55 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _attempt(unit: Unit, grid: Grid) -> tuple[Unit, int, float, str | None]:
+    """run_unit, with a failure turned into its message: one failed unit must not stop the grid."""
+    try:
+        return (*run_unit(unit, grid), None)
+    except Exception as error:  # noqa: BLE001 - reported by run_grid
+        return unit, 0, 0.0, f"{type(error).__name__}: {error}"
+
+
+def _attempt_packed(arguments: tuple[Unit, Grid]) -> tuple[Unit, int, float, str | None]:
+    return _attempt(*arguments)
+
+
 def run_grid(units: Sequence[Unit], grid: Grid, jobs: int) -> list[str]:
-    """Run the units, ``jobs`` at a time; returns the failures as messages."""
+    """Run the units, ``jobs`` at a time; returns the failures as messages.
+
+    An interruption (Ctrl-C) stops every worker process at once; what they
+    finished is in the cache.
+    """
     started = time.perf_counter()
     failures: list[str] = []
 
-    def finished(unit: Unit, computed: int, seconds: float) -> None:
+    def finished(unit: Unit, computed: int, seconds: float, failure: str | None) -> None:
         total = time.perf_counter() - started
+        if failure is not None:
+            failures.append(f"{unit}: {failure}")
+            print(f"[{total:6.0f} s] unit {unit} failed: {failure}", file=sys.stderr, flush=True)
+            return
         print(
             f"[{total:6.0f} s] unit {unit}: {computed} rows computed in {seconds:.0f} s",
             file=sys.stderr,
             flush=True,
         )
 
+    _one_thread()
     if jobs == 1:
-        _one_thread()
         for unit in units:
-            try:
-                finished(*run_unit(unit, grid))
-            except Exception as error:  # noqa: BLE001 - one failed unit must not stop the grid
-                failures.append(f"{unit}: {type(error).__name__}: {error}")
-                print(f"unit {unit} failed: {error}", file=sys.stderr, flush=True)
+            finished(*_attempt(unit, grid))
         return failures
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
-        futures = {pool.submit(run_unit, unit, grid): unit for unit in units}
-        for future in concurrent.futures.as_completed(futures):
-            unit = futures[future]
-            try:
-                finished(*future.result())
-            except Exception as error:  # noqa: BLE001 - one failed unit must not stop the grid
-                failures.append(f"{unit}: {type(error).__name__}: {error}")
-                print(f"unit {unit} failed: {error}", file=sys.stderr, flush=True)
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_one_thread)
+    try:
+        for outcome in pool.imap_unordered(_attempt_packed, [(unit, grid) for unit in units]):
+            finished(*outcome)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
     return failures
 
 
