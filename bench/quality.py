@@ -49,8 +49,10 @@ Printed at the end (or from a cache alone with ``--tables-from FILE``): per
 dataset the full-data test AUC on clean labels per family (the flipped-share
 target depends on whether it reaches 0.75); per (dataset, noise) the summary
 table; per (dataset, noise, family) every method's paired difference from
-each baseline, seed by seed, for the test AUC and the test log loss (mean ±
-standard error, 95% Student t interval, seeds won); and the checks of
+each baseline (``--baselines``, default the engine's baseline methods that
+ran; a baseline is paired with random only), seed by seed, for the test AUC
+and the test log loss (mean ± standard error, 95% Student t interval, seeds
+won); and the checks of
 ``--check-method`` (default nacs) against random by the quality targets
 (``QualityTargets``: AUC difference >= 0 everywhere and >= +0.01 at 1-10%
 with 20% symmetric flips; log loss at most +0.01 above random's; with 20%
@@ -324,8 +326,14 @@ def run_grid(units: Sequence[Unit], grid: Grid, jobs: int) -> list[str]:
     return failures
 
 
-def report(rows: Sequence[dict[str, Any]], *, check_method: str = "nacs") -> str:
-    """The full-data AUCs, the summary tables, the paired differences and the checks, as markdown."""
+def report(
+    rows: Sequence[dict[str, Any]], *, check_method: str = "nacs", baselines: Sequence[str] | None = None
+) -> str:
+    """The full-data AUCs, the summary tables, the paired differences and the checks, as markdown.
+
+    baselines: what every method is paired against (default: the engine's
+    baseline methods among the rows).
+    """
     out = []
     full = full_data_auc(rows)
     if full:
@@ -347,7 +355,7 @@ def report(rows: Sequence[dict[str, Any]], *, check_method: str = "nacs") -> str
     for setting_rows in settings.values():
         out.append(format_table(summarise(setting_rows)))
         out.append("")
-    differences = difference_tables(rows)
+    differences = difference_tables(rows, baselines=baselines)
     if differences:
         out.append(differences)
         out.append("")
@@ -362,7 +370,7 @@ def report(rows: Sequence[dict[str, Any]], *, check_method: str = "nacs") -> str
     return "\n".join(out)
 
 
-def tables_from(path: str, check_method: str) -> None:
+def tables_from(path: str, check_method: str, baselines: Sequence[str] | None) -> None:
     rows = read_rows(path)
     by_hash: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -371,7 +379,7 @@ def tables_from(path: str, check_method: str) -> None:
         if len(by_hash) > 1:
             options = hash_rows[0].get("selection_options", {})
             print(f"## options hash {hash_} ({len(hash_rows)} rows; selection options {options})\n")
-        print(report(hash_rows, check_method=check_method), flush=True)
+        print(report(hash_rows, check_method=check_method, baselines=baselines), flush=True)
         print()
 
 
@@ -418,11 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="the JSON-lines file of finished rows")
     parser.add_argument("--check-method", default="nacs", help="the method held against the targets")
     parser.add_argument(
+        "--baselines",
+        nargs="+",
+        help="what every method is paired against (default: the engine's baseline methods that ran)",
+    )
+    parser.add_argument(
         "--tables-from", metavar="JSONL", help="only print the tables of the rows in this file"
     )
     args = parser.parse_args(argv)
     if args.tables_from:
-        tables_from(args.tables_from, args.check_method)
+        tables_from(args.tables_from, args.check_method, args.baselines)
         return 0
     if args.jobs < 1:
         parser.error("--jobs: expected at least 1")
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         and row["evaluator"] in grid.evaluators
         and row["budget"] in budget_names
     ]
-    print(report(rows, check_method=args.check_method), flush=True)
+    print(report(rows, check_method=args.check_method, baselines=args.baselines), flush=True)
     print(
         f"\ntotal {time.perf_counter() - started:.0f} s; options hash {grid.options_hash}; "
         f"selection options {options}; evaluation {evaluation}"
