@@ -498,12 +498,13 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
     if sort_by_budget:
 
         datasets = _first_seen(e["dataset"] for e in entries)
+        noises = _first_seen(e["noise"] for e in entries)
         families = _first_seen(e["evaluator"] for e in entries)
 
         def key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
             full = entry["method"] == FULL
             dataset, noise, flip_rate, evaluator = _setting(entry)
-            noise_order = (noise != CLEAN, noise, flip_rate)
+            noise_order = (noise != CLEAN, noises[noise], flip_rate)
             return (datasets[dataset], noise_order, families[evaluator], 0 if full else 1, entry["budget_rows"])
 
         entries = sorted(entries, key=key)
@@ -669,11 +670,12 @@ def check_targets(
                 found.setdefault(key, {})[metric] = d
     checks = []
     datasets = _first_seen(key[0] for key in found)
+    noises = _first_seen(key[1] for key in found)
     families = _first_seen(key[3] for key in found)
 
     def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
         dataset, noise, flip_rate, evaluator, budget_rows, _ = key
-        return (datasets[dataset], noise != CLEAN, noise, flip_rate, families[evaluator], budget_rows)
+        return (datasets[dataset], noise != CLEAN, noises[noise], flip_rate, families[evaluator], budget_rows)
 
     for key, by_metric in sorted(found.items(), key=lambda item: order(item[0])):
         dataset, noise, flip_rate, evaluator, _, budget = key
@@ -747,7 +749,9 @@ def check_flipped_shares(
             float(row["data_flipped_share"]),
         )
     checks = []
-    for (dataset, flip_rate, _, budget), by_seed in sorted(shares.items(), key=lambda item: item[0][:3]):
+    datasets = _first_seen(key[0] for key in shares)
+    ordered = sorted(shares.items(), key=lambda item: (datasets[item[0][0]], *item[0][1:3]))
+    for (dataset, flip_rate, _, budget), by_seed in ordered:
         coreset_share = float(np.mean([s[0] for s in by_seed.values()]))
         data_share = float(np.mean([s[1] for s in by_seed.values()]))
         full_auc = _learnability(full, dataset, learnable_evaluator)
