@@ -1,32 +1,47 @@
 """How good a coreset is: train a fresh model on it, score it on held-out data.
 
-A fresh backbone is trained on the coreset rows with their soft labels and
-weights, early-stopped on the validation split's AUC (or log loss), and scored on the test
-split by AUC and log loss, the latter also after Platt scaling fitted on the
-validation split (a model trained on a few hundred rows ranks well long
-before its probabilities are calibrated; production CTR models are
+A fresh model of one evaluator family is trained on the coreset rows with their
+soft labels and weights as delivered (binary cross-entropy with soft targets,
+Adam), early-stopped on the validation split's AUC (or log loss), and scored
+on the test split by AUC and log loss, the latter also after Platt scaling
+fitted on the validation split (a model trained on a few hundred rows ranks
+well long before its probabilities are calibrated; production CTR models are
 recalibrated the same way). Feature values that never occur in the training
 rows are mapped to their field's out-of-vocabulary id 0 in the validation and
 test rows: a model trained on a coreset has never seen them, and their
 embeddings are still at their random initial values.
+
+The families (``EVALUATORS``, named once here): every selection backbone of
+``models.registry`` ("deepfm", "dcnv2"), and "logistic", a logistic regression
+on one-hot features: one scalar weight per (field, id) and a bias
+(``OneHotLogisticRegression``). Its weights (not its bias) carry an L2
+penalty 0.5 * l2 * |w|^2 with l2 = 1 / k on the mean loss over k training
+rows, that is 0.5 * |w|^2 against their summed loss (a standard normal prior
+on every weight, whatever the coreset's size); its bias starts at the log-odds
+of the weighted mean target, so that its probabilities start at the coreset's
+click rate.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.models.layers import FeaturesLinear
 from nacs_engine.models.registry import BACKBONES, build_model
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
 from nacs_engine.train import default_batch_size, fit_early_stopping, predict_logits
 
 _PROBABILITY_FLOOR = 1e-7
-_INFERENCE_BATCH_ROWS = 16384
+# Rows per inference batch: a DeepFM over 40 fields holds about 30 MB of activations per 16k rows.
+_INFERENCE_BATCH_ROWS = 65536
 MONITORS = ("auc", "log_loss")
 
 
@@ -161,15 +176,79 @@ def split_rows(
     )
 
 
+class OneHotLogisticRegression(nn.Module):
+    """logit = bias + sum over fields of w[field, id]: a logistic regression on one-hot features.
+
+    Forward maps (B, F) per-field ids to logits (B,). The weights start at zero.
+    l2: every backward pass adds l2 * w, the gradient of 0.5 * l2 * |w|^2, to
+    the weights' gradient (whatever the optimizer); the bias is not penalised.
+    """
+
+    def __init__(self, field_dims: Sequence[int], *, l2: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 >= 0:
+            raise ValueError(f"l2: expected a non-negative number, got {l2!r}")
+        self.linear = FeaturesLinear(field_dims)
+        self.l2 = float(l2)
+        weight = self.linear.weight.weight  # (total ids, 1)
+        if self.l2 > 0:
+            weight.register_hook(lambda grad: grad + self.l2 * weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)  # (B,)
+
+    @torch.no_grad()
+    def start_at(self, click_rate: float) -> None:
+        """Set the bias to the log-odds of ``click_rate`` (clipped to [1e-4, 1 - 1e-4])."""
+        rate = min(max(float(click_rate), 1e-4), 1.0 - 1e-4)
+        self.linear.bias.fill_(math.log(rate / (1.0 - rate)))
+
+
+@dataclass(frozen=True)
+class EvaluatorFamily:
+    """A kind of model a coreset is judged with: how to build it, and its L2 penalty."""
+
+    name: str
+    # build(field_dims, options, l2): a fresh model, returning logits (B,) for ids (B, F).
+    build: Callable[[tuple[int, ...], EvaluationOptions, float], nn.Module]
+    # The L2 penalty for k training rows when ``EvaluationOptions.weight_decay`` is None.
+    default_l2: Callable[[int], float]
+    # Whether Adam applies the penalty (its weight decay) or the model itself does.
+    l2_in_adam: bool = True
+
+
+def _backbone_family(name: str) -> EvaluatorFamily:
+    def build(field_dims: tuple[int, ...], options: EvaluationOptions, l2: float) -> nn.Module:
+        return build_model(name, field_dims, embed_dim=options.embed_dim, dropout=options.dropout)
+
+    return EvaluatorFamily(name=name, build=build, default_l2=lambda k: 0.0)
+
+
+EVALUATORS: dict[str, EvaluatorFamily] = {
+    **{name: _backbone_family(name) for name in BACKBONES},
+    "logistic": EvaluatorFamily(
+        name="logistic",
+        build=lambda field_dims, options, l2: OneHotLogisticRegression(field_dims, l2=l2),
+        default_l2=lambda k: 1.0 / k,
+        l2_in_adam=False,
+    ),
+}
+"""Every evaluator family by name: the selection backbones and "logistic"."""
+
+
 @dataclass(frozen=True)
 class EvaluationOptions:
-    """How the fresh model is trained: backbone, sizes, Adam, early stopping."""
+    """How the fresh model is trained: evaluator family, sizes, Adam, early stopping."""
 
+    # The evaluator family, a name from ``EVALUATORS``: "deepfm", "dcnv2" or "logistic".
     backbone: str = "deepfm"
     embed_dim: int = 10
     dropout: float = 0.5
     learning_rate: float = 0.01
-    weight_decay: float = 0.0
+    # The L2 penalty: Adam's weight decay for the deep families (default 0), the
+    # penalty on the weights (not the bias) for "logistic" (default 1 / k for
+    # k training rows). None: the family's default.
+    weight_decay: float | None = None
     batch_size: int | None = None
     max_epochs: int = 20
     patience: int = 2
@@ -179,10 +258,18 @@ class EvaluationOptions:
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor: expected one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone not in EVALUATORS:
+            raise ValueError(f"backbone: expected one of {', '.join(EVALUATORS)}, got {self.backbone!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 2):
             raise ValueError(f"batch_size: expected an integer of at least 2, got {self.batch_size!r}")
+
+    @property
+    def family(self) -> EvaluatorFamily:
+        return EVALUATORS[self.backbone]
+
+    def l2_for(self, n_rows: int) -> float:
+        """The L2 penalty of a model trained on ``n_rows`` rows: the option, else the family's default."""
+        return self.family.default_l2(n_rows) if self.weight_decay is None else float(self.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -279,19 +366,28 @@ def evaluate_coreset(
     test_features = map_unseen_to_oov(test.features, train_features, train.field_dims)
     val_labels = np.asarray(validation.labels, dtype=np.float64)
     batch_size = options.batch_size or default_batch_size(k)
+    family = options.family
+    l2 = options.l2_for(k)
 
     with seeded_scope(seed, "dropout", resolved):
         with seeded_scope(seed, "evaluation", resolved):
-            model = build_model(
-                options.backbone, train.field_dims, embed_dim=options.embed_dim, dropout=options.dropout
-            )
+            model = family.build(tuple(train.field_dims), options, l2)
+        if isinstance(model, OneHotLogisticRegression):
+            model.start_at(_weighted_mean(targets, row_weights))
         model = model.to(resolved)
+        # The validation logits of the best epoch so far: the model ends with that
+        # epoch's weights, so they are not computed again.
+        best: dict[str, float | torch.Tensor] = {"score": -math.inf}
 
         def validate(current: torch.nn.Module) -> float:
             logits = predict_logits(current, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
             if options.monitor == "log_loss":
-                return -log_loss(val_labels, torch.sigmoid(logits.double()).numpy())
-            return auc(val_labels, logits.numpy())
+                score = -log_loss(val_labels, torch.sigmoid(logits.double()).numpy())
+            else:
+                score = auc(val_labels, logits.numpy())
+            if score > best["score"]:
+                best["score"], best["logits"] = score, logits
+            return score
 
         fit = fit_early_stopping(
             model,
@@ -300,7 +396,7 @@ def evaluate_coreset(
             row_weights,
             validate=validate,
             learning_rate=options.learning_rate,
-            weight_decay=options.weight_decay,
+            weight_decay=l2 if family.l2_in_adam else 0.0,
             batch_size=batch_size,
             max_epochs=options.max_epochs,
             patience=options.patience,
@@ -308,7 +404,8 @@ def evaluate_coreset(
             generator=torch_generator(seed, "training"),
             on_epoch=progress,
         )
-    validation_logits = predict_logits(model, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+    validation_logits = best["logits"]
+    assert isinstance(validation_logits, torch.Tensor)
     test_logits = predict_logits(model, test_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
     test_probs = torch.sigmoid(test_logits.double()).numpy()
     test_labels = np.asarray(test.labels, dtype=np.float64)
@@ -324,3 +421,10 @@ def evaluate_coreset(
         train_rows=int(k),
         seconds=time.perf_counter() - started,
     )
+
+
+def _weighted_mean(targets: np.ndarray, weights: torch.Tensor | None) -> float:
+    if weights is None:
+        return float(np.mean(targets, dtype=np.float64))
+    w = weights.double().numpy()
+    return float(np.dot(w, targets) / w.sum())

@@ -3,7 +3,8 @@
 ``nacs select`` runs the same code as a job (``worker.tasks.execute``) and
 writes ``coreset.parquet`` and ``manifest.json`` to a folder or any fsspec URI.
 ``nacs evaluate`` splits one dataset into train, validation and test rows and
-prints how a model trained on each method's coreset scores against full data.
+prints how a model trained on each method's coreset scores against full data,
+for every evaluator family asked for (each coreset is selected once).
 
 Exit codes follow the ``nacs`` command's table: 0 success, 1 the data or the
 selection failed, 2 a usage error.
@@ -202,8 +203,18 @@ def select(
 )
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 50), help="Seeds per method.")
 @click.option(
-    "--flip-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
-    help="Share of training labels flipped before selection (test labels stay clean).",
+    "--flip-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Share of training labels changed before selection (test labels stay clean); see --noise-kind.",
+)
+@click.option(
+    "--noise-kind", default="symmetric", show_default=True,
+    help="symmetric: flip that share of all training labels (below 0.5); "
+    "clicks-to-non-clicks: turn that share of the training clicks into non-clicks.",
+)
+@click.option(
+    "--evaluators", default=None,
+    help="Comma-separated evaluator families that score each coreset: deepfm, dcnv2, logistic "
+    "(default: the selection's backbone).",
 )
 @click.option(
     "--monitor", type=click.Choice(["auc", "log_loss"]), default="auc", show_default=True,
@@ -217,6 +228,8 @@ def evaluate(
     methods: str,
     seeds: int,
     flip_rate: float,
+    noise_kind: str,
+    evaluators: str | None,
     monitor: str,
     options: tuple[str, ...],
     label_column: str,
@@ -255,6 +268,8 @@ def evaluate(
             seeds=list(range(seeds)),
             selection_options=selection_options,
             evaluation_options=EvaluationOptions(backbone=selection_options["backbone"], monitor=monitor),
+            evaluators=[name.strip() for name in evaluators.split(",") if name.strip()] if evaluators else None,
+            noise_kind=noise_kind,
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
         )

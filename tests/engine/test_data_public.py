@@ -7,23 +7,33 @@ import os
 import numpy as np
 import pytest
 
-from nacs_engine.data import encode_splits, load_dataset
+from nacs_engine.data import encode_splits, load_dataset, public
 from nacs_engine.data.public import (
     AVAZU_LABEL,
+    BOOKCROSSING_FEATURES,
     CRITEO_NUMERIC,
+    IPINYOU_FEATURES,
     MOVIELENS_FEATURES,
     avazu_sample,
+    bookcrossing,
     criteo_sample,
     data_dir,
+    ipinyou_2997,
     movielens_100k,
 )
+from nacs_engine.errors import DataError
 
 DATA = data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="shared data folder absent")
+def _needs(folder: str) -> None:
+    """Skip the test when the shared data folder or its ``folder`` is missing."""
+    if DATA is None:
+        pytest.skip("shared data folder absent (set NACS_DATA_DIR to the folder that holds it)")
+    if not (DATA / folder).is_dir():
+        pytest.skip(f"{DATA / folder} absent from the shared data folder")
 
 
-@needs_data
 def test_movielens_100k():
+    _needs("movielens-100k")
     table = movielens_100k()
     assert table.num_rows == 100_000
     assert table.column_names == ["label", *MOVIELENS_FEATURES]
@@ -40,8 +50,8 @@ def test_movielens_100k():
     assert data.field_dims[:2] == (944, 1683)
 
 
-@needs_data
 def test_criteo_sample_splits_and_encoding():
+    _needs("criteo-avazu-samples/criteo")
     train, dev, test = criteo_sample()
     assert (train.num_rows, dev.num_rows, test.num_rows) == (7200, 409, 391)
     assert round(float(np.mean(train.column("label").to_numpy())), 4) == 0.2151
@@ -53,8 +63,8 @@ def test_criteo_sample_splits_and_encoding():
     assert from_file.fingerprint == encoded_train.fingerprint
 
 
-@needs_data
 def test_avazu_sample():
+    _needs("criteo-avazu-samples/avazu")
     train, dev, test = avazu_sample()
     assert (train.num_rows, dev.num_rows, test.num_rows) == (8087, 480, 432)
     assert "id" not in train.column_names and dev.column_names == train.column_names
@@ -64,8 +74,8 @@ def test_avazu_sample():
     assert encoded[0].n_fields == 22
 
 
-@needs_data
 def test_fetch_uses_the_cache_when_the_files_are_there(tmp_path, monkeypatch):
+    _needs("movielens-100k")
     import shutil
     import subprocess
 
@@ -94,3 +104,46 @@ def test_fetch_movielens_from_pypi(tmp_path):
 
     folder = fetch_movielens_100k(tmp_path)
     assert movielens_100k(folder).num_rows == 100_000
+
+
+def test_bookcrossing():
+    _needs("bookcrossing")
+    table = bookcrossing()
+    assert table.num_rows == 62_656
+    assert table.column_names == ["label", *BOOKCROSSING_FEATURES]
+    assert round(float(np.mean(table.column("label").to_numpy())), 3) == 0.663
+    data = load_dataset(table, min_count=1)
+    assert data.field_dims[:2] == (1_296, 14_685)  # 1,295 users and 14,684 books, and the OOV id
+
+
+def test_ipinyou_2997():
+    _needs("ipinyou-2997")
+    table = ipinyou_2997()
+    assert table.num_rows == 47_923
+    assert table.column_names == ["label", *IPINYOU_FEATURES]
+    assert int(table.column("label").to_numpy().sum()) == 305
+    data = load_dataset(table, min_count=1)
+    assert data.field_dims[IPINYOU_FEATURES.index("IP")] == 19_271
+
+
+@pytest.mark.parametrize("loader", [bookcrossing, ipinyou_2997])
+def test_new_loaders_say_which_file_is_missing(tmp_path, loader):
+    with pytest.raises(DataError, match="no such file") as raised:
+        loader(tmp_path)
+    assert raised.value.code == "dataset_not_found"
+    with pytest.raises(DataError, match="no such folder"):
+        loader(tmp_path / "absent")
+
+
+def test_data_dir_is_found_beside_the_checkout_or_a_folder_above_it(tmp_path, monkeypatch):
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    monkeypatch.delenv(public.DATA_DIR_ENV, raising=False)
+    for checkout in (tmp_path / "main", tmp_path / "wt" / "name"):
+        module = checkout / "nacs_engine" / "data" / "public.py"
+        monkeypatch.setattr(public, "__file__", str(module))
+        assert public.data_dir() == shared
+    configured = tmp_path / "elsewhere"
+    configured.mkdir()
+    monkeypatch.setenv(public.DATA_DIR_ENV, str(configured))
+    assert public.data_dir() == configured

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.evaluate import (
+    EVALUATORS,
     EvaluationOptions,
+    OneHotLogisticRegression,
     auc,
     evaluate_coreset,
     log_loss,
@@ -193,6 +195,8 @@ def test_evaluate_coreset_rejects_bad_inputs(splits) -> None:
         evaluate_coreset(train, train.features, test)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backbone"):
         EvaluationOptions(backbone="lr")
+    with pytest.raises(ValueError, match="backbone"):
+        EvaluationOptions(backbone="forest")
     with pytest.raises(ValueError, match="monitor"):
         EvaluationOptions(monitor="accuracy")
 
@@ -215,6 +219,84 @@ def test_early_stopping_on_log_loss_keeps_the_epoch_of_best_validation_log_loss(
         assert result.best_epoch == 1 + int(np.argmax(scores[monitor]))
     best = results["log_loss"]
     assert best.validation_auc == pytest.approx(scores["auc"][best.best_epoch - 1], abs=1e-12)
+
+
+def test_the_families_and_their_default_l2() -> None:
+    assert set(EVALUATORS) >= {"deepfm", "dcnv2", "logistic"}
+    assert EvaluationOptions(backbone="deepfm").l2_for(500) == 0.0
+    assert EvaluationOptions(backbone="logistic").l2_for(500) == pytest.approx(1 / 500)
+    assert EvaluationOptions(backbone="logistic", weight_decay=0.1).l2_for(500) == 0.1
+    model = OneHotLogisticRegression((3, 4), l2=0.5)
+    assert sum(p.numel() for p in model.parameters()) == 3 + 4 + 1  # a weight per (field, id), a bias
+    model.start_at(0.2)
+    x = torch.tensor([[1, 2], [0, 3]])
+    torch.testing.assert_close(torch.sigmoid(model(x)), torch.full((2,), 0.2))
+    # The penalty's gradient 0.5 * w reaches the weights, not the bias.
+    with torch.no_grad():
+        model.linear.weight.weight.copy_(torch.arange(7.0).unsqueeze(1))
+    model(x).sum().backward()
+    data_gradient = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]).unsqueeze(1)  # ids 1, 0 | 3+2, 3+3
+    torch.testing.assert_close(model.linear.weight.weight.grad, data_gradient + 0.5 * torch.arange(7.0).unsqueeze(1))
+    torch.testing.assert_close(model.linear.bias.grad, torch.tensor([2.0]))
+
+
+def test_logistic_regression_learns_the_task(splits) -> None:
+    train, validation, test = splits
+    options = EvaluationOptions(backbone="logistic")
+    full = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
+    assert full.test_auc > 0.75 and full.test_log_loss < 0.6
+    rows = np.arange(0, train.n_rows, 10)
+    small = evaluate_coreset(train, validation, test, rows=rows, options=options, device="cpu", seed=0)
+    assert 0.6 < small.test_auc < full.test_auc
+    again = evaluate_coreset(train, validation, test, rows=rows, options=options, device="cpu", seed=0)
+    assert again.test_auc == small.test_auc and again.test_log_loss == small.test_log_loss
+
+
+def _one_value_data(labels: list[int]) -> EncodedDataset:
+    """Every row has the same single feature value: the model can only learn one probability."""
+    n = len(labels)
+    return EncodedDataset(
+        features=np.ones((n, 1), dtype=np.int32),
+        labels=np.array(labels, dtype=np.float32),
+        field_names=("f",),
+        field_dims=(2,),
+    )
+
+
+def _constant_probability(labels: np.ndarray, log_loss_value: float) -> float:
+    """The probability p >= mean(labels) whose constant prediction has this log loss."""
+    rate = float(labels.mean())
+    low, high = rate, 1.0 - 1e-9
+    for _ in range(100):
+        p = (low + high) / 2
+        if -(rate * math.log(p) + (1 - rate) * math.log(1 - p)) < log_loss_value:
+            low = p
+        else:
+            high = p
+    return (low + high) / 2
+
+
+def test_logistic_regression_learns_the_soft_labels_and_the_weights() -> None:
+    # One feature value: the best fit is the weighted mean of the soft targets,
+    # where the bias starts. (Adam turns float32 rounding of a zero gradient into
+    # steps of up to about lr, hence the tolerance.)
+    train = _one_value_data([1, 0] * 20)
+    validation = _one_value_data([1, 0, 0, 0] * 5)
+    test = _one_value_data([1, 1, 0, 0, 0] * 4)
+    rows = np.arange(40)
+    soft = np.where(train.labels == 1, 0.75, 0.25).astype(np.float32)
+    weights = np.where(train.labels == 1, 3.0, 1.0)
+    options = EvaluationOptions(backbone="logistic", max_epochs=3)
+    cases = [
+        (dict(soft_labels=soft), 0.5),
+        (dict(soft_labels=soft, weights=weights), (3 * 0.75 + 0.25) / 4),
+        (dict(weights=weights), 0.75),
+    ]
+    for arguments, probability in cases:
+        result = evaluate_coreset(train, validation, test, rows=rows, options=options, **arguments)
+        assert result.test_auc == 0.5
+        fitted = _constant_probability(test.labels, result.test_log_loss)
+        assert fitted == pytest.approx(probability, abs=5e-3), arguments
 
 
 @pytest.mark.gpu

@@ -81,7 +81,25 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
-    assert sorted(line.split("|")[5].strip() for line in rows) == ["full", "random", "stratified"]
+    assert sorted(line.split("|")[6].strip() for line in rows) == ["full", "random", "stratified"]
+
+
+def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1", "--option", "min_count=1"]
+    noisy = ["--evaluators", "deepfm,logistic", "--noise-kind", "clicks-to-non-clicks", "--flip-rate", "0.6"]
+    result = CliRunner().invoke(evaluate, [*args, *noisy, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [row["evaluator"] for row in rows] == ["deepfm", "logistic"]
+    assert all(row["noise"] == "clicks-to-non-clicks" and row["flip_rate"] == 0.6 for row in rows)
+    result = CliRunner().invoke(evaluate, [*args, "--flip-rate", "0.6"])
+    assert result.exit_code == 2 and "flip_rate" in result.output  # symmetric flips stay below 0.5
+    result = CliRunner().invoke(evaluate, [*args, "--evaluators", "forest"])
+    assert result.exit_code == 2 and "forest" in result.output
+    result = CliRunner().invoke(evaluate, [*args, "--noise-kind", "burst", "--flip-rate", "0.1"])
+    assert result.exit_code == 2 and "noise_kind" in result.output
 
 
 def test_evaluate_early_stopping_on_log_loss_and_an_unknown_monitor(dataset: str) -> None:
