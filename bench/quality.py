@@ -25,7 +25,7 @@ trains each family on all the training rows. Noise (``--noise``): "clean",
 non-clicks); validation and test labels stay clean. Defaults: every dataset,
 budgets 1, 5, 10 and 25%, clean / symmetric:0.2 / clicks-to-non-clicks:0.2,
 seeds 0-4, evaluators deepfm and logistic, methods nacs, every baseline
-method of the engine (``BASELINE_METHODS``) and full.
+method of the engine (``REFERENCE_METHODS``) and full.
 
 DCNv2 is selectable (``--evaluators deepfm logistic dcnv2``) and, being the
 slowest family, runs the smaller grid of ``REDUCED_BUDGETS`` (1% and 10%) and
@@ -98,7 +98,7 @@ from nacs_engine.compare import (
     read_rows,
     summarise,
 )
-from nacs_engine.config import BASELINE_METHODS, SelectionConfig
+from nacs_engine.config import REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data import encode_splits, public
 from nacs_engine.evaluate import EVALUATORS, EvaluationOptions, split_rows
 
@@ -136,7 +136,7 @@ DEFAULT_BUDGETS = (0.01, 0.05, 0.1, 0.25)
 DEFAULT_NOISE = ("clean", "symmetric:0.2", "clicks-to-non-clicks:0.2")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT_EVALUATORS = ("deepfm", "logistic")
-DEFAULT_METHODS = ("nacs", *BASELINE_METHODS, FULL)
+DEFAULT_METHODS = ("nacs", *REFERENCE_METHODS, FULL)
 # The smaller grid of the families named by --reduced-grid.
 REDUCED_BUDGETS = (0.01, 0.1)
 REDUCED_NOISE = (CLEAN, "symmetric")
@@ -155,6 +155,7 @@ class Grid:
     evaluators: tuple[str, ...]
     reduced: tuple[str, ...]
     selection_options: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
     evaluation: EvaluationOptions
     fixed_split: bool
     cache_path: str
@@ -264,6 +265,7 @@ def run_unit(unit: Unit, grid: Grid) -> tuple[Unit, int, float]:
             progress=progress,
             cached=cache.lookup,
             on_row=keep,
+            variants=grid.variants,
         )
     return unit, computed, time.perf_counter() - started
 
@@ -418,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a SelectionConfig option for every selection, e.g. --option rounds=5",
     )
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='another selection, run beside the methods under NAME with these options, e.g. '
+        '--variant \'fl={"selection": "facility-location"}\' (it shares each seed\'s teacher)',
+    )
+    parser.add_argument(
         "--fixed-split",
         action="store_true",
         help="one split for every seed: the samples' own files, else 80/10/10 with seed 0",
@@ -443,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.option:
         name, _, value = item.partition("=")
         options[name] = json.loads(value)
+    variants = {}
+    for item in args.variant:
+        name, _, value = item.partition("=")
+        variants[name] = json.loads(value)
     resolved = SelectionConfig.from_dict({"size": 1, "method": "nacs", "device": "cpu", **options}).to_dict()
     for name in ("ratio", "size", "method", "seed", "device"):
         resolved.pop(name)
@@ -454,12 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{VALIDATION_SHARE:g}/{TEST_SHARE:g} per seed",
         "min_count": {name: spec.min_count for name, spec in DATASETS.items()},
     }
+    if variants:
+        settings["variants"] = variants
     grid = Grid(
         methods=tuple(args.methods),
         budgets=tuple(args.budgets),
         evaluators=tuple(args.evaluators),
         reduced=tuple(args.reduced_grid),
         selection_options=options,
+        variants=variants,
         evaluation=evaluation,
         fixed_split=args.fixed_split,
         cache_path=args.cache,
@@ -482,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["dataset"] in args.datasets
         and (row["noise"], row["flip_rate"]) in wanted_settings
         and row["seed"] in args.seeds
-        and row["method"] in grid.methods
+        and (row["method"] in grid.methods or row["method"] in grid.variants)
         and row["evaluator"] in grid.evaluators
         and row["budget"] in budget_names
     ]

@@ -45,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from nacs_engine.config import BASELINE_METHODS, METHODS, SelectionConfig
+from nacs_engine.config import METHODS, REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.evaluate import EVALUATORS, EvaluationOptions, evaluate_coreset
+from nacs_engine.teacher import TeacherCache
 
 FULL = "full"
 COMPARABLE_METHODS: tuple[str, ...] = (*METHODS, FULL)
@@ -175,6 +176,7 @@ def compare_methods(
     progress: Progress | None = None,
     cached: Callable[[dict[str, Any]], Mapping[str, Any] | None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Select and evaluate every (method, budget, seed, evaluator); one result dict per run.
 
@@ -196,6 +198,10 @@ def compare_methods(
         before it runs; a row it returns is used as that run's result, and the
         run is skipped (a selection runs only for the evaluators it lacks).
     on_row(row): called with every row this call computes, as soon as it is done.
+    variants: more selections to run beside ``methods``, by name: each maps to
+        option values over ``selection_options`` ("method" among them, default
+        "nacs"), and its rows carry the name as their method. Every selection
+        of a seed shares one teacher where their teacher options agree.
 
     Each row holds dataset, seed, noise ("clean" at rate 0, else the kind),
     flip_rate (the rate), evaluator, method, budget (as a label), budget_rows,
@@ -218,6 +224,11 @@ def compare_methods(
     options.setdefault("device", device)
     # Every option is checked once, here, before the first (possibly long) run.
     SelectionConfig.from_dict({"size": 1, "method": "nacs", **options})
+    variant_options = {name: {"method": "nacs", **dict(values)} for name, values in (variants or {}).items()}
+    for name, values in variant_options.items():
+        if name in methods or name == FULL:
+            raise ValueError(f"variants: {name!r} is also a method name")
+        SelectionConfig.from_dict({**options, "size": 1, **values})
     if evaluation_options is None:
         evaluation_options = EvaluationOptions(backbone=options.get("backbone", "deepfm"))
     if not isinstance(evaluation_options, EvaluationOptions):
@@ -231,7 +242,7 @@ def compare_methods(
     report = progress or (lambda done, total, message: None)
     noise = CLEAN if flip_rate == 0 else noise_kind
 
-    selecting = [m for m in methods if m != FULL]
+    selecting = [m for m in methods if m != FULL] + list(variant_options)
     total = len(seeds) * len(families) * (len(selecting) * len(budgets) + (FULL in methods))
     rows: list[dict[str, Any]] = []
     done = 0
@@ -248,6 +259,8 @@ def compare_methods(
         }
 
     for seed in seeds:
+        # Every budget and method of a seed selects over the same rows: one teacher each.
+        teachers = TeacherCache()
         seeded_train, flipped = train, None
         if flip_rate > 0:
             noisy, flipped = add_label_noise(train.labels, noise_kind, flip_rate, seed)
@@ -278,10 +291,11 @@ def compare_methods(
                 selection = None
                 if missing:
                     report(done, total, f"{name}: selecting")
+                    chosen = variant_options.get(method, {"method": method})
                     config = SelectionConfig.from_dict(
-                        {**options, **_budget_field(budget), "method": method, "seed": seed}
+                        {**options, **chosen, **_budget_field(budget), "seed": seed}
                     )
-                    selection = _select(seeded_train, config)
+                    selection = _select(seeded_train, config, teachers)
                 for family in families:
                     found = found_rows[family]
                     if found is None:
@@ -388,7 +402,7 @@ def paired_differences(
     """Each method's ``metric`` less a baseline's, seed by seed (same split, noise, budget and family).
 
     baselines: the methods compared against (default: every method of
-    ``BASELINE_METHODS`` the rows hold). Every other method except "full" is
+    ``REFERENCE_METHODS`` the rows hold). Every other method except "full" is
     compared with each of them; a baseline itself only with the first
     ("random" by default), so that e.g. stratified sampling's own gain shows.
 
@@ -412,7 +426,7 @@ def paired_differences(
             budget_rows[key[:-1]] = row.get("budget_rows", 0)
     methods_present = list(dict.fromkeys(key[-1] for key in values))
     if baselines is None:
-        baselines = [m for m in BASELINE_METHODS if m in methods_present]
+        baselines = [m for m in REFERENCE_METHODS if m in methods_present]
     baselines = list(baselines)
     lower_better = metric in LOWER_IS_BETTER
     result = []
@@ -420,7 +434,7 @@ def paired_differences(
         *setting, budget, method = key
         if method == FULL:
             continue
-        against = baselines if method not in BASELINE_METHODS else baselines[:1]
+        against = baselines if method not in REFERENCE_METHODS else baselines[:1]
         for baseline in against:
             if baseline == method:
                 continue
@@ -838,11 +852,11 @@ class _Selection:
     seconds: float
 
 
-def _select(train: EncodedDataset, config: SelectionConfig) -> _Selection:
+def _select(train: EncodedDataset, config: SelectionConfig, teachers: TeacherCache) -> _Selection:
     from nacs_engine.pipeline import select_coreset
 
     started = time.perf_counter()
-    result = select_coreset(train, config)
+    result = select_coreset(train, config, teacher_cache=teachers)
     return _Selection(result, time.perf_counter() - started)
 
 
@@ -916,6 +930,21 @@ def _evaluate_selection(
         else None,
         "data_flipped_share": float(flipped.mean()) if flipped is not None else None,
         "soft_label_shift": float(np.abs(result.soft_labels - result.labels).mean()),
+    } | _audit_fields(result.diagnostics, options.backbone)
+
+
+def _audit_fields(diagnostics: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """What the selection's own audit and noise estimate said, for this row's family."""
+    audit = diagnostics.get("audit") or {}
+    by_family = (audit.get("families") or {}).get(family) or {}
+    noise = diagnostics.get("noise") or {}
+    return {
+        "audit_verdict": audit.get("verdict"),
+        "audit_family_verdict": by_family.get("verdict"),
+        "audit_auc_difference": by_family.get("auc_difference"),
+        "audit_auc_difference_se": by_family.get("auc_difference_se"),
+        "estimated_flip_rate": noise.get("flip_rate"),
+        "set_aside_rows": noise.get("set_aside_rows"),
     }
 
 

@@ -28,6 +28,9 @@ METHODS: tuple[str, ...] = (
     "balanced",
 )
 BASELINE_METHODS: tuple[str, ...] = ("random", "stratified", "balanced")
+# What the other methods are compared against: the random baselines, and the teacher's
+# filter and soft labels on a random draw (what the selection itself adds).
+REFERENCE_METHODS: tuple[str, ...] = (*BASELINE_METHODS, "denoised-random")
 # Methods that run the cross-fitted teacher (``nacs_engine.nacs``).
 TEACHER_METHODS: tuple[str, ...] = ("nacs", "nacs-no-denoise", "nacs-no-relabel", "denoised-random")
 BACKBONES: tuple[str, ...] = ("deepfm", "dcnv2")

@@ -49,7 +49,7 @@ from nacs_engine.errors import DataError
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
 from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator, resolve_device, torch_generator
-from nacs_engine.teacher import Teacher, cross_fit, embeddings
+from nacs_engine.teacher import Teacher, TeacherCache, embeddings
 
 # Difficulty strata of the coverage selection (fewer when a class takes fewer rows).
 COVERAGE_STRATA = 10
@@ -66,8 +66,12 @@ def run_nacs(
     report: Report,
     *,
     candidates: np.ndarray | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> CoresetResult:
     """Select ``k`` of the ``candidates`` rows of ``data`` (default: all) as ``config`` says.
+
+    teacher_cache: where a teacher trained on the same rows with the same
+    options may be found, and this run's teacher is kept (None: none is kept).
 
     ``report(phase, fraction, message)`` is called as the teacher trains, after
     the set-aside and after the selection; an exception it raises propagates.
@@ -100,7 +104,8 @@ def run_nacs(
     def teacher_progress(fraction: float, message: str) -> None:
         report("selecting", _TEACHER_SHARE * fraction, message)
 
-    teacher = cross_fit(
+    cache = teacher_cache or TeacherCache()
+    teacher = cache.get(
         data.features, labels, rows, data.field_dims, config, device=device, progress=teacher_progress
     )
     teacher_seconds = time.perf_counter() - started

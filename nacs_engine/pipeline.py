@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,9 +48,15 @@ def select_coreset(
     config: SelectionConfig,
     *,
     progress: ProgressCallback | None = None,
+    teacher_cache: Any | None = None,
 ) -> CoresetResult:
     """Select a coreset of ``data`` as ``config`` says.
 
+    Every method but the random baselines holds back rows for the audit
+    (``config.audit``; ``nacs_engine.audit``) before it selects, and audits the
+    coreset after; the audit's report, or why none ran, is
+    ``diagnostics["audit"]``. teacher_cache: a ``nacs_engine.teacher.TeacherCache``
+    shared by selections over the same data (None: none is kept).
     Raises DataError (a ValueError with a code) when the data cannot meet the
     budget or its labels are not binary.
     """
@@ -77,15 +83,34 @@ def select_coreset(
             weights=weights,
             uncertainty=np.zeros(k, dtype=np.float32),
             diagnostics=_class_mix(labels, selected)
-            | {"method": config.method, "device": "cpu", "phase_seconds": {"selecting": time.perf_counter() - started}},
+            | {
+                "method": config.method,
+                "device": "cpu",
+                "phase_seconds": {"selecting": time.perf_counter() - started},
+                "audit": {"skipped": "a random baseline is not audited against random"},
+            },
         )
+    from nacs_engine.audit import audit_coreset, holdout_split
+
+    holdout = holdout_split(labels, k, config.seed) if config.audit else "the audit is off (audit=false)"
+    candidates = None if isinstance(holdout, str) else holdout.candidates
     if config.method == "nacs-paper":
         from nacs_engine.paper import run_nacs_paper
 
-        return run_nacs_paper(data, config, k, report)
-    from nacs_engine.nacs import run_nacs
+        if candidates is None:
+            result = run_nacs_paper(data, config, k, report)
+        else:
+            within = run_nacs_paper(data.subset(candidates), config, k, report)
+            result = replace(within, rows=candidates[within.rows])
+    else:
+        from nacs_engine.nacs import run_nacs
 
-    return run_nacs(data, config, k, report)
+        result = run_nacs(data, config, k, report, candidates=candidates, teacher_cache=teacher_cache)
+    if isinstance(holdout, str):
+        return replace(result, diagnostics=result.diagnostics | {"audit": {"skipped": holdout}})
+    delivered, audit = audit_coreset(data, holdout, result, config, report=report)
+    seconds = dict(delivered.diagnostics.get("phase_seconds") or {}) | {"auditing": audit["seconds"]}
+    return replace(delivered, diagnostics=delivered.diagnostics | {"audit": audit, "phase_seconds": seconds})
 
 
 def _class_mix(labels: np.ndarray, selected: np.ndarray) -> dict[str, Any]:

@@ -19,6 +19,7 @@ probabilities drift, most at the extremes and where clicks are rare.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,3 +275,59 @@ def embeddings(
     if not parts:
         return torch.empty(0, 1, dtype=torch.float32, device=device)
     return torch.cat(parts)
+
+
+# Options a teacher depends on, besides the data, the labels and the candidates.
+TEACHER_OPTIONS: tuple[str, ...] = (
+    "backbone",
+    "teacher_folds",
+    "embed_dim",
+    "dropout",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "seed",
+    "device",
+)
+
+
+class TeacherCache:
+    """Teachers kept for reuse by several selections over the same rows.
+
+    A teacher depends only on the features, the labels, the candidate rows and
+    ``TEACHER_OPTIONS``; selections that share them (another budget, another
+    selection strategy) reuse it. The cache holds a reference to each features
+    array it has seen, so that identity can key it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[np.ndarray, tuple[object, ...], Teacher]] = []
+
+    def get(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        field_dims: tuple[int, ...],
+        config: SelectionConfig,
+        *,
+        device: torch.device,
+        progress: Progress | None = None,
+    ) -> Teacher:
+        key = (
+            _digest(labels),
+            _digest(rows),
+            tuple(field_dims),
+            tuple(getattr(config, name) for name in TEACHER_OPTIONS),
+        )
+        for cached_features, cached_key, teacher in self._entries:
+            if cached_features is features and cached_key == key:
+                return teacher
+        teacher = cross_fit(features, labels, rows, field_dims, config, device=device, progress=progress)
+        self._entries.append((features, key, teacher))
+        return teacher
+
+
+def _digest(values: np.ndarray) -> str:
+    array = np.ascontiguousarray(values)
+    return f"{array.dtype}{array.shape}" + hashlib.blake2b(array.view(np.uint8), digest_size=16).hexdigest()

@@ -49,9 +49,9 @@ def selections(monkeypatch) -> list[tuple[str, int]]:
     made: list[tuple[str, int]] = []
     select = compare._select
 
-    def counting(train, config):
+    def counting(train, config, teachers):
         made.append((config.method, config.seed))
-        return select(train, config)
+        return select(train, config, teachers)
 
     monkeypatch.setattr(compare, "_select", counting)
     return made

@@ -1,0 +1,264 @@
+"""The audit: does the coreset train a better model than a random subset of the same size?
+
+``holdout_split`` holds back min(10%, 200,000) of the rows, drawn at random
+from the job's seed, before anything else runs: the teacher never trains on
+them and the selection never picks them. ``audit_coreset`` then trains, for
+each of ``audit_seeds`` seeds and each evaluator family (logistic regression
+on one-hot features, and the proxy's own architecture), one model on the
+coreset as delivered (its soft labels and weights) and one on a stratified
+random subset of the candidates of the same size with the given labels (a new
+subset per seed), each early-stopped on a third of the held-back rows (at
+most ``STOP_ROWS``) and scored on the rest. Per family it reports both models'
+mean AUC and log loss, the mean paired difference of the AUC and of the log
+loss with their standard errors, and a verdict: "better" when the coreset's
+AUC is higher by more than two standard errors, "worse" when lower by more,
+else "level". The audit's verdict is "worse" when any family's is, "better"
+when every family's is, else "level". The held-back labels are the user's
+own, noise included: the audit measures what the user would see.
+
+With ``guard="fallback"`` and a "worse" verdict, the rows delivered become the
+best of the coreset, the first random subset and their even mixture (half the
+coreset's rows with their soft labels and weights, half the random subset's),
+by mean AUC on the scored rows over families and seeds (for "random", over
+the seeds' own subsets: what a random subset is expected to reach); the audit
+says which (``delivered``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from nacs_engine.baselines import random_rows
+from nacs_engine.config import SelectionConfig
+from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.evaluate import EvaluationOptions, evaluate_coreset
+from nacs_engine.pipeline import CoresetResult
+from nacs_engine.runtime import numpy_generator
+
+HOLDOUT_SHARE = 0.1
+MAX_HOLDOUT_ROWS = 200_000
+# Fewer held-back rows than this, or held-back parts with one class, and no audit runs.
+MIN_HOLDOUT_ROWS = 100
+STOP_ROWS = 20_000
+# The coreset wins or loses when its mean AUC differs by more than this many standard errors.
+VERDICT_STANDARD_ERRORS = 2.0
+LOGISTIC = "logistic"
+
+Report = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Candidates and the held-back rows, all ascending dataset positions."""
+
+    candidates: np.ndarray
+    stop: np.ndarray
+    score: np.ndarray
+
+
+def holdout_split(labels: np.ndarray, k: int, seed: int) -> Holdout | str:
+    """Hold back rows for the audit, or say why none are held back.
+
+    labels: (n,) 0/1; k: the coreset size, which the candidates must still hold.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.shape[0])
+    held = int(min(MAX_HOLDOUT_ROWS, round(HOLDOUT_SHARE * n)))
+    if held < MIN_HOLDOUT_ROWS:
+        return f"the data has too few rows to hold back {MIN_HOLDOUT_ROWS} for the audit"
+    if n - held < k:
+        return "the budget leaves too few rows to hold any back for the audit"
+    order = numpy_generator(seed, "audit", 0).permutation(n)
+    stop_rows = min(STOP_ROWS, held // 3)
+    stop, score = np.sort(order[:stop_rows]), np.sort(order[stop_rows:held])
+    for part in (stop, score):
+        clicks = float(labels[part].sum())
+        if clicks == 0 or clicks == part.shape[0]:
+            return "the held-back rows hold one class only"
+    return Holdout(candidates=np.sort(order[held:]), stop=stop, score=score)
+
+
+def audit_families(config: SelectionConfig) -> tuple[str, ...]:
+    """The evaluator families of the audit: logistic regression and the proxy's backbone."""
+    return (LOGISTIC, config.backbone)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The held-back rows as datasets: early stopping on ``stop``, scores on ``score``."""
+
+    stop: EncodedDataset
+    score: EncodedDataset
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """Rows (dataset positions), targets and weights one audited model trains on."""
+
+    rows: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None
+
+
+def audit_coreset(
+    data: EncodedDataset,
+    holdout: Holdout,
+    result: CoresetResult,
+    config: SelectionConfig,
+    *,
+    report: Report | None = None,
+) -> tuple[CoresetResult, dict[str, Any]]:
+    """Audit ``result`` (selected from ``holdout.candidates``); returns the result to
+    deliver (``result`` unless the guard falls back) and the audit's report."""
+    started = time.perf_counter()
+    progress = report or (lambda phase, fraction, message: None)
+    labels = np.asarray(data.labels, dtype=np.float32)
+    k = result.size
+    coreset = _Arm(result.rows, result.soft_labels, result.weights)
+    randoms = [_random_arm(labels, holdout.candidates, k, config.seed, s) for s in range(config.audit_seeds)]
+    families = audit_families(config)
+    held = _Held(data.subset(holdout.stop), data.subset(holdout.score))
+    total = len(families) * config.audit_seeds * 2
+    done = 0
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for family in families:
+        scores[family] = {"coreset": [], "random": []}
+        for seed in range(config.audit_seeds):
+            for name, arm in (("coreset", coreset), ("random", randoms[seed])):
+                scores[family][name].append(_fit(data, held, arm, family, config, seed))
+                done += 1
+                progress("auditing", done / total, f"audit: {family}, seed {seed + 1}, {name}")
+    by_family = {family: _summary(scores[family]) for family in families}
+    verdicts = [entry["verdict"] for entry in by_family.values()]
+    verdict = "worse" if "worse" in verdicts else "better" if all(v == "better" for v in verdicts) else "level"
+    audit: dict[str, Any] = {
+        "validation_rows": int(holdout.stop.shape[0] + holdout.score.shape[0]),
+        "stopping_rows": int(holdout.stop.shape[0]),
+        "scored_rows": int(holdout.score.shape[0]),
+        "seeds": int(config.audit_seeds),
+        "families": by_family,
+        "verdict": verdict,
+        "guard": config.guard,
+        "delivered": "coreset",
+    }
+    delivered = result
+    if config.guard == "fallback" and verdict == "worse":
+        mixture = _mixture(coreset, randoms[0], k, config.seed)
+        mixture_scores = {
+            family: [_fit(data, held, mixture, family, config, seed) for seed in range(config.audit_seeds)]
+            for family in families
+        }
+        means = {
+            "coreset": _mean_auc(scores, "coreset"),
+            "random": _mean_auc(scores, "random"),
+            "mixture": float(np.mean([auc for family in families for auc, _ in mixture_scores[family]])),
+        }
+        choice = max(means, key=lambda name: means[name])
+        audit["fallback_auc"] = means
+        audit["delivered"] = choice
+        if choice != "coreset":
+            delivered = _as_result(result, randoms[0] if choice == "random" else mixture, labels, choice)
+    audit["seconds"] = time.perf_counter() - started
+    progress("auditing", 1.0, f"audit: {verdict}; delivered the {audit['delivered']}")
+    return delivered, audit
+
+
+def _random_arm(labels: np.ndarray, candidates: np.ndarray, k: int, seed: int, index: int) -> _Arm:
+    rng = numpy_generator(seed, "audit", index + 1)
+    positions, _ = random_rows(labels[candidates], k, "stratified", rng)
+    rows = candidates[positions]
+    return _Arm(rows, labels[rows].astype(np.float32), None)
+
+
+def _mixture(coreset: _Arm, random: _Arm, k: int, seed: int) -> _Arm:
+    """Half the coreset's rows (its targets and weights), the rest from the random subset."""
+    rng = numpy_generator(seed, "audit", 0)
+    half = k // 2
+    mine = np.sort(rng.choice(k, size=half, replace=False))
+    theirs = np.setdiff1d(random.rows, coreset.rows[mine], assume_unique=True)
+    theirs = np.sort(rng.choice(theirs, size=k - half, replace=False))
+    rows = np.concatenate([coreset.rows[mine], theirs])
+    targets = np.concatenate([coreset.targets[mine], random.targets[np.searchsorted(random.rows, theirs)]])
+    weights = np.ones(k, dtype=np.float32)
+    if coreset.weights is not None:
+        weights[:half] = coreset.weights[mine]
+    order = np.argsort(rows, kind="stable")
+    return _Arm(rows[order], targets[order].astype(np.float32), (weights / weights.mean())[order])
+
+
+def _fit(
+    data: EncodedDataset, held: _Held, arm: _Arm, family: str, config: SelectionConfig, seed: int
+) -> tuple[float, float]:
+    """(AUC, log loss) on the scored rows of one model of ``family`` trained on ``arm``."""
+    options = EvaluationOptions(backbone=family)
+    if family != LOGISTIC:
+        options = replace(
+            options, embed_dim=config.embed_dim, dropout=config.dropout, learning_rate=config.learning_rate
+        )
+    evaluation = evaluate_coreset(
+        data.subset(arm.rows),
+        held.stop,
+        held.score,
+        rows=np.arange(arm.rows.shape[0]),
+        soft_labels=arm.targets,
+        weights=arm.weights,
+        options=options,
+        seed=seed,
+        device=config.device,
+    )
+    return evaluation.test_auc, evaluation.test_log_loss
+
+
+def _summary(scores: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    coreset = np.array(scores["coreset"], dtype=np.float64)  # (seeds, 2)
+    random = np.array(scores["random"], dtype=np.float64)
+    difference = coreset - random
+    seeds = difference.shape[0]
+    errors = difference.std(axis=0, ddof=1) / math.sqrt(seeds) if seeds > 1 else np.zeros(2)
+    mean = difference.mean(axis=0)
+    if mean[0] > VERDICT_STANDARD_ERRORS * errors[0] and mean[0] > 0:
+        verdict = "better"
+    elif mean[0] < -VERDICT_STANDARD_ERRORS * errors[0] and mean[0] < 0:
+        verdict = "worse"
+    else:
+        verdict = "level"
+    return {
+        "coreset": {"auc": float(coreset[:, 0].mean()), "log_loss": float(coreset[:, 1].mean())},
+        "random": {"auc": float(random[:, 0].mean()), "log_loss": float(random[:, 1].mean())},
+        "auc_difference": float(mean[0]),
+        "auc_difference_se": float(errors[0]),
+        "log_loss_difference": float(mean[1]),
+        "log_loss_difference_se": float(errors[1]),
+        "verdict": verdict,
+    }
+
+
+def _mean_auc(scores: dict[str, dict[str, list[tuple[float, float]]]], name: str) -> float:
+    return float(np.mean([auc for family in scores for auc, _ in scores[family][name]]))
+
+
+def _as_result(result: CoresetResult, arm: _Arm, labels: np.ndarray, choice: str) -> CoresetResult:
+    """The delivered rows of the fallback, as a CoresetResult with the coreset's diagnostics."""
+    given = labels[arm.rows].astype(np.float32)
+    weights = np.ones(arm.rows.shape[0], dtype=np.float32) if arm.weights is None else arm.weights
+    uncertainty = np.zeros(arm.rows.shape[0], dtype=np.float32)
+    kept = np.isin(arm.rows, result.rows)
+    positions = np.searchsorted(result.rows, arm.rows[kept])
+    uncertainty[kept] = result.uncertainty[positions]
+    diagnostics = dict(result.diagnostics)
+    diagnostics["coreset_clicks"] = int(given.sum(dtype=np.float64))
+    diagnostics["delivered"] = choice
+    return CoresetResult(
+        rows=arm.rows.astype(np.int64),
+        labels=given,
+        soft_labels=np.asarray(arm.targets, dtype=np.float32),
+        weights=np.asarray(weights, dtype=np.float32),
+        uncertainty=uncertainty,
+        diagnostics=diagnostics,
+    )
