@@ -174,11 +174,12 @@ class SelectionConfig:
         ),
     )
 
-    teacher_folds: Annotated[int, Ge(2), Le(10)] = field(
-        default=2,
+    teacher_folds: Annotated[int, Ge(2), Le(10)] | None = field(
+        default=None,
         metadata=_doc(
             "Folds of the cross-fitted teacher, 2-10: each row is scored by a proxy model "
-            "trained on the other folds."
+            "trained on the other folds; by default 1 + 1 million / the rows, within 2-5 "
+            "(5 folds up to 250,000 rows, 2 from 1M rows on)."
         ),
     )
     selection: Selection = field(
@@ -218,7 +219,7 @@ class SelectionConfig:
         ),
     )
     label_mix: Annotated[float, Ge(0.0), Le(1.0)] = field(
-        default=0.0,
+        default=0.2,
         metadata=_doc(
             "Weight of the given label in the soft label, 0-1: soft = mix * label + (1 - mix) "
             "* the teacher's calibrated click probability."

@@ -10,12 +10,19 @@ The steps of one selection over the candidate rows:
    given label the teacher supports least are set aside, ``set_aside_factor``
    times the estimated count of wrong labels in that class. On labels with few
    flips little is set aside.
-3. Selection among the kept rows, within each class (``class_balance``: the
-   kept rows' click rate by default): ``coverage`` draws evenly across equal-
-   count strata of the teacher's support for the given label (stratified
-   sampling over difficulty); ``facility-location`` solves partitioned facility
-   location on the fold model's ``embedding`` of each row (partitions never mix
-   folds, whose models differ); ``random`` draws uniformly.
+3. Selection among the kept rows. ``coverage`` with the default
+   ``class_balance="stratified"`` cuts all the candidates into equal-count
+   strata of the teacher's click probability and draws evenly across them,
+   uniformly among each stratum's kept rows: the coreset covers every level of
+   click probability in the data's proportions, so the rows set aside (mostly
+   clicks with a low probability and non-clicks with a high one) do not tilt
+   it towards either end. With ``class_balance`` "balanced" (50/50 given
+   labels, re-weighted to the kept rows' click rate) or "none", and for the
+   other strategies, rows are chosen within each class: ``coverage`` across
+   strata of the teacher's support for the given label, ``facility-location``
+   by partitioned facility location on the fold model's ``embedding`` of each
+   row (partitions never mix folds, whose models differ), ``random``
+   uniformly (the kept rows' click rate).
 4. Labels and weights: each row's soft label is ``label_mix`` * its given label
    + (1 - ``label_mix``) * the teacher's calibrated probability; weights are
    uniform, or facility location's cluster sizes (``weighting="craig"``),
@@ -99,7 +106,7 @@ def run_nacs(
         )
     device = resolve_device(config.device)
     started = time.perf_counter()
-    report("selecting", 0.0, f"{config.method}: training {config.teacher_folds} teacher models")
+    report("selecting", 0.0, f"{config.method}: training the teacher models")
 
     def teacher_progress(fraction: float, message: str) -> None:
         report("selecting", _TEACHER_SHARE * fraction, message)
@@ -214,6 +221,10 @@ def _select(
     """Positions (into the candidates, ascending) of the k rows, their CRAIG weights
     (facility location only, aligned) and the facility-location objective."""
     rng = numpy_generator(config.seed, "selection")
+    if strategy == "coverage" and config.class_balance == "stratified":
+        report("selecting", 1.0 - 1e-9, "coverage: drawing across the teacher's probability strata")
+        strata = _probability_strata(teacher.probabilities, kept)
+        return _draw_across(strata, k, rng), None, None
     support = label_support(teacher.probabilities, given)
     chosen: list[np.ndarray] = []
     counts: list[np.ndarray] = []
@@ -244,17 +255,31 @@ def _select(
     return picked[order], craig, objective if strategy == "facility-location" else None
 
 
+def _probability_strata(probabilities: np.ndarray, kept: np.ndarray) -> list[np.ndarray]:
+    """The kept positions in each of ``COVERAGE_STRATA`` equal-count strata of the teacher's
+    click probability over all the candidates (set-aside rows count toward their stratum)."""
+    n = probabilities.shape[0]
+    order = np.lexsort((np.arange(n), probabilities))
+    is_kept = np.zeros(n, dtype=bool)
+    is_kept[kept] = True
+    return [np.sort(stratum[is_kept[stratum]]) for stratum in np.array_split(order, COVERAGE_STRATA)]
+
+
 def _coverage(members: np.ndarray, support: np.ndarray, take: int, rng: np.random.Generator) -> np.ndarray:
     """``take`` of ``members``, drawn evenly across equal-count strata of ``support``."""
     strata_count = int(min(COVERAGE_STRATA, take, members.shape[0]))
     ordered = members[np.lexsort((members, support))]
-    strata = np.array_split(ordered, strata_count)
+    return _draw_across(np.array_split(ordered, strata_count), take, rng)
+
+
+def _draw_across(strata: list[np.ndarray], take: int, rng: np.random.Generator) -> np.ndarray:
+    """``take`` rows drawn uniformly within strata, as evenly across them as their sizes allow."""
     sizes = np.array([s.shape[0] for s in strata])
-    quota = np.zeros(strata_count, dtype=np.int64)
+    quota = np.zeros(len(strata), dtype=np.int64)
     left = take
     # Water-filling: each stratum takes an even share of what is left, at most its size.
     for position, stratum in enumerate(np.argsort(sizes, kind="stable")):
-        share = left // (strata_count - position)
+        share = left // (len(strata) - position)
         quota[stratum] = min(share, sizes[stratum])
         left -= int(quota[stratum])
     for stratum in np.argsort(-sizes, kind="stable"):

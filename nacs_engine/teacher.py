@@ -1,6 +1,7 @@
 """The cross-fitted teacher: an out-of-fold click probability for every candidate row.
 
-The candidate rows are dealt at random into K folds (``config.teacher_folds``).
+The candidate rows are dealt at random into K folds (``config.teacher_folds``, by
+default ``automatic_folds``: 5 on small data, 2 from 1M rows on).
 For each fold a fresh proxy model (``config.backbone``, its embedding size,
 dropout, Adam learning rate and weight decay) trains on the rows of the other
 folds with their given labels, early-stopped on the validation score of a
@@ -82,6 +83,22 @@ class Teacher:
         }
 
 
+# Folds: as many as keep one epoch of all fold models within this many training rows.
+FOLD_ROW_BUDGET = 1_000_000
+MIN_FOLDS = 2
+MAX_FOLDS = 5
+
+
+def automatic_folds(candidates: int) -> int:
+    """Folds of the teacher over ``candidates`` rows: 1 + ``FOLD_ROW_BUDGET`` / rows, within 2-5.
+
+    Each of K fold models trains on (K - 1) / K of the rows, so one epoch of all
+    of them costs (K - 1) epochs over the data: more folds give each model more
+    rows (a better teacher on small data) at a price that large data cannot pay.
+    """
+    return int(min(MAX_FOLDS, max(MIN_FOLDS, 1 + FOLD_ROW_BUDGET // max(candidates, 1))))
+
+
 def fold_epochs(training_rows: int) -> int:
     """The most epochs a fold's model trains: ``ROW_VISITS`` / rows, within [1, ``MAX_EPOCHS``]."""
     return int(min(MAX_EPOCHS, max(1, ROW_VISITS // max(training_rows, 1))))
@@ -126,7 +143,7 @@ def cross_fit(
     started = time.perf_counter()
     report = progress or (lambda fraction, message: None)
     rows = np.asarray(rows, dtype=np.int64)
-    k_folds = int(config.teacher_folds)
+    k_folds = config.teacher_folds or automatic_folds(int(rows.shape[0]))
     if rows.shape[0] < 2 * k_folds:
         raise ValueError(f"rows: the teacher needs at least {2 * k_folds} rows, got {rows.shape[0]}")
     y = np.asarray(labels, dtype=np.float32)[rows]
@@ -178,7 +195,7 @@ def _train_fold(
     report: Progress,
 ) -> tuple[nn.Module, FitResult]:
     """Train fold ``fold``'s model on candidates ``inside``, early-stopped on a sample of ``outside``."""
-    k_folds = int(config.teacher_folds)
+    k_folds = config.teacher_folds or automatic_folds(int(rows.shape[0]))
     sample = outside
     if sample.shape[0] > VALIDATION_ROWS:
         sample = np.sort(

@@ -13,7 +13,8 @@ from nacs_engine.config import EMBEDDINGS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.errors import DataError
-from nacs_engine.nacs import _coverage, _weights, run_nacs
+from nacs_engine.teacher import automatic_folds
+from nacs_engine.nacs import _coverage, _draw_across, _probability_strata, _weights, run_nacs
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,9 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(data: Enc
     noise = diagnostics["noise"]
     assert 0.0 < noise["flip_rate"] < 0.5
     assert noise["set_aside_rows"] == noise["set_aside_positive"] + noise["set_aside_negative"] > 0
-    assert diagnostics["teacher"]["folds"] == 2 and len(diagnostics["teacher"]["epochs"]) == 2
+    assert diagnostics["teacher"]["folds"] == automatic_folds(data.n_rows) == 5
+    assert len(diagnostics["teacher"]["epochs"]) == 5
     assert diagnostics["selection"]["strategy"] == "coverage"
-    # The kept rows' click rate (stratified over the kept rows).
     assert {phase for phase, _, _ in calls} == {"selecting", "denoising"}
     for phase in ("selecting", "denoising"):
         fractions = [fraction for name, fraction, _ in calls if name == phase]
@@ -102,7 +103,7 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
     assert no_relabel.diagnostics["noise"]["set_aside_rows"] > 0
     given = select_coreset(data, _config(label_mix=1.0))
     np.testing.assert_array_equal(given.soft_labels, given.labels)
-    teacher = select_coreset(data, _config())
+    teacher = select_coreset(data, _config(label_mix=0.0))
     half = select_coreset(data, _config(label_mix=0.5))
     np.testing.assert_allclose(half.soft_labels, 0.5 * teacher.labels + 0.5 * teacher.soft_labels, atol=1e-6)
 
@@ -112,7 +113,7 @@ def test_class_balance(data: EncodedDataset) -> None:
     assert int(balanced.labels.sum()) == 150
     assert balanced.weights.mean() == pytest.approx(1.0, abs=1e-5)
     assert len(np.unique(balanced.weights)) == 2
-    stratified = select_coreset(data, _config(method="nacs-no-denoise"))
+    stratified = select_coreset(data, _config(method="nacs-no-denoise", selection="random"))
     assert int(stratified.labels.sum()) == class_quota(data.labels, 300, "stratified")[0]
     assert select_coreset(data, _config(class_balance="none")).size == 300
 
@@ -167,3 +168,25 @@ def test_craig_weights_are_tempered_to_the_effective_share() -> None:
     assert tempered[0] > tempered[1]
     even = np.array([3.0, 2, 2, 3])
     np.testing.assert_array_equal(_weights(even, 0.5), even)
+
+
+
+def test_probability_strata_count_set_aside_rows_toward_their_stratum() -> None:
+    probabilities = np.linspace(0.0, 1.0, 1000)
+    kept = np.flatnonzero(np.arange(1000) % 4 != 0)  # a quarter set aside
+    kept = kept[kept >= 200]  # and the lowest fifth entirely
+    strata = _probability_strata(probabilities, kept)
+    assert len(strata) == 10
+    assert [s.shape[0] for s in strata] == [0, 0] + [75] * 8
+    picks = _draw_across(strata, 200, np.random.default_rng(0))
+    # The two empty strata's share goes to the others: 25 from each.
+    np.testing.assert_array_equal(np.bincount(picks // 100, minlength=10), [0, 0] + [25] * 8)
+    assert np.isin(picks, kept).all()
+
+
+def test_automatic_folds() -> None:
+    assert automatic_folds(70_000) == 5
+    assert automatic_folds(250_000) == 5
+    assert automatic_folds(400_000) == 3
+    assert automatic_folds(1_000_000) == 2
+    assert automatic_folds(45_000_000) == 2
