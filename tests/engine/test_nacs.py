@@ -13,8 +13,8 @@ from nacs_engine.config import EMBEDDINGS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.errors import DataError
-from nacs_engine.teacher import automatic_folds
 from nacs_engine.nacs import _coverage, _draw_across, _probability_strata, _weights, run_nacs
+from nacs_engine.teacher import automatic_folds
 
 
 @pytest.fixture(scope="module")
