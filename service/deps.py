@@ -13,11 +13,11 @@ from service.settings import ApiSettings
 from worker.records import JobRecord
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_jobs(request: Request) -> Jobs:
+async def get_jobs(request: Request) -> Jobs:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 
@@ -25,11 +25,8 @@ class BearerTenant(HTTPBearer):
     """The tenant of the request's API key; declared to OpenAPI as the bearer scheme."""
 
     def __init__(self) -> None:
-        super().__init__(
-            scheme_name="HTTPBearer",
-            auto_error=False,
-            description="An API key of your tenant: Authorization: Bearer <key>.",
-        )
+        description = "An API key of your tenant: Authorization: Bearer <key>."
+        super().__init__(scheme_name="HTTPBearer", auto_error=False, description=description)
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
         keyring: KeyRing = request.app.state.keyring

@@ -73,11 +73,6 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 
-def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
-    return ".".join(parts)
-
-
 _WHOLE_BODY = ("missing", "model_attributes_type", "dict_type", "model_type")
 
 
@@ -85,7 +80,8 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     """A 400 for a body that is not JSON, else a 422 naming each field and why."""
     details: list[dict[str, Any]] = []
     for item in errors:
-        field = _field_path(item.get("loc", ()))
+        where = ("body", "query", "path", "header")
+        field = ".".join(str(part) for part in item.get("loc", ()) if part not in where)
         message = str(item.get("msg", "invalid"))
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]

@@ -1,14 +1,13 @@
 """The API's jobs: submission rules, the caller's jobs, cancel and results, as public models.
-
-Reads and job creation go through ``redis.asyncio`` on the event loop; RQ's calls and the
-record transactions (cancel, the reaper, metrics) use the synchronous client in a thread.
-"""
+Reads and creation use ``redis.asyncio``; RQ and record transactions run in a thread."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio
@@ -34,6 +33,8 @@ from worker.records import InvalidTransition, JobRecord, JobStatus, RecordStore,
 from worker.spec import JobRequest
 from worker.storage import read_bytes
 
+log = logging.getLogger(__name__)
+
 
 def body_hash(request: dict[str, Any]) -> str:
     """SHA-256 of a request's canonical JSON (sorted keys): the same for the same body."""
@@ -54,16 +55,25 @@ class Jobs:
         connection = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
         self.store = RecordStore(connection, settings)
         self.queue = enqueue.queue_of(connection, settings)
+        self._enqueues: set[asyncio.Future[None]] = set()
+        # One thread puts new jobs on RQ's queue, in the order they were recorded.
+        self._enqueuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nacs-enqueue")
 
     async def open(self) -> None:
+        # A request waits for a free connection (up to the connect timeout) rather than fail
+        # when every connection of the pool is in use.
         timeout_s = self.settings.redis_timeout_s
-        self.redis = redis.asyncio.Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=timeout_s,
-            socket_timeout=max(timeout_s, 10.0), health_check_interval=30,
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=64, timeout=timeout_s,
+            socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 10.0),
+            health_check_interval=30,
         )
+        self.redis = redis.asyncio.Redis.from_pool(pool)
         self.create_script = enqueue.register_scripts(self.redis)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._enqueues, return_exceptions=True)
+        self._enqueuer.shutdown()
         await self.redis.aclose()
         self.store.redis.close()
 
@@ -86,7 +96,7 @@ class Jobs:
         limit = settings.max_active_jobs_per_tenant
         try:
             record, created = await create_job(
-                self.create_script, self.redis, self.queue, settings, record, max_active=limit
+                self.create_script, self.redis, settings, record, max_active=limit
             )
         except IdempotencyConflict as error:
             raise Conflict(str(error), code="idempotency_conflict") from None
@@ -94,7 +104,18 @@ class Jobs:
             message = f"{error}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={limit})"
             retry = {"Retry-After": "10"}
             raise TooManyRequests(message, code="too_many_active_jobs", headers=retry) from None
+        if created:  # the reply does not wait for RQ; the reaper enqueues what this misses
+            queued = asyncio.get_running_loop().run_in_executor(
+                self._enqueuer, enqueue.enqueue, self.queue, record, settings
+            )
+            self._enqueues.add(queued)
+            queued.add_done_callback(self._enqueued)
         return Job.of(record), created
+
+    def _enqueued(self, queued: asyncio.Future[None]) -> None:
+        self._enqueues.discard(queued)
+        if not queued.cancelled() and queued.exception() is not None:
+            log.warning("enqueue failed, left to the reaper: %s", queued.exception())
 
     async def owned(self, job_id: str, tenant: str) -> JobRecord:
         """The tenant's job record; another tenant's job is a 404, as is one that never

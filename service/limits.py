@@ -24,29 +24,22 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         limit = f"the request body is larger than {self.max_bytes} bytes (NACS_MAX_BODY_BYTES)"
         too_large = (413, "payload_too_large", limit)
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await _refuse(send, 400, "bad_request", "Content-Length is not a number")
-                return
-            if declared > self.max_bytes:
-                await _refuse(send, *too_large)
-                return
+        if length is not None and not length.isdigit():
+            await _refuse(send, 400, "bad_request", "Content-Length is not a number")
+            return
         chunks: list[bytes] = []
-        size = 0
-        while True:
+        size = int(length or 0)
+        while size <= self.max_bytes:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _refuse(send, *too_large)
-                return
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
+            size = max(size, sum(map(len, chunks)))
             if not message.get("more_body", False):
                 break
+        if size > self.max_bytes:
+            await _refuse(send, *too_large)
+            return
         replayed = False
 
         async def replay() -> dict[str, Any]:

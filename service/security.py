@@ -108,7 +108,7 @@ def _check_uri(
 def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSettings) -> str:
     """The output URI of a job: the given one if it lies inside the tenant's prefix, else the
     default."""
-    prefix = tenant_prefix(tenant, settings)
+    prefix = join_uri(settings.storage_uri, tenant)
     if uri is None:
         return join_uri(prefix, "jobs", job_id)
     scheme = scheme_of(uri)
@@ -129,10 +129,6 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
     if not normalised.startswith(prefix.rstrip("/") + "/"):
         raise Unprocessable(f"output_uri: must be inside this tenant's output prefix {prefix}/")
     return normalised
-
-
-def tenant_prefix(tenant: str, settings: ApiSettings) -> str:
-    return join_uri(settings.storage_uri, tenant)
 
 
 def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:

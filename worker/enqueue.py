@@ -10,7 +10,6 @@ queued record without a queue entry; the reaper enqueues it
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -59,8 +58,7 @@ return 0
 
 
 def register_scripts(client: redis.asyncio.Redis) -> Any:
-    """The creation script, registered on ``client`` (redis-py runs it by EVALSHA, and sends
-    it whole once when Redis lacks it)."""
+    """The creation script on ``client`` (redis-py runs it by EVALSHA, by EVAL if need be)."""
     return client.register_script(CREATE_SCRIPT)
 
 
@@ -98,11 +96,12 @@ def new_record(
 
 
 async def create_job(
-    script: Any, client: redis.asyncio.Redis, queue: Queue, settings: SharedSettings,
-    record: JobRecord, *, max_active: int | None = None,
+    script: Any, client: redis.asyncio.Redis, settings: SharedSettings, record: JobRecord,
+    *, max_active: int | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Record and enqueue ``record``; returns (record, True). With an Idempotency-Key that
-    made a job before, returns (that job, False). ``script`` is ``register_scripts(client)``.
+    """Record ``record`` (the caller then puts it on the queue: ``enqueue``); returns
+    (record, True). With an Idempotency-Key that made a job before, returns (that job,
+    False). ``script`` is ``register_scripts(client)``.
 
     Raises IdempotencyConflict when the key came with another body, or its job is gone;
     TooManyActiveJobs when the tenant already has ``max_active`` queued or running jobs.
@@ -130,18 +129,19 @@ async def create_job(
         return JobRecord.model_validate_json(raw), False
     if reply == 1:
         raise TooManyActiveJobs(max_active or 0)
-    await asyncio.to_thread(enqueue, queue, record, settings)
     return record, True
 
 
 def enqueue(queue: Queue, record: JobRecord, settings: SharedSettings) -> None:
-    """Put a run of the job (RQ job ``record.rq_job_id``) on the queue."""
+    """Put a run of the job (RQ job ``record.rq_job_id``) on the queue, in one round trip."""
     ttl = settings.job_ttl_s
-    queue.enqueue_call(
-        TASK, args=(record.id, settings.redis_prefix), job_id=record.rq_job_id,
-        timeout=settings.job_timeout_s, result_ttl=ttl, failure_ttl=ttl, ttl=ttl,
-        description=f"nacs job {record.id}",
-    )
+    with queue.connection.pipeline() as pipe:
+        queue.enqueue_call(
+            TASK, args=(record.id, settings.redis_prefix), job_id=record.rq_job_id,
+            timeout=settings.job_timeout_s, result_ttl=ttl, failure_ttl=ttl, ttl=ttl,
+            description=f"nacs job {record.id}", pipeline=pipe,
+        )
+        pipe.execute()
 
 
 def enqueue_again(store: RecordStore, queue: Queue, job_id: str) -> JobRecord | None:

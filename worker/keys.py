@@ -10,18 +10,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names of one deployment (one prefix):
-
-    - ``job(id)``: the job's record (JSON), expiring ``job_ttl_s`` after its last change;
-    - ``tenant_jobs(tenant)``: sorted set of the tenant's job ids by creation time;
-    - ``tenant_active(tenant)``: set of the tenant's queued and running job ids;
-    - ``status("queued" | "running")``: set of the job ids now in that status;
-    - ``queued_since``: sorted set of the queued job ids by creation time (the reaper reads
-      only the old ones);
-    - ``idempotency(tenant, key digest)``: the job an Idempotency-Key made, and its body hash;
-    - ``finished``: hash of finished-job counts by status; ``phase_seconds``: hash of
-      ``{phase}:sum`` and ``{phase}:count`` over succeeded jobs; ``reaper_lock``.
-    """
+    """Key names of one deployment (one prefix): ``job`` (the record, JSON), ``tenant_jobs``
+    and ``queued_since`` (sorted sets of job ids by creation time), ``tenant_active`` and
+    ``status`` (sets of queued or running job ids), ``idempotency`` (the job an
+    Idempotency-Key made, and its body hash), ``finished`` and ``phase_seconds`` (counters
+    for /metrics), ``reaper_lock``."""
 
     prefix: str
 

@@ -90,6 +90,9 @@ def _reap(store: RecordStore, queue: Queue, now: float) -> list[tuple[str, str]]
             store.redis.zadd(since_key, dict.fromkeys(missing, 0.0))
     cutoff = f"({now - settings.heartbeat_timeout_s}"
     old = [text(member) for member in store.redis.zrangebyscore(since_key, "-inf", cutoff)]
+    if old:  # jobs whose RQ job ("{id}-{run}") is still on the queue wait: none is read
+        waiting = {rq_job_id.rsplit("-", 1)[0] for rq_job_id in queue.get_job_ids()}
+        old = [job_id for job_id in old if job_id not in waiting]
     for record, rq_status in _with_rq_status(store, queue, old, JobStatus.queued):
         if rq_status is not None and rq_status not in _RQ_ENDED:
             continue

@@ -1,12 +1,9 @@
 """A worker process: an RQ worker on the job queue, plus the reaper of lost jobs.
 
-By default RQ forks a work horse per job: the parent process never imports
-torch, so it never starts CUDA and the fork is safe on GPU hosts; the horse
-imports the engine when it runs the job. ``fork=False`` runs jobs in the
-worker process itself (RQ's SimpleWorker): use it for a GPU worker that should
-keep its CUDA context between jobs, at the price that a crashing job takes the
-worker with it (the reaper then re-runs or fails the job).
-"""
+By default RQ forks a work horse per job: the parent never imports torch, so the fork is
+safe on GPU hosts. ``fork=False`` (RQ's SimpleWorker) runs jobs in the worker process, for a
+GPU worker that keeps its CUDA context; a crashing job then takes the worker with it (the
+reaper re-runs or fails the job)."""
 
 from __future__ import annotations
 

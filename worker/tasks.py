@@ -214,15 +214,12 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
         return _run_job(job_id, store, settings, run)
     except JobTimeoutException as error:
         code, message = failure_of(error)
-        failed = {"error": JobError(code=code, message=message)}
-        try:
-            if "attempt" in run:
-                attempt = run["attempt"]
+        failed, attempt = {"error": JobError(code=code, message=message)}, run.get("attempt")
+        with contextlib.suppress(InvalidTransition):
+            if attempt is not None:
                 _retry_redis(lambda: store.finish_run(job_id, attempt, JobStatus.failed, **failed))
             else:
                 _retry_redis(lambda: store.transition(job_id, JobStatus.failed, **failed))
-        except InvalidTransition:
-            pass
         return {"job_id": job_id, "status": "failed"}
 
 

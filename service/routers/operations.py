@@ -26,16 +26,18 @@ async def healthz() -> Health:
 async def readyz(jobs: JobsDep, settings: SettingsDep) -> Response:
     """Redis and storage answer (503 otherwise)."""
     checks: dict[str, str] = {}
-    try:
+    async def redis() -> None:
         await jobs.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as error:  # noqa: BLE001 - any failure means not ready
-        checks["redis"] = f"unreachable ({type(error).__name__})"
-    try:
+
+    async def storage() -> None:
         await asyncio.to_thread(check_storage, settings)
-        checks["storage"] = "ok"
-    except Exception as error:  # noqa: BLE001
-        checks["storage"] = f"unreachable ({type(error).__name__})"
+
+    for name, probe in (("redis", redis), ("storage", storage)):
+        try:
+            await probe()
+            checks[name] = "ok"
+        except Exception as error:  # noqa: BLE001 - any failure means not ready
+            checks[name] = f"unreachable ({type(error).__name__})"
     failing = sorted(name for name, value in checks.items() if value != "ok")
     if not failing:
         return JSONResponse(Health(status="ready", checks=checks).model_dump())

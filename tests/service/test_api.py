@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import SettingsError
 from tests.service.conftest import assert_error
-from tests.stack import REPO, TENANT_KEYS, free_port
+from tests.stack import REPO, TENANT_KEYS, free_port, wait_until
 from worker.records import JobError, JobResult, JobStatus
 
 
@@ -53,7 +53,7 @@ def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, se
     record = connection.get(f"{settings.redis_prefix}job:{job['id']}")
     assert record.startswith(b"{")
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-    assert queue.job_ids == [f"{job['id']}-1"]
+    wait_until(lambda: queue.job_ids == [f"{job['id']}-1"], 5, what="the job on the queue")
     # RQ reads the job back with the JSON serializer: the payload is JSON, not a pickle.
     rq_job = Job.fetch(f"{job['id']}-1", connection=connection, serializer=JSONSerializer)
     assert rq_job.func_name == "worker.tasks.run_job"
@@ -410,13 +410,14 @@ def test_list_pages_newest_first_with_status_filter(client: TestClient, dataset:
 
 def test_cancel_queued_and_finished(client: TestClient, dataset: Path, settings) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
+    queue = client.app.state.jobs.queue
+    wait_until(lambda: queue.count == 1, 5, what="the job on the queue")
     cancelled = client.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
     assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled", (
         "cancel is idempotent"
     )
-    queue = client.app.state.jobs.queue
     assert queue.count == 0
     assert_error(client.get(f"/jobs/{job['id']}/result"), 409, "job_not_succeeded")
     store = client.app.state.jobs.store

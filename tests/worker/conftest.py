@@ -12,7 +12,7 @@ import redis.asyncio
 from rq import Queue
 
 from tests.stack import delete_keys, unique_name
-from worker.enqueue import create_job, new_job_id, new_record, queue_of, register_scripts
+from worker.enqueue import create_job, enqueue, new_job_id, new_record, queue_of, register_scripts
 from worker.records import JobRecord, RecordStore, connect
 from worker.settings import SharedSettings
 
@@ -66,9 +66,12 @@ def create(store: RecordStore, queue: Queue) -> Create:
             try:
                 record = new_record(tenant, request, new_job_id(), idempotency_key, body_hash)
                 script = register_scripts(client)
-                return await create_job(
-                    script, client, queue, store.settings, record, max_active=max_active
+                made, created = await create_job(
+                    script, client, store.settings, record, max_active=max_active
                 )
+                if created:
+                    enqueue(queue, made, store.settings)
+                return made, created
             finally:
                 await client.aclose()
 

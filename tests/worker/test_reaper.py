@@ -98,6 +98,7 @@ def test_a_horse_lost_before_the_job_started_counts_an_attempt(
     assert reap(store, queue, now=_later(store)) == [(record.id, "requeued")]
     again = store.get(record.id)
     assert again is not None and again.attempts == 1 and again.rq_job_id == f"{record.id}-2"
+    queue.remove(again.rq_job_id)
     _rq_job(store, again.rq_job_id).set_status(RqStatus.FAILED)
     assert reap(store, queue, now=_later(store)) == [(record.id, "failed")]
     failed = store.get(record.id)
@@ -120,9 +121,23 @@ def test_records_that_are_gone_leave_the_indexes(
     store: RecordStore, queue: Queue, create: Create
 ) -> None:
     ids = [create("t1", REQUEST)[0].id for _ in range(3)]
-    store.redis.delete(store.keys.job(ids[1]))
+    store.redis.delete(store.keys.job(ids[1]))  # expired, and its RQ job with it
+    _rq_job(store, f"{ids[1]}-1").delete()
     store.redis.delete(store.keys.queued_since)  # as an older version left it
     assert reap(store, queue, now=_later(store)) == []
     assert not store.redis.sismember(store.keys.status("queued"), ids[1])
     assert store.redis.zscore(store.keys.queued_since, ids[1]) is None
     assert store.redis.zcard(store.keys.queued_since) == 2
+
+
+def test_jobs_waiting_on_the_queue_are_not_read(
+    store: RecordStore, queue: Queue, create: Create, monkeypatch
+) -> None:
+    """A long queue behind long jobs is normal: the reaper reads none of its records."""
+    for _ in range(3):
+        create("t1", REQUEST)
+    read: list[str] = []
+    get_many = store.get_many
+    monkeypatch.setattr(store, "get_many", lambda ids: read.extend(ids) or get_many(ids))
+    assert reap(store, queue, now=_later(store)) == []
+    assert read == []
