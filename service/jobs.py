@@ -48,6 +48,7 @@ class Jobs:
 
     redis: redis.asyncio.Redis
     create_script: Any
+    enqueuer: ThreadPoolExecutor  # one thread puts new jobs on RQ's queue, in their order
 
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
@@ -56,8 +57,6 @@ class Jobs:
         self.store = RecordStore(connection, settings)
         self.queue = enqueue.queue_of(connection, settings)
         self._enqueues: set[asyncio.Future[None]] = set()
-        # One thread puts new jobs on RQ's queue, in the order they were recorded.
-        self._enqueuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nacs-enqueue")
 
     async def open(self) -> None:
         # A request waits for a free connection (up to the connect timeout) rather than fail
@@ -70,10 +69,11 @@ class Jobs:
         )
         self.redis = redis.asyncio.Redis.from_pool(pool)
         self.create_script = enqueue.register_scripts(self.redis)
+        self.enqueuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nacs-enqueue")
 
     async def close(self) -> None:
         await asyncio.gather(*self._enqueues, return_exceptions=True)
-        self._enqueuer.shutdown()
+        self.enqueuer.shutdown()
         await self.redis.aclose()
         self.store.redis.close()
 
@@ -106,7 +106,7 @@ class Jobs:
             raise TooManyRequests(message, code="too_many_active_jobs", headers=retry) from None
         if created:  # the reply does not wait for RQ; the reaper enqueues what this misses
             queued = asyncio.get_running_loop().run_in_executor(
-                self._enqueuer, enqueue.enqueue, self.queue, record, settings
+                self.enqueuer, enqueue.enqueue, self.queue, record, settings
             )
             self._enqueues.add(queued)
             queued.add_done_callback(self._enqueued)
