@@ -87,3 +87,15 @@ def test_api_side_modules_do_not_load_torch(module: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("package", ["service", "worker"])
+def test_production_code_validates_without_assert(package: str) -> None:
+    """``python -O`` strips asserts: production paths raise errors that say what is wrong."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
