@@ -1,9 +1,5 @@
-"""The reaper: settles jobs whose worker is gone, cancels that were ignored, and queued
-records that never reached the queue.
-
-Workers and the API each run it on a timer; a short Redis lock lets one process reap
-at a time. RQ's job states are read through RQ's ``Job.fetch_many``.
-"""
+"""The reaper: settles jobs whose worker is gone, ignored cancels, and queued records that
+never reached the queue. Workers and the API run it on a timer, one process at a time."""
 
 from __future__ import annotations
 

@@ -209,12 +209,13 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
     if prefix is not None and prefix != settings.redis_prefix:
         settings = settings.model_copy(update={"redis_prefix": prefix})
     store = RecordStore(connect(settings.redis_url), settings)
-    run: dict[str, int] = {}
+    run: dict[str, int | float] = {"begun": time.monotonic()}
     try:
         return _run_job(job_id, store, settings, run)
     except JobTimeoutException as error:
         code, message = failure_of(error)
         failed, attempt = {"error": JobError(code=code, message=message)}, run.get("attempt")
+        attempt = int(attempt) if attempt is not None else None
         with contextlib.suppress(InvalidTransition):
             if attempt is not None:
                 _retry_redis(lambda: store.finish_run(job_id, attempt, JobStatus.failed, **failed))
@@ -224,14 +225,17 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
 
 
 def _run_job(
-    job_id: str, store: RecordStore, settings: SharedSettings, run: dict[str, int]
+    job_id: str, store: RecordStore, settings: SharedSettings, run: dict[str, int | float]
 ) -> dict[str, Any]:
     """One run of a queued job; ``run["attempt"]`` is set once this run owns the job.
 
-    Every failure of the job itself ends it with a code. RQ's shutdown
+    Every failure of the job itself ends it with a code; one at the time limit is the
+    timeout, whatever error RQ's timeout turned into where it struck. RQ's shutdown
     (``ShutDownImminentException``, a BaseException) and the interpreter's own
     exits propagate: the record stays running and the reaper runs it again.
     """
+    from rq.timeouts import JobTimeoutException
+
     record = store.get(job_id)
     if record is None or record.status != JobStatus.queued:
         why = "no record" if record is None else record.status.value
@@ -273,7 +277,9 @@ def _run_job(
         message = "cancelled while running"
         fields = {"progress": started.progress.model_copy(update={"message": message})}
     except Exception as error:  # noqa: BLE001 - every failure of the job ends it with a code
-        code, message = failure_of(error)
+        limit_s = settings.job_timeout_s
+        late = time.monotonic() - run["begun"] >= limit_s - min(1.0, 0.1 * limit_s)
+        code, message = failure_of(JobTimeoutException(str(error)) if late else error)
         trace = error if code == "internal_error" else None
         log.warning("job %s failed: %s: %s", job_id, code, message, exc_info=trace)
         fields = {"error": JobError(code=code, message=message)}

@@ -332,3 +332,23 @@ def test_an_rq_worker_runs_the_job(
     assert rq_job.get_status() == RqStatus.FINISHED
     assert rq_job.return_value()["status"] == "succeeded"
     assert queue_of(store.redis, settings).count == 0
+
+
+@pytest.mark.parametrize(("after_s", "code"), [(0.0, "internal_error"), (1.9, "timeout")])
+def test_a_failure_at_the_time_limit_is_the_timeout(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch,
+    after_s: float, code: str,
+) -> None:
+    """RQ's timeout can surface as another error (here: a module it left half-imported)."""
+    export_settings(settings.model_copy(update={"job_timeout_s": 2}), monkeypatch)
+
+    def half_imported(*args: object, **kwargs: object) -> None:
+        time.sleep(after_s)
+        raise AttributeError("module 'pandas' has no attribute 'util'")
+
+    monkeypatch.setattr(tasks, "execute", half_imported)
+    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=str(tmp_path / "o"))
+    record, _ = create("t1", request.model_dump(mode="json"))
+    assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "failed"
+    error = store.get(record.id).error  # type: ignore[union-attr]
+    assert error is not None and error.code == code
