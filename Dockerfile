@@ -65,5 +65,5 @@ RUN pip install "$(ls /wheels/nacs-*.whl)[server,engine,gcs]" \
 USER nacs
 # Healthy while the Redis that feeds this worker answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import redis; from worker.settings import WorkerSettings; redis.Redis.from_url(WorkerSettings().redis_url, socket_timeout=4).ping()"]
+  CMD ["python", "-c", "import redis; from worker.settings import SharedSettings; redis.Redis.from_url(SharedSettings().redis_url, socket_timeout=4).ping()"]
 CMD ["nacs", "worker"]

@@ -75,6 +75,7 @@ def _summary(job, coreset, dataset: Path) -> str:  # noqa: ANN001 - SDK types
     original = pq.read_table(dataset)
     picked = coreset.take(original)
     changed = float(np.mean(np.abs(coreset.soft_labels - coreset.labels)))
+    data_rate = data.get("clicks", 0) / max(data.get("rows", 1), 1)
     lines = [
         "",
         f"Job {job.id} {job.status}.",
@@ -82,16 +83,21 @@ def _summary(job, coreset, dataset: Path) -> str:  # noqa: ANN001 - SDK types
         f"  coreset:        {job.result.coreset_uri}",
         f"  manifest:       {job.result.manifest_uri}",
         f"  selected:       {coreset.rows.shape[0]} of {data.get('rows', original.num_rows)} rows "
-        f"(click rate {coreset.labels.mean():.3f}; data {data.get('clicks', 0) / max(data.get('rows', 1), 1):.3f})",
-        f"  soft labels:    mean {coreset.soft_labels.mean():.3f}, mean |soft - given| {changed:.3f}",
-        f"  weights:        min {coreset.weights.min():.2f}, max {coreset.weights.max():.2f} (mean 1)",
-        f"  uncertainty:    median {np.median(coreset.uncertainty):.3f}, max {coreset.uncertainty.max():.3f}",
+        f"(click rate {coreset.labels.mean():.3f}; data {data_rate:.3f})",
+        f"  soft labels:    mean {coreset.soft_labels.mean():.3f}, "
+        f"mean |soft - given| {changed:.3f}",
+        f"  weights:        min {coreset.weights.min():.2f}, "
+        f"max {coreset.weights.max():.2f} (mean 1)",
+        f"  uncertainty:    median {np.median(coreset.uncertainty):.3f}, "
+        f"max {coreset.uncertainty.max():.3f}",
         f"  time per phase: {phases}",
         "",
         "The first selected rows of the original table, with their soft labels:",
-        picked.slice(0, 5).select(["user_id", "item_id", "genres", "label"]).append_column(
-            "soft_label", [coreset.soft_labels[:5]]
-        ).to_pandas().to_string(index=False),
+        picked.slice(0, 5)
+        .select(["user_id", "item_id", "genres", "label"])
+        .append_column("soft_label", [coreset.soft_labels[:5]])
+        .to_pandas()
+        .to_string(index=False),
     ]
     return "\n".join(lines)
 
@@ -109,7 +115,9 @@ def main() -> None:
     log_path = home / "up.log"
     print(f"Starting the service: {nacs} up --port {port}  (log: {log_path})")
     log = log_path.open("ab")
-    process = subprocess.Popen([nacs, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [nacs, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         _wait_ready(base_url, process)
         with Client(base_url=base_url, api_key=os.environ.get("NACS_API_KEY")) as client:

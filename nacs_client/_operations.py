@@ -82,7 +82,8 @@ class Endpoint:
 
 
 def send_with_retries(endpoint: Endpoint, request: httpx.Request) -> Operation[httpx.Response]:
-    """Send ``request``, retrying transient failures; return a 2xx response or raise the mapped error.
+    """Send ``request``, retrying transient failures; return a 2xx response or raise the mapped
+    error.
 
     The same ``request`` object (same headers, so the same ``Idempotency-Key``)
     is sent on every attempt.
@@ -230,7 +231,8 @@ def wait_for_job(
     poll_interval_s: float,
     on_update: Callable[[Job], None],
 ) -> Operation[Job]:
-    """Poll the job until it ends; return it when it succeeded, raise when it failed or was cancelled."""
+    """Poll the job until it ends; return it when it succeeded, raise when it failed or was
+    cancelled."""
     if timeout_s is not None and not (timeout_s >= 0):
         raise ValueError(f"timeout: expected seconds >= 0 or None, got {timeout_s!r}")
     if not (poll_interval_s > 0):
@@ -264,7 +266,8 @@ def next_cursor(page: JobPage, cursor: str | None) -> str | None:
 
 
 def finished_result(endpoint: Endpoint, job_id: str) -> Operation[tuple[JobResult, Manifest]]:
-    """Where a succeeded job's files are, and its manifest; the job's error when it failed or was cancelled."""
+    """Where a succeeded job's files are, and its manifest; the job's error when it failed or was
+    cancelled."""
     job = yield from get_job(endpoint, job_id)
     if job.status == "failed":
         raise JobFailedError(job)

@@ -6,10 +6,10 @@ Exit codes (stable; scripts may rely on them):
 | --- | --- |
 | 0 | success (for ``wait`` and ``submit --wait``: the job succeeded) |
 | 1 | the job failed or was cancelled |
-| 2 | usage error, or a request the service refused (400, 409, 413, 422); a command whose extras are not installed |
+| 2 | usage error, a request the service refused (400, 409, 413, 422), extras not installed |
 | 3 | no such job (404) |
 | 4 | missing or wrong API key (401) |
-| 5 | the service is unreachable or unavailable (connection error, timeout, 429, 5xx after retries) |
+| 5 | the service is unreachable or unavailable (connection error, timeout, 429, 5xx) |
 | 6 | ``wait`` timed out before the job ended |
 | 7 | any other error (a local file could not be written, an optional package is missing) |
 
@@ -76,7 +76,10 @@ PLUGIN_HELP: dict[str, tuple[str, str]] = {
     "worker": ("Run a selection worker.", "server,engine"),
     "up": ("Run API, worker and Redis on one machine.", "server,engine"),
     "select": ("Run a selection locally, without the service.", "server,engine"),
-    "evaluate": ("Compare methods on a dataset: test AUC of models trained on their coresets.", "server,engine"),
+    "evaluate": (
+        "Compare methods on a dataset: test AUC of models trained on their coresets.",
+        "server,engine",
+    ),
 }
 
 
@@ -206,7 +209,9 @@ class NacsGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(own)
         if plugins:
-            with formatter.section("Server and engine commands (need nacs[server] or nacs[server,engine])"):
+            with formatter.section(
+                "Server and engine commands (need nacs[server] or nacs[server,engine])"
+            ):
                 formatter.write_dl(plugins)
 
 
@@ -397,7 +402,8 @@ _poll_option = click.option(
     "options",
     multiple=True,
     metavar="KEY=VALUE",
-    help="An engine option, repeatable (values are JSON: --option rounds=3 --option backbone=dcnv2).",
+    help="An engine option, repeatable (values are JSON: --option rounds=3 "
+    "--option backbone=dcnv2).",
 )
 @click.option("--label-column", help="The label column [default: label].")
 @click.option(

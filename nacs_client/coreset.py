@@ -101,7 +101,8 @@ class Coreset:
         manifest: Manifest | Mapping[str, Any] | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> Coreset:
-        """Read ``coreset.parquet`` from a local path, ``file://``, ``s3://`` or ``https://`` URI."""
+        """Read ``coreset.parquet`` from a local path, ``file://``, ``s3://`` or ``https://``
+        URI."""
         if manifest is not None and not isinstance(manifest, Manifest):
             manifest = Manifest.model_validate(manifest)
         with open_uri(uri, storage_options) as handle:
@@ -180,7 +181,8 @@ class Coreset:
         *,
         generator: Any = None,
     ) -> torch.utils.data.WeightedRandomSampler:
-        """A ``WeightedRandomSampler`` over coreset positions ``0..len(self)-1``, drawn by ``weights``.
+        """A ``WeightedRandomSampler`` over coreset positions ``0..len(self)-1``, drawn by
+        ``weights``.
 
         Use it with a dataset in coreset order, such as ``torch_subset(dataset)``
         or a ``TensorDataset`` built from ``take(table)``. ``num_samples``

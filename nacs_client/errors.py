@@ -108,7 +108,8 @@ class NotFoundError(APIStatusError):
 
 
 class ConflictError(APIStatusError):
-    """409: the idempotency key was used before with a different body, or the job's state forbids it."""
+    """409: the idempotency key was used before with a different body, or the job's state forbids
+    it."""
 
 
 class PayloadTooLargeError(APIStatusError):

@@ -1,4 +1,5 @@
-"""Typed responses of the service (API.md). Unknown fields are kept, since the API grows additively."""
+"""Typed responses of the service (docs/design/API.md). Unknown fields are kept, since the API grows
+additively."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class _Model(BaseModel):
 
 
 class Progress(_Model):
-    """Where a running job is: ``phase`` (loading, selecting, denoising, writing) and ``fraction`` in [0, 1]."""
+    """Where a running job is: ``phase`` (loading, selecting, denoising, writing) and ``fraction``
+    in [0, 1]."""
 
     phase: str | None = None
     fraction: float = 0.0

@@ -446,7 +446,7 @@ def paired_differences(
             entry = dict(zip(("dataset", "noise", "flip_rate", "evaluator"), setting, strict=True))
             entry |= {
                 "budget": budget,
-                "budget_rows": budget_rows[(*setting, budget)],
+                "budget_rows": budget_rows[tuple(setting) + (budget,)],
                 "method": method,
                 "baseline": baseline,
                 "metric": metric,
@@ -490,11 +490,11 @@ def difference_tables(
             seeds = max(d["seeds"] for d in by_metric.values())
             cells = [str(budget), str(method), str(baseline), str(seeds)]
             for metric in metrics:
-                d = by_metric.get(metric)
-                if d is None:
+                found = by_metric.get(metric)
+                if found is None:
                     cells += ["-", "-", "-"]
                     continue
-                cells += [_plus_minus(d), _interval(d), f"{d['wins']}/{d['seeds']}"]
+                cells += [_plus_minus(found), _interval(found), f"{found['wins']}/{found['seeds']}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip("\n")

@@ -1,4 +1,4 @@
-"""Closed-form last-layer gradients and their Adam preconditioning (ENGINE.md, Eqs. 7-9).
+"""Closed-form last-layer gradients and their Adam preconditioning (docs/design/ENGINE.md, Eqs. 7-9).
 
 For a model whose logit is head(h) + other terms, with p = sigmoid(logit) and
 the binary cross-entropy against a soft target y*, dL/dlogit = p - y*, so the

@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from nacs_engine import selection
 from nacs_engine.baselines import class_quota, prior_weights
@@ -62,7 +61,7 @@ from nacs_engine.denoise.label_correction import (
 from nacs_engine.denoise.mc_dropout import mc_dropout_scores
 from nacs_engine.errors import DataError
 from nacs_engine.gradients import adam_precondition, head_moments, last_layer_gradients
-from nacs_engine.models.registry import build_model
+from nacs_engine.models.registry import CTRModel, build_model
 from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
 from nacs_engine.train import (
@@ -179,7 +178,7 @@ class _Selection:
             model = build_model(
                 config.backbone, data.field_dims, embed_dim=config.embed_dim, dropout=config.dropout
             )
-        self.model: nn.Module = model.to(device)
+        self.model: CTRModel = model.to(device)
         self.optimizer = make_optimizer(
             self.model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
         )

@@ -31,7 +31,7 @@ from torch import nn
 
 from nacs_engine.config import SelectionConfig
 from nacs_engine.evaluate import auc, log_loss, platt_scaling
-from nacs_engine.models.registry import build_model
+from nacs_engine.models.registry import CTRModel, build_model
 from nacs_engine.runtime import numpy_generator, seeded_scope, torch_generator
 from nacs_engine.train import FitResult, as_feature_tensor, default_batch_size, fit_early_stopping
 
@@ -65,7 +65,7 @@ class Teacher:
 
     rows: np.ndarray
     folds: np.ndarray
-    models: list[nn.Module]
+    models: list[CTRModel]
     logits: np.ndarray
     probabilities: np.ndarray
     calibration: tuple[float, float]
@@ -150,7 +150,7 @@ def cross_fit(
     rng = numpy_generator(config.seed, "teacher_folds")
     folds = (rng.permutation(rows.shape[0]) % k_folds).astype(np.int8)
     logits = np.empty(rows.shape[0], dtype=np.float64)
-    models: list[nn.Module] = []
+    models: list[CTRModel] = []
     epochs: list[int] = []
     scores: list[float] = []
     for fold in range(k_folds):
@@ -193,7 +193,7 @@ def _train_fold(
     fold: int,
     device: torch.device,
     report: Progress,
-) -> tuple[nn.Module, FitResult]:
+) -> tuple[CTRModel, FitResult]:
     """Train fold ``fold``'s model on candidates ``inside``, early-stopped on a sample of ``outside``."""
     k_folds = config.teacher_folds or automatic_folds(int(rows.shape[0]))
     sample = outside
@@ -347,4 +347,4 @@ class TeacherCache:
 
 def _digest(values: np.ndarray) -> str:
     array = np.ascontiguousarray(values)
-    return f"{array.dtype}{array.shape}" + hashlib.blake2b(array.view(np.uint8), digest_size=16).hexdigest()
+    return f"{array.dtype}{array.shape}" + hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()

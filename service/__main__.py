@@ -2,7 +2,8 @@
 
 import click
 
-from service.cli import serve, up, worker
+from service.cli import serve, up
+from worker.cli import worker
 
 
 @click.group()

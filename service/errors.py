@@ -22,11 +22,7 @@ class ApiError(Exception):
     code = "internal_error"
 
     def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        details: Any = None,
+        self, message: str, *, code: str | None = None, details: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -49,16 +45,8 @@ class NotFound(ApiError):
     status_code, code = 404, "not_found"
 
 
-class MethodNotAllowed(ApiError):
-    status_code, code = 405, "method_not_allowed"
-
-
 class Conflict(ApiError):
     status_code, code = 409, "conflict"
-
-
-class PayloadTooLarge(ApiError):
-    status_code, code = 413, "payload_too_large"
 
 
 class Unprocessable(ApiError):
@@ -81,21 +69,19 @@ def error_response(error: ApiError) -> JSONResponse:
     headers = dict(error.headers)
     if error.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse(
-        error_body(error.code, error.message, error.details), status_code=error.status_code, headers=headers
-    )
+    body = error_body(error.code, error.message, error.details)
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 
-def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
-    return ".".join(parts)
+_WHOLE_BODY = ("missing", "model_attributes_type", "dict_type", "model_type")
 
 
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     """A 400 for a body that is not JSON, else a 422 naming each field and why."""
-    details = []
+    details: list[dict[str, Any]] = []
     for item in errors:
-        field = _field_path(item.get("loc", ()))
+        where = ("body", "query", "path", "header")
+        field = ".".join(str(part) for part in item.get("loc", ()) if part not in where)
         message = str(item.get("msg", "invalid"))
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
@@ -111,7 +97,7 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     parts = []
     for entry in details:
         field, message = entry["field"], str(entry["message"])
-        if not field and entry["type"] in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        if not field and entry["type"] in _WHOLE_BODY:
             parts.append("request body: expected a JSON object (Content-Type: application/json)")
         elif field and message.startswith(f"{field}:"):
             parts.append(message)
@@ -119,18 +105,8 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
             parts.append(f"{field}: {message}")
         else:
             parts.append(message if ":" in message.split(" ", 1)[0] else f"request: {message}")
-    return Unprocessable("; ".join(parts) or "the request is not valid", code="invalid_request", details=details)
-
-
-def redis_down_response(error: Exception) -> JSONResponse:
-    """The 503 of a Redis that did not answer (redis-py's ConnectionError or TimeoutError)."""
-    log.warning("redis unreachable: %s", error)
-    return error_response(
-        ServiceUnavailable(
-            "the job store (Redis) is unreachable; retry later",
-            code="redis_unavailable",
-            headers={"Retry-After": "5"},
-        )
+    return Unprocessable(
+        "; ".join(parts) or "the request is not valid", code="invalid_request", details=details
     )
 
 
@@ -141,6 +117,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a body before it runs the dependencies: the key is checked here
+        # too, so that a caller without a valid key learns nothing about its request.
+        try:
+            request.app.state.keyring.tenant(request.headers.get("authorization"))
+        except ApiError as refused:
+            return error_response(refused)
         return error_response(validation_error(list(error.errors())))
 
     @app.exception_handler(StarletteHTTPException)
@@ -151,19 +133,19 @@ def install_error_handlers(app: FastAPI) -> None:
             405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"),
         }
         code, message = mapped.get(error.status_code, ("http_error", str(error.detail)))
-        return JSONResponse(
-            error_body(code, message), status_code=error.status_code, headers=getattr(error, "headers", None)
-        )
+        headers = getattr(error, "headers", None)
+        return JSONResponse(error_body(code, message), error.status_code, headers=headers)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def _redis_down(request: Request, error: Exception) -> JSONResponse:
-        return redis_down_response(error)
+        log.warning("redis unreachable: %s", error)
+        message = "the job store (Redis) is unreachable; retry later"
+        retry = {"Retry-After": "5"}
+        return error_response(ServiceUnavailable(message, code="redis_unavailable", headers=retry))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "the service hit an unexpected error; it has been logged"),
-            status_code=500,
-        )
+        message = "the service hit an unexpected error; it has been logged"
+        return JSONResponse(error_body("internal_error", message), status_code=500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.util
@@ -10,7 +11,7 @@ import socket
 from urllib.parse import unquote, urlsplit
 
 from service.errors import Unauthorized, Unprocessable
-from service.settings import LOCAL_TENANT, Settings
+from service.settings import LOCAL_TENANT, ApiSettings
 from worker.storage import join_uri, normalise_uri, private_address, scheme_of
 
 DATASET_SCHEMES = frozenset({"file", "s3", "gs", "https"})
@@ -26,11 +27,6 @@ class KeyRing:
 
     def __init__(self, keys: dict[str, str]) -> None:
         self._tenants = {_digest(key.encode()): tenant for key, tenant in keys.items()}
-
-    @property
-    def open(self) -> bool:
-        """No keys: the single local tenant, without authentication."""
-        return not self._tenants
 
     def tenant(self, authorization: str | None) -> str:
         if not self._tenants:
@@ -54,21 +50,33 @@ def _digest(key: bytes) -> bytes:
 _FILESYSTEM_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "https": "aiohttp"}
 
 
-def check_dataset_uri(uri: str, tenant: str, settings: Settings) -> str:
-    """The normalised dataset URI, or a 422 naming dataset_uri and why."""
-    return _check_uri("dataset_uri", uri, tenant, settings, DATASET_SCHEMES)
+async def check_dataset_uri(uri: str, tenant: str, settings: ApiSettings) -> str:
+    """The normalised dataset URI, or a 422 naming dataset_uri and why. An https:// host is
+    resolved in a worker thread, so a slow DNS answer never stalls the event loop."""
+    checked = _check_uri("dataset_uri", uri, tenant, settings, DATASET_SCHEMES)
+    if scheme_of(checked) == "https" and not settings.allow_private_urls:
+        host = urlsplit(checked).hostname or ""
+        await asyncio.to_thread(_check_public_host, "dataset_uri", host)
+    return checked
 
 
 def _check_scheme_installed(field: str, scheme: str) -> None:
     package = _FILESYSTEM_PACKAGES.get(scheme)
     if package and importlib.util.find_spec(package) is None:
-        raise Unprocessable(f"{field}: {scheme}:// is not available on this service (the {package} package is not installed)")
+        raise Unprocessable(
+            f"{field}: {scheme}:// is not available on this service "
+            f"(the {package} package is not installed)"
+        )
 
 
-def _check_uri(field: str, uri: str, tenant: str, settings: Settings, schemes: frozenset[str]) -> str:
+def _check_uri(
+    field: str, uri: str, tenant: str, settings: ApiSettings, schemes: frozenset[str]
+) -> str:
     raw_scheme = uri.split(":", 1)[0].lower() if ":" in uri and "://" not in uri else None
     if raw_scheme and not os.path.isabs(uri):
-        raise Unprocessable(f"{field}: unsupported URI scheme {raw_scheme!r}; use {_listing(schemes)}")
+        raise Unprocessable(
+            f"{field}: unsupported URI scheme {raw_scheme!r}; use {_listing(schemes)}"
+        )
     if "://" not in uri and not os.path.isabs(uri):
         raise Unprocessable(f"{field}: a local path must be absolute (or use a file:// URI)")
     scheme = scheme_of(uri)
@@ -81,7 +89,7 @@ def _check_uri(field: str, uri: str, tenant: str, settings: Settings, schemes: f
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
-        resolved = "file://" + real_path(unquote(parts.path))
+        resolved = "file://" + os.path.realpath(unquote(parts.path))
         if not _allowed(resolved, allowed, local=True):
             raise Unprocessable(
                 f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
@@ -92,21 +100,22 @@ def _check_uri(field: str, uri: str, tenant: str, settings: Settings, schemes: f
         raise Unprocessable(f"{field}: {uri} names no bucket or host")
     if ".." in unquote(parts.path).split("/"):
         raise Unprocessable(f"{field}: '..' is not allowed in object keys")
-    if scheme == "https":
-        _check_public_host(field, parts.hostname or "", settings)
     if not _allowed(normalised, allowed, local=False):
         raise Unprocessable(f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS)")
     return normalised
 
 
-def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: Settings) -> str:
-    """The output URI of a job: the given one if it lies inside the tenant's prefix, else the default."""
-    prefix = tenant_prefix(tenant, settings)
+def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSettings) -> str:
+    """The output URI of a job: the given one if it lies inside the tenant's prefix, else the
+    default."""
+    prefix = join_uri(settings.storage_uri, tenant)
     if uri is None:
         return join_uri(prefix, "jobs", job_id)
     scheme = scheme_of(uri)
     if scheme not in OUTPUT_SCHEMES:
-        raise Unprocessable(f"output_uri: unsupported URI scheme {scheme!r}; use {_listing(OUTPUT_SCHEMES)}")
+        raise Unprocessable(
+            f"output_uri: unsupported URI scheme {scheme!r}; use {_listing(OUTPUT_SCHEMES)}"
+        )
     _check_scheme_installed("output_uri", scheme)
     if "://" not in uri and not os.path.isabs(uri):
         raise Unprocessable("output_uri: a local path must be absolute (or use a file:// URI)")
@@ -122,42 +131,6 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: Settin
     return normalised
 
 
-def real_path(path: str) -> str:
-    """``os.path.realpath(path)``, in half its time for a path that exists (Linux).
-
-    The kernel resolves the path as it opens it (``O_PATH``: no read access needed, nothing
-    read), following every symbolic link and '..', and ``/proc/self/fd`` names the file it
-    reached. ``os.path.realpath`` instead asks for each component of the path in turn. Any
-    failure (a missing file, no ``/proc``, another system) or an answer that is not an
-    absolute path (a file reached outside this process's root) falls back to
-    ``os.path.realpath``, so the result is always the one it gives.
-    """
-    if _O_PATH:
-        try:
-            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
-        except (OSError, ValueError):
-            return os.path.realpath(path)
-        try:
-            resolved = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            resolved = ""
-        finally:
-            os.close(fd)
-        if resolved.startswith("/") and not resolved.endswith(_DELETED):
-            return resolved
-    return os.path.realpath(path)
-
-
-# O_PATH where the system has it and /proc names open files (Linux); 0 elsewhere.
-_O_PATH = getattr(os, "O_PATH", 0) if os.path.isdir("/proc/self/fd") else 0
-# What /proc appends to the name of a file removed while open: not a path to return.
-_DELETED = " (deleted)"
-
-
-def tenant_prefix(tenant: str, settings: Settings) -> str:
-    return join_uri(settings.storage_uri, tenant)
-
-
 def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:
     if prefixes is None:
         return True
@@ -169,7 +142,10 @@ def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:
             path = unquote(urlsplit(uri).path)
             if path == root or path.startswith(root.rstrip("/") + "/"):
                 return True
-        elif "://" in prefix and (uri == prefix.rstrip("/") or uri.startswith(prefix if prefix.endswith("/") else prefix + "/")):
+        elif "://" in prefix and (
+            uri == prefix.rstrip("/")
+            or uri.startswith(prefix if prefix.endswith("/") else prefix + "/")
+        ):
             return True
     return False
 
@@ -186,17 +162,15 @@ def _local_root(prefix: str) -> str | None:
     return os.path.realpath(unquote(urlsplit(normalise_uri(prefix)).path))
 
 
-def _check_public_host(field: str, host: str, settings: Settings) -> None:
-    if settings.allow_private_urls:
-        return
+def _check_public_host(field: str, host: str) -> None:
     try:
         ip = private_address(host)
     except (socket.gaierror, UnicodeError):
         raise Unprocessable(f"{field}: the host {host!r} does not resolve") from None
     if ip is not None:
         raise Unprocessable(
-            f"{field}: the host {host!r} resolves to a loopback, private or link-local address ({ip}), "
-            "which is refused (NACS_ALLOW_PRIVATE_URLS)"
+            f"{field}: the host {host!r} resolves to a loopback, private or link-local address "
+            f"({ip}), which is refused (NACS_ALLOW_PRIVATE_URLS)"
         )
 
 

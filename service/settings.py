@@ -1,4 +1,4 @@
-"""The API's settings: the shared worker settings plus keys, URI rules and limits.
+"""The API's settings: the settings it shares with the workers, plus keys, URI rules and limits.
 
 Every setting is an ``NACS_*`` environment variable; ``.env.example`` lists them.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from worker.settings import WorkerSettings
+from worker.settings import SharedSettings
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOCAL_TENANT = "local"
@@ -20,33 +20,27 @@ class SettingsError(ValueError):
     """The settings cannot run a safe service (no keys, malformed key list)."""
 
 
-class Settings(WorkerSettings):
-    api_keys: str | None = Field(
-        default=None, description="Comma-separated tenant:key pairs, e.g. team-a:secret1,team-b:secret2."
-    )
-    api_keys_file: str | None = Field(
-        default=None, description="File of tenant:key pairs, one per line or comma-separated; # starts a comment."
-    )
-    insecure_local: bool = Field(
-        default=False,
-        description="With no keys configured, serve one tenant 'local' without authentication (local use only).",
-    )
-    allowed_uris: str | None = Field(
-        default=None,
-        description=(
-            "Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,https://host/); "
-            "an entry tenant=prefix applies to that tenant only; '*' allows any. "
-            "Unset: any in insecure local mode, none otherwise."
-        ),
-    )
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
-    max_active_jobs_per_tenant: int = Field(
-        default=100, ge=1, description="Queued plus running jobs a tenant may have (429 above)."
-    )
-    api_reaper: bool = Field(
-        default=True, description="Whether the API process also runs the reaper of lost jobs on a timer."
-    )
-    redis_timeout_s: float = Field(default=2.0, gt=0, description="Connect timeout of the API's Redis calls.")
+class ApiSettings(SharedSettings):
+    """The settings of the API process."""
+
+    api_keys: str | None = None
+    """Comma-separated tenant:key pairs, e.g. team-a:secret1,team-b:secret2."""
+    api_keys_file: str | None = None
+    """File of tenant:key pairs, one per line or comma-separated; # starts a comment."""
+    insecure_local: bool = False
+    """With no keys configured, serve one tenant 'local' without authentication (local use)."""
+    allowed_uris: str | None = None
+    """Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,
+    https://host/); an entry tenant=prefix applies to that tenant only; '*' allows any.
+    Unset: any in insecure local mode, none otherwise."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """Largest request body accepted (413 above)."""
+    max_active_jobs_per_tenant: int = Field(default=100, ge=1)
+    """Queued plus running jobs a tenant may have (429 above)."""
+    api_reaper: bool = True
+    """Whether the API process also runs the reaper of lost jobs on a timer."""
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    """Connect timeout of the API's Redis calls."""
 
     def tenant_keys(self) -> dict[str, str]:
         """Map of API key -> tenant. Raises SettingsError for malformed entries."""
@@ -60,10 +54,12 @@ class Settings(WorkerSettings):
             tenant, key = tenant.strip(), key.strip()
             if not sep or not _TENANT.match(tenant) or len(key) < 8:
                 raise SettingsError(
-                    f"NACS_API_KEYS: entry {number} is not tenant:key (tenant of letters, digits, '_.-'; key of 8+ characters)"
+                    f"NACS_API_KEYS: entry {number} is not tenant:key "
+                    "(tenant of letters, digits, '_.-'; key of 8+ characters)"
                 )
             if key in keys and keys[key] != tenant:
-                raise SettingsError(f"NACS_API_KEYS: entry {number} reuses a key of tenant {keys[key]}")
+                message = f"NACS_API_KEYS: entry {number} reuses a key of tenant {keys[key]}"
+                raise SettingsError(message)
             keys[key] = tenant
         return keys
 
@@ -82,9 +78,7 @@ class Settings(WorkerSettings):
                     entries.append(prefix.strip())
             else:
                 entries.append(entry)
-        if "*" in entries:
-            return None
-        return entries
+        return None if "*" in entries else entries
 
     def check(self) -> dict[str, str]:
         """Validate what a serving process needs; returns the key map."""

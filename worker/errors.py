@@ -46,7 +46,9 @@ def is_transient(error: BaseException) -> bool:
             ReadTimeoutError,
         )
 
-        if isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, HTTPClientError)):
+        if isinstance(
+            error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, HTTPClientError)
+        ):
             return True
     except ImportError:
         pass

@@ -1,4 +1,7 @@
-"""The result of a job in storage: coreset.parquet, then manifest.json last."""
+"""The result of a job in storage: coreset.parquet, then manifest.json last.
+
+``Manifest`` is the one model of manifest.json: the worker writes it and the API serves it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
-from worker.settings import WorkerSettings
+from worker.settings import SharedSettings
 from worker.storage import join_uri, upload_file, write_bytes
 
 CORESET_FILE = "coreset.parquet"
@@ -19,7 +23,59 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 
 
-def coreset_table(rows: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray, weights: np.ndarray, uncertainty: np.ndarray) -> pa.Table:
+class DatasetSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    uri: str
+    fingerprint: str = Field(description="Digest of the data as read.")
+    rows: int
+    clicks: int
+    fields: list[str] = Field(default_factory=list)
+    field_dims: list[int] = Field(default_factory=list)
+
+
+class CoresetSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    uri: str
+    rows: int
+    clicks: int
+    soft_label_mean: float = 0.0
+    weight_sum: float = 0.0
+
+
+class Manifest(BaseModel):
+    """manifest.json of a succeeded job. Fields beyond these (from newer engines) are kept."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    manifest_version: int = MANIFEST_VERSION
+    job_id: str
+    request: dict[str, Any] = Field(description="The accepted request, with defaults filled in.")
+    engine_version: str
+    method: str
+    seed: int
+    device: str
+    host: str = ""
+    created_at: str = Field(description="RFC 3339, UTC.")
+    dataset: DatasetSummary
+    coreset: CoresetSummary
+    output_uri: str
+    manifest_uri: str
+    files: dict[str, str] = Field(default_factory=dict)
+    """The output files by role, named relative to output_uri."""
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    noise: dict[str, Any] | None = None
+    """Estimated wrong-label rate and the rows set aside."""
+    audit: dict[str, Any] | None = None
+    """The coreset checked against a random subset of the same size, with a verdict."""
+    diagnostics: dict[str, Any] = Field(default_factory=dict, description="Engine diagnostics.")
+
+
+def coreset_table(
+    rows: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray, weights: np.ndarray,
+    uncertainty: np.ndarray,
+) -> pa.Table:
     """One row per selected row: row int64, label, soft_label, weight, uncertainty (float32)."""
     return pa.table(
         {
@@ -32,7 +88,7 @@ def coreset_table(rows: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray,
     )
 
 
-def write_coreset(output_uri: str, table: pa.Table, settings: WorkerSettings) -> str:
+def write_coreset(output_uri: str, table: pa.Table, settings: SharedSettings) -> str:
     """Write the coreset table under ``output_uri``; returns its URI."""
     uri = join_uri(output_uri, CORESET_FILE)
     with tempfile.TemporaryDirectory(dir=settings.workdir) as folder:
@@ -42,10 +98,12 @@ def write_coreset(output_uri: str, table: pa.Table, settings: WorkerSettings) ->
     return uri
 
 
-def write_manifest(output_uri: str, manifest: dict[str, Any], settings: WorkerSettings) -> str:
-    """Write manifest.json under ``output_uri`` (call it last: its presence means the result is complete)."""
+def write_manifest(output_uri: str, manifest: Manifest, settings: SharedSettings) -> str:
+    """Write manifest.json under ``output_uri`` (call it last: its presence means the result
+    is complete)."""
     uri = join_uri(output_uri, MANIFEST_FILE)
-    write_bytes(uri, json.dumps(manifest, indent=2, sort_keys=True, default=_json_default).encode(), settings)
+    text = json.dumps(manifest.model_dump(), indent=2, sort_keys=True, default=_json_default)
+    write_bytes(uri, text.encode(), settings)
     return uri
 
 

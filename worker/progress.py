@@ -9,8 +9,7 @@ import time
 import redis
 
 from nacs_engine.errors import SelectionCancelled
-from worker.queueing import JobStore
-from worker.spec import PHASES
+from worker.records import PHASES, JobRecord, JobStatus, Progress, RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +26,7 @@ class JobProgress:
     """
 
     def __init__(
-        self,
-        store: JobStore,
-        job_id: str,
-        *,
-        interval_s: float,
-        attempt: int | None = None,
+        self, store: RecordStore, job_id: str, *, interval_s: float, attempt: int | None = None,
         min_write_interval_s: float = 0.5,
     ) -> None:
         self.store = store
@@ -64,10 +58,13 @@ class JobProgress:
         if phase not in PHASES:
             phase, message = self._last_phase or "selecting", f"{phase}: {message}"
         now = time.monotonic()
-        if phase == self._last_phase and fraction < 1.0 and now - self._last_write < self.min_write_interval_s:
+        recent = now - self._last_write < self.min_write_interval_s
+        if phase == self._last_phase and fraction < 1.0 and recent:
             return
+        fraction = round(min(max(float(fraction), 0.0), 1.0), 4)
+        progress = Progress(phase=phase, fraction=fraction, message=message)  # type: ignore[arg-type]
         try:
-            record = self.store.set_progress(self.job_id, phase, fraction, message, attempt=self.attempt)
+            record = self.store.heartbeat(self.job_id, attempt=self.attempt, progress=progress)
         except redis.exceptions.RedisError as error:
             log.warning("job %s: progress not written (%s)", self.job_id, error)
             return
@@ -75,13 +72,14 @@ class JobProgress:
         self._note(record)
         self.check()
 
-    def _note(self, record: dict | None) -> None:
-        """Stop at the next call when the job was cancelled, is gone, or belongs to another run now."""
+    def _note(self, record: JobRecord | None) -> None:
+        """Stop at the next call when the job was cancelled, is gone, or belongs to another
+        run now."""
         if (
             record is None
-            or record.get("cancel_requested")
-            or record.get("status") != "running"
-            or (self.attempt is not None and record.get("attempts") != self.attempt)
+            or record.cancel_requested
+            or record.status != JobStatus.running
+            or (self.attempt is not None and record.attempts != self.attempt)
         ):
             self.cancelled.set()
 

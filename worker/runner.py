@@ -1,38 +1,40 @@
 """A worker process: an RQ worker on the job queue, plus the reaper of lost jobs.
 
-By default RQ forks a work horse per job: the parent process never imports
-torch, so it never starts CUDA and the fork is safe on GPU hosts; the horse
-imports the engine when it runs the job. ``fork=False`` runs jobs in the
-worker process itself (RQ's SimpleWorker): use it for a GPU worker that should
-keep its CUDA context between jobs, at the price that a crashing job takes the
-worker with it (the reaper then re-runs or fails the job).
-"""
+By default RQ forks a work horse per job: the parent never imports torch, so the fork is
+safe on GPU hosts. ``fork=False`` (RQ's SimpleWorker) runs jobs in the worker process, for a
+GPU worker that keeps its CUDA context; a crashing job then takes the worker with it (the
+reaper re-runs or fails the job)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from rq import Queue, SimpleWorker, Worker
+from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from worker.queueing import JobStore, connect
-from worker.settings import WorkerSettings
+from worker.enqueue import queue_of
+from worker.reaper import reap
+from worker.records import RecordStore, connect
+from worker.settings import SharedSettings
 
 log = logging.getLogger(__name__)
 
 
-def start_reaper(settings: WorkerSettings, stop: threading.Event) -> threading.Thread:
-    """A daemon thread that calls ``JobStore.reap`` every ``reaper_interval_s`` until ``stop`` is set."""
+def start_reaper(settings: SharedSettings, stop: threading.Event) -> threading.Thread:
+    """A daemon thread that reaps (``worker.reaper.reap``) every ``reaper_interval_s`` until
+    ``stop`` is set."""
 
     def loop() -> None:
-        store = JobStore(connect(settings.redis_url), settings)
+        connection = connect(settings.redis_url)
+        store, queue = RecordStore(connection, settings), queue_of(connection, settings)
         while not stop.wait(settings.reaper_interval_s):
             try:
-                for job_id, action in store.reap():
+                for job_id, action in reap(store, queue):
                     log.warning("reaper: job %s %s", job_id, action)
             except Exception as error:  # noqa: BLE001 - the reaper must outlive Redis restarts
                 log.warning("reaper: %s", error)
+        connection.close()
 
     thread = threading.Thread(target=loop, name="nacs-reaper", daemon=True)
     thread.start()
@@ -40,19 +42,15 @@ def start_reaper(settings: WorkerSettings, stop: threading.Event) -> threading.T
 
 
 def run_worker(
-    settings: WorkerSettings | None = None,
-    *,
-    burst: bool = False,
-    fork: bool = True,
-    name: str | None = None,
-    reaper: bool = True,
+    settings: SharedSettings | None = None, *, burst: bool = False, fork: bool = True,
+    name: str | None = None, reaper: bool = True,
 ) -> bool:
     """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
     import worker.tasks  # noqa: F401 - loaded once here (no torch) so each forked horse starts at once
 
-    settings = settings or WorkerSettings()
+    settings = settings or SharedSettings()
     connection = connect(settings.redis_url)
-    queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+    queue = queue_of(connection, settings)
     worker_class = Worker if fork else SimpleWorker
     rq_worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""The JSON job contract: what a job request holds, and the public job states.
+"""The JSON job contract: what a job request holds.
 
 ``JobOptions`` is built from ``nacs_engine.config.option_fields()`` so every
 option's type, range and description are written once, in the engine's
@@ -8,20 +8,12 @@ configuration; the HTTP schema and the engine cannot disagree.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from nacs_engine.config import SelectionConfig, option_fields
 
-PUBLIC_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
-FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-PHASES: tuple[str, ...] = ("loading", "selecting", "denoising", "writing")
-FORMATS: tuple[str, ...] = ("parquet", "csv", "tsv", "criteo")
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Phase = Literal["queued", "loading", "selecting", "denoising", "writing", "done"]
 DataFormat = Literal["parquet", "csv", "tsv", "criteo"]
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
@@ -48,11 +40,16 @@ def _options_model() -> type[BaseModel]:
     )
 
 
-JobOptions = _options_model()
-
-RatioBudget = _CONFIG_HINTS["ratio"]
-SizeBudget = _CONFIG_HINTS["size"]
-MethodName = _CONFIG_HINTS["method"]
+if TYPE_CHECKING:  # the types the engine's configuration gives these, as a checker sees them
+    JobOptions = BaseModel
+    RatioBudget = float | None
+    SizeBudget = int | None
+    from nacs_engine.config import Method as MethodName
+else:
+    JobOptions = _options_model()
+    RatioBudget = _CONFIG_HINTS["ratio"]
+    SizeBudget = _CONFIG_HINTS["size"]
+    MethodName = _CONFIG_HINTS["method"]
 _ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -64,7 +61,8 @@ class JobRequest(BaseModel):
     dataset_uri: str = Field(
         min_length=1,
         max_length=4096,
-        description="file://, s3://, gs:// or https:// URI (or an absolute local path) of a Parquet, CSV or TSV dataset.",
+        description="file://, s3://, gs:// or https:// URI (or an absolute local path) of a "
+        "Parquet, CSV or TSV dataset.",
     )
     ratio: RatioBudget = Field(
         default=None, description=SelectionConfig.__dataclass_fields__["ratio"].metadata["doc"]
@@ -72,14 +70,18 @@ class JobRequest(BaseModel):
     size: SizeBudget = Field(
         default=None, description=SelectionConfig.__dataclass_fields__["size"].metadata["doc"]
     )
-    label_column: _ColumnName = Field(default="label", description="Column of 0/1 (or boolean) labels.")
+    label_column: _ColumnName = Field(
+        default="label", description="Column of 0/1 (or boolean) labels."
+    )
     feature_columns: list[_ColumnName] | None = Field(
         default=None,
         max_length=10_000,
         description="Feature columns; by default every column but the label.",
     )
     numeric_columns: list[_ColumnName] = Field(
-        default_factory=list, max_length=10_000, description="Numeric columns, bucketed before encoding."
+        default_factory=list,
+        max_length=10_000,
+        description="Numeric columns, bucketed before encoding.",
     )
     format: DataFormat | None = Field(
         default=None, description="parquet, csv, tsv or criteo; by default from the file name."
@@ -87,11 +89,12 @@ class JobRequest(BaseModel):
     method: MethodName = Field(
         default="nacs", description=SelectionConfig.__dataclass_fields__["method"].metadata["doc"]
     )
-    options: JobOptions = Field(default_factory=JobOptions)  # type: ignore[valid-type]
+    options: JobOptions = Field(default_factory=JobOptions)
     output_uri: str | None = Field(
         default=None,
         max_length=4096,
-        description="Where to write the result; by default a folder for the job under the tenant's prefix.",
+        description="Where to write the result; by default a folder for the job under the "
+        "tenant's prefix.",
     )
 
     @field_validator("dataset_uri", "output_uri")
@@ -104,7 +107,9 @@ class JobRequest(BaseModel):
     @model_validator(mode="after")
     def _one_budget(self) -> JobRequest:
         if (self.ratio is None) == (self.size is None):
-            raise ValueError("ratio, size: give exactly one budget, a ratio in (0, 1) or a size of at least 1")
+            raise ValueError(
+                "ratio, size: give exactly one budget, a ratio in (0, 1) or a size of at least 1"
+            )
         if self.label_column in (self.feature_columns or []):
             raise ValueError("feature_columns: must not contain the label column")
         if self.label_column in self.numeric_columns:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.core import url_to_fs
 
-from worker.settings import WorkerSettings, local_uri
+from worker.settings import SharedSettings, local_uri
 
 
 def normalise_uri(uri: str) -> str:
@@ -41,19 +41,22 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 def private_address(host: str) -> str | None:
-    """The first loopback, private, link-local or otherwise non-public address ``host`` resolves to, or None.
+    """The first loopback, private, link-local or otherwise non-public address ``host``
+    resolves to, or None.
 
     Raises socket.gaierror when the host does not resolve.
     """
     for info in socket.getaddrinfo(host, None):
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+        # ``is_private`` covers loopback and link-local addresses too.
+        if ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
             return str(ip)
     return None
 
 
-def storage_options(uri: str, settings: WorkerSettings) -> dict[str, Any]:
-    """fsspec options for ``uri``: the S3 endpoint and timeouts; credentials come from AWS_* variables."""
+def storage_options(uri: str, settings: SharedSettings) -> dict[str, Any]:
+    """fsspec options for ``uri``: the S3 endpoint and timeouts; credentials come from AWS_*
+    variables."""
     scheme = scheme_of(uri)
     if scheme in ("s3", "s3a"):
         options: dict[str, Any] = {
@@ -70,14 +73,17 @@ def storage_options(uri: str, settings: WorkerSettings) -> dict[str, Any]:
     if scheme in ("http", "https"):
         import aiohttp
 
+        timeout_s = settings.storage_timeout_s
         return {
             "skip_instance_cache": True,
-            "client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=settings.storage_timeout_s, sock_read=settings.storage_timeout_s)},
+            "client_kwargs": {
+                "timeout": aiohttp.ClientTimeout(None, sock_connect=timeout_s, sock_read=timeout_s)
+            },
         }
     return {}
 
 
-def filesystem(uri: str, settings: WorkerSettings) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(uri: str, settings: SharedSettings) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of ``uri`` and the path inside it."""
     return url_to_fs(normalise_uri(uri), **storage_options(uri, settings))
 
@@ -100,7 +106,7 @@ def _replaced_atomically(path: str) -> Iterator[BinaryIO]:
         raise
 
 
-def write_bytes(uri: str, data: bytes, settings: WorkerSettings) -> None:
+def write_bytes(uri: str, data: bytes, settings: SharedSettings) -> None:
     """Write ``data`` at ``uri`` so that a reader sees either nothing or all of it."""
     fs, path = filesystem(uri, settings)
     if scheme_of(normalise_uri(uri)) == "file":
@@ -111,7 +117,7 @@ def write_bytes(uri: str, data: bytes, settings: WorkerSettings) -> None:
         out.write(data)
 
 
-def upload_file(local_path: str, uri: str, settings: WorkerSettings) -> None:
+def upload_file(local_path: str, uri: str, settings: SharedSettings) -> None:
     """Copy a local file to ``uri`` (whole-object semantics as in ``write_bytes``)."""
     fs, path = filesystem(uri, settings)
     if scheme_of(normalise_uri(uri)) == "file":
@@ -121,18 +127,13 @@ def upload_file(local_path: str, uri: str, settings: WorkerSettings) -> None:
     fs.put_file(local_path, path)
 
 
-def read_bytes(uri: str, settings: WorkerSettings) -> bytes:
+def read_bytes(uri: str, settings: SharedSettings) -> bytes:
     fs, path = filesystem(uri, settings)
     with fs.open(path, "rb") as source:
         return source.read()
 
 
-def exists(uri: str, settings: WorkerSettings) -> bool:
-    fs, path = filesystem(uri, settings)
-    return bool(fs.exists(path))
-
-
-def check_storage(settings: WorkerSettings) -> None:
+def check_storage(settings: SharedSettings) -> None:
     """Raise when the configured store does not answer (used by /readyz and workers)."""
     uri = settings.storage_uri
     fs, path = filesystem(uri, settings)

@@ -11,6 +11,7 @@ parent process (which forks one work horse per job) never starts CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import tempfile
@@ -24,74 +25,88 @@ import redis
 
 from nacs_engine.errors import DataError, SelectionCancelled
 from worker.errors import JobFailed, is_transient
-from worker.outputs import MANIFEST_FILE, coreset_table, write_coreset, write_manifest
+from worker.outputs import (
+    CORESET_FILE,
+    MANIFEST_FILE,
+    CoresetSummary,
+    DatasetSummary,
+    Manifest,
+    coreset_table,
+    write_coreset,
+    write_manifest,
+)
 from worker.progress import JobProgress
-from worker.queueing import InvalidTransition, JobStore, connect, utc_now
-from worker.settings import WorkerSettings
+from worker.records import (
+    InvalidTransition,
+    JobError,
+    JobResult,
+    JobStatus,
+    Progress,
+    RecordStore,
+    connect,
+    utc_now,
+)
+from worker.settings import SharedSettings
 from worker.spec import JobRequest
 from worker.storage import join_uri, normalise_uri, private_address, scheme_of, storage_options
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, float, str], None]
+ProgressCallback = Callable[[str, float, str], None]
 T = TypeVar("T")
 
 
-def _no_progress(phase: str, fraction: float, message: str) -> None:
-    return None
-
-
 def execute(
-    request: JobRequest,
-    output_uri: str,
-    *,
-    job_id: str,
-    progress: Progress | None = None,
-    settings: WorkerSettings | None = None,
-) -> dict[str, Any]:
+    request: JobRequest, output_uri: str, *, job_id: str,
+    progress: ProgressCallback | None = None, settings: SharedSettings | None = None,
+) -> Manifest:
     """Select a coreset for ``request`` and write it under ``output_uri``; return the manifest.
 
     progress(phase, fraction, message) is called with phases loading,
     selecting, denoising and writing; it may raise SelectionCancelled to stop.
     Raises DataError for unusable data, JobFailed("storage_unavailable", ...)
-    when the store keeps failing after the configured retries.
+    when the store keeps failing after the configured retries. The engine's
+    per-thread memory is handed back when it returns or raises.
     """
     import nacs_engine
     from nacs_engine.data import load_dataset
     from nacs_engine.pipeline import select_coreset
+    from nacs_engine.selection import release_workspace
 
-    settings = settings or WorkerSettings()
-    report = progress or _no_progress
+    settings = settings or SharedSettings()
+    report = progress or (lambda phase, fraction, message: None)
     config = request.to_config()
     output_uri = normalise_uri(output_uri)
     phase_seconds: dict[str, float] = {}
 
     started = time.perf_counter()
     report("loading", 0.0, f"reading {request.dataset_uri}")
-    with tempfile.TemporaryDirectory(prefix=f"nacs-{job_id}-", dir=settings.workdir) as workdir:
-        data = _with_retries(
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(release_workspace)
+        workdir = cleanup.enter_context(
+            tempfile.TemporaryDirectory(prefix=f"nacs-{job_id}-", dir=settings.workdir)
+        )
+        def retried(what: str, phase: str, step: Callable[[], T]) -> T:
+            return _with_retries(what, step, settings, report, phase)
+
+        data = retried(
             "reading the dataset",
-            lambda: load_dataset(
-                normalise_uri(request.dataset_uri),
-                label_column=request.label_column,
-                feature_columns=request.feature_columns,
-                numeric_columns=request.numeric_columns or None,
-                format=request.format,
-                min_count=config.min_count,
-                storage_options=storage_options(request.dataset_uri, settings) or None,
-                workdir=workdir,
-                progress=lambda fraction, message: report("loading", fraction, message),
-            ),
-            settings,
-            report,
             "loading",
+            lambda: load_dataset(
+                normalise_uri(request.dataset_uri), label_column=request.label_column,
+                feature_columns=request.feature_columns, format=request.format,
+                numeric_columns=request.numeric_columns or None, min_count=config.min_count,
+                storage_options=storage_options(request.dataset_uri, settings) or None,
+                workdir=workdir, progress=lambda part, text: report("loading", part, text),
+            ),
         )
         phase_seconds["loading"] = time.perf_counter() - started
         report("loading", 1.0, f"{data.n_rows} rows, {data.n_fields} fields")
 
         selecting_started = time.perf_counter()
         result = select_coreset(data, config, progress=report)
-        engine_seconds = dict(result.diagnostics.get("phase_seconds") or {})
+        diagnostics = dict(result.diagnostics)
+        engine_seconds = dict(diagnostics.get("phase_seconds") or {})
         if engine_seconds:
             phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
         else:
@@ -99,56 +114,48 @@ def execute(
 
         writing_started = time.perf_counter()
         report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
-        table = coreset_table(result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty)
-        coreset_uri = _with_retries(
-            "writing the coreset", lambda: write_coreset(output_uri, table, settings), settings, report, "writing"
+        table = coreset_table(
+            result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty
+        )
+        coreset_uri = retried(
+            "writing the coreset", "writing", lambda: write_coreset(output_uri, table, settings)
         )
         phase_seconds["writing"] = time.perf_counter() - writing_started
-        diagnostics = dict(result.diagnostics)
-        manifest: dict[str, Any] = {
-            "manifest_version": 1,
-            "job_id": job_id,
-            "request": request.model_dump(mode="json"),
-            "engine_version": nacs_engine.__version__,
-            "method": config.method,
-            "seed": config.seed,
-            "device": str(diagnostics.get("device", config.device)),
-            "host": platform.node(),
-            "created_at": utc_now(),
-            "dataset": {
-                "uri": request.dataset_uri,
-                "fingerprint": data.fingerprint,
-                "rows": data.n_rows,
-                "clicks": data.n_clicks,
-                "fields": list(data.field_names),
-                "field_dims": [int(d) for d in data.field_dims],
-            },
-            "coreset": {
-                "uri": coreset_uri,
-                "rows": result.size,
-                "clicks": int(float(result.labels.sum())),
-                "soft_label_mean": float(result.soft_labels.mean()) if result.size else 0.0,
-                "weight_sum": float(result.weights.sum()),
-            },
-            "output_uri": output_uri,
-            "manifest_uri": join_uri(output_uri, MANIFEST_FILE),
-            "phase_seconds": {k: round(v, 4) for k, v in phase_seconds.items()},
-            "diagnostics": diagnostics,
-        }
-        _with_retries(
-            "writing the manifest", lambda: write_manifest(output_uri, manifest, settings), settings, report, "writing"
+        dataset = DatasetSummary(
+            uri=request.dataset_uri, fingerprint=data.fingerprint, rows=data.n_rows,
+            clicks=data.n_clicks, fields=list(data.field_names),
+            field_dims=[int(d) for d in data.field_dims],
         )
+        coreset = CoresetSummary(
+            uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),
+            soft_label_mean=float(result.soft_labels.mean()) if result.size else 0.0,
+            weight_sum=float(result.weights.sum()),
+        )
+        manifest = Manifest(
+            job_id=job_id, request=request.model_dump(mode="json"),
+            engine_version=nacs_engine.__version__, method=config.method, seed=config.seed,
+            device=str(diagnostics.get("device", config.device)), host=platform.node(),
+            created_at=utc_now(), dataset=dataset, coreset=coreset, output_uri=output_uri,
+            manifest_uri=join_uri(output_uri, MANIFEST_FILE),
+            files={"coreset": CORESET_FILE, "manifest": MANIFEST_FILE},
+            phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
+            noise=diagnostics.pop("noise", None), audit=diagnostics.pop("audit", None),
+            diagnostics=diagnostics,
+        )
+        write = write_manifest
+        retried("writing the manifest", "writing", lambda: write(output_uri, manifest, settings))
         report("writing", 1.0, "result written")
     return manifest
 
 
 def _with_retries(
-    what: str, step: Callable[[], T], settings: WorkerSettings, report: Progress, phase: str
+    what: str, step: Callable[[], T], settings: SharedSettings, report: ProgressCallback, phase: str
 ) -> T:
     """Run ``step``, retrying transient storage faults with doubling waits, then fail clearly."""
     attempts = settings.storage_retries + 1
     wait_s = settings.retry_backoff_s
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    while True:
         try:
             return step()
         except (SelectionCancelled, JobFailed):
@@ -158,31 +165,39 @@ def _with_retries(
             if cause is None:
                 raise
             if attempt == attempts:
-                raise JobFailed(
-                    "storage_unavailable",
+                message = (
                     f"{what} failed {attempts} time(s): the store or network did not answer "
-                    f"({_short(cause)}); check the storage endpoint and try again",
-                ) from error
-            report(phase, 0.0, f"{what}: storage did not answer ({_short(cause)}); retry {attempt} of {attempts - 1} in {wait_s:g} s")
-            time.sleep(wait_s)
-            wait_s *= 2
-    raise AssertionError("unreachable")
+                    f"({_short(cause)}); check the storage endpoint and try again"
+                )
+                raise JobFailed("storage_unavailable", message) from error
+            retry = f"retry {attempt} of {attempts - 1} in {wait_s:g} s"
+            report(phase, 0.0, f"{what}: storage did not answer ({_short(cause)}); {retry}")
+        time.sleep(wait_s)
+        wait_s *= 2
+        attempt += 1
 
 
 def _transient_cause(error: BaseException) -> BaseException | None:
-    """The passing storage or network fault behind ``error`` (also one wrapped in a DataError), or None."""
+    """The passing storage or network fault behind ``error`` (also one wrapped in a
+    DataError), or None."""
+    return _cause(error, is_transient)
+
+
+def _cause(error: BaseException, test: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``error``'s chain of causes and contexts that passes ``test``."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if is_transient(current):
+        if test(current):
             return current
         current = current.__cause__ or current.__context__
     return None
 
 
 def _short(error: BaseException, limit: int = 240) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    name = type(error).__name__
+    text = f"{name}: {error}".splitlines()[0] if str(error) else name
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -190,89 +205,109 @@ def run_job(job_id: str, prefix: str | None = None) -> dict[str, Any]:
     """What RQ runs for a job id: the record's lifecycle around ``execute``."""
     from rq.timeouts import JobTimeoutException
 
-    settings = WorkerSettings()
+    settings = SharedSettings()
     if prefix is not None and prefix != settings.redis_prefix:
         settings = settings.model_copy(update={"redis_prefix": prefix})
-    store = JobStore(connect(settings.redis_url), settings)
-    run: dict[str, int] = {}
+    store = RecordStore(connect(settings.redis_url), settings)
+    run: dict[str, int | float] = {"begun": time.monotonic()}
     try:
         return _run_job(job_id, store, settings, run)
     except JobTimeoutException as error:
         code, message = failure_of(error)
-        failed = {"error": {"code": code, "message": message}}
-        try:
-            if "attempt" in run:
-                _retry_redis(lambda: store.finish_run(job_id, run["attempt"], "failed", **failed))
+        failed, attempt = {"error": JobError(code=code, message=message)}, run.get("attempt")
+        attempt = int(attempt) if attempt is not None else None
+        with contextlib.suppress(InvalidTransition):
+            if attempt is not None:
+                _retry_redis(lambda: store.finish_run(job_id, attempt, JobStatus.failed, **failed))
             else:
-                _retry_redis(lambda: store.transition(job_id, "failed", **failed))
-        except InvalidTransition:
-            pass
+                _retry_redis(lambda: store.transition(job_id, JobStatus.failed, **failed))
         return {"job_id": job_id, "status": "failed"}
 
 
-def _run_job(job_id: str, store: JobStore, settings: WorkerSettings, run: dict[str, int]) -> dict[str, Any]:
-    """One run of a queued job; ``run["attempt"]`` is set once this run owns the job."""
+def _run_job(
+    job_id: str, store: RecordStore, settings: SharedSettings, run: dict[str, int | float]
+) -> dict[str, Any]:
+    """One run of a queued job; ``run["attempt"]`` is set once this run owns the job.
+
+    Every failure of the job itself ends it with a code; one at the time limit is the
+    timeout, whatever error RQ's timeout turned into where it struck. RQ's shutdown
+    (``ShutDownImminentException``, a BaseException) and the interpreter's own
+    exits propagate: the record stays running and the reaper runs it again.
+    """
+    from rq.timeouts import JobTimeoutException
+
     record = store.get(job_id)
-    if record is None or record["status"] != "queued":
-        log.info("job %s: nothing to run (%s)", job_id, "no record" if record is None else record["status"])
+    if record is None or record.status != JobStatus.queued:
+        why = "no record" if record is None else record.status.value
+        log.info("job %s: nothing to run (%s)", job_id, why)
         return {"job_id": job_id, "ran": False}
     try:
-        record = store.transition(
-            job_id,
-            "running",
-            started_at=record["started_at"] or utc_now(),
-            attempts=record["attempts"] + 1,
-            heartbeat_at=utc_now(),
-            progress={"phase": "loading", "fraction": 0.0, "message": "starting"},
+        starting = Progress(phase="loading", fraction=0.0, message="starting")
+        started = store.transition(
+            job_id, JobStatus.running, started_at=record.started_at or utc_now(),
+            attempts=record.attempts + 1, heartbeat_at=utc_now(), progress=starting,
         )
     except InvalidTransition:
+        started = None
+    if started is None:
         return {"job_id": job_id, "ran": False}
-    assert record is not None
-    attempt = run["attempt"] = record["attempts"]
-    progress = JobProgress(store, job_id, interval_s=settings.heartbeat_interval_s, attempt=attempt).start()
-    outcome: tuple[str, dict[str, Any]]
+    attempt = run["attempt"] = started.attempts
+    interval_s = settings.heartbeat_interval_s
+    progress = JobProgress(store, job_id, interval_s=interval_s, attempt=attempt).start()
+    status = JobStatus.failed
+    fields: dict[str, Any] = {}
     try:
-        request = JobRequest.model_validate(record["request"])
+        request = JobRequest.model_validate(started.request)
         _refuse_private_url(request.dataset_uri, settings)
-        output_uri = record["request"]["output_uri"]
+        output_uri = started.request["output_uri"]
         manifest = execute(request, output_uri, job_id=job_id, progress=progress, settings=settings)
-        result = {
-            "output_uri": manifest["output_uri"],
-            "coreset_uri": manifest["coreset"]["uri"],
-            "manifest_uri": manifest["manifest_uri"],
-            "size": manifest["coreset"]["rows"],
-            "clicks": manifest["coreset"]["clicks"],
-            "data_rows": manifest["dataset"]["rows"],
-            "data_clicks": manifest["dataset"]["clicks"],
-            "phase_seconds": manifest["phase_seconds"],
-        }
-        outcome = ("succeeded", {"result": result, "progress": {"phase": "writing", "fraction": 1.0, "message": "done"}})
-        _retry_redis(lambda: store.add_phase_seconds(manifest["phase_seconds"]))
+        status = JobStatus.succeeded
+        coreset, dataset = manifest.coreset, manifest.dataset
+        result = JobResult(
+            output_uri=manifest.output_uri, coreset_uri=coreset.uri,
+            manifest_uri=manifest.manifest_uri, size=coreset.rows, clicks=coreset.clicks,
+            data_rows=dataset.rows, data_clicks=dataset.clicks,
+            phase_seconds=manifest.phase_seconds,
+        )
+        done = Progress(phase="writing", fraction=1.0, message="done")
+        fields = {"result": result, "progress": done}
+        _retry_redis(lambda: store.add_phase_seconds(manifest.phase_seconds))
     except SelectionCancelled:
-        outcome = ("cancelled", {"progress": record["progress"] | {"message": "cancelled while running"}})
-    except BaseException as error:  # noqa: BLE001 - every failure ends the job with a code
-        code, message = failure_of(error)
-        log.warning("job %s failed: %s: %s", job_id, code, message)
-        outcome = ("failed", {"error": {"code": code, "message": message}})
+        status = JobStatus.cancelled
+        message = "cancelled while running"
+        fields = {"progress": started.progress.model_copy(update={"message": message})}
+    except Exception as error:  # noqa: BLE001 - every failure of the job ends it with a code
+        limit_s = settings.job_timeout_s
+        late = time.monotonic() - run["begun"] >= limit_s - min(1.0, 0.1 * limit_s)
+        code, message = failure_of(JobTimeoutException(str(error)) if late else error)
+        trace = error if code == "internal_error" else None
+        log.warning("job %s failed: %s: %s", job_id, code, message, exc_info=trace)
+        fields = {"error": JobError(code=code, message=message)}
     finally:
         progress.stop()
-    status, fields = outcome
-    if status != "cancelled" and progress.cancelled.is_set():
-        current = _retry_redis(lambda: store.get(job_id)) or {}
-        if current.get("cancel_requested"):
-            status = "cancelled"
-    if status == "cancelled":
-        fields.setdefault("progress", {"phase": "writing", "fraction": 1.0, "message": "cancelled"})
+    if status != JobStatus.cancelled and progress.cancelled.is_set():
+        current = _retry_redis(lambda: store.get(job_id))
+        if current is not None and current.cancel_requested:
+            status = JobStatus.cancelled
+    if status == JobStatus.cancelled:
+        fields.setdefault("progress", Progress(phase="writing", fraction=1.0, message="cancelled"))
     try:
-        _retry_redis(lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields))
+        _retry_redis(
+            lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields)
+        )
     except InvalidTransition as error:
-        log.warning("job %s: run %d ended %s, but the job is now %s (attempt %s)", job_id, attempt, status, error.record["status"], error.record["attempts"])
-        status = error.record["status"]
-    return {"job_id": job_id, "status": status}
+        now = error.record
+        log.warning(
+            "job %s: run %d ended %s, but the job is now %s (attempt %s)",
+            job_id, attempt, status.value, now.status.value, now.attempts,
+        )
+        status = error.record.status
+    return {"job_id": job_id, "status": status.value}
 
 
-def _refuse_private_url(uri: str, settings: WorkerSettings) -> None:
-    """Check again, at run time, that an https:// dataset's host is public (its DNS may have changed)."""
+def _refuse_private_url(uri: str, settings: SharedSettings) -> None:
+    """Check again, at run time, that an https:// dataset's host is public (its DNS may have
+    changed since the API checked it)."""
     if settings.allow_private_urls or scheme_of(uri) not in ("http", "https"):
         return
     host = urlsplit(uri).hostname or ""
@@ -283,7 +318,8 @@ def _refuse_private_url(uri: str, settings: WorkerSettings) -> None:
     if address is not None:
         raise JobFailed(
             "dataset_uri_refused",
-            f"dataset_uri: the host {host!r} now resolves to a non-public address ({address}); refused (NACS_ALLOW_PRIVATE_URLS)",
+            f"dataset_uri: the host {host!r} now resolves to a non-public address ({address}); "
+            "refused (NACS_ALLOW_PRIVATE_URLS)",
         )
 
 
@@ -293,17 +329,22 @@ def failure_of(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, (JobFailed, DataError)):
         return error.code, error.message
-    if isinstance(error, JobTimeoutException):
-        return "timeout", "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
+    if _cause(error, lambda cause: isinstance(cause, JobTimeoutException)) is not None:
+        # Also a timeout that a library's own error handling turned into another exception.
+        late = "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
+        return "timeout", late
     if isinstance(error, pydantic.ValidationError):
-        return "invalid_request", f"the stored request is not valid: {error.errors()[0].get('msg', error)}"
+        return "invalid_request", f"the stored request is not valid: {error.errors()[0]['msg']}"
     if isinstance(error, MemoryError):
-        return "out_of_memory", "the worker ran out of memory; use a larger worker or a smaller partition_size"
+        advice = "use a larger worker or a smaller partition_size"
+        return "out_of_memory", f"the worker ran out of memory; {advice}"
     if isinstance(error, ValueError):
-        return "invalid_data", str(error).splitlines()[0] if str(error) else "the data cannot be used"
+        first_line = str(error).splitlines()[0] if str(error) else "the data cannot be used"
+        return "invalid_data", first_line
     if _transient_cause(error) is not None:
         return "storage_unavailable", f"the store or network did not answer: {_short(error)}"
-    return "internal_error", f"the job stopped on an unexpected error ({type(error).__name__}); see the worker log"
+    name = type(error).__name__
+    return "internal_error", f"the job stopped on an unexpected error ({name}); see the worker log"
 
 
 def _retry_redis(call: Callable[[], T], *, for_s: float = 120.0) -> T:

@@ -199,7 +199,7 @@ class FileSource(TableSource):
                 raise ValueError("column_names: give at least one name")
             return _TextLayout(delimiter, names, has_header=False)
         quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])
+        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])  # type: ignore[arg-type]
         names = tuple(name.strip() for name in header)
         if not names or any(not name for name in names):
             raise DataError(
@@ -474,7 +474,7 @@ def _check_batch_rows(batch_rows: int) -> None:
 
 def _check_unique_columns(names: Sequence[str], description: str) -> None:
     seen: set[str] = set()
-    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+    duplicates = sorted({name for name in names if name in seen or seen.add(name)})  # type: ignore[func-returns-value]
     if duplicates:
         raise DataError("unreadable_data", f"{description}: duplicate column name(s) {duplicates}")
 

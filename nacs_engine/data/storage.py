@@ -98,7 +98,7 @@ class FeatureSink:
         if self._file is not None and self.rows > 0:
             self._file.close()
             self._file = None
-            mapped = np.memmap(
+            mapped = np.memmap(  # type: ignore[call-overload]
                 self._path, dtype=np.int32, mode="r+", shape=(self.rows, self.n_fields)
             )
             self._unlink()

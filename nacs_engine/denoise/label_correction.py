@@ -1,4 +1,4 @@
-"""Progressive label correction (ProSelfLC; ENGINE.md, Eqs. 11-15).
+"""Progressive label correction (ProSelfLC; docs/design/ENGINE.md, Eqs. 11-15).
 
 y* = (1 - e) y + e p, with e = g(t) * l(p):
   global trust g(t) = 1 / (1 + exp(-16 (t / T - 0.5))), t optimizer steps so far,

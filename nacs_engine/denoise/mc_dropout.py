@@ -1,4 +1,4 @@
-"""Monte Carlo dropout denoising (ENGINE.md, Eq. 16).
+"""Monte Carlo dropout denoising (docs/design/ENGINE.md, Eq. 16).
 
 With dropout on and BatchNorm in eval mode, N passes over the selected rows
 give each row N losses; their mean m and variance v (Welford's update, never

@@ -28,6 +28,8 @@ def check_field_dims(field_dims: Sequence[int]) -> tuple[int, ...]:
 class FieldOffsets(nn.Module):
     """Maps per-field ids (B, F) to rows of one shared table (B, F)."""
 
+    offsets: torch.Tensor
+
     def __init__(self, field_dims: Sequence[int]) -> None:
         super().__init__()
         dims = torch.tensor(check_field_dims(field_dims), dtype=torch.long)

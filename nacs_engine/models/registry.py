@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from torch import nn
-
 from nacs_engine.models.dcnv2 import DCNv2
 from nacs_engine.models.deepfm import DeepFM
 from nacs_engine.models.layers import check_field_dims
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"deepfm": DeepFM, "dcnv2": DCNv2}
+CTRModel = DeepFM | DCNv2
+BACKBONES: dict[str, Callable[..., CTRModel]] = {"deepfm": DeepFM, "dcnv2": DCNv2}
 
 
 def build_model(
@@ -21,7 +20,7 @@ def build_model(
     embed_dim: int = 10,
     dropout: float = 0.5,
     hidden_dims: Sequence[int] = (100, 100, 100),
-) -> nn.Module:
+) -> CTRModel:
     """A freshly initialised CTR model; it returns logits and exposes ``features`` and ``head``.
 
     Parameters are drawn from torch's global generator: call it inside

@@ -25,7 +25,7 @@ def job_json(
     error: dict[str, Any] | None = None,
     request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A job as the service returns it (API.md)."""
+    """A job as the service returns it (docs/design/API.md)."""
     finished = status in ("succeeded", "failed", "cancelled")
     return {
         "id": job_id,

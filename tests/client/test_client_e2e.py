@@ -49,7 +49,8 @@ def dataset(stack: Stack) -> Path:
 
 
 def check_take(coreset, dataset: Path) -> None:
-    """take() on the original table gives exactly the selected rows, aligned with their soft labels."""
+    """take() on the original table gives exactly the selected rows, aligned with their soft
+    labels."""
     table = pq.read_table(dataset)
     written = pq.read_table(coreset.uri)
     expected_rows = written.column("row").to_numpy()

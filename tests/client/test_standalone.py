@@ -78,7 +78,8 @@ SCRIPT = textwrap.dedent(
         return httpx.Response(200, json={**job, "status": next(states)})
 
 
-    with Client("http://nacs.test", "k", transport=httpx.MockTransport(answer), sleep=lambda s: None) as client:
+    transport = httpx.MockTransport(answer)
+    with Client("http://nacs.test", "k", transport=transport, sleep=lambda s: None) as client:
         created = client.jobs.create("file:///d.parquet", ratio=0.5)
         assert client.jobs.get(created.id).status == "queued"
         assert client.jobs.wait(created.id, progress=False).status == "succeeded"

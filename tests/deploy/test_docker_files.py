@@ -83,7 +83,9 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
             parts = ins.args.split()
             parts = [p for p in parts if not p.startswith("--platform")]
             assert len(parts) == 3 and parts[1].upper() == "AS", f"unnamed stage: FROM {ins.args}"
-            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), parts[0])
+            base = re.sub(
+                r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), parts[0]
+            )
             current = Stage(parts[2], base)
             stages[current.name] = current
         elif current is None:
@@ -119,7 +121,9 @@ def stage_args(stages: dict[str, Stage], name: str) -> dict[str, str]:
 
 def exec_form(args: str) -> list[str]:
     """The argv of an exec-form CMD/ENTRYPOINT/HEALTHCHECK CMD (a JSON array)."""
-    assert args.startswith("["), f"use the exec form (a JSON array) so signals reach the process: {args}"
+    assert args.startswith("["), (
+        f"use the exec form (a JSON array) so signals reach the process: {args}"
+    )
     argv = json.loads(args)
     assert isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
     return argv
@@ -140,7 +144,11 @@ def pip_installs(stages: dict[str, Stage], name: str) -> list[str]:
     for ins in stage_instructions(stages, name):
         if ins.keyword != "RUN":
             continue
-        expanded = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), ins.args)
+        expanded = re.sub(
+            r"\$\{(\w+)\}|\$(\w+)",
+            lambda m: args.get(m.group(1) or m.group(2), m.group(0)),
+            ins.args,
+        )
         for command in re.split(r"&&|;|\|\|", expanded):
             if re.search(r"\bpip3? (install|wheel)\b", command):
                 commands.append(command.strip())
@@ -247,7 +255,10 @@ def test_pip_install_sees_everything_it_needs(stages, pyproject):
     builders = [
         name
         for name in stages
-        if any(re.search(r"pip3? (wheel|install)( [^&]*)? \.(\s|$|\[)", c) for c in pip_installs(stages, name))
+        if any(
+            re.search(r"pip3? (wheel|install)( [^&]*)? \.(\s|$|\[)", c)
+            for c in pip_installs(stages, name)
+        )
     ]
     assert builders, "no stage builds the project from its source (pip wheel . / pip install .)"
     include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -278,7 +289,9 @@ def test_runtime_targets_get_the_project_from_the_build(stages):
 def test_no_remote_add(dockerfile):
     for ins in dockerfile_instructions((ROOT / "Dockerfile").read_text()):
         if ins.keyword == "ADD":
-            assert not re.search(r"(https?|git|ftp)://|git@", ins.args), f"ADD of a remote source: {ins.args}"
+            assert not re.search(r"(https?|git|ftp)://|git@", ins.args), (
+                f"ADD of a remote source: {ins.args}"
+            )
 
 
 def test_runtime_targets_run_as_a_non_root_user(stages):
@@ -322,7 +335,9 @@ def test_no_secret_in_the_dockerfile():
         if ins.keyword in {"ENV", "ARG", "LABEL"}:
             names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", ins.args) or [ins.args.split()[0]]
             for name in names:
-                assert not SECRET_NAME.search(name), f"{ins.keyword} {name}: secrets come at run time"
+                assert not SECRET_NAME.search(name), (
+                    f"{ins.keyword} {name}: secrets come at run time"
+                )
                 assert not name.startswith("NACS_API_KEYS"), name
     text = (ROOT / "Dockerfile").read_text()
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)
@@ -359,9 +374,18 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_secrets_and_clutter_out():
     patterns = dockerignore_patterns()
-    for path in [".venv/bin/python", ".git/HEAD", ".env", ".env.local", ".nacs/storage/x",
-                 "service/__pycache__/main.cpython-311.pyc", ".pytest_cache/v", ".ruff_cache/x",
-                 "tests/deploy/test_docker_files.py", "data/train.parquet"]:
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        ".env.local",
+        ".nacs/storage/x",
+        "service/__pycache__/main.cpython-311.pyc",
+        ".pytest_cache/v",
+        ".ruff_cache/x",
+        "tests/deploy/test_docker_files.py",
+        "data/train.parquet",
+    ]:
         assert ignored(path, patterns), f"{path} would be sent to the Docker daemon"
 
 
@@ -400,7 +424,9 @@ def test_one_shot_jobs_are_awaited_to_completion(services):
             if dep in ONE_SHOT_SERVICES:
                 assert cond["condition"] == "service_completed_successfully", (name, dep)
             else:
-                assert cond["condition"] == "service_healthy", f"{name} starts before {dep} is healthy"
+                assert cond["condition"] == "service_healthy", (
+                    f"{name} starts before {dep} is healthy"
+                )
 
 
 def test_our_services_wait_for_redis_and_the_store(services):
@@ -423,7 +449,9 @@ def test_build_targets_exist_in_the_dockerfile(services, stages):
         assert build["target"] in OUR_TARGETS, name
         args = stage_args(stages, build["target"])
         for arg in build.get("args") or {}:
-            assert arg in args, f"{name}: build arg {arg} is not declared in target {build['target']}"
+            assert arg in args, (
+                f"{name}: build arg {arg} is not declared in target {build['target']}"
+            )
     images = [svc.get("image") for svc in ours.values()]
     assert len(images) == len(set(images)), f"two builds share an image name: {images}"
 
@@ -433,7 +461,9 @@ def test_redis_persists_to_a_volume(services, compose):
     assert re.fullmatch(r"redis:7(\.\d+)*(-\w+)?", redis["image"]), redis["image"]
     command = redis.get("command")
     command = " ".join(command) if isinstance(command, list) else str(command)
-    assert re.search(r"--appendonly\s+yes", command), "Redis must persist job records (appendonly yes)"
+    assert re.search(r"--appendonly\s+yes", command), (
+        "Redis must persist job records (appendonly yes)"
+    )
     assert "--save ''" not in command and '--save ""' not in command
     mounts = [str(v) for v in redis.get("volumes", [])]
     data = [m for m in mounts if m.split(":")[1] == "/data"]
@@ -451,18 +481,24 @@ def test_no_literal_secrets_in_compose(services):
         for key, value in env_of(svc).items():
             if SECRET_NAME.search(key) or key in {"NACS_API_KEYS", "MINIO_ROOT_USER"}:
                 assert PURE_REFERENCE.match(value), (
-                    f"{name}.{key} must be a ${{VAR:?...}} reference to the environment, not {value!r}"
+                    f"{name}.{key} must be a ${{VAR:?...}} reference to the environment, "
+                    f"not {value!r}"
                 )
         for arg, value in ((svc.get("build") or {}).get("args") or {}).items():
             assert not SECRET_NAME.search(arg), f"{name}: build arg {arg} would bake a secret in"
             assert "@" not in str(value), f"{name}: build arg {arg} holds credentials"
-        for env_file in [svc["env_file"]] if isinstance(svc.get("env_file"), str) else svc.get("env_file", []):
+        for env_file in (
+            [svc["env_file"]] if isinstance(svc.get("env_file"), str) else svc.get("env_file", [])
+        ):
             path = env_file if isinstance(env_file, str) else env_file["path"]
-            assert not (ROOT / path).exists() or path == ".env.example", f"{name} reads committed {path}"
+            assert not (ROOT / path).exists() or path == ".env.example", (
+                f"{name} reads committed {path}"
+            )
 
 
 def test_required_secrets_fail_loudly_when_unset(services):
-    """Secrets are ``${VAR:?message}``: compose refuses to start instead of running with an empty key."""
+    """Secrets are ``${VAR:?message}``: compose refuses to start instead of running with an empty
+    key."""
     for name, svc in services.items():
         for key, value in env_of(svc).items():
             if SECRET_NAME.search(key) or key == "NACS_API_KEYS":
@@ -472,12 +508,14 @@ def test_required_secrets_fail_loudly_when_unset(services):
 def test_gpu_worker_is_only_under_the_gpu_profile(services, stages):
     gpu = {}
     for name, svc in services.items():
-        devices = (((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get(
-            "devices"
-        ) or []
+        devices = (
+            ((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}
+        ).get("devices") or []
         if any(d.get("driver") == "nvidia" for d in devices):
             gpu[name] = svc
-            assert "gpu" in (svc.get("profiles") or []), f"{name} reserves a GPU outside the gpu profile"
+            assert "gpu" in (svc.get("profiles") or []), (
+                f"{name} reserves a GPU outside the gpu profile"
+            )
             assert all("gpu" in d.get("capabilities", []) for d in devices), name
     assert gpu, "no service reserves a GPU"
     for name, svc in gpu.items():
@@ -488,7 +526,9 @@ def test_gpu_worker_is_only_under_the_gpu_profile(services, stages):
         assert re.search(r"/whl/cu\d+", index), f"{name} would build CPU torch: {index}"
     for name, svc in services.items():
         if name not in gpu:
-            index = str(((svc.get("build") or {}).get("args") or {}).get("TORCH_INDEX_URL", CPU_INDEX))
+            index = str(
+                ((svc.get("build") or {}).get("args") or {}).get("TORCH_INDEX_URL", CPU_INDEX)
+            )
             assert "/whl/cu" not in index, f"{name} builds CUDA torch outside the gpu profile"
             assert "gpu" not in (svc.get("profiles") or []), name
 
@@ -556,7 +596,8 @@ def requirement_names(pyproject: dict, extras: set[str]) -> set[str]:
 
 
 def module_available(module: str, distributions: set[str]) -> bool:
-    """Whether ``import module`` works in an image holding these distributions and the repo's packages."""
+    """Whether ``import module`` works in an image holding these distributions and the repo's
+    packages."""
     if module in sys.stdlib_module_names or (ROOT / module / "__init__.py").exists():
         return True
     providers = importlib.metadata.packages_distributions().get(module, [])
@@ -583,7 +624,9 @@ def check_command(argv: list[str], target: str, stages, pyproject) -> None:
     if program == "nacs":
         assert_defined(entry_point_target(pyproject, "scripts", "nacs"))
         sub = argv[1]
-        assert sub in pyproject["project"]["entry-points"]["nacs.cli"], f"nacs {sub} is not a plugin command"
+        assert sub in pyproject["project"]["entry-points"]["nacs.cli"], (
+            f"nacs {sub} is not a plugin command"
+        )
         ep = entry_point_target(pyproject, "nacs.cli", sub)
         assert_defined(ep)
         module, _, attr = ep.partition(":")
@@ -594,7 +637,9 @@ def check_command(argv: list[str], target: str, stages, pyproject) -> None:
     elif program in {"python", "python3"}:
         if argv[1] == "-c":
             for module in python_imports(argv[2]):
-                assert module_available(module, distributions), f"{target}: python -c imports {module}"
+                assert module_available(module, distributions), (
+                    f"{target}: python -c imports {module}"
+                )
         elif argv[1] == "-m":
             assert module_available(argv[2].split(".")[0], distributions), argv
     else:
@@ -619,7 +664,12 @@ def test_compose_commands_exist_in_their_image(services, stages, pyproject):
         check_command(compose_argv(svc["healthcheck"]["test"]), target, stages, pyproject)
         if svc.get("command"):
             command = svc["command"]
-            check_command(command if isinstance(command, list) else shlex.split(command), target, stages, pyproject)
+            check_command(
+                command if isinstance(command, list) else shlex.split(command),
+                target,
+                stages,
+                pyproject,
+            )
         probe = " ".join(compose_argv(svc["healthcheck"]["test"]))
         for var in re.findall(r"environ\[['\"](\w+)['\"]\]", probe):
             assert var in env_of(svc), f"{name}: its healthcheck reads {var}, which it is not given"
@@ -645,7 +695,8 @@ def test_python_snippets_are_valid_python(stages, services):
 
 
 def settings_env_names() -> set[str] | None:
-    """NACS_* variables the service's settings classes read; None when no settings module exists yet."""
+    """NACS_* variables the service's settings classes read; None when no settings module exists
+    yet."""
     from pydantic_settings import BaseSettings
 
     names: set[str] = set()
@@ -705,14 +756,21 @@ def test_compose_nacs_variables_are_settings_the_service_reads(services):
 def test_compose_variables_are_documented_in_env_example(services):
     documented = env_example_names()
     used = compose_nacs_variables(services)
-    required = set(re.findall(r"\$\{(\w+):\?", compose_code()))  # compose refuses to start without these
+    required = set(
+        re.findall(r"\$\{(\w+):\?", compose_code())
+    )  # compose refuses to start without these
     missing = (used | required) - documented
     assert not missing, f"not documented in .env.example: {sorted(missing)}"
 
 
 # ---------------------------------------------------------------- what each image can import
 
-BASE_IMAGE_MODULES = {"pip", "setuptools", "pkg_resources", "_distutils_hack"}  # come with python:3.11-slim
+BASE_IMAGE_MODULES = {
+    "pip",
+    "setuptools",
+    "pkg_resources",
+    "_distutils_hack",
+}  # come with python:3.11-slim
 
 
 def _normalise(name: str) -> str:
@@ -720,7 +778,8 @@ def _normalise(name: str) -> str:
 
 
 def distribution_closure(pyproject: dict, extras: set[str]) -> set[str]:
-    """Every distribution pip installs for this project with these extras (markers evaluated here)."""
+    """Every distribution pip installs for this project with these extras (markers evaluated
+    here)."""
     from packaging.requirements import Requirement
 
     project = pyproject["project"]
@@ -788,7 +847,8 @@ if len(sys.argv) > 3:  # the image's command, as its console script runs it
     from nacs_client.cli import main
     with contextlib.redirect_stdout(io.StringIO()):
         main(json.loads(sys.argv[3]) + ["--help"], standalone_mode=False)
-print(json.dumps({"loaded": sorted({m.split(".")[0] for m in sys.modules}), "refused": sorted(refused)}))
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"loaded": loaded, "refused": sorted(refused)}))
 """
 
 
@@ -800,7 +860,9 @@ def import_as_in_image(
     import subprocess
 
     provided = importlib.metadata.packages_distributions()
-    allowed = {m for m, dists in provided.items() if any(_normalise(d) in distributions for d in dists)}
+    allowed = {
+        m for m, dists in provided.items() if any(_normalise(d) in distributions for d in dists)
+    }
     allowed |= {p.parent.name for p in ROOT.glob("*/__init__.py")} | BASE_IMAGE_MODULES
     out = subprocess.run(
         [sys.executable, "-c", IMPORT_IN_IMAGE, json.dumps(sorted(allowed)), json.dumps(packages)]
@@ -810,12 +872,15 @@ def import_as_in_image(
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0, f"{packages} do not import with only {sorted(distributions)}:\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"{packages} do not import with only {sorted(distributions)}:\n{out.stderr[-3000:]}"
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_the_api_code_runs_with_only_the_server_extra(stages, pyproject):
-    """Every module of service/ imports in the api image: no torch, nothing from the engine extra."""
+    """Every module of service/ imports in the api image: no torch, nothing from the engine
+    extra."""
     distributions = distribution_closure(pyproject, installed_extras(stages, "api"))
     assert "torch" not in distributions
     cmd = exec_form(next(i.args for i in stages["api"].instructions if i.keyword == "CMD"))

@@ -25,7 +25,9 @@ def fault_stack(tmp_path: Path, slow_parquet: Path):
 
 
 def wait_running(stack: Stack, job_id: str) -> dict:
-    return stack.watch(job_id, until=("running", "succeeded", "failed", "cancelled"), timeout_s=60)[-1]
+    return stack.watch(job_id, until=("running", "succeeded", "failed", "cancelled"), timeout_s=60)[
+        -1
+    ]
 
 
 def test_cancel_running_job(fault_stack: Stack, slow_parquet: Path) -> None:
@@ -41,14 +43,18 @@ def test_cancel_running_job(fault_stack: Stack, slow_parquet: Path) -> None:
     output = Path(final["request"]["output_uri"][len("file://") :])
     assert not (output / "manifest.json").exists()
     again = fault_stack.submit({"dataset_uri": str(slow_parquet), "size": 10, "method": "random"})
-    assert fault_stack.wait(again["id"], timeout_s=90)["status"] == "succeeded", "the worker goes on after a cancel"
+    assert fault_stack.wait(again["id"], timeout_s=90)["status"] == "succeeded", (
+        "the worker goes on after a cancel"
+    )
 
 
 def test_worker_killed_mid_job_is_run_again(fault_stack: Stack, slow_parquet: Path) -> None:
     job = fault_stack.submit(slow_body(slow_parquet))
     assert wait_running(fault_stack, job["id"])["status"] == "running"
     fault_stack.kill_worker(fault_stack.workers[0], signal.SIGKILL)
-    requeued = fault_stack.watch(job["id"], until=("queued", "failed", "succeeded"), timeout_s=30)[-1]
+    requeued = fault_stack.watch(job["id"], until=("queued", "failed", "succeeded"), timeout_s=30)[
+        -1
+    ]
     assert requeued["status"] == "queued", requeued
     assert "running again" in requeued["progress"]["message"]
     fault_stack.start_worker()
@@ -58,7 +64,8 @@ def test_worker_killed_mid_job_is_run_again(fault_stack: Stack, slow_parquet: Pa
 
 
 def test_work_horse_killed_alone_is_run_again(fault_stack: Stack, slow_parquet: Path) -> None:
-    """An out-of-memory kill takes the forked work horse only; its worker lives on and runs the job again."""
+    """An out-of-memory kill takes the forked work horse only; its worker lives on and runs the
+    job again."""
     job = fault_stack.submit(slow_body(slow_parquet))
     assert wait_running(fault_stack, job["id"])["status"] == "running"
     worker = fault_stack.workers[0]
@@ -72,7 +79,11 @@ def test_work_horse_killed_alone_is_run_again(fault_stack: Stack, slow_parquet: 
 
 
 def test_job_timeout_fails_the_job(tmp_path: Path, slow_parquet: Path) -> None:
-    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_JOB_TIMEOUT_S": "2"})
+    stack = start_stack(
+        tmp_path / "stack",
+        allowed_uris=f"file://{slow_parquet.parent}/",
+        env={"NACS_JOB_TIMEOUT_S": "2"},
+    )
     try:
         job = stack.submit(slow_body(slow_parquet))
         final = stack.wait(job["id"], timeout_s=60)
@@ -84,8 +95,14 @@ def test_job_timeout_fails_the_job(tmp_path: Path, slow_parquet: Path) -> None:
         stack.stop()
 
 
-def test_worker_killed_on_last_attempt_fails_with_worker_lost(tmp_path: Path, slow_parquet: Path) -> None:
-    stack = start_stack(tmp_path / "stack", allowed_uris=f"file://{slow_parquet.parent}/", env={"NACS_MAX_ATTEMPTS": "1"})
+def test_worker_killed_on_last_attempt_fails_with_worker_lost(
+    tmp_path: Path, slow_parquet: Path
+) -> None:
+    stack = start_stack(
+        tmp_path / "stack",
+        allowed_uris=f"file://{slow_parquet.parent}/",
+        env={"NACS_MAX_ATTEMPTS": "1"},
+    )
     try:
         job = stack.submit(slow_body(slow_parquet))
         assert wait_running(stack, job["id"])["status"] == "running"
@@ -93,17 +110,24 @@ def test_worker_killed_on_last_attempt_fails_with_worker_lost(tmp_path: Path, sl
         final = stack.wait(job["id"], timeout_s=30)
         assert final["status"] == "failed"
         assert final["error"]["code"] == "worker_lost"
-        assert "heartbeat" in final["error"]["message"] or "worker process" in final["error"]["message"]
+        assert (
+            "heartbeat" in final["error"]["message"]
+            or "worker process" in final["error"]["message"]
+        )
     finally:
         stack.stop()
 
 
 def test_redis_restart_mid_job_keeps_the_job(tmp_path: Path, slow_parquet: Path) -> None:
     server = RedisServer.start(tmp_path, appendonly=True)
-    stack = start_stack(tmp_path / "stack", redis_url=server.url, allowed_uris=f"file://{slow_parquet.parent}/")
+    stack = start_stack(
+        tmp_path / "stack", redis_url=server.url, allowed_uris=f"file://{slow_parquet.parent}/"
+    )
     try:
         job = stack.submit(slow_body(slow_parquet))
-        queued_only = stack.submit({"dataset_uri": str(slow_parquet), "size": 5, "method": "random"})
+        queued_only = stack.submit(
+            {"dataset_uri": str(slow_parquet), "size": 5, "method": "random"}
+        )
         running = wait_running(stack, job["id"])
         assert running["status"] == "running"
         server.restart(down_s=1.0)
@@ -120,7 +144,8 @@ def test_redis_restart_mid_job_keeps_the_job(tmp_path: Path, slow_parquet: Path)
 
 
 def test_worker_without_fork_runs_jobs(tmp_path: Path) -> None:
-    """--no-fork (RQ's SimpleWorker): jobs run in the worker process, as a GPU worker keeping its CUDA context does."""
+    """--no-fork (RQ's SimpleWorker): jobs run in the worker process, as a GPU worker keeping its
+    CUDA context does."""
     from tests.stack import make_ctr_parquet
 
     data = make_ctr_parquet(tmp_path / "data" / "ctr.parquet", 1500)

@@ -15,15 +15,24 @@ from tests.stack import MotoServer, Stack, make_ctr_parquet, start_stack
 
 pytestmark = pytest.mark.e2e
 
-CORESET_SCHEMA = {"row": "int64", "label": "float", "soft_label": "float", "weight": "float", "uncertainty": "float"}
+CORESET_SCHEMA = {
+    "row": "int64",
+    "label": "float",
+    "soft_label": "float",
+    "weight": "float",
+    "uncertainty": "float",
+}
 
 
 def check_result(job: dict, manifest: dict, table, n_rows: int, expected_size: int) -> None:
-    """What every succeeded job must hold: sizes, columns and dtypes, valid rows, manifest fields."""
+    """What every succeeded job must hold: sizes, columns and dtypes, valid rows, manifest
+    fields."""
     assert job["status"] == "succeeded"
     assert job["finished_at"] and job["started_at"] and job["error"] is None
     assert job["result"]["size"] == expected_size
-    assert {name: str(table.schema.field(name).type) for name in table.column_names} == CORESET_SCHEMA
+    assert {
+        name: str(table.schema.field(name).type) for name in table.column_names
+    } == CORESET_SCHEMA
     rows = table.column("row").to_numpy()
     assert table.num_rows == expected_size
     assert rows.min() >= 0 and rows.max() < n_rows
@@ -61,19 +70,36 @@ def test_random_job_on_local_storage(stack: Stack, small_parquet: Path) -> None:
 
 
 def test_nacs_job_progress_moves(stack: Stack, small_parquet: Path) -> None:
-    body = {"dataset_uri": str(small_parquet), "size": 300, "method": "nacs", "options": {"rounds": 2, "mc_passes": 3, "device": "cpu"}}
+    body = {
+        "dataset_uri": str(small_parquet),
+        "size": 300,
+        "method": "nacs",
+        "options": {"rounds": 2, "mc_passes": 3, "device": "cpu"},
+    }
     job = stack.submit(body)
     states = stack.watch(job["id"], timeout_s=120)
     final = states[-1]
     assert final["status"] == "succeeded", final["error"]
     phases = [s["progress"]["phase"] for s in states if s["status"] == "running"]
     assert "selecting" in phases
-    fractions = [s["progress"]["fraction"] for s in states if s["status"] == "running" and s["progress"]["phase"] == "selecting"]
+    fractions = [
+        s["progress"]["fraction"]
+        for s in states
+        if s["status"] == "running" and s["progress"]["phase"] == "selecting"
+    ]
     assert fractions == sorted(fractions)
     output = Path(final["result"]["output_uri"][len("file://") :])
-    check_result(final, json.loads((output / "manifest.json").read_text()), pq.read_table(output / "coreset.parquet"), 4000, 300)
+    check_result(
+        final,
+        json.loads((output / "manifest.json").read_text()),
+        pq.read_table(output / "coreset.parquet"),
+        4000,
+        300,
+    )
     worker_maps = Path(f"/proc/{stack.workers[0].pid}/maps").read_text()
-    assert "libtorch" not in worker_maps, "the worker's parent process never loads torch (its horse does)"
+    assert "libtorch" not in worker_maps, (
+        "the worker's parent process never loads torch (its horse does)"
+    )
 
 
 def test_bad_data_fails_at_once_without_retry(stack: Stack) -> None:
@@ -102,13 +128,17 @@ def test_s3_storage_through_moto(tmp_path: Path, moto: MotoServer) -> None:
     try:
         with s3_stack.client() as client:
             assert client.get("/readyz").status_code == 200
-        job = s3_stack.submit({"dataset_uri": f"s3://{bucket}/data/ctr.parquet", "ratio": 0.2, "method": "stratified"})
+        job = s3_stack.submit(
+            {"dataset_uri": f"s3://{bucket}/data/ctr.parquet", "ratio": 0.2, "method": "stratified"}
+        )
         final = s3_stack.wait(job["id"], timeout_s=60)
         assert final["status"] == "succeeded", final["error"]
         prefix = f"outputs/alpha/jobs/{job['id']}"
         assert final["result"]["manifest_uri"] == f"s3://{bucket}/{prefix}/manifest.json"
         s3 = moto.client()
-        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read())
+        manifest = json.loads(
+            s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read()
+        )
         s3.download_file(bucket, f"{prefix}/coreset.parquet", str(tmp_path / "coreset.parquet"))
         check_result(final, manifest, pq.read_table(tmp_path / "coreset.parquet"), 3000, 600)
         with s3_stack.client() as client:
@@ -121,7 +151,10 @@ def test_storage_unreachable(tmp_path: Path) -> None:
     from tests.stack import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    env = MotoServer.CREDENTIALS | {"NACS_STORAGE_URI": "s3://nowhere/outputs", "NACS_S3_ENDPOINT_URL": dead}
+    env = MotoServer.CREDENTIALS | {
+        "NACS_STORAGE_URI": "s3://nowhere/outputs",
+        "NACS_S3_ENDPOINT_URL": dead,
+    }
     dead_stack = start_stack(tmp_path / "stack", env=env, allowed_uris="s3://nowhere/")
     try:
         with dead_stack.client() as client:
@@ -129,7 +162,9 @@ def test_storage_unreachable(tmp_path: Path) -> None:
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "not_ready"
         assert ready.headers["Retry-After"]
-        job = dead_stack.submit({"dataset_uri": "s3://nowhere/data.parquet", "ratio": 0.1, "method": "random"})
+        job = dead_stack.submit(
+            {"dataset_uri": "s3://nowhere/data.parquet", "ratio": 0.1, "method": "random"}
+        )
         states = dead_stack.watch(job["id"], timeout_s=90, interval_s=0.1)
         final = states[-1]
         assert final["status"] == "failed"
@@ -140,9 +175,13 @@ def test_storage_unreachable(tmp_path: Path) -> None:
         dead_stack.stop()
 
 
-def test_cancel_stops_the_engine_through_its_progress_callback(stack: Stack, small_parquet: Path) -> None:
+def test_cancel_stops_the_engine_through_its_progress_callback(
+    stack: Stack, small_parquet: Path
+) -> None:
     options = {"rounds": 20, "mc_passes": 100, "epochs_per_round": 20, "device": "cpu"}
-    job = stack.submit({"dataset_uri": str(small_parquet), "size": 1000, "method": "nacs", "options": options})
+    job = stack.submit(
+        {"dataset_uri": str(small_parquet), "size": 1000, "method": "nacs", "options": options}
+    )
 
     def selecting() -> dict | None:
         current = stack.job(job["id"])
@@ -156,7 +195,9 @@ def test_cancel_stops_the_engine_through_its_progress_callback(stack: Stack, sma
         assert client.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
     final = stack.wait(job["id"], timeout_s=20)
     assert final["status"] == "cancelled", final
-    assert final["progress"]["message"] == "cancelled while running", "the engine stopped itself, not the reaper"
+    assert final["progress"]["message"] == "cancelled while running", (
+        "the engine stopped itself, not the reaper"
+    )
 
 
 def test_several_workers_share_the_queue(tmp_path: Path, slow_parquet: Path) -> None:
@@ -166,16 +207,27 @@ def test_several_workers_share_the_queue(tmp_path: Path, slow_parquet: Path) -> 
 
     from tests.stack import wait_until
 
-    shared = start_stack(tmp_path / "stack", workers=2, allowed_uris=f"file://{slow_parquet.parent}/")
+    shared = start_stack(
+        tmp_path / "stack", workers=2, allowed_uris=f"file://{slow_parquet.parent}/"
+    )
     try:
-        jobs = [shared.submit({"dataset_uri": str(slow_parquet), "size": 10 + i, "method": "random"}) for i in range(2)]
-        wait_until(lambda: all(shared.job(job["id"])["status"] == "running" for job in jobs), 60, what="both running at once")
+        jobs = [
+            shared.submit({"dataset_uri": str(slow_parquet), "size": 10 + i, "method": "random"})
+            for i in range(2)
+        ]
+        wait_until(
+            lambda: all(shared.job(job["id"])["status"] == "running" for job in jobs),
+            60,
+            what="both running at once",
+        )
         finals = [shared.wait(job["id"], timeout_s=120) for job in jobs]
         assert [f["status"] for f in finals] == ["succeeded"] * 2
         assert [f["result"]["size"] for f in finals] == [10, 11]
         store = shared.store()
         workers = {
-            Job.fetch(store.get(f["id"])["rq_job_id"], connection=store.redis, serializer=JSONSerializer).worker_name
+            Job.fetch(
+                store.get(f["id"]).rq_job_id, connection=store.redis, serializer=JSONSerializer
+            ).worker_name
             for f in finals
         }
         assert len(workers) == 2 and None not in workers

@@ -1,4 +1,4 @@
-"""The real app (TestClient) against the real Redis, on unique keys per test."""
+"""The real app (TestClient) against the tests' Redis, on unique keys per test."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.settings import Settings
-from tests.stack import DEFAULT_REDIS_URL, TENANT_KEYS, delete_keys, make_ctr_parquet, unique_name
+from service.settings import ApiSettings
+from tests.stack import TENANT_KEYS, delete_keys, make_ctr_parquet, unique_name
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
-    """Settings on unique Redis keys with tenants alpha and beta; keyword arguments override."""
-    made: list[Settings] = []
+def make_settings(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., ApiSettings]]:
+    """ApiSettings on unique Redis keys with tenants alpha and beta; keyword arguments override."""
+    made: list[ApiSettings] = []
 
-    def make(**overrides: Any) -> Settings:
+    def make(**overrides: Any) -> ApiSettings:
         name = unique_name("service")
         values: dict[str, Any] = {
-            "redis_url": DEFAULT_REDIS_URL,
+            "redis_url": redis_url,
             "redis_prefix": f"{name}:",
             "queue": name,
             "storage_uri": str(tmp_path / "storage"),
@@ -31,22 +31,22 @@ def make_settings(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
             "api_reaper": False,
         }
         values.update(overrides)
-        settings = Settings(_env_file=None, **values)
+        settings = ApiSettings(_env_file=None, **values)
         made.append(settings)
         return settings
 
     yield make
     for settings in made:
-        delete_keys(DEFAULT_REDIS_URL, settings.redis_prefix, settings.queue)
+        delete_keys(redis_url, settings.redis_prefix, settings.queue)
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
+def settings(make_settings: Callable[..., ApiSettings]) -> ApiSettings:
     return make_settings()
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
+def client(settings: ApiSettings) -> Iterator[TestClient]:
     """A client of tenant alpha (raise_server_exceptions off: a 500 shows as a response)."""
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
@@ -63,7 +63,9 @@ def dataset(tmp_path: Path) -> Path:
     return make_ctr_parquet(tmp_path / "data" / "ctr.parquet", 200)
 
 
-def assert_error(response: Any, status: int, code: str | None = None, mentions: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response: Any, status: int, code: str | None = None, mentions: str | None = None
+) -> dict[str, Any]:
     """The uniform error body: {"error": {"code", "message", "details"}}."""
     assert response.status_code == status, response.text
     body = response.json()

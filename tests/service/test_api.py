@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,17 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import SettingsError
 from tests.service.conftest import assert_error
-from tests.stack import REPO, TENANT_KEYS, free_port
+from tests.stack import REPO, TENANT_KEYS, free_port, wait_until
+from worker.records import JobError, JobResult, JobStatus
 
 
 def body(dataset: Path, **extra: object) -> dict:
     return {"dataset_uri": str(dataset), "ratio": 0.1, "method": "random"} | extra
 
 
-def test_submit_returns_202_location_and_defaults(client: TestClient, dataset: Path, settings) -> None:
+def test_submit_returns_202_location_and_defaults(
+    client: TestClient, dataset: Path, settings
+) -> None:
     response = client.post("/jobs", json=body(dataset))
     assert response.status_code == 202, response.text
     job = response.json()
@@ -31,21 +33,32 @@ def test_submit_returns_202_location_and_defaults(client: TestClient, dataset: P
     assert job["request"]["dataset_uri"] == f"file://{dataset}"
     assert job["request"]["options"]["mc_passes"] == 10
     assert job["request"]["output_uri"] == f"{settings.storage_uri}/alpha/jobs/{job['id']}"
-    assert job["progress"] == {"phase": "queued", "fraction": 0.0, "message": "waiting for a worker"}
+    assert job["progress"] == {
+        "phase": "queued",
+        "fraction": 0.0,
+        "message": "waiting for a worker",
+    }
     assert client.get(f"/jobs/{job['id']}").json() == job
     assert "rq_job_id" not in job and "tenant" not in job
 
 
 def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, settings) -> None:
     import redis
+    from rq import Queue
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
 
     job = client.post("/jobs", json=body(dataset)).json()
     connection = redis.Redis.from_url(settings.redis_url)
     record = connection.get(f"{settings.redis_prefix}job:{job['id']}")
     assert record.startswith(b"{")
-    rq_job = connection.hgetall(f"rq:job:{job['id']}-1")
-    payload = json.loads(zlib.decompress(rq_job[b"data"]))  # RQ compresses; the content is JSON, not a pickle
-    assert payload[0] == "worker.tasks.run_job" and payload[2] == [job["id"], settings.redis_prefix]
+    queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+    wait_until(lambda: queue.job_ids == [f"{job['id']}-1"], 5, what="the job on the queue")
+    # RQ reads the job back with the JSON serializer: the payload is JSON, not a pickle.
+    rq_job = Job.fetch(f"{job['id']}-1", connection=connection, serializer=JSONSerializer)
+    assert rq_job.func_name == "worker.tasks.run_job"
+    assert list(rq_job.args) == [job["id"], settings.redis_prefix]
+    assert rq_job.timeout == settings.job_timeout_s and rq_job.ttl == settings.job_ttl_s
     assert int(connection.ttl(f"{settings.redis_prefix}job:{job['id']}")) > 24 * 3600
 
 
@@ -73,35 +86,73 @@ def test_job_payload_crosses_redis_as_json(client: TestClient, dataset: Path, se
         ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"turbo": True}}, 422, "options.turbo"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"rounds": 0}}, 422, "options.rounds"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"rounds": 21}}, 422, "options.rounds"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"remove_rate": 0.9}}, 422, "options.remove_rate"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"backbone": "bert"}}, 422, "options.backbone"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "options": {"device": "tpu"}}, 422, "options.device"),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "options": {"remove_rate": 0.9}},
+            422,
+            "options.remove_rate",
+        ),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "options": {"backbone": "bert"}},
+            422,
+            "options.backbone",
+        ),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "options": {"device": "tpu"}},
+            422,
+            "options.device",
+        ),
         ({"dataset_uri": "DATA", "ratio": 0.1, "options": "fast"}, 422, "options"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "format": "xlsx"}, 422, "format"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "feature_columns": ["label"]}, 422, "feature_columns"),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "feature_columns": ["label"]},
+            422,
+            "feature_columns",
+        ),
         ({"dataset_uri": "ftp://example.com/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "gopher://example.com/x", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "data:text/csv,label%0A1", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "relative/path.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "/etc/passwd", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "s3://other-bucket/data/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
-        ({"dataset_uri": "s3://allowed-bucket/data/../secret/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
+        (
+            {"dataset_uri": "s3://allowed-bucket/data/../secret/x.parquet", "ratio": 0.1},
+            422,
+            "dataset_uri",
+        ),
         ({"dataset_uri": "https://127.0.0.1/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "https://localhost/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
-        ({"dataset_uri": "https://169.254.169.254/latest/meta-data", "ratio": 0.1}, 422, "dataset_uri"),
+        (
+            {"dataset_uri": "https://169.254.169.254/latest/meta-data", "ratio": 0.1},
+            422,
+            "dataset_uri",
+        ),
         ({"dataset_uri": "https://10.0.0.8/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "http://example.com/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "s3://beta-only/data/x.parquet", "ratio": 0.1}, 422, "dataset_uri"),
         ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "/tmp/elsewhere"}, 422, "output_uri"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "s3://allowed-bucket/x"}, 422, "output_uri"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/beta/jobs/mine"}, 422, "output_uri"),
-        ({"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/alpha/../beta/x"}, 422, "output_uri"),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "s3://allowed-bucket/x"},
+            422,
+            "output_uri",
+        ),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/beta/jobs/mine"},
+            422,
+            "output_uri",
+        ),
+        (
+            {"dataset_uri": "DATA", "ratio": 0.1, "output_uri": "STORAGE/alpha/../beta/x"},
+            422,
+            "output_uri",
+        ),
         ([1, 2, 3], 422, "request body"),
         ("just a string", 422, "request body"),
         (None, 422, "request body"),
     ],
 )
-def test_bad_requests_name_the_field(client: TestClient, dataset: Path, settings, payload, status, field) -> None:
+def test_bad_requests_name_the_field(
+    client: TestClient, dataset: Path, settings, payload, status, field
+) -> None:
     def fill(value):
         if isinstance(value, str):
             return value.replace("DATA", str(dataset)).replace("STORAGE", settings.storage_uri)
@@ -118,11 +169,16 @@ def test_bad_requests_name_the_field(client: TestClient, dataset: Path, settings
 def test_ratio_nan_and_infinity_are_refused(client: TestClient, dataset: Path) -> None:
     for literal in ("NaN", "Infinity", "-Infinity"):
         raw = f'{{"dataset_uri": "{dataset}", "ratio": {literal}}}'
-        error = assert_error(client.post("/jobs", content=raw, headers={"Content-Type": "application/json"}), 422)
+        error = assert_error(
+            client.post("/jobs", content=raw, headers={"Content-Type": "application/json"}), 422
+        )
         assert "ratio" in error["message"]
 
 
-@pytest.mark.parametrize("raw", [b'{"dataset_uri": ', b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000, b"{'single': 'quotes'}"])
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"dataset_uri": ', b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000, b"{'single': 'quotes'}"],
+)
 def test_malformed_json_is_a_clear_400(client: TestClient, raw: bytes) -> None:
     response = client.post("/jobs", content=raw, headers={"Content-Type": "application/json"})
     error = assert_error(response, 400, "malformed_json")
@@ -137,11 +193,21 @@ def test_empty_body_names_the_body(client: TestClient) -> None:
 
 def test_body_is_read_as_json_by_its_content_type(client: TestClient, dataset: Path) -> None:
     raw = json.dumps(body(dataset)).encode()
-    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ):
         response = client.post("/jobs", content=raw, headers={"Content-Type": content_type})
         error = assert_error(response, 422, "invalid_request", mentions="request body")
         assert error["details"][0]["field"] is None
-    for content_type in (None, "application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.nacs+json"):
+    for content_type in (
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.nacs+json",
+    ):
         headers = {} if content_type is None else {"Content-Type": content_type}
         response = client.post("/jobs", content=raw, headers=headers)
         assert response.status_code == 202, (content_type, response.text)
@@ -153,13 +219,28 @@ def test_field_errors_name_each_field_in_the_details(client: TestClient, dataset
     )
     error = assert_error(response, 422, "invalid_request")
     fields = {detail["field"]: detail["type"] for detail in error["details"]}
-    assert fields == {"size": "int_type", "options.rounds": "greater_than_equal", "options.turbo": "extra_forbidden", "colour": "extra_forbidden"}
+    assert fields == {
+        "size": "int_type",
+        "options.rounds": "greater_than_equal",
+        "options.turbo": "extra_forbidden",
+        "colour": "extra_forbidden",
+    }
     for field in fields:
         assert field in error["message"]
-    malformed = assert_error(client.post("/jobs", content=b'{"ratio": 0.1,', headers={"Content-Type": "application/json"}), 400)
-    assert malformed["code"] == "malformed_json" and malformed["message"].startswith("the request body is not valid JSON (")
+    malformed = assert_error(
+        client.post(
+            "/jobs", content=b'{"ratio": 0.1,', headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
+    assert malformed["code"] == "malformed_json" and malformed["message"].startswith(
+        "the request body is not valid JSON ("
+    )
     # The key is checked before the body is read.
-    assert_error(client.post("/jobs", content=b"{", headers={"Authorization": "Bearer wrong-key-123456"}), 401)
+    assert_error(
+        client.post("/jobs", content=b"{", headers={"Authorization": "Bearer wrong-key-123456"}),
+        401,
+    )
 
 
 def test_openapi_documents_the_submission(client: TestClient) -> None:
@@ -169,7 +250,9 @@ def test_openapi_documents_the_submission(client: TestClient) -> None:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
         "required": True,
     }
-    assert [(p["in"], p["name"], p["required"]) for p in submit["parameters"]] == [("header", "Idempotency-Key", False)]
+    assert [(p["in"], p["name"], p["required"]) for p in submit["parameters"]] == [
+        ("header", "Idempotency-Key", False)
+    ]
     assert schema["components"]["schemas"]["JobRequest"]["required"] == ["dataset_uri"]
 
 
@@ -196,7 +279,9 @@ def test_allowed_prefixes_can_be_per_tenant(client: TestClient, beta_headers) ->
     assert_error(client.post("/jobs", json=uri), 422, mentions="dataset_uri")
 
 
-def test_output_uri_inside_own_prefix_is_accepted(client: TestClient, dataset: Path, settings) -> None:
+def test_output_uri_inside_own_prefix_is_accepted(
+    client: TestClient, dataset: Path, settings
+) -> None:
     wanted = f"{settings.storage_uri}/alpha/experiments/run-1"
     job = client.post("/jobs", json=body(dataset, output_uri=wanted))
     assert job.status_code == 202, job.text
@@ -216,13 +301,19 @@ def test_bodies_are_bounded(make_settings, dataset: Path) -> None:
                 yield b"x" * 100
             yield b'"}'
 
-        streamed = client.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+        streamed = client.post(
+            "/jobs", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert_error(streamed, 413, "payload_too_large")
 
 
 def test_auth(client: TestClient, dataset: Path) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
-    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong-key-123456"}, {"Authorization": "Basic abc"}):
+    for headers in (
+        {"Authorization": ""},
+        {"Authorization": "Bearer wrong-key-123456"},
+        {"Authorization": "Basic abc"},
+    ):
         assert_error(client.get("/jobs", headers=headers), 401, "unauthorized")
         assert_error(client.get(f"/jobs/{job['id']}", headers=headers), 401)
         assert_error(client.post("/jobs", json=body(dataset), headers=headers), 401)
@@ -235,7 +326,11 @@ def test_auth(client: TestClient, dataset: Path) -> None:
 def test_tenants_see_only_their_own_jobs(client: TestClient, dataset: Path, beta_headers) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
     for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/result")):
-        error = assert_error(client.request(method, f"/jobs/{job['id']}{path}", headers=beta_headers), 404, "job_not_found")
+        error = assert_error(
+            client.request(method, f"/jobs/{job['id']}{path}", headers=beta_headers),
+            404,
+            "job_not_found",
+        )
         assert job["id"] in error["message"]
     assert client.get("/jobs", headers=beta_headers).json() == {"jobs": [], "next_cursor": None}
     assert_error(client.get("/jobs/does-not-exist"), 404, "job_not_found")
@@ -251,14 +346,22 @@ def test_idempotency(client: TestClient, dataset: Path, beta_headers) -> None:
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["Location"] == f"/jobs/{first.json()['id']}"
-    assert_error(client.post("/jobs", json=body(dataset, ratio=0.2), headers=key), 409, "idempotency_conflict")
+    assert_error(
+        client.post("/jobs", json=body(dataset, ratio=0.2), headers=key),
+        409,
+        "idempotency_conflict",
+    )
     other_tenant = client.post("/jobs", json=body(dataset), headers=key | beta_headers)
     assert other_tenant.status_code == 202 and other_tenant.json()["id"] != first.json()["id"]
     assert len(client.get("/jobs").json()["jobs"]) == 1
-    assert_error(client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "k" * 300}), 422)
+    assert_error(
+        client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "k" * 300}), 422
+    )
 
 
-def test_body_hash_is_kept_only_with_an_idempotency_key(client: TestClient, dataset: Path, settings) -> None:
+def test_body_hash_is_kept_only_with_an_idempotency_key(
+    client: TestClient, dataset: Path, settings
+) -> None:
     import redis
 
     connection = redis.Redis.from_url(settings.redis_url)
@@ -267,18 +370,25 @@ def test_body_hash_is_kept_only_with_an_idempotency_key(client: TestClient, data
         return json.loads(connection.get(f"{settings.redis_prefix}job:{job['id']}"))
 
     keyless = stored(client.post("/jobs", json=body(dataset)).json())
-    keyed = stored(client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "abc"}).json())
+    keyed = stored(
+        client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "abc"}).json()
+    )
     assert keyless["body_hash"] is None and keyless["idempotency_key"] is None
     assert len(keyed["body_hash"]) == 64 and len(keyed["idempotency_key"]) == 64
 
 
 def test_list_pages_newest_first_with_status_filter(client: TestClient, dataset: Path) -> None:
-    ids = [client.post("/jobs", json=body(dataset, size=i + 1, ratio=None)).json()["id"] for i in range(7)]
+    ids = [
+        client.post("/jobs", json=body(dataset, size=i + 1, ratio=None)).json()["id"]
+        for i in range(7)
+    ]
     client.post(f"/jobs/{ids[2]}/cancel")
     client.post(f"/jobs/{ids[5]}/cancel")
     seen, cursor = [], None
     while True:
-        page = client.get("/jobs", params={"limit": 3} | ({"cursor": cursor} if cursor else {})).json()
+        page = client.get(
+            "/jobs", params={"limit": 3} | ({"cursor": cursor} if cursor else {})
+        ).json()
         assert len(page["jobs"]) <= 3
         seen += [job["id"] for job in page["jobs"]]
         cursor = page["next_cursor"]
@@ -289,34 +399,39 @@ def test_list_pages_newest_first_with_status_filter(client: TestClient, dataset:
     assert [job["id"] for job in cancelled["jobs"]] == [ids[5], ids[2]]
     first = client.get("/jobs", params={"status": "queued", "limit": 1}).json()
     assert [job["id"] for job in first["jobs"]] == [ids[6]] and first["next_cursor"]
-    for params, field in (({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"status": "started"}, "status"), ({"cursor": "garbage"}, "cursor")):
+    for params, field in (
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"status": "started"}, "status"),
+        ({"cursor": "garbage"}, "cursor"),
+    ):
         assert_error(client.get("/jobs", params=params), 422, mentions=field)
 
 
 def test_cancel_queued_and_finished(client: TestClient, dataset: Path, settings) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
+    queue = client.app.state.jobs.queue
+    wait_until(lambda: queue.count == 1, 5, what="the job on the queue")
     cancelled = client.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
-    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled", "cancel is idempotent"
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from worker.queueing import connect
-
-    assert Queue(settings.queue, connection=connect(settings.redis_url), serializer=JSONSerializer).count == 0
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled", (
+        "cancel is idempotent"
+    )
+    assert queue.count == 0
     assert_error(client.get(f"/jobs/{job['id']}/result"), 409, "job_not_succeeded")
-    store = client.app.state.store
+    store = client.app.state.jobs.store
     done = client.post("/jobs", json=body(dataset)).json()
-    store.transition(done["id"], "failed", error={"code": "labels_not_binary", "message": "label: 2 is not 0/1"})
+    failure = JobError(code="labels_not_binary", message="label: 2 is not 0/1")
+    store.transition(done["id"], JobStatus.failed, error=failure)
     error = assert_error(client.post(f"/jobs/{done['id']}/cancel"), 409, "job_finished")
     assert "failed" in error["message"]
 
 
 def test_running_cancel_sets_the_flag(client: TestClient, dataset: Path) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
-    store = client.app.state.store
-    store.transition(job["id"], "running", attempts=1)
+    store = client.app.state.jobs.store
+    store.transition(job["id"], JobStatus.running, attempts=1)
     response = client.post(f"/jobs/{job['id']}/cancel").json()
     assert response["status"] == "running" and response["cancel_requested"] is True
 
@@ -331,7 +446,9 @@ def test_too_many_active_jobs_is_429(make_settings, dataset: Path) -> None:
         assert_error(response, 429, "too_many_active_jobs")
         assert int(response.headers["Retry-After"]) > 0
         replay = client.post("/jobs", json=body(dataset), headers={"Idempotency-Key": "one"})
-        assert replay.status_code == 200 and replay.json()["id"] == first["id"], "a replay is not a new job"
+        assert replay.status_code == 200 and replay.json()["id"] == first["id"], (
+            "a replay is not a new job"
+        )
         client.post(f"/jobs/{first['id']}/cancel")
         assert client.post("/jobs", json=body(dataset)).status_code == 202
 
@@ -372,7 +489,11 @@ def test_redis_unreachable_is_503(make_settings, dataset: Path) -> None:
         error = assert_error(ready, 503, "not_ready", mentions="redis")
         assert error["details"]["storage"] == "ok"
         assert ready.headers["Retry-After"]
-        for response in (client.post("/jobs", json=body(dataset)), client.get("/jobs"), client.get("/jobs/abc")):
+        for response in (
+            client.post("/jobs", json=body(dataset)),
+            client.get("/jobs"),
+            client.get("/jobs/abc"),
+        ):
             assert_error(response, 503, "redis_unavailable")
             assert response.headers["Retry-After"]
         assert "nacs_redis_up 0.0" in client.get("/metrics").text
@@ -398,18 +519,29 @@ def test_keys_file(make_settings, tmp_path: Path, dataset: Path) -> None:
     keys.write_text("# tenants\ngamma:gamma-key-987654321\n")
     settings = make_settings(api_keys=None, api_keys_file=str(keys))
     with TestClient(create_app(settings)) as client:
-        assert client.get("/jobs", headers={"Authorization": "Bearer gamma-key-987654321"}).status_code == 200
-        assert client.get("/jobs", headers={"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}).status_code == 401
+        assert (
+            client.get("/jobs", headers={"Authorization": "Bearer gamma-key-987654321"}).status_code
+            == 200
+        )
+        assert (
+            client.get(
+                "/jobs", headers={"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}
+            ).status_code
+            == 401
+        )
 
 
 def test_api_process_never_imports_torch() -> None:
     code = (
         "import os, sys; os.environ['NACS_INSECURE_LOCAL'] = '1'\n"
-        "import service.main, service.cli, worker.queueing, worker.spec, worker.storage, worker.runner\n"
+        "import service.main, service.cli, worker.enqueue, worker.reaper, worker.pagination\n"
+        "import worker.records, worker.spec, worker.storage, worker.runner\n"
         "service.main.create_app()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=os.environ.copy(), timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, env=os.environ.copy(), timeout=120
+    )
 
 
 def test_keys_are_never_logged(client: TestClient, dataset: Path, caplog) -> None:
@@ -420,25 +552,82 @@ def test_keys_are_never_logged(client: TestClient, dataset: Path, caplog) -> Non
         assert key not in caplog.text
 
 
-def test_schemes_without_their_filesystem_are_refused_clearly(client: TestClient, monkeypatch) -> None:
+def test_schemes_without_their_filesystem_are_refused_clearly(
+    client: TestClient, monkeypatch
+) -> None:
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real_find_spec(name, *a))
-    error = assert_error(client.post("/jobs", json={"dataset_uri": "gs://bucket/x.parquet", "ratio": 0.1}), 422)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gcsfs" else real_find_spec(name, *a),
+    )
+    error = assert_error(
+        client.post("/jobs", json={"dataset_uri": "gs://bucket/x.parquet", "ratio": 0.1}), 422
+    )
     assert "dataset_uri" in error["message"] and "gcsfs" in error["message"]
 
 
-def test_result_of_a_succeeded_job(client: TestClient, dataset: Path, settings, tmp_path: Path) -> None:
-    store = client.app.state.store
+def test_result_of_a_succeeded_job(
+    client: TestClient, dataset: Path, settings, tmp_path: Path
+) -> None:
+    store = client.app.state.jobs.store
     job = client.post("/jobs", json=body(dataset)).json()
-    manifest_path = tmp_path / "storage" / "alpha" / "jobs" / job["id"] / "manifest.json"
-    result = {"output_uri": "x", "coreset_uri": "x", "manifest_uri": f"file://{manifest_path}", "size": 20}
-    store.transition(job["id"], "running", attempts=1)
-    store.transition(job["id"], "succeeded", result=result)
+    output = tmp_path / "storage" / "alpha" / "jobs" / job["id"]
+    manifest_path = output / "manifest.json"
+    uri = f"file://{manifest_path}"
+    result = JobResult(output_uri="x", coreset_uri="x", manifest_uri=uri, size=20)
+    store.transition(job["id"], JobStatus.running, attempts=1)
+    store.transition(job["id"], JobStatus.succeeded, result=result)
     assert_error(client.get(f"/jobs/{job['id']}/result"), 404, "result_missing")
     manifest_path.parent.mkdir(parents=True)
-    manifest = {"job_id": job["id"], "request": {}, "engine_version": "0", "seed": 0, "device": "cpu",
-                "dataset": {}, "coreset": {}, "phase_seconds": {"loading": 0.1}, "extra": [1, 2]}
+    manifest = {
+        "manifest_version": 1,
+        "job_id": job["id"],
+        "request": job["request"],
+        "engine_version": "0",
+        "method": "random",
+        "seed": 0,
+        "device": "cpu",
+        "created_at": job["created_at"],
+        "dataset": {"uri": "file:///d", "fingerprint": "f", "rows": 200, "clicks": 40},
+        "coreset": {"uri": f"file://{output}/coreset.parquet", "rows": 20, "clicks": 4},
+        "output_uri": f"file://{output}",
+        "manifest_uri": uri,
+        "files": {"coreset": "coreset.parquet", "manifest": "manifest.json"},
+        "phase_seconds": {"loading": 0.1},
+        "noise": {"estimated_flip_rate": 0.1, "rows_set_aside": 2},
+        "audit": {"verdict": "better", "difference": 0.01},
+        "diagnostics": {"rounds": 3},
+        "a_field_of_a_newer_engine": [1, 2],
+    }
     manifest_path.write_text(json.dumps(manifest))
     assert client.get(f"/jobs/{job['id']}/result").json() == manifest
+    manifest_path.write_text(json.dumps({"job_id": job["id"]}))
+    assert_error(client.get(f"/jobs/{job['id']}/result"), 500, "result_unreadable")
+
+
+def test_every_route_goes_through_the_apps_middlewares_and_dependencies(
+    settings, dataset: Path
+) -> None:
+    """POST /jobs and GET /jobs/{id} are ordinary routes: a middleware added to the app sees
+    them, and dependency_overrides replace their dependencies."""
+    from service.deps import current_tenant
+
+    app = create_app(settings)
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def note(request, call_next):  # type: ignore[no-untyped-def]
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    app.dependency_overrides[current_tenant] = lambda: "beta"
+    with TestClient(app) as client:
+        created = client.post("/jobs", json=body(dataset))
+        assert created.status_code == 202, created.text
+        job = created.json()
+        assert "/beta/jobs/" in job["request"]["output_uri"], "the overridden tenant made it"
+        assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
+    assert seen == ["POST /jobs", f"GET /jobs/{job['id']}"]

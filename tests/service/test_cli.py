@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from service.cli import _redacted, serve, up, worker
+from service.cli import _redacted, serve, up
+from worker.cli import worker
 
 
 @pytest.fixture

@@ -1,21 +1,24 @@
-"""``service.security.real_path``: the answer of ``os.path.realpath``, found through the kernel."""
+"""Dataset URI checks: resolved paths stay inside the allowed roots; host lookups leave the
+event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from service import security
 from service.errors import Unprocessable
-from service.security import check_dataset_uri, real_path
-from service.settings import Settings
+from service.security import check_dataset_uri
+from service.settings import ApiSettings
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """An allowed root ``data`` beside a ``secret`` file, with links that stay inside and links that leave."""
+    """An allowed root ``data`` beside a ``secret`` file, with links that stay inside and links
+    that leave."""
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     (data / "clicks.parquet").write_bytes(b"PAR1")
@@ -49,40 +52,32 @@ CASES = [
 
 
 @pytest.mark.parametrize("relative", CASES)
-def test_real_path_is_realpath(tree: Path, relative: str) -> None:
-    path = f"{tree}/{relative}"
-    assert real_path(path) == os.path.realpath(path)
-    assert real_path("/" + path) == os.path.realpath("/" + path)  # a URI path may start with '//'
-
-
-def test_real_path_without_proc_is_realpath(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(security, "_O_PATH", 0)
-    for relative in CASES:
-        path = f"{tree}/{relative}"
-        assert real_path(path) == os.path.realpath(path)
-
-
-@pytest.mark.skipif(not security._O_PATH, reason="the kernel path is Linux's")
-def test_real_path_asks_the_kernel_for_a_file_that_exists(
-    tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """For an existing file the kernel answers (os.path.realpath is not called); for a missing one, it is."""
-    calls = []
-    monkeypatch.setattr(security.os.path, "realpath", lambda p: calls.append(p) or p)
-    assert real_path(f"{tree}/escapedir/secret.parquet") == str(tree.parent / "secret.parquet")
-    assert calls == []
-    real_path(f"{tree}/missing.parquet")
-    assert calls == [f"{tree}/missing.parquet"]
-
-
-@pytest.mark.parametrize("relative", CASES)
 def test_dataset_check_allows_exactly_what_stays_inside(tree: Path, relative: str) -> None:
-    settings = Settings(api_keys="alpha:alpha-key-0123", allowed_uris=f"file://{tree}/")
+    settings = ApiSettings(api_keys="alpha:alpha-key-0123", allowed_uris=f"file://{tree}/")
     path = os.path.realpath(f"{tree}/{relative}")
     inside = path == str(tree) or path.startswith(f"{tree}/")
     for uri in (f"{tree}/{relative}", f"file://{tree}/{relative}"):
         if inside:
-            assert check_dataset_uri(uri, "alpha", settings) == "file://" + path
+            assert asyncio.run(check_dataset_uri(uri, "alpha", settings)) == "file://" + path
         else:
             with pytest.raises(Unprocessable, match="outside the allowed locations"):
-                check_dataset_uri(uri, "alpha", settings)
+                asyncio.run(check_dataset_uri(uri, "alpha", settings))
+
+
+def test_host_lookup_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow DNS answer must not stall every request: the lookup runs in a worker thread."""
+    looked_up: list[bool] = []
+
+    def lookup(host: str, *args: object) -> list:
+        try:
+            asyncio.get_running_loop()
+            looked_up.append(True)
+        except RuntimeError:
+            looked_up.append(False)
+        return [(2, 1, 6, "", ("93.184.216.34", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    settings = ApiSettings(api_keys="alpha:alpha-key-0123", allowed_uris="https://example.com/")
+    uri = "https://example.com/data.parquet"
+    assert asyncio.run(check_dataset_uri(uri, "alpha", settings)) == uri
+    assert looked_up == [False], "getaddrinfo ran on the event loop"

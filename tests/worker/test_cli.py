@@ -27,17 +27,29 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("stratified", []), ("nacs", ["--option", "rounds=2", "--option", "mc_passes=3", "--option", "min_count=1"])],
+    [
+        ("stratified", []),
+        ("nacs", ["--option", "rounds=2", "--option", "mc_passes=3", "--option", "min_count=1"]),
+    ],
 )
-def test_select_writes_the_coreset_and_manifest(dataset: str, tmp_path, method: str, options: list[str]) -> None:
+def test_select_writes_the_coreset_and_manifest(
+    dataset: str, tmp_path, method: str, options: list[str]
+) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", method, *options])
+    result = CliRunner().invoke(
+        select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", method, *options]
+    )
     assert result.exit_code == 0, result.output
     assert "150 of 1500 rows" in result.output
     table = pq.read_table(out / "coreset.parquet")
     assert table.column_names == ["row", "label", "soft_label", "weight", "uncertainty"]
     rows = table.column("row").to_numpy()
-    assert rows.dtype == np.int64 and len(np.unique(rows)) == 150 and rows.min() >= 0 and rows.max() < 1500
+    assert (
+        rows.dtype == np.int64
+        and len(np.unique(rows)) == 150
+        and rows.min() >= 0
+        and rows.max() < 1500
+    )
     original = pq.read_table(dataset).column("label").to_numpy()
     np.testing.assert_array_equal(table.column("label").to_numpy(), original[rows])
     manifest = json.loads((out / "manifest.json").read_text())
@@ -60,7 +72,9 @@ def test_select_writes_the_coreset_and_manifest(dataset: str, tmp_path, method: 
 def test_select_bad_input_exits_with_a_clear_message(
     dataset: str, tmp_path, arguments: list[str], exit_code: int, message: str
 ) -> None:
-    result = CliRunner().invoke(select, [dataset, "--out", str(tmp_path / "out"), "--method", "random", *arguments])
+    result = CliRunner().invoke(
+        select, [dataset, "--out", str(tmp_path / "out"), "--method", "random", *arguments]
+    )
     assert result.exit_code == exit_code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
@@ -68,7 +82,9 @@ def test_select_bad_input_exits_with_a_clear_message(
 
 
 def test_select_missing_file_is_a_data_error(tmp_path) -> None:
-    result = CliRunner().invoke(select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "dataset_not_found" in result.output
 
@@ -77,18 +93,33 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     from worker.cli import evaluate
 
     result = CliRunner().invoke(
-        evaluate, [dataset, "--ratio", "0.2", "--methods", "random,stratified,full", "--seeds", "1", "--option", "min_count=1"]
+        evaluate,
+        [
+            dataset,
+            "--ratio",
+            "0.2",
+            "--methods",
+            "random,stratified,full",
+            "--seeds",
+            "1",
+            "--option",
+            "min_count=1",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
     assert sorted(line.split("|")[6].strip() for line in rows) == ["full", "random", "stratified"]
 
 
-def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(dataset: str) -> None:
+def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
+    dataset: str,
+) -> None:
     from worker.cli import evaluate
 
-    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1", "--option", "min_count=1"]
-    noisy = ["--evaluators", "deepfm,logistic", "--noise-kind", "clicks-to-non-clicks", "--flip-rate", "0.6"]
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1"]
+    args += ["--option", "min_count=1"]
+    noisy = ["--evaluators", "deepfm,logistic", "--noise-kind", "clicks-to-non-clicks"]
+    noisy += ["--flip-rate", "0.6"]
     result = CliRunner().invoke(evaluate, [*args, *noisy, "--json"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
@@ -105,7 +136,18 @@ def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
 def test_evaluate_early_stopping_on_log_loss_and_an_unknown_monitor(dataset: str) -> None:
     from worker.cli import evaluate
 
-    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1", "--option", "min_count=1", "--json"]
+    args = [
+        dataset,
+        "--ratio",
+        "0.2",
+        "--methods",
+        "random",
+        "--seeds",
+        "1",
+        "--option",
+        "min_count=1",
+        "--json",
+    ]
     result = CliRunner().invoke(evaluate, [*args, "--monitor", "log_loss"])
     assert result.exit_code == 0, result.output
     (row,) = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]

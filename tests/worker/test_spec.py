@@ -47,7 +47,13 @@ def test_every_accepted_request_makes_a_valid_engine_config() -> None:
         dataset_uri="/data/x.parquet",
         size=100,
         method="nacs-no-denoise",
-        options={"rounds": 20, "mc_passes": 100, "partition_size": 64, "device": "cuda:1", "remove_rate": 0.5},
+        options={
+            "rounds": 20,
+            "mc_passes": 100,
+            "partition_size": 64,
+            "device": "cuda:1",
+            "remove_rate": 0.5,
+        },
     )
     config = request.to_config()
     assert isinstance(config, SelectionConfig)
@@ -56,7 +62,15 @@ def test_every_accepted_request_makes_a_valid_engine_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "budget", [{}, {"ratio": 0.1, "size": 5}, {"ratio": 0.0}, {"ratio": 1.0}, {"ratio": float("inf")}, {"size": 0}]
+    "budget",
+    [
+        {},
+        {"ratio": 0.1, "size": 5},
+        {"ratio": 0.0},
+        {"ratio": 1.0},
+        {"ratio": float("inf")},
+        {"size": 0},
+    ],
 )
 def test_budget_is_exactly_one_valid_value(budget: dict) -> None:
     with pytest.raises(ValidationError):
@@ -64,7 +78,9 @@ def test_budget_is_exactly_one_valid_value(budget: dict) -> None:
 
 
 def test_request_round_trips_as_json() -> None:
-    request = JobRequest(dataset_uri="s3://b/k.parquet", ratio=0.25, numeric_columns=["price"], format="parquet")
+    request = JobRequest(
+        dataset_uri="s3://b/k.parquet", ratio=0.25, numeric_columns=["price"], format="parquet"
+    )
     assert JobRequest.model_validate_json(request.model_dump_json()) == request
 
 
@@ -72,5 +88,8 @@ def test_spec_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, worker.spec, worker.queueing, worker.storage; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, worker.spec, worker.enqueue, worker.reaper, worker.storage; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

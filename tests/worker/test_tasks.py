@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,36 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from nacs_engine.errors import DataError
-from tests.stack import DEFAULT_REDIS_URL, delete_keys, make_ctr_parquet, unique_name
+from tests.stack import make_ctr_parquet
+from tests.worker.conftest import Create
 from worker import outputs, tasks
+from worker.enqueue import cancel, queue_of
 from worker.errors import JobFailed, is_transient
-from worker.queueing import JobStore, connect
-from worker.settings import WorkerSettings
+from worker.records import JobStatus, RecordStore
+from worker.settings import SharedSettings
 from worker.spec import JobRequest
 from worker.storage import storage_options, write_bytes
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> WorkerSettings:
-    name = unique_name("tasks")
-    return WorkerSettings(
-        redis_url=DEFAULT_REDIS_URL,
-        redis_prefix=f"{name}:",
-        queue=name,
-        storage_uri=str(tmp_path / "storage"),
-        retry_backoff_s=0.01,
-        storage_retries=2,
-        heartbeat_interval_s=0.2,
-    )
-
-
-@pytest.fixture
-def store(settings: WorkerSettings) -> Iterator[JobStore]:
-    yield JobStore(connect(settings.redis_url), settings)
-    delete_keys(settings.redis_url, settings.redis_prefix, settings.queue)
-
-
-def test_execute_writes_coreset_then_manifest(tmp_path: Path, settings: WorkerSettings, monkeypatch) -> None:
+def test_execute_writes_coreset_then_manifest(
+    tmp_path: Path, settings: SharedSettings, monkeypatch
+) -> None:
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 1000, seed=4)
     written: list[str] = []
     for name in ("write_coreset", "write_manifest"):
@@ -55,18 +39,26 @@ def test_execute_writes_coreset_then_manifest(tmp_path: Path, settings: WorkerSe
     phases: list[str] = []
     request = JobRequest(dataset_uri=str(data), size=100, method="balanced")
     manifest = tasks.execute(
-        request, str(tmp_path / "out"), job_id="job-1", settings=settings, progress=lambda p, f, m: phases.append(p)
+        request,
+        str(tmp_path / "out"),
+        job_id="job-1",
+        settings=settings,
+        progress=lambda p, f, m: phases.append(p),
     )
     assert written == ["write_coreset", "write_manifest"], "the manifest is written last"
     assert phases[0] == "loading" and phases[-1] == "writing" and "selecting" in phases
     table = pq.read_table(tmp_path / "out" / "coreset.parquet")
     assert table.num_rows == 100
     assert table.schema.field("row").type == pa.int64()
-    assert all(table.schema.field(c).type == pa.float32() for c in ("soft_label", "weight", "uncertainty"))
+    assert all(
+        table.schema.field(c).type == pa.float32() for c in ("soft_label", "weight", "uncertainty")
+    )
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["job_id"] == "job-1" and on_disk["coreset"]["rows"] == 100
     assert on_disk["dataset"]["rows"] == 1000 and on_disk["seed"] == 0
-    assert on_disk == json.loads(json.dumps(manifest))
+    assert on_disk["files"] == {"coreset": "coreset.parquet", "manifest": "manifest.json"}
+    assert on_disk == json.loads(json.dumps(manifest.model_dump()))
+    assert outputs.Manifest.model_validate(on_disk) == manifest
     labels = table.column("label").to_numpy()
     assert labels.sum() == 50, "balanced takes half clicks"
 
@@ -81,7 +73,9 @@ def test_execute_writes_coreset_then_manifest(tmp_path: Path, settings: WorkerSe
         ({"label": pa.array([], pa.int64()), "f0": pa.array([], pa.int64())}, "empty_dataset"),
     ],
 )
-def test_bad_data_is_a_data_error_and_never_retried(tmp_path: Path, settings: WorkerSettings, content, code, monkeypatch) -> None:
+def test_bad_data_is_a_data_error_and_never_retried(
+    tmp_path: Path, settings: SharedSettings, content, code, monkeypatch
+) -> None:
     path = tmp_path / "bad.parquet"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -90,21 +84,33 @@ def test_bad_data_is_a_data_error_and_never_retried(tmp_path: Path, settings: Wo
     sleeps: list[float] = []
     monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
     with pytest.raises(DataError) as caught:
-        tasks.execute(JobRequest(dataset_uri=str(path), ratio=0.5, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+        tasks.execute(
+            JobRequest(dataset_uri=str(path), ratio=0.5, method="random"),
+            str(tmp_path / "out"),
+            job_id="j",
+            settings=settings,
+        )
     assert caught.value.code == code
     assert caught.value.message
     assert sleeps == [], "bad data is not retried"
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_budget_larger_than_data_fails_clearly(tmp_path: Path, settings: WorkerSettings) -> None:
+def test_budget_larger_than_data_fails_clearly(tmp_path: Path, settings: SharedSettings) -> None:
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 50)
     with pytest.raises(DataError) as caught:
-        tasks.execute(JobRequest(dataset_uri=str(data), size=51, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+        tasks.execute(
+            JobRequest(dataset_uri=str(data), size=51, method="random"),
+            str(tmp_path / "out"),
+            job_id="j",
+            settings=settings,
+        )
     assert caught.value.code == "budget_too_large" and "size" in caught.value.message
 
 
-def test_transient_faults_are_retried_then_fail_clearly(settings: WorkerSettings, monkeypatch) -> None:
+def test_transient_faults_are_retried_then_fail_clearly(
+    settings: SharedSettings, monkeypatch
+) -> None:
     monkeypatch.setattr(tasks.time, "sleep", lambda s: None)
     calls: list[int] = []
 
@@ -115,7 +121,12 @@ def test_transient_faults_are_retried_then_fail_clearly(settings: WorkerSettings
         return "done"
 
     messages: list[str] = []
-    assert tasks._with_retries("reading", flaky, settings, lambda p, f, m: messages.append(m), "loading") == "done"
+    assert (
+        tasks._with_retries(
+            "reading", flaky, settings, lambda p, f, m: messages.append(m), "loading"
+        )
+        == "done"
+    )
     assert len(calls) == 3 and "retry 1 of 2" in messages[0]
 
     def down() -> None:
@@ -128,7 +139,9 @@ def test_transient_faults_are_retried_then_fail_clearly(settings: WorkerSettings
 
     wrapped = DataError("unreadable_data", "cannot read")
     wrapped.__cause__ = TimeoutError("read timed out")
-    assert tasks._transient_cause(wrapped) is not None, "a data error caused by a timeout is a storage fault"
+    assert tasks._transient_cause(wrapped) is not None, (
+        "a data error caused by a timeout is a storage fault"
+    )
 
 
 def test_transient_classification() -> None:
@@ -147,50 +160,100 @@ def test_failure_codes() -> None:
 
     assert tasks.failure_of(DataError("labels_not_binary", "label: 3"))[0] == "labels_not_binary"
     assert tasks.failure_of(JobTimeoutException("late"))[0] == "timeout"
+    try:  # a library that turns the timeout into an error of its own
+        try:
+            raise JobTimeoutException("late")
+        except JobTimeoutException:
+            raise AttributeError("half-built object") from None
+    except AttributeError as error:
+        assert tasks.failure_of(error)[0] == "timeout"
     assert tasks.failure_of(MemoryError())[0] == "out_of_memory"
     code, message = tasks.failure_of(RuntimeError("secret internals\nTraceback"))
     assert code == "internal_error" and "Traceback" not in message and "secret" not in message
 
 
-def export_settings(settings: WorkerSettings, monkeypatch) -> None:
+def export_settings(settings: SharedSettings, monkeypatch) -> None:
     """Every set field of ``settings`` as its NACS_* variable, as a worker process reads them."""
     for name, value in settings.model_dump().items():
         if value is not None:
             monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
 
 
-def test_run_job_lifecycle(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+def test_run_job_lifecycle(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
+) -> None:
     export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 500)
-    request = JobRequest(dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=str(tmp_path / "out"))
-    record, _ = store.create("t1", request.model_dump(mode="json"))
-    outcome = tasks.run_job(record["id"], settings.redis_prefix)
+    request = JobRequest(
+        dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=str(tmp_path / "out")
+    )
+    record, _ = create("t1", request.model_dump(mode="json"))
+    outcome = tasks.run_job(record.id, settings.redis_prefix)
     assert outcome["status"] == "succeeded"
-    done = store.get(record["id"])
-    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["heartbeat_at"]
-    assert done["result"]["size"] == 100 and done["result"]["manifest_uri"].endswith("/manifest.json")
+    done = store.get(record.id)
+    assert done is not None and done.result is not None
+    assert done.status == JobStatus.succeeded and done.attempts == 1 and done.heartbeat_at
+    assert done.result.size == 100 and done.result.manifest_uri.endswith("/manifest.json")
     assert store.stats()["phase_seconds"]["loading"]["count"] == 1
-    assert tasks.run_job(record["id"], settings.redis_prefix) == {"job_id": record["id"], "ran": False}
+    assert tasks.run_job(record.id, settings.redis_prefix) == {"job_id": record.id, "ran": False}
 
-    bad, _ = store.create("t1", (request.model_copy(update={"dataset_uri": str(tmp_path / "missing.parquet")})).model_dump(mode="json"))
-    assert tasks.run_job(bad["id"], settings.redis_prefix)["status"] == "failed"
-    failed = store.get(bad["id"])
-    assert failed["error"]["code"] == "dataset_not_found" and failed["attempts"] == 1
+    missing = request.model_copy(update={"dataset_uri": str(tmp_path / "missing.parquet")})
+    bad, _ = create("t1", missing.model_dump(mode="json"))
+    assert tasks.run_job(bad.id, settings.redis_prefix)["status"] == "failed"
+    failed = store.get(bad.id)
+    assert failed is not None and failed.error is not None and failed.attempts == 1
+    assert failed.error.code == "dataset_not_found"
 
-    cancelled, _ = store.create("t1", request.model_dump(mode="json"))
-    store.request_cancel(cancelled["id"])
-    assert tasks.run_job(cancelled["id"], settings.redis_prefix)["ran"] is False
-    assert store.get(cancelled["id"])["status"] == "cancelled"
+    cancelled, _ = create("t1", request.model_dump(mode="json"))
+    cancel(store, queue_of(store.redis, settings), cancelled.id)
+    assert tasks.run_job(cancelled.id, settings.redis_prefix)["ran"] is False
+    assert store.get(cancelled.id).status == JobStatus.cancelled  # type: ignore[union-attr]
 
 
-def test_local_writes_are_atomic(tmp_path: Path, settings: WorkerSettings) -> None:
+def test_rq_shutdown_leaves_the_job_to_run_again(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
+) -> None:
+    """RQ's shutdown signal (a BaseException) is not a failure of the job: it propagates, the
+    record stays running, and the reaper runs the job again."""
+    from rq.exceptions import ShutDownImminentException
+
+    from worker.reaper import reap
+
+    export_settings(settings, monkeypatch)
+
+    def shut_down(*args: object, **kwargs: object) -> None:
+        raise ShutDownImminentException("shut down imminent", {})
+
+    monkeypatch.setattr(tasks, "execute", shut_down)
+    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=str(tmp_path / "o"))
+    record, _ = create("t1", request.model_dump(mode="json"))
+    with pytest.raises(ShutDownImminentException):
+        tasks.run_job(record.id, settings.redis_prefix)
+    after = store.get(record.id)
+    assert after is not None and after.status == JobStatus.running and after.error is None
+    later = time.time() + settings.heartbeat_timeout_s + 1
+    assert reap(store, queue_of(store.redis, settings), now=later) == [(record.id, "requeued")]
+
+
+def test_execute_hands_back_the_engines_workspace(tmp_path: Path, settings: SharedSettings) -> None:
+    """The greedy keeps a distance workspace per thread (up to 512 MiB); a job hands it back."""
+    from nacs_engine.selection import facility_location
+
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 300)
+    facility_location._workspace.buffer = np.zeros(4)
+    request = JobRequest(dataset_uri=str(data), size=30, method="random")
+    tasks.execute(request, str(tmp_path / "out"), job_id="j", settings=settings)
+    assert getattr(facility_location._workspace, "buffer", None) is None
+
+
+def test_local_writes_are_atomic(tmp_path: Path, settings: SharedSettings) -> None:
     target = tmp_path / "deep" / "folder" / "file.json"
     write_bytes(str(target), b"{}", settings)
     assert target.read_bytes() == b"{}"
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]
 
 
-def test_s3_options_use_the_endpoint_and_no_region(settings: WorkerSettings) -> None:
+def test_s3_options_use_the_endpoint_and_no_region(settings: SharedSettings) -> None:
     configured = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9000"})
     options = storage_options("s3://bucket/key", configured)
     assert options["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000"}
@@ -199,53 +262,93 @@ def test_s3_options_use_the_endpoint_and_no_region(settings: WorkerSettings) -> 
 
 
 def test_coreset_table_dtypes() -> None:
-    table = outputs.coreset_table(np.array([1, 5]), np.array([0, 1]), np.array([0.1, 0.9]), np.ones(2), np.zeros(2))
+    table = outputs.coreset_table(
+        np.array([1, 5]), np.array([0, 1]), np.array([0.1, 0.9]), np.ones(2), np.zeros(2)
+    )
     assert [str(f.type) for f in table.schema] == ["int64", "float", "float", "float", "float"]
 
 
-def test_execute_reads_over_http(tmp_path: Path, settings: WorkerSettings) -> None:
+def test_execute_reads_over_http(tmp_path: Path, settings: SharedSettings) -> None:
     import functools
     import http.server
     import threading
 
     make_ctr_parquet(tmp_path / "site" / "ctr.parquet", 600, seed=5)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site")
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/ctr.parquet"
-        manifest = tasks.execute(JobRequest(dataset_uri=url, size=60, method="random"), str(tmp_path / "out"), job_id="j", settings=settings)
+        request = JobRequest(dataset_uri=url, size=60, method="random")
+        manifest = tasks.execute(request, str(tmp_path / "out"), job_id="j", settings=settings)
     finally:
         server.shutdown()
         server.server_close()
-    assert manifest["dataset"]["rows"] == 600 and manifest["coreset"]["rows"] == 60
+    assert manifest.dataset.rows == 600 and manifest.coreset.rows == 60
 
 
-def test_run_job_checks_private_hosts_again(store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
+def test_run_job_checks_private_hosts_again(
+    store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
+) -> None:
     export_settings(settings, monkeypatch)
-    request = JobRequest(dataset_uri="https://localhost/data.parquet", size=5, method="random", output_uri="/tmp/unused")
-    record, _ = store.create("t1", request.model_dump(mode="json"))
-    assert tasks.run_job(record["id"], settings.redis_prefix)["status"] == "failed"
-    error = store.get(record["id"])["error"]
-    assert error["code"] == "dataset_uri_refused" and "localhost" in error["message"]
+    request = JobRequest(
+        dataset_uri="https://localhost/data.parquet",
+        size=5,
+        method="random",
+        output_uri="/tmp/unused",
+    )
+    record, _ = create("t1", request.model_dump(mode="json"))
+    assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "failed"
+    error = store.get(record.id).error  # type: ignore[union-attr]
+    assert error is not None and error.code == "dataset_uri_refused"
+    assert "localhost" in error.message
 
 
-def test_rq_worker_runs_the_queue_entry_the_store_writes(tmp_path: Path, store: JobStore, settings: WorkerSettings, monkeypatch) -> None:
-    """The queue entry of ``JobStore.create`` (RQ's job hash written directly, see ``rq_job_fields``) is
-    taken and run by a real RQ worker, which leaves our record succeeded and RQ's job finished."""
-    from rq.job import Job, JobStatus
+def test_an_rq_worker_runs_the_job(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
+) -> None:
+    """A real RQ worker takes the job off the queue and runs it: our record succeeds and
+    RQ's job finishes."""
+    from rq.job import Job
+    from rq.job import JobStatus as RqStatus
     from rq.serializers import JSONSerializer
 
     from worker.runner import run_worker
 
     export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 400)
-    request = JobRequest(dataset_uri=str(data), size=40, method="random", output_uri=str(tmp_path / "out"))
-    record, _ = store.create("t1", request.model_dump(mode="json"))
+    request = JobRequest(
+        dataset_uri=str(data), size=40, method="random", output_uri=str(tmp_path / "out")
+    )
+    record, _ = create("t1", request.model_dump(mode="json"))
     run_worker(settings, burst=True, fork=False, reaper=False)
-    done = store.get(record["id"])
-    assert done["status"] == "succeeded" and done["attempts"] == 1 and done["result"]["size"] == 40, done
-    rq_job = Job.fetch(record["rq_job_id"], connection=store.redis, serializer=JSONSerializer)
-    assert rq_job.get_status() == JobStatus.FINISHED and rq_job.return_value()["status"] == "succeeded"
-    assert store.queue().count == 0
+    done = store.get(record.id)
+    assert done is not None and done.result is not None, done
+    assert done.status == JobStatus.succeeded and done.attempts == 1 and done.result.size == 40
+    rq_job = Job.fetch(record.rq_job_id or "", connection=store.redis, serializer=JSONSerializer)
+    assert rq_job.get_status() == RqStatus.FINISHED
+    assert rq_job.return_value()["status"] == "succeeded"
+    assert queue_of(store.redis, settings).count == 0
+
+
+@pytest.mark.parametrize(("after_s", "code"), [(0.0, "internal_error"), (1.9, "timeout")])
+def test_a_failure_at_the_time_limit_is_the_timeout(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch,
+    after_s: float, code: str,
+) -> None:
+    """RQ's timeout can surface as another error (here: a module it left half-imported)."""
+    export_settings(settings.model_copy(update={"job_timeout_s": 2}), monkeypatch)
+
+    def half_imported(*args: object, **kwargs: object) -> None:
+        time.sleep(after_s)
+        raise AttributeError("module 'pandas' has no attribute 'util'")
+
+    monkeypatch.setattr(tasks, "execute", half_imported)
+    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=str(tmp_path / "o"))
+    record, _ = create("t1", request.model_dump(mode="json"))
+    assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "failed"
+    error = store.get(record.id).error  # type: ignore[union-attr]
+    assert error is not None and error.code == code

@@ -1,0 +1,50 @@
+"""The names of our Redis keys, all under one prefix (``NACS_REDIS_PREFIX``).
+
+RQ keeps its own keys; we reach those only through RQ's API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one deployment (one prefix): ``job`` (the record, JSON), ``tenant_jobs``
+    and ``queued_since`` (sorted sets of job ids by creation time), ``tenant_active`` and
+    ``status`` (sets of queued or running job ids), ``idempotency`` (the job an
+    Idempotency-Key made, and its body hash), ``finished`` and ``phase_seconds`` (counters
+    for /metrics), ``reaper_lock``."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:jobs"
+
+    def tenant_active(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:active"
+
+    def status(self, status: str) -> str:
+        return f"{self.prefix}status:{status}"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        return f"{self.prefix}idempotency:{tenant}:{key_digest}"
+
+    @property
+    def queued_since(self) -> str:
+        return f"{self.prefix}queued_since"
+
+    @property
+    def finished(self) -> str:
+        return f"{self.prefix}finished"
+
+    @property
+    def phase_seconds(self) -> str:
+        return f"{self.prefix}phase_seconds"
+
+    @property
+    def reaper_lock(self) -> str:
+        return f"{self.prefix}reaper"
