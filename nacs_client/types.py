@@ -28,7 +28,7 @@ class _Model(BaseModel):
 
 
 class Progress(_Model):
-    """Where a running job is: ``phase`` (loading, selecting, denoising, writing) and ``fraction``
+    """Where a running job is: ``phase`` (loading, selecting, denoising, auditing, writing) and ``fraction``
     in [0, 1]."""
 
     phase: str | None = None

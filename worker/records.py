@@ -32,12 +32,12 @@ class JobStatus(str, Enum):
 
 ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
 FINISHED = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-PHASES: tuple[str, ...] = ("loading", "selecting", "denoising", "writing")
-Phase = Literal["queued", "loading", "selecting", "denoising", "writing", "done"]
+PHASES: tuple[str, ...] = ("loading", "selecting", "denoising", "auditing", "writing")
+Phase = Literal["queued", "loading", "selecting", "denoising", "auditing", "writing", "done"]
 
 
 class Progress(BaseModel):
-    phase: Phase = Field(description="queued, loading, selecting, denoising or writing.")
+    phase: Phase = Field(description="queued, loading, selecting, denoising, auditing or writing.")
     fraction: float = Field(ge=0.0, le=1.0, description="Share of the phase done, 0-1.")
     message: str = ""
 

@@ -63,7 +63,7 @@ def execute(
     """Select a coreset for ``request`` and write it under ``output_uri``; return the manifest.
 
     progress(phase, fraction, message) is called with phases loading,
-    selecting, denoising and writing; it may raise SelectionCancelled to stop.
+    selecting, denoising, auditing and writing; it may raise SelectionCancelled to stop.
     Raises DataError for unusable data, JobFailed("storage_unavailable", ...)
     when the store keeps failing after the configured retries. The engine's
     per-thread memory is handed back when it returns or raises.
