@@ -28,8 +28,8 @@ class _Model(BaseModel):
 
 
 class Progress(_Model):
-    """Where a running job is: ``phase`` (loading, selecting, denoising, auditing, writing) and ``fraction``
-    in [0, 1]."""
+    """Where a running job is: ``phase`` (loading, selecting, denoising, auditing, writing)
+    and ``fraction`` in [0, 1]."""
 
     phase: str | None = None
     fraction: float = 0.0
