@@ -131,7 +131,7 @@ def audit_coreset(
         scores[family] = {"coreset": [], "random": []}
         for seed in range(config.audit_seeds):
             for name, arm in (("coreset", coreset), ("random", randoms[seed])):
-                scores[family][name].append(_fit(data, held, arm, family, config, seed))
+                scores[family][name].append(_fit(data, held, arm, family, config, seed, progress, done / total))
                 done += 1
                 progress("auditing", done / total, f"audit: {family}, seed {seed + 1}, {name}")
     by_family = {family: _summary(scores[family]) for family in families}
@@ -151,7 +151,10 @@ def audit_coreset(
     if config.guard == "fallback" and verdict == "worse":
         mixture = _mixture(coreset, randoms[0], k, config.seed)
         mixture_scores = {
-            family: [_fit(data, held, mixture, family, config, seed) for seed in range(config.audit_seeds)]
+            family: [
+                _fit(data, held, mixture, family, config, seed, progress, 1.0)
+                for seed in range(config.audit_seeds)
+            ]
             for family in families
         }
         means = {
@@ -193,7 +196,14 @@ def _mixture(coreset: _Arm, random: _Arm, k: int, seed: int) -> _Arm:
 
 
 def _fit(
-    data: EncodedDataset, held: _Held, arm: _Arm, family: str, config: SelectionConfig, seed: int
+    data: EncodedDataset,
+    held: _Held,
+    arm: _Arm,
+    family: str,
+    config: SelectionConfig,
+    seed: int,
+    progress: Report,
+    fraction: float,
 ) -> tuple[float, float]:
     """(AUC, log loss) on the scored rows of one model of ``family`` trained on ``arm``."""
     options = EvaluationOptions(backbone=family)
@@ -211,6 +221,8 @@ def _fit(
         options=options,
         seed=seed,
         device=config.device,
+        # Every epoch passes through the job's progress, where a cancel request stops it.
+        progress=lambda epoch, score: progress("auditing", fraction, f"audit: {family}, epoch {epoch}"),
     )
     return evaluation.test_auc, evaluation.test_log_loss
 
