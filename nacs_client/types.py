@@ -95,6 +95,16 @@ class Manifest(_Model):
     dataset: dict[str, Any] = Field(default_factory=dict)
     coreset: dict[str, Any] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
+    noise: dict[str, Any] | None = None
+    """The estimated flip rate and wrong-label shares, and the rows set aside (nacs)."""
+    audit: dict[str, Any] | None = None
+    """The coreset against random subsets on held-back rows: per family and a ``verdict``."""
+
+    @property
+    def audit_verdict(self) -> str | None:
+        """``better``, ``level`` or ``worse`` when the job was audited, else None."""
+        verdict = (self.audit or {}).get("verdict")
+        return verdict if isinstance(verdict, str) else None
 
     @property
     def data_rows(self) -> int | None:
