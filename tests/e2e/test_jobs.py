@@ -180,7 +180,12 @@ def test_cancel_stops_the_engine_through_its_progress_callback(
 ) -> None:
     options = {"rounds": 20, "mc_passes": 100, "epochs_per_round": 20, "device": "cpu"}
     job = stack.submit(
-        {"dataset_uri": str(small_parquet), "size": 1000, "method": "nacs-paper", "options": options}
+        {
+            "dataset_uri": str(small_parquet),
+            "size": 1000,
+            "method": "nacs-paper",
+            "options": options,
+        }
     )
 
     def selecting() -> dict | None:
