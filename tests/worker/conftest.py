@@ -25,6 +25,7 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[SharedSettings]:
         redis_prefix=f"{name}:",
         queue=name,
         storage_uri=str(tmp_path / "storage"),
+        allowed_uris=f"file://{tmp_path}/",
         retry_backoff_s=0.01,
         storage_retries=2,
         heartbeat_interval_s=0.2,
