@@ -44,11 +44,11 @@ def allowed_roots(settings: SharedSettings, tenant: str) -> list[str] | None:
 
 
 def open_beneath(
-    root: str, path: str, *, field: str, uri: str, create_folders: bool = False
+    root: str, path: str, *, field: str, uri: str, folder: bool = False, create: bool = False
 ) -> int:
-    """A descriptor of ``path`` (a regular file or a folder inside ``root``), each component
-    below ``root`` opened without following a symbolic link. With ``create_folders``, missing
-    folders are made on the way (``path`` is then a folder).
+    """A descriptor of ``path`` (a regular file or a folder inside ``root``; with ``folder``, a
+    folder), each component below ``root`` opened without following a symbolic link. With
+    ``create``, missing folders are made on the way.
 
     Raises JobFailed ``{field}_refused`` (naming ``uri``) when ``path`` is not inside ``root``,
     or when a component is a symbolic link or neither a file nor a folder; FileNotFoundError
@@ -58,23 +58,23 @@ def open_beneath(
     parts = [] if relative == "." else relative.split(os.sep)
     if parts[:1] == [".."] or os.path.isabs(relative):
         raise JobFailed(f"{field}_refused", f"{field}: {uri} is not inside {root}")
-    if create_folders:
+    if create:
         os.makedirs(root, exist_ok=True)
-    folder = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    current = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     try:
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
-            if create_folders:
+            if create:
                 try:
-                    os.mkdir(part, dir_fd=folder)
+                    os.mkdir(part, dir_fd=current)
                 except FileExistsError:
                     pass
             # O_NONBLOCK: a FIFO put in the file's place cannot stall the open.
-            flags = _NO_FOLLOW | (os.O_NONBLOCK if last and not create_folders else os.O_DIRECTORY)
+            flags = _NO_FOLLOW | (os.O_NONBLOCK if last and not folder else os.O_DIRECTORY)
             try:
-                child = os.open(part, flags, dir_fd=folder)
+                child = os.open(part, flags, dir_fd=current)
             except OSError as error:
-                if _is_link(part, folder):
+                if _is_link(part, current):
                     where = os.path.join(root, *parts[: depth + 1])
                     raise JobFailed(
                         f"{field}_refused",
@@ -82,14 +82,14 @@ def open_beneath(
                         "follow (it could lead outside the allowed folders)",
                     ) from error
                 raise
-            os.close(folder)
-            folder = child
-        mode = os.fstat(folder).st_mode
+            os.close(current)
+            current = child
+        mode = os.fstat(current).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise JobFailed(f"{field}_refused", f"{field}: {uri} is not a file or a folder")
-        return folder
+        return current
     except BaseException:
-        os.close(folder)
+        os.close(current)
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_type_hints
 
+from annotated_types import Ge, Le
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,6 +27,9 @@ DataFormat = Literal["parquet", "csv", "tsv", "criteo"]
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+# The largest integer every JSON reader holds exactly (a double's 53-bit mantissa): larger seeds
+# compare differently in a reader that parses numbers as doubles than in this service.
+_LARGEST_SEED = 2**53 - 1
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
@@ -56,6 +60,8 @@ def _options_model() -> type[BaseModel]:
         extra: dict[str, Any] = {}
         if option.name == "device":
             extra["pattern"] = _DEVICE_PATTERN
+        if option.name == "seed":
+            hint = Annotated[int, Ge(0), Le(_LARGEST_SEED)]
         fields[option.name] = (
             _integer_or_whole_float(hint),
             Field(default=option.default, description=option.metadata.get("doc"), **extra),

@@ -271,9 +271,10 @@ class LocalFolder(OutputFolder):
 
 
 def open_output(
-    output_uri: str, settings: SharedSettings, tenant: str | None = None
+    output_uri: str, settings: SharedSettings, tenant: str | None = None, *, create: bool = True
 ) -> OutputFolder:
-    """The output folder ``output_uri``, made if missing. With ``tenant``, a local folder must
+    """The output folder ``output_uri``, made if missing (FileNotFoundError for a missing local
+    one without ``create``). With ``tenant``, a local folder must
     lie inside the tenant's folder of ``NACS_STORAGE_URI`` and is opened from there without
     following a symbolic link (JobFailed ``output_uri_refused`` otherwise); without one (``nacs
     select``), any local path is opened as it is."""
@@ -282,7 +283,8 @@ def open_output(
         return StoreFolder(uri, settings)
     path = local_path(uri)
     if tenant is None:
-        os.makedirs(path, exist_ok=True)
+        if create:
+            os.makedirs(path, exist_ok=True)
         return LocalFolder(uri, os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY))
     store = settings.storage_path()
     if store is None:
@@ -299,5 +301,5 @@ def open_output(
             f"output_uri: {uri} is not inside this tenant's folder {own} of the store "
             "(NACS_STORAGE_URI of the worker)",
         )
-    folder = open_beneath(root, path, field="output_uri", uri=uri, create_folders=True)
+    folder = open_beneath(root, path, field="output_uri", uri=uri, folder=True, create=create)
     return LocalFolder(uri, folder)

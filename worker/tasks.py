@@ -107,17 +107,8 @@ def execute(
         def retried(what: str, phase: str, step: Callable[[], T]) -> T:
             return _with_retries(what, step, settings, report, phase)
 
-        folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
         if tenant is not None:
-            owner = retried("reading the output folder", "loading", lambda: result_owner(folder))
-            if owner is not None and owner != job_id:
-                raise JobFailed(
-                    "output_uri_taken",
-                    f"output_uri: {output_uri} holds the result of job {owner}; a finished "
-                    "job's result is never replaced: choose another folder",
-                )
-        written: list[str] = []
-        cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
+            _refuse_another_result(output_uri, job_id, settings, tenant, retried)
 
         data = retried(
             "reading the dataset",
@@ -143,6 +134,9 @@ def execute(
 
         writing_started = time.perf_counter()
         report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
+        folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
+        written: list[str] = []
+        cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
         table = coreset_table(
             result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty
         )
@@ -178,6 +172,29 @@ def execute(
         retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
         report("writing", 1.0, "result written")
     return manifest
+
+
+def _refuse_another_result(
+    output_uri: str, job_id: str, settings: SharedSettings, tenant: str,
+    retried: Callable[[str, str, Callable[[], str | None]], str | None],
+) -> None:
+    """Fail at once when the output folder holds another job's result (a finished job's
+    result never changes); a run of this job may write its own folder again."""
+
+    def owner() -> str | None:
+        try:
+            with open_output(output_uri, settings, tenant, create=False) as folder:
+                return result_owner(folder)
+        except FileNotFoundError:
+            return None
+
+    found = retried("reading the output folder", "loading", owner)
+    if found is not None and found != job_id:
+        raise JobFailed(
+            "output_uri_taken",
+            f"output_uri: {output_uri} holds the result of job {found}; a finished job's "
+            "result is never replaced: choose another folder",
+        )
 
 
 def _dataset_source(request: JobRequest, settings: SharedSettings, tenant: str | None) -> Any:

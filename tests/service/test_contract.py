@@ -36,6 +36,9 @@ def budget_bodies(dataset: Path) -> list[dict[str, Any]]:
         base | {"size": 10, "options": {"epochs_per_round": 2.5}},
         base | {"size": 10, "feature_columns": []},
         base | {"size": 10, "feature_columns": ["f0"]},
+        base | {"size": 10, "options": {"seed": 2**53 - 1}},
+        base | {"size": 10, "options": {"seed": 2**53}},
+        base | {"size": 10, "options": {"seed": 2**63 + 192}},
     ]
 
 
