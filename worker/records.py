@@ -110,6 +110,21 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
     )
 
 
+def persistence_problem(connection: redis.Redis) -> str | None:
+    """Why the Redis of ``connection`` would lose job records and the queue in a restart, or
+    None when it keeps an append-only file (or does not say: CONFIG may be disabled)."""
+    try:
+        appendonly = text(connection.config_get("appendonly").get("appendonly", b""))
+    except redis.exceptions.RedisError:
+        return None
+    if appendonly in ("yes", ""):
+        return None
+    return (
+        "Redis keeps no append-only file (appendonly no): a restart loses job records and "
+        "queued jobs; run it with appendonly yes (docs/DEPLOY.md)"
+    )
+
+
 class InvalidTransition(Exception):
     """The job is finished, or another run owns it: its status cannot change this way."""
 
