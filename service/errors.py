@@ -11,8 +11,9 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,24 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     )
 
 
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def path_methods(request: Request, router_allow: str) -> list[str]:
+    """Every method of the request's path, as the OpenAPI document lists them (a path's
+    methods may come from several routes), and OPTIONS, which answers 204 with them in Allow.
+    Paths outside the document keep what the router allows (``router_allow``)."""
+    methods = {"OPTIONS"}
+    path = request.scope.get("path", "")
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        if regex.match(path):
+            methods |= {method.upper() for method in operations if method in _HTTP_METHODS}
+    if methods == {"OPTIONS"}:
+        methods |= {method.strip() for method in router_allow.split(",") if method.strip()}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -126,14 +145,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(validation_error(list(error.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            # The router names the methods of one of the path's routes; Allow lists them all.
+            headers = dict(headers or {})
+            allowed = path_methods(request, headers.get("Allow", ""))
+            headers["Allow"] = ", ".join(allowed)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
         mapped: dict[int, tuple[str, str]] = {
             400: ("malformed_json", "the request body could not be parsed as JSON"),
             404: ("not_found", f"no route {request.method} {request.url.path}"),
             405: ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"),
         }
         code, message = mapped.get(error.status_code, ("http_error", str(error.detail)))
-        headers = getattr(error, "headers", None)
         return JSONResponse(error_body(code, message), error.status_code, headers=headers)
 
     @app.exception_handler(redis.exceptions.ConnectionError)

@@ -25,7 +25,13 @@ from service.schemas import Job, JobPage
 from service.security import check_dataset_uri, check_output_uri
 from service.settings import ApiSettings
 from worker import enqueue
-from worker.enqueue import IdempotencyConflict, TooManyActiveJobs, create_job, new_record
+from worker.enqueue import (
+    IdempotencyConflict,
+    OutputClaimed,
+    TooManyActiveJobs,
+    create_job,
+    new_record,
+)
 from worker.keys import Keys
 from worker.outputs import Manifest
 from worker.pagination import page
@@ -100,6 +106,8 @@ class Jobs:
             )
         except IdempotencyConflict as error:
             raise Conflict(str(error), code="idempotency_conflict") from None
+        except OutputClaimed as error:
+            raise Conflict(str(error), code="output_uri_claimed") from None
         except TooManyActiveJobs as error:
             message = f"{error}; wait for some to finish (NACS_MAX_ACTIVE_JOBS_PER_TENANT={limit})"
             retry = {"Retry-After": "10"}

@@ -107,7 +107,9 @@ def _check_uri(
 
 def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSettings) -> str:
     """The output URI of a job: the given one if it lies inside the tenant's prefix, else the
-    default."""
+    default, ``{prefix}/jobs/{job_id}``. The folder ``{prefix}/jobs`` itself holds the default
+    folders, so no job may write there. (That no two jobs share a folder is checked when the
+    job is recorded: ``worker.enqueue.create_job``.)"""
     prefix = join_uri(settings.storage_uri, tenant)
     if uri is None:
         return join_uri(prefix, "jobs", job_id)
@@ -128,6 +130,11 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
         raise Unprocessable("output_uri: '..' is not allowed in object keys")
     if not normalised.startswith(prefix.rstrip("/") + "/"):
         raise Unprocessable(f"output_uri: must be inside this tenant's output prefix {prefix}/")
+    if normalised == join_uri(prefix, "jobs"):
+        raise Unprocessable(
+            f"output_uri: {prefix}/jobs holds the folders of jobs without an output_uri; "
+            "name a folder inside it or elsewhere in the prefix"
+        )
     return normalised
 
 

@@ -27,12 +27,6 @@ class ApiSettings(SharedSettings):
     """Comma-separated tenant:key pairs, e.g. team-a:secret1,team-b:secret2."""
     api_keys_file: str | None = None
     """File of tenant:key pairs, one per line or comma-separated; # starts a comment."""
-    insecure_local: bool = False
-    """With no keys configured, serve one tenant 'local' without authentication (local use)."""
-    allowed_uris: str | None = None
-    """Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,
-    https://host/); an entry tenant=prefix applies to that tenant only; '*' allows any.
-    Unset: any in insecure local mode, none otherwise."""
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     """Largest request body accepted (413 above)."""
     max_active_jobs_per_tenant: int = Field(default=100, ge=1)
@@ -62,23 +56,6 @@ class ApiSettings(SharedSettings):
                 raise SettingsError(message)
             keys[key] = tenant
         return keys
-
-    def allowed_prefixes(self, tenant: str | None = None) -> list[str] | None:
-        """Dataset URI prefixes ``tenant`` may read; None means any.
-
-        Entries apply to every tenant, or to one when written ``tenant=prefix``.
-        """
-        if self.allowed_uris is None or not self.allowed_uris.strip():
-            return None if self.insecure_local else []
-        entries = []
-        for entry in filter(None, (e.strip() for e in self.allowed_uris.split(","))):
-            owner, sep, prefix = entry.partition("=")
-            if sep and "://" not in owner:
-                if owner.strip() == tenant:
-                    entries.append(prefix.strip())
-            else:
-                entries.append(entry)
-        return None if "*" in entries else entries
 
     def check(self) -> dict[str, str]:
         """Validate what a serving process needs; returns the key map."""

@@ -24,7 +24,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from worker import records
-from worker.keys import Keys
+from worker.keys import Keys, enclosing_folders, output_folder
 from worker.records import FINISHED, InvalidTransition, JobRecord, JobStatus, RecordStore
 from worker.settings import SharedSettings
 
@@ -32,20 +32,37 @@ TASK = "worker.tasks.run_job"
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 # KEYS: the record, the tenant's jobs, the tenant's active set, the queued index,
-# ``queued_since``, and the Idempotency-Key's claim when there is one. ARGV: the active-job
-# limit ("" for none), the claim, its TTL, the record, its TTL, the creation time, the
-# cutoff of the tenant's job index, the job id. Returns the existing claim (the key made a
-# job before: replay it), 1 (too many active jobs: nothing written) or 0 (created).
+# ``queued_since``, the tenant's claimed output folders and when their claims end, and the
+# Idempotency-Key's claim when there is one. ARGV: the active-job limit ("" for none), the
+# claim, its TTL, the record, its TTL, the creation time, the cutoff of the tenant's job index,
+# the job id, the output folder (``keys.output_folder``), the end of the range of the folders
+# inside it, when its claim ends, then the folders that enclose it. Returns the existing claim
+# (the key made a job before: replay it), 1 (too many active jobs), {2, folder} (the output
+# folder is, lies in or holds one another job claimed) or 0 (created). Nothing is written
+# unless it returns 0.
 CREATE_SCRIPT = """
-local claimed = #KEYS == 6
+local claimed = #KEYS == 8
 if claimed then
-  local existing = redis.call("GET", KEYS[6])
+  local existing = redis.call("GET", KEYS[8])
   if existing then return existing end
 end
 if ARGV[1] ~= "" and redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[1]) then
   return 1
 end
-if claimed then redis.call("SET", KEYS[6], ARGV[2], "EX", ARGV[3]) end
+local folder = ARGV[9] ~= ""
+if folder then
+  local ended = redis.call("ZRANGEBYSCORE", KEYS[7], "-inf", "(" .. ARGV[6], "LIMIT", 0, 500)
+  if #ended > 0 then
+    redis.call("ZREM", KEYS[6], unpack(ended))
+    redis.call("ZREM", KEYS[7], unpack(ended))
+  end
+  for i = 12, #ARGV do
+    if redis.call("ZSCORE", KEYS[6], ARGV[i]) then return {2, ARGV[i]} end
+  end
+  local inside = redis.call("ZRANGEBYLEX", KEYS[6], "[" .. ARGV[9], "(" .. ARGV[10], "LIMIT", 0, 1)
+  if #inside > 0 then return {2, inside[1]} end
+end
+if claimed then redis.call("SET", KEYS[8], ARGV[2], "EX", ARGV[3]) end
 redis.call("SET", KEYS[1], ARGV[4], "EX", ARGV[5])
 redis.call("ZADD", KEYS[2], ARGV[6], ARGV[8])
 redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", ARGV[7])
@@ -53,6 +70,12 @@ redis.call("EXPIRE", KEYS[2], ARGV[5])
 redis.call("SADD", KEYS[3], ARGV[8])
 redis.call("SADD", KEYS[4], ARGV[8])
 redis.call("ZADD", KEYS[5], ARGV[6], ARGV[8])
+if folder then
+  redis.call("ZADD", KEYS[6], 0, ARGV[9])
+  redis.call("ZADD", KEYS[7], ARGV[11], ARGV[9])
+  redis.call("EXPIRE", KEYS[6], ARGV[5])
+  redis.call("EXPIRE", KEYS[7], ARGV[5])
+end
 return 0
 """
 
@@ -72,6 +95,19 @@ class TooManyActiveJobs(Exception):
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different body, or its job is gone."""
+
+
+class OutputClaimed(Exception):
+    """The job's output folder is, lies inside or holds the output folder of another job."""
+
+    def __init__(self, output_uri: str, other: str) -> None:
+        other = other.rstrip("/")
+        where = "is" if other == output_uri.rstrip("/") else "overlaps"
+        super().__init__(
+            f"output_uri: {output_uri} {where} the output folder of another job ({other}); "
+            "a job writes only in a folder of its own: choose another, or leave output_uri out"
+        )
+        self.output_uri = output_uri
 
 
 def new_job_id() -> str:
@@ -103,13 +139,19 @@ async def create_job(
     (record, True). With an Idempotency-Key that made a job before, returns (that job,
     False). ``script`` is ``register_scripts(client)``.
 
+    The job claims its output folder (``request["output_uri"]``) in the same step: no other
+    job's folder may be, lie inside or hold it while that claim lasts (``job_ttl_s`` after the
+    job's last change of status; a job that fails or is cancelled gives its folder back).
+
     Raises IdempotencyConflict when the key came with another body, or its job is gone;
-    TooManyActiveJobs when the tenant already has ``max_active`` queued or running jobs.
+    TooManyActiveJobs when the tenant already has ``max_active`` queued or running jobs;
+    OutputClaimed when another job claimed the output folder or one overlapping it.
     """
     keys = Keys(settings.redis_prefix)
     tenant = record.tenant
     names = [keys.job(record.id), keys.tenant_jobs(tenant), keys.tenant_active(tenant)]
     names += [keys.status("queued"), keys.queued_since]
+    names += [keys.tenant_outputs(tenant), keys.tenant_output_ends(tenant)]
     claim = ""
     if record.idempotency_key is not None:
         names.append(keys.idempotency(record.tenant, record.idempotency_key))
@@ -117,7 +159,13 @@ async def create_job(
     now = records.parse_time(record.created_at) or time.time()
     limit, ttl = "" if max_active is None else max_active, settings.job_ttl_s
     args = [limit, claim, IDEMPOTENCY_TTL_S, record.model_dump_json(), ttl, now, now - ttl]
-    args.append(record.id)
+    output_uri = record.request.get("output_uri")
+    if output_uri:
+        folder = output_folder(output_uri)
+        # Members from folder to folder[:-1] + "0" ("/" + 1) are the folders inside it.
+        args += [record.id, folder, folder[:-1] + "0", now + ttl, *enclosing_folders(folder)]
+    else:
+        args += [record.id, "", "", ""]
     reply = await script(keys=names, args=args, client=client)
     if isinstance(reply, bytes):
         claim = json.loads(reply)
@@ -127,6 +175,8 @@ async def create_job(
         if raw is None:
             raise IdempotencyConflict("the job this Idempotency-Key made has expired")
         return JobRecord.model_validate_json(raw), False
+    if isinstance(reply, list):
+        raise OutputClaimed(record.request["output_uri"], records.text(reply[1]))
     if reply == 1:
         raise TooManyActiveJobs(max_active or 0)
     return record, True

@@ -27,6 +27,12 @@ class Keys:
     def tenant_active(self, tenant: str) -> str:
         return f"{self.prefix}tenant:{tenant}:active"
 
+    def tenant_outputs(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:outputs"
+
+    def tenant_output_ends(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:output_ends"
+
     def status(self, status: str) -> str:
         return f"{self.prefix}status:{status}"
 
@@ -48,3 +54,18 @@ class Keys:
     @property
     def reaper_lock(self) -> str:
         return f"{self.prefix}reaper"
+
+
+def output_folder(output_uri: str) -> str:
+    """An output URI as a member of ``Keys.tenant_outputs``: with one trailing slash, so that
+    the folders inside it are exactly the members it is a prefix of."""
+    return output_uri.rstrip("/") + "/"
+
+
+def enclosing_folders(folder: str) -> list[str]:
+    """The folders that hold ``folder`` (an ``output_folder``), outermost first, e.g.
+    s3://b/, s3://b/o/ for s3://b/o/x/."""
+    scheme, sep, rest = folder.partition("://")
+    base = scheme + sep + ("/" if rest.startswith("/") else "")
+    parts = [part for part in rest.split("/") if part]
+    return [base + "/".join(parts[:depth]) + "/" for depth in range(1, len(parts))]

@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.settings import SharedSettings
-from worker.storage import join_uri, upload_file, write_bytes
+from worker.storage import OutputFolder
 
 CORESET_FILE = "coreset.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -88,23 +87,32 @@ def coreset_table(
     )
 
 
-def write_coreset(output_uri: str, table: pa.Table, settings: SharedSettings) -> str:
-    """Write the coreset table under ``output_uri``; returns its URI."""
-    uri = join_uri(output_uri, CORESET_FILE)
-    with tempfile.TemporaryDirectory(dir=settings.workdir) as folder:
-        local = os.path.join(folder, CORESET_FILE)
+def write_coreset(folder: OutputFolder, table: pa.Table, workdir: str | None = None) -> str:
+    """Write the coreset table into ``folder`` (by way of a local file in ``workdir``);
+    returns its URI."""
+    with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        local = os.path.join(scratch, CORESET_FILE)
         pq.write_table(table, local)
-        upload_file(local, uri, settings)
-    return uri
+        return folder.upload(CORESET_FILE, local)
 
 
-def write_manifest(output_uri: str, manifest: Manifest, settings: SharedSettings) -> str:
-    """Write manifest.json under ``output_uri`` (call it last: its presence means the result
-    is complete)."""
-    uri = join_uri(output_uri, MANIFEST_FILE)
+def write_manifest(folder: OutputFolder, manifest: Manifest) -> str:
+    """Write manifest.json into ``folder`` (call it last: its presence means the result is
+    complete); returns its URI."""
     text = json.dumps(manifest.model_dump(), indent=2, sort_keys=True, default=_json_default)
-    write_bytes(uri, text.encode(), settings)
-    return uri
+    return folder.write(MANIFEST_FILE, text.encode())
+
+
+def result_owner(folder: OutputFolder) -> str | None:
+    """The job id of the result ``folder`` holds (its manifest's), or None when it holds none.
+    A manifest that is not one names no job: "unknown"."""
+    raw = folder.read(MANIFEST_FILE)
+    if raw is None:
+        return None
+    try:
+        return str(json.loads(raw)["job_id"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def _json_default(value: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.keys import Keys
+from worker.keys import Keys, output_folder
 from worker.settings import SharedSettings
 
 
@@ -110,6 +110,21 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
     )
 
 
+def persistence_problem(connection: redis.Redis) -> str | None:
+    """Why the Redis of ``connection`` would lose job records and the queue in a restart, or
+    None when it keeps an append-only file (or does not say: CONFIG may be disabled)."""
+    try:
+        appendonly = text(connection.config_get("appendonly").get("appendonly", b""))
+    except redis.exceptions.RedisError:
+        return None
+    if appendonly in ("yes", ""):
+        return None
+    return (
+        "Redis keeps no append-only file (appendonly no): a restart loses job records and "
+        "queued jobs; run it with appendonly yes (docs/DEPLOY.md)"
+    )
+
+
 class InvalidTransition(Exception):
     """The job is finished, or another run owns it: its status cannot change this way."""
 
@@ -181,6 +196,25 @@ class RecordStore:
         if status in FINISHED:
             pipe.srem(self.keys.tenant_active(record.tenant), job_id)
             pipe.hincrby(self.keys.finished, status.value, 1)
+        self._keep_output_claim(pipe, record)
+
+    def _keep_output_claim(self, pipe: Any, record: JobRecord) -> None:
+        """A job's claim on its output folder lasts as long as its record; a job that failed or
+        was cancelled has no result, and gives the folder back."""
+        output_uri = record.request.get("output_uri")
+        if not output_uri:
+            return
+        folder = output_folder(output_uri)
+        folders = self.keys.tenant_outputs(record.tenant)
+        ends = self.keys.tenant_output_ends(record.tenant)
+        if record.status in (JobStatus.failed, JobStatus.cancelled):
+            pipe.zrem(folders, folder)
+            pipe.zrem(ends, folder)
+            return
+        ttl = self.settings.job_ttl_s
+        pipe.zadd(ends, {folder: time.time() + ttl}, xx=True)
+        pipe.expire(folders, ttl)
+        pipe.expire(ends, ttl)
 
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> JobRecord | None:
         """Move an active job to ``status`` and set ``fields``; a finished job raises

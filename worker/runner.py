@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from worker.enqueue import queue_of
 from worker.reaper import reap
-from worker.records import RecordStore, connect
+from worker.records import RecordStore, connect, persistence_problem
 from worker.settings import SharedSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ def run_worker(
 
     settings = settings or SharedSettings()
     connection = connect(settings.redis_url)
+    problem = persistence_problem(connection)
+    if problem is not None:
+        log.warning("%s", problem)
     queue = queue_of(connection, settings)
     worker_class = Worker if fork else SimpleWorker
     rq_worker = worker_class([queue], connection=connection, serializer=JSONSerializer, name=name)

@@ -61,6 +61,13 @@ class SharedSettings(BaseSettings):
     """Allow https:// dataset URLs whose host is a loopback, private or link-local address."""
     workdir: str | None = None
     """Local scratch folder of the workers (default: the system temporary folder)."""
+    insecure_local: bool = False
+    """With no keys configured, serve one tenant 'local' without authentication (local use)."""
+    allowed_uris: str | None = None
+    """Comma-separated prefixes dataset URIs must start with (file:///data/,s3://bucket/,
+    https://host/); an entry tenant=prefix applies to that tenant only; '*' allows any.
+    Unset: any in insecure local mode, none otherwise. The API checks a request against them
+    and a worker checks a local dataset again when it opens it, so both need the same."""
 
     @field_validator("storage_uri")
     @classmethod
@@ -76,6 +83,23 @@ class SharedSettings(BaseSettings):
         if not value:
             raise ValueError("redis_prefix: must not be empty")
         return value
+
+    def allowed_prefixes(self, tenant: str | None = None) -> list[str] | None:
+        """Dataset URI prefixes ``tenant`` may read; None means any.
+
+        Entries apply to every tenant, or to one when written ``tenant=prefix``.
+        """
+        if self.allowed_uris is None or not self.allowed_uris.strip():
+            return None if self.insecure_local else []
+        entries = []
+        for entry in filter(None, (e.strip() for e in self.allowed_uris.split(","))):
+            owner, sep, prefix = entry.partition("=")
+            if sep and "://" not in owner:
+                if owner.strip() == tenant:
+                    entries.append(prefix.strip())
+            else:
+                entries.append(entry)
+        return None if "*" in entries else entries
 
     def storage_path(self) -> Path | None:
         """The local folder of ``storage_uri``, or None for an object store."""

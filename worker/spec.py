@@ -8,9 +8,18 @@ configuration; the HTTP schema and the engine cannot disagree.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from annotated_types import Ge, Le
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from nacs_engine.config import SelectionConfig, option_fields
 
@@ -18,7 +27,30 @@ DataFormat = Literal["parquet", "csv", "tsv", "criteo"]
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+# The largest integer every JSON reader holds exactly (a double's 53-bit mantissa): larger seeds
+# compare differently in a reader that parses numbers as doubles than in this service.
+_LARGEST_SEED = 2**53 - 1
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+def _whole_number(value: Any) -> Any:
+    """A float without a fractional part as the int it equals: JSON Schema's ``integer`` counts
+    1.0 as an integer, so the API accepts what its schema allows. Other values pass as they
+    are (strict validation refuses 2.5, "3" and true)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integer_or_whole_float(hint: Any) -> Any:
+    """``hint``, accepting whole-number floats where it is an integer (or an optional one)."""
+    if _holds_int(hint):
+        return Annotated[hint, BeforeValidator(_whole_number)]
+    return hint
+
+
+def _holds_int(hint: Any) -> bool:
+    return hint is int or any(_holds_int(arg) for arg in get_args(hint))
 
 
 def _options_model() -> type[BaseModel]:
@@ -28,8 +60,10 @@ def _options_model() -> type[BaseModel]:
         extra: dict[str, Any] = {}
         if option.name == "device":
             extra["pattern"] = _DEVICE_PATTERN
+        if option.name == "seed":
+            hint = Annotated[int, Ge(0), Le(_LARGEST_SEED)]
         fields[option.name] = (
-            hint,
+            _integer_or_whole_float(hint),
             Field(default=option.default, description=option.metadata.get("doc"), **extra),
         )
     return create_model(
@@ -48,15 +82,27 @@ if TYPE_CHECKING:  # the types the engine's configuration gives these, as a chec
 else:
     JobOptions = _options_model()
     RatioBudget = _CONFIG_HINTS["ratio"]
-    SizeBudget = _CONFIG_HINTS["size"]
+    SizeBudget = _integer_or_whole_float(_CONFIG_HINTS["size"])
     MethodName = _CONFIG_HINTS["method"]
 _ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class JobRequest(BaseModel):
-    """A selection job: which data, what budget, which method and options, where to write."""
+# Exactly one budget, as the schema says it: a number ``ratio`` and no ``size`` (absent or null),
+# or an integer ``size`` and no ``ratio``.
+_NUMBER, _INTEGER, _NULL = {"type": "number"}, {"type": "integer"}, {"type": "null"}
+_ONE_BUDGET: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["ratio"], "properties": {"ratio": _NUMBER, "size": _NULL}},
+        {"required": ["size"], "properties": {"size": _INTEGER, "ratio": _NULL}},
+    ]
+}
 
-    model_config = _STRICT
+
+class JobRequest(BaseModel):
+    """A selection job: which data, what budget (exactly one of ratio and size), which method and
+    options, where to write."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra=_ONE_BUDGET)
 
     dataset_uri: str = Field(
         min_length=1,
@@ -75,13 +121,15 @@ class JobRequest(BaseModel):
     )
     feature_columns: list[_ColumnName] | None = Field(
         default=None,
+        min_length=1,
         max_length=10_000,
-        description="Feature columns; by default every column but the label.",
+        description="Feature columns, at least one, not the label column; by default every "
+        "column but the label.",
     )
     numeric_columns: list[_ColumnName] = Field(
         default_factory=list,
         max_length=10_000,
-        description="Numeric columns, bucketed before encoding.",
+        description="Numeric columns (not the label column), bucketed before encoding.",
     )
     format: DataFormat | None = Field(
         default=None, description="parquet, csv, tsv or criteo; by default from the file name."

@@ -25,6 +25,7 @@ import redis
 
 from nacs_engine.errors import DataError, SelectionCancelled
 from worker.errors import JobFailed, is_transient
+from worker.local_files import ConfinedFileSystem, allowed_roots
 from worker.outputs import (
     CORESET_FILE,
     MANIFEST_FILE,
@@ -32,6 +33,7 @@ from worker.outputs import (
     DatasetSummary,
     Manifest,
     coreset_table,
+    result_owner,
     write_coreset,
     write_manifest,
 )
@@ -48,7 +50,15 @@ from worker.records import (
 )
 from worker.settings import SharedSettings
 from worker.spec import JobRequest
-from worker.storage import join_uri, normalise_uri, private_address, scheme_of, storage_options
+from worker.storage import (
+    OutputFolder,
+    join_uri,
+    normalise_uri,
+    open_output,
+    private_address,
+    scheme_of,
+    storage_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,7 @@ T = TypeVar("T")
 def execute(
     request: JobRequest, output_uri: str, *, job_id: str,
     progress: ProgressCallback | None = None, settings: SharedSettings | None = None,
+    tenant: str | None = None,
 ) -> Manifest:
     """Select a coreset for ``request`` and write it under ``output_uri``; return the manifest.
 
@@ -66,7 +77,14 @@ def execute(
     selecting, denoising, auditing and writing; it may raise SelectionCancelled to stop.
     Raises DataError for unusable data, JobFailed("storage_unavailable", ...)
     when the store keeps failing after the configured retries. The engine's
-    per-thread memory is handed back when it returns or raises.
+    per-thread memory is handed back when it returns or raises; so is every file it wrote,
+    when it raises: it leaves a whole result or nothing of its own.
+
+    With ``tenant`` (a job of the service), a local dataset is opened only inside the folders
+    the tenant may read, and a local output folder only inside the tenant's folder of the
+    store, neither through a symbolic link (``worker.local_files``; JobFailed
+    ``dataset_uri_refused`` / ``output_uri_refused``); and an output folder that holds another
+    job's result is refused (``output_uri_taken``): a finished job's result never changes.
     """
     import nacs_engine
     from nacs_engine.data import load_dataset
@@ -89,15 +107,17 @@ def execute(
         def retried(what: str, phase: str, step: Callable[[], T]) -> T:
             return _with_retries(what, step, settings, report, phase)
 
+        if tenant is not None:
+            _refuse_another_result(output_uri, job_id, settings, tenant, retried)
+
         data = retried(
             "reading the dataset",
             "loading",
             lambda: load_dataset(
-                normalise_uri(request.dataset_uri), label_column=request.label_column,
-                feature_columns=request.feature_columns, format=request.format,
-                numeric_columns=request.numeric_columns or None, min_count=config.min_count,
-                storage_options=storage_options(request.dataset_uri, settings) or None,
-                workdir=workdir, progress=lambda part, text: report("loading", part, text),
+                _dataset_source(request, settings, tenant), label_column=request.label_column,
+                feature_columns=request.feature_columns, numeric_columns=request.numeric_columns
+                or None, min_count=config.min_count, workdir=workdir,
+                progress=lambda part, text: report("loading", part, text),
             ),
         )
         phase_seconds["loading"] = time.perf_counter() - started
@@ -114,11 +134,16 @@ def execute(
 
         writing_started = time.perf_counter()
         report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
+        folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
+        written: list[str] = []
+        cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
         table = coreset_table(
             result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty
         )
+        written.append(CORESET_FILE)
         coreset_uri = retried(
-            "writing the coreset", "writing", lambda: write_coreset(output_uri, table, settings)
+            "writing the coreset", "writing",
+            lambda: write_coreset(folder, table, settings.workdir),
         )
         phase_seconds["writing"] = time.perf_counter() - writing_started
         dataset = DatasetSummary(
@@ -142,10 +167,65 @@ def execute(
             noise=diagnostics.pop("noise", None), audit=diagnostics.pop("audit", None),
             diagnostics=diagnostics,
         )
-        write = write_manifest
-        retried("writing the manifest", "writing", lambda: write(output_uri, manifest, settings))
+        report("writing", 0.5, "writing the manifest")
+        written.append(MANIFEST_FILE)
+        retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
         report("writing", 1.0, "result written")
     return manifest
+
+
+def _refuse_another_result(
+    output_uri: str, job_id: str, settings: SharedSettings, tenant: str,
+    retried: Callable[[str, str, Callable[[], str | None]], str | None],
+) -> None:
+    """Fail at once when the output folder holds another job's result (a finished job's
+    result never changes); a run of this job may write its own folder again."""
+
+    def owner() -> str | None:
+        try:
+            with open_output(output_uri, settings, tenant, create=False) as folder:
+                return result_owner(folder)
+        except FileNotFoundError:
+            return None
+
+    found = retried("reading the output folder", "loading", owner)
+    if found is not None and found != job_id:
+        raise JobFailed(
+            "output_uri_taken",
+            f"output_uri: {output_uri} holds the result of job {found}; a finished job's "
+            "result is never replaced: choose another folder",
+        )
+
+
+def _dataset_source(request: JobRequest, settings: SharedSettings, tenant: str | None) -> Any:
+    """What the engine reads: the dataset's URI, or, for a local dataset of a tenant limited
+    to some folders, a source that reads only inside them."""
+    from nacs_engine.data import open_source
+
+    uri = normalise_uri(request.dataset_uri)
+    roots = allowed_roots(settings, tenant) if tenant is not None else None
+    if roots is None or scheme_of(uri) != "file":
+        return open_source(
+            uri, format=request.format, storage_options=storage_options(uri, settings) or None
+        )
+    return open_source(uri, format=request.format, filesystem=ConfinedFileSystem(roots, uri))
+
+
+def _remove_on_error(folder: OutputFolder, written: list[str], error: BaseException | None) -> None:
+    """After a failure, remove what the job wrote: the manifest first, so that no reader sees a
+    result without its files."""
+    if error is not None:
+        remove_result(folder, list(reversed(written)))
+
+
+def remove_result(folder: OutputFolder, names: list[str]) -> None:
+    """Remove ``names`` from ``folder``, each as far as the store allows (best effort: a
+    failure is logged)."""
+    for name in names:
+        try:
+            folder.remove(name)
+        except Exception as error:  # noqa: BLE001 - what cannot be removed is left, and said
+            log.warning("%s: %s not removed (%s)", folder.uri, name, _short(error))
 
 
 def _with_retries(
@@ -256,11 +336,15 @@ def _run_job(
     progress = JobProgress(store, job_id, interval_s=interval_s, attempt=attempt).start()
     status = JobStatus.failed
     fields: dict[str, Any] = {}
+    output_uri = started.request["output_uri"]
+    manifest: Manifest | None = None
     try:
         request = JobRequest.model_validate(started.request)
         _refuse_private_url(request.dataset_uri, settings)
-        output_uri = started.request["output_uri"]
-        manifest = execute(request, output_uri, job_id=job_id, progress=progress, settings=settings)
+        manifest = execute(
+            request, output_uri, job_id=job_id, progress=progress, settings=settings,
+            tenant=started.tenant,
+        )
         status = JobStatus.succeeded
         coreset, dataset = manifest.coreset, manifest.dataset
         result = JobResult(
@@ -285,6 +369,8 @@ def _run_job(
         fields = {"error": JobError(code=code, message=message)}
     finally:
         progress.stop()
+    if progress.lost.is_set():
+        return _lost(job_id, manifest, output_uri, settings, started.tenant)
     if status != JobStatus.cancelled and progress.cancelled.is_set():
         current = _retry_redis(lambda: store.get(job_id))
         if current is not None and current.cancel_requested:
@@ -292,9 +378,12 @@ def _run_job(
     if status == JobStatus.cancelled:
         fields.setdefault("progress", Progress(phase="writing", fraction=1.0, message="cancelled"))
     try:
-        _retry_redis(
+        finished = _retry_redis(
             lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields)
         )
+        if finished is None:
+            progress.mark_lost()
+            return _lost(job_id, manifest, output_uri, settings, started.tenant)
     except InvalidTransition as error:
         now = error.record
         log.warning(
@@ -303,6 +392,20 @@ def _run_job(
         )
         status = error.record.status
     return {"job_id": job_id, "status": status.value}
+
+
+def _lost(
+    job_id: str, manifest: Manifest | None, output_uri: str, settings: SharedSettings,
+    tenant: str,
+) -> dict[str, Any]:
+    """The end of a run whose job record is gone: nobody can read its result, so what it
+    wrote goes (an unfinished run has removed its files already: ``execute``)."""
+    if manifest is not None:
+        others = [name for name in manifest.files.values() if name != MANIFEST_FILE]
+        files = [MANIFEST_FILE, *others]
+        with contextlib.suppress(JobFailed), open_output(output_uri, settings, tenant) as folder:
+            remove_result(folder, files)
+    return {"job_id": job_id, "status": "lost"}
 
 
 def _refuse_private_url(uri: str, settings: SharedSettings) -> None:

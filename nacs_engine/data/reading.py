@@ -333,6 +333,7 @@ def open_source(
     column_names: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     batch_rows: int = 65536,
+    filesystem: fsspec.AbstractFileSystem | None = None,
 ) -> FileSource:
     """Open the data at ``uri`` for batch reading.
 
@@ -342,6 +343,8 @@ def open_source(
     column_names: names of the columns of a headerless CSV or TSV file.
     storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
     batch_rows: the most rows per batch.
+    filesystem: an fsspec filesystem to read ``uri``'s path with, instead of the one its
+        scheme names (storage_options are then unused); e.g. one that opens only some folders.
 
     Raises DataError "dataset_not_found", "unsupported_format", "unreadable_data"
     or "empty_dataset"; ValueError naming the argument for bad arguments.
@@ -358,7 +361,10 @@ def open_source(
     address = os.fspath(uri)
     shown = redact_uri(address)  # what messages and metadata say
     try:
-        fs, path = fsspec.core.url_to_fs(address, **dict(storage_options or {}))
+        if filesystem is not None:
+            fs, path = filesystem, fsspec.core.strip_protocol(address)
+        else:
+            fs, path = fsspec.core.url_to_fs(address, **dict(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise DataError(
             "unsupported_format", f"{shown}: no reader for this kind of URI ({_short(exc)})"
@@ -430,11 +436,8 @@ def _format_from_name(path: str, uri: str) -> str:
 def _part_files(
     fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
 ) -> tuple[list[str], list[int | None]]:
-    entries = sorted(
-        (entry for entry in fs.ls(path, detail=True) if entry.get("type") == "file"),
-        key=lambda entry: entry["name"],
-    )
-    parts = []
+    entries = sorted(fs.ls(path, detail=True), key=lambda entry: entry["name"])
+    parts, links = [], []
     for entry in entries:
         base = Path(entry["name"]).name
         if base.startswith((".", "_")):
@@ -442,7 +445,16 @@ def _part_files(
         found = format_from_name(base)
         if found is None or (format is not None and found != _text_family(format)):
             continue
-        parts.append(entry)
+        if entry.get("islink"):
+            links.append(base)
+        elif entry.get("type") == "file":
+            parts.append(entry)
+    if links:
+        raise DataError(
+            "unreadable_data",
+            f"{uri}: part file(s) {links[:5]} of the folder are symbolic links, which are not "
+            "read; put the files themselves in the folder",
+        )
     if not parts:
         raise DataError(
             "dataset_not_found", f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file"

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from service.deps import JobsDep, OwnedJobDep, TenantDep
 from service.schemas import ErrorBody, Job, JobPage
 from worker.outputs import Manifest
+from worker.pagination import CURSOR_PATTERN
 from worker.records import JobStatus
 from worker.spec import JobRequest
 
@@ -55,7 +56,10 @@ async def create_job(
 async def list_jobs(
     tenant: TenantDep, jobs: JobsDep, status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page."),
+    ] = None,
 ) -> JobPage:
     """The caller's jobs, newest first, a page at a time."""
     return await jobs.page(tenant, status, limit, cursor)

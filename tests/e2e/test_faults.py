@@ -158,3 +158,35 @@ def test_worker_without_fork_runs_jobs(tmp_path: Path) -> None:
         assert stack.horse_pids(worker) == [], "no work horse was forked"
     finally:
         stack.stop()
+
+
+def test_redis_without_persistence_loses_the_job_and_the_worker_leaves_nothing(
+    tmp_path: Path, slow_parquet: Path
+) -> None:
+    """What docs/DEPLOY.md says is lost without persistence: the running job's record (404 for
+    good); its worker stops, removes what it wrote and logs one error naming the job; write
+    failures while Redis is down are logged once, not at every progress call."""
+    server = RedisServer.start(tmp_path, appendonly=False)
+    stack = start_stack(
+        tmp_path / "stack", redis_url=server.url, allowed_uris=f"file://{slow_parquet.parent}/"
+    )
+    try:
+        job = stack.submit(slow_body(slow_parquet))
+        assert wait_running(stack, job["id"])["status"] == "running"
+        server.restart(down_s=8.0)
+        with stack.client() as client:
+            assert client.get(f"/jobs/{job['id']}").status_code == 404
+        worker, log = stack.workers[0], tmp_path / "stack" / "worker-0.log"
+        wait_until(lambda: "record is gone" in log.read_text(), 60, what="the worker notices")
+        wait_until(lambda: not stack.horse_pids(worker), 60, what="the job stops")
+        text = log.read_text()
+        errors = [line for line in text.splitlines() if " ERROR " in line and job["id"] in line]
+        assert len(errors) == 1, errors
+        assert text.count("not written") == 1, "one warning while Redis is down"
+        output = Path(job["request"]["output_uri"][len("file://") :])
+        assert not output.exists() or list(output.iterdir()) == [], "nothing is left"
+        with stack.client() as client:
+            assert client.get(f"/jobs/{job['id']}").status_code == 404
+    finally:
+        stack.stop()
+        server.stop()

@@ -25,6 +25,7 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[SharedSettings]:
         redis_prefix=f"{name}:",
         queue=name,
         storage_uri=str(tmp_path / "storage"),
+        allowed_uris=f"file://{tmp_path}/",
         retry_backoff_s=0.01,
         storage_retries=2,
         heartbeat_interval_s=0.2,
@@ -51,7 +52,8 @@ Create = Callable[..., tuple[JobRecord, Any]]
 @pytest.fixture
 def create(store: RecordStore, queue: Queue) -> Create:
     """``create(tenant, request, idempotency_key=None, body_hash=None, max_active=None)``:
-    a job made as the API makes it (``worker.enqueue.create_job``); (record, outcome)."""
+    a job made as the API makes it (``worker.enqueue.create_job``); (record, outcome). The
+    request's output_uri gets the job id appended, as each job's default folder does."""
 
     def make(
         tenant: str,
@@ -64,7 +66,11 @@ def create(store: RecordStore, queue: Queue) -> Create:
         async def run() -> tuple[JobRecord, Any]:
             client = redis.asyncio.Redis.from_url(store.settings.redis_url)
             try:
-                record = new_record(tenant, request, new_job_id(), idempotency_key, body_hash)
+                job_id = new_job_id()
+                own = request
+                if request.get("output_uri"):
+                    own = request | {"output_uri": f"{request['output_uri']}/{job_id}"}
+                record = new_record(tenant, own, job_id, idempotency_key, body_hash)
                 script = register_scripts(client)
                 made, created = await create_job(
                     script, client, store.settings, record, max_active=max_active

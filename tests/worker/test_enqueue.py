@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+import redis.asyncio
 from rq import Queue
 from rq.job import Job
 from rq.job import JobStatus as RqStatus
 from rq.serializers import JSONSerializer
 
 from tests.worker.conftest import Create
-from worker.enqueue import IdempotencyConflict, TooManyActiveJobs, cancel
-from worker.records import JobStatus, RecordStore
+from worker.enqueue import (
+    IdempotencyConflict,
+    OutputClaimed,
+    TooManyActiveJobs,
+    cancel,
+    create_job,
+    new_job_id,
+    new_record,
+    register_scripts,
+)
+from worker.records import JobRecord, JobStatus, RecordStore
 
 REQUEST = {"dataset_uri": "file:///data/x.parquet", "ratio": 0.1, "output_uri": "file:///out"}
 
@@ -72,3 +85,30 @@ def test_cancel_a_running_job_asks_it_to_stop(
     assert asked.cancel_requested_at
     with pytest.raises(KeyError):
         cancel(store, queue, "no-such-job")
+
+
+def test_an_output_folder_is_claimed_until_its_claim_ends(store: RecordStore) -> None:
+    def create_at(output_uri: str) -> JobRecord:
+        async def run() -> JobRecord:
+            client = redis.asyncio.Redis.from_url(store.settings.redis_url)
+            record = new_record("t1", REQUEST | {"output_uri": output_uri}, new_job_id())
+            try:
+                made, _ = await create_job(register_scripts(client), client, store.settings, record)
+                return made
+            finally:
+                await client.aclose()
+
+        return asyncio.run(run())
+
+    first = create_at("file:///out/a")
+    for overlapping in ("file:///out/a", "file:///out/a/b", "file:///out", "file:///out/"):
+        with pytest.raises(OutputClaimed):
+            create_at(overlapping)
+    assert store.redis.zcard(store.keys.tenant_jobs("t1")) == 1, "a refusal records nothing"
+    assert create_at("file:///out/ab").id != first.id
+    ends = store.keys.tenant_output_ends("t1")
+    assert store.redis.zscore(ends, "file:///out/a/") > time.time() + 6 * 24 * 3600
+    store.redis.zadd(ends, {"file:///out/a/": time.time() - 1})
+    assert create_at("file:///out/a/b").request["output_uri"] == "file:///out/a/b"
+    folders = store.redis.zrange(store.keys.tenant_outputs("t1"), 0, -1)
+    assert folders == [b"file:///out/a/b/", b"file:///out/ab/"], "the ended claim is gone"

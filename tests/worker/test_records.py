@@ -103,3 +103,31 @@ def test_cursor_round_trip_and_garbage() -> None:
     assert decode_cursor(encode_cursor(12.5, "abc")) == (12.5, "abc")
     with pytest.raises(ValueError, match="cursor"):
         decode_cursor("not-a-cursor")
+
+
+def test_a_redis_without_an_append_only_file_is_named(tmp_path) -> None:
+    from tests.stack import RedisServer
+    from worker.records import connect, persistence_problem
+
+    for appendonly in (False, True):
+        server = RedisServer.start(tmp_path / str(appendonly), appendonly=appendonly)
+        try:
+            problem = persistence_problem(connect(server.url))
+        finally:
+            server.stop()
+        if appendonly:
+            assert problem is None
+        else:
+            assert problem is not None and "appendonly no" in problem
+
+
+def test_nacs_up_runs_an_embedded_redis_with_an_append_only_file(tmp_path) -> None:
+    from service.cli import _start_embedded_redis
+    from worker.settings import SharedSettings
+
+    embedded = _start_embedded_redis(SharedSettings(storage_uri=str(tmp_path / "storage")))
+    try:
+        assert embedded.config_get("appendonly") == {"appendonly": "yes"}
+        assert embedded.config_get("appendfsync") == {"appendfsync": "everysec"}
+    finally:
+        embedded.close()

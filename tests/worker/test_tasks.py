@@ -172,6 +172,11 @@ def test_failure_codes() -> None:
     assert code == "internal_error" and "Traceback" not in message and "secret" not in message
 
 
+def tenant_folder(tmp_path: Path) -> str:
+    """A folder in tenant t1's folder of the store of the ``settings`` fixture."""
+    return str(tmp_path / "storage" / "t1" / "out")
+
+
 def export_settings(settings: SharedSettings, monkeypatch) -> None:
     """Every set field of ``settings`` as its NACS_* variable, as a worker process reads them."""
     for name, value in settings.model_dump().items():
@@ -185,7 +190,7 @@ def test_run_job_lifecycle(
     export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 500)
     request = JobRequest(
-        dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=str(tmp_path / "out")
+        dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=tenant_folder(tmp_path)
     )
     record, _ = create("t1", request.model_dump(mode="json"))
     outcome = tasks.run_job(record.id, settings.redis_prefix)
@@ -225,7 +230,7 @@ def test_rq_shutdown_leaves_the_job_to_run_again(
         raise ShutDownImminentException("shut down imminent", {})
 
     monkeypatch.setattr(tasks, "execute", shut_down)
-    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=str(tmp_path / "o"))
+    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=tenant_folder(tmp_path))
     record, _ = create("t1", request.model_dump(mode="json"))
     with pytest.raises(ShutDownImminentException):
         tasks.run_job(record.id, settings.redis_prefix)
@@ -321,7 +326,7 @@ def test_an_rq_worker_runs_the_job(
     export_settings(settings, monkeypatch)
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 400)
     request = JobRequest(
-        dataset_uri=str(data), size=40, method="random", output_uri=str(tmp_path / "out")
+        dataset_uri=str(data), size=40, method="random", output_uri=tenant_folder(tmp_path)
     )
     record, _ = create("t1", request.model_dump(mode="json"))
     run_worker(settings, burst=True, fork=False, reaper=False)
@@ -347,7 +352,7 @@ def test_a_failure_at_the_time_limit_is_the_timeout(
         raise AttributeError("module 'pandas' has no attribute 'util'")
 
     monkeypatch.setattr(tasks, "execute", half_imported)
-    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=str(tmp_path / "o"))
+    request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=tenant_folder(tmp_path))
     record, _ = create("t1", request.model_dump(mode="json"))
     assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "failed"
     error = store.get(record.id).error  # type: ignore[union-attr]
