@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         options_hash=options_hash(settings),
     )
     noise = list(dict.fromkeys(args.noise))
-    units = [Unit(d, kind, rate, seed) for d in args.datasets for kind, rate in noise for seed in args.seeds]
+    # Seed-major, so that an interrupted grid already holds every dataset and noise.
+    units = [Unit(d, kind, rate, seed) for seed in args.seeds for d in args.datasets for kind, rate in noise]
     print(
         f"{len(units)} units; options hash {grid.options_hash}; rows in {grid.cache_path}",
         file=sys.stderr,

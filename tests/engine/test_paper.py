@@ -38,6 +38,7 @@ def _config(**options: object) -> SelectionConfig:
         "seed": 0,
         "embed_dim": 4,
         "mc_passes": 3,
+        "audit": False,
     } | options
     return SelectionConfig(**values)
 
