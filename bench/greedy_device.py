@@ -49,12 +49,16 @@ def table_1_row(k: int, eps: float, n: int, device: torch.device, repeats: int) 
     on_cpu = points[None]
     floor_s, _ = timed(lambda: similarity_block(on_device), dev, repeats)
     ours_s, picks = timed(
-        lambda: batched_stochastic_greedy(on_device, k, eps=eps, generator=torch.Generator(dev).manual_seed(0)),
+        lambda: batched_stochastic_greedy(
+            on_device, k, eps=eps, generator=torch.Generator(dev).manual_seed(0)
+        ),
         dev,
         repeats,
     )
     cpu_s, cpu_picks = timed(
-        lambda: batched_stochastic_greedy(on_cpu, k, eps=eps, generator=torch.Generator().manual_seed(0)),
+        lambda: batched_stochastic_greedy(
+            on_cpu, k, eps=eps, generator=torch.Generator().manual_seed(0)
+        ),
         cpu,
         1,
     )
@@ -68,7 +72,9 @@ def table_1_row(k: int, eps: float, n: int, device: torch.device, repeats: int) 
     )
 
 
-def partitioned_row(problems: int, rows: int, ratio: float, device: torch.device, repeats: int) -> str:
+def partitioned_row(
+    problems: int, rows: int, ratio: float, device: torch.device, repeats: int
+) -> str:
     points = gaussian_mixture(problems * rows, 400, seed=1)
     budget = int(round(problems * rows * ratio))
     on_device = points.to(device)
@@ -79,15 +85,21 @@ def partitioned_row(problems: int, rows: int, ratio: float, device: torch.device
         )
 
     def floor() -> object:
-        order = torch.randperm(problems * rows, generator=torch.Generator(device).manual_seed(0), device=device)
+        order = torch.randperm(
+            problems * rows, generator=torch.Generator(device).manual_seed(0), device=device
+        )
         blocks = on_device[order].view(problems, rows, DIM)
         step = 100
-        return [similarity_block(blocks[start : start + step]) for start in range(0, problems, step)]
+        return [
+            similarity_block(blocks[start : start + step]) for start in range(0, problems, step)
+        ]
 
     floor_s, _ = timed(floor, device, repeats)
     ours_s, result = timed(ours, device, repeats)
     cpu_s, cpu_result = timed(
-        lambda: select_partitions(points, budget, partition_size=rows, generator=torch.Generator().manual_seed(0)),
+        lambda: select_partitions(
+            points, budget, partition_size=rows, generator=torch.Generator().manual_seed(0)
+        ),
         torch.device("cpu"),
         1,
     )
@@ -99,21 +111,30 @@ def partitioned_row(problems: int, rows: int, ratio: float, device: torch.device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"# device {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads for the CPU column")
-    print("| setting | ours on device (s) | floor (s) | ours/floor | ours on CPU (s) | CPU/device | objective, device | objective, CPU | same picks |")
+    print(
+        f"# device {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads for the CPU column"
+    )
+    print(
+        "| setting | ours on device (s) | floor (s) | ours/floor | ours on CPU (s) | CPU/device | objective, device | objective, CPU | same picks |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     settings = [(k, eps, min(n, 1_000)) for k, eps, n in TABLE_1[:3]] if args.quick else TABLE_1
     for k, eps, n in settings:
         print(table_1_row(k, eps, n, device, args.repeats), flush=True)
     problems, rows = (20, 500) if args.quick else (1_000, 1_000)
-    print(partitioned_row(problems, rows, 0.01 if not args.quick else 0.02, device, args.repeats), flush=True)
+    print(
+        partitioned_row(problems, rows, 0.01 if not args.quick else 0.02, device, args.repeats),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -186,9 +186,13 @@ def parse_noise(text: str) -> tuple[str, float]:
             f"expected clean, RATE or KIND:RATE with KIND one of {', '.join(NOISE_KINDS)}, got {text!r}"
         ) from None
     if kind not in NOISE_KINDS:
-        raise argparse.ArgumentTypeError(f"unknown noise kind {kind!r}; expected {', '.join(NOISE_KINDS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown noise kind {kind!r}; expected {', '.join(NOISE_KINDS)}"
+        )
     if not 0.0 <= rate < NOISE_KINDS[kind].max_rate:
-        raise argparse.ArgumentTypeError(f"{text!r}: the rate must lie in [0, {NOISE_KINDS[kind].max_rate:g})")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the rate must lie in [0, {NOISE_KINDS[kind].max_rate:g})"
+        )
     return (CLEAN, 0.0) if rate == 0 else (kind, rate)
 
 
@@ -213,9 +217,14 @@ def load(name: str, split_seed: int | None):
         parts = split_rows(table.num_rows, seed=0)
     else:
         parts = split_rows(
-            table.num_rows, validation_fraction=VALIDATION_SHARE, test_fraction=TEST_SHARE, seed=split_seed
+            table.num_rows,
+            validation_fraction=VALIDATION_SHARE,
+            test_fraction=TEST_SHARE,
+            seed=split_seed,
         )
-    return encode_splits(*(table.take(part) for part in parts), min_count=spec.min_count, **spec.encoding)
+    return encode_splits(
+        *(table.take(part) for part in parts), min_count=spec.min_count, **spec.encoding
+    )
 
 
 def budget_groups(
@@ -224,7 +233,9 @@ def budget_groups(
     """The budgets of one noise setting grouped by the families that run them, most families first."""
     groups: dict[tuple[str, ...], list[float]] = {}
     for budget in budgets:
-        in_reduced = noise in REDUCED_NOISE and any(math.isclose(budget, b) for b in REDUCED_BUDGETS)
+        in_reduced = noise in REDUCED_NOISE and any(
+            math.isclose(budget, b) for b in REDUCED_BUDGETS
+        )
         families = tuple(f for f in evaluators if f not in reduced or in_reduced)
         if families:
             groups.setdefault(families, []).append(budget)
@@ -329,7 +340,10 @@ def run_grid(units: Sequence[Unit], grid: Grid, jobs: int) -> list[str]:
 
 
 def report(
-    rows: Sequence[dict[str, Any]], *, check_method: str = "nacs", baselines: Sequence[str] | None = None
+    rows: Sequence[dict[str, Any]],
+    *,
+    check_method: str = "nacs",
+    baselines: Sequence[str] | None = None,
 ) -> str:
     """The full-data AUCs, the summary tables, the paired differences and the checks, as markdown.
 
@@ -348,7 +362,9 @@ def report(
             cells = []
             for family in families:
                 entry = full.get((dataset, family))
-                cells.append("-" if entry is None else f"{entry['mean']:.4f} ({entry['seeds']} seeds)")
+                cells.append(
+                    "-" if entry is None else f"{entry['mean']:.4f} ({entry['seeds']} seeds)"
+                )
             out.append(f"| {dataset} | " + " | ".join(cells) + " |")
         out.append("")
     settings: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -389,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--budgets", type=float, nargs="+", default=list(DEFAULT_BUDGETS), help="ratios")
+    parser.add_argument(
+        "--budgets", type=float, nargs="+", default=list(DEFAULT_BUDGETS), help="ratios"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument(
         "--noise",
@@ -399,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NOISE",
         help="clean, symmetric:RATE or clicks-to-non-clicks:RATE (a bare RATE: symmetric flips)",
     )
-    parser.add_argument("--evaluators", nargs="+", choices=list(EVALUATORS), default=list(DEFAULT_EVALUATORS))
+    parser.add_argument(
+        "--evaluators", nargs="+", choices=list(EVALUATORS), default=list(DEFAULT_EVALUATORS)
+    )
     parser.add_argument(
         "--reduced-grid",
         nargs="*",
@@ -424,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help='another selection, run beside the methods under NAME with these options, e.g. '
+        help="another selection, run beside the methods under NAME with these options, e.g. "
         '--variant \'fl={"selection": "facility-location"}\' (it shares each seed\'s teacher)',
     )
     parser.add_argument(
@@ -433,8 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         help="one split for every seed: the samples' own files, else 80/10/10 with seed 0",
     )
     parser.add_argument("--jobs", type=int, default=1, help="units run at a time, one process each")
-    parser.add_argument("--cache", default=DEFAULT_CACHE, help="the JSON-lines file of finished rows")
-    parser.add_argument("--check-method", default="nacs", help="the method held against the targets")
+    parser.add_argument(
+        "--cache", default=DEFAULT_CACHE, help="the JSON-lines file of finished rows"
+    )
+    parser.add_argument(
+        "--check-method", default="nacs", help="the method held against the targets"
+    )
     parser.add_argument(
         "--baselines",
         nargs="+",
@@ -457,15 +481,20 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.variant:
         name, _, value = item.partition("=")
         variants[name] = json.loads(value)
-    resolved = SelectionConfig.from_dict({"size": 1, "method": "nacs", "device": "cpu", **options}).to_dict()
+    resolved = SelectionConfig.from_dict(
+        {"size": 1, "method": "nacs", "device": "cpu", **options}
+    ).to_dict()
     for name in ("ratio", "size", "method", "seed", "device"):
         resolved.pop(name)
-    evaluation = EvaluationOptions(max_epochs=args.max_epochs, patience=args.patience, monitor=args.monitor)
+    evaluation = EvaluationOptions(
+        max_epochs=args.max_epochs, patience=args.patience, monitor=args.monitor
+    )
     settings = {
         "selection": resolved,
         "evaluation": {k: v for k, v in dataclasses.asdict(evaluation).items() if k != "backbone"},
-        "split": "fixed" if args.fixed_split else f"{1 - VALIDATION_SHARE - TEST_SHARE:g}/"
-        f"{VALIDATION_SHARE:g}/{TEST_SHARE:g} per seed",
+        "split": "fixed"
+        if args.fixed_split
+        else f"{1 - VALIDATION_SHARE - TEST_SHARE:g}/{VALIDATION_SHARE:g}/{TEST_SHARE:g} per seed",
         "min_count": {name: spec.min_count for name, spec in DATASETS.items()},
     }
     if variants:
@@ -484,7 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     noise = list(dict.fromkeys(args.noise))
     # Seed-major, so that an interrupted grid already holds every dataset and noise.
-    units = [Unit(d, kind, rate, seed) for seed in args.seeds for d in args.datasets for kind, rate in noise]
+    units = [
+        Unit(d, kind, rate, seed)
+        for seed in args.seeds
+        for d in args.datasets
+        for kind, rate in noise
+    ]
     print(
         f"{len(units)} units; options hash {grid.options_hash}; rows in {grid.cache_path}",
         file=sys.stderr,

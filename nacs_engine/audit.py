@@ -121,7 +121,10 @@ def audit_coreset(
     labels = np.asarray(data.labels, dtype=np.float32)
     k = result.size
     coreset = _Arm(result.rows, result.soft_labels, result.weights)
-    randoms = [_random_arm(labels, holdout.candidates, k, config.seed, s) for s in range(config.audit_seeds)]
+    randoms = [
+        _random_arm(labels, holdout.candidates, k, config.seed, s)
+        for s in range(config.audit_seeds)
+    ]
     families = audit_families(config)
     held = _Held(data.subset(holdout.stop), data.subset(holdout.score))
     total = len(families) * config.audit_seeds * 2
@@ -131,12 +134,20 @@ def audit_coreset(
         scores[family] = {"coreset": [], "random": []}
         for seed in range(config.audit_seeds):
             for name, arm in (("coreset", coreset), ("random", randoms[seed])):
-                scores[family][name].append(_fit(data, held, arm, family, config, seed, progress, done / total))
+                scores[family][name].append(
+                    _fit(data, held, arm, family, config, seed, progress, done / total)
+                )
                 done += 1
                 progress("auditing", done / total, f"audit: {family}, seed {seed + 1}, {name}")
     by_family = {family: _summary(scores[family]) for family in families}
     verdicts = [entry["verdict"] for entry in by_family.values()]
-    verdict = "worse" if "worse" in verdicts else "better" if all(v == "better" for v in verdicts) else "level"
+    verdict = (
+        "worse"
+        if "worse" in verdicts
+        else "better"
+        if all(v == "better" for v in verdicts)
+        else "level"
+    )
     audit: dict[str, Any] = {
         "validation_rows": int(holdout.stop.shape[0] + holdout.score.shape[0]),
         "stopping_rows": int(holdout.stop.shape[0]),
@@ -160,13 +171,17 @@ def audit_coreset(
         means = {
             "coreset": _mean_auc(scores, "coreset"),
             "random": _mean_auc(scores, "random"),
-            "mixture": float(np.mean([auc for family in families for auc, _ in mixture_scores[family]])),
+            "mixture": float(
+                np.mean([auc for family in families for auc, _ in mixture_scores[family]])
+            ),
         }
         choice = max(means, key=lambda name: means[name])
         audit["fallback_auc"] = means
         audit["delivered"] = choice
         if choice != "coreset":
-            delivered = _as_result(result, randoms[0] if choice == "random" else mixture, labels, choice)
+            delivered = _as_result(
+                result, randoms[0] if choice == "random" else mixture, labels, choice
+            )
     audit["seconds"] = time.perf_counter() - started
     progress("auditing", 1.0, f"audit: {verdict}; delivered the {audit['delivered']}")
     return delivered, audit
@@ -187,7 +202,9 @@ def _mixture(coreset: _Arm, random: _Arm, k: int, seed: int) -> _Arm:
     theirs = np.setdiff1d(random.rows, coreset.rows[mine], assume_unique=True)
     theirs = np.sort(rng.choice(theirs, size=k - half, replace=False))
     rows = np.concatenate([coreset.rows[mine], theirs])
-    targets = np.concatenate([coreset.targets[mine], random.targets[np.searchsorted(random.rows, theirs)]])
+    targets = np.concatenate(
+        [coreset.targets[mine], random.targets[np.searchsorted(random.rows, theirs)]]
+    )
     weights = np.ones(k, dtype=np.float32)
     if coreset.weights is not None:
         weights[:half] = coreset.weights[mine]
@@ -209,7 +226,10 @@ def _fit(
     options = EvaluationOptions(backbone=family)
     if family != LOGISTIC:
         options = replace(
-            options, embed_dim=config.embed_dim, dropout=config.dropout, learning_rate=config.learning_rate
+            options,
+            embed_dim=config.embed_dim,
+            dropout=config.dropout,
+            learning_rate=config.learning_rate,
         )
     evaluation = evaluate_coreset(
         data.subset(arm.rows),
@@ -222,7 +242,9 @@ def _fit(
         seed=seed,
         device=config.device,
         # Every epoch passes through the job's progress, where a cancel request stops it.
-        progress=lambda epoch, score: progress("auditing", fraction, f"audit: {family}, epoch {epoch}"),
+        progress=lambda epoch, score: progress(
+            "auditing", fraction, f"audit: {family}, epoch {epoch}"
+        ),
     )
     return evaluation.test_auc, evaluation.test_log_loss
 

@@ -51,7 +51,10 @@ def random_rows(
     negatives = np.flatnonzero(labels <= 0.5)
     rows = np.sort(
         np.concatenate(
-            [rng.choice(positives, size=n_pos, replace=False), rng.choice(negatives, size=n_neg, replace=False)]
+            [
+                rng.choice(positives, size=n_pos, replace=False),
+                rng.choice(negatives, size=n_neg, replace=False),
+            ]
         )
     ).astype(np.int64)
     if method == "balanced":

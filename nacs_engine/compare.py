@@ -57,7 +57,15 @@ COMPARABLE_METHODS: tuple[str, ...] = (*METHODS, FULL)
 CLEAN = "clean"
 """The noise of a row whose labels were left as they are (rate 0)."""
 
-RUN_FIELDS: tuple[str, ...] = ("dataset", "noise", "flip_rate", "seed", "method", "budget", "evaluator")
+RUN_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "noise",
+    "flip_rate",
+    "seed",
+    "method",
+    "budget",
+    "evaluator",
+)
 """The fields that name one run; ``compare_methods`` passes them to ``cached``."""
 
 # Each noise kind draws from its own stream of the seed, apart from the engine's streams.
@@ -100,7 +108,9 @@ def flip_labels(labels: np.ndarray, flip_rate: float, seed: int) -> tuple[np.nda
     return noisy, flipped
 
 
-def clicks_to_non_clicks(labels: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def clicks_to_non_clicks(
+    labels: np.ndarray, rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Turn exactly round(rate * clicks) of the clicks, chosen at random from ``seed``, into non-clicks.
 
     labels: (n,) 0/1; rate in [0, 1). Returns (noisy labels (n,) float32,
@@ -112,7 +122,9 @@ def clicks_to_non_clicks(labels: np.ndarray, rate: float, seed: int) -> tuple[np
     flipped = np.zeros(labels.shape[0], dtype=bool)
     count = int(round(rate * clicks.shape[0]))
     if count:
-        flipped[clicks[_noise_rng("clicks-to-non-clicks", seed).permutation(clicks.shape[0])[:count]]] = True
+        flipped[
+            clicks[_noise_rng("clicks-to-non-clicks", seed).permutation(clicks.shape[0])[:count]]
+        ] = True
     noisy = np.where(flipped, 0.0, labels).astype(np.float32)
     return noisy, flipped
 
@@ -224,7 +236,9 @@ def compare_methods(
     options.setdefault("device", device)
     # Every option is checked once, here, before the first (possibly long) run.
     SelectionConfig.from_dict({"size": 1, "method": "nacs", **options})
-    variant_options = {name: {"method": "nacs", **dict(values)} for name, values in (variants or {}).items()}
+    variant_options = {
+        name: {"method": "nacs", **dict(values)} for name, values in (variants or {}).items()
+    }
     for name, values in variant_options.items():
         if name in methods or name == FULL:
             raise ValueError(f"variants: {name!r} is also a method name")
@@ -273,7 +287,13 @@ def compare_methods(
                 if found is None:
                     report(done, total, f"{dataset_name}: full data, {family}, seed {seed}")
                     row = fields | _evaluate_full(
-                        seeded_train, validation, test, family_options[family], seed, device, flipped
+                        seeded_train,
+                        validation,
+                        test,
+                        family_options[family],
+                        seed,
+                        device,
+                        flipped,
                     )
                     emit(row)
                 else:
@@ -281,7 +301,11 @@ def compare_methods(
                 full_auc[family] = row["test_auc"]
                 rows.append(row)
                 done += 1
-                report(done, total, f"{dataset_name}: full data, {family}, seed {seed}: AUC {row['test_auc']:.4f}")
+                report(
+                    done,
+                    total,
+                    f"{dataset_name}: full data, {family}, seed {seed}: AUC {row['test_auc']:.4f}",
+                )
         for budget in budgets:
             for method in selecting:
                 label = budget_label(budget)
@@ -310,7 +334,9 @@ def compare_methods(
                             device,
                             flipped,
                         )
-                        row["recovery"] = row["test_auc"] / full_auc[family] if family in full_auc else None
+                        row["recovery"] = (
+                            row["test_auc"] / full_auc[family] if family in full_auc else None
+                        )
                         emit(row)
                     else:
                         row = dict(found)
@@ -373,8 +399,14 @@ def student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
     to about 1e-12. ``student_t_quantile(0.975, df)`` is the factor of the 95%
     interval mean ± t * stderr.
     """
-    if isinstance(degrees_of_freedom, bool) or not isinstance(degrees_of_freedom, int) or degrees_of_freedom < 1:
-        raise ValueError(f"degrees_of_freedom: expected a positive integer, got {degrees_of_freedom!r}")
+    if (
+        isinstance(degrees_of_freedom, bool)
+        or not isinstance(degrees_of_freedom, int)
+        or degrees_of_freedom < 1
+    ):
+        raise ValueError(
+            f"degrees_of_freedom: expected a positive integer, got {degrees_of_freedom!r}"
+        )
     if not isinstance(probability, (int, float)) or not 0.5 < probability < 1.0:
         raise ValueError(f"probability: expected a number in (0.5, 1), got {probability!r}")
     target = 2.0 * probability - 1.0  # P(|T| <= t)
@@ -469,7 +501,9 @@ def difference_tables(
     difference ± its standard error, the 95% interval and the seeds won
     (for the log loss, the seeds where the method's is lower).
     """
-    per_metric = {metric: paired_differences(rows, metric=metric, baselines=baselines) for metric in metrics}
+    per_metric = {
+        metric: paired_differences(rows, metric=metric, baselines=baselines) for metric in metrics
+    }
     lines_of: dict[tuple[Any, ...], dict[tuple[Any, ...], dict[str, Mapping[str, Any]]]] = {}
     for metric, differences in per_metric.items():
         for d in differences:
@@ -482,11 +516,15 @@ def difference_tables(
         for metric in metrics:
             name = _METRIC_NAMES.get(metric, metric)
             header += [f"{name} difference (mean ± s.e.)", "95% interval", "wins"]
-        out.append(f"{dataset}, {noise_label(noise, flip_rate)}, {evaluator}: method less baseline, seed by seed")
+        out.append(
+            f"{dataset}, {noise_label(noise, flip_rate)}, {evaluator}: method less baseline, seed by seed"
+        )
         out.append("")
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
-        for (_, budget, method, baseline), by_metric in sorted(lines.items(), key=lambda item: item[0][0]):
+        for (_, budget, method, baseline), by_metric in sorted(
+            lines.items(), key=lambda item: item[0][0]
+        ):
             seeds = max(d["seeds"] for d in by_metric.values())
             cells = [str(budget), str(method), str(baseline), str(seeds)]
             for metric in metrics:
@@ -510,7 +548,6 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
     """
     entries = [_settled(e) for e in summary]
     if sort_by_budget:
-
         datasets = _first_seen(e["dataset"] for e in entries)
         noises = _first_seen(e["noise"] for e in entries)
         families = _first_seen(e["evaluator"] for e in entries)
@@ -519,7 +556,13 @@ def format_table(summary: Sequence[Mapping[str, Any]], *, sort_by_budget: bool =
             full = entry["method"] == FULL
             dataset, noise, flip_rate, evaluator = _setting(entry)
             noise_order = (noise != CLEAN, noises[noise], flip_rate)
-            return (datasets[dataset], noise_order, families[evaluator], 0 if full else 1, entry["budget_rows"])
+            return (
+                datasets[dataset],
+                noise_order,
+                families[evaluator],
+                0 if full else 1,
+                entry["budget_rows"],
+            )
 
         entries = sorted(entries, key=key)
     noisy = any(e.get("coreset_flipped_share_mean") is not None for e in entries)
@@ -650,7 +693,9 @@ class QualityTargets:
     learnable_auc: float = 0.75
 
 
-def full_data_auc(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, float | int]]:
+def full_data_auc(
+    rows: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, str], dict[str, float | int]]:
     """Mean test AUC (and seeds) of the "full" rows on clean labels, per (dataset, evaluator)."""
     values: dict[tuple[str, str], list[float]] = {}
     for row in rows:
@@ -680,7 +725,14 @@ def check_targets(
     for metric in ("test_auc", "test_log_loss"):
         for d in paired_differences(rows, metric=metric, baselines=[baseline]):
             if d["method"] == method:
-                key = (d["dataset"], d["noise"], d["flip_rate"], d["evaluator"], d["budget_rows"], d["budget"])
+                key = (
+                    d["dataset"],
+                    d["noise"],
+                    d["flip_rate"],
+                    d["evaluator"],
+                    d["budget_rows"],
+                    d["budget"],
+                )
                 found.setdefault(key, {})[metric] = d
     checks = []
     datasets = _first_seen(key[0] for key in found)
@@ -689,7 +741,14 @@ def check_targets(
 
     def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
         dataset, noise, flip_rate, evaluator, budget_rows, _ = key
-        return (datasets[dataset], noise != CLEAN, noises[noise], flip_rate, families[evaluator], budget_rows)
+        return (
+            datasets[dataset],
+            noise != CLEAN,
+            noises[noise],
+            flip_rate,
+            families[evaluator],
+            budget_rows,
+        )
 
     for key, by_metric in sorted(found.items(), key=lambda item: order(item[0])):
         dataset, noise, flip_rate, evaluator, _, budget = key
@@ -719,7 +778,9 @@ def check_targets(
         entry["auc_pass"] = None if auc is None else auc["mean"] >= auc_target
         entry["log_loss"] = log_loss
         entry["log_loss_target"] = targets.log_loss_margin
-        entry["log_loss_pass"] = None if log_loss is None else log_loss["mean"] <= targets.log_loss_margin
+        entry["log_loss_pass"] = (
+            None if log_loss is None else log_loss["mean"] <= targets.log_loss_margin
+        )
         checks.append(entry)
     return checks
 
@@ -816,7 +877,12 @@ def format_checks(
             ]
             for metric, sign in (("auc", ">="), ("log_loss", "<=")):
                 d = c[metric]
-                cells.append("-" if d is None else f"{d['mean']:+.4f}" + (f" {_interval(d)}" if d["ci_low"] is not None else ""))
+                cells.append(
+                    "-"
+                    if d is None
+                    else f"{d['mean']:+.4f}"
+                    + (f" {_interval(d)}" if d["ci_low"] is not None else "")
+                )
                 cells.append(f"{sign} {c[metric + '_target']:+.2f}")
                 cells.append(_verdict(c[metric + "_pass"]))
                 passes += c[metric + "_pass"] is True
@@ -954,7 +1020,11 @@ def _budget_field(budget: float | int) -> dict[str, float | int]:
 
 # -- helpers ----------------------------------------------------------------------
 
-_METRIC_NAMES = {"test_auc": "test AUC", "test_log_loss": "log loss", "test_log_loss_calibrated": "calibrated log loss"}
+_METRIC_NAMES = {
+    "test_auc": "test AUC",
+    "test_log_loss": "log loss",
+    "test_log_loss_calibrated": "calibrated log loss",
+}
 
 
 def _settled(row: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -962,7 +1032,11 @@ def _settled(row: Mapping[str, Any]) -> Mapping[str, Any]:
     if "noise" in row and "evaluator" in row:
         return row
     rate = row.get("flip_rate", 0.0)
-    return {"noise": CLEAN if not rate else "symmetric", "evaluator": "deepfm", "flip_rate": rate} | dict(row)
+    return {
+        "noise": CLEAN if not rate else "symmetric",
+        "evaluator": "deepfm",
+        "flip_rate": rate,
+    } | dict(row)
 
 
 def _setting(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -988,11 +1062,25 @@ def _mean_and_interval(differences: np.ndarray, confidence: float) -> dict[str, 
     n = int(differences.shape[0])
     mean = float(differences.mean())
     if n < 2:
-        return {"seeds": n, "mean": mean, "std": None, "stderr": None, "ci_low": None, "ci_high": None}
+        return {
+            "seeds": n,
+            "mean": mean,
+            "std": None,
+            "stderr": None,
+            "ci_low": None,
+            "ci_high": None,
+        }
     std = float(np.std(differences, ddof=1))
     stderr = std / math.sqrt(n)
     half = student_t_quantile(0.5 + confidence / 2.0, n - 1) * stderr
-    return {"seeds": n, "mean": mean, "std": std, "stderr": stderr, "ci_low": mean - half, "ci_high": mean + half}
+    return {
+        "seeds": n,
+        "mean": mean,
+        "std": std,
+        "stderr": stderr,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+    }
 
 
 def _t_central_mass(t: float, df: int) -> float:
@@ -1031,7 +1119,9 @@ def _first_seen(values: Iterable[Any]) -> dict[Any, int]:
     return ranks
 
 
-def _learnability(full: Mapping[tuple[str, str], Mapping[str, float | int]], dataset: str, evaluator: str) -> float | None:
+def _learnability(
+    full: Mapping[tuple[str, str], Mapping[str, float | int]], dataset: str, evaluator: str
+) -> float | None:
     if (dataset, evaluator) in full:
         return float(full[(dataset, evaluator)]["mean"])
     means = [float(v["mean"]) for (d, _), v in full.items() if d == dataset]
@@ -1059,7 +1149,9 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def _noise_rng(kind: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_NOISE_STREAMS[kind],)))
+    return np.random.default_rng(
+        np.random.SeedSequence(entropy=seed, spawn_key=(_NOISE_STREAMS[kind],))
+    )
 
 
 # -- checks and formatting --------------------------------------------------------
@@ -1118,7 +1210,9 @@ def _check_arguments(
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds: each seed may appear once")
     if noise_kind not in NOISE_KINDS:
-        raise ValueError(f"noise_kind: expected one of {', '.join(NOISE_KINDS)}, got {noise_kind!r}")
+        raise ValueError(
+            f"noise_kind: expected one of {', '.join(NOISE_KINDS)}, got {noise_kind!r}"
+        )
     _check_rate("flip_rate", flip_rate, NOISE_KINDS[noise_kind].max_rate)
     return list(methods), checked_budgets, [int(s) for s in seeds]
 

@@ -97,10 +97,13 @@ class SelectionConfig:
     )
     remove_rate: Annotated[float, Ge(0.0), Le(0.5)] = field(
         default=0.1,
-        metadata=_doc("Share of over-selected rows removed by MC-dropout denoising (nacs-paper), 0-0.5."),
+        metadata=_doc(
+            "Share of over-selected rows removed by MC-dropout denoising (nacs-paper), 0-0.5."
+        ),
     )
     mc_passes: Annotated[int, Ge(2), Le(100)] = field(
-        default=10, metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise) of nacs-paper, 2-100.")
+        default=10,
+        metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise) of nacs-paper, 2-100."),
     )
     class_balance: ClassBalance = field(
         default="stratified",
@@ -123,7 +126,8 @@ class SelectionConfig:
         ),
     )
     epochs_per_round: Annotated[int, Ge(1), Le(20)] = field(
-        default=3, metadata=_doc("Training epochs over the coreset after each round of nacs-paper, 1-20.")
+        default=3,
+        metadata=_doc("Training epochs over the coreset after each round of nacs-paper, 1-20."),
     )
     learning_rate: Annotated[float, Gt(0.0), Le(1.0)] = field(
         default=0.01, metadata=_doc("Adam learning rate of the proxy model, in (0, 1].")
@@ -312,7 +316,9 @@ class SelectionConfig:
 
 def option_fields() -> list[dataclasses.Field[Any]]:
     """The tunable options (every field but the budget and the method)."""
-    return [f for f in dataclasses.fields(SelectionConfig) if f.name not in BUDGET_AND_METHOD_FIELDS]
+    return [
+        f for f in dataclasses.fields(SelectionConfig) if f.name not in BUDGET_AND_METHOD_FIELDS
+    ]
 
 
 def _constrained_fields() -> dict[str, Any]:

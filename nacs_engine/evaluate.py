@@ -45,7 +45,9 @@ _INFERENCE_BATCH_ROWS = 65536
 MONITORS = ("auc", "log_loss")
 
 
-def _labels_and_values(labels: object, values: object, values_name: str) -> tuple[np.ndarray, np.ndarray]:
+def _labels_and_values(
+    labels: object, values: object, values_name: str
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(values, dtype=np.float64)
     if y.ndim != 1:
@@ -94,7 +96,9 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)).mean())
 
 
-def platt_scaling(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 50) -> tuple[float, float]:
+def platt_scaling(
+    logits: np.ndarray, labels: np.ndarray, *, iterations: int = 50
+) -> tuple[float, float]:
     """(a, b) minimising the log loss of sigmoid(a * logit + b) on (``logits``, ``labels``).
 
     A monotone recalibration (Platt scaling): it leaves every ranking, hence the
@@ -138,7 +142,9 @@ def platt_scaling(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 5
     return float(params[0]), float(params[1])
 
 
-def map_unseen_to_oov(features: np.ndarray, seen: np.ndarray, field_dims: tuple[int, ...]) -> np.ndarray:
+def map_unseen_to_oov(
+    features: np.ndarray, seen: np.ndarray, field_dims: tuple[int, ...]
+) -> np.ndarray:
     """A copy of ``features`` (m, F) where values absent from ``seen`` (n, F) become 0, per field."""
     features = np.asarray(features)
     seen = np.asarray(seen)
@@ -161,7 +167,10 @@ def split_rows(
     """Random disjoint (train, validation, test) positions, each ascending."""
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 3:
         raise ValueError(f"n_rows: expected an integer of at least 3, got {n_rows!r}")
-    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+    for name, value in (
+        ("validation_fraction", validation_fraction),
+        ("test_fraction", test_fraction),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
     if validation_fraction + test_fraction >= 1.0:
@@ -257,11 +266,19 @@ class EvaluationOptions:
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
-            raise ValueError(f"monitor: expected one of {', '.join(MONITORS)}, got {self.monitor!r}")
+            raise ValueError(
+                f"monitor: expected one of {', '.join(MONITORS)}, got {self.monitor!r}"
+            )
         if self.backbone not in EVALUATORS:
-            raise ValueError(f"backbone: expected one of {', '.join(EVALUATORS)}, got {self.backbone!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 2):
-            raise ValueError(f"batch_size: expected an integer of at least 2, got {self.batch_size!r}")
+            raise ValueError(
+                f"backbone: expected one of {', '.join(EVALUATORS)}, got {self.backbone!r}"
+            )
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, int) or self.batch_size < 2
+        ):
+            raise ValueError(
+                f"batch_size: expected an integer of at least 2, got {self.batch_size!r}"
+            )
 
     @property
     def family(self) -> EvaluatorFamily:
@@ -269,7 +286,11 @@ class EvaluationOptions:
 
     def l2_for(self, n_rows: int) -> float:
         """The L2 penalty of a model trained on ``n_rows`` rows: the option, else the family's default."""
-        return self.family.default_l2(n_rows) if self.weight_decay is None else float(self.weight_decay)
+        return (
+            self.family.default_l2(n_rows)
+            if self.weight_decay is None
+            else float(self.weight_decay)
+        )
 
 
 @dataclass(frozen=True)
@@ -380,7 +401,9 @@ def evaluate_coreset(
         best: dict[str, float | torch.Tensor] = {"score": -math.inf}
 
         def validate(current: torch.nn.Module) -> float:
-            logits = predict_logits(current, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+            logits = predict_logits(
+                current, val_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved
+            )
             if options.monitor == "log_loss":
                 score = -log_loss(val_labels, torch.sigmoid(logits.double()).numpy())
             else:
@@ -406,7 +429,9 @@ def evaluate_coreset(
         )
     validation_logits = best["logits"]
     assert isinstance(validation_logits, torch.Tensor)
-    test_logits = predict_logits(model, test_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved)
+    test_logits = predict_logits(
+        model, test_features, batch_size=_INFERENCE_BATCH_ROWS, device=resolved
+    )
     test_probs = torch.sigmoid(test_logits.double()).numpy()
     test_labels = np.asarray(test.labels, dtype=np.float64)
     scale, shift = platt_scaling(validation_logits.double().numpy(), val_labels)

@@ -45,7 +45,9 @@ def last_layer_gradients(
             f"features: expected shape ({logits.shape[0]}, H), got {tuple(features.shape)}"
         )
     if targets.shape != logits.shape:
-        raise ValueError(f"targets: expected shape {tuple(logits.shape)}, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets: expected shape {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
     residual = (torch.sigmoid(logits) - targets.to(logits.dtype)).unsqueeze(1)  # (B, 1)
     ones = torch.ones_like(residual)
     return torch.cat([residual * features, residual * ones], dim=1)  # (B, H + 1)

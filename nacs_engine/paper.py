@@ -121,7 +121,9 @@ def automatic_partition_size(candidates: int) -> int:
     return int(max(1, min(candidates, max(MIN_PARTITION, min(MAX_PARTITION, wanted)))))
 
 
-def run_nacs_paper(data: EncodedDataset, config: SelectionConfig, k: int, report: Report) -> CoresetResult:
+def run_nacs_paper(
+    data: EncodedDataset, config: SelectionConfig, k: int, report: Report
+) -> CoresetResult:
     """Select ``k`` rows of ``data`` by the paper's NaCS as ``config`` says; returns a ``CoresetResult``.
 
     ``report(phase, fraction, message)`` is called after every batch of
@@ -183,9 +185,15 @@ class _Selection:
             self.model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
         )
         self.step = 0
-        cumulative = np.cumsum([sum(g.round_budgets[r] for g in self.groups) for r in range(config.rounds)])
+        cumulative = np.cumsum(
+            [sum(g.round_budgets[r] for g in self.groups) for r in range(config.rounds)]
+        )
         self.total_steps = max(
-            1, sum(config.epochs_per_round * steps_per_epoch(int(c), self.batch_size) for c in cumulative)
+            1,
+            sum(
+                config.epochs_per_round * steps_per_epoch(int(c), self.batch_size)
+                for c in cumulative
+            ),
         )
         self.rows: list[np.ndarray] = []
         self.craig_weights: list[np.ndarray] = []
@@ -220,7 +228,11 @@ class _Selection:
     def run(self) -> CoresetResult:
         started = time.perf_counter()
         config = self.config
-        self.report("selecting", 0.0, f"{config.method}: selecting {self.k_pre} rows in {config.rounds} rounds")
+        self.report(
+            "selecting",
+            0.0,
+            f"{config.method}: selecting {self.k_pre} rows in {config.rounds} rounds",
+        )
         warmup_steps = self._warmup()
         selected_mask = np.zeros(self.n, dtype=bool)
         round_log: list[dict[str, Any]] = []
@@ -238,11 +250,21 @@ class _Selection:
         if config.denoise and self.k_pre > self.k:
             keep, uncertainty = self._denoise(rows)
             removed = int(rows.shape[0] - keep.shape[0])
-            rows, weights, uncertainty, probs = rows[keep], weights[keep], uncertainty[keep], probs[keep]
+            rows, weights, uncertainty, probs = (
+                rows[keep],
+                weights[keep],
+                uncertainty[keep],
+                probs[keep],
+            )
         elif config.denoise:
             self.report("denoising", 1.0, "nothing to remove")
         order = np.argsort(rows, kind="stable")
-        rows, weights, uncertainty, probs = rows[order], weights[order], uncertainty[order], probs[order]
+        rows, weights, uncertainty, probs = (
+            rows[order],
+            weights[order],
+            uncertainty[order],
+            probs[order],
+        )
         given = self.labels[rows]
         soft_labels, final_correction = self._soft_labels(rows, given, probs)
         if config.class_balance == "balanced":
@@ -270,7 +292,9 @@ class _Selection:
             "steps": int(self.step),
             "final_global_trust": global_trust(self.step, self.total_steps),
             "final_mean_correction": final_correction,
-            "soft_label_mean_shift": float(np.abs(soft_labels - given).mean()) if given.size else 0.0,
+            "soft_label_mean_shift": float(np.abs(soft_labels - given).mean())
+            if given.size
+            else 0.0,
         }
         return CoresetResult(
             rows=rows.astype(np.int64),
@@ -286,11 +310,15 @@ class _Selection:
         count = int(round(ratio * self.n))
         if ratio <= 0 or count < 2:
             return 0
-        rows = np.sort(numpy_generator(self.config.seed, "warmup").choice(self.n, size=count, replace=False))
+        rows = np.sort(
+            numpy_generator(self.config.seed, "warmup").choice(self.n, size=count, replace=False)
+        )
         self.report("selecting", 0.0, f"warm-up on {count} rows")
 
         def on_batch(done: int, total: int) -> None:
-            self.report("selecting", self.warmup_share * done / total, f"warm-up: batch {done}/{total}")
+            self.report(
+                "selecting", self.warmup_share * done / total, f"warm-up: batch {done}/{total}"
+            )
 
         log = train_label_correcting(
             self.model,
@@ -313,14 +341,20 @@ class _Selection:
     def _round(self, round_index: int, selected_mask: np.ndarray) -> dict[str, Any]:
         rounds = self.config.rounds
         base = round_index / rounds
-        groups = [(g, g.round_budgets[round_index]) for g in self.groups if g.round_budgets[round_index] > 0]
+        groups = [
+            (g, g.round_budgets[round_index])
+            for g in self.groups
+            if g.round_budgets[round_index] > 0
+        ]
         candidates_total = sum(int(np.count_nonzero(g.mask & ~selected_mask)) for g, _ in groups)
         done_rows = 0
         objective = 0.0
         picked = 0
         partition_sizes: list[int] = []
         moments = head_moments(self.optimizer, self.model.head)
-        round_partition_size = self.config.partition_size or automatic_partition_size(candidates_total)
+        round_partition_size = self.config.partition_size or automatic_partition_size(
+            candidates_total
+        )
 
         for group, budget in groups:
             candidates = np.flatnonzero(group.mask & ~selected_mask)
@@ -357,7 +391,12 @@ class _Selection:
                     done_rows += chunk.shape[0]
                     continue
 
-                def blocks(fraction: float, message: str, offset: int = done_rows, size: int = chunk.shape[0]) -> None:
+                def blocks(
+                    fraction: float,
+                    message: str,
+                    offset: int = done_rows,
+                    size: int = chunk.shape[0],
+                ) -> None:
                     overall = (offset + size * (0.5 + 0.5 * fraction)) / max(candidates_total, 1)
                     self._report_rounds(
                         base + _SELECT_SHARE * overall / rounds,
@@ -390,7 +429,9 @@ class _Selection:
             "selected_total": int(selected_mask.sum()),
             "objective": float(objective),
             "partition_sizes": partition_sizes,
-            "mean_correction": float(np.mean(training.epoch_corrections)) if training.epoch_corrections else 0.0,
+            "mean_correction": float(np.mean(training.epoch_corrections))
+            if training.epoch_corrections
+            else 0.0,
             "train_loss": float(np.mean(training.epoch_losses)) if training.epoch_losses else 0.0,
             "steps": int(self.step),
         }
@@ -425,7 +466,9 @@ class _Selection:
             logits, h = self.model.logits_and_features(x)
             p = torch.sigmoid(logits)
             probs[start:stop] = torch.sigmoid(logits.double()).cpu().numpy()
-            targets = corrected_targets(y, p, self.step, self.total_steps) if self.config.relabel else y
+            targets = (
+                corrected_targets(y, p, self.step, self.total_steps) if self.config.relabel else y
+            )
             out[start:stop] = adam_precondition(last_layer_gradients(logits, h, targets), moments)
             on_batch(stop, rows.shape[0])
         return out, probs
@@ -455,7 +498,9 @@ class _Selection:
             )
 
         def on_batch(done: int, total: int) -> None:
-            fraction = _SELECT_SHARE + (1 - _SELECT_SHARE) * (epochs_done[0] + done / total) / epochs
+            fraction = (
+                _SELECT_SHARE + (1 - _SELECT_SHARE) * (epochs_done[0] + done / total) / epochs
+            )
             self._report_rounds(
                 base + fraction / rounds,
                 f"round {round_index + 1}/{rounds}: training epoch {epochs_done[0] + 1}, batch {done}/{total}",
@@ -531,11 +576,13 @@ class _Selection:
             probs = torch.from_numpy(np.asarray(selection_probs, dtype=np.float64))
         else:
             logits = predict_logits(
-                self.model, self.data.features[rows], batch_size=INFERENCE_BATCH_ROWS, device=self.device
+                self.model,
+                self.data.features[rows],
+                batch_size=INFERENCE_BATCH_ROWS,
+                device=self.device,
             )
             probs = torch.sigmoid(logits.double())
         y = torch.from_numpy(given.astype(np.float64))
         soft = corrected_targets(y, probs, self.step, self.total_steps)
         strength = correction_strength(probs, self.step, self.total_steps)
         return soft.numpy(), float(strength.mean()) if strength.numel() else 0.0
-

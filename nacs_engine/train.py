@@ -43,11 +43,21 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 else 0)
 
 
-def make_optimizer(model: nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.Adam:
+def make_optimizer(
+    model: nn.Module, *, learning_rate: float, weight_decay: float
+) -> torch.optim.Adam:
     """Adam over all of the model's parameters (the fused implementation where torch has one)."""
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not learning_rate > 0
+    ):
         raise ValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not weight_decay >= 0
+    ):
         raise ValueError(f"weight_decay: expected a non-negative number, got {weight_decay!r}")
     parameters = list(model.parameters())
     try:
@@ -56,7 +66,9 @@ def make_optimizer(model: nn.Module, *, learning_rate: float, weight_decay: floa
             parameters, lr=float(learning_rate), weight_decay=float(weight_decay), fused=True
         )
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(parameters, lr=float(learning_rate), weight_decay=float(weight_decay))
+        return torch.optim.Adam(
+            parameters, lr=float(learning_rate), weight_decay=float(weight_decay)
+        )
 
 
 def as_feature_tensor(features: np.ndarray | torch.Tensor, name: str = "features") -> torch.Tensor:
@@ -76,7 +88,11 @@ def as_feature_tensor(features: np.ndarray | torch.Tensor, name: str = "features
 
 
 def _batches(n_rows: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.randperm(n_rows, generator=generator) if generator is not None else torch.arange(n_rows)
+    order = (
+        torch.randperm(n_rows, generator=generator)
+        if generator is not None
+        else torch.arange(n_rows)
+    )
     batches = list(torch.split(order, batch_size))
     if batches and batches[-1].numel() < 2:
         batches.pop()

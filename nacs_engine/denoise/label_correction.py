@@ -20,7 +20,11 @@ _PROBABILITY_FLOOR = 1e-7
 
 
 def _check_steps(step: float, total_steps: float) -> None:
-    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, float)) or not total_steps > 0:
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, (int, float))
+        or not total_steps > 0
+    ):
         raise ValueError(f"total_steps: expected a positive number, got {total_steps!r}")
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not step >= 0:
         raise ValueError(f"step: expected a non-negative number, got {step!r}")
@@ -71,9 +75,7 @@ def label_correcting_loss(
     With ``relabel=False`` the targets are the labels and e is 0.
     """
     if logits.ndim != 1 or labels.shape != logits.shape:
-        raise ValueError(
-            f"labels: expected shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-        )
+        raise ValueError(f"labels: expected shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     labels = labels.to(logits.dtype)
     if relabel:
         probs = torch.sigmoid(logits.detach())
@@ -87,6 +89,8 @@ def label_correcting_loss(
     if weights is None:
         return losses.mean(), mean_e
     if weights.shape != logits.shape:
-        raise ValueError(f"weights: expected shape {tuple(logits.shape)}, got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights: expected shape {tuple(logits.shape)}, got {tuple(weights.shape)}"
+        )
     weights = weights.to(logits.dtype)
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12), mean_e

@@ -24,7 +24,9 @@ def ucb_scores(mean: torch.Tensor, variance: torch.Tensor, passes: int) -> torch
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes: expected a positive integer, got {passes!r}")
     if mean.shape != variance.shape:
-        raise ValueError(f"variance: expected shape {tuple(mean.shape)}, got {tuple(variance.shape)}")
+        raise ValueError(
+            f"variance: expected shape {tuple(mean.shape)}, got {tuple(variance.shape)}"
+        )
     return mean + UCB_Z * torch.sqrt(variance.clamp_min(0.0) / passes)
 
 

@@ -142,7 +142,10 @@ def likely_wrong(
         raise ValueError(f"factor: expected a non-negative number, got {factor!r}")
     support = label_support(p, y)
     wrong = np.zeros(p.shape[0], dtype=bool)
-    for label, share in ((1.0, estimate.wrong_share_positive), (0.0, estimate.wrong_share_negative)):
+    for label, share in (
+        (1.0, estimate.wrong_share_positive),
+        (0.0, estimate.wrong_share_negative),
+    ):
         members = np.flatnonzero(y == label)
         count = min(
             int(round(factor * share * members.shape[0])),

@@ -89,7 +89,12 @@ class MultiLayerPerceptron(nn.Module):
         layers: list[nn.Module] = []
         width = input_dim
         for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [
+                nn.Linear(width, hidden),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+            ]
             width = hidden
         self.layers = nn.Sequential(*layers)
         self.output_dim = width

@@ -36,4 +36,6 @@ def build_model(
     hidden = tuple(int(h) for h in hidden_dims)
     if not hidden or any(h < 1 for h in hidden):
         raise ValueError(f"hidden_dims: expected positive layer widths, got {hidden_dims!r}")
-    return BACKBONES[backbone](dims, embed_dim=embed_dim, hidden_dims=hidden, dropout=float(dropout))
+    return BACKBONES[backbone](
+        dims, embed_dim=embed_dim, hidden_dims=hidden, dropout=float(dropout)
+    )

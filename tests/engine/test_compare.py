@@ -116,7 +116,9 @@ def test_nacs_rows_carry_soft_labels_and_selection_time(splits) -> None:
     assert row["selection_seconds"] > 0 and row["soft_label_shift"] > 0
 
 
-def test_cached_runs_are_skipped_and_a_resumed_grid_gives_the_same_rows(splits, selections, tmp_path) -> None:
+def test_cached_runs_are_skipped_and_a_resumed_grid_gives_the_same_rows(
+    splits, selections, tmp_path
+) -> None:
     train, validation, test = splits
     arguments = dict(
         methods=["random", "full"],
@@ -138,7 +140,9 @@ def test_cached_runs_are_skipped_and_a_resumed_grid_gives_the_same_rows(splits, 
         written.append(row)
 
     with pytest.raises(KeyboardInterrupt):
-        compare_methods(train, validation, test, cached=cache.lookup, on_row=interrupted, **arguments)
+        compare_methods(
+            train, validation, test, cached=cache.lookup, on_row=interrupted, **arguments
+        )
     assert [(r["method"], r["evaluator"]) for r in written] == [
         ("full", "deepfm"),
         ("full", "logistic"),
@@ -220,9 +224,12 @@ def test_summary_means_and_sample_std_over_seeds() -> None:
 def test_summary_takes_recovery_from_the_full_row_of_the_same_seed_and_family() -> None:
     base = {"dataset": "d", "noise": "clean", "flip_rate": 0.0, "budget_rows": 10}
     rows = [
-        base | {"evaluator": "logistic", "method": "full", "budget": "100%", "seed": 0, "test_auc": 0.8},
-        base | {"evaluator": "deepfm", "method": "full", "budget": "100%", "seed": 0, "test_auc": 0.5},
-        base | {"evaluator": "logistic", "method": "nacs", "budget": "5%", "seed": 0, "test_auc": 0.6},
+        base
+        | {"evaluator": "logistic", "method": "full", "budget": "100%", "seed": 0, "test_auc": 0.8},
+        base
+        | {"evaluator": "deepfm", "method": "full", "budget": "100%", "seed": 0, "test_auc": 0.5},
+        base
+        | {"evaluator": "logistic", "method": "nacs", "budget": "5%", "seed": 0, "test_auc": 0.6},
     ]
     (nacs,) = [s for s in summarise(rows) if s["method"] == "nacs"]
     assert nacs["recovery_mean"] == pytest.approx(0.75)
@@ -253,7 +260,9 @@ def test_student_t_quantile_checks_its_arguments() -> None:
         student_t_quantile(0.4, 3)
 
 
-def _row(method: str, seed: int, auc: float, loss: float = 0.5, budget: str = "5%", **fields) -> dict:
+def _row(
+    method: str, seed: int, auc: float, loss: float = 0.5, budget: str = "5%", **fields
+) -> dict:
     return {
         "dataset": "d",
         "noise": "symmetric",
@@ -271,12 +280,18 @@ def _row(method: str, seed: int, auc: float, loss: float = 0.5, budget: str = "5
 def test_paired_differences_are_taken_seed_by_seed_with_t_intervals() -> None:
     rows = [
         _row("full", 0, 0.9, budget="100%"),
-        _row("nacs", 0, 0.70, 0.50), _row("random", 0, 0.60, 0.55), _row("stratified", 0, 0.75),
-        _row("nacs", 1, 0.62, 0.60), _row("random", 1, 0.64, 0.50), _row("stratified", 1, 0.60),
-        _row("nacs", 2, 0.66, 0.40), _row("random", 2, 0.62, 0.45),  # no stratified run for seed 2
+        _row("nacs", 0, 0.70, 0.50),
+        _row("random", 0, 0.60, 0.55),
+        _row("stratified", 0, 0.75),
+        _row("nacs", 1, 0.62, 0.60),
+        _row("random", 1, 0.64, 0.50),
+        _row("stratified", 1, 0.60),
+        _row("nacs", 2, 0.66, 0.40),
+        _row("random", 2, 0.62, 0.45),  # no stratified run for seed 2
         _row("nacs", 0, 0.5, budget="10%"),  # no baseline at 10%
         _row("nacs", 0, 0.9, evaluator="logistic"),  # another family: not paired with deepfm
-        _row("balanced", 0, 0.7), _row("balanced", 1, 0.6),
+        _row("balanced", 0, 0.7),
+        _row("balanced", 1, 0.6),
     ]
     differences = paired_differences(rows)
     assert [(d["method"], d["baseline"], d["seeds"]) for d in differences] == [
@@ -295,7 +310,9 @@ def test_paired_differences_are_taken_seed_by_seed_with_t_intervals() -> None:
     assert first["ci_low"] == pytest.approx(0.04 - 4.302653 * stderr, abs=1e-6)
     assert first["ci_high"] == pytest.approx(0.04 + 4.302653 * stderr, abs=1e-6)
     assert first["wins"] == 2 and first["evaluator"] == "deepfm" and first["budget_rows"] == 50
-    assert differences[1]["mean"] == pytest.approx((-0.05 + 0.02) / 2) and differences[1]["wins"] == 1
+    assert (
+        differences[1]["mean"] == pytest.approx((-0.05 + 0.02) / 2) and differences[1]["wins"] == 1
+    )
     losses = paired_differences(rows, metric="test_log_loss", baselines=["random"])
     assert losses[0]["mean"] == pytest.approx((-0.05 + 0.10 - 0.05) / 3)
     assert losses[0]["wins"] == 2  # a lower log loss wins
@@ -305,14 +322,20 @@ def test_paired_differences_are_taken_seed_by_seed_with_t_intervals() -> None:
 
 def test_difference_tables_put_auc_and_log_loss_side_by_side() -> None:
     rows = [
-        _row("nacs", 0, 0.70, 0.50), _row("random", 0, 0.60, 0.55),
-        _row("nacs", 1, 0.62, 0.60), _row("random", 1, 0.64, 0.50),
-        _row("nacs", 2, 0.66, 0.40), _row("random", 2, 0.62, 0.47),
-        _row("nacs", 0, 0.70, budget="1%"), _row("random", 0, 0.60, budget="1%"),
+        _row("nacs", 0, 0.70, 0.50),
+        _row("random", 0, 0.60, 0.55),
+        _row("nacs", 1, 0.62, 0.60),
+        _row("random", 1, 0.64, 0.50),
+        _row("nacs", 2, 0.66, 0.40),
+        _row("random", 2, 0.62, 0.47),
+        _row("nacs", 0, 0.70, budget="1%"),
+        _row("random", 0, 0.60, budget="1%"),
     ]
     table = difference_tables(rows).splitlines()
     assert table[0] == "d, symmetric 20%, deepfm: method less baseline, seed by seed"
-    assert table[2].startswith("| budget | method | baseline | seeds | test AUC difference (mean ± s.e.)")
+    assert table[2].startswith(
+        "| budget | method | baseline | seeds | test AUC difference (mean ± s.e.)"
+    )
     assert table[4].startswith("| 1% | nacs | random | 1 | +0.1000 | - | 1/1 |")
     assert table[5] == (
         "| 5% | nacs | random | 3 | +0.0400 ± 0.0346 | [-0.1090, +0.1890] | 2/3 "
@@ -335,15 +358,24 @@ def test_targets_hold_nacs_against_random_per_setting() -> None:
         rows += pair(seed, 0.7 + 0.005, 0.7, 0.5, 0.5, budget="25%")  # 25%: the margin is 0
     checks = check_targets(rows)
     found = {(c["noise"], c["budget"]): c for c in checks}
-    assert list(found) == [("clean", "5%"), ("symmetric", "5%"), ("symmetric", "10%"), ("symmetric", "25%")]
-    assert found[("clean", "5%")]["auc_target"] == 0.0 and found[("clean", "5%")]["auc_pass"] is False
+    assert list(found) == [
+        ("clean", "5%"),
+        ("symmetric", "5%"),
+        ("symmetric", "10%"),
+        ("symmetric", "25%"),
+    ]
+    assert (
+        found[("clean", "5%")]["auc_target"] == 0.0 and found[("clean", "5%")]["auc_pass"] is False
+    )
     assert found[("symmetric", "5%")]["auc_target"] == 0.01
     assert found[("symmetric", "5%")]["auc"]["mean"] == pytest.approx(0.04 / 3)
     assert found[("symmetric", "5%")]["auc_pass"] is True
     assert found[("symmetric", "5%")]["log_loss_pass"] is True
     assert found[("symmetric", "10%")]["auc_pass"] is False
     assert found[("symmetric", "10%")]["log_loss_pass"] is False
-    assert found[("symmetric", "25%")]["auc_target"] == 0.0 and found[("symmetric", "25%")]["auc_pass"]
+    assert (
+        found[("symmetric", "25%")]["auc_target"] == 0.0 and found[("symmetric", "25%")]["auc_pass"]
+    )
     text = format_checks(checks)
     assert "| d | symmetric 20% | deepfm | 10% | 3 | +0.0067 [" in text
     assert text.endswith("5 of 8 checks pass")
@@ -360,21 +392,43 @@ def test_flipped_share_targets_follow_the_full_data_auc() -> None:
         for seed, share in ((0, 0.08), (1, 0.10)):
             for evaluator in ("deepfm", "logistic"):
                 rows.append(
-                    _row("nacs", seed, 0.7, dataset=dataset, evaluator=evaluator,
-                         coreset_flipped_share=share, data_flipped_share=0.2)
+                    _row(
+                        "nacs",
+                        seed,
+                        0.7,
+                        dataset=dataset,
+                        evaluator=evaluator,
+                        coreset_flipped_share=share,
+                        data_flipped_share=0.2,
+                    )
                 )
-            rows.append(_row("nacs", seed, 0.7, dataset=dataset, budget="25%",
-                             coreset_flipped_share=0.3, data_flipped_share=0.2))
+            rows.append(
+                _row(
+                    "nacs",
+                    seed,
+                    0.7,
+                    dataset=dataset,
+                    budget="25%",
+                    coreset_flipped_share=0.3,
+                    data_flipped_share=0.2,
+                )
+            )
     assert full_data_auc(rows)[("d", "deepfm")] == {"mean": pytest.approx(0.77), "seeds": 2}
     checks = check_flipped_shares(rows)
     assert [(c["dataset"], c["budget"]) for c in checks] == [("d", "5%"), ("e", "5%")]
     d, e = checks
-    assert d["seeds"] == 2 and d["coreset_share"] == pytest.approx(0.09) and d["ratio"] == pytest.approx(0.45)
+    assert (
+        d["seeds"] == 2
+        and d["coreset_share"] == pytest.approx(0.09)
+        and d["ratio"] == pytest.approx(0.45)
+    )
     assert d["full_auc"] == pytest.approx(0.77) and d["target"] == 0.5 and d["passed"] is True
     assert e["full_auc"] == pytest.approx(0.70) and e["target"] == 0.8 and e["passed"] is True
     strict = check_flipped_shares(rows, targets=QualityTargets(flipped_ratio_learnable=0.4))
     assert strict[0]["passed"] is False and strict[1]["passed"] is True
-    assert "| d | 20% | 5% | 2 | 0.090 | 0.200 | 0.45 | 0.7700 | <= 0.5x | yes |" in format_checks([], checks)
+    assert "| d | 20% | 5% | 2 | 0.090 | 0.200 | 0.45 | 0.7700 | <= 0.5x | yes |" in format_checks(
+        [], checks
+    )
 
 
 def test_noise_kinds_are_recorded_and_clicks_lose_exactly_their_share(splits) -> None:

@@ -24,6 +24,8 @@ from nacs_engine.data.public import (
 from nacs_engine.errors import DataError
 
 DATA = data_dir()
+
+
 def _needs(folder: str) -> None:
     """Skip the test when the shared data folder or its ``folder`` is missing."""
     if DATA is None:

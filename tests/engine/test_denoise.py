@@ -117,7 +117,12 @@ def test_mc_dropout_scores_use_dropout_and_keep_batchnorm_frozen() -> None:
     model.train()
     fractions: list[float] = []
     mean, variance, scores = mc_dropout_scores(
-        model, x, labels, passes=5, batch_size=16, device=torch.device("cpu"),
+        model,
+        x,
+        labels,
+        passes=5,
+        batch_size=16,
+        device=torch.device("cpu"),
         progress=lambda fraction, message: fractions.append(fraction),
     )
     assert model.training  # mode restored

@@ -79,7 +79,9 @@ def test_platt_scaling_is_never_worse_than_the_identity_and_checks_inputs() -> N
     scale, shift = platt_scaling(logits, labels)
     assert math.isfinite(scale) and math.isfinite(shift)
     t = scale * logits + shift
-    assert np.mean(np.logaddexp(0, t) - labels * t) <= np.mean(np.logaddexp(0, logits) - labels * logits)
+    assert np.mean(np.logaddexp(0, t) - labels * t) <= np.mean(
+        np.logaddexp(0, logits) - labels * logits
+    )
     with pytest.raises(ValueError, match="logits"):
         platt_scaling(np.array([0.1]), labels)
     with pytest.raises(ValueError, match="iterations"):
@@ -142,8 +144,17 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
         return next(scores)
 
     fit = fit_early_stopping(
-        model, x, y, None, validate=validate, learning_rate=0.05, weight_decay=0.0,
-        batch_size=8, max_epochs=5, patience=2, device=torch.device("cpu"),
+        model,
+        x,
+        y,
+        None,
+        validate=validate,
+        learning_rate=0.05,
+        weight_decay=0.0,
+        batch_size=8,
+        max_epochs=5,
+        patience=2,
+        device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(0),
     )
     assert (fit.best_epoch, fit.epochs_run, fit.best_score) == (2, 4, 0.9)
@@ -174,8 +185,14 @@ def test_evaluate_coreset_learns_the_task(splits) -> None:
     rows = np.arange(0, train.n_rows, 4)
     epochs: list[int] = []
     small = evaluate_coreset(
-        train, validation, test, rows=rows, soft_labels=np.clip(train.labels[rows], 0.05, 0.95),
-        weights=np.ones(rows.size), options=options, device="cpu",
+        train,
+        validation,
+        test,
+        rows=rows,
+        soft_labels=np.clip(train.labels[rows], 0.05, 0.95),
+        weights=np.ones(rows.size),
+        options=options,
+        device="cpu",
         progress=lambda epoch, score: epochs.append(epoch),
     )
     assert small.train_rows == rows.size and 0.5 < small.test_auc <= 1.0
@@ -209,7 +226,13 @@ def test_early_stopping_on_log_loss_keeps_the_epoch_of_best_validation_log_loss(
     for monitor in scores:
         options = EvaluationOptions(embed_dim=4, max_epochs=6, patience=6, monitor=monitor)
         results[monitor] = evaluate_coreset(
-            train, validation, test, rows=rows, options=options, device="cpu", seed=0,
+            train,
+            validation,
+            test,
+            rows=rows,
+            options=options,
+            device="cpu",
+            seed=0,
             progress=lambda epoch, score, m=monitor: scores[m].append(score),
         )
     # Same seed, same training: the epochs' scores differ only in what they measure.
@@ -227,7 +250,9 @@ def test_the_families_and_their_default_l2() -> None:
     assert EvaluationOptions(backbone="logistic").l2_for(500) == pytest.approx(1 / 500)
     assert EvaluationOptions(backbone="logistic", weight_decay=0.1).l2_for(500) == 0.1
     model = OneHotLogisticRegression((3, 4), l2=0.5)
-    assert sum(p.numel() for p in model.parameters()) == 3 + 4 + 1  # a weight per (field, id), a bias
+    assert (
+        sum(p.numel() for p in model.parameters()) == 3 + 4 + 1
+    )  # a weight per (field, id), a bias
     model.start_at(0.2)
     x = torch.tensor([[1, 2], [0, 3]])
     torch.testing.assert_close(torch.sigmoid(model(x)), torch.full((2,), 0.2))
@@ -235,8 +260,12 @@ def test_the_families_and_their_default_l2() -> None:
     with torch.no_grad():
         model.linear.weight.weight.copy_(torch.arange(7.0).unsqueeze(1))
     model(x).sum().backward()
-    data_gradient = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]).unsqueeze(1)  # ids 1, 0 | 3+2, 3+3
-    torch.testing.assert_close(model.linear.weight.weight.grad, data_gradient + 0.5 * torch.arange(7.0).unsqueeze(1))
+    data_gradient = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]).unsqueeze(
+        1
+    )  # ids 1, 0 | 3+2, 3+3
+    torch.testing.assert_close(
+        model.linear.weight.weight.grad, data_gradient + 0.5 * torch.arange(7.0).unsqueeze(1)
+    )
     torch.testing.assert_close(model.linear.bias.grad, torch.tensor([2.0]))
 
 
@@ -246,9 +275,13 @@ def test_logistic_regression_learns_the_task(splits) -> None:
     full = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
     assert full.test_auc > 0.75 and full.test_log_loss < 0.6
     rows = np.arange(0, train.n_rows, 10)
-    small = evaluate_coreset(train, validation, test, rows=rows, options=options, device="cpu", seed=0)
+    small = evaluate_coreset(
+        train, validation, test, rows=rows, options=options, device="cpu", seed=0
+    )
     assert 0.6 < small.test_auc < full.test_auc
-    again = evaluate_coreset(train, validation, test, rows=rows, options=options, device="cpu", seed=0)
+    again = evaluate_coreset(
+        train, validation, test, rows=rows, options=options, device="cpu", seed=0
+    )
     assert again.test_auc == small.test_auc and again.test_log_loss == small.test_log_loss
 
 

@@ -42,7 +42,9 @@ def test_moments_before_training_are_zero_and_t_is_one() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     moments = head_moments(optimizer, model.head)
     assert moments.step == 0
-    assert torch.count_nonzero(moments.exp_avg) == 0 and torch.count_nonzero(moments.exp_avg_sq) == 0
+    assert (
+        torch.count_nonzero(moments.exp_avg) == 0 and torch.count_nonzero(moments.exp_avg_sq) == 0
+    )
     g = torch.tensor([[0.5, -0.25, 0.0, 1.0, 2.0, -3.0]])
     # t = 1: m_hat = g, v_hat = g^2, so g_hat = g / (|g| + eps).
     expected = g / (g.abs() + 1e-8)

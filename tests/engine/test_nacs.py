@@ -20,7 +20,12 @@ from nacs_engine.teacher import automatic_folds
 @pytest.fixture(scope="module")
 def generated():
     return make_synthetic_ctr(
-        4000, cardinalities=(20, 50, 8, 100, 30, 5), click_rate=0.3, flip_rate=0.2, signal=2.0, seed=1
+        4000,
+        cardinalities=(20, 50, 8, 100, 30, 5),
+        click_rate=0.3,
+        flip_rate=0.2,
+        signal=2.0,
+        seed=1,
     )
 
 
@@ -34,7 +39,9 @@ def _config(**options: object) -> SelectionConfig:
     return SelectionConfig(**values)
 
 
-def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(data: EncodedDataset) -> None:
+def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
+    data: EncodedDataset,
+) -> None:
     calls: list[tuple[str, float, str]] = []
     result = select_coreset(data, _config(), progress=lambda *args: calls.append(args))
     assert result.size == 300 and np.unique(result.rows).shape[0] == 300
@@ -105,7 +112,9 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
     np.testing.assert_array_equal(given.soft_labels, given.labels)
     teacher = select_coreset(data, _config(label_mix=0.0))
     half = select_coreset(data, _config(label_mix=0.5))
-    np.testing.assert_allclose(half.soft_labels, 0.5 * teacher.labels + 0.5 * teacher.soft_labels, atol=1e-6)
+    np.testing.assert_allclose(
+        half.soft_labels, 0.5 * teacher.labels + 0.5 * teacher.soft_labels, atol=1e-6
+    )
 
 
 def test_class_balance(data: EncodedDataset) -> None:
@@ -126,11 +135,15 @@ def test_candidates_restrict_the_rows(data: EncodedDataset) -> None:
 
 
 def test_one_class_and_bad_labels_are_data_errors(data: EncodedDataset) -> None:
-    ones = EncodedDataset(data.features[:500], np.ones(500, np.float32), data.field_names, data.field_dims)
+    ones = EncodedDataset(
+        data.features[:500], np.ones(500, np.float32), data.field_names, data.field_dims
+    )
     with pytest.raises(DataError, match="labels") as caught:
         select_coreset(ones, _config(size=50))
     assert caught.value.code == "single_class"
-    half = EncodedDataset(data.features[:500], np.full(500, 0.5, np.float32), data.field_names, data.field_dims)
+    half = EncodedDataset(
+        data.features[:500], np.full(500, 0.5, np.float32), data.field_names, data.field_dims
+    )
     with pytest.raises(DataError, match="labels"):
         select_coreset(half, _config(size=50))
     with pytest.raises(ValueError, match="k"):
@@ -168,7 +181,6 @@ def test_craig_weights_are_tempered_to_the_effective_share() -> None:
     assert tempered[0] > tempered[1]
     even = np.array([3.0, 2, 2, 3])
     np.testing.assert_array_equal(_weights(even, 0.5), even)
-
 
 
 def test_probability_strata_count_set_aside_rows_toward_their_stratum() -> None:

@@ -30,7 +30,9 @@ def test_nacs_coreset_holds_fewer_flipped_rows_than_the_data_and_random(noisy) -
     nacs_shares, random_shares, given_errors, soft_errors = [], [], [], []
     for seed in SEEDS:
         nacs = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS, seed=seed))
-        random = select_coreset(noisy.dataset, SelectionConfig(**OPTIONS, seed=seed, method="random"))
+        random = select_coreset(
+            noisy.dataset, SelectionConfig(**OPTIONS, seed=seed, method="random")
+        )
         nacs_shares.append(float(flipped[nacs.rows].mean()))
         random_shares.append(float(flipped[random.rows].mean()))
         truth = noisy.click_probability[nacs.rows]

@@ -18,7 +18,9 @@ from nacs_engine.denoise.noise_estimate import (
 from nacs_engine.teacher import cross_fit
 
 
-def _anchored(n: int = 10_000, low_clicks: int = 10, high_clicks: int = 45) -> tuple[np.ndarray, np.ndarray]:
+def _anchored(
+    n: int = 10_000, low_clicks: int = 10, high_clicks: int = 45
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities 0..1 in order; 50 anchor rows at each end with the given clicks, 30% elsewhere."""
     probabilities = np.linspace(0.0, 1.0, n)
     labels = np.zeros(n)
@@ -63,7 +65,9 @@ def test_likely_wrong_takes_the_least_supported_rows_of_each_class() -> None:
     probabilities = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.6, 0.05, 0.95])
     labels = np.array([0, 1, 1, 1, 0, 0, 0, 1], dtype=float)
     estimate = NoiseEstimate(0.25, 0.25, 0.25, 0.5, 0.25, 0.5, 0.375, 1)
-    np.testing.assert_allclose(label_support(probabilities, labels), [0.1, 0.1, 0.2, 0.8, 0.7, 0.4, 0.95, 0.95])
+    np.testing.assert_allclose(
+        label_support(probabilities, labels), [0.1, 0.1, 0.2, 0.8, 0.7, 0.4, 0.95, 0.95]
+    )
     # Factor 1: one of four positives (0.25 x 4), two of four negatives (0.5 x 4).
     wrong = likely_wrong(probabilities, labels, estimate, 1.0)
     np.testing.assert_array_equal(np.flatnonzero(wrong), [0, 1, 5])

@@ -49,9 +49,13 @@ def test_nacs_returns_k_distinct_rows_with_mean_one_weights(data: EncodedDataset
     assert result.size == 300
     assert np.unique(result.rows).shape[0] == 300
     assert np.all(np.diff(result.rows) > 0)
-    assert result.rows.dtype == np.int64 and 0 <= result.rows.min() and result.rows.max() < data.n_rows
+    assert (
+        result.rows.dtype == np.int64 and 0 <= result.rows.min() and result.rows.max() < data.n_rows
+    )
     np.testing.assert_array_equal(result.labels, data.labels[result.rows])
-    assert result.weights.dtype == np.float32 and result.weights.mean() == pytest.approx(1.0, abs=1e-5)
+    assert result.weights.dtype == np.float32 and result.weights.mean() == pytest.approx(
+        1.0, abs=1e-5
+    )
     assert np.all(result.weights >= 0)
     assert np.all((result.soft_labels >= 0) & (result.soft_labels <= 1))
     assert np.all(np.isfinite(result.uncertainty)) and result.uncertainty.max() > 0
@@ -140,13 +144,18 @@ def test_balanced_takes_half_positives_and_restores_the_click_rate(data: Encoded
     assert result.weights.mean() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_random_share_of_the_picks_keeps_sizes_quotas_and_determinism(data: EncodedDataset) -> None:
+def test_a_random_share_of_the_picks_keeps_sizes_quotas_and_determinism(
+    data: EncodedDataset,
+) -> None:
     config = _config(random_share=0.5, size=600)
     result = select_coreset(data, config)
     assert result.size == 600 and np.unique(result.rows).shape[0] == 600
     assert int(result.labels.sum()) == class_quota(data.labels, 600, "stratified")[0]
     assert result.weights.mean() == pytest.approx(1.0, abs=1e-5)
-    assert sum(r["selected"] for r in result.diagnostics["rounds"]) == result.diagnostics["pre_denoise_rows"]
+    assert (
+        sum(r["selected"] for r in result.diagnostics["rounds"])
+        == result.diagnostics["pre_denoise_rows"]
+    )
     np.testing.assert_array_equal(select_coreset(data, config).rows, result.rows)
     # Uniform draws carry weight 1 before normalisation; facility location's CRAIG
     # weights vary, so half the pre-denoising rows share one weight.

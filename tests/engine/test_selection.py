@@ -281,7 +281,10 @@ def test_the_workspace_is_kept_per_thread_and_up_to_its_limit(monkeypatch):
     monkeypatch.setattr(facility_location, "WORKSPACE_MAX_BYTES", 1000)
     release_workspace()
     too_large = block_workspace(1, 20, torch.float32, torch.device("cpu"))  # 1,600 bytes
-    assert block_workspace(1, 20, torch.float32, torch.device("cpu")).data_ptr() != too_large.data_ptr()
+    assert (
+        block_workspace(1, 20, torch.float32, torch.device("cpu")).data_ptr()
+        != too_large.data_ptr()
+    )
     release_workspace()
 
 
