@@ -86,10 +86,12 @@ from nacs_engine.compare import (
     FULL,
     NOISE_KINDS,
     RowCache,
+    check_audit_agreement,
     check_flipped_shares,
     check_targets,
     compare_methods,
     difference_tables,
+    format_audit_agreement,
     format_checks,
     format_table,
     full_data_auc,
@@ -385,6 +387,10 @@ def report(
             check_flipped_shares(rows, method=check_method),
         )
     )
+    out.append("")
+    out.append(f"The audit of {check_method}'s jobs against the offline evaluation")
+    out.append("")
+    out.append(format_audit_agreement(check_audit_agreement(rows, method=check_method)))
     return "\n".join(out)
 
 

@@ -909,6 +909,107 @@ def format_checks(
     return "\n".join(lines)
 
 
+def check_audit_agreement(
+    rows: Sequence[Mapping[str, Any]], *, method: str = "nacs", baseline: str = "random"
+) -> list[dict[str, Any]]:
+    """Whether each job's own audit told the same story as the offline evaluation.
+
+    One dict per (dataset, noise, flip_rate, evaluator, budget) where
+    ``method``'s rows carry an audit of that family (the audit trains the
+    logistic family and the selection's backbone): dataset, noise, flip_rate,
+    evaluator, budget, seeds, audit (the mean over seeds of the audit's AUC
+    difference, coreset less its random subset, on the held-out rows of the
+    training split), offline (the mean paired test AUC difference of
+    ``method`` less ``baseline``), verdicts (the audit's verdict per seed,
+    counted) and agree (the two means have the same sign).
+    """
+    audits: dict[tuple[Any, ...], dict[int, tuple[float, str | None]]] = {}
+    for row in rows:
+        row = _settled(row)
+        if row["method"] == method and row.get("audit_auc_difference") is not None:
+            key = (*_setting(row), row["budget"])
+            audits.setdefault(key, {})[row["seed"]] = (
+                float(row["audit_auc_difference"]),
+                row.get("audit_family_verdict"),
+            )
+    offline = {
+        (d["dataset"], d["noise"], d["flip_rate"], d["evaluator"], d["budget"]): d
+        for d in paired_differences(rows, metric="test_auc", baselines=[baseline])
+        if d["method"] == method
+    }
+    checks = []
+    datasets = _first_seen(key[0] for key in audits)
+    noises = _first_seen(key[1] for key in audits)
+
+    def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+        dataset, noise, flip_rate, evaluator, budget = key
+        return (
+            datasets[dataset],
+            noise != CLEAN,
+            noises[noise],
+            flip_rate,
+            evaluator,
+            _budget_ratio(budget) or 0.0,
+        )
+
+    for key, by_seed in sorted(audits.items(), key=lambda item: order(item[0])):
+        paired = offline.get(key)
+        if paired is None:
+            continue
+        audit_mean = float(np.mean([value for value, _ in by_seed.values()]))
+        verdicts: dict[str, int] = {}
+        for _, verdict in by_seed.values():
+            verdicts[str(verdict)] = verdicts.get(str(verdict), 0) + 1
+        dataset, noise, flip_rate, evaluator, budget = key
+        checks.append(
+            {
+                "dataset": dataset,
+                "noise": noise,
+                "flip_rate": flip_rate,
+                "evaluator": evaluator,
+                "budget": budget,
+                "seeds": len(by_seed),
+                "audit": audit_mean,
+                "offline": float(paired["mean"]),
+                "verdicts": verdicts,
+                "agree": (audit_mean >= 0) == (paired["mean"] >= 0),
+            }
+        )
+    return checks
+
+
+def format_audit_agreement(checks: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of ``check_audit_agreement`` and the share of settings that agree."""
+    if not checks:
+        return "No audited rows."
+    lines = [
+        "| dataset | noise | evaluator | budget | seeds | audit: AUC difference | verdicts "
+        "| offline: AUC difference | same sign |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        verdicts = ", ".join(f"{name} {count}" for name, count in sorted(c["verdicts"].items()))
+        lines.append(
+            f"| {c['dataset']} | {noise_label(c['noise'], c['flip_rate'])} | {c['evaluator']} "
+            f"| {c['budget']} | {c['seeds']} | {c['audit']:+.4f} | {verdicts} "
+            f"| {c['offline']:+.4f} | {'yes' if c['agree'] else 'no'} |"
+        )
+    agreeing = sum(bool(c["agree"]) for c in checks)
+    decisive = contradicting = 0
+    for c in checks:
+        for verdict, count in c["verdicts"].items():
+            if verdict in ("better", "worse"):
+                decisive += count
+                contradicting += count * ((verdict == "better") != (c["offline"] >= 0))
+    lines.append("")
+    lines.append(
+        f"The audit agrees in sign with the offline evaluation on {agreeing} of {len(checks)} "
+        f"settings ({agreeing / len(checks):.0%}); of its {decisive} decisive verdicts (better "
+        f"or worse), {contradicting} contradict the offline sign."
+    )
+    return "\n".join(lines)
+
+
 # -- the runs, one at a time ------------------------------------------------------
 
 

@@ -12,12 +12,14 @@ from nacs_engine import compare
 from nacs_engine.compare import (
     QualityTargets,
     RowCache,
+    check_audit_agreement,
     check_flipped_shares,
     check_targets,
     clicks_to_non_clicks,
     compare_methods,
     difference_tables,
     flip_labels,
+    format_audit_agreement,
     format_checks,
     format_table,
     full_data_auc,
@@ -429,6 +431,47 @@ def test_flipped_share_targets_follow_the_full_data_auc() -> None:
     assert "| d | 20% | 5% | 2 | 0.090 | 0.200 | 0.45 | 0.7700 | <= 0.5x | yes |" in format_checks(
         [], checks
     )
+
+
+def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> None:
+    def audited(seed: int, auc: float, audit: float, verdict: str, **fields) -> dict:
+        return _row(
+            "nacs", seed, auc, audit_auc_difference=audit, audit_family_verdict=verdict, **fields
+        )
+
+    rows = [
+        audited(0, 0.70, 0.03, "better"),
+        audited(1, 0.66, 0.01, "level"),
+        _row("random", 0, 0.65),
+        _row("random", 1, 0.64),
+        # logistic: the audit says better, the offline evaluation says worse.
+        audited(0, 0.60, 0.02, "better", evaluator="logistic"),
+        audited(1, 0.60, -0.01, "level", evaluator="logistic"),
+        _row("random", 0, 0.62, evaluator="logistic"),
+        _row("random", 1, 0.61, evaluator="logistic"),
+        # dcnv2: the audit has no such family, so no check.
+        _row("nacs", 0, 0.7, evaluator="dcnv2", audit_auc_difference=None),
+        _row("random", 0, 0.6, evaluator="dcnv2"),
+    ]
+    checks = check_audit_agreement(rows)
+    assert [c["evaluator"] for c in checks] == ["deepfm", "logistic"]
+    deepfm, logistic = checks
+    assert deepfm["audit"] == pytest.approx(0.02) and deepfm["offline"] == pytest.approx(0.035)
+    assert deepfm["verdicts"] == {"better": 1, "level": 1} and deepfm["agree"] is True
+    assert logistic["audit"] == pytest.approx(0.005) and logistic["offline"] == pytest.approx(
+        -0.015
+    )
+    assert logistic["agree"] is False
+    text = format_audit_agreement(checks)
+    assert (
+        "| d | symmetric 20% | logistic | 5% | 2 | +0.0050 | better 1, level 1 | -0.0150 | no |"
+        in text
+    )
+    assert (
+        "on 1 of 2 settings (50%); of its 2 decisive verdicts (better or worse), 1 contradict"
+        in text
+    )
+    assert format_audit_agreement([]) == "No audited rows."
 
 
 def test_noise_kinds_are_recorded_and_clicks_lose_exactly_their_share(splits) -> None:
