@@ -104,8 +104,10 @@ def partitioned_row(
         1,
     )
     return (
-        f"| {problems:,} x {rows:,}, {ratio:.0%} | {ours_s:.4f} | {floor_s:.4f} | {ours_s / floor_s:.1f}x "
-        f"| {cpu_s:.3f} | {cpu_s / ours_s:.0f}x | {result.objective:,.0f} | {cpu_result.objective:,.0f} "
+        f"| {problems:,} x {rows:,}, {ratio:.0%} | {ours_s:.4f} | {floor_s:.4f} "
+        f"| {ours_s / floor_s:.1f}x "
+        f"| {cpu_s:.3f} | {cpu_s / ours_s:.0f}x | {result.objective:,.0f} "
+        f"| {cpu_result.objective:,.0f} "
         f"| {bool(torch.equal(result.indices.cpu(), cpu_result.indices))} |"
     )
 
@@ -121,10 +123,12 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"# device {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads for the CPU column"
+        f"# device {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads "
+        "for the CPU column"
     )
     print(
-        "| setting | ours on device (s) | floor (s) | ours/floor | ours on CPU (s) | CPU/device | objective, device | objective, CPU | same picks |"
+        "| setting | ours on device (s) | floor (s) | ours/floor | ours on CPU (s) | CPU/device "
+        "| objective, device | objective, CPU | same picks |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     settings = [(k, eps, min(n, 1_000)) for k, eps, n in TABLE_1[:3]] if args.quick else TABLE_1

@@ -117,7 +117,9 @@ PEERS = {"apricot": (apricot_picks, np.float64), "submodlib": (submodlib_picks, 
 
 
 def peer_task(name: str, path: str, k: int, eps: float, seed: int, clock_name: str):
-    """Run one peer on the similarity saved at ``path``; (seconds, picks). Runs in the peer's process."""
+    """Run one peer on the similarity saved at ``path``; (seconds, picks).
+
+    Runs in the peer's process."""
     warnings.filterwarnings("ignore")
     function, dtype = PEERS[name]
     similarity = np.load(path).astype(dtype)  # converted before the clock starts
@@ -174,7 +176,8 @@ def table_1(settings, repeats: int, seed: int, peers: dict[str, Peer]) -> list[d
         release_workspace()
         cold_s, _ = best_time(ours, 1)  # the first call: the block is fresh memory
         ours_s, picks = best_time(ours, repeats)
-        # The plain greedy (every row a candidate), by the same lazy evaluation: the quality reference.
+        # The plain greedy (every row a candidate), by the same lazy evaluation: the quality
+        # reference.
         greedy_s, greedy_picks = best_time(
             lambda features=features, k=k: batched_stochastic_greedy(
                 features, k, eps=1e-300, generator=torch.Generator().manual_seed(seed)
@@ -312,8 +315,10 @@ def partitioned(
 
 
 HEADER = (
-    "| setting | ours (s) | ours, first call (s) | floor (s) | ours/floor | apricot (s) | submodlib (s) | apricot/ours "
-    "| submodlib/ours | objective ours | ours, 5 more seeds | apricot | submodlib | plain greedy | random |"
+    "| setting | ours (s) | ours, first call (s) | floor (s) | ours/floor | apricot (s) "
+    "| submodlib (s) | apricot/ours "
+    "| submodlib/ours | objective ours | ours, 5 more seeds | apricot | submodlib "
+    "| plain greedy | random |"
 )
 
 
@@ -326,9 +331,12 @@ def print_row(row: dict) -> None:
         return "-" if math.isnan(v) else f"{v:,.0f}"
 
     print(
-        f"| {row['setting']} | {row['ours_s']:.3f} | {row['cold_s']:.3f} | {row['floor_s']:.3f} | {ratio(row['ours_s'], row['floor_s'])} "
-        f"| {row['apricot_s']:.2f} | {row['submodlib_s']:.2f} | {ratio(row['apricot_s'], row['ours_s'])} "
-        f"| {ratio(row['submodlib_s'], row['ours_s'])} | {objective('ours')} | {row['ours_seeds']} | {objective('apricot')} "
+        f"| {row['setting']} | {row['ours_s']:.3f} | {row['cold_s']:.3f} | {row['floor_s']:.3f} "
+        f"| {ratio(row['ours_s'], row['floor_s'])} "
+        f"| {row['apricot_s']:.2f} | {row['submodlib_s']:.2f} "
+        f"| {ratio(row['apricot_s'], row['ours_s'])} "
+        f"| {ratio(row['submodlib_s'], row['ours_s'])} | {objective('ours')} | {row['ours_seeds']} "
+        f"| {objective('apricot')} "
         f"| {objective('submodlib')} | {objective('greedy')} | {objective('random')} |",
         flush=True,
     )
@@ -387,7 +395,8 @@ def main() -> None:
                 peer.close()
     print(
         "\nobjective: facility-location value sum_i max_{j in S} sim(i, j) on the same similarity; "
-        "plain greedy = every unselected row a candidate at every pick; random = k rows drawn uniformly."
+        "plain greedy = every unselected row a candidate at every pick; "
+        "random = k rows drawn uniformly."
     )
 
 

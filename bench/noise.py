@@ -85,7 +85,8 @@ def table(results: list[dict]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in results))
     lines = [
         "| method | flipped in data | flipped in coreset | mean abs(given - clean) | "
-        "mean abs(soft - clean) | on flipped rows | on clean rows | squared: given | squared: soft | "
+        "mean abs(soft - clean) | on flipped rows | on clean rows | squared: given | "
+        "squared: soft | "
         "abs(given - teacher p) | abs(soft - teacher p) | select s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

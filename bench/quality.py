@@ -1,4 +1,5 @@
-"""Coreset quality by the evaluation protocol: datasets x label noise x budgets x seeds x evaluator families.
+"""Coreset quality by the evaluation protocol: datasets x label noise x budgets x seeds x
+evaluator families.
 
 Datasets (``DATASETS``; read from the shared data folder, never copied into
 the repository):
@@ -176,7 +177,8 @@ class Unit:
 
 
 def parse_noise(text: str) -> tuple[str, float]:
-    """("clean", 0.0) for "clean" or "0"; (kind, rate) for "kind:rate"; a bare rate means symmetric flips."""
+    """("clean", 0.0) for "clean" or "0"; (kind, rate) for "kind:rate"; a bare rate means
+    symmetric flips."""
     if text == CLEAN:
         return CLEAN, 0.0
     kind, _, rate_text = text.rpartition(":")
@@ -185,7 +187,8 @@ def parse_noise(text: str) -> tuple[str, float]:
         rate = float(rate_text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected clean, RATE or KIND:RATE with KIND one of {', '.join(NOISE_KINDS)}, got {text!r}"
+            f"expected clean, RATE or KIND:RATE with KIND one of {', '.join(NOISE_KINDS)}, "
+            f"got {text!r}"
         ) from None
     if kind not in NOISE_KINDS:
         raise argparse.ArgumentTypeError(
@@ -204,7 +207,8 @@ def _all_rows(name: str) -> pa.Table:
 
 
 def load(name: str, split_seed: int | None):
-    """(train, validation, test) EncodedDatasets of one dataset, vocabularies from its training rows.
+    """(train, validation, test) EncodedDatasets of one dataset, vocabularies from its training
+    rows.
 
     split_seed: every row split 70/10/20 with this seed; None: the fixed split
     (the dataset's own files, else 80/10/10 with seed 0).
@@ -232,7 +236,8 @@ def load(name: str, split_seed: int | None):
 def budget_groups(
     budgets: Sequence[float], evaluators: Sequence[str], noise: str, reduced: Sequence[str]
 ) -> list[tuple[tuple[str, ...], list[float]]]:
-    """The budgets of one noise setting grouped by the families that run them, most families first."""
+    """The budgets of one noise setting grouped by the families that run them, most families
+    first."""
     groups: dict[tuple[str, ...], list[float]] = {}
     for budget in budgets:
         in_reduced = noise in REDUCED_NOISE and any(
@@ -408,7 +413,7 @@ def tables_from(path: str, check_method: str, baselines: Sequence[str] | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     parser.add_argument(
@@ -431,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=["dcnv2"],
         metavar="FAMILY",
-        help="families that run only budgets 1%% and 10%%, clean and symmetric flips (default: dcnv2)",
+        help=(
+            "families that run only budgets 1%% and 10%%, clean and symmetric flips "
+            "(default: dcnv2)"
+        ),
     )
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=2)
@@ -468,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baselines",
         nargs="+",
-        help="what every method is paired against (default: the engine's baseline methods that ran)",
+        help=(
+            "what every method is paired against (default: the engine's baseline methods that ran)"
+        ),
     )
     parser.add_argument(
         "--tables-from", metavar="JSONL", help="only print the tables of the rows in this file"

@@ -28,7 +28,8 @@ def class_quota(labels: np.ndarray, k: int, class_balance: str) -> tuple[int, in
 
 
 def prior_weights(selected_labels: np.ndarray, data_click_rate: float) -> np.ndarray:
-    """Weights (mean 1) that make the weighted click rate of the selection equal ``data_click_rate``."""
+    """Weights (mean 1) that make the weighted click rate of the selection equal
+    ``data_click_rate``."""
     positive = selected_labels > 0.5
     share = float(positive.mean()) if positive.size else 0.0
     weights = np.ones(selected_labels.shape[0], dtype=np.float64)

@@ -111,7 +111,8 @@ def flip_labels(labels: np.ndarray, flip_rate: float, seed: int) -> tuple[np.nda
 def clicks_to_non_clicks(
     labels: np.ndarray, rate: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn exactly round(rate * clicks) of the clicks, chosen at random from ``seed``, into non-clicks.
+    """Turn exactly round(rate * clicks) of the clicks, chosen at random from ``seed``, into
+    non-clicks.
 
     labels: (n,) 0/1; rate in [0, 1). Returns (noisy labels (n,) float32,
     flipped (n,) bool: the clicks turned into 0).
@@ -247,7 +248,8 @@ def compare_methods(
         evaluation_options = EvaluationOptions(backbone=options.get("backbone", "deepfm"))
     if not isinstance(evaluation_options, EvaluationOptions):
         raise ValueError(
-            f"evaluation_options: expected EvaluationOptions, got {type(evaluation_options).__name__}"
+            "evaluation_options: expected EvaluationOptions, "
+            f"got {type(evaluation_options).__name__}"
         )
     families = _check_evaluators(evaluators, evaluation_options)
     family_options = {family: replace(evaluation_options, backbone=family) for family in families}
@@ -352,7 +354,8 @@ def compare_methods(
 
 
 def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds of every (dataset, noise, rate, evaluator, method, budget).
+    """Mean and standard deviation over seeds of every (dataset, noise, rate, evaluator, method,
+    budget).
 
     Returns one dict per group, in the order groups first appear, with
     dataset, noise, flip_rate, evaluator, method, budget, budget_rows, seeds
@@ -431,7 +434,8 @@ def paired_differences(
     baselines: Sequence[str] | None = None,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Each method's ``metric`` less a baseline's, seed by seed (same split, noise, budget and family).
+    """Each method's ``metric`` less a baseline's, seed by seed (same split, noise, budget and
+    family).
 
     baselines: the methods compared against (default: every method of
     ``REFERENCE_METHODS`` the rows hold). Every other method except "full" is
@@ -517,7 +521,8 @@ def difference_tables(
             name = _METRIC_NAMES.get(metric, metric)
             header += [f"{name} difference (mean ± s.e.)", "95% interval", "wins"]
         out.append(
-            f"{dataset}, {noise_label(noise, flip_rate)}, {evaluator}: method less baseline, seed by seed"
+            f"{dataset}, {noise_label(noise, flip_rate)}, {evaluator}: "
+            "method less baseline, seed by seed"
         )
         out.append("")
         out.append("| " + " | ".join(header) + " |")
@@ -858,12 +863,14 @@ def check_flipped_shares(
 def format_checks(
     differences: Sequence[Mapping[str, Any]], flipped: Sequence[Mapping[str, Any]] = ()
 ) -> str:
-    """Markdown tables of ``check_targets`` and ``check_flipped_shares``, and the count of passes."""
+    """Markdown tables of ``check_targets`` and ``check_flipped_shares``, and the count of
+    passes."""
     lines = []
     passes = fails = 0
     if differences:
         lines += [
-            "| dataset | noise | evaluator | budget | seeds | AUC difference [95% interval] | target "
+            "| dataset | noise | evaluator | budget | seeds | AUC difference [95% interval] "
+            "| target "
             "| pass | log loss difference [95% interval] | target | pass |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -891,7 +898,8 @@ def format_checks(
         lines.append("")
     if flipped:
         lines += [
-            "| dataset | flips | budget | seeds | flipped in coreset | in data | ratio | full-data AUC | target | pass |",
+            "| dataset | flips | budget | seeds | flipped in coreset | in data | ratio "
+            "| full-data AUC | target | pass |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in flipped:
@@ -1129,7 +1137,8 @@ _METRIC_NAMES = {
 
 
 def _settled(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``row`` with its noise and evaluator set: rows that lack them had symmetric flips and DeepFM."""
+    """``row`` with its noise and evaluator set: rows that lack them had symmetric flips and
+    DeepFM."""
     if "noise" in row and "evaluator" in row:
         return row
     rate = row.get("flip_rate", 0.0)
@@ -1281,7 +1290,8 @@ def _check_arguments(
     unknown = [m for m in methods if m not in COMPARABLE_METHODS]
     if unknown:
         raise ValueError(
-            f"methods: unknown {', '.join(map(repr, unknown))}; expected {', '.join(COMPARABLE_METHODS)}"
+            f"methods: unknown {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(COMPARABLE_METHODS)}"
         )
     if len(set(methods)) != len(methods):
         raise ValueError("methods: each method may appear once")

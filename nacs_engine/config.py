@@ -151,7 +151,8 @@ class SelectionConfig:
     min_count: Annotated[int, Ge(1), Le(1_000_000)] = field(
         default=10,
         metadata=_doc(
-            "Feature values seen fewer times than this map to the field's out-of-vocabulary id, 1-1000000."
+            "Feature values seen fewer times than this map to the field's out-of-vocabulary id, "
+            "1-1000000."
         ),
     )
     warmup_ratio: Annotated[float, Ge(0.0), Le(0.5)] = field(
@@ -290,7 +291,8 @@ class SelectionConfig:
         if self.size is not None:
             if self.size > n_rows:
                 raise ValueError(
-                    f"size: the budget of {self.size} rows is larger than the dataset ({n_rows} rows)"
+                    f"size: the budget of {self.size} rows is larger than the dataset "
+                    f"({n_rows} rows)"
                 )
             return self.size
         assert self.ratio is not None

@@ -145,7 +145,8 @@ def platt_scaling(
 def map_unseen_to_oov(
     features: np.ndarray, seen: np.ndarray, field_dims: tuple[int, ...]
 ) -> np.ndarray:
-    """A copy of ``features`` (m, F) where values absent from ``seen`` (n, F) become 0, per field."""
+    """A copy of ``features`` (m, F) where values absent from ``seen`` (n, F) become 0, per
+    field."""
     features = np.asarray(features)
     seen = np.asarray(seen)
     if features.ndim != 2 or features.shape[1] != len(field_dims):
@@ -285,7 +286,8 @@ class EvaluationOptions:
         return EVALUATORS[self.backbone]
 
     def l2_for(self, n_rows: int) -> float:
-        """The L2 penalty of a model trained on ``n_rows`` rows: the option, else the family's default."""
+        """The L2 penalty of a model trained on ``n_rows`` rows: the option, else the family's
+        default."""
         return (
             self.family.default_l2(n_rows)
             if self.weight_decay is None

@@ -1,4 +1,5 @@
-"""Closed-form last-layer gradients and their Adam preconditioning (docs/design/ENGINE.md, Eqs. 7-9).
+"""Closed-form last-layer gradients and their Adam preconditioning (docs/design/ENGINE.md,
+Eqs. 7-9).
 
 For a model whose logit is head(h) + other terms, with p = sigmoid(logit) and
 the binary cross-entropy against a soft target y*, dL/dlogit = p - y*, so the
@@ -101,7 +102,8 @@ def adam_precondition(gradients: torch.Tensor, moments: AdamMoments) -> torch.Te
     """
     if gradients.ndim != 2 or gradients.shape[1] != moments.exp_avg.shape[0]:
         raise ValueError(
-            f"gradients: expected shape (B, {moments.exp_avg.shape[0]}), got {tuple(gradients.shape)}"
+            f"gradients: expected shape (B, {moments.exp_avg.shape[0]}), "
+            f"got {tuple(gradients.shape)}"
         )
     t = moments.step + 1
     g = gradients.float()

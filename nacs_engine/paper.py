@@ -1,4 +1,5 @@
-"""The paper's NaCS (method ``nacs-paper``): gradient-matching rounds, MC-dropout denoising, relabelling.
+"""The paper's NaCS (method ``nacs-paper``): gradient-matching rounds, MC-dropout denoising,
+relabelling.
 
 How the pieces are sized here:
 - Over-selection: when denoising, the rounds select k' = ceil(k / (1 - remove_rate))
@@ -124,7 +125,8 @@ def automatic_partition_size(candidates: int) -> int:
 def run_nacs_paper(
     data: EncodedDataset, config: SelectionConfig, k: int, report: Report
 ) -> CoresetResult:
-    """Select ``k`` rows of ``data`` by the paper's NaCS as ``config`` says; returns a ``CoresetResult``.
+    """Select ``k`` rows of ``data`` by the paper's NaCS as ``config`` says; returns a
+    ``CoresetResult``.
 
     ``report(phase, fraction, message)`` is called after every batch of
     gradients, every block of partitions, every training epoch and every
@@ -374,7 +376,8 @@ class _Selection:
                     fraction = (offset + 0.5 * rows_done) / max(candidates_total, 1)
                     self._report_rounds(
                         base + _SELECT_SHARE * fraction / rounds,
-                        f"round {round_index + 1}/{rounds}: gradients of {offset + rows_done}/{candidates_total} rows",
+                        f"round {round_index + 1}/{rounds}: gradients of "
+                        f"{offset + rows_done}/{candidates_total} rows",
                     )
 
                 gradients, probs = self._preconditioned_gradients(chunk, moments, scored)
@@ -503,7 +506,8 @@ class _Selection:
             )
             self._report_rounds(
                 base + fraction / rounds,
-                f"round {round_index + 1}/{rounds}: training epoch {epochs_done[0] + 1}, batch {done}/{total}",
+                f"round {round_index + 1}/{rounds}: training epoch {epochs_done[0] + 1}, "
+                f"batch {done}/{total}",
             )
 
         log = train_label_correcting(

@@ -126,7 +126,8 @@ def train_label_correcting(
     on_batch: Callable[[int, int], None] | None = None,
     report_every: int = 8,
 ) -> TrainingLog:
-    """Train ``model`` for ``epochs`` epochs with the label-correcting loss (docs/design/ENGINE.md, Eqs. 11-15).
+    """Train ``model`` for ``epochs`` epochs with the label-correcting loss
+    (docs/design/ENGINE.md, Eqs. 11-15).
 
     features: (n, F) ids; labels: (n,) given labels; weights: (n,) or None.
     The targets of each batch are (1 - e) y + e p with p the model's own

@@ -98,7 +98,8 @@ class ArrowSource(TableSource):
                 table = pa.Table.from_pandas(table, preserve_index=False)
             except (TypeError, AttributeError, pa.ArrowException) as exc:
                 raise ValueError(
-                    f"source: expected a URI, a pyarrow.Table or a pandas.DataFrame, got {type(table).__name__}"
+                    "source: expected a URI, a pyarrow.Table or a pandas.DataFrame, "
+                    f"got {type(table).__name__}"
                 ) from exc
         _check_unique_columns(table.column_names, description)
         self.table = table
@@ -463,7 +464,8 @@ def _part_files(
     if len(kinds) > 1:
         raise DataError(
             "unsupported_format",
-            f"{uri}: the folder mixes formats ({', '.join(sorted(k or '' for k in kinds))}); give format",
+            f"{uri}: the folder mixes formats "
+            f"({', '.join(sorted(k or '' for k in kinds))}); give format",
         )
     return [entry["name"] for entry in parts], [entry.get("size") for entry in parts]
 

@@ -116,7 +116,8 @@ def parse_labels(
     if column.null_count:
         raise DataError(
             "labels_not_binary",
-            f"label_column: {name!r} in {description} has a missing value (row {_first_null(column)} "
+            f"label_column: {name!r} in {description} has a missing value "
+            f"(row {_first_null(column)} "
             "of the batch); labels must be 0 or 1",
         )
     kind = column.type

@@ -95,7 +95,8 @@ def _check(probabilities: object, labels: object) -> tuple[np.ndarray, np.ndarra
 
 
 def estimate_noise(probabilities: np.ndarray, labels: np.ndarray) -> NoiseEstimate:
-    """Estimate the flip rate from out-of-fold ``probabilities`` (n,) and the observed ``labels`` (n,).
+    """Estimate the flip rate from out-of-fold ``probabilities`` (n,) and the observed
+    ``labels`` (n,).
 
     Only the ranking of ``probabilities`` matters to the flip rate."""
     p, y = _check(probabilities, labels)

@@ -112,7 +112,8 @@ def validate_features(features: object, name: str, *, dims: int) -> None:
         raise ValueError(f"{name}: expected a floating-point tensor, got {features.dtype}")
     if dims == 3 and (features.shape[0] < 1 or features.shape[1] < 1):
         raise ValueError(
-            f"{name}: expected at least one problem of at least one row, got shape {tuple(features.shape)}"
+            f"{name}: expected at least one problem of at least one row, "
+            f"got shape {tuple(features.shape)}"
         )
     if features.shape[-1] < 1:
         raise ValueError(
@@ -183,7 +184,8 @@ def _mix32(values: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
 
 
 def solve_block(block: DistanceBlock, k: int, samples: int, seeds: torch.Tensor) -> GreedyResult:
-    """k stochastic-greedy picks in each problem of ``block`` with ``samples`` rows sampled per pick.
+    """k stochastic-greedy picks in each problem of ``block`` with ``samples`` rows sampled per
+    pick.
 
     seeds: (B,) int64 sampling seed of each problem (see ``draw_seeds``).
     """

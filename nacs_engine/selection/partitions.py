@@ -68,7 +68,8 @@ class PartitionSelection:
 
 
 def default_memory_bytes(device: torch.device) -> int:
-    """Bytes the distance blocks may take on ``device``: a share of free CUDA memory, or a fixed CPU cap."""
+    """Bytes the distance blocks may take on ``device``: a share of free CUDA memory, or a fixed
+    CPU cap."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         return max(1, int(free_bytes * CUDA_FREE_SHARE))
@@ -76,7 +77,8 @@ def default_memory_bytes(device: torch.device) -> int:
 
 
 def partition_budgets(sizes: list[int], budget: int) -> list[int]:
-    """Budgets proportional to ``sizes`` that sum to ``budget`` (largest remainder; ties to the first).
+    """Budgets proportional to ``sizes`` that sum to ``budget`` (largest remainder; ties to the
+    first).
 
     Integer arithmetic throughout; no budget exceeds its partition's size.
     """

@@ -1,4 +1,5 @@
-"""The flip-rate estimate and the set-aside: exact values on hand-made rows, recovery on generated data."""
+"""The flip-rate estimate and the set-aside: exact values on hand-made rows, recovery on
+generated data."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from nacs_engine.teacher import cross_fit
 def _anchored(
     n: int = 10_000, low_clicks: int = 10, high_clicks: int = 45
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities 0..1 in order; 50 anchor rows at each end with the given clicks, 30% elsewhere."""
+    """Probabilities 0..1 in order; 50 anchor rows at each end with the given clicks, 30%
+    elsewhere."""
     probabilities = np.linspace(0.0, 1.0, n)
     labels = np.zeros(n)
     rng = np.random.default_rng(0)
