@@ -25,7 +25,7 @@ from nacs_engine.config import SelectionConfig
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.pipeline import select_coreset
 
-DEFAULT_METHODS = ("nacs", "nacs-no-denoise", "nacs-no-relabel", "random", "stratified")
+DEFAULT_METHODS = ("nacs", "nacs-paper", "denoised-random", "random", "stratified")
 
 
 def noise_rows(

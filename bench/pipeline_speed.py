@@ -3,7 +3,7 @@
 1. Writes N synthetic Criteo-like rows with 39 fields to a Parquet file
    (``write_synthetic``, chunk by chunk) unless it is already there.
 2. Runs ``nacs select DATA --ratio R --out DIR`` as a child process (the CLI
-   the users run: loading, selecting, denoising, writing) and reads the time of
+   the users run: loading, selecting, denoising, auditing, writing) and reads the time of
    each phase from its manifest and the child's own peak RSS from ``wait4``.
 3. Unless ``--no-full``, runs a second child that loads the same file the same
    way, holds out 1% for validation and 1% for test, and trains the same
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         print(log[-3000:])
         raise SystemExit(f"full training failed with exit code {code}")
     result = json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:])
-    selection_s = sum(v for k, v in phases.items() if k in ("selecting", "denoising"))
+    selection_s = sum(v for k, v in phases.items() if k in ("selecting", "denoising", "auditing"))
+    audit_s = phases.get("auditing", 0.0)
     print(
         f"full training: {result['train_rows']:,} rows, {result['epochs_run']} epochs "
         f"(best {result['best_epoch']}), {result['training_s']:.1f} s training "
@@ -182,7 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         f"process {full_s:.1f} s wall, {full_cpu:.1f} s CPU"
     )
     print(
-        f"selection (selecting + denoising) / full training = {selection_s:.1f} / "
+        f"the audit adds {audit_s:.1f} s to {selection_s - audit_s:.1f} s of selection "
+        f"({audit_s / max(selection_s - audit_s, 1e-9):.0%})"
+    )
+    print(
+        f"selection (selecting + denoising + auditing) / full training = {selection_s:.1f} / "
         f"{result['training_s']:.1f} = {selection_s / result['training_s']:.2f}; "
         f"whole nacs select process / (full loading + training) = {select_s:.1f} / "
         f"{result['loading_s'] + result['training_s']:.1f} = "
