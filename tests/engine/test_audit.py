@@ -1,0 +1,126 @@
+"""The audit: the held-back rows, the report in every audited job, and the guard's fallback."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nacs_engine import select_coreset
+from nacs_engine.audit import MAX_HOLDOUT_ROWS, Holdout, audit_coreset, holdout_split
+from nacs_engine.config import SelectionConfig
+from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.pipeline import CoresetResult
+
+VERDICTS = {"better", "worse", "level"}
+
+
+@pytest.fixture(scope="module")
+def data() -> EncodedDataset:
+    return make_synthetic_ctr(
+        4000,
+        cardinalities=(20, 50, 8, 100, 30, 5),
+        click_rate=0.3,
+        flip_rate=0.1,
+        signal=2.0,
+        seed=3,
+    ).dataset
+
+
+def _config(**options: object) -> SelectionConfig:
+    values = {"size": 300, "device": "cpu", "seed": 0, "embed_dim": 4, "audit_seeds": 2}
+    values["teacher_folds"] = 2
+    return SelectionConfig(**(values | options))
+
+
+def test_the_holdout_is_a_tenth_split_into_stopping_and_scored_rows() -> None:
+    labels = (np.arange(5000) % 3 == 0).astype(np.float32)
+    holdout = holdout_split(labels, k=100, seed=7)
+    assert isinstance(holdout, Holdout)
+    assert holdout.stop.shape[0] == 500 // 3 and holdout.score.shape[0] == 500 - 500 // 3
+    parts = np.concatenate([holdout.candidates, holdout.stop, holdout.score])
+    np.testing.assert_array_equal(np.sort(parts), np.arange(5000))
+    for part in (holdout.candidates, holdout.stop, holdout.score):
+        assert np.all(np.diff(part) > 0)
+    again = holdout_split(labels, k=100, seed=7)
+    assert isinstance(again, Holdout)
+    np.testing.assert_array_equal(again.score, holdout.score)
+    other = holdout_split(labels, k=100, seed=8)
+    assert isinstance(other, Holdout) and not np.array_equal(other.score, holdout.score)
+
+
+def test_the_holdout_is_capped_and_says_why_it_is_skipped() -> None:
+    big = holdout_split(np.tile([0.0, 1.0], 1_100_000), k=1000, seed=0)
+    assert isinstance(big, Holdout)
+    assert big.stop.shape[0] + big.score.shape[0] == MAX_HOLDOUT_ROWS
+    assert "too few rows" in str(holdout_split(np.tile([0.0, 1.0], 400), k=10, seed=0))
+    assert "budget" in str(holdout_split(np.tile([0.0, 1.0], 1000), k=1950, seed=0))
+    assert "one class" in str(holdout_split(np.zeros(3000), k=10, seed=0))
+
+
+def test_every_audited_job_reports_both_families_and_never_picks_held_rows(
+    data: EncodedDataset,
+) -> None:
+    phases: set[str] = set()
+    result = select_coreset(data, _config(), progress=lambda phase, *_: phases.add(phase))
+    audit = json.loads(json.dumps(result.diagnostics["audit"]))
+    assert audit["validation_rows"] == 400
+    assert audit["stopping_rows"] + audit["scored_rows"] == 400
+    assert audit["seeds"] == 2 and audit["guard"] == "report" and audit["delivered"] == "coreset"
+    assert set(audit["families"]) == {"logistic", "deepfm"}
+    for family in audit["families"].values():
+        for arm in ("coreset", "random"):
+            assert 0.0 <= family[arm]["auc"] <= 1.0 and family[arm]["log_loss"] > 0
+        difference = family["coreset"]["auc"] - family["random"]["auc"]
+        assert family["auc_difference"] == pytest.approx(difference)
+        assert family["auc_difference_se"] >= 0 and family["verdict"] in VERDICTS
+    assert audit["verdict"] in VERDICTS and audit["seconds"] > 0
+    assert "auditing" in phases and result.diagnostics["phase_seconds"]["auditing"] > 0
+    holdout = holdout_split(data.labels, 300, 0)
+    assert isinstance(holdout, Holdout)
+    assert np.isin(result.rows, holdout.candidates).all()
+
+
+def test_the_audit_can_be_turned_off_and_baselines_are_not_audited(data: EncodedDataset) -> None:
+    off = select_coreset(data, _config(audit=False))
+    assert off.diagnostics["audit"] == {"skipped": "the audit is off (audit=false)"}
+    baseline = select_coreset(data, _config(method="stratified"))
+    assert "skipped" in baseline.diagnostics["audit"]
+
+
+def _losing_coreset(data: EncodedDataset, holdout: Holdout, k: int) -> CoresetResult:
+    """k candidates whose soft labels are the given labels inverted: a coreset that must lose."""
+    rows = holdout.candidates[:k]
+    labels = np.asarray(data.labels[rows], dtype=np.float32)
+    return CoresetResult(
+        rows=rows,
+        labels=labels,
+        soft_labels=1.0 - labels,
+        weights=np.ones(k, dtype=np.float32),
+        uncertainty=np.zeros(k, dtype=np.float32),
+        diagnostics={"method": "nacs"},
+    )
+
+
+def test_the_fallback_delivers_random_rows_when_the_selection_loses(data: EncodedDataset) -> None:
+    config = _config(size=400, guard="fallback")
+    holdout = holdout_split(data.labels, 400, 0)
+    assert isinstance(holdout, Holdout)
+    losing = _losing_coreset(data, holdout, 400)
+    delivered, audit = audit_coreset(data, holdout, losing, config)
+    assert audit["verdict"] == "worse" and audit["delivered"] == "random"
+    assert audit["fallback_auc"]["random"] > audit["fallback_auc"]["coreset"]
+    assert delivered.diagnostics["delivered"] == "random"
+    assert delivered.size == 400 and np.isin(delivered.rows, holdout.candidates).all()
+    assert not np.array_equal(delivered.rows, losing.rows)
+    np.testing.assert_array_equal(delivered.soft_labels, data.labels[delivered.rows])
+    # The random subset is stratified: its click count follows the candidates' rate.
+    rate = float(data.labels[holdout.candidates].mean())
+    assert abs(float(delivered.labels.mean()) - rate) < 0.01
+
+    reported, report_audit = audit_coreset(data, holdout, losing, replace(config, guard="report"))
+    assert report_audit["verdict"] == "worse" and report_audit["delivered"] == "coreset"
+    np.testing.assert_array_equal(reported.rows, losing.rows)
