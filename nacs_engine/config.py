@@ -190,8 +190,9 @@ class SelectionConfig:
     selection: Selection = field(
         default="coverage",
         metadata=_doc(
-            "How the kept rows are chosen within each class: coverage (evenly across the "
-            "teacher's difficulty strata), facility-location (on the embedding option) or random."
+            "How the kept rows are chosen: coverage (evenly across ten strata of the teacher's "
+            "click probability), facility-location (within each class, on the embedding option) "
+            "or random (within each class)."
         ),
     )
     embedding: Embedding = field(
