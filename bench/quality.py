@@ -63,6 +63,7 @@ the clean full-data DeepFM reaches AUC 0.75, else at most 0.8x).
     .venv/bin/python bench/quality.py --jobs 2
     .venv/bin/python bench/quality.py --jobs 2 --evaluators deepfm logistic dcnv2
     .venv/bin/python bench/quality.py --tables-from bench/results/quality.jsonl
+    .venv/bin/python bench/quality.py --tables-from A.jsonl B.jsonl --lodo nacs fl
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ from nacs_engine.compare import (
     CLEAN,
     FULL,
     NOISE_KINDS,
+    RUN_FIELDS,
     RowCache,
     check_audit_agreement,
     check_flipped_shares,
@@ -94,8 +96,10 @@ from nacs_engine.compare import (
     difference_tables,
     format_audit_agreement,
     format_checks,
+    format_leave_one_dataset_out,
     format_table,
     full_data_auc,
+    leave_one_dataset_out,
     noise_label,
     options_hash,
     read_rows,
@@ -399,8 +403,18 @@ def report(
     return "\n".join(out)
 
 
-def tables_from(path: str, check_method: str, baselines: Sequence[str] | None) -> None:
-    rows = read_rows(path)
+def lodo_from(paths: Sequence[str], candidates: Sequence[str], default: str) -> None:
+    """Leave-one-dataset-out over the rows of several files (a run in two files counts once)."""
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for path in paths:
+        for row in read_rows(path):
+            rows.setdefault(tuple(row.get(field) for field in RUN_FIELDS), row)
+    result = leave_one_dataset_out(list(rows.values()), candidates, default=default)
+    print(format_leave_one_dataset_out(result), flush=True)
+
+
+def tables_from(paths: Sequence[str], check_method: str, baselines: Sequence[str] | None) -> None:
+    rows = [row for path in paths for row in read_rows(path)]
     by_hash: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_hash.setdefault(row.get("options_hash", "-"), []).append(row)
@@ -481,9 +495,24 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
-        "--tables-from", metavar="JSONL", help="only print the tables of the rows in this file"
+        "--tables-from",
+        nargs="+",
+        metavar="JSONL",
+        help="only print the tables of the rows in these files",
+    )
+    parser.add_argument(
+        "--lodo",
+        nargs="+",
+        metavar="CANDIDATE",
+        help="with --tables-from: choose among these methods and variants leave-one-dataset-out "
+        "(the mean paired AUC difference from random; --check-method is the default)",
     )
     args = parser.parse_args(argv)
+    if args.lodo and not args.tables_from:
+        parser.error("--lodo: give the rows with --tables-from")
+    if args.lodo:
+        lodo_from(args.tables_from, args.lodo, args.check_method)
+        return 0
     if args.tables_from:
         tables_from(args.tables_from, args.check_method, args.baselines)
         return 0

@@ -1018,6 +1018,85 @@ def format_audit_agreement(checks: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def leave_one_dataset_out(
+    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[str],
+    *,
+    default: str = "nacs",
+    baseline: str = "random",
+) -> dict[str, Any]:
+    """Choose among ``candidates`` (methods or variants) with each dataset held out.
+
+    A candidate's score on a dataset is the mean, over the settings (noise,
+    rate, evaluator, budget) where every candidate ran, of its paired test AUC
+    difference from ``baseline``. For each held-out dataset the candidate with
+    the best mean score on the other datasets is chosen, and its score on the
+    held-out one reported. Returns ``scores`` {candidate: {dataset: score}},
+    ``below`` {candidate: {dataset: settings with a negative difference}},
+    ``settings`` {dataset: count} and ``held_out``: one dict per dataset with
+    dataset, chosen, chosen_score, default_score and best (the candidate best
+    on that dataset itself).
+    """
+    found: dict[tuple[Any, ...], dict[str, float]] = {}
+    for d in paired_differences(rows, metric="test_auc", baselines=[baseline]):
+        if d["method"] in candidates:
+            key = (d["dataset"], d["noise"], d["flip_rate"], d["evaluator"], d["budget"])
+            found.setdefault(key, {})[d["method"]] = float(d["mean"])
+    complete = {key: by for key, by in found.items() if all(c in by for c in candidates)}
+    datasets = list(_first_seen(key[0] for key in complete))
+    scores: dict[str, dict[str, float]] = {c: {} for c in candidates}
+    below: dict[str, dict[str, int]] = {c: {} for c in candidates}
+    settings = {dataset: 0 for dataset in datasets}
+    for dataset in datasets:
+        members = [by for key, by in complete.items() if key[0] == dataset]
+        settings[dataset] = len(members)
+        for c in candidates:
+            values = [by[c] for by in members]
+            scores[c][dataset] = float(np.mean(values))
+            below[c][dataset] = sum(value < 0 for value in values)
+    held_out = []
+    for dataset in datasets:
+        others = [d for d in datasets if d != dataset]
+        if not others:
+            continue
+        chosen = max(candidates, key=lambda c: float(np.mean([scores[c][d] for d in others])))
+        held_out.append(
+            {
+                "dataset": dataset,
+                "chosen": chosen,
+                "chosen_score": scores[chosen][dataset],
+                "default_score": scores[default][dataset] if default in scores else None,
+                "best": max(candidates, key=lambda c: scores[c][dataset]),
+            }
+        )
+    return {"scores": scores, "below": below, "settings": settings, "held_out": held_out}
+
+
+def format_leave_one_dataset_out(result: Mapping[str, Any]) -> str:
+    """Markdown: every candidate's score per dataset, then the choice with each held out."""
+    scores, below, settings = result["scores"], result["below"], result["settings"]
+    datasets = list(settings)
+    lines = [
+        "| candidate | " + " | ".join(f"{d} ({settings[d]} settings)" for d in datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for c, by in scores.items():
+        cells = [f"{by[d]:+.4f} ({below[c][d]} below)" for d in datasets]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| held out | chosen on the others | its AUC gain there | the default's | best there |",
+        "|---|---|---|---|---|",
+    ]
+    for h in result["held_out"]:
+        default = "-" if h["default_score"] is None else f"{h['default_score']:+.4f}"
+        lines.append(
+            f"| {h['dataset']} | {h['chosen']} | {h['chosen_score']:+.4f} | {default} "
+            f"| {h['best']} |"
+        )
+    return "\n".join(lines)
+
+
 # -- the runs, one at a time ------------------------------------------------------
 
 

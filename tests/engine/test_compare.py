@@ -21,8 +21,10 @@ from nacs_engine.compare import (
     flip_labels,
     format_audit_agreement,
     format_checks,
+    format_leave_one_dataset_out,
     format_table,
     full_data_auc,
+    leave_one_dataset_out,
     options_hash,
     paired_differences,
     student_t_quantile,
@@ -472,6 +474,30 @@ def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> Non
         in text
     )
     assert format_audit_agreement([]) == "No audited rows."
+
+
+def test_leave_one_dataset_out_chooses_on_the_other_datasets() -> None:
+    # AUC gains over random per dataset: "a" wins on d and e, "b" only on f.
+    gains = {"d": {"a": 0.03, "b": 0.01}, "e": {"a": 0.02, "b": 0.01}, "f": {"a": -0.01, "b": 0.05}}
+    rows = []
+    for dataset, by in gains.items():
+        for seed in (0, 1):
+            rows.append(_row("random", seed, 0.6, dataset=dataset))
+            for candidate, gain in by.items():
+                rows.append(_row(candidate, seed, 0.6 + gain, dataset=dataset))
+    rows.append(_row("a", 0, 0.9, dataset="d", budget="10%"))  # b lacks it: left out
+    result = leave_one_dataset_out(rows, ["a", "b"], default="a")
+    assert result["settings"] == {"d": 1, "e": 1, "f": 1}
+    assert result["scores"]["a"]["f"] == pytest.approx(-0.01)
+    assert result["below"]["a"] == {"d": 0, "e": 0, "f": 1}
+    held = {h["dataset"]: h for h in result["held_out"]}
+    # Held out d: on e and f, b averages 0.03 against a's 0.005.
+    assert held["d"]["chosen"] == "b" and held["d"]["chosen_score"] == pytest.approx(0.01)
+    assert held["d"]["default_score"] == pytest.approx(0.03) and held["d"]["best"] == "a"
+    assert held["f"]["chosen"] == "a" and held["f"]["best"] == "b"
+    text = format_leave_one_dataset_out(result)
+    assert "| a | +0.0300 (0 below) | +0.0200 (0 below) | -0.0100 (1 below) |" in text
+    assert "| f | a | -0.0100 | -0.0100 | b |" in text
 
 
 def test_noise_kinds_are_recorded_and_clicks_lose_exactly_their_share(splits) -> None:
