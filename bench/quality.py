@@ -397,10 +397,39 @@ def report(
         )
     )
     out.append("")
+    out.append(f"{check_method} less random, test AUC: mean over seeds (seeds won); misses in bold")
+    out.append("")
+    out.append(compact_checks(check_targets(rows, method=check_method)))
+    out.append("")
     out.append(f"The audit of {check_method}'s jobs against the offline evaluation")
     out.append("")
     out.append(format_audit_agreement(check_audit_agreement(rows, method=check_method)))
     return "\n".join(out)
+
+
+def compact_checks(checks: Sequence[dict[str, Any]]) -> str:
+    """The AUC checks as one line per (dataset, noise): the mean paired difference from random
+    per family and budget, with the seeds won; a cell that misses its target is in bold."""
+    families = list(dict.fromkeys(c["evaluator"] for c in checks))
+    columns = list(dict.fromkeys((c["evaluator"], c["budget"]) for c in checks))
+    columns.sort(key=lambda col: (families.index(col[0]), float(col[1].rstrip("%"))))
+    lines_by: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+    for c in checks:
+        d = c["auc"]
+        if d is None:
+            continue
+        cell = f"{d['mean']:+.3f} ({d['wins']}/{d['seeds']})"
+        if c["auc_pass"] is False:
+            cell = f"**{cell}**"
+        key = (c["dataset"], noise_label(c["noise"], c["flip_rate"]))
+        lines_by.setdefault(key, {})[(c["evaluator"], c["budget"])] = cell
+    header = "| dataset | labels | " + " | ".join(f"{e} {b}" for e, b in columns) + " |"
+    lines = [header, "|---|---|" + "---|" * len(columns)]
+    for (dataset, noise), cells in lines_by.items():
+        lines.append(
+            f"| {dataset} | {noise} | " + " | ".join(cells.get(col, "-") for col in columns) + " |"
+        )
+    return "\n".join(lines)
 
 
 def lodo_from(paths: Sequence[str], candidates: Sequence[str], default: str) -> None:
