@@ -231,6 +231,14 @@ class SelectionConfig:
             "* the teacher's calibrated click probability."
         ),
     )
+    min_teacher_auc: Annotated[float, Ge(0.0), Le(1.0)] = field(
+        default=0.53,
+        metadata=_doc(
+            "The teacher's out-of-fold AUC on the given labels below which its predictions are "
+            "not trusted (nacs, denoised-random): nothing is set aside or relabelled and the rows "
+            "are drawn at random within each class; 0 trusts it always, 0-1."
+        ),
+    )
     audit: bool = field(
         default=True,
         metadata=_doc(

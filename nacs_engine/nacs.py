@@ -53,6 +53,7 @@ from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.denoise.noise_estimate import estimate_noise, label_support, likely_wrong
 from nacs_engine.errors import DataError
+from nacs_engine.evaluate import auc
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
 from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator, resolve_device, torch_generator
@@ -88,7 +89,11 @@ def run_nacs(
         raise ValueError(f"data: expected an EncodedDataset, got {type(data).__name__}")
     if not isinstance(config, SelectionConfig) or not config.uses_teacher:
         raise ValueError("config: expected a SelectionConfig of a teacher method (nacs, ...)")
-    rows = np.arange(data.n_rows, dtype=np.int64) if candidates is None else np.asarray(candidates, np.int64)
+    rows = (
+        np.arange(data.n_rows, dtype=np.int64)
+        if candidates is None
+        else np.asarray(candidates, np.int64)
+    )
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rows.shape[0]:
         raise ValueError(f"k: expected an integer in [1, {rows.shape[0]}], got {k!r}")
     if not callable(report):
@@ -113,14 +118,29 @@ def run_nacs(
 
     cache = teacher_cache or TeacherCache()
     teacher = cache.get(
-        data.features, labels, rows, data.field_dims, config, device=device, progress=teacher_progress
+        data.features,
+        labels,
+        rows,
+        data.field_dims,
+        config,
+        device=device,
+        progress=teacher_progress,
     )
     teacher_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     probabilities = teacher.probabilities
     estimate = estimate_noise(probabilities, given)
-    if config.denoise:
+    signal = teacher_signal(teacher, given)
+    trusted = signal is None or signal >= config.min_teacher_auc
+    if not trusted:
+        report(
+            "denoising",
+            0.0,
+            f"the teacher's out-of-fold AUC {signal:.3f} is below {config.min_teacher_auc:g}: "
+            "its predictions are not used",
+        )
+    if config.denoise and trusted:
         aside = likely_wrong(probabilities, given, estimate, config.set_aside_factor)
     else:
         aside = np.zeros(rows.shape[0], dtype=bool)
@@ -140,8 +160,10 @@ def run_nacs(
     )
 
     started = time.perf_counter()
-    strategy = "random" if config.method == "denoised-random" else config.selection
-    picked, craig, objective = _select(data, teacher, given, kept, k, strategy, config, device, report)
+    strategy = "random" if config.method == "denoised-random" or not trusted else config.selection
+    picked, craig, objective = _select(
+        data, teacher, given, kept, k, strategy, config, device, report
+    )
     weights = np.ones(k)
     if config.weighting == "craig" and craig is not None:
         weights = _weights(craig, config.min_effective_share)
@@ -149,7 +171,7 @@ def run_nacs(
     if config.class_balance == "balanced":
         weights = weights * prior_weights(picked_given, float(given[kept].mean()))
     weights = weights / weights.mean()
-    if config.relabel:
+    if config.relabel and trusted:
         soft = config.label_mix * picked_given + (1.0 - config.label_mix) * probabilities[picked]
     else:
         soft = picked_given.astype(np.float64)
@@ -176,7 +198,12 @@ def run_nacs(
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),
         },
-        "teacher": teacher.summary(),
+        "teacher": teacher.summary()
+        | {
+            "signal_auc": signal,
+            "min_signal_auc": float(config.min_teacher_auc),
+            "trusted": trusted,
+        },
         "selection": {
             "strategy": strategy,
             "embedding": config.embedding if strategy == "facility-location" else None,
@@ -197,7 +224,17 @@ def run_nacs(
     )
 
 
-def _groups(given: np.ndarray, kept: np.ndarray, k: int, class_balance: str) -> list[tuple[np.ndarray, int]]:
+def teacher_signal(teacher: Teacher, given: np.ndarray) -> float | None:
+    """The AUC of the teacher's out-of-fold predictions against the ``given`` labels of its
+    candidates (None with one class): how well it tells the data's clicks from non-clicks."""
+    if given.min() == given.max():
+        return None
+    return auc(given, teacher.logits)
+
+
+def _groups(
+    given: np.ndarray, kept: np.ndarray, k: int, class_balance: str
+) -> list[tuple[np.ndarray, int]]:
     """(kept positions of one class, rows to take) per class; one group for "none"."""
     if class_balance == "none":
         return [(kept, k)]
@@ -262,10 +299,14 @@ def _probability_strata(probabilities: np.ndarray, kept: np.ndarray) -> list[np.
     order = np.lexsort((np.arange(n), probabilities))
     is_kept = np.zeros(n, dtype=bool)
     is_kept[kept] = True
-    return [np.sort(stratum[is_kept[stratum]]) for stratum in np.array_split(order, COVERAGE_STRATA)]
+    return [
+        np.sort(stratum[is_kept[stratum]]) for stratum in np.array_split(order, COVERAGE_STRATA)
+    ]
 
 
-def _coverage(members: np.ndarray, support: np.ndarray, take: int, rng: np.random.Generator) -> np.ndarray:
+def _coverage(
+    members: np.ndarray, support: np.ndarray, take: int, rng: np.random.Generator
+) -> np.ndarray:
     """``take`` of ``members``, drawn evenly across equal-count strata of ``support``."""
     strata_count = int(min(COVERAGE_STRATA, take, members.shape[0]))
     ordered = members[np.lexsort((members, support))]
@@ -286,7 +327,9 @@ def _draw_across(strata: list[np.ndarray], take: int, rng: np.random.Generator) 
         extra = min(left, int(sizes[stratum] - quota[stratum]))
         quota[stratum] += extra
         left -= extra
-    picks = [rng.choice(s, size=int(q), replace=False) for s, q in zip(strata, quota, strict=True) if q]
+    picks = [
+        rng.choice(s, size=int(q), replace=False) for s, q in zip(strata, quota, strict=True) if q
+    ]
     return np.sort(np.concatenate(picks))
 
 
@@ -316,7 +359,9 @@ def _facility_location(
     for chunk, budget in zip(chunks, budgets, strict=True):
         if budget == 0:
             continue
-        vectors = embeddings(teacher, data.features, data.labels, chunk, config.embedding, device=device)
+        vectors = embeddings(
+            teacher, data.features, data.labels, chunk, config.embedding, device=device
+        )
         result = selection.select_partitions(
             vectors,
             int(budget),
@@ -327,7 +372,9 @@ def _facility_location(
         del vectors
         picks.append(chunk[result.indices.cpu().numpy()])
         # Weights have mean 1 over the chunk's picks: back to rows represented per pick.
-        counts.append(result.weights.cpu().numpy().astype(np.float64) * chunk.shape[0] / int(budget))
+        counts.append(
+            result.weights.cpu().numpy().astype(np.float64) * chunk.shape[0] / int(budget)
+        )
         objective += float(result.objective)
     return np.concatenate(picks), np.concatenate(counts), objective
 

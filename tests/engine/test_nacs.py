@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,6 +116,24 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
     np.testing.assert_allclose(
         half.soft_labels, 0.5 * teacher.labels + 0.5 * teacher.soft_labels, atol=1e-6
     )
+
+
+def test_a_teacher_that_cannot_tell_the_labels_apart_is_not_trusted(data: EncodedDataset) -> None:
+    rng = np.random.default_rng(0)
+    noise = replace(data, labels=(rng.random(data.n_rows) < 0.3).astype(np.float32))
+    result = select_coreset(noise, _config(teacher_folds=2))
+    teacher = result.diagnostics["teacher"]
+    assert teacher["trusted"] is False and abs(teacher["signal_auc"] - 0.5) < 0.03
+    assert result.diagnostics["noise"]["set_aside_rows"] == 0
+    assert result.diagnostics["selection"]["strategy"] == "random"
+    np.testing.assert_array_equal(result.soft_labels, result.labels)
+    assert int(result.labels.sum()) == class_quota(noise.labels, 300, "stratified")[0]
+    trusting = select_coreset(noise, _config(teacher_folds=2, min_teacher_auc=0.0))
+    assert trusting.diagnostics["teacher"]["trusted"] is True
+    assert trusting.diagnostics["selection"]["strategy"] == "coverage"
+    assert not np.array_equal(trusting.soft_labels, trusting.labels)
+    signal = select_coreset(data, _config(teacher_folds=2)).diagnostics["teacher"]
+    assert signal["trusted"] is True and signal["signal_auc"] > 0.6
 
 
 def test_class_balance(data: EncodedDataset) -> None:
