@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-REPORT_HTML = "report.html"
-REPORT_JSON = "report.json"
 REPORT_VERSION = 1
 HISTOGRAM_BINS = 20
 # Rows of the data encoded per step of the coverage count (bounds its temporary memory).

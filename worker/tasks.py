@@ -29,6 +29,8 @@ from worker.local_files import ConfinedFileSystem, allowed_roots
 from worker.outputs import (
     CORESET_FILE,
     MANIFEST_FILE,
+    REPORT_HTML,
+    REPORT_JSON,
     CoresetSummary,
     DatasetSummary,
     Manifest,
@@ -48,7 +50,7 @@ from worker.records import (
     connect,
     utc_now,
 )
-from worker.report import REPORT_HTML, REPORT_JSON, build_report, render_html, report_json
+from worker.report import build_report, render_html, report_json
 from worker.settings import SharedSettings
 from worker.spec import JobRequest
 from worker.storage import (
