@@ -7,6 +7,7 @@
   const ACTIVE_POLL_MS = 1000;
   const IDLE_POLL_MS = 5000;
   const PAGE_SIZE = 50;
+  const PHASES = ["loading", "selecting", "denoising", "auditing", "writing"];
   let pollTimer = null;
 
   const element = (id) => document.getElementById(id);
@@ -92,12 +93,17 @@
     }
     const progress = job.progress || { fraction: 0, phase: "" };
     const fraction = job.status === "succeeded" ? 1 : Math.max(0, Math.min(1, progress.fraction));
-    bar.value = fraction;
+    // The bar spans the whole job: each phase takes an equal part of it.
+    const phase = PHASES.indexOf(progress.phase);
+    const active = job.status === "running" || job.status === "queued";
+    bar.value = job.status === "succeeded" ? 1
+      : !active || phase < 0 ? 0 : (phase + fraction) / PHASES.length;
     bar.setAttribute("aria-label", "progress of job " + job.id);
-    let label = job.status === "running" || job.status === "queued"
-      ? (progress.phase || "") + " " + Math.round(fraction * 100) + "%"
-      : Math.round(fraction * 100) + "%";
-    if (job.status === "running" && progress.message) label += " · " + progress.message;
+    let label = job.status === "succeeded" ? "done" : active
+      ? (progress.phase || "") + " " + Math.round(fraction * 100) + "%" : "stopped";
+    if (job.status === "running" && progress.message) {
+      label += " · " + progress.message.slice(0, 60);
+    }
     text.textContent = label;
     text.title = progress.message || "";
   }
@@ -186,8 +192,15 @@
         "text/html");
       const page = await response.text();
       element("report-title").textContent = "Report of job " + jobId;
-      element("report-frame").srcdoc = page;
       element("report").hidden = false;
+      // A new frame for each report: sandboxed with no permission at all (no script, no form,
+      // no navigation of this page), its document given inline.
+      const frame = document.createElement("iframe");
+      frame.id = "report-frame";
+      frame.title = "Report of job " + jobId;
+      frame.setAttribute("sandbox", "");
+      frame.srcdoc = page;
+      element("report-holder").replaceChildren(frame);
       element("report").scrollIntoView();
     } catch (error) {
       say("No report for job " + jobId + ": " + error.message, true);
@@ -195,7 +208,7 @@
   }
 
   function closeReport() {
-    element("report-frame").srcdoc = "";
+    element("report-holder").replaceChildren();
     element("report").hidden = true;
   }
 
