@@ -75,6 +75,23 @@ def test_execute_writes_coreset_and_report_then_manifest(
     assert labels.sum() == 50, "balanced takes half clicks"
 
 
+def test_a_job_that_fails_while_writing_leaves_no_report(
+    tmp_path: Path, settings: SharedSettings, monkeypatch
+) -> None:
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 500, seed=4)
+
+    def broken(*args, **kwargs):
+        raise PermissionError("the store refused the manifest")
+
+    monkeypatch.setattr(tasks, "write_manifest", broken)
+    with pytest.raises(PermissionError):
+        tasks.execute(
+            JobRequest(dataset_uri=str(data), size=50, method="random"),
+            str(tmp_path / "out"), job_id="job-1", settings=settings,
+        )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [], "nothing is left"
+
+
 @pytest.mark.parametrize(
     ("content", "code"),
     [
