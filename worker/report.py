@@ -368,17 +368,19 @@ def _audit_plot(families: Mapping[str, Mapping[str, Any]], salt: str) -> str:
     positions = np.arange(len(names), dtype=np.float64)
     with _figure() as figure:
         auc, difference = figure.subplots(1, 2)
-        coreset = [families[name]["coreset"]["auc"] for name in names]
-        random = [families[name]["random"]["auc"] for name in names]
+        coreset = _floats([families[name]["coreset"]["auc"] for name in names])
+        random = _floats([families[name]["random"]["auc"] for name in names])
         auc.bar(positions - 0.2, coreset, 0.4, color=CLICKED, label="coreset")
         auc.bar(positions + 0.2, random, 0.4, color=NOT_CLICKED, label="random subset")
-        low = min([*coreset, *random])
-        auc.set_ylim(max(0.0, low - 0.05), min(1.0, max([*coreset, *random]) + 0.05))
+        both = np.concatenate([coreset, random])
+        if np.isfinite(both).any():
+            low, high = float(np.nanmin(both)), float(np.nanmax(both))
+            auc.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05))
         auc.set_xticks(positions, names)
         auc.set_ylabel("AUC on held-back rows")
         auc.legend(frameon=False, loc="upper left", ncols=2, fontsize="small")
-        means = [families[name]["auc_difference"] for name in names]
-        errors = [2 * (families[name]["auc_difference_se"] or 0.0) for name in names]
+        means = _floats([families[name]["auc_difference"] for name in names])
+        errors = 2 * np.nan_to_num(_floats([families[name]["auc_difference_se"] for name in names]))
         colors = [
             {"better": "#2a9d5c", "worse": CLICKED}.get(families[name]["verdict"], "#8a93a6")
             for name in names
@@ -388,6 +390,11 @@ def _audit_plot(families: Mapping[str, Mapping[str, Any]], salt: str) -> str:
         difference.set_xticks(positions, names)
         difference.set_ylabel("AUC coreset - random (±2 SE)")
         return _svg(figure, f"{salt}-audit")
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    """(n,) float64 of ``values``, None as NaN (a bar that is not drawn)."""
+    return np.array([np.nan if value is None else float(value) for value in values])
 
 
 def _section(title: str, body: str, anchor: str) -> str:

@@ -133,3 +133,15 @@ def test_a_baseline_gets_a_report_with_what_applies(method: str) -> None:
     assert f"Method {method} does not estimate label noise" in page
     assert "scores no uncertainty" in page and "not audited" in page
     assert page.count("<svg") == 3  # labels, weights, phases
+
+
+def test_an_audit_with_numbers_missing_still_draws() -> None:
+    family = {
+        "coreset": {"auc": 0.7, "log_loss": 0.5}, "random": {"auc": float("nan"), "log_loss": 0.5},
+        "auc_difference": float("nan"), "auc_difference_se": None, "verdict": "level",
+    }
+    audit = {"families": {"logistic": family}, "verdict": "level", "scored_rows": 100, "seeds": 1}
+    report = _report("nacs", {"audit": audit})
+    assert report["audit"]["families"]["logistic"]["random"]["auc"] is None
+    json.loads(report_json(report))
+    assert render_html(report).count("<svg") == 5
