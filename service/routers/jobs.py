@@ -87,12 +87,19 @@ async def get_result(job: OwnedJobDep, jobs: JobsDep) -> Manifest:
     return await jobs.manifest(job)
 
 
+# The report's errors are JSON, like every error, though its answer is HTML (a response's
+# model would be documented as the route's media type).
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 REPORT: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/html": {}}, "description": "report.html"}
+    200: {"content": {"text/html": {}}, "description": "report.html"},
+    **{
+        status: {"description": entry["description"], "content": ERROR_JSON}
+        for status, entry in ERRORS.items()
+    },
 }
 
 
-@router.get("/{job_id}/report", response_class=HTMLResponse, responses=REPORT | ERRORS)
+@router.get("/{job_id}/report", response_class=HTMLResponse, responses=REPORT)
 async def get_report(job: OwnedJobDep, jobs: JobsDep) -> HTMLResponse:
     """The report of a succeeded job: one self-contained HTML page (plots inline, no script),
     served under a Content-Security-Policy that lets nothing load or run."""

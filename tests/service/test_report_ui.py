@@ -95,5 +95,7 @@ def test_the_report_route_and_the_page_are_in_the_schema(client: TestClient) -> 
     report = paths["/jobs/{job_id}/report"]["get"]
     assert "text/html" in report["responses"]["200"]["content"]
     assert {"401", "404", "409"} <= set(report["responses"])
+    for status in ("401", "404", "409"):
+        assert set(report["responses"][status]["content"]) == {"application/json"}, status
     assert "text/html" in paths["/ui"]["get"]["responses"]["200"]["content"]
     assert "/ui/app.js" not in paths
