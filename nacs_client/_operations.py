@@ -207,6 +207,18 @@ def get_manifest(endpoint: Endpoint, job_id: str) -> Operation[Manifest]:
     return (yield from call(endpoint, request, Manifest))
 
 
+def report_url(endpoint: Endpoint, job_id: str) -> str:
+    return endpoint.base_url + _job_path(job_id, "/report")
+
+
+def get_report(endpoint: Endpoint, job_id: str) -> Operation[str]:
+    """report.html of a succeeded job, as text."""
+    path = _job_path(job_id, "/report")
+    request = endpoint.request("GET", path, headers={"Accept": "text/html"})
+    response = yield from send_with_retries(endpoint, request)
+    return response.text
+
+
 def list_page(
     endpoint: Endpoint, *, status: str | None, limit: int | None, cursor: str | None
 ) -> Operation[JobPage]:

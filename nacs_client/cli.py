@@ -21,17 +21,22 @@ group ``nacs.cli`` and are imported only when run.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import webbrowser
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import click
 
 from nacs_client._client import Client, _version
+from nacs_client._progress import cli_progress
 from nacs_client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -370,7 +375,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print the j
 _progress_option = click.option(
     "--progress/--no-progress",
     default=None,
-    help="Show a progress bar on stderr [default: when stderr is a terminal].",
+    help="Show progress on stderr [default: a bar on a terminal, plain lines otherwise].",
 )
 _timeout_option = click.option(
     "--timeout",
@@ -483,7 +488,7 @@ def _wait(
     """Wait for the job; on failure print the job (stdout) before the error line (stderr)."""
     try:
         return client.jobs.wait(
-            job_id, timeout=timeout, poll_interval=poll_interval, progress=progress
+            job_id, timeout=timeout, poll_interval=poll_interval, progress=cli_progress(progress)
         )
     except (JobFailedError, JobCancelledError, WaitTimeoutError) as error:
         _echo_job(error.job, as_json)
@@ -575,6 +580,33 @@ def cancel(state: CliState, job_id: str, as_json: bool) -> None:
     else:
         note = "" if job.is_finished else "  (cancel requested: it stops within seconds)"
         click.echo(f"{job.id}  {job.status}{note}")
+
+
+@main.command(cls=NacsCommand)
+@click.argument("job_id")
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
+    help="Write the report to FILE [default: print it, or with --open a temporary file].",
+)
+@click.option("--open", "open_it", is_flag=True, help="Open the report in a web browser.")
+@click.pass_obj
+def report(state: CliState, job_id: str, out: str | None, open_it: bool) -> None:
+    """Fetch a succeeded job's report: one HTML page with its plots inline (no script).
+
+    Prints the HTML, writes it to --out, or opens it in a browser with --open.
+    """
+    page = state.client().jobs.report(job_id)
+    if out is None and not open_it:
+        click.echo(page, nl=False)
+        return
+    if out is None:
+        folder = tempfile.mkdtemp(prefix="nacs-report-")
+        out = os.path.join(folder, f"report-{job_id}.html")
+    path = Path(out).resolve()
+    path.write_text(page, encoding="utf-8")
+    click.echo(str(path))
+    if open_it and not webbrowser.open(path.as_uri()):
+        click.echo(f"no browser could be started; open {path.as_uri()}", err=True)
 
 
 @main.command(cls=NacsCommand)

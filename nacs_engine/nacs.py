@@ -51,7 +51,12 @@ from nacs_engine import selection
 from nacs_engine.baselines import class_quota, prior_weights
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.denoise.noise_estimate import estimate_noise, label_support, likely_wrong
+from nacs_engine.denoise.noise_estimate import (
+    estimate_noise,
+    label_support,
+    likely_wrong,
+    uncertainty_cuts,
+)
 from nacs_engine.errors import DataError
 from nacs_engine.evaluate import auc
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
@@ -152,6 +157,7 @@ def run_nacs(
         kept = np.sort(np.concatenate([kept, order[: k - kept.shape[0]]]))
         aside = np.ones(rows.shape[0], dtype=bool)
         aside[kept] = False
+    cuts = uncertainty_cuts(1.0 - label_support(probabilities, given), aside, given)
     denoising_seconds = time.perf_counter() - started
     report(
         "denoising",
@@ -197,6 +203,7 @@ def run_nacs(
             "set_aside_rows": int(aside.sum()),
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),
+            "uncertainty_cuts": cuts,
         },
         "teacher": teacher.summary()
         | {

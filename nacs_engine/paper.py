@@ -60,6 +60,7 @@ from nacs_engine.denoise.label_correction import (
     global_trust,
 )
 from nacs_engine.denoise.mc_dropout import mc_dropout_scores
+from nacs_engine.denoise.noise_estimate import uncertainty_cuts
 from nacs_engine.errors import DataError
 from nacs_engine.gradients import adam_precondition, head_moments, last_layer_gradients
 from nacs_engine.models.registry import CTRModel, build_model
@@ -239,7 +240,9 @@ class _Selection:
         selected_mask = np.zeros(self.n, dtype=bool)
         round_log: list[dict[str, Any]] = []
         for round_index in range(config.rounds):
-            round_log.append(self._round(round_index, selected_mask))
+            round_started = time.perf_counter()
+            entry = self._round(round_index, selected_mask)
+            round_log.append(entry | {"seconds": time.perf_counter() - round_started})
         rows = np.concatenate(self.rows)
         weights = np.concatenate(self.craig_weights).astype(np.float64)
         probs = np.concatenate(self.selection_probs)
@@ -249,9 +252,13 @@ class _Selection:
         started = time.perf_counter()
         uncertainty = np.zeros(rows.shape[0], dtype=np.float64)
         removed = 0
+        cuts: dict[str, float] = {}
         if config.denoise and self.k_pre > self.k:
             keep, uncertainty = self._denoise(rows)
             removed = int(rows.shape[0] - keep.shape[0])
+            dropped = np.ones(rows.shape[0], dtype=bool)
+            dropped[keep] = False
+            cuts = uncertainty_cuts(uncertainty, dropped, self.labels[rows])
             rows, weights, uncertainty, probs = (
                 rows[keep],
                 weights[keep],
@@ -287,6 +294,7 @@ class _Selection:
             "coreset_clicks": int(given.sum()),
             "pre_denoise_rows": int(self.k_pre),
             "removed_rows": removed,
+            "uncertainty_cuts": cuts,
             "rounds": round_log,
             "batch_size": int(self.batch_size),
             "warmup_steps": int(warmup_steps),

@@ -33,11 +33,18 @@ from worker.enqueue import (
     new_record,
 )
 from worker.keys import Keys
-from worker.outputs import Manifest
+from worker.outputs import REPORT_HTML, Manifest
 from worker.pagination import page
-from worker.records import InvalidTransition, JobRecord, JobStatus, RecordStore, connect
+from worker.records import (
+    InvalidTransition,
+    JobRecord,
+    JobResult,
+    JobStatus,
+    RecordStore,
+    connect,
+)
 from worker.spec import JobRequest
-from worker.storage import read_bytes
+from worker.storage import join_uri, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -160,23 +167,39 @@ class Jobs:
 
     async def manifest(self, record: JobRecord) -> Manifest:
         """The manifest of a succeeded job, read from storage."""
-        if record.status != JobStatus.succeeded or record.result is None:
-            raise Conflict(
-                f"job {record.id} is {record.status.value}; a result exists only once it succeeded",
-                code="job_not_succeeded",
-            )
-        uri = record.result.manifest_uri
-        try:
-            raw = await asyncio.to_thread(read_bytes, uri, self.settings)
-        except FileNotFoundError:
-            message = f"the manifest {uri} is no longer in storage"
-            raise NotFound(message, code="result_missing") from None
-        except Exception as error:  # noqa: BLE001 - object-store clients raise their own errors
-            message = f"the result store did not answer ({type(error).__name__})"
-            retry = {"Retry-After": "5"}
-            raise ServiceUnavailable(message, code="storage_unavailable", headers=retry) from None
+        result = _succeeded(record, "a result exists only once it succeeded")
+        uri = result.manifest_uri
+        raw = await self._read(uri, f"the manifest {uri} is no longer in storage")
         try:
             return Manifest.model_validate_json(raw)
         except ValidationError:
             message = f"the manifest {uri} is not one this service can read"
             raise ApiError(message, code="result_unreadable") from None
+
+    async def report(self, record: JobRecord) -> bytes:
+        """report.html of a succeeded job, read from storage."""
+        result = _succeeded(record, "a report is written only when a job succeeds")
+        uri = join_uri(result.output_uri, REPORT_HTML)
+        return await self._read(uri, f"job {record.id} has no report in storage ({uri})")
+
+    async def _read(self, uri: str, missing: str) -> bytes:
+        """The content of ``uri``; NotFound (``missing``) when it is gone, 503 when the store
+        does not answer."""
+        try:
+            return await asyncio.to_thread(read_bytes, uri, self.settings)
+        except FileNotFoundError:
+            raise NotFound(missing, code="result_missing") from None
+        except Exception as error:  # noqa: BLE001 - object-store clients raise their own errors
+            message = f"the result store did not answer ({type(error).__name__})"
+            retry = {"Retry-After": "5"}
+            raise ServiceUnavailable(message, code="storage_unavailable", headers=retry) from None
+
+
+def _succeeded(record: JobRecord, why: str) -> JobResult:
+    """The result of a succeeded job; a Conflict that says where the job is, otherwise."""
+    if record.status == JobStatus.succeeded and record.result is not None:
+        return record.result
+    where = f"job {record.id} is {record.status.value}"
+    if record.error is not None:
+        where += f" ({record.error.code}: {record.error.message})"
+    raise Conflict(f"{where}; {why}", code="job_not_succeeded")

@@ -15,7 +15,7 @@ from service.errors import install_error_handlers
 from service.jobs import Jobs
 from service.limits import BodyLimit
 from service.metrics import HttpMetrics, QueueCollector
-from service.routers import jobs, operations
+from service.routers import jobs, operations, ui
 from service.security import KeyRing
 from service.settings import ApiSettings
 from worker.runner import start_reaper
@@ -62,6 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(operations.router)
+    app.include_router(ui.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, registry=registry)  # outermost: counts every request
     return app

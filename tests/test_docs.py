@@ -55,6 +55,7 @@ def test_settings_named_in_the_readme_exist() -> None:
         "NACS_BASE_URL",
         "NACS_API_KEY",
         "NACS_TEST_REDIS_URL",
+        "NACS_SCREENSHOTS",
     }:
         assert name in documented, f"README names {name}, which .env.example does not document"
 

@@ -2,7 +2,7 @@
 ``nacs select`` and ``nacs evaluate``.
 
 ``nacs select`` runs the same code as a job (``worker.tasks.execute``) and
-writes ``coreset.parquet`` and ``manifest.json`` to a folder or any fsspec URI.
+writes ``coreset.parquet``, the report and ``manifest.json`` to a folder or any fsspec URI.
 ``nacs evaluate`` splits one dataset into train, validation and test rows and
 prints how a model trained on each method's coreset scores against full data,
 for every evaluator family asked for (each coreset is selected once).
@@ -201,6 +201,8 @@ def select(
     """Select a coreset of DATASET locally and write it to --out."""
     from nacs_engine.errors import DataError
     from worker.errors import JobFailed
+    from worker.outputs import REPORT_HTML
+    from worker.storage import join_uri
     from worker.tasks import execute
 
     request = _budget_and_request(
@@ -220,6 +222,7 @@ def select(
     coreset, data = manifest.coreset, manifest.dataset
     seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest.phase_seconds.items())
     click.echo(f"coreset:  {coreset.uri}")
+    click.echo(f"report:   {join_uri(manifest.output_uri, REPORT_HTML)}")
     click.echo(f"manifest: {manifest.manifest_uri}")
     click.echo(
         f"{coreset.rows} of {data.rows} rows "

@@ -1,4 +1,5 @@
-"""The result of a job in storage: coreset.parquet, then manifest.json last.
+"""The result of a job in storage: coreset.parquet, report.json and report.html, then
+manifest.json last.
 
 ``Manifest`` is the one model of manifest.json: the worker writes it and the API serves it.
 """
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.storage import OutputFolder
 
 CORESET_FILE = "coreset.parquet"
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 

@@ -29,6 +29,8 @@ from worker.local_files import ConfinedFileSystem, allowed_roots
 from worker.outputs import (
     CORESET_FILE,
     MANIFEST_FILE,
+    REPORT_HTML,
+    REPORT_JSON,
     CoresetSummary,
     DatasetSummary,
     Manifest,
@@ -48,6 +50,7 @@ from worker.records import (
     connect,
     utc_now,
 )
+from worker.report import build_report, render_html, report_json
 from worker.settings import SharedSettings
 from worker.spec import JobRequest
 from worker.storage import (
@@ -146,6 +149,25 @@ def execute(
             lambda: write_coreset(folder, table, settings.workdir),
         )
         phase_seconds["writing"] = time.perf_counter() - writing_started
+        created_at = utc_now()
+        report("writing", 0.3, "writing the report")
+        content = build_report(
+            job_id=job_id, request=request.model_dump(mode="json"), method=config.method,
+            engine_version=nacs_engine.__version__, created_at=created_at,
+            field_names=data.field_names, field_dims=data.field_dims, features=data.features,
+            data_labels=data.labels, rows=result.rows, labels=result.labels,
+            soft_labels=result.soft_labels, weights=result.weights,
+            uncertainty=result.uncertainty, diagnostics=diagnostics, phase_seconds=phase_seconds,
+        )
+        written.append(REPORT_JSON)
+        retried(
+            "writing the report", "writing",
+            lambda: folder.write(REPORT_JSON, report_json(content)),
+        )
+        page = render_html(content)
+        written.append(REPORT_HTML)
+        retried("writing the report", "writing", lambda: folder.write(REPORT_HTML, page.encode()))
+        phase_seconds["writing"] = time.perf_counter() - writing_started
         dataset = DatasetSummary(
             uri=request.dataset_uri, fingerprint=data.fingerprint, rows=data.n_rows,
             clicks=data.n_clicks, fields=list(data.field_names),
@@ -160,9 +182,12 @@ def execute(
             job_id=job_id, request=request.model_dump(mode="json"),
             engine_version=nacs_engine.__version__, method=config.method, seed=config.seed,
             device=str(diagnostics.get("device", config.device)), host=platform.node(),
-            created_at=utc_now(), dataset=dataset, coreset=coreset, output_uri=output_uri,
+            created_at=created_at, dataset=dataset, coreset=coreset, output_uri=output_uri,
             manifest_uri=join_uri(output_uri, MANIFEST_FILE),
-            files={"coreset": CORESET_FILE, "manifest": MANIFEST_FILE},
+            files={
+                "coreset": CORESET_FILE, "report_html": REPORT_HTML, "report_json": REPORT_JSON,
+                "manifest": MANIFEST_FILE,
+            },
             phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
             noise=diagnostics.pop("noise", None), audit=diagnostics.pop("audit", None),
             diagnostics=diagnostics,

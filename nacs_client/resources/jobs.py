@@ -142,8 +142,10 @@ class Jobs:
 
         Raises JobFailedError (with the job's error code and message),
         JobCancelledError, or WaitTimeoutError after ``timeout`` seconds (``None``:
-        no limit). ``progress``: ``None`` shows a bar when stderr is a terminal,
-        ``True``/``False`` force it, a callable is called with every polled job.
+        no limit). ``progress``: ``None`` shows a bar (tqdm) when stderr is a terminal,
+        ``True``/``False`` force it, ``"lines"`` prints a plain line on stderr at each
+        change of status or phase and each tenth of a phase, a callable is called with
+        every polled job.
         """
         on_update, close = progress_callback(progress)
         try:
@@ -196,6 +198,16 @@ class Jobs:
     def manifest(self, job_id: str) -> Manifest:
         """The manifest of a succeeded job (``GET /jobs/{id}/result``)."""
         return self._client._run(ops.get_manifest(self._client._endpoint, job_id))
+
+    def report_url(self, job_id: str) -> str:
+        """Where the job's report is served (``GET /jobs/{id}/report``; it needs the API key
+        in the Authorization header, as every route)."""
+        return ops.report_url(self._client._endpoint, job_id)
+
+    def report(self, job_id: str) -> str:
+        """The report of a succeeded job: one self-contained HTML page (plots inline, no
+        script). A job that has not succeeded is a ConflictError that says why."""
+        return self._client._run(ops.get_report(self._client._endpoint, job_id))
 
     def result(self, job_id: str, *, storage_options: Mapping[str, Any] | None = None) -> Coreset:
         """The coreset of a succeeded job, read from its ``coreset_uri``, with its manifest.
@@ -346,6 +358,16 @@ class AsyncJobs:
     async def manifest(self, job_id: str) -> Manifest:
         """The manifest of a succeeded job (``GET /jobs/{id}/result``)."""
         return await self._client._run(ops.get_manifest(self._client._endpoint, job_id))
+
+    def report_url(self, job_id: str) -> str:
+        """Where the job's report is served (``GET /jobs/{id}/report``; it needs the API key
+        in the Authorization header, as every route)."""
+        return ops.report_url(self._client._endpoint, job_id)
+
+    async def report(self, job_id: str) -> str:
+        """The report of a succeeded job: one self-contained HTML page (plots inline, no
+        script). A job that has not succeeded is a ConflictError that says why."""
+        return await self._client._run(ops.get_report(self._client._endpoint, job_id))
 
     async def result(
         self, job_id: str, *, storage_options: Mapping[str, Any] | None = None

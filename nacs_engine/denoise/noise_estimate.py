@@ -156,3 +156,20 @@ def likely_wrong(
             weakest = members[np.lexsort((members, support[members]))[:count]]
             wrong[weakest] = True
     return wrong
+
+
+def uncertainty_cuts(
+    uncertainty: np.ndarray, removed: np.ndarray, given: np.ndarray
+) -> dict[str, float]:
+    """The lowest uncertainty among the removed rows, per class ("positive", "negative"):
+    each class lost its most uncertain rows, down to this value (a class that lost none has
+    no cut).
+
+    uncertainty: (n,) float; removed: (n,) bool; given: (n,) 0/1 labels.
+    """
+    cuts: dict[str, float] = {}
+    for name, members in (("positive", given > 0.5), ("negative", given <= 0.5)):
+        gone = removed & members
+        if gone.any():
+            cuts[name] = float(uncertainty[gone].min())
+    return cuts

@@ -1,12 +1,14 @@
-"""/jobs: submit, read, list, cancel, result."""
+"""/jobs: submit, read, list, cancel, result, report."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import HTMLResponse
 
 from service.deps import JobsDep, OwnedJobDep, TenantDep
+from service.routers.ui import REPORT_HEADERS
 from service.schemas import ErrorBody, Job, JobPage
 from worker.outputs import Manifest
 from worker.pagination import CURSOR_PATTERN
@@ -83,3 +85,22 @@ async def cancel_job(job: OwnedJobDep, jobs: JobsDep) -> Job:
 async def get_result(job: OwnedJobDep, jobs: JobsDep) -> Manifest:
     """The manifest of a succeeded job."""
     return await jobs.manifest(job)
+
+
+# The report's errors are JSON, like every error, though its answer is HTML (a response's
+# model would be documented as the route's media type).
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+REPORT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {}}, "description": "report.html"},
+    **{
+        status: {"description": entry["description"], "content": ERROR_JSON}
+        for status, entry in ERRORS.items()
+    },
+}
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse, responses=REPORT)
+async def get_report(job: OwnedJobDep, jobs: JobsDep) -> HTMLResponse:
+    """The report of a succeeded job: one self-contained HTML page (plots inline, no script),
+    served under a Content-Security-Policy that lets nothing load or run."""
+    return HTMLResponse(await jobs.report(job), headers=REPORT_HEADERS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from pathlib import Path
 
 import httpx
 import pyarrow as pa
@@ -145,7 +146,10 @@ def test_wait_on_a_failed_job_exits_1_with_one_error_line():
     service = ScriptedService(ok(job_json("job-1", "running", phase="loading")), ok(failed))
     result = invoke(service, "wait", "job-1")
     assert result.exit_code == 1
-    assert result.stderr == "error: job job-1 failed (no_label_column): no column 'label'\n"
+    # Off a terminal, progress lines come first; the error is the one last line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: job job-1 failed (no_label_column): no column 'label'"]
+    assert result.stderr.endswith(errors[0] + "\n")
     assert "no_label_column: no column 'label'" in result.stdout
 
 
@@ -389,3 +393,55 @@ def test_an_unexpected_error_is_still_one_line():
     result = invoke(ScriptedService(RuntimeError("the transport broke")), "status", "job-1")
     assert result.exit_code == 7
     assert result.stderr == "error: unexpected RuntimeError: the transport broke\n"
+
+
+def test_submit_wait_prints_plain_progress_lines_off_a_terminal():
+    service = ScriptedService(
+        ok(job_json("job-1"), 202),
+        ok(job_json("job-1", "running", phase="selecting", fraction=0.5)),
+        ok(job_json("job-1", "succeeded")),
+    )
+    result = invoke(service, "submit", "file:///d.parquet", "--size", "10", "--wait")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].split()[:4] == ["job-1", "running", "30.0%", "selecting"]
+    assert lines[-1].split() == ["job-1", "succeeded", "100.0%"]
+    assert "\r" not in result.stderr, "no bar redrawn in a log"
+    assert "status" in result.stdout, "the job itself still goes to stdout"
+
+
+def _report_service(page: str) -> ScriptedService:
+    return ScriptedService(httpx.Response(200, text=page, headers={"content-type": "text/html"}))
+
+
+def test_report_prints_the_page():
+    page = "<!DOCTYPE html><html><body><svg></svg></body></html>"
+    service = _report_service(page)
+    result = invoke(service, "report", "job-1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == page
+    assert service.requests[0].url.path == "/jobs/job-1/report"
+
+
+def test_report_out_writes_the_file_and_open_opens_it(tmp_path, monkeypatch):
+    page = "<!DOCTYPE html><html><body>report</body></html>"
+    opened: list[str] = []
+    monkeypatch.setattr(cli_module.webbrowser, "open", lambda url: opened.append(url) or True)
+    target = tmp_path / "r.html"
+    result = invoke(_report_service(page), "report", "job-1", "--out", str(target))
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == page and result.stdout.strip() == str(target)
+    assert opened == []
+    result = invoke(_report_service(page), "report", "job-1", "--open")
+    assert result.exit_code == 0, result.output
+    written = Path(result.stdout.strip())
+    assert written.read_text() == page and written.name == "report-job-1.html"
+    assert opened == [written.as_uri()]
+
+
+def test_report_of_a_failed_job_exits_2_with_the_reason():
+    message = "job job-1 is failed (labels_not_binary: no); a report is written only when..."
+    service = ScriptedService(error_response(409, "job_not_succeeded", message))
+    result = invoke(service, "report", "job-1")
+    assert result.exit_code == 2
+    assert "labels_not_binary" in result.stderr and "Traceback" not in result.output

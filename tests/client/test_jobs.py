@@ -13,6 +13,7 @@ import pytest
 from nacs_client import (
     AsyncClient,
     Client,
+    ConflictError,
     Coreset,
     Job,
     JobCancelledError,
@@ -293,8 +294,24 @@ def test_wait_draws_a_progress_bar_when_asked(capsys):
     with client_for(service) as client:
         client.jobs.wait("job-1", progress=True)
     err = capsys.readouterr().err
-    assert "selecting" in err and " 50.0%" in err and "100.0%" in err
-    assert err.endswith("\n")
+    # Selecting is the second of five phases: half of it is 30% of the job.
+    assert "selecting 50%" in err and " 30.0%" in err and "100.0%" in err
+    assert "job-1 succeeded" in err and err.endswith("\n")
+
+
+def test_wait_prints_plain_lines_when_asked(capsys):
+    service = ScriptedService(
+        running(0.1, phase="loading"), running(0.15, phase="loading"), running(0.5),
+        ok(job_json("job-1", "succeeded", phase="writing", fraction=1.0)),
+    )
+    with client_for(service) as client:
+        client.jobs.wait("job-1", progress="lines")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3, "a line per change of phase or tenth of a phase, no more"
+    assert lines[0].split() == ["job-1", "running", "2.0%", "loading", "10%"]
+    assert lines[1].split()[:4] == ["job-1", "running", "30.0%", "selecting"]
+    assert lines[2].split() == ["job-1", "succeeded", "100.0%"]
+    assert "\r" not in "".join(lines)
 
 
 def test_wait_is_quiet_off_a_terminal(capsys):
@@ -312,6 +329,36 @@ def test_create_and_wait():
         job = client.jobs.create_and_wait("file:///d.parquet", ratio=0.1, progress=False)
     assert job.id == "job-9" and job.status == "succeeded"
     assert [r.url.path for r in service.requests] == ["/jobs", "/jobs/job-9", "/jobs/job-9"]
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def test_report_fetches_the_html_page():
+    page = "<!DOCTYPE html><html><body><svg></svg></body></html>"
+    service = ScriptedService(httpx.Response(200, text=page, headers={"content-type": "text/html"}))
+    with client_for(service) as client:
+        assert client.jobs.report_url("job-1") == f"{BASE_URL}/jobs/job-1/report"
+        assert client.jobs.report("job-1") == page
+    request = service.requests[0]
+    assert request.url.path == "/jobs/job-1/report" and request.headers["accept"] == "text/html"
+    assert request.headers["authorization"].startswith("Bearer ")
+
+
+def test_the_report_of_a_job_that_has_not_succeeded_is_a_conflict():
+    message = "job job-1 is failed (labels_not_binary: no); a report is written only when..."
+    service = ScriptedService(error_response(409, "job_not_succeeded", message))
+    with client_for(service) as client, pytest.raises(ConflictError, match="labels_not_binary"):
+        client.jobs.report("job-1")
+
+
+@pytest.mark.anyio
+async def test_async_report():
+    page = "<!DOCTYPE html><html></html>"
+    service = ScriptedService(httpx.Response(200, text=page))
+    async with AsyncClient(BASE_URL, transport=service.transport) as client:
+        assert client.jobs.report_url("job-2") == f"{BASE_URL}/jobs/job-2/report"
+        assert await client.jobs.report("job-2") == page
 
 
 # --- result and download -------------------------------------------------------------------
@@ -455,8 +502,10 @@ def test_wait_draws_the_bar_by_default_on_a_terminal(monkeypatch):
     with client_for(service) as client:
         client.jobs.wait("job-1")
     drawn = terminal.getvalue()
-    assert drawn.count("\r") == 2
-    assert " 25.0%" in drawn and "100.0%" in drawn and drawn.endswith("\n")
+    assert "\r" in drawn, "the bar is redrawn in place"
+    # A quarter of selecting, the second of five phases, is a quarter of the job.
+    assert " 25.0%" in drawn and "selecting 25%" in drawn
+    assert "100.0%" in drawn and drawn.endswith("\n")
 
 
 def test_the_sync_and_async_surfaces_are_twins():
@@ -477,7 +526,7 @@ def test_the_sync_and_async_surfaces_are_twins():
                 sync_signature.parameters[parameter].default
                 == async_signature.parameters[parameter].default
             ), (name, parameter)
-        if name != "list":
+        if name not in ("list", "report_url"):
             assert inspect.iscoroutinefunction(getattr(AsyncJobs, name)), name
     assert list(inspect.signature(Client).parameters) == list(
         inspect.signature(AsyncClient).parameters

@@ -49,6 +49,10 @@ def check_result(job: dict, manifest: dict, table, n_rows: int, expected_size: i
     assert manifest["dataset"]["fingerprint"]
     assert {"engine_version", "seed", "device", "phase_seconds", "diagnostics"} <= set(manifest)
     assert {"loading", "writing"} <= set(manifest["phase_seconds"])
+    assert manifest["files"] == {
+        "coreset": "coreset.parquet", "report_html": "report.html", "report_json": "report.json",
+        "manifest": "manifest.json",
+    }, "every succeeded job, whatever its method, has its report"
 
 
 def test_random_job_on_local_storage(stack: Stack, small_parquet: Path) -> None:
@@ -64,8 +68,13 @@ def test_random_job_on_local_storage(stack: Stack, small_parquet: Path) -> None:
     manifest = json.loads((output / "manifest.json").read_text())
     table = pq.read_table(output / "coreset.parquet")
     check_result(final, manifest, table, 4000, 400)
+    report = json.loads((output / "report.json").read_text())
+    assert report["job_id"] == job["id"] and report["coreset"]["rows"] == 400
     with stack.client() as client:
         assert client.get(f"/jobs/{job['id']}/result").json() == manifest
+        served = client.get(f"/jobs/{job['id']}/report")
+        assert served.status_code == 200
+        assert served.text == (output / "report.html").read_text()
     assert not list(output.glob(".part-*")), "no temporary files left behind"
 
 

@@ -59,6 +59,10 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
     noise = diagnostics["noise"]
     assert 0.0 < noise["flip_rate"] < 0.5
     assert noise["set_aside_rows"] == noise["set_aside_positive"] + noise["set_aside_negative"] > 0
+    for name, given in (("positive", 1.0), ("negative", 0.0)):
+        if name in noise["uncertainty_cuts"]:
+            kept = result.uncertainty[result.labels == given]
+            assert np.all(kept <= noise["uncertainty_cuts"][name] + 1e-6)
     assert diagnostics["teacher"]["folds"] == automatic_folds(data.n_rows) == 5
     assert len(diagnostics["teacher"]["epochs"]) == 5
     assert diagnostics["selection"]["strategy"] == "coverage"

@@ -15,6 +15,7 @@ from nacs_engine.denoise.noise_estimate import (
     estimate_noise,
     label_support,
     likely_wrong,
+    uncertainty_cuts,
 )
 from nacs_engine.teacher import cross_fit
 
@@ -124,3 +125,11 @@ def test_on_clean_generated_labels_the_estimate_is_small() -> None:
         device=torch.device("cpu"),
     )
     assert estimate_noise(teacher.probabilities, data.labels).flip_rate <= 0.03
+
+
+def test_the_cut_is_the_lowest_uncertainty_removed_in_each_class() -> None:
+    uncertainty = np.array([0.1, 0.9, 0.7, 0.2, 0.8, 0.3])
+    removed = np.array([False, True, True, False, True, False])
+    given = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    assert uncertainty_cuts(uncertainty, removed, given) == {"positive": 0.7, "negative": 0.8}
+    assert uncertainty_cuts(uncertainty, np.zeros(6, dtype=bool), given) == {}

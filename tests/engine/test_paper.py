@@ -67,6 +67,7 @@ def test_nacs_returns_k_distinct_rows_with_mean_one_weights(data: EncodedDataset
     assert diagnostics["coreset_clicks"] == int(result.labels.sum())
     assert [r["round"] for r in diagnostics["rounds"]] == [1, 2, 3]
     assert sum(r["selected"] for r in diagnostics["rounds"]) == diagnostics["pre_denoise_rows"]
+    assert all(r["seconds"] >= 0 for r in diagnostics["rounds"])
     phases = {phase for phase, _, _ in calls}
     assert phases == {"selecting", "denoising"}
     assert all(0.0 <= fraction <= 1.0 for _, fraction, _ in calls)
@@ -91,6 +92,12 @@ def test_denoising_removes_the_highest_scores_within_each_class(data: EncodedDat
     assert result.diagnostics["pre_denoise_rows"] == 600
     assert result.diagnostics["removed_rows"] == 150
     assert result.size == 450
+    cuts = result.diagnostics["uncertainty_cuts"]
+    assert cuts and set(cuts) <= {"positive", "negative"}
+    for name, given in (("positive", 1.0), ("negative", 0.0)):
+        if name in cuts:
+            kept = result.uncertainty[result.labels == given]
+            assert np.all(kept <= cuts[name] + 1e-6), "the rows kept are below the class's cut"
 
 
 def test_same_seed_same_rows_and_different_seed_different_rows(data: EncodedDataset) -> None:

@@ -23,12 +23,12 @@ from worker.spec import JobRequest
 from worker.storage import storage_options, write_bytes
 
 
-def test_execute_writes_coreset_then_manifest(
+def test_execute_writes_coreset_and_report_then_manifest(
     tmp_path: Path, settings: SharedSettings, monkeypatch
 ) -> None:
     data = make_ctr_parquet(tmp_path / "ctr.parquet", 1000, seed=4)
     written: list[str] = []
-    for name in ("write_coreset", "write_manifest"):
+    for name in ("write_coreset", "report_json", "render_html", "write_manifest"):
         original = getattr(tasks, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
@@ -45,7 +45,9 @@ def test_execute_writes_coreset_then_manifest(
         settings=settings,
         progress=lambda p, f, m: phases.append(p),
     )
-    assert written == ["write_coreset", "write_manifest"], "the manifest is written last"
+    assert written == ["write_coreset", "report_json", "render_html", "write_manifest"], (
+        "the manifest is written last"
+    )
     assert phases[0] == "loading" and phases[-1] == "writing" and "selecting" in phases
     table = pq.read_table(tmp_path / "out" / "coreset.parquet")
     assert table.num_rows == 100
@@ -56,11 +58,38 @@ def test_execute_writes_coreset_then_manifest(
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["job_id"] == "job-1" and on_disk["coreset"]["rows"] == 100
     assert on_disk["dataset"]["rows"] == 1000 and on_disk["seed"] == 0
-    assert on_disk["files"] == {"coreset": "coreset.parquet", "manifest": "manifest.json"}
+    assert on_disk["files"] == {
+        "coreset": "coreset.parquet", "report_html": "report.html", "report_json": "report.json",
+        "manifest": "manifest.json",
+    }
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["job_id"] == "job-1" and report["method"] == "balanced"
+    assert report["coreset"]["rows"] == 100 and report["coreset"]["clicks"] == 50
+    assert report["weights"]["effective_sample_size"] <= 100
+    assert "skipped" in report["audit"] and report["rounds"] == []
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<svg") >= 3 and "<script" not in page
     assert on_disk == json.loads(json.dumps(manifest.model_dump()))
     assert outputs.Manifest.model_validate(on_disk) == manifest
     labels = table.column("label").to_numpy()
     assert labels.sum() == 50, "balanced takes half clicks"
+
+
+def test_a_job_that_fails_while_writing_leaves_no_report(
+    tmp_path: Path, settings: SharedSettings, monkeypatch
+) -> None:
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 500, seed=4)
+
+    def broken(*args, **kwargs):
+        raise PermissionError("the store refused the manifest")
+
+    monkeypatch.setattr(tasks, "write_manifest", broken)
+    with pytest.raises(PermissionError):
+        tasks.execute(
+            JobRequest(dataset_uri=str(data), size=50, method="random"),
+            str(tmp_path / "out"), job_id="job-1", settings=settings,
+        )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [], "nothing is left"
 
 
 @pytest.mark.parametrize(
