@@ -432,12 +432,16 @@ def compact_checks(checks: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def lodo_from(paths: Sequence[str], candidates: Sequence[str], default: str) -> None:
-    """Leave-one-dataset-out over the rows of several files (a run in two files counts once)."""
+def lodo_from(
+    paths: Sequence[str], candidates: Sequence[str], default: str, seeds: Sequence[int]
+) -> None:
+    """Leave-one-dataset-out over the rows of ``seeds`` in several files (a run in two files
+    counts once), so that every candidate is judged on the same seeds."""
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in paths:
         for row in read_rows(path):
-            rows.setdefault(tuple(row.get(field) for field in RUN_FIELDS), row)
+            if row["seed"] in seeds:
+                rows.setdefault(tuple(row.get(field) for field in RUN_FIELDS), row)
     result = leave_one_dataset_out(list(rows.values()), candidates, default=default)
     print(format_leave_one_dataset_out(result), flush=True)
 
@@ -534,13 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="CANDIDATE",
         help="with --tables-from: choose among these methods and variants leave-one-dataset-out "
-        "(the mean paired AUC difference from random; --check-method is the default)",
+        "(the mean paired AUC difference from random over --seeds; --check-method is the default)",
     )
     args = parser.parse_args(argv)
     if args.lodo and not args.tables_from:
         parser.error("--lodo: give the rows with --tables-from")
     if args.lodo:
-        lodo_from(args.tables_from, args.lodo, args.check_method)
+        lodo_from(args.tables_from, args.lodo, args.check_method, args.seeds)
         return 0
     if args.tables_from:
         tables_from(args.tables_from, args.check_method, args.baselines)
