@@ -33,6 +33,7 @@ the shard job that sees it, which cancels the others.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import platform
@@ -140,11 +141,14 @@ class ShardedFeatures:
 
     ``features[rows]`` (rows ascending or not) reads the shards that hold them; the two
     shards read last are kept, so that reading rows in ascending order in pieces reads each
-    shard once.
+    shard once, and the last few sets of at most ``REMEMBERED_ROWS`` rows read are kept, so
+    that the audit, which reads the same rows for several models, reads each set once.
     """
 
     ndim = 2
     dtype = np.dtype(np.int32)
+    REMEMBERED_ROWS = 1 << 20
+    REMEMBERED_SETS = 6
 
     def __init__(
         self, load: Callable[[int], np.ndarray], bounds: list[tuple[int, int]], n_fields: int
@@ -153,6 +157,7 @@ class ShardedFeatures:
         self._starts = np.array([start for start, _ in bounds], dtype=np.int64)
         self.shape = (int(bounds[-1][1]) if bounds else 0, int(n_fields))
         self._kept: dict[int, np.ndarray] = {}
+        self._remembered: dict[bytes, np.ndarray] = {}
 
     def _shard(self, index: int) -> np.ndarray:
         if index not in self._kept:
@@ -165,6 +170,19 @@ class ShardedFeatures:
         if isinstance(rows, slice):
             rows = np.arange(self.shape[0])[rows]
         rows = np.asarray(rows, dtype=np.int64)
+        key = b""
+        if rows.shape[0] <= self.REMEMBERED_ROWS:
+            key = hashlib.blake2b(rows.tobytes(), digest_size=16).digest()
+            if key in self._remembered:
+                return self._remembered[key].copy()
+        out = self._read(rows)
+        if key:
+            if len(self._remembered) >= self.REMEMBERED_SETS:
+                self._remembered.pop(next(iter(self._remembered)))
+            self._remembered[key] = out.copy()
+        return out
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((rows.shape[0], self.shape[1]), dtype=np.int32)  # (r, F)
         if rows.shape[0] == 0:
             return out
@@ -324,8 +342,6 @@ def _read(uri: str, settings: SharedSettings) -> bytes:
 
 
 def _combined(digests: list[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
