@@ -318,6 +318,7 @@ class Sharding:
         # The record names the shard jobs before they exist: the reaper never sees a shard
         # job its record does not name.
         self.store.update(job_id, change)
+        self.store.redis.delete(self.store.keys.shard_progress(job_id))
         ttl, timeout_s = settings.job_ttl_s, settings.job_timeout_s
         enqueued: list[Job | Dependency | str] = [
             self.queue.enqueue_call(
@@ -476,8 +477,11 @@ def _fold(run: _Run, fold: int) -> None:
     from nacs_engine.teacher import fold_assignment, train_fold
 
     uri = join_uri(run.scratch, fold_file(fold))
+    key = run.store.keys.shard_progress(run.record.id)
     if _exists(uri, run.settings):
-        return  # an earlier run of the job trained this fold: the same plan, the same fold
+        # An earlier run of the job trained this fold: the same plan, the same fold.
+        run.store.redis.hset(key, str(fold), "1")
+        return
     started = time.perf_counter()
     plan = run.plan()
     labels = run.labels()
@@ -485,7 +489,6 @@ def _fold(run: _Run, fold: int) -> None:
     holdout = selection_holdout(labels, config.budget(plan.rows), config)
     rows = np.arange(plan.rows, dtype=np.int64) if isinstance(holdout, str) else holdout.candidates
     folds = fold_assignment(int(rows.shape[0]), config)
-    key = run.store.keys.shard_progress(run.record.id)
 
     def report(fraction: float, message: str) -> None:
         run.store.redis.hset(key, str(fold), f"{fraction:.4f}")
