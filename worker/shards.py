@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Dependency, Job
 
 from nacs_engine.errors import SelectionCancelled
@@ -430,15 +430,20 @@ def _shard_job(
     if outcome == "cancelled" and not current.cancel_requested:
         return {"job_id": job_id, "shard": name, "status": "superseded"}
     status = JobStatus.cancelled if outcome == "cancelled" else JobStatus.failed
-    end_sharded_run(store, job_id, attempt, status, error)
+    running = get_current_job()
+    end_sharded_run(
+        store, job_id, attempt, status, error, this_job=running.id if running else None
+    )
     return {"job_id": job_id, "shard": name, "status": outcome}
 
 
 def end_sharded_run(
-    store: RecordStore, job_id: str, attempt: int, status: JobStatus, error: JobError | None
+    store: RecordStore, job_id: str, attempt: int, status: JobStatus, error: JobError | None,
+    *, this_job: str | None = None,
 ) -> None:
-    """End run ``attempt`` of a spread job ``failed`` or ``cancelled``: stop its shard jobs,
-    remove its scratch folder and its shards' progress."""
+    """End run ``attempt`` of a spread job ``failed`` or ``cancelled``: stop its shard jobs
+    but ``this_job`` (the RQ job calling, which ends by itself), remove its scratch folder
+    and its shards' progress."""
     fields: dict[str, Any] = {"heartbeat_at": utc_now()}
     if error is not None:
         fields["error"] = error
@@ -449,15 +454,17 @@ def end_sharded_run(
     except InvalidTransition:
         return
     if ended is not None:
-        stop_shard_jobs(store, ended)
+        stop_shard_jobs(store, ended, skip=this_job)
     store.redis.delete(store.keys.shard_progress(job_id))
     remove_scratch(store.settings, job_id)
 
 
-def stop_shard_jobs(store: RecordStore, record: JobRecord) -> None:
-    """Stop every shard job of ``record`` that has not ended: a running one's work horse, a
-    queued or waiting one taken off."""
+def stop_shard_jobs(store: RecordStore, record: JobRecord, *, skip: str | None = None) -> None:
+    """Stop every shard job of ``record`` but ``skip`` that has not ended: a running one's
+    work horse, a queued or waiting one taken off."""
     for rq_job_id in record.shard_jobs:
+        if rq_job_id == skip:
+            continue  # stopping it would kill the work horse running this loop
         with contextlib.suppress(Exception):
             stop_rq_job(store.redis, rq_job_id)
 
