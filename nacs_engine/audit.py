@@ -84,6 +84,14 @@ def holdout_split(labels: np.ndarray, k: int, seed: int) -> Holdout | str:
     return Holdout(candidates=np.sort(order[held:]), stop=stop, score=score)
 
 
+def selection_holdout(labels: np.ndarray, k: int, config: SelectionConfig) -> Holdout | str:
+    """The audit's held-back rows of a selection as ``config`` says, or why none are held
+    back (the audit is off, or the data cannot spare them)."""
+    if not config.audit:
+        return "the audit is off (audit=false)"
+    return holdout_split(labels, k, config.seed)
+
+
 def audit_families(config: SelectionConfig) -> tuple[str, ...]:
     """The evaluator families of the audit: logistic regression and the proxy's backbone."""
     return (LOGISTIC, config.backbone)

@@ -257,6 +257,14 @@ class SelectionConfig:
             "coreset loses beyond two standard errors)."
         ),
     )
+    shard_rows: Annotated[int, Ge(1000), Le(100_000_000)] | None = field(
+        default=None,
+        metadata=_doc(
+            "Rows per shard when the workers share one job of a teacher method (nacs and its "
+            "ablations, denoised-random), 1,000-100,000,000; by default 1,048,576. Data of one "
+            "shard or less runs as one job; the coreset is the same either way."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.size is None):

@@ -90,9 +90,9 @@ def select_coreset(
                 "audit": {"skipped": "a random baseline is not audited against random"},
             },
         )
-    from nacs_engine.audit import audit_coreset, holdout_split
+    from nacs_engine.audit import audit_coreset, selection_holdout
 
-    holdout = holdout_split(labels, k, config.seed) if config.audit else "the audit is off (audit=false)"
+    holdout = selection_holdout(labels, k, config)
     candidates = None if isinstance(holdout, str) else holdout.candidates
     if config.method == "nacs-paper":
         from nacs_engine.paper import run_nacs_paper

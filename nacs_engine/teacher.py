@@ -24,6 +24,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,6 +124,115 @@ def _fold_logits(
     return out
 
 
+@torch.no_grad()
+def _rows_logits(
+    model: nn.Module, features: Any, dataset_rows: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """Logits (r,) float64 of ``dataset_rows`` (ascending), read ``INFERENCE_BATCH_ROWS`` rows
+    at a time: the same batches as ``_fold_logits`` over ``features[dataset_rows]``."""
+    out = np.empty(dataset_rows.shape[0], dtype=np.float64)
+    for start in range(0, dataset_rows.shape[0], INFERENCE_BATCH_ROWS):
+        stop = min(dataset_rows.shape[0], start + INFERENCE_BATCH_ROWS)
+        x = as_feature_tensor(np.asarray(features[dataset_rows[start:stop]])).to(device)
+        out[start:stop] = model(x).double().cpu().numpy()
+    return out
+
+
+def teacher_folds(candidates: int, config: SelectionConfig) -> int:
+    """The teacher's fold count over ``candidates`` rows: the option, or ``automatic_folds``."""
+    return int(config.teacher_folds or automatic_folds(int(candidates)))
+
+
+def fold_assignment(candidates: int, config: SelectionConfig) -> np.ndarray:
+    """(m,) int8 fold of each of ``candidates`` rows, dealt at random from ``config.seed``."""
+    k_folds = teacher_folds(candidates, config)
+    if candidates < 2 * k_folds:
+        raise ValueError(f"rows: the teacher needs at least {2 * k_folds} rows, got {candidates}")
+    rng = numpy_generator(config.seed, "teacher_folds")
+    return (rng.permutation(candidates) % k_folds).astype(np.int8)
+
+
+@dataclass
+class FoldResult:
+    """One fold of the teacher: its model, trained on the other folds, and its own fold's
+    out-of-fold logits.
+
+    logits: (r,) float64 logits of the fold's candidates, in ascending row order.
+    """
+
+    fold: int
+    model: CTRModel
+    logits: np.ndarray
+    epochs: int
+    validation_score: float
+    seconds: float
+
+
+def train_fold(
+    features: Any,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    folds: np.ndarray,
+    fold: int,
+    field_dims: tuple[int, ...],
+    config: SelectionConfig,
+    *,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> FoldResult:
+    """Train fold ``fold``'s model on the candidates of the other folds and score its own.
+
+    features: (n, F) ids, or anything that returns them for ``features[dataset_rows]``
+    (ascending rows); labels: (n,) 0/1; rows: (m,) ascending dataset positions of the
+    candidates; folds: (m,) ``fold_assignment``. progress(fraction, message) reports the
+    share of this fold done (training, then scoring); exceptions from it propagate.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    rows = np.asarray(rows, dtype=np.int64)
+    k_folds = int(folds.max()) + 1
+    y = np.asarray(labels, dtype=np.float32)[rows]
+    inside = np.flatnonzero(folds != fold)
+    outside = np.flatnonzero(folds == fold)
+    model, fit = _train_fold(features, y, rows, inside, outside, field_dims, config, fold, k_folds, device, report)
+    logits = _rows_logits(model, features, rows[outside], device)
+    report(1.0, f"teacher {fold + 1}/{k_folds}: best epoch {fit.best_epoch}")
+    return FoldResult(
+        fold=fold, model=model, logits=logits, epochs=fit.epochs_run,
+        validation_score=fit.best_score, seconds=time.perf_counter() - started,
+    )
+
+
+def assemble_teacher(
+    rows: np.ndarray, folds: np.ndarray, labels: np.ndarray, results: list[FoldResult], seconds: float
+) -> Teacher:
+    """The teacher from its folds' results (one per fold, in fold order): out-of-fold logits
+    for every candidate, recalibrated by Platt scaling over all of them."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if [result.fold for result in results] != list(range(int(folds.max()) + 1)):
+        raise ValueError("results: expected one result per fold, in fold order")
+    y = np.asarray(labels, dtype=np.float32)[rows]
+    logits = np.empty(rows.shape[0], dtype=np.float64)
+    for result in results:
+        logits[folds == result.fold] = result.logits
+    if 0.0 < y.mean() < 1.0:
+        a, b = platt_scaling(logits, y.astype(np.float64))
+    else:
+        a, b = 1.0, 0.0
+    probabilities = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+    return Teacher(
+        rows=rows,
+        folds=folds,
+        models=[result.model for result in results],
+        logits=logits,
+        probabilities=probabilities,
+        calibration=(a, b),
+        epochs=[result.epochs for result in results],
+        validation_scores=[result.validation_score for result in results],
+        seconds=seconds,
+    )
+
+
 def cross_fit(
     features: np.ndarray,
     labels: np.ndarray,
@@ -138,52 +248,32 @@ def cross_fit(
     features: (n, F) ids (an array or memory map); labels: (n,) 0/1;
     rows: (m,) ascending dataset positions of the candidates (m >= 2 folds).
     progress(fraction, message) is called after every few training steps and
-    after every fold; exceptions from it propagate.
+    after every fold; exceptions from it propagate. The folds run one after the
+    other here; a worker may run each as a job of its own (``train_fold``) and
+    join them (``assemble_teacher``) with the same result.
     """
     started = time.perf_counter()
     report = progress or (lambda fraction, message: None)
     rows = np.asarray(rows, dtype=np.int64)
-    k_folds = config.teacher_folds or automatic_folds(int(rows.shape[0]))
-    if rows.shape[0] < 2 * k_folds:
-        raise ValueError(f"rows: the teacher needs at least {2 * k_folds} rows, got {rows.shape[0]}")
-    y = np.asarray(labels, dtype=np.float32)[rows]
-    rng = numpy_generator(config.seed, "teacher_folds")
-    folds = (rng.permutation(rows.shape[0]) % k_folds).astype(np.int8)
-    logits = np.empty(rows.shape[0], dtype=np.float64)
-    models: list[CTRModel] = []
-    epochs: list[int] = []
-    scores: list[float] = []
+    folds = fold_assignment(int(rows.shape[0]), config)
+    k_folds = int(folds.max()) + 1
+    results: list[FoldResult] = []
     for fold in range(k_folds):
-        inside = np.flatnonzero(folds != fold)
-        outside = np.flatnonzero(folds == fold)
-        model, fit = _train_fold(
-            features, y, rows, inside, outside, field_dims, config, fold, device, report
+
+        def fold_progress(fraction: float, message: str, fold: int = fold) -> None:
+            report((fold + fraction) / k_folds, message)
+
+        results.append(
+            train_fold(
+                features, labels, rows, folds, fold, field_dims, config, device=device,
+                progress=fold_progress,
+            )
         )
-        logits[outside] = _fold_logits(model, features[rows[outside]], device)
-        models.append(model)
-        epochs.append(fit.epochs_run)
-        scores.append(fit.best_score)
-        report((fold + 1) / k_folds, f"teacher {fold + 1}/{k_folds}: best epoch {fit.best_epoch}")
-    if 0.0 < y.mean() < 1.0:
-        a, b = platt_scaling(logits, y.astype(np.float64))
-    else:
-        a, b = 1.0, 0.0
-    probabilities = 1.0 / (1.0 + np.exp(-(a * logits + b)))
-    return Teacher(
-        rows=rows,
-        folds=folds,
-        models=models,
-        logits=logits,
-        probabilities=probabilities,
-        calibration=(a, b),
-        epochs=epochs,
-        validation_scores=scores,
-        seconds=time.perf_counter() - started,
-    )
+    return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
 
 
 def _train_fold(
-    features: np.ndarray,
+    features: Any,
     y: np.ndarray,
     rows: np.ndarray,
     inside: np.ndarray,
@@ -191,11 +281,11 @@ def _train_fold(
     field_dims: tuple[int, ...],
     config: SelectionConfig,
     fold: int,
+    k_folds: int,
     device: torch.device,
     report: Progress,
 ) -> tuple[CTRModel, FitResult]:
     """Train fold ``fold``'s model on candidates ``inside``, early-stopped on a sample of ``outside``."""
-    k_folds = config.teacher_folds or automatic_folds(int(rows.shape[0]))
     sample = outside
     if sample.shape[0] > VALIDATION_ROWS:
         sample = np.sort(
@@ -218,10 +308,12 @@ def _train_fold(
         # Early stopping may end the fold sooner: the fraction assumes every epoch runs.
         within = (epochs_done[0] + done / total) / max_epochs
         report(
-            (fold + _TRAIN_SHARE * within) / k_folds,
+            _TRAIN_SHARE * within,
             f"teacher {fold + 1}/{k_folds}: epoch {epochs_done[0] + 1}, batch {done}/{total}",
         )
 
+    # The training rows stay int32 (4 bytes an id): the model takes either integer type.
+    training_features = torch.from_numpy(np.ascontiguousarray(features[rows[inside]]))
     with seeded_scope(config.seed, "teacher_init", device, fold):
         model = build_model(
             config.backbone, field_dims, embed_dim=config.embed_dim, dropout=config.dropout
@@ -229,7 +321,7 @@ def _train_fold(
     with seeded_scope(config.seed, "teacher_dropout", device, fold):
         fit = fit_early_stopping(
             model,
-            np.ascontiguousarray(features[rows[inside]]),
+            training_features,
             torch.from_numpy(y[inside]),
             None,
             validate=validate,
@@ -243,6 +335,7 @@ def _train_fold(
             on_epoch=on_epoch,
             on_batch=on_batch,
         )
+    del training_features
     model.eval()
     return model, fit
 
@@ -331,18 +424,36 @@ class TeacherCache:
         device: torch.device,
         progress: Progress | None = None,
     ) -> Teacher:
-        key = (
-            _digest(labels),
-            _digest(rows),
-            tuple(field_dims),
-            tuple(getattr(config, name) for name in TEACHER_OPTIONS),
-        )
+        key = self._key(labels, rows, field_dims, config)
         for cached_features, cached_key, teacher in self._entries:
             if cached_features is features and cached_key == key:
                 return teacher
         teacher = cross_fit(features, labels, rows, field_dims, config, device=device, progress=progress)
-        self._entries.append((features, key, teacher))
+        self.put(features, labels, rows, field_dims, config, teacher)
         return teacher
+
+    def put(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        field_dims: tuple[int, ...],
+        config: SelectionConfig,
+        teacher: Teacher,
+    ) -> None:
+        """Keep ``teacher`` (cross-fitted elsewhere, e.g. fold by fold) for ``get``."""
+        self._entries.append((features, self._key(labels, rows, field_dims, config), teacher))
+
+    @staticmethod
+    def _key(
+        labels: np.ndarray, rows: np.ndarray, field_dims: tuple[int, ...], config: SelectionConfig
+    ) -> tuple[object, ...]:
+        return (
+            _digest(labels),
+            _digest(np.asarray(rows, dtype=np.int64)),
+            tuple(field_dims),
+            tuple(getattr(config, name) for name in TEACHER_OPTIONS),
+        )
 
 
 def _digest(values: np.ndarray) -> str:

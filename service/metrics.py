@@ -57,6 +57,15 @@ class QueueCollector(Collector):
                 [phase], count_value=values.get("count", 0.0), sum_value=values.get("sum", 0.0)
             )
         yield phases
+        shards = CounterMetricFamily(
+            "nacs_shard_jobs",
+            "Shard jobs of jobs spread over several workers that ended, by kind and outcome.",
+            labels=["kind", "outcome"],
+        )
+        for name, count in sorted(stats.get("shard_jobs", {}).items()):
+            kind, _, outcome = name.partition(":")
+            shards.add_metric([kind, outcome], float(count))
+        yield shards
 
 
 class HttpMetrics:

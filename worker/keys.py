@@ -13,8 +13,9 @@ class Keys:
     """Key names of one deployment (one prefix): ``job`` (the record, JSON), ``tenant_jobs``
     and ``queued_since`` (sorted sets of job ids by creation time), ``tenant_active`` and
     ``status`` (sets of queued or running job ids), ``idempotency`` (the job an
-    Idempotency-Key made, and its body hash), ``finished`` and ``phase_seconds`` (counters
-    for /metrics), ``reaper_lock``."""
+    Idempotency-Key made, and its body hash), ``finished``, ``phase_seconds`` and
+    ``shard_jobs`` (counters for /metrics), ``shard_progress`` (each shard job's share done,
+    of a job spread over several), ``reaper_lock``."""
 
     prefix: str
 
@@ -50,6 +51,13 @@ class Keys:
     @property
     def phase_seconds(self) -> str:
         return f"{self.prefix}phase_seconds"
+
+    @property
+    def shard_jobs(self) -> str:
+        return f"{self.prefix}shard_jobs"
+
+    def shard_progress(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:shards"
 
     @property
     def reaper_lock(self) -> str:

@@ -71,6 +71,9 @@ class Manifest(BaseModel):
     """Estimated wrong-label rate and the rows set aside."""
     audit: dict[str, Any] | None = None
     """The coreset checked against a random subset of the same size, with a verdict."""
+    shards: dict[str, Any] | None = None
+    """How the job was spread over workers: the shard plan and the time of every shard job
+    (None for a job that ran as one)."""
     diagnostics: dict[str, Any] = Field(default_factory=dict, description="Engine diagnostics.")
 
 

@@ -25,12 +25,16 @@ from worker.records import (
     parse_time,
     text,
 )
+from worker.shards import remove_scratch
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 # RQ job states in which the job has ended (in any other, it waits or runs).
 _RQ_ENDED = {RqStatus.FINISHED, RqStatus.FAILED, RqStatus.STOPPED, RqStatus.CANCELED}
+# States of a shard job whose work horse died or that was stopped, and of one still to run.
+_RQ_BROKEN = {RqStatus.FAILED, RqStatus.STOPPED, RqStatus.CANCELED}
+_RQ_WAITING = {RqStatus.QUEUED, RqStatus.DEFERRED, RqStatus.SCHEDULED}
 
 
 def reap(store: RecordStore, queue: Queue, now: float | None = None) -> list[tuple[str, str]]:
@@ -38,7 +42,9 @@ def reap(store: RecordStore, queue: Queue, now: float | None = None) -> list[tup
     jobs whose queue entry is gone. Returns (job id, action) pairs.
 
     A running job is lost when its heartbeat is older than ``heartbeat_timeout_s`` or its RQ
-    job ended without our record ending: it runs again while it has attempts left, else it
+    job ended without our record ending (for a job spread over shard jobs: one of them failed
+    or was stopped, or all ended; while none runs and some wait for a worker, no heartbeat is
+    due): it runs again while it has attempts left, else it
     fails with code ``worker_lost``. A job asked to cancel that still runs after
     ``cancel_grace_s`` has its work stopped and turns ``cancelled``. A job queued for longer
     than ``heartbeat_timeout_s`` without an RQ job (its enqueue was cut short) is enqueued;
@@ -61,17 +67,19 @@ def _reap(store: RecordStore, queue: Queue, now: float) -> list[tuple[str, str]]
     running = [text(member) for member in store.redis.smembers(running_key)]
     for record, rq_status in _with_rq_status(store, queue, running, JobStatus.running):
         beat = parse_time(record.heartbeat_at) or parse_time(record.started_at) or now
-        ended = rq_status in _RQ_ENDED
+        ended, shards_waiting = rq_status in _RQ_ENDED, False
+        if record.shard_jobs:
+            ended, shards_waiting = _shards_state(queue, record)
         if record.cancel_requested:
             asked = parse_time(record.cancel_requested_at) or now
             late = now - asked > settings.cancel_grace_s
             if ended or late or now - beat > settings.heartbeat_timeout_s:
-                if record.rq_job_id:
-                    stop_rq_job(store.redis, record.rq_job_id)
+                _stop_work(store, record)
                 if _finish(store, record, JobStatus.cancelled, "cancelled; the work was stopped"):
+                    remove_scratch(settings, record.id)
                     actions.append((record.id, "cancelled"))
             continue
-        if not ended and now - beat <= settings.heartbeat_timeout_s:
+        if shards_waiting or (not ended and now - beat <= settings.heartbeat_timeout_s):
             continue
         reason = f"its worker sent no heartbeat for {now - beat:.0f} s"
         reason = "its worker process ended without finishing it" if ended else reason
@@ -128,6 +136,28 @@ def _with_rq_status(
             yield record, (job.get_status(refresh=False) if job is not None else None)
 
 
+def _shards_state(queue: Queue, record: JobRecord) -> tuple[bool, bool]:
+    """(ended, waiting) of a job spread over shard jobs (``worker.shards``): ended when one of
+    them failed or was stopped (its work horse died) or all finished without ending the job;
+    waiting when none runs and some wait on the queue or for the jobs they depend on (no
+    heartbeat is due then)."""
+    jobs = Job.fetch_many(record.shard_jobs, connection=queue.connection, serializer=JSONSerializer)
+    statuses = [job.get_status(refresh=False) if job is not None else None for job in jobs]
+    broken = any(status in _RQ_BROKEN for status in statuses)
+    finished = all(status == RqStatus.FINISHED for status in statuses)
+    running = any(status == RqStatus.STARTED for status in statuses)
+    queued = any(status in _RQ_WAITING for status in statuses)
+    return broken or finished, not broken and not running and queued
+
+
+def _stop_work(store: RecordStore, record: JobRecord) -> None:
+    """Stop the job's RQ job and every shard job of its run."""
+    if record.rq_job_id:
+        stop_rq_job(store.redis, record.rq_job_id)
+    for rq_job_id in record.shard_jobs:
+        stop_rq_job(store.redis, rq_job_id)
+
+
 def _count_lost_start(record: JobRecord) -> None:
     if record.status != JobStatus.queued:
         raise InvalidTransition(record)
@@ -135,12 +165,13 @@ def _count_lost_start(record: JobRecord) -> None:
 
 
 def _recover(store: RecordStore, queue: Queue, record: JobRecord, reason: str) -> str:
-    if record.rq_job_id:
-        stop_rq_job(store.redis, record.rq_job_id)
+    _stop_work(store, record)
     if record.attempts < store.settings.max_attempts:
         progress = Progress(phase="queued", fraction=0.0, message=f"running again: {reason}")
         try:
-            store.transition(record.id, JobStatus.queued, progress=progress, heartbeat_at=None)
+            store.transition(
+                record.id, JobStatus.queued, progress=progress, heartbeat_at=None, shard_jobs=[]
+            )
         except InvalidTransition:
             return "finished"
         enqueue_again(store, queue, record.id)
@@ -151,6 +182,7 @@ def _recover(store: RecordStore, queue: Queue, record: JobRecord, reason: str) -
         "(killed, out of memory, or the machine went away)"
     )
     _finish(store, record, JobStatus.failed, message, code="worker_lost")
+    remove_scratch(store.settings, record.id)
     log.warning("job %s failed: %s", record.id, message)
     return "failed"
 

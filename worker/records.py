@@ -81,6 +81,9 @@ class JobRecord(BaseModel):
     cancel_requested_at: str | None = None
     heartbeat_at: str | None = None
     rq_job_id: str | None = None
+    shard_jobs: list[str] = Field(
+        default_factory=list, description="RQ job ids of the run's shard jobs (worker.shards)."
+    )
     idempotency_key: str | None = None
     body_hash: str | None = None
 
@@ -270,14 +273,20 @@ class RecordStore:
         pipe.scard(self.keys.status("running"))
         pipe.hgetall(self.keys.finished)
         pipe.hgetall(self.keys.phase_seconds)
-        queued, running, finished, phases = pipe.execute()
+        pipe.hgetall(self.keys.shard_jobs)
+        queued, running, finished, phases, shards = pipe.execute()
         jobs = {"queued": int(queued), "running": int(running)}
         jobs |= {k.decode(): int(v) for k, v in finished.items()}
         phase_seconds: dict[str, dict[str, float]] = {}
         for name, value in phases.items():
             phase, kind = name.decode().rsplit(":", 1)
             phase_seconds.setdefault(phase, {"sum": 0.0, "count": 0.0})[kind] = float(value)
-        return {"jobs": jobs, "phase_seconds": phase_seconds}
+        shard_jobs = {text(name): int(value) for name, value in shards.items()}
+        return {"jobs": jobs, "phase_seconds": phase_seconds, "shard_jobs": shard_jobs}
+
+    def count_shard_job(self, kind: str, outcome: str) -> None:
+        """Count one shard job of ``kind`` (encode, fold, reduce) that ended with ``outcome``."""
+        self.redis.hincrby(self.keys.shard_jobs, f"{kind}:{outcome}", 1)
 
 
 def _set(record: JobRecord, status: JobStatus, fields: dict[str, Any]) -> None:

@@ -46,7 +46,8 @@ def run_worker(
     name: str | None = None, reaper: bool = True,
 ) -> bool:
     """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
-    import worker.tasks  # noqa: F401 - loaded once here (no torch) so each forked horse starts at once
+    import worker.shards  # noqa: F401 - loaded once here (no torch) so each forked horse starts at once
+    import worker.tasks  # noqa: F401
 
     settings = settings or SharedSettings()
     connection = connect(settings.redis_url)

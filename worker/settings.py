@@ -59,6 +59,10 @@ class SharedSettings(BaseSettings):
     """First wait before a retry; doubles at each retry."""
     allow_private_urls: bool = False
     """Allow https:// dataset URLs whose host is a loopback, private or link-local address."""
+    torch_threads: int = Field(default=1, ge=1, le=256)
+    """Threads of torch's CPU operations in every job a worker runs: the same on every worker,
+    so that a job's floating-point results (and so its coreset) do not depend on which worker
+    ran which of its shards."""
     workdir: str | None = None
     """Local scratch folder of the workers (default: the system temporary folder)."""
     insecure_local: bool = False

@@ -89,9 +89,22 @@ def execute(
     ``dataset_uri_refused`` / ``output_uri_refused``); and an output folder that holds another
     job's result is refused (``output_uri_taken``): a finished job's result never changes.
     """
-    import nacs_engine
-    from nacs_engine.data import load_dataset
-    from nacs_engine.pipeline import select_coreset
+    manifest = execute_or_hand_over(
+        request, output_uri, job_id=job_id, progress=progress, settings=settings, tenant=tenant
+    )
+    if manifest is None:
+        raise RuntimeError("execute: a job without sharding was handed over")
+    return manifest
+
+
+def execute_or_hand_over(
+    request: JobRequest, output_uri: str, *, job_id: str,
+    progress: ProgressCallback | None = None, settings: SharedSettings | None = None,
+    tenant: str | None = None, sharding: Any | None = None,
+) -> Manifest | None:
+    """``execute``, or with ``sharding`` (``worker.shards.Sharding``, in a run of the queue)
+    for data of more than one shard of a teacher method: encode it shard by shard into the
+    job's scratch folder, hand the job over to its shard jobs and return None."""
     from nacs_engine.selection import release_workspace
 
     settings = settings or SharedSettings()
@@ -113,89 +126,141 @@ def execute(
         if tenant is not None:
             _refuse_another_result(output_uri, job_id, settings, tenant, retried)
 
+        source = _dataset_source(request, settings, tenant)
+        shard_rows = sharding.shard_rows(config) if sharding is not None else None
+        if shard_rows is not None:
+            from nacs_engine.data.shards import ShardedSource
+
+            source = ShardedSource(source, shard_rows)
+        encoder = retried(
+            "reading the dataset", "loading", lambda: _fit_encoder(request, config, source, report)
+        )
+        if sharding is not None and shard_rows is not None and encoder.fitted_rows > shard_rows:
+            sharding.hand_over(
+                source, encoder, config, report=report, retried=retried, workdir=workdir
+            )
+            return None
         data = retried(
             "reading the dataset",
             "loading",
-            lambda: load_dataset(
-                _dataset_source(request, settings, tenant), label_column=request.label_column,
-                feature_columns=request.feature_columns, numeric_columns=request.numeric_columns
-                or None, min_count=config.min_count, workdir=workdir,
-                progress=lambda part, text: report("loading", part, text),
+            lambda: encoder.transform(
+                source, workdir=workdir, expected_rows=encoder.fitted_rows,
+                progress=lambda part, text: report("loading", 0.5 + 0.5 * part, text),
             ),
         )
         phase_seconds["loading"] = time.perf_counter() - started
         report("loading", 1.0, f"{data.n_rows} rows, {data.n_fields} fields")
+        return deliver(
+            request, config, data, output_uri, job_id=job_id, report=report, settings=settings,
+            tenant=tenant, phase_seconds=phase_seconds, cleanup=cleanup,
+        )
 
-        selecting_started = time.perf_counter()
-        result = select_coreset(data, config, progress=report)
-        diagnostics = dict(result.diagnostics)
-        engine_seconds = dict(diagnostics.get("phase_seconds") or {})
-        if engine_seconds:
-            phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
-        else:
-            phase_seconds["selecting"] = time.perf_counter() - selecting_started
 
-        writing_started = time.perf_counter()
-        report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
-        folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
-        written: list[str] = []
-        cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
-        table = coreset_table(
-            result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty
-        )
-        written.append(CORESET_FILE)
-        coreset_uri = retried(
-            "writing the coreset", "writing",
-            lambda: write_coreset(folder, table, settings.workdir),
-        )
-        phase_seconds["writing"] = time.perf_counter() - writing_started
-        created_at = utc_now()
-        report("writing", 0.3, "writing the report")
-        content = build_report(
-            job_id=job_id, request=request.model_dump(mode="json"), method=config.method,
-            engine_version=nacs_engine.__version__, created_at=created_at,
-            field_names=data.field_names, field_dims=data.field_dims, features=data.features,
-            data_labels=data.labels, rows=result.rows, labels=result.labels,
-            soft_labels=result.soft_labels, weights=result.weights,
-            uncertainty=result.uncertainty, diagnostics=diagnostics, phase_seconds=phase_seconds,
-        )
-        written.append(REPORT_JSON)
-        retried(
-            "writing the report", "writing",
-            lambda: folder.write(REPORT_JSON, report_json(content)),
-        )
-        page = render_html(content)
-        written.append(REPORT_HTML)
-        retried("writing the report", "writing", lambda: folder.write(REPORT_HTML, page.encode()))
-        phase_seconds["writing"] = time.perf_counter() - writing_started
-        dataset = DatasetSummary(
-            uri=request.dataset_uri, fingerprint=data.fingerprint, rows=data.n_rows,
-            clicks=data.n_clicks, fields=list(data.field_names),
-            field_dims=[int(d) for d in data.field_dims],
-        )
-        coreset = CoresetSummary(
-            uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),
-            soft_label_mean=float(result.soft_labels.mean()) if result.size else 0.0,
-            weight_sum=float(result.weights.sum()),
-        )
-        manifest = Manifest(
-            job_id=job_id, request=request.model_dump(mode="json"),
-            engine_version=nacs_engine.__version__, method=config.method, seed=config.seed,
-            device=str(diagnostics.get("device", config.device)), host=platform.node(),
-            created_at=created_at, dataset=dataset, coreset=coreset, output_uri=output_uri,
-            manifest_uri=join_uri(output_uri, MANIFEST_FILE),
-            files={
-                "coreset": CORESET_FILE, "report_html": REPORT_HTML, "report_json": REPORT_JSON,
-                "manifest": MANIFEST_FILE,
-            },
-            phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
-            noise=diagnostics.pop("noise", None), audit=diagnostics.pop("audit", None),
-            diagnostics=diagnostics,
-        )
-        report("writing", 0.5, "writing the manifest")
-        written.append(MANIFEST_FILE)
-        retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
-        report("writing", 1.0, "result written")
+def _fit_encoder(request: JobRequest, config: Any, source: Any, report: ProgressCallback) -> Any:
+    """The encoder's vocabularies, counted in the first pass over ``source`` (a DataError
+    names the shard of a ``ShardedSource``)."""
+    from nacs_engine.data import Encoder
+
+    encoder = Encoder(
+        label_column=request.label_column, feature_columns=request.feature_columns,
+        numeric_columns=request.numeric_columns or None, min_count=config.min_count,
+    )
+    naming_shard = getattr(source, "naming_shard", None)
+    with naming_shard() if naming_shard is not None else contextlib.nullcontext():
+        return encoder.fit(source, progress=lambda part, text: report("loading", 0.5 * part, text))
+
+
+def deliver(
+    request: JobRequest, config: Any, data: Any, output_uri: str, *, job_id: str,
+    report: ProgressCallback, settings: SharedSettings, tenant: str | None,
+    phase_seconds: dict[str, float], cleanup: contextlib.ExitStack,
+    teacher_cache: Any | None = None, shards: Callable[[], dict[str, Any]] | None = None,
+    teacher_seconds: float = 0.0,
+) -> Manifest:
+    """Select from the encoded ``data``, write the coreset, then the manifest; what it wrote is
+    removed when ``cleanup`` closes on an error.
+
+    For a job spread over workers (``worker.shards``): ``teacher_cache`` holds its teacher,
+    ``teacher_seconds`` (the wall time of its fold jobs) counts into the selecting phase, and
+    ``shards()`` gives the shard plan and the time of every shard job for the manifest."""
+    import nacs_engine
+    from nacs_engine.pipeline import select_coreset
+
+    def retried(what: str, phase: str, step: Callable[[], T]) -> T:
+        return _with_retries(what, step, settings, report, phase)
+
+    selecting_started = time.perf_counter()
+    result = select_coreset(data, config, progress=report, teacher_cache=teacher_cache)
+    diagnostics = dict(result.diagnostics)
+    engine_seconds = dict(diagnostics.get("phase_seconds") or {})
+    if engine_seconds:
+        phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
+    else:
+        phase_seconds["selecting"] = time.perf_counter() - selecting_started
+    phase_seconds["selecting"] = phase_seconds.get("selecting", 0.0) + teacher_seconds
+
+    writing_started = time.perf_counter()
+    report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
+    folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
+    written: list[str] = []
+    cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
+    table = coreset_table(
+        result.rows, result.labels, result.soft_labels, result.weights, result.uncertainty
+    )
+    written.append(CORESET_FILE)
+    coreset_uri = retried(
+        "writing the coreset", "writing",
+        lambda: write_coreset(folder, table, settings.workdir),
+    )
+    phase_seconds["writing"] = time.perf_counter() - writing_started
+    created_at = utc_now()
+    shard_plan = shards() if shards is not None else None
+    report("writing", 0.3, "writing the report")
+    content = build_report(
+        job_id=job_id, request=request.model_dump(mode="json"), method=config.method,
+        engine_version=nacs_engine.__version__, created_at=created_at,
+        field_names=data.field_names, field_dims=data.field_dims, features=data.features,
+        data_labels=data.labels, rows=result.rows, labels=result.labels,
+        soft_labels=result.soft_labels, weights=result.weights,
+        uncertainty=result.uncertainty, diagnostics=diagnostics, phase_seconds=phase_seconds,
+    )
+    written.append(REPORT_JSON)
+    retried(
+        "writing the report", "writing",
+        lambda: folder.write(REPORT_JSON, report_json(content)),
+    )
+    page = render_html(content)
+    written.append(REPORT_HTML)
+    retried("writing the report", "writing", lambda: folder.write(REPORT_HTML, page.encode()))
+    phase_seconds["writing"] = time.perf_counter() - writing_started
+    dataset = DatasetSummary(
+        uri=request.dataset_uri, fingerprint=data.fingerprint, rows=data.n_rows,
+        clicks=data.n_clicks, fields=list(data.field_names),
+        field_dims=[int(d) for d in data.field_dims],
+    )
+    coreset = CoresetSummary(
+        uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),
+        soft_label_mean=float(result.soft_labels.mean()) if result.size else 0.0,
+        weight_sum=float(result.weights.sum()),
+    )
+    manifest = Manifest(
+        job_id=job_id, request=request.model_dump(mode="json"),
+        engine_version=nacs_engine.__version__, method=config.method, seed=config.seed,
+        device=str(diagnostics.get("device", config.device)), host=platform.node(),
+        created_at=created_at, dataset=dataset, coreset=coreset, output_uri=output_uri,
+        manifest_uri=join_uri(output_uri, MANIFEST_FILE),
+        files={
+            "coreset": CORESET_FILE, "report_html": REPORT_HTML, "report_json": REPORT_JSON,
+            "manifest": MANIFEST_FILE,
+        },
+        phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
+        noise=diagnostics.pop("noise", None), audit=diagnostics.pop("audit", None),
+        shards=shard_plan, diagnostics=diagnostics,
+    )
+    report("writing", 0.5, "writing the manifest")
+    written.append(MANIFEST_FILE)
+    retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
+    report("writing", 1.0, "result written")
     return manifest
 
 
@@ -364,12 +429,23 @@ def _run_job(
     output_uri = started.request["output_uri"]
     manifest: Manifest | None = None
     try:
+        from worker.enqueue import queue_of
+        from worker.shards import Sharding
+
         request = JobRequest.model_validate(started.request)
         _refuse_private_url(request.dataset_uri, settings)
-        manifest = execute(
+        set_torch_threads(settings)
+        sharding = Sharding(store, queue_of(store.redis, settings), job_id, attempt)
+        manifest = execute_or_hand_over(
             request, output_uri, job_id=job_id, progress=progress, settings=settings,
-            tenant=started.tenant,
+            tenant=started.tenant, sharding=sharding,
         )
+        if manifest is None:
+            progress.stop()
+            if progress.lost.is_set():
+                return _lost(job_id, None, output_uri, settings, started.tenant)
+            log.info("job %s: run %d goes on in its shard jobs", job_id, attempt)
+            return {"job_id": job_id, "status": "sharded"}
         status = JobStatus.succeeded
         coreset, dataset = manifest.coreset, manifest.dataset
         result = JobResult(
@@ -431,6 +507,14 @@ def _lost(
         with contextlib.suppress(JobFailed), open_output(output_uri, settings, tenant) as folder:
             remove_result(folder, files)
     return {"job_id": job_id, "status": "lost"}
+
+
+def set_torch_threads(settings: SharedSettings) -> None:
+    """Run torch's CPU operations on ``settings.torch_threads`` threads (in the work horse)."""
+    import torch
+
+    if torch.get_num_threads() != settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
 
 
 def _refuse_private_url(uri: str, settings: SharedSettings) -> None:

@@ -258,7 +258,7 @@ def test_rq_shutdown_leaves_the_job_to_run_again(
     def shut_down(*args: object, **kwargs: object) -> None:
         raise ShutDownImminentException("shut down imminent", {})
 
-    monkeypatch.setattr(tasks, "execute", shut_down)
+    monkeypatch.setattr(tasks, "execute_or_hand_over", shut_down)
     request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=tenant_folder(tmp_path))
     record, _ = create("t1", request.model_dump(mode="json"))
     with pytest.raises(ShutDownImminentException):
@@ -380,7 +380,7 @@ def test_a_failure_at_the_time_limit_is_the_timeout(
         time.sleep(after_s)
         raise AttributeError("module 'pandas' has no attribute 'util'")
 
-    monkeypatch.setattr(tasks, "execute", half_imported)
+    monkeypatch.setattr(tasks, "execute_or_hand_over", half_imported)
     request = JobRequest(dataset_uri="/data/x.parquet", size=5, output_uri=tenant_folder(tmp_path))
     record, _ = create("t1", request.model_dump(mode="json"))
     assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "failed"

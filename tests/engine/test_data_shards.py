@@ -1,0 +1,65 @@
+"""Shards of consecutive rows: the plan, batches cut at shard boundaries, encoding shard by
+shard, and errors that name their shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from nacs_engine.data import Encoder
+from nacs_engine.data.reading import ArrowSource
+from nacs_engine.data.shards import ShardedSource, encode_shards, shard_bounds
+from nacs_engine.errors import DataError
+
+
+def table(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "label": (rng.random(rows) < 0.3).astype(np.int64),
+            "city": rng.integers(0, 30, rows),
+            "device": [f"d{value}" for value in rng.integers(0, 7, rows)],
+        }
+    )
+
+
+def test_shard_bounds_cover_every_row_once() -> None:
+    assert shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert shard_bounds(0, 4) == []
+    with pytest.raises(ValueError, match="shard_rows"):
+        shard_bounds(10, 0)
+
+
+def test_batches_are_cut_at_shard_boundaries() -> None:
+    source = ShardedSource(ArrowSource(table(1000), batch_rows=300), 250)
+    sizes, shards = [], []
+    for batch, _ in source.batches():
+        sizes.append(batch.num_rows)
+        shards.append(source.shard)
+    assert sum(sizes) == 1000
+    assert sizes == [250, 50, 200, 100, 150, 150, 100]
+    assert shards == [0, 1, 1, 2, 2, 3, 3]
+
+
+def test_shards_encode_as_the_whole_does() -> None:
+    data = table(1000, seed=3)
+    whole = Encoder(min_count=2).fit(data).transform(data)
+    source = ShardedSource(ArrowSource(data, batch_rows=128), 300)
+    encoder = Encoder(min_count=2).fit(source)
+    shards = list(encode_shards(encoder, source, encoder.fitted_rows))
+    assert [shard.n_rows for shard in shards] == [300, 300, 300, 100]
+    np.testing.assert_array_equal(np.concatenate([s.features for s in shards]), whole.features)
+    np.testing.assert_array_equal(np.concatenate([s.labels for s in shards]), whole.labels)
+    assert all(shard.field_dims == whole.field_dims for shard in shards)
+
+
+def test_a_bad_label_names_its_shard() -> None:
+    data = table(1000).to_pydict()
+    data["label"][620] = 2
+    source = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    with pytest.raises(DataError) as raised, source.naming_shard():
+        Encoder().fit(source)
+    assert raised.value.code == "labels_not_binary"
+    assert raised.value.message.startswith("shard 2 (from row 600)")
