@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,42 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server on a free loopback port, nothing saved to disk."""
-    import redis
-
-    port = free_port()
-    command = [
-        shutil.which("redis-server") or "redis-server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis.from_url(url, socket_timeout=1).ping():
-                return process, url
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+from load import start_redis  # noqa: E402  (bench/load.py, beside this script)
 
 
 def submit(env: dict[str, str], request: dict[str, Any]) -> str:
