@@ -214,9 +214,7 @@ def main() -> None:
     for name, result in runs:
         phases = result["manifest"]["phase_seconds"]
         shards = result["manifest"].get("shards") or {}
-        jobs = (
-            ", ".join(f"{job['job']} {job['seconds']:.1f}" for job in shards.get("jobs", [])) or "-"
-        )
+        jobs = job_times(shards.get("jobs", []))
         peaks = ", ".join(f"{peak:,.0f}" for peak in result["peak_rss_mib"])
         print(
             f"| {name} | {result['seconds']:.1f} | {first / result['seconds']:.2f}x | {peaks} | "
@@ -224,6 +222,17 @@ def main() -> None:
             f"{phases.get('auditing', 0):.1f} | {jobs} |"
         )
     print(f"\nsame coreset.parquet, byte for byte, in every run: {same}")
+
+
+def job_times(jobs: list[dict[str, Any]]) -> str:
+    """Each shard job's seconds; the audit's models (one job each) as their count and sum."""
+    audits = [job["seconds"] for job in jobs if job["job"].startswith("audit:")]
+    parts = [
+        f"{job['job']} {job['seconds']:.1f}" for job in jobs if not job["job"].startswith("audit:")
+    ]
+    if audits:
+        parts.insert(len(parts) - 1, f"{len(audits)} audit models {sum(audits):.1f} in all")
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

@@ -98,20 +98,74 @@ def audit_families(config: SelectionConfig) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class _Held:
+class Held:
     """The held-back rows as datasets: early stopping on ``stop``, scores on ``score``."""
 
     stop: EncodedDataset
     score: EncodedDataset
 
 
+def held_rows(data: EncodedDataset, holdout: Holdout) -> Held:
+    return Held(data.subset(holdout.stop), data.subset(holdout.score))
+
+
 @dataclass(frozen=True)
-class _Arm:
+class Arm:
     """Rows (dataset positions), targets and weights one audited model trains on."""
 
     rows: np.ndarray
     targets: np.ndarray
     weights: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Arms:
+    """What the audit's models train on: the coreset as delivered, and one stratified random
+    subset of the candidates of the same size per seed, with the given labels."""
+
+    coreset: Arm
+    randoms: tuple[Arm, ...]
+
+
+@dataclass(frozen=True)
+class AuditModel:
+    """One model of the audit: its family, its seed and the arm it trains on."""
+
+    family: str
+    seed: int
+    arm: str  # "coreset" or "random"
+
+    def arm_of(self, arms: Arms) -> Arm:
+        return arms.coreset if self.arm == "coreset" else arms.randoms[self.seed]
+
+    def __str__(self) -> str:
+        return f"{self.family}, seed {self.seed + 1}, {self.arm}"
+
+
+def audit_arms(
+    labels: np.ndarray, holdout: Holdout, result: CoresetResult, config: SelectionConfig
+) -> Arms:
+    labels = np.asarray(labels, dtype=np.float32)
+    return Arms(
+        coreset=Arm(result.rows, result.soft_labels, result.weights),
+        randoms=tuple(
+            _random_arm(labels, holdout.candidates, result.size, config.seed, s)
+            for s in range(config.audit_seeds)
+        ),
+    )
+
+
+def audit_models(config: SelectionConfig) -> list[AuditModel]:
+    """The audit's models, in the order one process trains them."""
+    return [
+        AuditModel(family, seed, arm)
+        for family in audit_families(config)
+        for seed in range(config.audit_seeds)
+        for arm in ("coreset", "random")
+    ]
+
+
+Scores = dict[AuditModel, tuple[float, float]]
 
 
 def audit_coreset(
@@ -126,28 +180,47 @@ def audit_coreset(
     deliver (``result`` unless the guard falls back) and the audit's report."""
     started = time.perf_counter()
     progress = report or (lambda phase, fraction, message: None)
-    labels = np.asarray(data.labels, dtype=np.float32)
-    k = result.size
-    coreset = _Arm(result.rows, result.soft_labels, result.weights)
-    randoms = [
-        _random_arm(labels, holdout.candidates, k, config.seed, s)
-        for s in range(config.audit_seeds)
-    ]
+    arms = audit_arms(data.labels, holdout, result, config)
+    held = held_rows(data, holdout)
+    models = audit_models(config)
+    scores: Scores = {}
+    for done, model in enumerate(models):
+        scores[model] = train_audit_model(
+            data, held, model.arm_of(arms), model, config, progress, done / len(models)
+        )
+        progress("auditing", (done + 1) / len(models), f"audit: {model}")
+    return conclude_audit(
+        data, holdout, result, config, arms, scores,
+        seconds=time.perf_counter() - started, report=progress, held=held,
+    )
+
+
+def conclude_audit(
+    data: EncodedDataset,
+    holdout: Holdout,
+    result: CoresetResult,
+    config: SelectionConfig,
+    arms: Arms,
+    scores: Scores,
+    *,
+    seconds: float,
+    report: Report,
+    held: Held | None = None,
+) -> tuple[CoresetResult, dict[str, Any]]:
+    """The audit's report from the scores of every model of ``audit_models(config)``, and
+    the result to deliver (with ``guard="fallback"``, the mixture's models train here).
+    seconds: the time the models took."""
+    started = time.perf_counter()
     families = audit_families(config)
-    held = _Held(data.subset(holdout.stop), data.subset(holdout.score))
-    total = len(families) * config.audit_seeds * 2
-    done = 0
-    scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for family in families:
-        scores[family] = {"coreset": [], "random": []}
-        for seed in range(config.audit_seeds):
-            for name, arm in (("coreset", coreset), ("random", randoms[seed])):
-                scores[family][name].append(
-                    _fit(data, held, arm, family, config, seed, progress, done / total)
-                )
-                done += 1
-                progress("auditing", done / total, f"audit: {family}, seed {seed + 1}, {name}")
-    by_family = {family: _summary(scores[family]) for family in families}
+    by_family = {
+        family: _summary(
+            {
+                name: [scores[AuditModel(family, seed, name)] for seed in range(config.audit_seeds)]
+                for name in ("coreset", "random")
+            }
+        )
+        for family in families
+    }
     verdicts = [entry["verdict"] for entry in by_family.values()]
     verdict = (
         "worse"
@@ -168,41 +241,41 @@ def audit_coreset(
     }
     delivered = result
     if config.guard == "fallback" and verdict == "worse":
-        mixture = _mixture(coreset, randoms[0], k, config.seed)
-        mixture_scores = {
-            family: [
-                _fit(data, held, mixture, family, config, seed, progress, 1.0)
-                for seed in range(config.audit_seeds)
-            ]
+        held = held or held_rows(data, holdout)
+        mixture = _mixture(arms.coreset, arms.randoms[0], result.size, config.seed)
+        mixture_aucs = [
+            train_audit_model(
+                data, held, mixture, AuditModel(family, seed, "mixture"), config, report, 1.0
+            )[0]
             for family in families
-        }
+            for seed in range(config.audit_seeds)
+        ]
         means = {
-            "coreset": _mean_auc(scores, "coreset"),
-            "random": _mean_auc(scores, "random"),
-            "mixture": float(
-                np.mean([auc for family in families for auc, _ in mixture_scores[family]])
-            ),
+            name: float(np.mean([scores[m][0] for m in scores if m.arm == name]))
+            for name in ("coreset", "random")
         }
+        means["mixture"] = float(np.mean(mixture_aucs))
         choice = max(means, key=lambda name: means[name])
         audit["fallback_auc"] = means
         audit["delivered"] = choice
         if choice != "coreset":
+            labels = np.asarray(data.labels, dtype=np.float32)
             delivered = _as_result(
-                result, randoms[0] if choice == "random" else mixture, labels, choice
+                result, arms.randoms[0] if choice == "random" else mixture, labels, choice
             )
-    audit["seconds"] = time.perf_counter() - started
-    progress("auditing", 1.0, f"audit: {verdict}; delivered the {audit['delivered']}")
+    audit["seconds"] = seconds + time.perf_counter() - started
+    report("auditing", 1.0, f"audit: {verdict}; delivered the {audit['delivered']}")
     return delivered, audit
 
 
-def _random_arm(labels: np.ndarray, candidates: np.ndarray, k: int, seed: int, index: int) -> _Arm:
+def _random_arm(labels: np.ndarray, candidates: np.ndarray, k: int, seed: int, index: int) -> Arm:
     rng = numpy_generator(seed, "audit", index + 1)
     positions, _ = random_rows(labels[candidates], k, "stratified", rng)
     rows = candidates[positions]
-    return _Arm(rows, labels[rows].astype(np.float32), None)
+    return Arm(rows, labels[rows].astype(np.float32), None)
 
 
-def _mixture(coreset: _Arm, random: _Arm, k: int, seed: int) -> _Arm:
+def _mixture(coreset: Arm, random: Arm, k: int, seed: int) -> Arm:
     """Half the coreset's rows (its targets and weights), the rest from the random subset."""
     rng = numpy_generator(seed, "audit", 0)
     half = k // 2
@@ -217,20 +290,20 @@ def _mixture(coreset: _Arm, random: _Arm, k: int, seed: int) -> _Arm:
     if coreset.weights is not None:
         weights[:half] = coreset.weights[mine]
     order = np.argsort(rows, kind="stable")
-    return _Arm(rows[order], targets[order].astype(np.float32), (weights / weights.mean())[order])
+    return Arm(rows[order], targets[order].astype(np.float32), (weights / weights.mean())[order])
 
 
-def _fit(
+def train_audit_model(
     data: EncodedDataset,
-    held: _Held,
-    arm: _Arm,
-    family: str,
+    held: Held,
+    arm: Arm,
+    model: AuditModel,
     config: SelectionConfig,
-    seed: int,
     progress: Report,
     fraction: float,
 ) -> tuple[float, float]:
-    """(AUC, log loss) on the scored rows of one model of ``family`` trained on ``arm``."""
+    """(AUC, log loss) on the scored rows of ``model`` trained on ``arm`` (rows of ``data``)."""
+    family, seed = model.family, model.seed
     options = EvaluationOptions(backbone=family)
     if family != LOGISTIC:
         options = replace(
@@ -281,11 +354,7 @@ def _summary(scores: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
     }
 
 
-def _mean_auc(scores: dict[str, dict[str, list[tuple[float, float]]]], name: str) -> float:
-    return float(np.mean([auc for family in scores for auc, _ in scores[family][name]]))
-
-
-def _as_result(result: CoresetResult, arm: _Arm, labels: np.ndarray, choice: str) -> CoresetResult:
+def _as_result(result: CoresetResult, arm: Arm, labels: np.ndarray, choice: str) -> CoresetResult:
     """The delivered rows of the fallback, as a CoresetResult with the coreset's diagnostics."""
     given = labels[arm.rows].astype(np.float32)
     weights = np.ones(arm.rows.shape[0], dtype=np.float32) if arm.weights is None else arm.weights

@@ -49,6 +49,7 @@ def select_coreset(
     *,
     progress: ProgressCallback | None = None,
     teacher_cache: Any | None = None,
+    defer_audit: bool = False,
 ) -> CoresetResult:
     """Select a coreset of ``data`` as ``config`` says.
 
@@ -56,7 +57,9 @@ def select_coreset(
     (``config.audit``; ``nacs_engine.audit``) before it selects, and audits the
     coreset after; the audit's report, or why none ran, is
     ``diagnostics["audit"]``. teacher_cache: a ``nacs_engine.teacher.TeacherCache``
-    shared by selections over the same data (None: none is kept).
+    shared by selections over the same data (None: none is kept). defer_audit: return the
+    coreset before the audit, which the caller runs (``worker.shards``: one RQ job per model)
+    and joins with ``with_audit``.
     Raises DataError (a ValueError with a code) when the data cannot meet the
     budget or its labels are not binary.
     """
@@ -108,7 +111,13 @@ def select_coreset(
         result = run_nacs(data, config, k, report, candidates=candidates, teacher_cache=teacher_cache)
     if isinstance(holdout, str):
         return replace(result, diagnostics=result.diagnostics | {"audit": {"skipped": holdout}})
-    delivered, audit = audit_coreset(data, holdout, result, config, report=report)
+    if defer_audit:
+        return result
+    return with_audit(*audit_coreset(data, holdout, result, config, report=report))
+
+
+def with_audit(delivered: CoresetResult, audit: dict[str, Any]) -> CoresetResult:
+    """The result to deliver with the audit's report in its diagnostics."""
     seconds = dict(delivered.diagnostics.get("phase_seconds") or {}) | {"auditing": audit["seconds"]}
     return replace(delivered, diagnostics=delivered.diagnostics | {"audit": audit, "phase_seconds": seconds})
 

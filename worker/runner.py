@@ -1,9 +1,12 @@
 """A worker process: an RQ worker on the job queue, plus the reaper of lost jobs.
 
-By default RQ forks a work horse per job: the parent never imports torch, so the fork is
-safe on GPU hosts. ``fork=False`` (RQ's SimpleWorker) runs jobs in the worker process, for a
-GPU worker that keeps its CUDA context; a crashing job then takes the worker with it (the
-reaper re-runs or fails the job)."""
+By default RQ forks a work horse per job. The parent imports torch and the engine once
+(``preload_engine``), so that a horse starts its work at once instead of importing them
+(seconds per job, and a job spread over workers runs many short ones); it never runs a
+torch operation or touches CUDA, which torch initialises in the horse at first use, so the
+fork stays safe on GPU hosts. ``fork=False`` (RQ's SimpleWorker) runs jobs in the worker
+process, for a GPU worker that keeps its CUDA context; a crashing job then takes the worker
+with it (the reaper re-runs or fails the job)."""
 
 from __future__ import annotations
 
@@ -41,13 +44,28 @@ def start_reaper(settings: SharedSettings, stop: threading.Event) -> threading.T
     return thread
 
 
+def preload_engine() -> None:
+    """Import torch and the engine, and let torch load what its optimizers load on first use,
+    without running any torch operation."""
+    import torch
+
+    import nacs_engine.audit  # noqa: F401
+    import nacs_engine.nacs  # noqa: F401
+    import nacs_engine.teacher  # noqa: F401
+
+    torch.optim.Adam([torch.nn.Parameter(torch.empty(0))])
+
+
 def run_worker(
     settings: SharedSettings | None = None, *, burst: bool = False, fork: bool = True,
     name: str | None = None, reaper: bool = True,
 ) -> bool:
     """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
-    import worker.shards  # noqa: F401 - loaded once here (no torch) so each forked horse starts at once
+    import worker.shards  # noqa: F401 - loaded once here, so each forked horse starts at once
     import worker.tasks  # noqa: F401
+
+    if fork:
+        preload_engine()
 
     settings = settings or SharedSettings()
     connection = connect(settings.redis_url)

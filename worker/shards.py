@@ -1,7 +1,7 @@
-"""One job across many workers: the teacher's folds as RQ jobs of their own.
+"""One job across many workers: the teacher's folds and the audit's models as RQ jobs.
 
 A job of a teacher method (``nacs``, its ablations, ``denoised-random``) over more rows
-than one shard (``shard_rows``, by default 1,048,576) runs in three rounds of RQ jobs, all
+than one shard (``shard_rows``, by default 1,048,576) runs in five rounds of RQ jobs, all
 on the job's one queue, none of them waiting for another inside a worker:
 
 1. **plan** (``worker.tasks.run_job``, the job's own RQ job): counts the values of every
@@ -12,22 +12,30 @@ on the job's one queue, none of them waiting for another inside a worker:
    other folds' rows and scores its own fold's rows out of sample, reading the shards;
    writes the model's weights and the logits (``fold-F.pt``).
 3. **reduce** (``run_reduce``, an RQ job that depends on every fold job, so RQ enqueues it
-   once they all finished): joins the folds into the teacher, estimates the noise, selects,
-   audits and writes coreset.parquet and manifest.json exactly as a job run as one, then
-   removes the scratch folder.
+   once they all finished): joins the folds into the teacher, estimates the noise and
+   selects; writes the selection and the rows the audit's models read (the held-back rows,
+   the coreset and the random subsets) to the scratch folder and enqueues the audit round.
+   A job without an audit (``audit=false``, or data that cannot spare the rows) writes its
+   result here.
+4. **audit** (``run_audit_model``, one RQ job per model of the audit: families x seeds x
+   coreset and random): trains the model and keeps its scores (``audit-N.json``).
+5. **finish** (``run_finish``, depending on every audit job): concludes the audit (the
+   guard's fallback included), writes coreset.parquet, the report and manifest.json exactly
+   as a job run as one, then removes the scratch folder.
 
 The plan depends only on the data and the options (the shard size, and the fold count,
-which depends on the row count): the teacher's folds, generators and batches are those of
-the job run as one, and every job sets torch's thread count (``NACS_TORCH_THREADS``), so
-the coreset is byte for byte the same whichever worker runs which job, and the same as
-the job run as one (``worker.tasks.execute``) with that thread count.
+which depends on the row count): the teacher's folds, the audit's models, their generators
+and batches are those of the job run as one, and every job sets torch's thread count
+(``NACS_TORCH_THREADS``), so the coreset and the audit are the same whichever worker runs
+which job, and the same as the job run as one (``worker.tasks.execute``) with that thread
+count.
 
 Faults: every file of the scratch folder appears whole (``worker.storage.write_bytes``),
-and a fold whose file exists is not trained again. A shard job lost with its worker leaves
-the job's heartbeat to go stale (or its RQ job failed): the reaper runs the job again
-(``worker.reaper``, at most ``NACS_MAX_ATTEMPTS`` runs), and the new run reuses what the
-scratch holds. A shard job that fails fails the job with its name; a cancel request stops
-the shard job that sees it, which cancels the others.
+and a fold or an audit model whose file exists is not trained again. A shard job lost with
+its worker leaves the job's heartbeat to go stale (or its RQ job failed): the reaper runs
+the job again (``worker.reaper``, at most ``NACS_MAX_ATTEMPTS`` runs), and the new run
+reuses what the scratch holds. A shard job that fails fails the job with its name; a cancel
+request stops the shard job that sees it, which cancels the others.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from rq import Queue, get_current_job
 from rq.job import Dependency, Job
 
 from nacs_engine.errors import SelectionCancelled
-from worker.enqueue import stop_rq_job
+from worker.enqueue import queue_of, stop_rq_job
 from worker.errors import JobFailed
 from worker.progress import JobProgress
 from worker.records import (
@@ -72,6 +80,11 @@ PLAN_FILE = "plan.json"
 LABELS_FILE = "labels.npy"
 FOLD_TASK = "worker.shards.run_fold"
 REDUCE_TASK = "worker.shards.run_reduce"
+AUDIT_TASK = "worker.shards.run_audit_model"
+FINISH_TASK = "worker.shards.run_finish"
+SELECTION_FILE = "selection.npz"
+HELD_FILE = "audit-held.npz"
+STATE_FILE = "selection.json"
 # Share of the selecting phase the folds take (the engine gives its teacher the same).
 _FOLDS_SHARE = 0.9
 
@@ -529,27 +542,18 @@ def run_reduce(job_id: str, prefix: str | None, attempt: int) -> dict[str, Any]:
 def _reduce(run: _Run) -> None:
     import torch
 
-    from nacs_engine.audit import selection_holdout
-    from nacs_engine.data.dataset import EncodedDataset
     from nacs_engine.models.registry import build_model
+    from nacs_engine.pipeline import select_coreset
     from nacs_engine.runtime import resolve_device
     from nacs_engine.selection import release_workspace
     from nacs_engine.teacher import FoldResult, TeacherCache, assemble_teacher, fold_assignment
-    from worker.tasks import deliver
+    from worker.tasks import write_result
 
     started = time.perf_counter()
-    plan = run.plan()
-    labels = run.labels()
-    request = JobRequest.model_validate(run.record.request)
-    config = request.to_config()
+    job = _JobData.read(run)
+    plan, labels, config, data = job.plan, job.labels, job.config, job.data
     device = resolve_device(config.device)
-    data = EncodedDataset(
-        features=run.features(plan),  # type: ignore[arg-type]
-        labels=labels, field_names=tuple(plan.field_names), field_dims=tuple(plan.field_dims),
-        fingerprint=plan.fingerprint, metadata=plan.metadata,
-    )
-    holdout = selection_holdout(labels, config.budget(plan.rows), config)
-    rows = np.arange(plan.rows, dtype=np.int64) if isinstance(holdout, str) else holdout.candidates
+    rows = job.candidates()
     folds = fold_assignment(int(rows.shape[0]), config)
     results: list[FoldResult] = []
     jobs: list[dict[str, Any]] = [
@@ -587,29 +591,285 @@ def _reduce(run: _Run) -> None:
             fraction = max(fraction, _FOLDS_SHARE)
         run.progress(phase, fraction, message)
 
-    shards = {
-        "rows_per_shard": plan.shard_rows,
-        "count": len(plan.bounds),
-        "bounds": [list(bound) for bound in plan.bounds],
-        "teacher_folds": plan.teacher_folds,
-        "shard_encoding_seconds": [round(s, 4) for s in plan.shard_seconds],
-        "jobs": jobs,
-    }
-    phase_seconds = {"loading": plan.loading_seconds}
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(release_workspace)
-        output_uri = run.record.request["output_uri"]
-
-        def finished_jobs() -> dict[str, Any]:
-            reduce_s = time.perf_counter() - started
-            return shards | {"jobs": [*jobs, {"job": "reduce", "seconds": round(reduce_s, 4),
-                                              "host": platform.node()}]}
-
-        manifest = deliver(
-            request, config, data, output_uri, job_id=run.record.id, report=report,
-            settings=run.settings, tenant=run.record.tenant, phase_seconds=phase_seconds,
-            cleanup=cleanup, teacher_cache=cache, shards=finished_jobs,
+        result = select_coreset(
+            data, config, progress=report, teacher_cache=cache, defer_audit=True
+        )
+        jobs.append(
+            {"job": "reduce", "seconds": round(time.perf_counter() - started, 4),
+             "host": platform.node()}
+        )
+        if "audit" not in result.diagnostics:
+            _hand_over_audit(run, job, result, jobs, teacher_wall_s)
+            return
+        manifest = write_result(
+            job.request, config, data, result, run.record.request["output_uri"],
+            job_id=run.record.id, report=report, settings=run.settings,
+            tenant=run.record.tenant, phase_seconds={"loading": plan.loading_seconds},
+            cleanup=cleanup, shards=lambda: job.shards_entry(jobs),
             teacher_seconds=teacher_wall_s,
+        )
+        _succeed(run, manifest)
+
+
+class _JobData:
+    """What every job after the folds reads: the plan, the labels, the request and its
+    options, and the data over the shards."""
+
+    def __init__(self, run: _Run) -> None:
+        from nacs_engine.data.dataset import EncodedDataset
+
+        self.plan = plan = run.plan()
+        self.labels = run.labels()
+        self.request = JobRequest.model_validate(run.record.request)
+        self.config = self.request.to_config()
+        self.data = EncodedDataset(
+            features=run.features(plan),  # type: ignore[arg-type]
+            labels=self.labels, field_names=tuple(plan.field_names),
+            field_dims=tuple(plan.field_dims), fingerprint=plan.fingerprint,
+            metadata=plan.metadata,
+        )
+
+    @classmethod
+    def read(cls, run: _Run) -> _JobData:
+        return cls(run)
+
+    def holdout(self) -> Any:
+        from nacs_engine.audit import selection_holdout
+
+        return selection_holdout(self.labels, self.config.budget(self.plan.rows), self.config)
+
+    def candidates(self) -> np.ndarray:
+        holdout = self.holdout()
+        if isinstance(holdout, str):
+            return np.arange(self.plan.rows, dtype=np.int64)
+        return np.asarray(holdout.candidates)
+
+    def shards_entry(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "rows_per_shard": plan.shard_rows,
+            "count": len(plan.bounds),
+            "bounds": [list(bound) for bound in plan.bounds],
+            "teacher_folds": plan.teacher_folds,
+            "shard_encoding_seconds": [round(s, 4) for s in plan.shard_seconds],
+            "jobs": jobs,
+        }
+
+
+def _save_arrays(uri: str, settings: SharedSettings, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    write_bytes(uri, buffer.getvalue(), settings)
+
+
+def _load_arrays(uri: str, settings: SharedSettings) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(_read(uri, settings)), allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def _hand_over_audit(
+    run: _Run, job: _JobData, result: Any, jobs: list[dict[str, Any]], teacher_seconds: float
+) -> None:
+    """Keep the selection and the rows the audit's models read in the scratch folder, then
+    enqueue one RQ job per model of the audit and the finish, which depends on them."""
+    import json
+
+    from nacs_engine.audit import LOGISTIC, audit_arms, audit_models
+
+    holdout = job.holdout()
+    settings, scratch, data = run.settings, run.scratch, job.data
+    _save_arrays(
+        join_uri(scratch, SELECTION_FILE), settings, rows=result.rows, labels=result.labels,
+        soft_labels=result.soft_labels, weights=result.weights, uncertainty=result.uncertainty,
+    )
+    arms = audit_arms(job.labels, holdout, result, job.config)
+    named = {
+        "coreset": arms.coreset.rows, **{f"random-{s}": a.rows for s, a in enumerate(arms.randoms)}
+    }
+    # One pass over the shards for every row the audit reads.
+    wanted = np.unique(np.concatenate([holdout.stop, holdout.score, *named.values()]))
+    features = data.features[wanted]  # (rows, F)
+
+    def rows_of(rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"features": features[np.searchsorted(wanted, rows)], "labels": job.labels[rows]}
+
+    stop, score = rows_of(holdout.stop), rows_of(holdout.score)
+    _save_arrays(
+        join_uri(scratch, HELD_FILE), settings, stop_features=stop["features"],
+        stop_labels=stop["labels"], score_features=score["features"],
+        score_labels=score["labels"],
+    )
+    for name, arm in (("coreset", arms.coreset), *((f"random-{s}", a) for s, a in
+                                                    enumerate(arms.randoms))):
+        extra = {} if arm.weights is None else {"weights": arm.weights}
+        _save_arrays(
+            join_uri(scratch, arm_file(name)), settings, **rows_of(arm.rows),
+            targets=arm.targets, **extra,
+        )
+    state = {
+        "diagnostics": result.diagnostics, "jobs": jobs, "teacher_seconds": teacher_seconds,
+        "audit_started": time.time(),
+    }
+    write_bytes(join_uri(scratch, STATE_FILE), json.dumps(state).encode(), settings)
+
+    job_id, attempt = run.record.id, run.attempt
+    models = audit_models(job.config)
+    audit_ids = [f"{job_id}-{attempt}-audit-{index}" for index in range(len(models))]
+    finish_id = f"{job_id}-{attempt}-finish"
+
+    def change(record: JobRecord) -> None:
+        if record.status != JobStatus.running or record.attempts != attempt:
+            raise InvalidTransition(record)
+        record.shard_jobs = [*record.shard_jobs, *audit_ids, finish_id]
+        record.heartbeat_at = utc_now()
+
+    # As for the folds: the record names the jobs before they exist.
+    run.store.update(job_id, change)
+    run.store.redis.delete(run.store.keys.shard_progress(job_id))
+    queue = queue_of(run.store.redis, settings)
+    ttl, timeout_s = settings.job_ttl_s, settings.job_timeout_s
+    # The longest first (the backbone's models, the coreset's before random's), so that the
+    # workers end the round together.
+    order = sorted(
+        range(len(models)),
+        key=lambda index: (models[index].family == LOGISTIC, models[index].arm != "coreset"),
+    )
+    enqueued: list[Job | Dependency | str] = [
+        queue.enqueue_call(
+            AUDIT_TASK, args=(job_id, settings.redis_prefix, attempt, index),
+            job_id=audit_ids[index], description=f"nacs job {job_id}: audit, {models[index]}",
+            timeout=timeout_s, result_ttl=ttl, failure_ttl=ttl, ttl=ttl,
+        )
+        for index in order
+    ]
+    queue.enqueue_call(
+        FINISH_TASK, args=(job_id, settings.redis_prefix, attempt), job_id=finish_id,
+        depends_on=enqueued, description=f"nacs job {job_id}: finish", timeout=timeout_s,
+        result_ttl=ttl, failure_ttl=ttl, ttl=ttl,
+    )
+    run.progress("auditing", 0.0, f"{len(models)} audit models queued")
+
+
+def arm_file(name: str) -> str:
+    return f"audit-arm-{name}.npz"
+
+
+def audit_score_file(index: int) -> str:
+    return f"audit-{index}.json"
+
+
+def run_audit_model(job_id: str, prefix: str | None, attempt: int, index: int) -> dict[str, Any]:
+    """RQ task: train model ``index`` of the audit of run ``attempt`` of the job and keep its
+    scores in the scratch folder."""
+    return _shard_job(
+        "audit", f"audit model {index}", job_id, prefix, attempt,
+        lambda run: _audit_model(run, index),
+    )
+
+
+def _audit_model(run: _Run, index: int) -> None:
+    import json
+
+    from nacs_engine.audit import Arm, Held, audit_models, train_audit_model
+    from nacs_engine.data.dataset import EncodedDataset
+
+    uri = join_uri(run.scratch, audit_score_file(index))
+    key = run.store.keys.shard_progress(run.record.id)
+    config = JobRequest.model_validate(run.record.request).to_config()
+    models = audit_models(config)
+    if _exists(uri, run.settings):
+        run.store.redis.hset(key, str(index), "1")
+        return
+    started = time.perf_counter()
+    model = models[index]
+    plan = run.plan()
+
+    def dataset(features: np.ndarray, labels: np.ndarray) -> EncodedDataset:
+        return EncodedDataset(
+            features=features, labels=labels, field_names=tuple(plan.field_names),
+            field_dims=tuple(plan.field_dims),
+        )
+
+    held_arrays = _load_arrays(join_uri(run.scratch, HELD_FILE), run.settings)
+    held = Held(
+        dataset(held_arrays["stop_features"], held_arrays["stop_labels"]),
+        dataset(held_arrays["score_features"], held_arrays["score_labels"]),
+    )
+    name = "coreset" if model.arm == "coreset" else f"random-{model.seed}"
+    arrays = _load_arrays(join_uri(run.scratch, arm_file(name)), run.settings)
+    rows = np.arange(arrays["labels"].shape[0], dtype=np.int64)
+    arm = Arm(rows, arrays["targets"], arrays.get("weights"))
+
+    def report(phase: str, fraction: float, message: str) -> None:
+        done = sum(float(value) for value in run.store.redis.hvals(key)) / len(models)
+        run.progress("auditing", done, message)
+
+    auc, loss = train_audit_model(
+        dataset(arrays["features"], arrays["labels"]), held, arm, model, config, report, 0.0
+    )
+    scores = {
+        "auc": auc, "log_loss": loss, "seconds": time.perf_counter() - started,
+        "host": platform.node(),
+    }
+    write_bytes(uri, json.dumps(scores).encode(), run.settings)
+    run.store.redis.hset(key, str(index), "1")
+    run.store.redis.expire(key, run.settings.job_ttl_s)
+
+
+def run_finish(job_id: str, prefix: str | None, attempt: int) -> dict[str, Any]:
+    """RQ task: conclude the audit from its models' scores and write the result of run
+    ``attempt`` of the job (enqueued by RQ once every audit job finished)."""
+    return _shard_job("finish", "finish", job_id, prefix, attempt, _finish)
+
+
+def _finish(run: _Run) -> None:
+    import json
+
+    from nacs_engine.audit import AuditModel, audit_arms, audit_models, conclude_audit
+    from nacs_engine.pipeline import CoresetResult, with_audit
+    from nacs_engine.selection import release_workspace
+    from worker.tasks import write_result
+
+    started = time.perf_counter()
+    job = _JobData.read(run)
+    config, holdout = job.config, job.holdout()
+    state = json.loads(_read(join_uri(run.scratch, STATE_FILE), run.settings))
+    arrays = _load_arrays(join_uri(run.scratch, SELECTION_FILE), run.settings)
+    result = CoresetResult(
+        rows=arrays["rows"], labels=arrays["labels"], soft_labels=arrays["soft_labels"],
+        weights=arrays["weights"], uncertainty=arrays["uncertainty"],
+        diagnostics=state["diagnostics"],
+    )
+    jobs: list[dict[str, Any]] = list(state["jobs"])
+    scores: dict[AuditModel, tuple[float, float]] = {}
+    for index, model in enumerate(audit_models(config)):
+        saved = json.loads(_read(join_uri(run.scratch, audit_score_file(index)), run.settings))
+        scores[model] = (float(saved["auc"]), float(saved["log_loss"]))
+        jobs.append(
+            {"job": f"audit: {model}", "seconds": round(float(saved["seconds"]), 4),
+             "host": str(saved["host"])}
+        )
+    delivered, audit = conclude_audit(
+        job.data, holdout, result, config, audit_arms(job.labels, holdout, result, config),
+        scores, seconds=max(0.0, time.time() - float(state["audit_started"])),
+        report=run.progress,
+    )
+
+    def finished_jobs() -> dict[str, Any]:
+        finish = {"job": "finish", "seconds": round(time.perf_counter() - started, 4),
+                  "host": platform.node()}
+        return job.shards_entry([*jobs, finish])
+
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(release_workspace)
+        manifest = write_result(
+            job.request, config, job.data, with_audit(delivered, audit),
+            run.record.request["output_uri"], job_id=run.record.id, report=run.progress,
+            settings=run.settings, tenant=run.record.tenant,
+            phase_seconds={"loading": job.plan.loading_seconds}, cleanup=cleanup,
+            shards=finished_jobs, teacher_seconds=float(state["teacher_seconds"]),
         )
         _succeed(run, manifest)
 

@@ -183,20 +183,36 @@ def deliver(
     For a job spread over workers (``worker.shards``): ``teacher_cache`` holds its teacher,
     ``teacher_seconds`` (the wall time of its fold jobs) counts into the selecting phase, and
     ``shards()`` gives the shard plan and the time of every shard job for the manifest."""
-    import nacs_engine
     from nacs_engine.pipeline import select_coreset
+
+    selecting_started = time.perf_counter()
+    result = select_coreset(data, config, progress=report, teacher_cache=teacher_cache)
+    if not result.diagnostics.get("phase_seconds"):
+        phase_seconds["selecting"] = time.perf_counter() - selecting_started
+    return write_result(
+        request, config, data, result, output_uri, job_id=job_id, report=report,
+        settings=settings, tenant=tenant, phase_seconds=phase_seconds, cleanup=cleanup,
+        shards=shards, teacher_seconds=teacher_seconds,
+    )
+
+
+def write_result(
+    request: JobRequest, config: Any, data: Any, result: Any, output_uri: str, *, job_id: str,
+    report: ProgressCallback, settings: SharedSettings, tenant: str | None,
+    phase_seconds: dict[str, float], cleanup: contextlib.ExitStack,
+    shards: Callable[[], dict[str, Any]] | None = None, teacher_seconds: float = 0.0,
+) -> Manifest:
+    """Write the coreset ``result`` (a ``CoresetResult`` of ``data``), its report, then the
+    manifest; what it wrote is removed when ``cleanup`` closes on an error. The engine's phase
+    times join ``phase_seconds``; ``teacher_seconds`` counts into the selecting phase."""
+    import nacs_engine
 
     def retried(what: str, phase: str, step: Callable[[], T]) -> T:
         return _with_retries(what, step, settings, report, phase)
 
-    selecting_started = time.perf_counter()
-    result = select_coreset(data, config, progress=report, teacher_cache=teacher_cache)
     diagnostics = dict(result.diagnostics)
     engine_seconds = dict(diagnostics.get("phase_seconds") or {})
-    if engine_seconds:
-        phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
-    else:
-        phase_seconds["selecting"] = time.perf_counter() - selecting_started
+    phase_seconds.update({k: float(v) for k, v in engine_seconds.items()})
     phase_seconds["selecting"] = phase_seconds.get("selecting", 0.0) + teacher_seconds
 
     writing_started = time.perf_counter()

@@ -5,6 +5,7 @@ end the job."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +43,8 @@ def body(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(sharded_data: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """coreset.parquet of the same request run as one job (no queue), on one torch thread."""
+def reference_run(sharded_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of the same request run as one job (no queue), on one torch thread."""
     from worker import tasks
     from worker.settings import SharedSettings
     from worker.spec import JobRequest
@@ -58,7 +59,18 @@ def reference(sharded_data: Path, tmp_path_factory: pytest.TempPathFactory) -> b
         )
     finally:
         torch.set_num_threads(threads)
-    return (out / "coreset.parquet").read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: Path) -> bytes:
+    return (reference_run / "coreset.parquet").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference_audit(reference_run: Path) -> dict[str, Any]:
+    audit: dict[str, Any] = json.loads((reference_run / "manifest.json").read_text())["audit"]
+    return audit
 
 
 @pytest.fixture
@@ -88,7 +100,7 @@ def scratch_of(stack: Stack, job_id: str) -> Path:
 
 
 def test_same_coreset_with_one_two_and_four_workers(
-    shard_stack: Stack, sharded_data: Path, reference: bytes
+    shard_stack: Stack, sharded_data: Path, reference: bytes, reference_audit: dict[str, Any]
 ) -> None:
     seen: list[bytes] = []
     for workers in (1, 2, 4):
@@ -104,7 +116,15 @@ def test_same_coreset_with_one_two_and_four_workers(
         assert shards["count"] == ROWS // SHARD_ROWS and shards["teacher_folds"] == 4
         assert shards["bounds"][1] == [SHARD_ROWS, 2 * SHARD_ROWS]
         names = [entry["job"] for entry in shards["jobs"]]
-        assert names == ["plan", *(f"teacher fold {f}" for f in range(4)), "reduce"]
+        audit_jobs = [f"audit: {family}, seed 1, {arm}" for family in ("logistic", "deepfm")
+                      for arm in ("coreset", "random")]
+        assert names == [
+            "plan", *(f"teacher fold {f}" for f in range(4)), "reduce", *audit_jobs, "finish"
+        ]
+        # The audit's models ran as jobs of their own, with the scores of the job run as one.
+        assert manifest["audit"]["families"] == reference_audit["families"]
+        assert manifest["audit"]["verdict"] == reference_audit["verdict"]
+        assert manifest["phase_seconds"]["auditing"] > 0
         assert manifest["coreset"]["rows"] == pq.read_table(
             final["result"]["coreset_uri"][len("file://") :]
         ).num_rows
@@ -113,28 +133,35 @@ def test_same_coreset_with_one_two_and_four_workers(
     metrics = httpx.get(f"{shard_stack.url}/metrics", timeout=10).text
     assert 'nacs_shard_jobs_total{kind="fold",outcome="succeeded"} 12.0' in metrics
     assert 'nacs_shard_jobs_total{kind="reduce",outcome="succeeded"} 3.0' in metrics
+    assert 'nacs_shard_jobs_total{kind="audit",outcome="succeeded"} 12.0' in metrics
+    assert 'nacs_shard_jobs_total{kind="finish",outcome="succeeded"} 3.0' in metrics
 
 
-def running_fold(stack: Stack, job_id: str) -> bool:
+def running_shard(stack: Stack, job_id: str, kind: str = "fold") -> bool:
+    """Whether a shard job of ``kind`` ("fold" or "audit") of the job runs."""
     record = stack.store().get(job_id)
     if record is None or not record.shard_jobs:
         return False
     connection = stack.store().redis
-    jobs = Job.fetch_many(record.shard_jobs, connection=connection, serializer=JSONSerializer)
+    ids = [rq_id for rq_id in record.shard_jobs if f"-{kind}-" in rq_id]
+    jobs = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer)
     return any(job is not None and job.get_status() == "started" for job in jobs)
 
 
-def test_worker_killed_in_a_fold_the_job_succeeds_once_with_the_same_coreset(
-    shard_stack: Stack, sharded_data: Path, reference: bytes
+@pytest.mark.parametrize("kind", ["fold", "audit"])
+def test_worker_killed_in_a_shard_job_the_job_succeeds_once_with_the_same_coreset(
+    shard_stack: Stack, sharded_data: Path, reference: bytes, reference_audit: dict[str, Any],
+    kind: str,
 ) -> None:
     job = shard_stack.submit(body(sharded_data))
-    wait_until(lambda: running_fold(shard_stack, job["id"]), 300, what="a fold running")
+    wait_until(lambda: running_shard(shard_stack, job["id"], kind), 300, what=f"a {kind} running")
     shard_stack.kill_worker(shard_stack.workers[0], signal.SIGKILL)
     shard_stack.start_worker()
     final = shard_stack.wait(job["id"], timeout_s=600)
     assert final["status"] == "succeeded", final
     assert final["attempts"] == 2, "the job ran again once"
     assert coreset_bytes(final) == reference
+    assert manifest_of(shard_stack, final)["audit"]["families"] == reference_audit["families"]
     store = shard_stack.store()
     assert int(store.redis.hget(store.keys.finished, "succeeded") or 0) == 1, "it ended once"
 
@@ -162,7 +189,7 @@ def test_a_bad_shard_fails_the_job_naming_it(shard_stack: Stack, sharded_data: P
 def test_cancel_stops_every_shard(shard_stack: Stack, sharded_data: Path) -> None:
     shard_stack.start_worker()
     job = shard_stack.submit(body(sharded_data))
-    wait_until(lambda: running_fold(shard_stack, job["id"]), 300, what="a fold running")
+    wait_until(lambda: running_shard(shard_stack, job["id"]), 300, what="a fold running")
     with shard_stack.client() as client:
         assert client.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
     final = shard_stack.wait(job["id"], timeout_s=60)

@@ -93,3 +93,19 @@ def test_spec_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_worker_preloads_torch_without_running_it() -> None:
+    """A forking worker imports torch and the engine before it forks its work horses, and
+    leaves CUDA and torch's thread pools untouched, so that the fork stays safe."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, sys; from worker.runner import preload_engine; preload_engine(); "
+        "import torch; "
+        "assert {'torch', 'nacs_engine.audit', 'nacs_engine.teacher'} <= set(sys.modules); "
+        "assert not torch.cuda.is_initialized(); "
+        "assert threading.active_count() == 1, threading.enumerate()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
