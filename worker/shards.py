@@ -534,8 +534,9 @@ def _fold(run: _Run, fold: int) -> None:
 
 
 def run_reduce(job_id: str, prefix: str | None, attempt: int) -> dict[str, Any]:
-    """RQ task: join the folds into the teacher, select, audit and write the result of run
-    ``attempt`` of the job (enqueued by RQ once every fold job finished)."""
+    """RQ task: join the folds into the teacher and select for run ``attempt`` of the job
+    (enqueued by RQ once every fold job finished); then enqueue the audit's jobs, or write
+    the result of a job without an audit."""
     return _shard_job("reduce", "reduce", job_id, prefix, attempt, _reduce)
 
 
@@ -550,7 +551,7 @@ def _reduce(run: _Run) -> None:
     from worker.tasks import write_result
 
     started = time.perf_counter()
-    job = _JobData.read(run)
+    job = _JobData(run)
     plan, labels, config, data = job.plan, job.labels, job.config, job.data
     device = resolve_device(config.device)
     rows = job.candidates()
@@ -630,10 +631,6 @@ class _JobData:
             field_dims=tuple(plan.field_dims), fingerprint=plan.fingerprint,
             metadata=plan.metadata,
         )
-
-    @classmethod
-    def read(cls, run: _Run) -> _JobData:
-        return cls(run)
 
     def holdout(self) -> Any:
         from nacs_engine.audit import selection_holdout
@@ -833,7 +830,7 @@ def _finish(run: _Run) -> None:
     from worker.tasks import write_result
 
     started = time.perf_counter()
-    job = _JobData.read(run)
+    job = _JobData(run)
     config, holdout = job.config, job.holdout()
     state = json.loads(_read(join_uri(run.scratch, STATE_FILE), run.settings))
     arrays = _load_arrays(join_uri(run.scratch, SELECTION_FILE), run.settings)
