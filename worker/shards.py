@@ -41,6 +41,7 @@ request stops the shard job that sees it, which cancels the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -632,13 +633,14 @@ class _JobData:
             metadata=plan.metadata,
         )
 
+    @functools.cached_property
     def holdout(self) -> Any:
         from nacs_engine.audit import selection_holdout
 
         return selection_holdout(self.labels, self.config.budget(self.plan.rows), self.config)
 
     def candidates(self) -> np.ndarray:
-        holdout = self.holdout()
+        holdout = self.holdout
         if isinstance(holdout, str):
             return np.arange(self.plan.rows, dtype=np.int64)
         return np.asarray(holdout.candidates)
@@ -675,18 +677,20 @@ def _hand_over_audit(
 
     from nacs_engine.audit import LOGISTIC, audit_arms, audit_models
 
-    holdout = job.holdout()
+    holdout = job.holdout
     settings, scratch, data = run.settings, run.scratch, job.data
     _save_arrays(
         join_uri(scratch, SELECTION_FILE), settings, rows=result.rows, labels=result.labels,
         soft_labels=result.soft_labels, weights=result.weights, uncertainty=result.uncertainty,
     )
     arms = audit_arms(job.labels, holdout, result, job.config)
-    named = {
-        "coreset": arms.coreset.rows, **{f"random-{s}": a.rows for s, a in enumerate(arms.randoms)}
+    named = {"coreset": arms.coreset} | {
+        _arm_name("random", seed): arm for seed, arm in enumerate(arms.randoms)
     }
     # One pass over the shards for every row the audit reads.
-    wanted = np.unique(np.concatenate([holdout.stop, holdout.score, *named.values()]))
+    wanted = np.unique(
+        np.concatenate([holdout.stop, holdout.score, *(arm.rows for arm in named.values())])
+    )
     features = data.features[wanted]  # (rows, F)
 
     def rows_of(rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -698,8 +702,7 @@ def _hand_over_audit(
         stop_labels=stop["labels"], score_features=score["features"],
         score_labels=score["labels"],
     )
-    for name, arm in (("coreset", arms.coreset), *((f"random-{s}", a) for s, a in
-                                                    enumerate(arms.randoms))):
+    for name, arm in named.items():
         extra = {} if arm.weights is None else {"weights": arm.weights}
         _save_arrays(
             join_uri(scratch, arm_file(name)), settings, **rows_of(arm.rows),
@@ -749,6 +752,12 @@ def _hand_over_audit(
     run.progress("auditing", 0.0, f"{len(models)} audit models queued")
 
 
+def _arm_name(arm: str, seed: int) -> str:
+    """The name of an audit model's arm in the scratch folder: the coreset is shared by the
+    seeds, each seed has a random subset of its own."""
+    return arm if arm == "coreset" else f"{arm}-{seed}"
+
+
 def arm_file(name: str) -> str:
     return f"audit-arm-{name}.npz"
 
@@ -794,8 +803,9 @@ def _audit_model(run: _Run, index: int) -> None:
         dataset(held_arrays["stop_features"], held_arrays["stop_labels"]),
         dataset(held_arrays["score_features"], held_arrays["score_labels"]),
     )
-    name = "coreset" if model.arm == "coreset" else f"random-{model.seed}"
-    arrays = _load_arrays(join_uri(run.scratch, arm_file(name)), run.settings)
+    arrays = _load_arrays(
+        join_uri(run.scratch, arm_file(_arm_name(model.arm, model.seed))), run.settings
+    )
     rows = np.arange(arrays["labels"].shape[0], dtype=np.int64)
     arm = Arm(rows, arrays["targets"], arrays.get("weights"))
 
@@ -831,7 +841,7 @@ def _finish(run: _Run) -> None:
 
     started = time.perf_counter()
     job = _JobData(run)
-    config, holdout = job.config, job.holdout()
+    config, holdout = job.config, job.holdout
     state = json.loads(_read(join_uri(run.scratch, STATE_FILE), run.settings))
     arrays = _load_arrays(join_uri(run.scratch, SELECTION_FILE), run.settings)
     result = CoresetResult(
