@@ -929,7 +929,8 @@ def check_audit_agreement(
     difference, coreset less its random subset, on the held-out rows of the
     training split), offline (the mean paired test AUC difference of
     ``method`` less ``baseline``), verdicts (the audit's verdict per seed,
-    counted) and agree (the two means have the same sign).
+    counted), agree (the two means have the same sign) and settled (the offline
+    difference's 95% interval excludes zero: the offline evaluation itself knows the sign).
     """
     audits: dict[tuple[Any, ...], dict[int, tuple[float, str | None]]] = {}
     for row in rows:
@@ -981,6 +982,8 @@ def check_audit_agreement(
                 "offline": float(paired["mean"]),
                 "verdicts": verdicts,
                 "agree": (audit_mean >= 0) == (paired["mean"] >= 0),
+                "settled": paired["ci_low"] is not None
+                and (paired["ci_low"] > 0 or paired["ci_high"] < 0),
             }
         )
     return checks
@@ -1014,6 +1017,11 @@ def format_audit_agreement(checks: Sequence[Mapping[str, Any]]) -> str:
         f"The audit agrees in sign with the offline evaluation on {agreeing} of {len(checks)} "
         f"settings ({agreeing / len(checks):.0%}); of its {decisive} decisive verdicts (better "
         f"or worse), {contradicting} contradict the offline sign."
+    )
+    settled = [c for c in checks if c["settled"]]
+    lines.append(
+        f"Of the {len(settled)} settings where the offline 95% interval excludes zero, the "
+        f"audit agrees on {sum(bool(c['agree']) for c in settled)}."
     )
     return "\n".join(lines)
 

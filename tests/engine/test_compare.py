@@ -454,10 +454,23 @@ def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> Non
         # dcnv2: the audit has no such family, so no check.
         _row("nacs", 0, 0.7, evaluator="dcnv2", audit_auc_difference=None),
         _row("random", 0, 0.6, evaluator="dcnv2"),
+        # dataset e: three seeds gain 0.04-0.06 offline, an interval above zero.
+        *(
+            audited(seed, 0.70 + gain, 0.01, "better", dataset="e")
+            for seed, gain in enumerate((0.04, 0.05, 0.06))
+        ),
+        *(_row("random", seed, 0.70, dataset="e") for seed in range(3)),
     ]
     checks = check_audit_agreement(rows)
-    assert [c["evaluator"] for c in checks] == ["deepfm", "logistic"]
-    deepfm, logistic = checks
+    assert [(c["dataset"], c["evaluator"]) for c in checks] == [
+        ("d", "deepfm"),
+        ("d", "logistic"),
+        ("e", "deepfm"),
+    ]
+    deepfm, logistic, settled = checks
+    # Two seeds of d leave intervals that hold zero; e's three agree on the sign.
+    assert not deepfm["settled"] and not logistic["settled"]
+    assert settled["settled"] and settled["agree"] and settled["offline"] == pytest.approx(0.05)
     assert deepfm["audit"] == pytest.approx(0.02) and deepfm["offline"] == pytest.approx(0.035)
     assert deepfm["verdicts"] == {"better": 1, "level": 1} and deepfm["agree"] is True
     assert logistic["audit"] == pytest.approx(0.005) and logistic["offline"] == pytest.approx(
@@ -470,7 +483,11 @@ def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> Non
         in text
     )
     assert (
-        "on 1 of 2 settings (50%); of its 2 decisive verdicts (better or worse), 1 contradict"
+        "on 2 of 3 settings (67%); of its 5 decisive verdicts (better or worse), 1 contradict"
+        in text
+    )
+    assert (
+        "Of the 1 settings where the offline 95% interval excludes zero, the audit agrees on 1."
         in text
     )
     assert format_audit_agreement([]) == "No audited rows."
