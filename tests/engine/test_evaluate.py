@@ -124,7 +124,10 @@ def test_split_rows_is_a_seeded_partition() -> None:
 def test_batch_sizes() -> None:
     assert default_batch_size(10_000_000) == 8192
     assert default_batch_size(100_000) == 4096
-    assert default_batch_size(500) == 64
+    assert default_batch_size(500) == 16
+    # A coreset of 56 rows (1% of the Criteo sample's training rows) trains 7 steps an epoch.
+    assert default_batch_size(56) == 8 and steps_per_epoch(56, 8) == 7
+    assert default_batch_size(5) == 8
     assert steps_per_epoch(130, 64) == 3
     assert steps_per_epoch(129, 64) == 2  # a trailing single row is skipped
     with pytest.raises(ValueError, match="n_rows"):
@@ -312,14 +315,15 @@ def _constant_probability(labels: np.ndarray, log_loss_value: float) -> float:
 def test_logistic_regression_learns_the_soft_labels_and_the_weights() -> None:
     # One feature value: the best fit is the weighted mean of the soft targets,
     # where the bias starts. (Adam turns float32 rounding of a zero gradient into
-    # steps of up to about lr, hence the tolerance.)
+    # steps of up to about lr, hence the tolerance; one batch of all the rows, so that no
+    # batch's mix of labels moves it.)
     train = _one_value_data([1, 0] * 20)
     validation = _one_value_data([1, 0, 0, 0] * 5)
     test = _one_value_data([1, 1, 0, 0, 0] * 4)
     rows = np.arange(40)
     soft = np.where(train.labels == 1, 0.75, 0.25).astype(np.float32)
     weights = np.where(train.labels == 1, 3.0, 1.0)
-    options = EvaluationOptions(backbone="logistic", max_epochs=3)
+    options = EvaluationOptions(backbone="logistic", max_epochs=3, batch_size=40)
     cases = [
         (dict(soft_labels=soft), 0.5),
         (dict(soft_labels=soft, weights=weights), (3 * 0.75 + 0.25) / 4),
