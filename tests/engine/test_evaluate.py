@@ -19,8 +19,10 @@ from nacs_engine.evaluate import (
     auc,
     evaluate_coreset,
     log_loss,
-    map_unseen_to_oov,
     platt_scaling,
+    renumber_ids,
+    renumbered_dims,
+    renumbering,
     split_rows,
 )
 from nacs_engine.models import build_model
@@ -101,14 +103,57 @@ def test_metric_inputs_are_checked() -> None:
         log_loss(np.array([1, 0]), np.array([1.5, 0.2]))
 
 
-def test_map_unseen_to_oov() -> None:
-    seen = np.array([[1, 2], [3, 2]])
-    other = np.array([[1, 1], [2, 2], [3, 0]])
+def test_renumber_ids_keeps_the_seen_ids_and_maps_the_rest_to_oov() -> None:
+    seen = np.array([[1, 5], [3, 5]])
+    tables = renumbering(seen, (4, 7))
+    assert renumbered_dims(tables) == (3, 2)  # ids 0, 1, 3 | 0, 5
+    other = np.array([[1, 1], [2, 5], [3, 0], [0, 6]])
     np.testing.assert_array_equal(
-        map_unseen_to_oov(other, seen, (4, 3)), np.array([[1, 0], [0, 2], [3, 0]])
+        renumber_ids(other, tables), np.array([[1, 0], [0, 1], [2, 0], [0, 0]])
     )
     with pytest.raises(ValueError, match="features"):
-        map_unseen_to_oov(np.zeros((2, 3), dtype=np.int32), seen, (4, 3))
+        renumber_ids(np.zeros((2, 3), dtype=np.int32), tables)
+    with pytest.raises(ValueError, match="seen"):
+        renumbering(np.zeros((2, 3), dtype=np.int32), (4, 7))
+
+
+def test_tables_of_the_seen_ids_train_the_same_model_as_the_whole_vocabulary() -> None:
+    # A logistic regression starts at zero, so the two can start alike: ids no training row
+    # takes get no gradient (nor penalty, at zero) and score as OOV either way.
+    data = make_synthetic_ctr(2000, n_fields=6, flip_rate=0.0, seed=3).dataset
+    rows, others = np.arange(0, 2000, 20), np.arange(1, 2000, 7)
+    tables = renumbering(data.features[rows], tuple(data.field_dims))
+    assert sum(renumbered_dims(tables)) < sum(data.field_dims)
+    oov = renumber_ids(data.features[others], tables) == 0
+    whole_ids = np.where(oov, 0, data.features[others])
+    logits = []
+    for dims, train_x, test_x in (
+        (data.field_dims, data.features[rows], whole_ids),
+        (
+            renumbered_dims(tables),
+            renumber_ids(data.features[rows], tables),
+            renumber_ids(data.features[others], tables),
+        ),
+    ):
+        model = OneHotLogisticRegression(dims, l2=0.01)
+        fit_early_stopping(
+            model,
+            train_x,
+            torch.from_numpy(data.labels[rows].astype(np.float32)),
+            None,
+            validate=lambda m: 0.0,
+            learning_rate=0.05,
+            weight_decay=0.0,
+            batch_size=16,
+            max_epochs=3,
+            patience=5,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(0),
+        )
+        with torch.no_grad():
+            logits.append(model(torch.from_numpy(test_x)))
+    torch.testing.assert_close(logits[1], logits[0])
+    assert logits[0].std() > 0.1
 
 
 def test_split_rows_is_a_seeded_partition() -> None:
