@@ -401,8 +401,10 @@ def evaluate_coreset(
         row_weights = torch.from_numpy(w)
 
     # The model's tables hold the ids the training rows take; the others score as OOV.
-    tables = renumbering(train.features[positions], tuple(train.field_dims))
-    train_features = renumber_ids(train.features[positions], tables)
+    chosen = train.features[positions]
+    tables = renumbering(chosen, tuple(train.field_dims))
+    train_features = renumber_ids(chosen, tables)
+    del chosen
     val_features = renumber_ids(validation.features, tables)
     test_features = renumber_ids(test.features, tables)
     val_labels = np.asarray(validation.labels, dtype=np.float64)

@@ -136,20 +136,8 @@ def test_tables_of_the_seen_ids_train_the_same_model_as_the_whole_vocabulary() -
         ),
     ):
         model = OneHotLogisticRegression(dims, l2=0.01)
-        fit_early_stopping(
-            model,
-            train_x,
-            torch.from_numpy(data.labels[rows].astype(np.float32)),
-            None,
-            validate=lambda m: 0.0,
-            learning_rate=0.05,
-            weight_decay=0.0,
-            batch_size=16,
-            max_epochs=3,
-            patience=5,
-            device=torch.device("cpu"),
-            generator=torch.Generator().manual_seed(0),
-        )
+        labels = torch.from_numpy(data.labels[rows].astype(np.float32))
+        _fit_on_cpu(model, train_x, labels, lambda m: 0.0, batch_size=16, epochs=3, patience=5)
         with torch.no_grad():
             logits.append(model(torch.from_numpy(test_x)))
     torch.testing.assert_close(logits[1], logits[0])
@@ -179,6 +167,24 @@ def test_batch_sizes() -> None:
         default_batch_size(0)
 
 
+def _fit_on_cpu(model, x, y, validate, *, batch_size: int, epochs: int, patience: int):
+    """``fit_early_stopping`` with Adam at 0.05, no weight decay, batches drawn from seed 0."""
+    return fit_early_stopping(
+        model,
+        x,
+        y,
+        None,
+        validate=validate,
+        learning_rate=0.05,
+        weight_decay=0.0,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        patience=patience,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 def test_early_stopping_keeps_the_best_epoch() -> None:
     torch.manual_seed(0)
     model = build_model("deepfm", (4, 4), embed_dim=2, hidden_dims=(4,), dropout=0.0)
@@ -191,20 +197,7 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
         snapshots.append({k: v.clone() for k, v in current.state_dict().items()})
         return next(scores)
 
-    fit = fit_early_stopping(
-        model,
-        x,
-        y,
-        None,
-        validate=validate,
-        learning_rate=0.05,
-        weight_decay=0.0,
-        batch_size=8,
-        max_epochs=5,
-        patience=2,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-    )
+    fit = _fit_on_cpu(model, x, y, validate, batch_size=8, epochs=5, patience=2)
     assert (fit.best_epoch, fit.epochs_run, fit.best_score) == (2, 4, 0.9)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key])
