@@ -73,13 +73,10 @@ def main() -> None:
         targets = torch.from_numpy(np.clip(data.labels, 0.1, 0.9).astype(np.float32))
         tables = renumbering(features, tuple(data.field_dims))
         seen = renumbered_dims(tables)
-        runs = {
-            "whole": (tuple(data.field_dims), features),
-            "seen": (seen, renumber_ids(features, tables)),
-        }
-        for dims, x in runs.values():
+        runs = ((tuple(data.field_dims), features), (seen, renumber_ids(features, tables)))
+        for dims, x in runs:
             epoch_seconds(dims, x, targets, 1)
-        whole, compact = (epoch_seconds(dims, x, targets, args.epochs) for dims, x in runs.values())
+        whole, compact = (epoch_seconds(dims, x, targets, args.epochs) for dims, x in runs)
         print(
             f"| {largest:,} | {sum(data.field_dims):,} | {sum(seen):,} | {1000 * whole:.0f} "
             f"| {1000 * compact:.0f} | {whole / compact:.2f}x |"

