@@ -78,10 +78,12 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
@@ -637,10 +639,25 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntotal {time.perf_counter() - started:.0f} s; options hash {grid.options_hash}; "
         f"selection options {options}; evaluation {evaluation}"
         + ("; fixed split" if args.fixed_split else "; each seed its own 70/10/20 split")
+        + f"; {environment()}"
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def environment() -> str:
+    """Python's version, the libraries' and the vector instructions torch's CPU kernels use
+    (AVX2, AVX512, ...), printed beside the figures: deep models trained on a few hundred
+    rows can come out otherwise on another machine, and a rerun can tell whether it ran on
+    the same."""
+    import torch
+
+    packages = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("torch", "numpy", "pyarrow", "pandas")
+    )
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"Python {platform.python_version()}, {packages}, CPU kernels {capability}"
 
 
 if __name__ == "__main__":
