@@ -6,10 +6,10 @@ Adam), early-stopped on the validation split's AUC (or log loss), and scored
 on the test split by AUC and log loss, the latter also after Platt scaling
 fitted on the validation split (a model trained on a few hundred rows ranks
 well long before its probabilities are calibrated; production CTR models are
-recalibrated the same way). Feature values that never occur in the training
-rows are mapped to their field's out-of-vocabulary id 0 in the validation and
-test rows: a model trained on a coreset has never seen them, and their
-embeddings are still at their random initial values.
+recalibrated the same way). The model's tables hold the feature values its
+training rows take (``renumbering``); every other value maps to its field's
+out-of-vocabulary id 0 in the validation and test rows, whose embedding no
+training row moves from its initial value.
 
 The families (``EVALUATORS``, named once here): every selection backbone of
 ``models.registry`` ("deepfm", "dcnv2"), and "logistic", a logistic regression
