@@ -56,8 +56,6 @@ Embedding = Literal["gradient", "normalized-gradient", "scalar", "features"]
 EMBEDDINGS: tuple[str, ...] = ("gradient", "normalized-gradient", "scalar", "features")
 Weighting = Literal["uniform", "craig"]
 WEIGHTINGS: tuple[str, ...] = ("uniform", "craig")
-Allocation = Literal["proportional", "neyman"]
-ALLOCATIONS: tuple[str, ...] = ("proportional", "neyman")
 Guard = Literal["report", "fallback"]
 GUARDS: tuple[str, ...] = ("report", "fallback")
 
@@ -195,15 +193,6 @@ class SelectionConfig:
             "How the kept rows are chosen: coverage (evenly across ten strata of the teacher's "
             "click probability), facility-location (within each class, on the embedding option) "
             "or random (within each class)."
-        ),
-    )
-    allocation: Allocation = field(
-        default="proportional",
-        metadata=_doc(
-            "How coverage with class_balance stratified shares the budget among the strata: "
-            "proportional (the same number from each, as in the data) or neyman (in proportion "
-            "to the spread sqrt(p (1 - p)) of each stratum's labels, re-weighted to the data's "
-            "proportions)."
         ),
     )
     embedding: Embedding = field(

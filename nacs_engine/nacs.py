@@ -40,7 +40,6 @@ labels and, as soft labels, pass on what the proxy learned from every row
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -168,10 +167,10 @@ def run_nacs(
 
     started = time.perf_counter()
     strategy = "random" if config.method == "denoised-random" or not trusted else config.selection
-    picked, craig, objective, design = _select(
+    picked, craig, objective = _select(
         data, teacher, given, kept, k, strategy, config, device, report
     )
-    weights = np.ones(k) if design is None else design
+    weights = np.ones(k)
     if config.weighting == "craig" and craig is not None:
         weights = _weights(craig, config.min_effective_share)
     picked_given = given[picked]
@@ -262,18 +261,14 @@ def _select(
     config: SelectionConfig,
     device: torch.device,
     report: Report,
-) -> tuple[np.ndarray, np.ndarray | None, float | None, np.ndarray | None]:
-    """Positions (into the candidates, ascending) of the k rows, their CRAIG counts
-    (facility location only, aligned), the facility-location objective, and the weights
-    that restore the strata's proportions (Neyman allocation only, aligned)."""
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Positions (into the candidates, ascending) of the k rows, their CRAIG weights
+    (facility location only, aligned) and the facility-location objective."""
     rng = numpy_generator(config.seed, "selection")
     if strategy == "coverage" and config.class_balance == "stratified":
         report("selecting", 1.0 - 1e-9, "coverage: drawing across the teacher's probability strata")
         strata = _probability_strata(teacher.probabilities, kept)
-        if config.allocation == "proportional":
-            return _draw_across([rows for rows, _ in strata], k, rng), None, None, None
-        picks, design = _neyman_draw(strata, teacher.probabilities, k, rng)
-        return picks, None, None, design
+        return _draw_across(strata, k, rng), None, None
     support = label_support(teacher.probabilities, given)
     chosen: list[np.ndarray] = []
     counts: list[np.ndarray] = []
@@ -301,54 +296,19 @@ def _select(
     picked = np.concatenate(chosen)
     order = np.argsort(picked, kind="stable")
     craig = np.concatenate(counts)[order] if counts else None
-    reached = objective if strategy == "facility-location" else None
-    return picked[order], craig, reached, None
+    return picked[order], craig, objective if strategy == "facility-location" else None
 
 
-def _probability_strata(
-    probabilities: np.ndarray, kept: np.ndarray
-) -> list[tuple[np.ndarray, int]]:
-    """(kept positions, all rows) of each of ``COVERAGE_STRATA`` equal-count strata of the
-    teacher's click probability over all the candidates (set-aside rows count toward their
-    stratum)."""
+def _probability_strata(probabilities: np.ndarray, kept: np.ndarray) -> list[np.ndarray]:
+    """The kept positions in each of ``COVERAGE_STRATA`` equal-count strata of the teacher's
+    click probability over all the candidates (set-aside rows count toward their stratum)."""
     n = probabilities.shape[0]
     order = np.lexsort((np.arange(n), probabilities))
     is_kept = np.zeros(n, dtype=bool)
     is_kept[kept] = True
     return [
-        (np.sort(stratum[is_kept[stratum]]), int(stratum.shape[0]))
-        for stratum in np.array_split(order, COVERAGE_STRATA)
+        np.sort(stratum[is_kept[stratum]]) for stratum in np.array_split(order, COVERAGE_STRATA)
     ]
-
-
-def _neyman_draw(
-    strata: list[tuple[np.ndarray, int]],
-    probabilities: np.ndarray,
-    take: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``take`` rows drawn uniformly within strata, each stratum's share in proportion to its
-    rows times the spread of its labels, sqrt(mean p (1 - p)); and each row's weight, the
-    stratum's rows over the rows drawn from it (aligned with the ascending positions)."""
-    spread = np.array(
-        [
-            math.sqrt(float(np.mean(probabilities[kept] * (1.0 - probabilities[kept]))))
-            if kept.shape[0]
-            else 0.0
-            for kept, _ in strata
-        ]
-    )
-    totals = np.array([total for _, total in strata], dtype=np.float64)
-    members = [kept for kept, _ in strata]
-    quota = _quotas(np.array([m.shape[0] for m in members]), take, totals * spread)
-    picks, weights = [], []
-    for kept, total, q in zip(members, totals, quota, strict=True):
-        if q:
-            picks.append(rng.choice(kept, size=int(q), replace=False))
-            weights.append(np.full(int(q), total / q))
-    picked = np.concatenate(picks)
-    order = np.argsort(picked, kind="stable")
-    return picked[order], np.concatenate(weights)[order]
 
 
 def _coverage(
@@ -363,30 +323,21 @@ def _coverage(
 def _draw_across(strata: list[np.ndarray], take: int, rng: np.random.Generator) -> np.ndarray:
     """``take`` rows drawn uniformly within strata, as evenly across them as their sizes allow."""
     sizes = np.array([s.shape[0] for s in strata])
-    quota = _quotas(sizes, take, np.ones(len(strata)))
-    picks = [
-        rng.choice(s, size=int(q), replace=False) for s, q in zip(strata, quota, strict=True) if q
-    ]
-    return np.sort(np.concatenate(picks))
-
-
-def _quotas(sizes: np.ndarray, take: int, shares: np.ndarray) -> np.ndarray:
-    """Rows to take from each stratum: ``take`` in proportion to ``shares`` (non-negative), at
-    most each stratum's size, what a full stratum cannot take going to the others."""
-    quota = np.zeros(sizes.shape[0], dtype=np.int64)
-    left, weight = take, float(shares.sum())
-    # Water-filling, the strata with the least room for their share first.
-    room = np.where(shares > 0, sizes / np.maximum(shares, 1e-300), np.inf)
-    for stratum in np.argsort(room, kind="stable"):
-        share = int(left * shares[stratum] // weight) if weight > 0 else 0
+    quota = np.zeros(len(strata), dtype=np.int64)
+    left = take
+    # Water-filling: each stratum takes an even share of what is left, at most its size.
+    for position, stratum in enumerate(np.argsort(sizes, kind="stable")):
+        share = left // (len(strata) - position)
         quota[stratum] = min(share, sizes[stratum])
         left -= int(quota[stratum])
-        weight -= float(shares[stratum])
     for stratum in np.argsort(-sizes, kind="stable"):
         extra = min(left, int(sizes[stratum] - quota[stratum]))
         quota[stratum] += extra
         left -= extra
-    return quota
+    picks = [
+        rng.choice(s, size=int(q), replace=False) for s, q in zip(strata, quota, strict=True) if q
+    ]
+    return np.sort(np.concatenate(picks))
 
 
 def _facility_location(

@@ -14,14 +14,7 @@ from nacs_engine.config import EMBEDDINGS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.errors import DataError
-from nacs_engine.nacs import (
-    _coverage,
-    _draw_across,
-    _neyman_draw,
-    _probability_strata,
-    _weights,
-    run_nacs,
-)
+from nacs_engine.nacs import _coverage, _draw_across, _probability_strata, _weights, run_nacs
 from nacs_engine.teacher import automatic_folds
 
 
@@ -219,40 +212,11 @@ def test_probability_strata_count_set_aside_rows_toward_their_stratum() -> None:
     kept = kept[kept >= 200]  # and the lowest fifth entirely
     strata = _probability_strata(probabilities, kept)
     assert len(strata) == 10
-    assert [(rows.shape[0], total) for rows, total in strata] == [(0, 100)] * 2 + [(75, 100)] * 8
-    picks = _draw_across([rows for rows, _ in strata], 200, np.random.default_rng(0))
+    assert [s.shape[0] for s in strata] == [0, 0] + [75] * 8
+    picks = _draw_across(strata, 200, np.random.default_rng(0))
     # The two empty strata's share goes to the others: 25 from each.
     np.testing.assert_array_equal(np.bincount(picks // 100, minlength=10), [0, 0] + [25] * 8)
     assert np.isin(picks, kept).all()
-
-
-def test_neyman_draw_favours_uncertain_strata_and_weights_restore_them() -> None:
-    probabilities = np.concatenate([np.full(300, 0.01), np.full(300, 0.5)])
-    kept = np.flatnonzero(np.arange(600) % 3 != 0)  # a third of each stratum set aside
-    strata = [(kept[kept < 300], 300), (kept[kept >= 300], 300)]
-    picks, weights = _neyman_draw(strata, probabilities, 60, np.random.default_rng(0))
-    assert np.all(np.diff(picks) > 0) and np.isin(picks, kept).all()
-    low = picks < 300
-    # Shares in proportion to 300 * sqrt(0.01 * 0.99) and 300 * 0.5: 10 and 50 rows.
-    assert (int(low.sum()), int((~low).sum())) == (10, 50)
-    # Each stratum's weights add up to its rows, set-aside ones included.
-    assert weights[low].sum() == pytest.approx(300.0)
-    assert weights[~low].sum() == pytest.approx(300.0)
-    # A stratum that cannot take its share passes the rest on.
-    small = [(kept[kept < 300], 300), (kept[kept >= 300][:20], 300)]
-    picks, _ = _neyman_draw(small, probabilities, 60, np.random.default_rng(0))
-    assert (int((picks < 300).sum()), int((picks >= 300).sum())) == (40, 20)
-
-
-def test_neyman_allocation_is_an_option_of_coverage(data: EncodedDataset) -> None:
-    default = select_coreset(data, _config())
-    neyman = select_coreset(data, _config(allocation="neyman"))
-    assert default.weights.min() == default.weights.max() == pytest.approx(1.0)
-    assert neyman.weights.mean() == pytest.approx(1.0)
-    assert neyman.weights.max() > neyman.weights.min()
-    assert neyman.rows.shape == default.rows.shape
-    with pytest.raises(ValueError, match="allocation"):
-        _config(allocation="optimal")
 
 
 def test_automatic_folds() -> None:
