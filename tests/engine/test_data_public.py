@@ -210,7 +210,7 @@ def test_flights_label_late_arrivals_from_what_is_known_at_booking():
     assert table.column_names == ["label", *public.FLIGHTS_FEATURES]
     # The flight without an arrival delay (cancelled or diverted) is left out.
     assert table.column("label").to_pylist() == [0, 1, 0]
-    # 2013-01-01 was a Tuesday, 2013-01-07 a Monday.
+    # 2013-01-01 was a Tuesday, 2013-01-07 a Monday, 2013-03-03 a Sunday.
     assert table.column("weekday").to_pylist() == ["1", "0", "6"]
     assert table.column("flight").to_pylist() == ["UA1545", "AA33", "B67"]
     assert "dep_delay" not in table.column_names
