@@ -1,12 +1,14 @@
-"""DeepFM and DCNv2: shapes, the logit decomposition, offsets, the registry."""
+"""DeepFM and DCNv2: shapes, the logit decomposition, offsets, the registry, the layers' CPU
+routes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from nacs_engine.denoise.mc_dropout import enable_mc_dropout
 from nacs_engine.models import BACKBONES, DCNv2, DeepFM, build_model
-from nacs_engine.models.layers import FieldOffsets, factorization_machine
+from nacs_engine.models.layers import Dropout, FieldOffsets, factorization_machine, lookup
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
 
 FIELD_DIMS = (5, 3, 7, 2)
@@ -70,6 +72,41 @@ def test_field_offsets_give_each_field_its_own_rows() -> None:
     x = torch.tensor([[0, 0, 0, 0], [4, 2, 6, 1]])
     assert offsets(x).tolist() == [[0, 5, 8, 15], [4, 7, 14, 16]]
     assert offsets.total == sum(FIELD_DIMS)
+
+
+def test_lookup_gives_the_rows_and_gradients_of_an_embedding() -> None:
+    table = torch.randn(9, 3, requires_grad=True)
+    reference = table.detach().clone().requires_grad_(True)
+    ids = torch.tensor([[0, 4, 4], [8, 1, 4]])  # (2, 3): id 4 three times
+    grad = torch.randn(2, 3, 3)
+    out = lookup(table, ids)
+    expected = torch.nn.functional.embedding(ids, reference)
+    torch.testing.assert_close(out, expected)
+    out.backward(grad)
+    expected.backward(grad)
+    assert table.grad is not None and reference.grad is not None
+    torch.testing.assert_close(table.grad, reference.grad)
+
+
+def test_dropout_keeps_each_value_with_probability_one_minus_p_and_scales_it() -> None:
+    x = torch.ones(400, 500, requires_grad=True)
+    layer = Dropout(0.3)
+    with seeded_scope(0, "dropout", torch.device("cpu")):
+        out = layer(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: standard error 0.001
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    out.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, out.detach())  # the gradient passes where kept, scaled
+    with seeded_scope(0, "dropout", torch.device("cpu")):
+        again = layer(x)
+    torch.testing.assert_close(again, out)  # the global generator draws the mask
+    layer.eval()
+    assert layer(x) is x
+    model = DeepFM(FIELD_DIMS, embed_dim=3, hidden_dims=(5,), dropout=0.5)
+    enable_mc_dropout(model)  # MC-dropout finds the layers as nn.Dropout
+    assert [m.training for m in model.modules() if isinstance(m, Dropout)] == [True]
 
 
 def test_same_seed_same_weights() -> None:
