@@ -452,6 +452,13 @@ def render_html(report: Mapping[str, Any]) -> str:
             ("  of them non-clicks", _fmt(noise.get("set_aside_negative"))),
         ]
         body = _table(rows)
+        if noise.get("measurable") is False:
+            body += _note(
+                "The flip rate could not be read: with this click rate, the rows the teacher "
+                f"ranks lowest ({_fmt(noise.get('anchor_rows'))}) could hold too few wrong "
+                "labels to tell flips from chance, so none were estimated and no row was set "
+                "aside."
+            )
     elif noise and "removed_rows" in noise:
         body = _table([("rows removed by the denoising", _fmt(noise["removed_rows"]))])
         body += _note("This method does not estimate the wrong-label rate.")

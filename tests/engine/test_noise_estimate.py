@@ -11,6 +11,7 @@ from nacs_engine.config import SelectionConfig
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.denoise.noise_estimate import (
     ANCHOR_MIN_ROWS,
+    MIN_ANCHOR_FLIPS,
     NoiseEstimate,
     estimate_noise,
     label_support,
@@ -62,6 +63,42 @@ def test_clean_anchors_give_no_flips() -> None:
     estimate = estimate_noise(probabilities, labels)
     assert estimate.flip_rate == 0.0 and estimate.wrong_share == 0.0
     assert not likely_wrong(probabilities, labels, estimate, 3.0).any()
+
+
+def _rare_clicks(n: int, clicks: int, low_clicks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities 0..1 in order, ``clicks`` clicks of which ``low_clicks`` are among the
+    lowest 0.5% of the rows and the rest in the top half."""
+    probabilities = np.linspace(0.0, 1.0, n)
+    labels = np.zeros(n)
+    labels[:low_clicks] = 1.0
+    rng = np.random.default_rng(1)
+    labels[rng.choice(np.arange(n // 2, n), size=clicks - low_clicks, replace=False)] = 1.0
+    return probabilities, labels
+
+
+def test_rare_clicks_leave_the_flip_rate_unmeasurable() -> None:
+    # 100 anchor rows and a 0.5% click rate: at most 0.5 of them could be flipped, and two
+    # clicks among them would read as a flip rate of 0.02, four times the click rate.
+    probabilities, labels = _rare_clicks(20_000, clicks=100, low_clicks=2)
+    estimate = estimate_noise(probabilities, labels)
+    assert estimate.anchor_rows == 100
+    assert estimate.lower_floor == pytest.approx(0.02)
+    assert not estimate.measurable and estimate.to_dict()["measurable"] is False
+    assert estimate.flip_rate == 0.0
+    assert estimate.wrong_share_positive == 0.0 and estimate.wrong_share == 0.0
+    assert not likely_wrong(probabilities, labels, estimate, 3.0).any()
+
+
+@pytest.mark.parametrize(("clicks", "measurable"), [(1_000, True), (999, False)])
+def test_the_flip_rate_is_read_where_the_anchors_could_hold_enough_flips(
+    clicks: int, measurable: bool
+) -> None:
+    # 50 anchor rows x a click rate of 0.1 = 5 flips at most: the least that is read.
+    probabilities, labels = _rare_clicks(10_000, clicks=clicks, low_clicks=5)
+    assert (ANCHOR_MIN_ROWS * clicks / 10_000 >= MIN_ANCHOR_FLIPS) is measurable
+    estimate = estimate_noise(probabilities, labels)
+    assert estimate.measurable is measurable
+    assert estimate.flip_rate == (pytest.approx(5 / 50) if measurable else 0.0)
 
 
 def test_likely_wrong_takes_the_least_supported_rows_of_each_class() -> None:

@@ -103,6 +103,18 @@ def test_a_nacs_report_has_every_section() -> None:
     assert 'class="verdict level"' in page and "logistic" in page and "deepfm" in page
 
 
+def test_a_flip_rate_too_rare_to_read_is_said_so() -> None:
+    noise = {
+        "flip_rate": 0.0, "wrong_share_positive": 0.0, "wrong_share_negative": 0.0,
+        "clean_click_rate": 0.006, "anchor_rows": 150, "set_aside_rows": 0,
+        "set_aside_positive": 0, "set_aside_negative": 0, "uncertainty_cuts": {},
+    }
+    note = "The flip rate could not be read"
+    page = render_html(_report("nacs", {"noise": {**noise, "measurable": False}}))
+    assert note in page and "(150)" in page
+    assert note not in render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
+
+
 def test_the_papers_rounds_are_drawn() -> None:
     diagnostics = {
         "removed_rows": 20, "uncertainty_cuts": {"positive": 0.3},
