@@ -85,7 +85,9 @@ def test_job_timeout_fails_the_job(tmp_path: Path, slow_parquet: Path) -> None:
         env={"NACS_JOB_TIMEOUT_S": "2"},
     )
     try:
-        job = stack.submit(slow_body(slow_parquet))
+        # NaCS trains a teacher on the 600,000 rows: far past the 2 s limit on any machine
+        # (a random draw of them, reading included, finished within it on a fast one).
+        job = stack.submit(slow_body(slow_parquet) | {"method": "nacs"})
         final = stack.wait(job["id"], timeout_s=60)
         assert final["status"] == "failed"
         assert final["error"]["code"] == "timeout"
