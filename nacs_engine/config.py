@@ -231,6 +231,14 @@ class SelectionConfig:
             "* the teacher's calibrated click probability."
         ),
     )
+    flip_correction: bool = field(
+        default=True,
+        metadata=_doc(
+            "Soft labels from the teacher's click probability q corrected for flipped labels: "
+            "(q - rho) / (1 - 2 rho) within 0-1, rho the estimated flip rate less two standard "
+            "errors (false: q as it is)."
+        ),
+    )
     min_teacher_auc: Annotated[float, Ge(0.0), Le(1.0)] = field(
         default=0.53,
         metadata=_doc(

@@ -52,7 +52,9 @@ from nacs_engine.baselines import class_quota, prior_weights
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.denoise.noise_estimate import (
+    clean_probability,
     estimate_noise,
+    flip_rate_lower_bound,
     label_support,
     likely_wrong,
     uncertainty_cuts,
@@ -177,8 +179,12 @@ def run_nacs(
     if config.class_balance == "balanced":
         weights = weights * prior_weights(picked_given, float(given[kept].mean()))
     weights = weights / weights.mean()
+    correction = 0.0
     if config.relabel and trusted:
-        soft = config.label_mix * picked_given + (1.0 - config.label_mix) * probabilities[picked]
+        if config.flip_correction:
+            correction = flip_rate_lower_bound(estimate)
+        teacher_p = clean_probability(probabilities[picked], correction)
+        soft = config.label_mix * picked_given + (1.0 - config.label_mix) * teacher_p
     else:
         soft = picked_given.astype(np.float64)
     uncertainty = 1.0 - label_support(probabilities[picked], picked_given)
@@ -200,6 +206,7 @@ def run_nacs(
         "noise": estimate.to_dict()
         | {
             "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
+            "correction_flip_rate": correction,
             "set_aside_rows": int(aside.sum()),
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),

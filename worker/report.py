@@ -447,6 +447,11 @@ def render_html(report: Mapping[str, Any]) -> str:
             ("wrong labels among clicks", _pct(noise.get("wrong_share_positive"))),
             ("wrong labels among non-clicks", _pct(noise.get("wrong_share_negative"))),
             ("estimated clean click rate", _pct(noise.get("clean_click_rate"))),
+            *(
+                [("flip rate the soft labels correct for", _pct(noise["correction_flip_rate"]))]
+                if "correction_flip_rate" in noise
+                else []
+            ),
             ("rows set aside", _fmt(noise.get("set_aside_rows"))),
             ("  of them clicks", _fmt(noise.get("set_aside_positive"))),
             ("  of them non-clicks", _fmt(noise.get("set_aside_negative"))),

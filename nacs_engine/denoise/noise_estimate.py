@@ -41,10 +41,20 @@ rows labelled 1 is rho (1 - pi) / r, among the rows labelled 0 rho pi / (1 - r).
 ``likely_wrong`` marks, within each class, that share of the rows times a
 factor, taking the rows whose given label the out-of-fold probability supports
 least.
+
+The teacher learns q, not p: with flips its probabilities are squeezed toward
+the middle, and soft labels made of them teach a model the same squeeze.
+``clean_probability`` inverts the model, p = (q - rho) / (1 - 2 rho), within
+0-1. An overestimated rho stretches q too far (rows near the edges become
+certain, and a model trained on them is overconfident), an underestimated one
+leaves part of the squeeze; so the correction reads rho less two standard
+errors of its anchors' click rate (``flip_rate_lower_bound``), which is 0 on
+clean labels wherever the anchors are few.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,3 +202,26 @@ def uncertainty_cuts(
         if gone.any():
             cuts[name] = float(uncertainty[gone].min())
     return cuts
+
+
+# Standard errors of the anchors' click rate below the estimate, for the correction.
+CORRECTION_STANDARD_ERRORS = 2.0
+
+
+def flip_rate_lower_bound(estimate: NoiseEstimate) -> float:
+    """The flip rate less ``CORRECTION_STANDARD_ERRORS`` binomial standard errors of its
+    anchors' click rate, at least 0: the rate ``clean_probability`` corrects for."""
+    rho = estimate.flip_rate
+    if rho <= 0.0 or estimate.anchor_rows <= 0:
+        return 0.0
+    error = math.sqrt(rho * (1.0 - rho) / estimate.anchor_rows)
+    return max(0.0, rho - CORRECTION_STANDARD_ERRORS * error)
+
+
+def clean_probability(observed: np.ndarray, flip_rate: float) -> np.ndarray:
+    """The click probability before flips at ``flip_rate`` of the ``observed`` one (the
+    teacher's): (q - rho) / (1 - 2 rho), within 0-1; ``observed`` unchanged at rate 0."""
+    q = np.asarray(observed, dtype=np.float64)
+    if flip_rate <= 0.0:
+        return q
+    return np.clip((q - flip_rate) / (1.0 - 2.0 * flip_rate), 0.0, 1.0)

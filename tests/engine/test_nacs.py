@@ -122,6 +122,21 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
     )
 
 
+def test_the_flip_correction_brings_soft_labels_toward_the_clean_click_probability(
+    generated, data: EncodedDataset
+) -> None:
+    corrected = select_coreset(data, _config(size=400, label_mix=0.0))
+    as_read = select_coreset(data, _config(size=400, label_mix=0.0, flip_correction=False))
+    np.testing.assert_array_equal(corrected.rows, as_read.rows)
+    rate = corrected.diagnostics["noise"]["correction_flip_rate"]
+    assert 0.0 < rate < corrected.diagnostics["noise"]["flip_rate"]
+    assert as_read.diagnostics["noise"]["correction_flip_rate"] == 0.0
+    expected = np.clip((as_read.soft_labels - rate) / (1.0 - 2.0 * rate), 0.0, 1.0)
+    np.testing.assert_allclose(corrected.soft_labels, expected, atol=1e-6)
+    truth = generated.click_probability[corrected.rows]
+    assert np.abs(corrected.soft_labels - truth).mean() < np.abs(as_read.soft_labels - truth).mean()
+
+
 def test_a_teacher_that_cannot_tell_the_labels_apart_is_not_trusted(data: EncodedDataset) -> None:
     rng = np.random.default_rng(0)
     noise = replace(data, labels=(rng.random(data.n_rows) < 0.3).astype(np.float32))

@@ -13,7 +13,9 @@ from nacs_engine.denoise.noise_estimate import (
     ANCHOR_MIN_ROWS,
     MIN_ANCHOR_FLIPS,
     NoiseEstimate,
+    clean_probability,
     estimate_noise,
+    flip_rate_lower_bound,
     label_support,
     likely_wrong,
     uncertainty_cuts,
@@ -99,6 +101,34 @@ def test_the_flip_rate_is_read_where_the_anchors_could_hold_enough_flips(
     estimate = estimate_noise(probabilities, labels)
     assert estimate.measurable is measurable
     assert estimate.flip_rate == (pytest.approx(5 / 50) if measurable else 0.0)
+
+
+def _estimate(flip_rate: float, anchor_rows: int) -> NoiseEstimate:
+    return NoiseEstimate(
+        flip_rate=flip_rate,
+        lower_floor=flip_rate,
+        upper_floor=flip_rate,
+        clean_click_rate=0.25,
+        wrong_share_positive=0.0,
+        wrong_share_negative=0.0,
+        wrong_share=flip_rate,
+        anchor_rows=anchor_rows,
+    )
+
+
+def test_the_correction_reads_the_flip_rate_two_standard_errors_lower() -> None:
+    # 0.2 read from 400 anchors: standard error sqrt(0.2 * 0.8 / 400) = 0.02.
+    assert flip_rate_lower_bound(_estimate(0.2, 400)) == pytest.approx(0.16)
+    # 0.03 from 50 anchors is within two standard errors (0.048) of no flips at all.
+    assert flip_rate_lower_bound(_estimate(0.03, 50)) == 0.0
+    assert flip_rate_lower_bound(_estimate(0.0, 50)) == 0.0
+
+
+def test_clean_probability_undoes_symmetric_flips() -> None:
+    p = np.linspace(0.0, 1.0, 11)
+    np.testing.assert_allclose(clean_probability(0.2 + 0.6 * p, 0.2), p, atol=1e-12)
+    np.testing.assert_array_equal(clean_probability(np.array([0.1, 0.9]), 0.2), [0.0, 1.0])
+    np.testing.assert_array_equal(clean_probability(p, 0.0), p)
 
 
 def test_likely_wrong_takes_the_least_supported_rows_of_each_class() -> None:
