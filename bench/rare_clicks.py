@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quality import load, parse_noise  # noqa: E402
-from nacs_engine.compare import add_label_noise  # noqa: E402
+from nacs_engine.compare import add_label_noise, evaluate_result  # noqa: E402
 from nacs_engine.config import SelectionConfig  # noqa: E402
 from nacs_engine.data.dataset import EncodedDataset  # noqa: E402
 from nacs_engine.denoise import noise_estimate  # noqa: E402
-from nacs_engine.evaluate import EvaluationOptions, evaluate_coreset  # noqa: E402
+from nacs_engine.evaluate import EvaluationOptions  # noqa: E402
 from nacs_engine.pipeline import CoresetResult, select_coreset  # noqa: E402
 from nacs_engine.teacher import TeacherCache  # noqa: E402
 
@@ -59,16 +59,8 @@ def scores(
 ) -> dict[str, tuple[float, float]]:
     out = {}
     for family in FAMILIES:
-        evaluation = evaluate_coreset(
-            train,
-            validation,
-            test,
-            rows=result.rows,
-            soft_labels=result.soft_labels,
-            weights=result.weights,
-            options=EvaluationOptions(backbone=family),
-            seed=seed,
-            device="cpu",
+        evaluation = evaluate_result(
+            train, validation, test, result, EvaluationOptions(backbone=family), seed
         )
         out[family] = (evaluation.test_auc, evaluation.test_log_loss)
     return out

@@ -41,14 +41,17 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nacs_engine.config import METHODS, REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.evaluate import EVALUATORS, EvaluationOptions, evaluate_coreset
+from nacs_engine.evaluate import EVALUATORS, Evaluation, EvaluationOptions, evaluate_coreset
 from nacs_engine.teacher import TeacherCache
+
+if TYPE_CHECKING:
+    from nacs_engine.pipeline import CoresetResult
 
 FULL = "full"
 COMPARABLE_METHODS: tuple[str, ...] = (*METHODS, FULL)
@@ -1154,6 +1157,30 @@ def _evaluate_full(
     }
 
 
+def evaluate_result(
+    train: EncodedDataset,
+    validation: EncodedDataset,
+    test: EncodedDataset,
+    result: CoresetResult,
+    options: EvaluationOptions,
+    seed: int,
+    device: str = "cpu",
+) -> Evaluation:
+    """A fresh model of ``options`` trained on ``result``'s rows of ``train`` as delivered
+    (its soft labels and weights), early-stopped on ``validation`` and scored on ``test``."""
+    return evaluate_coreset(
+        train,
+        validation,
+        test,
+        rows=result.rows,
+        soft_labels=result.soft_labels,
+        weights=result.weights,
+        options=options,
+        seed=seed,
+        device=device,
+    )
+
+
 def _evaluate_selection(
     train: EncodedDataset,
     validation: EncodedDataset,
@@ -1165,17 +1192,7 @@ def _evaluate_selection(
     flipped: np.ndarray | None,
 ) -> dict[str, Any]:
     result = selection.result
-    evaluation = evaluate_coreset(
-        train,
-        validation,
-        test,
-        rows=result.rows,
-        soft_labels=result.soft_labels,
-        weights=result.weights,
-        options=options,
-        seed=seed,
-        device=device,
-    )
+    evaluation = evaluate_result(train, validation, test, result, options, seed, device)
     return {
         "budget_rows": result.size,
         "test_auc": evaluation.test_auc,
