@@ -8,7 +8,8 @@ on one-hot features, and the proxy's own architecture), one model on the
 coreset as delivered (its soft labels and weights) and one on a stratified
 random subset of the candidates of the same size with the given labels (a new
 subset per seed), each early-stopped on a third of the held-back rows (at
-most ``STOP_ROWS``) and scored on the rest. Per family it reports both models'
+most ``STOP_ROWS``; an epoch counts as better when the AUC there rises by more
+than ``STOP_MIN_GAIN``) and scored on the rest. Per family it reports both models'
 mean AUC and log loss, the mean paired difference of the AUC and of the log
 loss with their standard errors, and a verdict: "better" when the coreset's
 AUC is higher by more than two standard errors, "worse" when lower by more,
@@ -46,6 +47,10 @@ MAX_HOLDOUT_ROWS = 200_000
 # Fewer held-back rows than this, or held-back parts with one class, and no audit runs.
 MIN_HOLDOUT_ROWS = 100
 STOP_ROWS = 20_000
+# An audit model's epoch counts toward its early stopping only when the held-back AUC rises
+# by more than this (``EvaluationOptions.min_gain``): a model on soft labels otherwise keeps
+# creeping up by a few ten-thousandths an epoch, to the 20-epoch cap.
+STOP_MIN_GAIN = 0.001
 # The coreset wins or loses when its mean AUC differs by more than this many standard errors.
 VERDICT_STANDARD_ERRORS = 2.0
 LOGISTIC = "logistic"
@@ -304,7 +309,7 @@ def train_audit_model(
 ) -> tuple[float, float]:
     """(AUC, log loss) on the scored rows of ``model`` trained on ``arm`` (rows of ``data``)."""
     family, seed = model.family, model.seed
-    options = EvaluationOptions(backbone=family)
+    options = EvaluationOptions(backbone=family, min_gain=STOP_MIN_GAIN)
     if family != LOGISTIC:
         options = replace(
             options,

@@ -37,7 +37,12 @@ from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.models.layers import FeaturesLinear
 from nacs_engine.models.registry import BACKBONES, build_model
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
-from nacs_engine.train import default_batch_size, fit_early_stopping, predict_logits
+from nacs_engine.train import (
+    check_min_gain,
+    default_batch_size,
+    fit_early_stopping,
+    predict_logits,
+)
 
 _PROBABILITY_FLOOR = 1e-7
 # Rows per inference batch: a DeepFM over 40 fields holds about 30 MB of activations per 16k
@@ -280,6 +285,9 @@ class EvaluationOptions:
     patience: int = 2
     # What early stopping watches on the validation split: "auc" or "log_loss".
     monitor: str = "auc"
+    # An epoch counts as an improvement for the patience only when the watched score rises
+    # by more than this over the last one that did (0: any rise; ``fit_early_stopping``).
+    min_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
@@ -296,6 +304,7 @@ class EvaluationOptions:
             raise ValueError(
                 f"batch_size: expected an integer of at least 2, got {self.batch_size!r}"
             )
+        check_min_gain(self.min_gain)
 
     @property
     def family(self) -> EvaluatorFamily:
@@ -449,6 +458,7 @@ def evaluate_coreset(
             device=resolved,
             generator=torch_generator(seed, "training"),
             on_epoch=progress,
+            min_gain=options.min_gain,
         )
     validation_logits = best["logits"]
     assert isinstance(validation_logits, torch.Tensor)

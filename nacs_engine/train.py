@@ -227,6 +227,16 @@ class FitResult:
     train_losses: list[float]
 
 
+def check_min_gain(min_gain: object) -> None:
+    """Raise ValueError unless ``min_gain`` is a number in [0, 1)."""
+    if (
+        isinstance(min_gain, bool)
+        or not isinstance(min_gain, (int, float))
+        or not 0.0 <= min_gain < 1.0
+    ):
+        raise ValueError(f"min_gain: expected a number in [0, 1), got {min_gain!r}")
+
+
 def fit_early_stopping(
     model: nn.Module,
     features: np.ndarray | torch.Tensor,
@@ -244,13 +254,16 @@ def fit_early_stopping(
     on_epoch: Callable[[int, float], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     report_every: int = 8,
+    min_gain: float = 0.0,
 ) -> FitResult:
     """Train on (features, soft targets, weights) until ``validate`` stops improving.
 
     targets: (n,) in [0, 1]; weights: (n,) or None. ``validate(model)`` returns a
     score where higher is better (e.g. validation AUC). Training stops after
-    ``patience`` epochs without improvement or at ``max_epochs``; the model ends
-    with the weights of its best epoch. ``on_epoch(epoch, score)`` is called after
+    ``patience`` epochs without improvement or at ``max_epochs``; an epoch improves
+    when its score exceeds by more than ``min_gain`` the score of the last epoch that
+    improved (0: any rise). The model ends with the weights of its best epoch, whether
+    or not that epoch improved by ``min_gain``. ``on_epoch(epoch, score)`` is called after
     every epoch and ``on_batch(steps_done, steps_in_epoch)`` every ``report_every``
     steps within an epoch (either may raise to stop).
     """
@@ -268,11 +281,14 @@ def fit_early_stopping(
         raise ValueError(f"patience: expected a positive integer, got {patience!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"batch_size: expected an integer of at least 2, got {batch_size!r}")
+    check_min_gain(min_gain)
     optimizer = make_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
     x_all = x_all.to(device)
     y_all = targets.to(device=device, dtype=torch.float32)
     w_all = weights.to(device=device, dtype=torch.float32) if weights is not None else None
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    # The last epoch that improved by more than min_gain, and its score: patience counts from it.
+    gain_score, gain_epoch = -math.inf, 0
     scores: list[float] = []
     losses: list[float] = []
     epochs_run = 0
@@ -305,7 +321,9 @@ def fit_early_stopping(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= patience:
+        if score > gain_score + min_gain:
+            gain_score, gain_epoch = score, epoch
+        elif epoch - gain_epoch >= patience:
             break
     model.load_state_dict(best_state)
     return FitResult(best_epoch, epochs_run, best_score, scores, losses)

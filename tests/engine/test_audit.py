@@ -8,8 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from nacs_engine import audit as audit_module
 from nacs_engine import select_coreset
-from nacs_engine.audit import MAX_HOLDOUT_ROWS, Holdout, audit_coreset, holdout_split
+from nacs_engine.audit import (
+    MAX_HOLDOUT_ROWS,
+    STOP_MIN_GAIN,
+    Holdout,
+    audit_coreset,
+    holdout_split,
+)
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
@@ -82,6 +89,29 @@ def test_every_audited_job_reports_both_families_and_never_picks_held_rows(
     holdout = holdout_split(data.labels, 300, 0)
     assert isinstance(holdout, Holdout)
     assert np.isin(result.rows, holdout.candidates).all()
+
+
+def test_audit_models_count_only_rises_above_the_minimum_gain(
+    data: EncodedDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, float, int]] = []
+    train = audit_module.evaluate_coreset
+
+    def recording(*args, **kwargs):
+        evaluation = train(*args, **kwargs)
+        options = kwargs["options"]
+        seen.append((options.backbone, options.min_gain, evaluation.epochs_run))
+        return evaluation
+
+    monkeypatch.setattr(audit_module, "evaluate_coreset", recording)
+    select_coreset(data, _config())
+    # 2 families x 2 seeds x (coreset, random), each stopping by the audit's rule.
+    assert len(seen) == 8
+    assert {(family, gain) for family, gain, _ in seen} == {
+        ("logistic", STOP_MIN_GAIN),
+        ("deepfm", STOP_MIN_GAIN),
+    }
+    assert STOP_MIN_GAIN > 0 and all(1 <= epochs <= 20 for *_, epochs in seen)
 
 
 def test_the_audit_can_be_turned_off_and_baselines_are_not_audited(data: EncodedDataset) -> None:

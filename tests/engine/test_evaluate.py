@@ -167,7 +167,9 @@ def test_batch_sizes() -> None:
         default_batch_size(0)
 
 
-def _fit_on_cpu(model, x, y, validate, *, batch_size: int, epochs: int, patience: int):
+def _fit_on_cpu(
+    model, x, y, validate, *, batch_size: int, epochs: int, patience: int, min_gain: float = 0.0
+):
     """``fit_early_stopping`` with Adam at 0.05, no weight decay, batches drawn from seed 0."""
     return fit_early_stopping(
         model,
@@ -182,6 +184,7 @@ def _fit_on_cpu(model, x, y, validate, *, batch_size: int, epochs: int, patience
         patience=patience,
         device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(0),
+        min_gain=min_gain,
     )
 
 
@@ -201,6 +204,38 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert (fit.best_epoch, fit.epochs_run, fit.best_score) == (2, 4, 0.9)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key])
+
+
+def test_early_stopping_with_a_minimum_gain_stops_on_small_rises_and_keeps_the_best() -> None:
+    x = np.array([[1, 2], [3, 1], [2, 2], [0, 3]] * 8, dtype=np.int32)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0] * 8)
+    # Rises of 0.0003 to 0.0005 an epoch after epoch 3: each one above a gain of 0, and the
+    # next two together (0.0009) not above 0.001.
+    sequence = [0.70, 0.74, 0.750, 0.7505, 0.7509, 0.7512, 0.7516, 0.7519]
+    runs = {}
+    for gain in (0.0, 0.001):
+        torch.manual_seed(0)
+        model = build_model("deepfm", (4, 4), embed_dim=2, hidden_dims=(4,), dropout=0.0)
+        snapshots: list[dict] = []
+
+        def validate(current: torch.nn.Module, snapshots=snapshots) -> float:
+            snapshots.append({k: v.clone() for k, v in current.state_dict().items()})
+            return sequence[len(snapshots) - 1]
+
+        fit = _fit_on_cpu(
+            model, x, y, validate, batch_size=8, epochs=len(sequence), patience=2, min_gain=gain
+        )
+        runs[gain] = fit
+        # Either way the model ends with the weights of the best epoch it ran.
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(value, snapshots[fit.best_epoch - 1][key])
+    assert (runs[0.0].epochs_run, runs[0.0].best_epoch) == (8, 8)
+    # Epoch 3 is the last to rise by more than 0.001 over the last that did; two epochs on,
+    # training stops, and the best of the five (epoch 5, which rose by less) is kept.
+    assert (runs[0.001].epochs_run, runs[0.001].best_epoch) == (5, 5)
+    assert runs[0.001].best_score == 0.7509
+    with pytest.raises(ValueError, match="min_gain"):
+        EvaluationOptions(min_gain=-0.1)
 
 
 @pytest.fixture(scope="module")
