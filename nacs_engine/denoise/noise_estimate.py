@@ -65,6 +65,8 @@ ANCHOR_MIN_ROWS = 50
 MIN_ANCHOR_FLIPS = 5
 # The most of a class that is ever set aside, whatever the estimate and factor.
 MAX_SET_ASIDE_SHARE = 0.9
+# Standard errors of the anchors' click rate below the estimate, for the correction.
+CORRECTION_STANDARD_ERRORS = 2.0
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,6 @@ def uncertainty_cuts(
         if gone.any():
             cuts[name] = float(uncertainty[gone].min())
     return cuts
-
-
-# Standard errors of the anchors' click rate below the estimate, for the correction.
-CORRECTION_STANDARD_ERRORS = 2.0
 
 
 def flip_rate_lower_bound(estimate: NoiseEstimate) -> float:
