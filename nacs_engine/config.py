@@ -225,7 +225,7 @@ class SelectionConfig:
         ),
     )
     label_mix: Annotated[float, Ge(0.0), Le(1.0)] = field(
-        default=0.2,
+        default=0.1,
         metadata=_doc(
             "Weight of the given label in the soft label, 0-1: soft = mix * label + (1 - mix) "
             "* the teacher's calibrated click probability."
@@ -237,6 +237,15 @@ class SelectionConfig:
             "Soft labels from the teacher's click probability q corrected for flipped labels: "
             "(q - rho) / (1 - 2 rho) within 0-1, rho the estimated flip rate less two standard "
             "errors (false: q as it is)."
+        ),
+    )
+    keep_click_rate: bool = field(
+        default=True,
+        metadata=_doc(
+            "Soft labels shifted on the logit scale until their weighted mean is the teacher's "
+            "over the coreset (about the data's click rate): the set-aside and the flip "
+            "correction reshape the labels without moving the click rate a model learns from "
+            "them (false: the mean moves with them)."
         ),
     )
     min_teacher_auc: Annotated[float, Ge(0.0), Le(1.0)] = field(

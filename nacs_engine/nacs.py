@@ -24,7 +24,11 @@ The steps of one selection over the candidate rows:
    row (partitions never mix folds, whose models differ), ``random``
    uniformly (the kept rows' click rate).
 4. Labels and weights: each row's soft label is ``label_mix`` * its given label
-   + (1 - ``label_mix``) * the teacher's calibrated probability; weights are
+   + (1 - ``label_mix``) * the teacher's calibrated probability, corrected for
+   flips; with ``keep_click_rate`` the teacher's part is shifted on the logit
+   scale until the soft labels' weighted mean is the teacher's uncorrected mean
+   over the coreset, so that neither the correction nor the set-aside moves the
+   click rate (``shift_to_mean``); weights are
    uniform, or facility location's cluster sizes (``weighting="craig"``),
    tempered until their effective sample size is at least
    ``min_effective_share`` of the rows. The uncertainty column is the teacher's
@@ -68,6 +72,9 @@ from nacs_engine.teacher import Teacher, TeacherCache, embeddings
 
 # Difficulty strata of the coverage selection (fewer when a class takes fewer rows).
 COVERAGE_STRATA = 10
+# keep_click_rate: how near 0 or 1 a probability is read, and the largest logit offset.
+SHIFT_EPSILON = 1e-6
+MAX_LOGIT_SHIFT = 10.0
 # Share of the selecting phase's progress given to the teacher.
 _TEACHER_SHARE = 0.9
 
@@ -180,10 +187,16 @@ def run_nacs(
         weights = weights * prior_weights(picked_given, float(given[kept].mean()))
     weights = weights / weights.mean()
     correction = 0.0
+    logit_shift = 0.0
     if config.relabel and trusted:
         if config.flip_correction:
             correction = flip_rate_lower_bound(estimate)
         teacher_p = clean_probability(probabilities[picked], correction)
+        if config.keep_click_rate:
+            target = float(np.average(probabilities[picked], weights=weights))
+            teacher_p, logit_shift = shift_to_mean(
+                teacher_p, picked_given, config.label_mix, weights, target
+            )
         soft = config.label_mix * picked_given + (1.0 - config.label_mix) * teacher_p
     else:
         soft = picked_given.astype(np.float64)
@@ -227,6 +240,7 @@ def run_nacs(
         },
         "soft_label_mean": float(soft.mean()),
         "soft_label_mean_shift": float(np.abs(soft - picked_given).mean()),
+        "soft_label_logit_shift": logit_shift,
     }
     return CoresetResult(
         rows=dataset_rows.astype(np.int64),
@@ -236,6 +250,45 @@ def run_nacs(
         uncertainty=uncertainty.astype(np.float32),
         diagnostics=diagnostics,
     )
+
+
+def shift_to_mean(
+    teacher_p: np.ndarray,
+    given: np.ndarray,
+    label_mix: float,
+    weights: np.ndarray,
+    target: float,
+) -> tuple[np.ndarray, float]:
+    """``teacher_p`` shifted by one logit offset d, sigmoid(logit(p) + d), so that the
+    weighted mean of the soft labels ``label_mix`` * ``given`` + (1 - ``label_mix``) * the
+    shifted probabilities is ``target``; returns (shifted probabilities, d).
+
+    Probabilities of exactly 0 or 1 are read as ``SHIFT_EPSILON`` from them; d stays
+    within +-``MAX_LOGIT_SHIFT`` (the nearest mean there when ``target`` is out of reach),
+    and is 0 at ``label_mix`` 1, where the teacher has no part in the soft labels.
+    """
+    p = np.asarray(teacher_p, dtype=np.float64)
+    if label_mix >= 1.0 or p.size == 0:
+        return p, 0.0
+    w = np.asarray(weights, dtype=np.float64)
+    fixed = label_mix * float(np.average(given, weights=w))
+    clipped = np.clip(p, SHIFT_EPSILON, 1.0 - SHIFT_EPSILON)
+    logits = np.log(clipped) - np.log1p(-clipped)
+
+    def mean_at(shift: float) -> float:
+        shifted = 1.0 / (1.0 + np.exp(-(logits + shift)))
+        return fixed + (1.0 - label_mix) * float(np.average(shifted, weights=w))
+
+    low, high = -MAX_LOGIT_SHIFT, MAX_LOGIT_SHIFT
+    # The mean rises with the shift: bisect to well below a millionth of the mean.
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if mean_at(middle) < target:
+            low = middle
+        else:
+            high = middle
+    shift = 0.5 * (low + high)
+    return 1.0 / (1.0 + np.exp(-(logits + shift))), float(shift)
 
 
 def teacher_signal(teacher: Teacher, given: np.ndarray) -> float | None:

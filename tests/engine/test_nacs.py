@@ -14,7 +14,15 @@ from nacs_engine.config import EMBEDDINGS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.errors import DataError
-from nacs_engine.nacs import _coverage, _draw_across, _probability_strata, _weights, run_nacs
+from nacs_engine.nacs import (
+    MAX_LOGIT_SHIFT,
+    _coverage,
+    _draw_across,
+    _probability_strata,
+    _weights,
+    run_nacs,
+    shift_to_mean,
+)
 from nacs_engine.teacher import automatic_folds
 
 
@@ -102,6 +110,41 @@ def test_facility_location_on_each_embedding(data: EncodedDataset, embedding: st
     assert result.weights.mean() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_keep_click_rate_shifts_the_soft_labels_back_to_the_teachers_mean(
+    data: EncodedDataset,
+) -> None:
+    moved = select_coreset(data, _config(keep_click_rate=False))
+    kept = select_coreset(data, _config())
+    np.testing.assert_array_equal(kept.rows, moved.rows)
+    # The uncertainty column is the teacher's probability that the given label is wrong.
+    teacher = np.where(kept.labels > 0.5, 1.0 - kept.uncertainty, kept.uncertainty)
+    target = np.average(teacher, weights=kept.weights)
+    # With 20% flips the correction lowers the mean; the shift brings it back.
+    assert np.average(moved.soft_labels, weights=moved.weights) < target - 0.01
+    assert np.average(kept.soft_labels, weights=kept.weights) == pytest.approx(target, abs=1e-4)
+    assert kept.diagnostics["soft_label_logit_shift"] > 0.0
+    assert moved.diagnostics["soft_label_logit_shift"] == 0.0
+    for label in (0.0, 1.0):
+        members = kept.labels == label
+        order = np.argsort(moved.soft_labels[members], kind="stable")
+        assert np.all(np.diff(kept.soft_labels[members][order]) >= -1e-6)
+
+
+def test_shift_to_mean_reaches_the_target_or_its_bound() -> None:
+    teacher = np.array([0.0, 0.1, 0.3, 0.6, 1.0])
+    given = np.array([0.0, 0.0, 1.0, 1.0, 1.0])
+    weights = np.array([1.0, 2.0, 1.0, 1.0, 1.0])
+    shifted, shift = shift_to_mean(teacher, given, 0.2, weights, 0.5)
+    soft = 0.2 * given + 0.8 * shifted
+    assert np.average(soft, weights=weights) == pytest.approx(0.5, abs=1e-6) and shift > 0
+    assert np.all(np.diff(shifted) > 0)
+    unchanged, none = shift_to_mean(teacher, given, 1.0, weights, 0.5)
+    np.testing.assert_array_equal(unchanged, teacher)
+    assert none == 0.0
+    _, bound = shift_to_mean(teacher, given, 0.2, weights, 0.0)
+    assert bound == pytest.approx(-MAX_LOGIT_SHIFT, abs=1e-6)
+
+
 def test_random_selection_and_the_denoised_random_method(data: EncodedDataset) -> None:
     random = select_coreset(data, _config(selection="random"))
     baseline = select_coreset(data, _config(method="denoised-random"))
@@ -115,8 +158,8 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
     assert no_relabel.diagnostics["noise"]["set_aside_rows"] > 0
     given = select_coreset(data, _config(label_mix=1.0))
     np.testing.assert_array_equal(given.soft_labels, given.labels)
-    teacher = select_coreset(data, _config(label_mix=0.0))
-    half = select_coreset(data, _config(label_mix=0.5))
+    teacher = select_coreset(data, _config(label_mix=0.0, keep_click_rate=False))
+    half = select_coreset(data, _config(label_mix=0.5, keep_click_rate=False))
     np.testing.assert_allclose(
         half.soft_labels, 0.5 * teacher.labels + 0.5 * teacher.soft_labels, atol=1e-6
     )
@@ -125,8 +168,9 @@ def test_ablations_and_label_mix(data: EncodedDataset) -> None:
 def test_the_flip_correction_brings_soft_labels_toward_the_clean_click_probability(
     generated, data: EncodedDataset
 ) -> None:
-    corrected = select_coreset(data, _config(size=400, label_mix=0.0))
-    as_read = select_coreset(data, _config(size=400, label_mix=0.0, flip_correction=False))
+    options = {"size": 400, "label_mix": 0.0, "keep_click_rate": False}
+    corrected = select_coreset(data, _config(**options))
+    as_read = select_coreset(data, _config(**options, flip_correction=False))
     np.testing.assert_array_equal(corrected.rows, as_read.rows)
     rate = corrected.diagnostics["noise"]["correction_flip_rate"]
     assert 0.0 < rate < corrected.diagnostics["noise"]["flip_rate"]
