@@ -275,20 +275,20 @@ def shift_to_mean(
     clipped = np.clip(p, SHIFT_EPSILON, 1.0 - SHIFT_EPSILON)
     logits = np.log(clipped) - np.log1p(-clipped)
 
-    def mean_at(shift: float) -> float:
-        shifted = 1.0 / (1.0 + np.exp(-(logits + shift)))
-        return fixed + (1.0 - label_mix) * float(np.average(shifted, weights=w))
+    def shifted(shift: float) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(logits + shift)))
 
     low, high = -MAX_LOGIT_SHIFT, MAX_LOGIT_SHIFT
     # The mean rises with the shift: bisect to well below a millionth of the mean.
     for _ in range(60):
         middle = 0.5 * (low + high)
-        if mean_at(middle) < target:
+        mean = fixed + (1.0 - label_mix) * float(np.average(shifted(middle), weights=w))
+        if mean < target:
             low = middle
         else:
             high = middle
     shift = 0.5 * (low + high)
-    return 1.0 / (1.0 + np.exp(-(logits + shift))), float(shift)
+    return shifted(shift), float(shift)
 
 
 def teacher_signal(teacher: Teacher, given: np.ndarray) -> float | None:
