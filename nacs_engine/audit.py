@@ -13,9 +13,15 @@ than ``STOP_MIN_GAIN``) and scored on the rest. Per family it reports both model
 mean AUC and log loss, the mean paired difference of the AUC and of the log
 loss with their standard errors, and a verdict: "better" when the coreset's
 AUC is higher by more than two standard errors, "worse" when lower by more,
-else "level". The audit's verdict is "worse" when any family's is, "better"
-when every family's is, else "level". The held-back labels are the user's
-own, noise included: the audit measures what the user would see.
+else "level". A standard error has two parts, added in squares: the spread of
+the paired differences over the seeds (the models' training and the random
+subsets' draws), and the sampling of the scored rows, which every seed shares
+(from each row's part of the seed-averaged difference: DeLong's placement
+values for the AUC, the row's own loss for the log loss); the seeds alone
+would read the noise of a few dozen held-back clicks as a difference. The
+audit's verdict is "worse" when any family's is, "better" when every family's
+is, else "level". The held-back labels are the user's own, noise included: the
+audit measures what the user would see.
 
 With ``guard="fallback"`` and a "worse" verdict, the rows delivered become the
 best of the coreset, the first random subset and their even mixture (half the
@@ -38,7 +44,12 @@ import numpy as np
 from nacs_engine.baselines import random_rows
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.evaluate import EvaluationOptions, evaluate_coreset
+from nacs_engine.evaluate import (
+    EvaluationOptions,
+    auc_components,
+    evaluate_coreset,
+    row_log_losses,
+)
 from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator
 
@@ -173,7 +184,16 @@ def audit_models(config: SelectionConfig) -> list[AuditModel]:
     ]
 
 
-Scores = dict[AuditModel, tuple[float, float]]
+@dataclass(frozen=True)
+class AuditScore:
+    """One audit model's AUC and log loss on the scored rows, and its logits there."""
+
+    auc: float
+    log_loss: float
+    logits: np.ndarray  # (scored rows,) float32
+
+
+Scores = dict[AuditModel, AuditScore]
 
 
 def audit_coreset(
@@ -220,12 +240,14 @@ def conclude_audit(
     seconds: the time the models took."""
     started = time.perf_counter()
     families = audit_families(config)
+    scored_labels = np.asarray(data.labels[holdout.score], dtype=np.float64)
     by_family = {
         family: _summary(
             {
                 name: [scores[AuditModel(family, seed, name)] for seed in range(config.audit_seeds)]
                 for name in ("coreset", "random")
-            }
+            },
+            scored_labels,
         )
         for family in families
     }
@@ -254,12 +276,12 @@ def conclude_audit(
         mixture_aucs = [
             train_audit_model(
                 data, held, mixture, AuditModel(family, seed, "mixture"), config, report, 1.0
-            )[0]
+            ).auc
             for family in families
             for seed in range(config.audit_seeds)
         ]
         means = {
-            name: float(np.mean([scores[m][0] for m in scores if m.arm == name]))
+            name: float(np.mean([scores[m].auc for m in scores if m.arm == name]))
             for name in ("coreset", "random")
         }
         means["mixture"] = float(np.mean(mixture_aucs))
@@ -309,8 +331,8 @@ def train_audit_model(
     config: SelectionConfig,
     progress: Report,
     fraction: float,
-) -> tuple[float, float]:
-    """(AUC, log loss) on the scored rows of ``model`` trained on ``arm`` (rows of ``data``)."""
+) -> AuditScore:
+    """The scores on the scored rows of ``model`` trained on ``arm`` (rows of ``data``)."""
     family, seed = model.family, model.seed
     options = EvaluationOptions(backbone=family, min_gain=STOP_MIN_GAIN)
     if family != LOGISTIC:
@@ -334,16 +356,22 @@ def train_audit_model(
         progress=lambda epoch, score: progress(
             "auditing", fraction, f"audit: {family}, epoch {epoch}"
         ),
+        keep_test_logits=True,
     )
-    return evaluation.test_auc, evaluation.test_log_loss
+    assert evaluation.test_logits is not None
+    return AuditScore(evaluation.test_auc, evaluation.test_log_loss, evaluation.test_logits)
 
 
-def _summary(scores: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
-    coreset = np.array(scores["coreset"], dtype=np.float64)  # (seeds, 2)
-    random = np.array(scores["random"], dtype=np.float64)
-    difference = coreset - random
+def _summary(scores: dict[str, list[AuditScore]], labels: np.ndarray) -> dict[str, Any]:
+    """One family's report from its models' scores per arm (seed by seed) on the scored rows,
+    whose given labels are ``labels``."""
+    coreset = np.array([(s.auc, s.log_loss) for s in scores["coreset"]], dtype=np.float64)
+    random = np.array([(s.auc, s.log_loss) for s in scores["random"]], dtype=np.float64)
+    difference = coreset - random  # (seeds, 2)
     seeds = difference.shape[0]
-    errors = difference.std(axis=0, ddof=1) / math.sqrt(seeds) if seeds > 1 else np.zeros(2)
+    over_seeds = difference.std(axis=0, ddof=1) / math.sqrt(seeds) if seeds > 1 else np.zeros(2)
+    over_rows = _row_errors(scores["coreset"], scores["random"], labels)
+    errors = np.sqrt(over_seeds**2 + over_rows**2)
     mean = difference.mean(axis=0)
     if mean[0] > VERDICT_STANDARD_ERRORS * errors[0] and mean[0] > 0:
         verdict = "better"
@@ -356,10 +384,49 @@ def _summary(scores: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
         "random": {"auc": float(random[:, 0].mean()), "log_loss": float(random[:, 1].mean())},
         "auc_difference": float(mean[0]),
         "auc_difference_se": float(errors[0]),
+        "auc_difference_se_seeds": float(over_seeds[0]),
+        "auc_difference_se_rows": float(over_rows[0]),
         "log_loss_difference": float(mean[1]),
         "log_loss_difference_se": float(errors[1]),
+        "log_loss_difference_se_seeds": float(over_seeds[1]),
+        "log_loss_difference_se_rows": float(over_rows[1]),
         "verdict": verdict,
     }
+
+
+def _row_errors(
+    coreset: list[AuditScore], random: list[AuditScore], labels: np.ndarray
+) -> np.ndarray:
+    """Standard errors (AUC, log loss) of the seed-averaged paired differences from the
+    sampling of the scored rows: each row's part of the difference, averaged over the
+    seeds, varies from row to row; the AUC's parts within each class (DeLong)."""
+    auc_parts = np.mean(
+        [auc_components(labels, c.logits) - auc_components(labels, r.logits)
+         for c, r in zip(coreset, random, strict=True)],
+        axis=0,
+    )
+    loss_parts = np.mean(
+        [row_log_losses(labels, _sigmoid(c.logits)) - row_log_losses(labels, _sigmoid(r.logits))
+         for c, r in zip(coreset, random, strict=True)],
+        axis=0,
+    )
+    positive = labels > 0.5
+    auc_variance = sum(
+        _mean_variance(auc_parts[members]) for members in (positive, ~positive)
+    )
+    return np.sqrt([auc_variance, _mean_variance(loss_parts)])
+
+
+def _mean_variance(values: np.ndarray) -> float:
+    """The variance of the mean of ``values`` (0 for fewer than two)."""
+    if values.shape[0] < 2:
+        return 0.0
+    return float(values.var(ddof=1) / values.shape[0])
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # The tanh form does not overflow for large negative logits.
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
 
 
 def _as_result(result: CoresetResult, arm: Arm, labels: np.ndarray, choice: str) -> CoresetResult:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -70,6 +70,18 @@ def _labels_and_values(
     return y, s
 
 
+def _mid_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``; tied values share their mean rank."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    boundaries = np.flatnonzero(np.diff(ordered)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [values.shape[0]]])
+    ranks = np.empty(values.shape[0], dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve from ranks (Mann-Whitney U); tied scores share their mean rank.
 
@@ -81,26 +93,46 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("labels: AUC needs both positive and negative rows")
-    order = np.argsort(s, kind="mergesort")
-    sorted_scores = s[order]
-    # Average rank (1-based) of each run of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [s.shape[0]]])
-    mean_ranks = (starts + ends + 1) / 2.0  # ranks starts+1 .. ends, averaged
-    ranks = np.empty(s.shape[0], dtype=np.float64)
-    ranks[order] = np.repeat(mean_ranks, ends - starts)
-    positive_rank_sum = float(ranks[y == 1.0].sum())
+    positive_rank_sum = float(_mid_ranks(s)[y == 1.0].sum())
     return (positive_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities ``probs`` (clipped to [1e-7, 1 - 1e-7])."""
+def auc_components(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each row's part of the AUC (DeLong's placement values), shape (n,).
+
+    A positive row's part is the share of negative rows scored below it, a
+    negative row's the share of positive rows scored above it (ties count half):
+    the mean over either class is the AUC, and the variance of the parts within
+    each class gives the AUC's standard error from the sampling of the rows
+    (DeLong, DeLong and Clarke-Pearson, 1988). Raises ValueError with one class.
+    """
+    y, s = _labels_and_values(labels, scores, "scores")
+    positive = y == 1.0
+    n_pos = int(positive.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("labels: AUC needs both positive and negative rows")
+    overall = _mid_ranks(s)
+    within = np.empty_like(overall)
+    within[positive] = _mid_ranks(s[positive])
+    within[~positive] = _mid_ranks(s[~positive])
+    # overall - within: how many rows of the other class rank below (ties half).
+    below = overall - within
+    return np.where(positive, below / n_neg, 1.0 - below / n_pos)
+
+
+def row_log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy of each row, probabilities clipped to [1e-7, 1 - 1e-7]; shape (n,)."""
     y, p = _labels_and_values(labels, probs, "probs")
     if np.any((p < 0.0) | (p > 1.0)):
         raise ValueError("probs: expected values in [0, 1]")
     p = np.clip(p, _PROBABILITY_FLOOR, 1.0 - _PROBABILITY_FLOOR)
-    return float(-(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)).mean())
+    return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities ``probs`` (clipped to [1e-7, 1 - 1e-7])."""
+    return float(row_log_losses(labels, probs).mean())
 
 
 def platt_scaling(
@@ -333,6 +365,8 @@ class Evaluation:
     epochs_run: int
     train_rows: int
     seconds: float
+    # The test rows' logits, only on request (``evaluate_coreset(keep_test_logits=True)``).
+    test_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int]:
         return {
@@ -359,6 +393,7 @@ def evaluate_coreset(
     seed: int = 0,
     device: str = "auto",
     progress: Callable[[int, float], None] | None = None,
+    keep_test_logits: bool = False,
 ) -> Evaluation:
     """Train a fresh backbone on ``train`` rows ``rows`` and score it on ``test``.
 
@@ -367,7 +402,8 @@ def evaluate_coreset(
     weights: (k,) non-negative weights (None: all 1).
     progress(epoch, score) is called after every epoch with the validation
     score early stopping watches (``options.monitor``: the AUC, or the log loss
-    negated, so that higher is better for both).
+    negated, so that higher is better for both). keep_test_logits: the result
+    carries the test rows' logits (float32).
     """
     started = time.perf_counter()
     for name, value in (("train", train), ("validation", validation), ("test", test)):
@@ -476,6 +512,7 @@ def evaluate_coreset(
         epochs_run=fit.epochs_run,
         train_rows=int(k),
         seconds=time.perf_counter() - started,
+        test_logits=test_logits.numpy().astype(np.float32) if keep_test_logits else None,
     )
 
 

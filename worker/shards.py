@@ -763,7 +763,7 @@ def arm_file(name: str) -> str:
 
 
 def audit_score_file(index: int) -> str:
-    return f"audit-{index}.json"
+    return f"audit-{index}.npz"
 
 
 def run_audit_model(job_id: str, prefix: str | None, attempt: int, index: int) -> dict[str, Any]:
@@ -776,8 +776,6 @@ def run_audit_model(job_id: str, prefix: str | None, attempt: int, index: int) -
 
 
 def _audit_model(run: _Run, index: int) -> None:
-    import json
-
     from nacs_engine.audit import Arm, Held, audit_models, train_audit_model
     from nacs_engine.data.dataset import EncodedDataset
 
@@ -813,14 +811,14 @@ def _audit_model(run: _Run, index: int) -> None:
         done = sum(float(value) for value in run.store.redis.hvals(key)) / len(models)
         run.progress("auditing", done, message)
 
-    auc, loss = train_audit_model(
+    score = train_audit_model(
         dataset(arrays["features"], arrays["labels"]), held, arm, model, config, report, 0.0
     )
-    scores = {
-        "auc": auc, "log_loss": loss, "seconds": time.perf_counter() - started,
-        "host": platform.node(),
-    }
-    write_bytes(uri, json.dumps(scores).encode(), run.settings)
+    _save_arrays(
+        uri, run.settings, auc=np.float64(score.auc), log_loss=np.float64(score.log_loss),
+        logits=score.logits, seconds=np.float64(time.perf_counter() - started),
+        host=np.str_(platform.node()),
+    )
     run.store.redis.hset(key, str(index), "1")
     run.store.redis.expire(key, run.settings.job_ttl_s)
 
@@ -834,7 +832,13 @@ def run_finish(job_id: str, prefix: str | None, attempt: int) -> dict[str, Any]:
 def _finish(run: _Run) -> None:
     import json
 
-    from nacs_engine.audit import AuditModel, audit_arms, audit_models, conclude_audit
+    from nacs_engine.audit import (
+        AuditModel,
+        AuditScore,
+        audit_arms,
+        audit_models,
+        conclude_audit,
+    )
     from nacs_engine.pipeline import CoresetResult, with_audit
     from nacs_engine.selection import release_workspace
     from worker.tasks import write_result
@@ -850,10 +854,10 @@ def _finish(run: _Run) -> None:
         diagnostics=state["diagnostics"],
     )
     jobs: list[dict[str, Any]] = list(state["jobs"])
-    scores: dict[AuditModel, tuple[float, float]] = {}
+    scores: dict[AuditModel, AuditScore] = {}
     for index, model in enumerate(audit_models(config)):
-        saved = json.loads(_read(join_uri(run.scratch, audit_score_file(index)), run.settings))
-        scores[model] = (float(saved["auc"]), float(saved["log_loss"]))
+        saved = _load_arrays(join_uri(run.scratch, audit_score_file(index)), run.settings)
+        scores[model] = AuditScore(float(saved["auc"]), float(saved["log_loss"]), saved["logits"])
         jobs.append(
             {"job": f"audit: {model}", "seconds": round(float(saved["seconds"]), 4),
              "host": str(saved["host"])}

@@ -13,13 +13,19 @@ from nacs_engine import select_coreset
 from nacs_engine.audit import (
     MAX_HOLDOUT_ROWS,
     STOP_MIN_GAIN,
+    AuditModel,
+    AuditScore,
     Holdout,
+    audit_arms,
     audit_coreset,
+    audit_models,
+    conclude_audit,
     holdout_split,
 )
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.evaluate import auc, log_loss
 from nacs_engine.pipeline import CoresetResult
 
 VERDICTS = {"better", "worse", "level"}
@@ -154,3 +160,53 @@ def test_the_fallback_delivers_random_rows_when_the_selection_loses(data: Encode
     reported, report_audit = audit_coreset(data, holdout, losing, replace(config, guard="report"))
     assert report_audit["verdict"] == "worse" and report_audit["delivered"] == "coreset"
     np.testing.assert_array_equal(reported.rows, losing.rows)
+
+
+def _conclude(
+    data: EncodedDataset, holdout: Holdout, config: SelectionConfig, logits: dict[str, np.ndarray]
+) -> dict:
+    """The audit's report when every seed's model of each arm scores the rows with
+    ``logits[arm]`` (so the seeds agree exactly)."""
+    labels = data.labels[holdout.score]
+    coreset = _losing_coreset(data, holdout, config.size)
+    scores: dict[AuditModel, AuditScore] = {}
+    for model in audit_models(config):
+        z = logits[model.arm].astype(np.float32)
+        p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        scores[model] = AuditScore(auc(labels, z), log_loss(labels, p), z)
+    arms = audit_arms(data.labels, holdout, coreset, config)
+    _, report = conclude_audit(
+        data, holdout, coreset, config, arms, scores, seconds=0.0, report=lambda *_: None
+    )
+    return report
+
+
+def test_the_standard_error_counts_the_sampling_of_the_scored_rows(data: EncodedDataset) -> None:
+    config = _config()
+    holdout = holdout_split(data.labels, config.size, 0)
+    assert isinstance(holdout, Holdout)
+    labels = np.asarray(data.labels[holdout.score], dtype=np.float64)
+    rng = np.random.default_rng(5)
+    weak = {
+        "coreset": 0.4 * labels + rng.normal(size=labels.shape[0]),
+        "random": rng.normal(size=labels.shape[0]),
+    }
+    family = _conclude(data, holdout, config, weak)["families"]["logistic"]
+    # Every seed gives the same difference: the seeds alone would call it certain.
+    assert family["auc_difference_se_seeds"] == 0.0 and family["auc_difference"] > 0.05
+    assert family["auc_difference_se"] == family["auc_difference_se_rows"] > 0.02
+    assert family["verdict"] == "level"
+
+    # The row part against a bootstrap of the scored rows (DeLong's is a first-order match).
+    differences, losses = [], []
+    p = {arm: 1.0 / (1.0 + np.exp(-z)) for arm, z in weak.items()}
+    for _ in range(400):
+        rows = rng.integers(0, labels.shape[0], labels.shape[0])
+        y = labels[rows]
+        differences.append(auc(y, weak["coreset"][rows]) - auc(y, weak["random"][rows]))
+        losses.append(log_loss(y, p["coreset"][rows]) - log_loss(y, p["random"][rows]))
+    assert family["auc_difference_se_rows"] == pytest.approx(np.std(differences), rel=0.2)
+    assert family["log_loss_difference_se_rows"] == pytest.approx(np.std(losses), rel=0.2)
+
+    strong = {"coreset": 4.0 * labels + rng.normal(size=labels.shape[0]), "random": weak["random"]}
+    assert _conclude(data, holdout, config, strong)["families"]["logistic"]["verdict"] == "better"

@@ -17,6 +17,7 @@ from nacs_engine.evaluate import (
     EvaluationOptions,
     OneHotLogisticRegression,
     auc,
+    auc_components,
     evaluate_coreset,
     log_loss,
     platt_scaling,
@@ -55,6 +56,26 @@ def test_auc_equals_pairwise_count(rows: list[tuple[int, int]]) -> None:
     labels = np.array([label for label, _ in rows], dtype=np.float32)
     scores = np.array([score for _, score in rows], dtype=np.float64)
     assert auc(labels, scores) == pytest.approx(_pairwise_auc(labels, scores))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3)), min_size=2, max_size=40).filter(
+        lambda rows: len({label for label, _ in rows}) == 2
+    )
+)
+def test_auc_components_are_each_rows_share_of_the_pairs(rows: list[tuple[int, int]]) -> None:
+    labels = np.array([label for label, _ in rows], dtype=np.float32)
+    scores = np.array([score for _, score in rows], dtype=np.float64)
+    parts = auc_components(labels, scores)
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    for row in range(labels.shape[0]):
+        other = negatives if labels[row] == 1 else positives
+        beaten = (other < scores[row]).sum() if labels[row] == 1 else (other > scores[row]).sum()
+        expected = (beaten + 0.5 * (other == scores[row]).sum()) / other.shape[0]
+        assert parts[row] == pytest.approx(expected)
+    for members in (labels == 1, labels == 0):
+        assert parts[members].mean() == pytest.approx(auc(labels, scores))
 
 
 def test_log_loss_by_hand() -> None:
@@ -256,8 +277,13 @@ def test_evaluate_coreset_learns_the_task(splits) -> None:
     assert 0 < full.test_log_loss < 0.69
     assert 0 < full.test_log_loss_calibrated < 0.69
     assert 1 <= full.best_epoch <= full.epochs_run <= 4
-    again = evaluate_coreset(train, validation, test, options=options, device="cpu", seed=0)
+    assert full.test_logits is None
+    again = evaluate_coreset(
+        train, validation, test, options=options, device="cpu", seed=0, keep_test_logits=True
+    )
     assert again.test_auc == full.test_auc
+    assert again.test_logits is not None and again.test_logits.shape == (test.n_rows,)
+    assert auc(test.labels, again.test_logits) == again.test_auc
     rows = np.arange(0, train.n_rows, 4)
     epochs: list[int] = []
     small = evaluate_coreset(
