@@ -29,6 +29,11 @@ from nacs_engine.evaluate import (
 from nacs_engine.models import build_model
 from nacs_engine.train import default_batch_size, fit_early_stopping, steps_per_epoch
 
+# (label, score) rows holding both classes, with many tied scores.
+LABELLED_SCORES = st.lists(
+    st.tuples(st.integers(0, 1), st.integers(-3, 3)), min_size=2, max_size=40
+).filter(lambda rows: len({label for label, _ in rows}) == 2)
+
 
 def _pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     positives = scores[labels == 1]
@@ -47,11 +52,7 @@ def test_auc_by_hand_and_with_ties() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3)), min_size=2, max_size=40).filter(
-        lambda rows: len({label for label, _ in rows}) == 2
-    )
-)
+@given(LABELLED_SCORES)
 def test_auc_equals_pairwise_count(rows: list[tuple[int, int]]) -> None:
     labels = np.array([label for label, _ in rows], dtype=np.float32)
     scores = np.array([score for _, score in rows], dtype=np.float64)
@@ -59,11 +60,7 @@ def test_auc_equals_pairwise_count(rows: list[tuple[int, int]]) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3)), min_size=2, max_size=40).filter(
-        lambda rows: len({label for label, _ in rows}) == 2
-    )
-)
+@given(LABELLED_SCORES)
 def test_auc_components_are_each_rows_share_of_the_pairs(rows: list[tuple[int, int]]) -> None:
     labels = np.array([label for label, _ in rows], dtype=np.float32)
     scores = np.array([score for _, score in rows], dtype=np.float64)
