@@ -17,7 +17,8 @@ else "level". A standard error has two parts, added in squares: the spread of
 the paired differences over the seeds (the models' training and the random
 subsets' draws), and the sampling of the scored rows, which every seed shares
 (from each row's part of the seed-averaged difference: DeLong's placement
-values for the AUC, the row's own loss for the log loss); the seeds alone
+values for the AUC, the row's loss difference for the log loss; that part also
+carries some of the seeds' noise, so the sum errs high); the seeds alone
 would read the noise of a few dozen held-back clicks as a difference. The
 audit's verdict is "worse" when any family's is, "better" when every family's
 is, else "level". The held-back labels are the user's own, noise included: the
@@ -60,6 +61,9 @@ HOLDOUT_SHARE = 0.1
 MAX_HOLDOUT_ROWS = 50_000
 # Fewer held-back rows than this, or held-back parts with one class, and no audit runs.
 MIN_HOLDOUT_ROWS = 100
+# Fewer rows of either class than this in a held-back part, and no audit runs: one click
+# gives no spread to read the scored rows' sampling error from.
+MIN_CLASS_ROWS = 2
 STOP_ROWS = 10_000
 # An audit model's epoch counts toward its early stopping only when the held-back AUC rises
 # by more than this (``EvaluationOptions.min_gain``): a model on soft labels otherwise keeps
@@ -97,9 +101,9 @@ def holdout_split(labels: np.ndarray, k: int, seed: int) -> Holdout | str:
     stop_rows = min(STOP_ROWS, held // 3)
     stop, score = np.sort(order[:stop_rows]), np.sort(order[stop_rows:held])
     for part in (stop, score):
-        clicks = float(labels[part].sum())
-        if clicks == 0 or clicks == part.shape[0]:
-            return "the held-back rows hold one class only"
+        clicks = int(labels[part].sum())
+        if min(clicks, part.shape[0] - clicks) < MIN_CLASS_ROWS:
+            return f"the held-back rows hold fewer than {MIN_CLASS_ROWS} rows of one class"
     return Holdout(candidates=np.sort(order[held:]), stop=stop, score=score)
 
 

@@ -18,7 +18,7 @@ on the job's one queue, none of them waiting for another inside a worker:
    A job without an audit (``audit=false``, or data that cannot spare the rows) writes its
    result here.
 4. **audit** (``run_audit_model``, one RQ job per model of the audit: families x seeds x
-   coreset and random): trains the model and keeps its scores (``audit-N.json``).
+   coreset and random): trains the model and keeps its scores and logits (``audit-N.npz``).
 5. **finish** (``run_finish``, depending on every audit job): concludes the audit (the
    guard's fallback included), writes coreset.parquet, the report and manifest.json exactly
    as a job run as one, then removes the scratch folder.

@@ -72,6 +72,15 @@ def test_the_holdout_is_capped_and_says_why_it_is_skipped() -> None:
     assert "too few rows" in str(holdout_split(np.tile([0.0, 1.0], 400), k=10, seed=0))
     assert "budget" in str(holdout_split(np.tile([0.0, 1.0], 1000), k=1950, seed=0))
     assert "one class" in str(holdout_split(np.zeros(3000), k=10, seed=0))
+    # One held-back click gives no spread for the scored rows' standard error.
+    parts = holdout_split(np.tile([0.0, 1.0], 1500), k=10, seed=0)
+    assert isinstance(parts, Holdout)
+    one_click = np.zeros(3000)
+    one_click[parts.stop[:2]] = 1.0
+    one_click[parts.score[0]] = 1.0
+    assert "fewer than 2 rows of one class" in str(holdout_split(one_click, k=10, seed=0))
+    one_click[parts.score[1]] = 1.0
+    assert isinstance(holdout_split(one_click, k=10, seed=0), Holdout)
 
 
 def test_every_audited_job_reports_both_families_and_never_picks_held_rows(
@@ -193,8 +202,9 @@ def test_the_standard_error_counts_the_sampling_of_the_scored_rows(data: Encoded
     }
     family = _conclude(data, holdout, config, weak)["families"]["logistic"]
     # Every seed gives the same difference: the seeds alone would call it certain.
-    assert family["auc_difference_se_seeds"] == 0.0 and family["auc_difference"] > 0.05
-    assert family["auc_difference_se"] == family["auc_difference_se_rows"] > 0.02
+    assert family["auc_difference_se_seeds"] == pytest.approx(0.0, abs=1e-12)
+    assert family["auc_difference"] > 0.05 and family["auc_difference_se_rows"] > 0.02
+    assert family["auc_difference_se"] == pytest.approx(family["auc_difference_se_rows"])
     assert family["verdict"] == "level"
 
     # The row part against a bootstrap of the scored rows (DeLong's is a first-order match).
