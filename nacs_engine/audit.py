@@ -61,9 +61,9 @@ HOLDOUT_SHARE = 0.1
 MAX_HOLDOUT_ROWS = 50_000
 # Fewer held-back rows than this, or held-back parts with one class, and no audit runs.
 MIN_HOLDOUT_ROWS = 100
-# Fewer rows of either class than this in a held-back part, and no audit runs: one click
-# gives no spread to read the scored rows' sampling error from.
-MIN_CLASS_ROWS = 2
+# Fewer rows of either class than this among the scored rows, and no audit runs: one click
+# gives no spread to read their sampling error from.
+MIN_SCORED_CLASS_ROWS = 2
 STOP_ROWS = 10_000
 # An audit model's epoch counts toward its early stopping only when the held-back AUC rises
 # by more than this (``EvaluationOptions.min_gain``): a model on soft labels otherwise keeps
@@ -102,8 +102,14 @@ def holdout_split(labels: np.ndarray, k: int, seed: int) -> Holdout | str:
     stop, score = np.sort(order[:stop_rows]), np.sort(order[stop_rows:held])
     for part in (stop, score):
         clicks = int(labels[part].sum())
-        if min(clicks, part.shape[0] - clicks) < MIN_CLASS_ROWS:
-            return f"the held-back rows hold fewer than {MIN_CLASS_ROWS} rows of one class"
+        if clicks == 0 or clicks == part.shape[0]:
+            return "the held-back rows hold one class only"
+    clicks = int(labels[score].sum())
+    if min(clicks, score.shape[0] - clicks) < MIN_SCORED_CLASS_ROWS:
+        return (
+            f"the scored held-back rows hold fewer than {MIN_SCORED_CLASS_ROWS} rows of one "
+            "class: too few to measure the difference on"
+        )
     return Holdout(candidates=np.sort(order[held:]), stop=stop, score=score)
 
 

@@ -76,9 +76,10 @@ def test_the_holdout_is_capped_and_says_why_it_is_skipped() -> None:
     parts = holdout_split(np.tile([0.0, 1.0], 1500), k=10, seed=0)
     assert isinstance(parts, Holdout)
     one_click = np.zeros(3000)
-    one_click[parts.stop[:2]] = 1.0
+    one_click[parts.stop[0]] = 1.0
     one_click[parts.score[0]] = 1.0
     assert "fewer than 2 rows of one class" in str(holdout_split(one_click, k=10, seed=0))
+    # One click suffices to stop on.
     one_click[parts.score[1]] = 1.0
     assert isinstance(holdout_split(one_click, k=10, seed=0), Holdout)
 
