@@ -100,16 +100,16 @@ def holdout_split(labels: np.ndarray, k: int, seed: int) -> Holdout | str:
     order = numpy_generator(seed, "audit", 0).permutation(n)
     stop_rows = min(STOP_ROWS, held // 3)
     stop, score = np.sort(order[:stop_rows]), np.sort(order[stop_rows:held])
-    for part in (stop, score):
+    for part, least in ((stop, 1), (score, MIN_SCORED_CLASS_ROWS)):
         clicks = int(labels[part].sum())
-        if clicks == 0 or clicks == part.shape[0]:
+        fewest = min(clicks, part.shape[0] - clicks)
+        if fewest == 0:
             return "the held-back rows hold one class only"
-    clicks = int(labels[score].sum())
-    if min(clicks, score.shape[0] - clicks) < MIN_SCORED_CLASS_ROWS:
-        return (
-            f"the scored held-back rows hold fewer than {MIN_SCORED_CLASS_ROWS} rows of one "
-            "class: too few to measure the difference on"
-        )
+        if fewest < least:
+            return (
+                f"the scored held-back rows hold fewer than {least} rows of one class: too "
+                "few to measure the difference on"
+            )
     return Holdout(candidates=np.sort(order[held:]), stop=stop, score=score)
 
 

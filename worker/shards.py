@@ -832,13 +832,7 @@ def run_finish(job_id: str, prefix: str | None, attempt: int) -> dict[str, Any]:
 def _finish(run: _Run) -> None:
     import json
 
-    from nacs_engine.audit import (
-        AuditModel,
-        AuditScore,
-        audit_arms,
-        audit_models,
-        conclude_audit,
-    )
+    from nacs_engine.audit import AuditScore, Scores, audit_arms, audit_models, conclude_audit
     from nacs_engine.pipeline import CoresetResult, with_audit
     from nacs_engine.selection import release_workspace
     from worker.tasks import write_result
@@ -854,7 +848,7 @@ def _finish(run: _Run) -> None:
         diagnostics=state["diagnostics"],
     )
     jobs: list[dict[str, Any]] = list(state["jobs"])
-    scores: dict[AuditModel, AuditScore] = {}
+    scores: Scores = {}
     for index, model in enumerate(audit_models(config)):
         saved = _load_arrays(join_uri(run.scratch, audit_score_file(index)), run.settings)
         scores[model] = AuditScore(float(saved["auc"]), float(saved["log_loss"]), saved["logits"])
