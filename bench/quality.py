@@ -22,7 +22,12 @@ copied into the repository):
   label = killed (4.5%), 11 fields (``public.fetch_nass_cds``);
 - fertility (``HELD_OUT``, likewise): 254,654 mothers in the 1980 US census (AER's
   Fertility), label = more than two children, 7 fields of few values each
-  (``public.fetch_fertility``).
+  (``public.fetch_fertility``);
+- mllatest (``HELD_OUT``, likewise): 100,004 ratings of 9,066 movies by 671 users
+  (the MovieLens "latest-small" release of 2016 in dslabs; not MovieLens-100K's users or
+  years), label = rating >= 4 (``public.fetch_movielens_latest``);
+- stops (``HELD_OUT``, likewise): 43,699 police stops in Minneapolis in 2017 (carData's
+  MplsStops), label = the person searched (12%), 9 fields (``public.fetch_mpls_stops``).
 Each seed draws its own 70/10/20 split of all the rows (train / validation /
 test, ``split_rows``), and the vocabularies are fitted on its training rows
 (values seen fewer than ``MIN_COUNT`` times map to the OOV id).
@@ -172,9 +177,15 @@ DATASETS: dict[str, DatasetSpec] = {
     "fertility": DatasetSpec(
         lambda: public.fertility(public.fetch_fertility(DOWNLOADS)), min_count=2
     ),
+    "mllatest": DatasetSpec(
+        lambda: public.movielens_latest(public.fetch_movielens_latest(DOWNLOADS)), min_count=1
+    ),
+    "stops": DatasetSpec(
+        lambda: public.mpls_stops(public.fetch_mpls_stops(DOWNLOADS)), min_count=2
+    ),
 }
 # Data that no default was chosen on: run only when named in --datasets.
-HELD_OUT = ("adult", "flights", "insteval", "nass", "fertility")
+HELD_OUT = ("adult", "flights", "insteval", "nass", "fertility", "mllatest", "stops")
 DEFAULT_DATASETS = tuple(name for name in DATASETS if name not in HELD_OUT)
 DEFAULT_BUDGETS = (0.01, 0.05, 0.1, 0.25)
 DEFAULT_NOISE = ("clean", "symmetric:0.2", "clicks-to-non-clicks:0.2")

