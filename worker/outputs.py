@@ -34,6 +34,10 @@ class DatasetSummary(BaseModel):
     clicks: int
     fields: list[str] = Field(default_factory=list)
     field_dims: list[int] = Field(default_factory=list)
+    numeric_buckets: dict[str, str] = Field(
+        default_factory=dict,
+        description="How each numeric column was bucketed: 'criteo rule' or 'N quantiles'.",
+    )
 
 
 class CoresetSummary(BaseModel):

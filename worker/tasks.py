@@ -253,6 +253,7 @@ def write_result(
         uri=request.dataset_uri, fingerprint=data.fingerprint, rows=data.n_rows,
         clicks=data.n_clicks, fields=list(data.field_names),
         field_dims=[int(d) for d in data.field_dims],
+        numeric_buckets=dict(data.metadata.get("numeric_buckets", {})),
     )
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),

@@ -11,7 +11,14 @@ transform another split: values it never saw (or saw too rarely) become OOV.
 
 Tokens: categorical values are compared as strings (integer columns as
 integers); a missing value is a token of its own. Numeric columns are bucketed
-by the Criteo rule (``bucketize``) and the buckets are then categorical.
+and the buckets are then categorical: by the Criteo rule (``bucketize``), unless it
+gives a column of at least ``QUANTILE_BUCKETS`` distinct values fewer than
+``MIN_RULE_BUCKETS`` buckets; such a column gets up to ``QUANTILE_BUCKETS``
+equal-frequency buckets whose edges come from a sample of it (``numeric_edges``): the
+rule would put every value of [0, 1), most z-scores or a year of timestamps into one
+to seven buckets. A floating-point
+column with a fractional value in the first batch is numeric unless
+``numeric_columns`` names the numeric columns itself.
 
 Fingerprint (``EncodedDataset.fingerprint``): a SHA-256 over the schema and
 ``min_count``, the vocabularies, and, row by row, the encoded ids, the labels,
@@ -27,7 +34,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -55,6 +62,12 @@ FractionCallback = Callable[[float, str], None]
 """progress(fraction, message), fraction in [0, 1]; it may raise to stop."""
 
 _MERGE_ROWS = 1 << 20
+# A numeric column of at least QUANTILE_BUCKETS distinct values is bucketed by quantiles
+# when the Criteo rule gives it fewer buckets than this, else by the rule.
+MIN_RULE_BUCKETS = 8
+QUANTILE_BUCKETS = 32
+# The quantiles' edges come from a uniform sample of this many of a column's values.
+SAMPLE_VALUES = 65_536
 
 
 def bucketize(values: np.ndarray) -> np.ndarray:
@@ -73,6 +86,70 @@ def bucketize(values: np.ndarray) -> np.ndarray:
     small = finite & ~large
     out[small] = np.trunc(v[small])
     return out
+
+
+def numeric_tokens(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+    """(n,) int64 tokens of numeric ``values``: ``bucketize``'s when ``edges`` is None, else
+    the index of the bucket between ascending ``edges`` (0 below the first; a value equal to
+    an edge goes above it); ``MISSING_CODE`` for NaN and infinities."""
+    if edges is None:
+        return bucketize(values)
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, MISSING_CODE, dtype=np.int64)
+    finite = np.isfinite(v)
+    out[finite] = np.searchsorted(edges, v[finite], side="right")
+    return out
+
+
+def numeric_edges(sample: np.ndarray, rule_buckets: int) -> np.ndarray | None:
+    """The quantile edges of a numeric column from a sample of its finite values, or None
+    when the Criteo rule, which gives it ``rule_buckets`` buckets, serves."""
+    if rule_buckets >= MIN_RULE_BUCKETS or np.unique(sample).shape[0] < QUANTILE_BUCKETS:
+        return None
+    levels = np.linspace(0.0, 1.0, QUANTILE_BUCKETS + 1)[1:-1]
+    return np.unique(np.quantile(sample, levels))
+
+
+class _NumericSample:
+    """A uniform sample of one numeric column's finite values: every row draws a key and
+    the rows of the smallest keys stay, so the sample does not depend on the batching."""
+
+    def __init__(self, field: int) -> None:
+        self._rng = np.random.default_rng(np.random.SeedSequence(entropy=field, spawn_key=(7,)))
+        self._keys = np.empty(0, dtype=np.float64)
+        self._values = np.empty(0, dtype=np.float64)
+        self.finite = 0
+        self.missing = 0
+
+    def add(self, values: np.ndarray) -> None:
+        keys = np.asarray(self._rng.random(values.shape[0]), dtype=np.float64)
+        finite = np.isfinite(values)
+        self.finite += int(finite.sum())
+        self.missing += int(values.shape[0] - finite.sum())
+        self._keys = np.concatenate([self._keys, keys[finite]])
+        self._values = np.concatenate([self._values, values[finite]])
+        if self._keys.shape[0] > 2 * SAMPLE_VALUES:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        if self._keys.shape[0] > SAMPLE_VALUES:
+            keep = np.argpartition(self._keys, SAMPLE_VALUES - 1)[:SAMPLE_VALUES]
+            self._keys, self._values = self._keys[keep], self._values[keep]
+
+    def values(self) -> np.ndarray:
+        self._shrink()
+        return np.sort(self._values)
+
+    def vocabulary(self, edges: np.ndarray, min_count: int) -> Vocabulary:
+        """The quantile buckets' vocabulary, their counts estimated from the sample."""
+        sample = self.values()
+        counts = np.bincount(np.searchsorted(edges, sample, side="right"), minlength=edges.size + 1)
+        scaled = np.rint(counts * (self.finite / max(sample.shape[0], 1))).astype(np.int64)
+        values = np.arange(edges.size + 1, dtype=np.int64)
+        if self.missing:
+            values = np.append(values, MISSING_CODE)
+            scaled = np.append(scaled, self.missing)
+        return _integer_vocabulary(values, scaled, min_count)
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +266,8 @@ class Encoder:
         self.min_count = min_count
         self.schema: TableSchema | None = None
         self.vocabularies: tuple[Vocabulary, ...] = ()
+        # Per field: the quantile edges of a numeric field bucketed by quantiles, else None.
+        self.bucket_edges: tuple[np.ndarray | None, ...] = ()
         self.fitted_rows = 0
         self.fitted_clicks = 0
         self.fitted_on = ""
@@ -218,6 +297,7 @@ class Encoder:
         )
         columns = [schema.label_column, *schema.feature_columns]
         counters = [_ValueCounter() for _ in schema.feature_columns]
+        samples: dict[int, _NumericSample] = {}
         kinds: list[str] | None = None
         rows = 0
         clicks = 0.0
@@ -226,20 +306,42 @@ class Encoder:
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
+                if self.requested_numeric is None:
+                    schema = _with_fractional_columns(schema, batch)
                 kinds = [
                     _field_kind(batch.column(i + 1), name in schema.numeric_columns)
                     for i, name in enumerate(schema.feature_columns)
                 ]
+                samples = {
+                    i: _NumericSample(i)
+                    for i, name in enumerate(schema.feature_columns)
+                    if name in schema.numeric_columns
+                }
             for i, name in enumerate(schema.feature_columns):
-                tokens = _tokens(batch.column(i + 1), kinds[i], name, schema, source.description)
-                counters[i].add(tokens)
+                column = batch.column(i + 1)
+                if i in samples:
+                    values = _numeric_values(column, name, source.description)
+                    samples[i].add(values)
+                    counters[i].add(bucketize(values))
+                else:
+                    counters[i].add(_tokens(column, kinds[i], name, schema, source.description))
             _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
         if rows == 0 or kinds is None:
             raise DataError("empty_dataset", f"{source.description}: the data has no rows")
-        self.vocabularies = tuple(
-            counter.vocabulary(kind, self.min_count)
-            for counter, kind in zip(counters, kinds, strict=True)
-        )
+        vocabularies: list[Vocabulary] = []
+        edges: list[np.ndarray | None] = []
+        for i, (counter, kind) in enumerate(zip(counters, kinds, strict=True)):
+            vocabulary = counter.vocabulary(kind, self.min_count)
+            cut = None
+            if i in samples:
+                rule_buckets = int(np.count_nonzero(vocabulary.values != MISSING_CODE))
+                cut = numeric_edges(samples[i].values(), rule_buckets)
+                if cut is not None:
+                    vocabulary = samples[i].vocabulary(cut, self.min_count)
+            vocabularies.append(vocabulary)
+            edges.append(cut)
+        self.vocabularies = tuple(vocabularies)
+        self.bucket_edges = tuple(edges)
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -302,7 +404,7 @@ class Encoder:
                     if name in schema.numeric_columns:
                         values = _numeric_values(column, name, source.description)
                         hasher.add_numeric(i, values)
-                        tokens = bucketize(values)
+                        tokens = numeric_tokens(values, self.bucket_edges[i])
                     else:
                         tokens = _tokens(column, vocab.kind, name, schema, source.description)
                     field_ids = vocab.lookup(tokens)
@@ -332,6 +434,11 @@ class Encoder:
             "n_rows": rows,
             "n_clicks": n_clicks,
             "click_rate": n_clicks / rows,
+            "numeric_buckets": {
+                name: "criteo rule" if cut is None else f"{cut.size + 1} quantiles"
+                for name, cut in zip(schema.feature_columns, self.bucket_edges, strict=True)
+                if name in schema.numeric_columns
+            },
             "oov_share": {
                 name: float(count) / rows
                 for name, count in zip(schema.feature_columns, oov_counts.tolist(), strict=True)
@@ -430,6 +537,27 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return "int" if numeric or pa.types.is_integer(kind) else "str"
+
+
+def _with_fractional_columns(schema: TableSchema, batch: pa.RecordBatch) -> TableSchema:
+    """``schema`` with the floating-point feature columns that hold a fractional value in
+    ``batch`` (the first) made numeric: as categories nearly every such value would be
+    rare. Whole numbers stored as floats (ids with missing values, from pandas) stay
+    categorical."""
+    fractional = []
+    for i, name in enumerate(schema.feature_columns):
+        column = batch.column(i + 1)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if name in schema.numeric_columns or not pa.types.is_floating(kind):
+            continue
+        values = _numeric_values(column, name, "the data")
+        finite = values[np.isfinite(values)]
+        if finite.size and bool(np.any(finite != np.floor(finite))):
+            fractional.append(name)
+    if not fractional:
+        return schema
+    numeric = tuple(c for c in schema.feature_columns if c in schema.numeric_columns or c in fractional)
+    return replace(schema, numeric_columns=numeric)
 
 
 def _tokens(
@@ -550,24 +678,33 @@ class _ValueCounter:
             return Vocabulary(kind, empty, np.empty(0, dtype=np.int64))
         values = self._values[0]
         counts = np.asarray(self._counts[0].to_numpy(zero_copy_only=False), dtype=np.int64)
+        if kind == "int":
+            self._values, self._counts = [], []
+            integers = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+            return _integer_vocabulary(integers, counts, min_count)
         keep = np.flatnonzero(counts >= min_count)
         kept_counts = counts[keep]
-        if kind == "int":
-            kept_values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)[keep]
-            # ties in text order, as for text columns, so ids do not depend on the file format
-            text = _canonical_strings(kept_values, kind).astype(str)
-            order = np.lexsort((text, -kept_counts))
-        else:
-            kept = values.take(pa.array(keep))
-            order_table = pa.table({"value": kept, "count": pa.array(kept_counts)})
-            order = np.asarray(
-                pc.sort_indices(
-                    order_table, sort_keys=[("count", "descending"), ("value", "ascending")]
-                ).to_numpy()
-            )
-            kept_values = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=object)
+        kept = values.take(pa.array(keep))
+        order_table = pa.table({"value": kept, "count": pa.array(kept_counts)})
+        order = np.asarray(
+            pc.sort_indices(
+                order_table, sort_keys=[("count", "descending"), ("value", "ascending")]
+            ).to_numpy()
+        )
+        kept_values = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=object)
         self._values, self._counts = [], []
         return Vocabulary(kind, kept_values[order], kept_counts[order])
+
+
+def _integer_vocabulary(values: np.ndarray, counts: np.ndarray, min_count: int) -> Vocabulary:
+    """The vocabulary of integer tokens ``values`` seen ``counts`` times: those seen at least
+    ``min_count`` times, most frequent first, ties in text order as for text columns (so that
+    ids do not depend on the file format)."""
+    keep = np.flatnonzero(counts >= min_count)
+    kept_values, kept_counts = values[keep], counts[keep]
+    text = _canonical_strings(kept_values, "int").astype(str)
+    order = np.lexsort((text, -kept_counts))
+    return Vocabulary("int", kept_values[order], kept_counts[order])
 
 
 # -- output -----------------------------------------------------------------------
@@ -583,6 +720,9 @@ class _Fingerprint:
         self._header = hashlib.sha256(header)
         for vocab in encoder.vocabularies:
             self._header.update(vocab.digest())
+        for edges in encoder.bucket_edges:
+            if edges is not None:
+                self._header.update(np.ascontiguousarray(edges, dtype="<f8").tobytes())
         self._ids = hashlib.sha256()
         self._labels = hashlib.sha256()
         self._fields = [hashlib.sha256() for _ in schema.feature_columns]

@@ -2,9 +2,10 @@
 
 A CTR table has one binary label column and F feature columns. Features are
 categorical unless named numeric; numeric features are bucketed (see
-``encoding.bucketize``) and then treated as categorical too. By default every
-column but the label is a feature, and only the Criteo layout's I1-I13 are
-numeric.
+``encoding.numeric_tokens``) and then treated as categorical too. By default every
+column but the label is a feature, and the Criteo layout's I1-I13 are numeric
+(``Encoder.fit`` also makes numeric the floating-point columns with fractional values
+when no numeric columns are named).
 """
 
 from __future__ import annotations

@@ -47,6 +47,76 @@ def test_numeric_column_is_bucketed_before_counting():
     assert data.field_dims == (5,)
 
 
+def _scores_table(n: int, seed: int = 0) -> pa.Table:
+    """A click that follows a score in [0, 1), a z-score and a count."""
+    rng = np.random.default_rng(seed)
+    score = rng.random(n)
+    return pa.table(
+        {
+            "label": (rng.random(n) < score).astype(np.int8),
+            "score": score,
+            "z": rng.normal(size=n),
+            "count": rng.integers(0, 1000, n).astype(np.float64),
+        }
+    )
+
+
+def test_a_numeric_column_the_criteo_rule_squeezes_gets_quantile_buckets():
+    table = _scores_table(4_000)
+    data = load_dataset(table, numeric_columns=["score", "z", "count"], min_count=1)
+    # The rule puts all of [0, 1) into bucket 0 and the z-scores into about 7; the counts
+    # (0-999) get 48 buckets from it and keep it.
+    assert data.metadata["numeric_buckets"] == {
+        "score": "32 quantiles",
+        "z": "32 quantiles",
+        "count": "criteo rule",
+    }
+    assert data.field_dims[:2] == (33, 33)
+    # equal-frequency buckets: each holds about 1/32 of the rows, and they follow the score
+    ids = data.features[:, 0]
+    shares = np.bincount(ids, minlength=33)[1:] / ids.shape[0]
+    assert shares.min() > 0.02 and shares.max() < 0.045
+    # each bucket is an interval of the score: in score order the id changes 31 times
+    in_order = ids[np.argsort(table.column("score").to_numpy())]
+    assert np.count_nonzero(np.diff(in_order)) == 31
+
+
+def test_quantile_buckets_carry_over_to_another_split_and_ignore_the_batching(monkeypatch):
+    import nacs_engine.data.encoding as encoding
+
+    monkeypatch.setattr(encoding, "SAMPLE_VALUES", 300)
+    table = _scores_table(3_000, seed=1)
+    whole = Encoder(numeric_columns=["score"], min_count=1).fit(table)
+    edges = whole.bucket_edges[0]
+    assert edges is not None and edges.shape == (31,)
+    batched = Encoder(numeric_columns=["score"], min_count=1).fit(
+        encoding.as_source(table, batch_rows=128)
+    )
+    np.testing.assert_array_equal(batched.bucket_edges[0], edges)
+    other = _scores_table(500, seed=2)
+    encoded = whole.transform(other)
+    expected = np.searchsorted(edges, other.column("score").to_numpy(), side="right")
+    lookup = whole.vocabularies[0].lookup(expected.astype(np.int64))
+    np.testing.assert_array_equal(encoded.features[:, 0], lookup)
+    # a missing value is a token of its own; beyond the fitted range, the outer buckets
+    assert encoding.numeric_tokens(np.array([np.nan, -5.0, 5.0]), edges).tolist() == [
+        MISSING_CODE, 0, 31
+    ]
+
+
+def test_float_columns_with_fractions_are_numeric_unless_the_columns_are_named():
+    table = _scores_table(2_000).append_column(
+        "item", pa.array(np.arange(2_000) % 50, type=pa.float64())
+    )
+    data = load_dataset(table, min_count=1)
+    # whole numbers stored as floats (ids with missing values, from pandas) stay categories
+    assert data.metadata["numeric_columns"] == ["score", "z"]
+    assert data.field_dims[3] == 51
+    named = load_dataset(table, numeric_columns=["z"], min_count=1)
+    assert named.metadata["numeric_columns"] == ["z"]
+    assert named.metadata["oov_share"]["score"] == 0.0 and named.field_dims[0] == 2_001
+
+
 def test_encoder_transform_maps_unseen_values_to_oov():
     train = pa.table({"label": [1, 0, 1, 0], "item": ["x", "x", "y", "y"], "n": [1, 2, 1, 2]})
     test = pa.table({"label": [0, 1, 1], "item": ["y", "z", "x"], "n": [2, 7, 1]})

@@ -57,6 +57,23 @@ def test_select_writes_the_coreset_and_manifest(
     assert manifest["dataset"]["rows"] == 1500 and manifest["coreset"]["rows"] == 150
 
 
+def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    score = rng.random(1500)
+    path = tmp_path / "scores.parquet"
+    pq.write_table(
+        pa.table({"score": score, "label": (rng.random(1500) < score).astype(np.int64)}), path
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        select, [str(path), "--ratio", "0.1", "--out", str(out), "--method", "stratified"]
+    )
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((out / "manifest.json").read_text())["dataset"]
+    assert dataset["numeric_buckets"] == {"score": "32 quantiles"}
+    assert dataset["field_dims"] == [33]
+
+
 @pytest.mark.parametrize(
     ("arguments", "exit_code", "message"),
     [
