@@ -8,12 +8,14 @@ prints how a model trained on each method's coreset scores against full data,
 for every evaluator family asked for (each coreset is selected once).
 
 Exit codes follow the ``nacs`` command's table: 0 success, 1 the data or the
-selection failed, 2 a usage error.
+selection failed, 2 a usage error (an ``--out`` that cannot take the result among them),
+130 interrupted. Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from worker.settings import SharedSettings, settings_problem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -45,6 +48,37 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _split_columns(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else "no message"
+
+
+def _output_problem(dataset: str, output: str) -> str | None:
+    """Why a local ``--out`` cannot take the result (checked before the selection, which may
+    take hours), or None: a file, a folder this user cannot write, or a folder that is, lies
+    in or holds the dataset's own folder (its files would join the data)."""
+    from worker.local_files import local_path
+    from worker.storage import normalise_uri, scheme_of
+
+    target = normalise_uri(output)
+    if scheme_of(target) != "file":
+        return None
+    path = os.path.realpath(local_path(target))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{output} is a file, expected a folder"
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{output}: {existing} is not a folder this user can write to"
+    source = normalise_uri(dataset)
+    if scheme_of(source) == "file":
+        data = os.path.realpath(local_path(source))
+        if os.path.isdir(data) and os.path.commonpath([path, data]) in (data, path):
+            return f"{output} is, lies in or holds the dataset's folder {dataset}"
+    return None
 
 
 def _fail(message: str, code: int) -> None:
@@ -209,6 +243,9 @@ def select(
         dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns,
         data_format,
     )
+    problem = _output_problem(dataset, output)
+    if problem:
+        _fail(f"--out: {problem}", EXIT_USAGE)
     job_id = f"local-{uuid.uuid4().hex[:12]}"
     try:
         with _progress_bar(not quiet and sys.stderr.isatty()) as report:
@@ -219,6 +256,10 @@ def select(
         _fail(str(error), EXIT_FAILED)
     except ValueError as error:
         _fail(str(error), EXIT_USAGE)
+    except KeyboardInterrupt:
+        _fail("interrupted; what this run had written is removed", EXIT_INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - a store's or a library's own error, in one line
+        _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_FAILED)
     coreset, data = manifest.coreset, manifest.dataset
     seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest.phase_seconds.items())
     click.echo(f"coreset:  {coreset.uri}")

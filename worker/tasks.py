@@ -218,6 +218,9 @@ def write_result(
     writing_started = time.perf_counter()
     report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
     folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
+    # The manifest, written last, marks a result whole: an earlier run's goes first, so that
+    # no reader takes its manifest for the files written now.
+    retried("removing the earlier manifest", "writing", lambda: folder.remove(MANIFEST_FILE))
     written: list[str] = []
     cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
     table = coreset_table(

@@ -536,7 +536,9 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     kind = column.type
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return "int" if numeric or pa.types.is_integer(kind) else "str"
+    # uint64 ids (Avazu's) may not fit an int64 token: they are compared as text.
+    integer = pa.types.is_integer(kind) and not pa.types.is_uint64(kind)
+    return "int" if numeric or integer else "str"
 
 
 def _with_fractional_columns(schema: TableSchema, batch: pa.RecordBatch) -> TableSchema:

@@ -294,3 +294,17 @@ def test_encoding_matches_a_plain_python_reference(values, min_count, batch_rows
     np.testing.assert_array_equal(data.features[:, 0], expected)
     assert data.field_dims == (len(kept) + 1,)
     assert data.fingerprint == load_dataset(table, min_count=min_count).fingerprint
+
+
+def test_uint64_ids_beyond_the_int64_range_are_categories():
+    big = np.array([10000169349117863715, 10000169349117863715, 5, 7], dtype=np.uint64)
+    table = pa.table({"label": [1, 0, 1, 0], "id": pa.array(big, type=pa.uint64())})
+    data = load_dataset(table, min_count=1)
+    assert data.field_dims == (4,)
+    ids = data.features[:, 0]
+    assert ids[0] == ids[1] and len(set(ids.tolist())) == 3
+    as_text = load_dataset(
+        pa.table({"label": [1, 0, 1, 0], "id": [str(v) for v in big.tolist()]}), min_count=1
+    )
+    np.testing.assert_array_equal(as_text.features, data.features)
+    assert as_text.fingerprint == data.fingerprint

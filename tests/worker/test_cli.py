@@ -98,6 +98,59 @@ def test_select_bad_input_exits_with_a_clear_message(
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_select_refuses_an_out_that_cannot_take_the_result_before_selecting(
+    dataset: str, tmp_path
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(a_file)])
+    assert result.exit_code == 2 and "is a file, expected a folder" in result.output
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pq.read_table(dataset), parts / "part-0.parquet")
+    for out in (parts, parts / "coreset"):
+        result = CliRunner().invoke(select, [str(parts), "--ratio", "0.1", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "holds the dataset's folder" in result.output
+    assert sorted(p.name for p in parts.iterdir()) == ["part-0.parquet"]
+
+
+def test_select_says_an_unexpected_error_in_one_line(dataset: str, tmp_path, monkeypatch) -> None:
+    import worker.tasks
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the store said no\nsecond line")
+
+    monkeypatch.setattr(worker.tasks, "execute", fail)
+    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: RuntimeError: the store said no"
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_files(
+    dataset: str, tmp_path, monkeypatch
+) -> None:
+    import worker.tasks
+
+    out = tmp_path / "out"
+    first = CliRunner().invoke(
+        select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", "random"]
+    )
+    assert first.exit_code == 0 and (out / "manifest.json").exists()
+
+    def broken_page(content):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(worker.tasks, "render_html", broken_page)
+    second = CliRunner().invoke(
+        select, [dataset, "--ratio", "0.2", "--out", str(out), "--method", "random"]
+    )
+    assert second.exit_code == 1, second.output
+    # no manifest says the folder holds a whole result: neither the first run's nor the second's
+    assert not (out / "manifest.json").exists()
+    assert not (out / "coreset.parquet").exists()
+
+
 def test_select_missing_file_is_a_data_error(tmp_path) -> None:
     result = CliRunner().invoke(
         select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")]
