@@ -108,7 +108,9 @@ class SelectionConfig:
     class_balance: ClassBalance = field(
         default="stratified",
         metadata=_doc(
-            "Class mix of the coreset: stratified keeps the data's click rate, balanced "
+            "Class mix of the coreset: stratified keeps the data's click rate (with the "
+            "default coverage, in the soft labels: rows are drawn across the teacher's "
+            "probability strata, so the given labels may hold fewer clicks), balanced "
             "takes 50/50 and re-weights to the data's rate, none lets the selection decide."
         ),
     )

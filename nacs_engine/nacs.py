@@ -218,6 +218,7 @@ def run_nacs(
         "coreset_clicks": int(picked_given.sum(dtype=np.float64)),
         "noise": estimate.to_dict()
         | {
+            "teacher_trusted": trusted,
             "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
             "correction_flip_rate": correction,
             "set_aside_rows": int(aside.sum()),

@@ -81,6 +81,30 @@ def _output_problem(dataset: str, output: str) -> str | None:
     return None
 
 
+def _notes(manifest: Any) -> list[str]:
+    """What a user of the coreset should know that the counts do not say."""
+    notes = []
+    teacher = (manifest.diagnostics or {}).get("teacher") or {}
+    if teacher.get("trusted") is False:
+        signal, floor = teacher.get("signal_auc") or 0.0, teacher.get("min_signal_auc") or 0.0
+        notes.append(
+            f"the proxy models rank these rows no better than AUC {signal:.3f}"
+            f" (under {floor:.2f}): nothing was set aside, the labels "
+            "are the given ones and the rows a stratified random draw; the noise estimates do "
+            "not apply"
+        )
+    if manifest.coreset.rows and manifest.coreset.clicks == 0 and manifest.dataset.clicks:
+        notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
+    data = manifest.dataset
+    rare = [name for name, dim in zip(data.fields, data.field_dims, strict=False) if dim <= 1]
+    if rare:
+        notes.append(
+            f"no value of {', '.join(rare)} is seen often enough to count (min_count): the "
+            "field tells the models nothing; name a number column in --numeric-columns"
+        )
+    return notes
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -267,9 +291,12 @@ def select(
     click.echo(f"manifest: {manifest.manifest_uri}")
     click.echo(
         f"{coreset.rows} of {data.rows} rows "
-        f"(click rate {coreset.clicks / max(coreset.rows, 1):.3f}, "
-        f"data {data.clicks / max(data.rows, 1):.3f}); {seconds}"
+        f"(click rate {coreset.clicks / max(coreset.rows, 1):.3f} in the given labels, "
+        f"{coreset.soft_label_mean:.3f} in the soft labels; data "
+        f"{data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
+    for note in _notes(manifest):
+        click.echo(f"note: {note}", err=True)
 
 
 @click.command(name="evaluate")

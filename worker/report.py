@@ -457,7 +457,13 @@ def render_html(report: Mapping[str, Any]) -> str:
             ("  of them non-clicks", _fmt(noise.get("set_aside_negative"))),
         ]
         body = _table(rows)
-        if noise.get("measurable") is False:
+        if noise.get("teacher_trusted") is False:
+            body += _note(
+                "The proxy models could not rank these rows (their AUC on the given labels is "
+                "under min_teacher_auc): these estimates are not used; nothing was set aside, "
+                "the labels are the given ones and the rows a random draw within each class."
+            )
+        elif noise.get("measurable") is False:
             body += _note(
                 "The flip rate could not be read: with this click rate, the rows the teacher "
                 f"ranks lowest ({_fmt(noise.get('anchor_rows'))}) could hold too few wrong "

@@ -151,6 +151,29 @@ def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_file
     assert not (out / "coreset.parquet").exists()
 
 
+def test_select_notes_an_untrusted_teacher_and_a_field_too_rare_to_count(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    n = 1500
+    path = tmp_path / "noise.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                # labels that no feature explains, and an id seen once per row
+                "label": (rng.random(n) < 0.3).astype(np.int64),
+                "colour": rng.choice(["red", "green", "blue"], n),
+                "request_id": [f"r{i}" for i in range(n)],
+            }
+        ),
+        path,
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(select, [str(path), "--ratio", "0.1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "in the soft labels" in result.output
+    assert "note: the proxy models rank these rows no better than AUC" in result.stderr
+    assert "note: no value of request_id is seen often enough" in result.stderr
+
+
 def test_select_missing_file_is_a_data_error(tmp_path) -> None:
     result = CliRunner().invoke(
         select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")]

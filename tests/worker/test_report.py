@@ -117,6 +117,17 @@ def test_a_flip_rate_too_rare_to_read_is_said_so() -> None:
     assert note not in render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
 
 
+def test_estimates_of_an_untrusted_teacher_are_said_to_be_unused() -> None:
+    noise = {
+        "flip_rate": 0.3, "wrong_share_positive": 0.93, "wrong_share_negative": 0.0,
+        "clean_click_rate": 0.02, "set_aside_rows": 0, "set_aside_positive": 0,
+        "set_aside_negative": 0, "uncertainty_cuts": {}, "measurable": True,
+    }
+    note = "these estimates are not used"
+    assert note in render_html(_report("nacs", {"noise": {**noise, "teacher_trusted": False}}))
+    assert note not in render_html(_report("nacs", {"noise": {**noise, "teacher_trusted": True}}))
+
+
 def test_the_papers_rounds_are_drawn() -> None:
     diagnostics = {
         "removed_rows": 20, "uncertainty_cuts": {"positive": 0.3},
