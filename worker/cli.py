@@ -377,6 +377,17 @@ def evaluate(
         )
         seed = selection_options["seed"]
         train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=seed)
+        for part, positions in (
+            ("training", train_rows), ("validation", validation_rows), ("test", test_rows)
+        ):
+            clicks = int(data.labels[positions].sum(dtype="float64"))
+            if clicks in (0, positions.shape[0]):
+                raise DataError(
+                    "too_few_clicks",
+                    f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}) hold "
+                    f"{'no click' if clicks == 0 else 'no non-click'}; an evaluation needs "
+                    f"both in each split (the data holds {data.n_clicks:,} clicks)",
+                )
         rows = compare_methods(
             data.subset(train_rows),
             data.subset(validation_rows),
@@ -399,6 +410,10 @@ def evaluate(
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)
     except ValueError as error:
         _fail(str(error), EXIT_USAGE)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - a store's or a library's own error, in one line
+        _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_FAILED)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=float))

@@ -302,7 +302,9 @@ class Encoder:
         rows = 0
         clicks = 0.0
         for batch, fraction in source.batches(columns):
-            labels = parse_labels(batch.column(0), schema.label_column, source.description)
+            labels = parse_labels(
+                batch.column(0), schema.label_column, source.description, first_row=rows
+            )
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
@@ -396,7 +398,9 @@ class Encoder:
         rows = 0
         try:
             for batch, fraction in source.batches(columns):
-                labels = parse_labels(batch.column(0), schema.label_column, source.description)
+                labels = parse_labels(
+                    batch.column(0), schema.label_column, source.description, first_row=rows
+                )
                 ids = np.empty((batch.num_rows, n_fields), dtype=np.int32)  # (b, F)
                 for i, name in enumerate(schema.feature_columns):
                     vocab = self.vocabularies[i]

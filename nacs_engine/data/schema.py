@@ -69,7 +69,12 @@ def resolve_schema(
     available = list(columns)
     if label_column not in available:
         likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
-        hint = f"; to use {likely[0]!r}, pass label_column={likely[0]!r}" if likely else ""
+        hint = (
+            f"; to use {likely[0]!r}, name it the label column (label_column={likely[0]!r}, "
+            f"or --label-column {likely[0]} on the command line)"
+            if likely
+            else ""
+        )
         raise DataError(
             "label_column_missing",
             f"label_column: {description} has no column {label_column!r}; "
@@ -104,9 +109,10 @@ def resolve_schema(
 
 
 def parse_labels(
-    column: pa.Array | pa.ChunkedArray, name: str, description: str = "the data"
+    column: pa.Array | pa.ChunkedArray, name: str, description: str = "the data", first_row: int = 0
 ) -> np.ndarray:
-    """The (n,) float32 0/1 labels of one batch's label column.
+    """The (n,) float32 0/1 labels of one batch's label column, whose first row is row
+    ``first_row`` of the data (for messages).
 
     Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1",
     "0.0", "1.0", "true", "false". Anything else, nulls included, is DataError
@@ -118,8 +124,7 @@ def parse_labels(
         raise DataError(
             "labels_not_binary",
             f"label_column: {name!r} in {description} has a missing value "
-            f"(row {_first_null(column)} "
-            "of the batch); labels must be 0 or 1",
+            f"(row {first_row + _first_null(column)}, counting from 0); labels must be 0 or 1",
         )
     kind = column.type
     if pa.types.is_dictionary(kind):

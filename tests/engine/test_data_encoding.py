@@ -308,3 +308,13 @@ def test_uint64_ids_beyond_the_int64_range_are_categories():
     )
     np.testing.assert_array_equal(as_text.features, data.features)
     assert as_text.fingerprint == data.fingerprint
+
+
+def test_a_missing_label_is_named_by_its_row_in_the_data_not_in_its_batch():
+    from nacs_engine.data.reading import as_source
+
+    labels = [0, 1] * 150
+    labels[205] = None
+    table = pa.table({"label": labels, "item": ["a", "b", "c"] * 100})
+    with pytest.raises(DataError, match=r"missing value \(row 205,"):
+        load_dataset(as_source(table, batch_rows=64), min_count=1)

@@ -255,3 +255,16 @@ def test_evaluate_unknown_method_is_a_usage_error(dataset: str) -> None:
     result = CliRunner().invoke(evaluate, [dataset, "--ratio", "0.2", "--methods", "random,magic"])
     assert result.exit_code == 2, result.output
     assert "magic" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_on_too_few_clicks_names_the_split(tmp_path) -> None:
+    from worker.cli import evaluate
+
+    path = tmp_path / "rare.parquet"
+    labels = np.zeros(60, dtype=np.int64)
+    labels[0] = 1  # one click: at least two of the three splits hold none
+    pq.write_table(pa.table({"label": labels, "item": np.arange(60) % 7}), path)
+    result = CliRunner().invoke(evaluate, [str(path), "--seeds", "1", "--methods", "random"])
+    assert result.exit_code == 1, result.output
+    assert "too_few_clicks: the" in result.output and "hold no click" in result.output
+    assert "Traceback" not in result.output
