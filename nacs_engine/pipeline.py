@@ -71,7 +71,7 @@ def select_coreset(
     try:
         k = config.budget(data.n_rows)
     except ValueError as error:
-        raise DataError("budget_too_large" if data.n_rows else "empty_dataset", str(error)) from None
+        raise DataError(budget_error_code(config, data.n_rows), str(error)) from None
     labels = np.asarray(data.labels, dtype=np.float32)
     started = time.perf_counter()
     if config.is_baseline:
@@ -114,6 +114,14 @@ def select_coreset(
     if defer_audit:
         return result
     return with_audit(*audit_coreset(data, holdout, result, config, report=report))
+
+
+def budget_error_code(config: SelectionConfig, n_rows: int) -> str:
+    """The code of a budget that ``n_rows`` rows cannot meet: no rows, a size above them, or
+    a ratio that selects no row."""
+    if n_rows <= 0:
+        return "empty_dataset"
+    return "budget_too_small" if config.size is None else "budget_too_large"
 
 
 def with_audit(delivered: CoresetResult, audit: dict[str, Any]) -> CoresetResult:

@@ -260,6 +260,7 @@ class Sharding:
         from nacs_engine.audit import selection_holdout
         from nacs_engine.data.shards import encode_shards
         from nacs_engine.errors import DataError
+        from nacs_engine.pipeline import budget_error_code
         from nacs_engine.teacher import teacher_folds
 
         scratch = scratch_uri(self.settings, self.job_id)
@@ -295,7 +296,7 @@ class Sharding:
         try:
             k = selection.budget(n_rows)
         except ValueError as error:
-            raise DataError("budget_too_large", str(error)) from None
+            raise DataError(budget_error_code(selection, n_rows), str(error)) from None
         holdout = selection_holdout(labels, k, selection)
         candidates = n_rows if isinstance(holdout, str) else int(holdout.candidates.shape[0])
         clicks = int(labels.sum(dtype=np.float64))

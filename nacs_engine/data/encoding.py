@@ -601,13 +601,20 @@ def _tokens(
     return column.fill_null(MISSING_TOKEN)
 
 
+# How text data writes a missing number (compared in lower case, trimmed).
+_MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "nan", "none", "?", "-"])
+
+
 def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
-    """(n,) float64 values of a numeric column, NaN where missing."""
+    """(n,) float64 values of a numeric column, NaN where missing (null, or text such as
+    "", "NA", "N/A", "null", "None", "?" or "-")."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     try:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             column = pc.utf8_trim_whitespace(column)
+            missing = pc.is_in(pc.utf8_lower(column), value_set=_MISSING_NUMBERS)
+            column = pc.if_else(missing, pa.scalar(None, column.type), column)
         values = column.cast(pa.float64())
     except pa.ArrowException as exc:
         raise DataError(

@@ -60,6 +60,9 @@ _COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2"}
 _INTEGER = re.compile(r"^-?\d+$")
 _URL_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
 _HEAD_BYTES = 1 << 16
+# The first bytes of compressed files (bzip2's: "BZh", the block size, the block's magic),
+# and the file endings the readers take them by.
+_COMPRESSED_NAMES = ((re.compile(rb"\x1f\x8b"), "gz"), (re.compile(rb"BZh[1-9]1AY&SY"), "bz2"))
 # Bytes of CSV text per block; big enough for any sane row, small enough to stream.
 _MIN_BLOCK_BYTES = 1 << 20
 _MAX_BLOCK_BYTES = 64 << 20
@@ -222,9 +225,13 @@ class FileSource(TableSource):
         if not head.strip():
             return None
         line = head.split(b"\n", 1)[0].rstrip(b"\r")
-        if b"\x00" in line:
+        packed = next((name for magic, name in _COMPRESSED_NAMES if magic.match(head)), "")
+        if b"\x00" in line or packed:
+            hint = f" (it is {packed}-compressed: name it with its ending, e.g. .csv.{packed})"
             raise DataError(
-                "unreadable_data", f"{self.uri}: binary data, not {self.format.upper()} text"
+                "unreadable_data",
+                f"{self.uri}: binary data, not {self.format.upper()} text"
+                + (hint if packed else ""),
             )
         try:
             return codecs.decode(line, "utf-8-sig")

@@ -75,6 +75,12 @@ def resolve_schema(
             if likely
             else ""
         )
+        separators = [mark for mark in (";", "|", "\t") if any(mark in c for c in available)]
+        if len(available) == 1 and separators:
+            hint += (
+                f"; the one column's name holds {separators[0]!r}: a CSV reader reads commas "
+                "only (tab-separated text: format 'tsv')"
+            )
         raise DataError(
             "label_column_missing",
             f"label_column: {description} has no column {label_column!r}; "

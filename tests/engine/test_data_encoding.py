@@ -318,3 +318,17 @@ def test_a_missing_label_is_named_by_its_row_in_the_data_not_in_its_batch():
     table = pa.table({"label": labels, "item": ["a", "b", "c"] * 100})
     with pytest.raises(DataError, match=r"missing value \(row 205,"):
         load_dataset(as_source(table, batch_rows=64), min_count=1)
+
+
+def test_text_that_says_a_number_is_missing_reads_as_missing():
+    table = pa.table(
+        {
+            "label": [0, 1, 0, 1, 0, 1, 0, 1],
+            "n": ["3", " NA ", "N/A", "null", "None", "?", "-", "100"],
+        }
+    )
+    data = load_dataset(table, numeric_columns=["n"], min_count=1)
+    ids = data.features[:, 0]
+    assert len(set(ids[1:7].tolist())) == 1 and ids[0] != ids[1] and ids[7] != ids[1]
+    with pytest.raises(DataError, match="not a number"):
+        load_dataset(pa.table({"label": [0, 1], "n": ["3", "many"]}), numeric_columns=["n"])

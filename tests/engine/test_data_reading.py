@@ -277,3 +277,25 @@ def test_quotes_in_tsv_are_plain_characters_and_quoted_csv_fields_work(tmp_path)
     csv_path = tmp_path / "t.csv"
     csv_path.write_text('label,title\n1,"Harlem, A"\n0,"Harlem, A"\n')
     assert load_dataset(csv_path, min_count=1).field_dims == (2,)
+
+
+@pytest.mark.parametrize(("pack", "ending"), [("gzip", "gz"), ("bz2", "bz2")])
+def test_a_compressed_file_without_its_ending_is_named_as_such(tmp_path, pack, ending):
+    import bz2
+
+    text = b"label,item\n1,a\n0,b\n"
+    path = tmp_path / "clicks.csv"
+    path.write_bytes(gzip.compress(text) if pack == "gzip" else bz2.compress(text))
+    with pytest.raises(DataError, match=rf"{ending}-compressed: .*\.csv\.{ending}"):
+        load_dataset(str(path))
+    # text that only starts like a bzip2 header is text
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"BZh9,label\nx,1\ny,0\n")
+    assert load_dataset(str(plain), min_count=1).n_rows == 2
+
+
+def test_a_header_of_one_column_with_semicolons_says_commas_are_read(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("label;item\n1;a\n0;b\n")
+    with pytest.raises(DataError, match="holds ';': a CSV reader reads commas only"):
+        load_dataset(str(path))

@@ -83,6 +83,7 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
         (["--ratio", "0.1", "--option", "rounds"], 2, "key=value"),
         (["--ratio", "0.1", "--method", "magic"], 2, "method"),
         (["--size", "5000"], 1, "budget_too_large"),
+        (["--ratio", "0.0001"], 1, "budget_too_small"),
         (["--ratio", "0.1", "--label-column", "clicked"], 1, "label_column_missing"),
     ],
 )
