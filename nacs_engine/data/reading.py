@@ -464,8 +464,21 @@ def _part_files(
             "read; put the files themselves in the folder",
         )
     if not parts:
+        partitions = [
+            Path(entry["name"]).name
+            for entry in entries
+            if entry.get("type") == "directory" and "=" in Path(entry["name"]).name
+        ]
+        hint = (
+            f"; its subfolders ({', '.join(partitions[:3])}, ...) look like a partitioned "
+            "dataset (key=value), which is not read: write the rows as files of one folder, "
+            "the partition keys as columns"
+            if partitions
+            else ""
+        )
         raise DataError(
-            "dataset_not_found", f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file"
+            "dataset_not_found",
+            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file{hint}",
         )
     kinds = {format_from_name(Path(entry["name"]).name) for entry in parts}
     if len(kinds) > 1:

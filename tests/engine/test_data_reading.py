@@ -299,3 +299,13 @@ def test_a_header_of_one_column_with_semicolons_says_commas_are_read(tmp_path):
     path.write_text("label;item\n1;a\n0;b\n")
     with pytest.raises(DataError, match="holds ';': a CSV reader reads commas only"):
         load_dataset(str(path))
+
+
+def test_a_partitioned_folder_is_said_to_be_one(tmp_path):
+    import pyarrow.dataset as ds
+
+    table = pa.table({"label": [1, 0, 1, 0], "item": ["a", "b", "a", "b"], "day": [1, 1, 2, 2]})
+    ds.write_dataset(table, tmp_path / "data", format="parquet", partitioning=["day"],
+                     partitioning_flavor="hive")
+    with pytest.raises(DataError, match=r"subfolders \(day=1, day=2, \.\.\.\) look like"):
+        load_dataset(str(tmp_path / "data"))
