@@ -35,16 +35,20 @@ says which (``delivered``).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from nacs_engine.baselines import random_rows
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
+from nacs_engine.errors import SelectionCancelled
 from nacs_engine.evaluate import (
     EvaluationOptions,
     auc_components,
@@ -52,7 +56,7 @@ from nacs_engine.evaluate import (
     row_log_losses,
 )
 from nacs_engine.pipeline import CoresetResult
-from nacs_engine.runtime import numpy_generator
+from nacs_engine.runtime import numpy_generator, resolve_device
 
 HOLDOUT_SHARE = 0.1
 # Every audit model scores the held-back rows (the stopping part every epoch): past 50,000
@@ -221,16 +225,76 @@ def audit_coreset(
     arms = audit_arms(data.labels, holdout, result, config)
     held = held_rows(data, holdout)
     models = audit_models(config)
-    scores: Scores = {}
-    for done, model in enumerate(models):
-        scores[model] = train_audit_model(
-            data, held, model.arm_of(arms), model, config, progress, done / len(models)
-        )
-        progress("auditing", (done + 1) / len(models), f"audit: {model}")
+    scores = train_audit_models(data, held, arms, models, config, progress)
     return conclude_audit(
         data, holdout, result, config, arms, scores,
         seconds=time.perf_counter() - started, report=progress, held=held,
     )
+
+
+def train_audit_models(
+    data: EncodedDataset,
+    held: Held,
+    arms: Arms,
+    models: list[AuditModel],
+    config: SelectionConfig,
+    progress: Report,
+) -> Scores:
+    """The scores of ``models``. On a CPU with more than one torch thread they train at once,
+    one per thread, each on one torch thread: the small models of the audit keep one core
+    busy each, where two threads on one model gain little (at 1M rows on two cores, 6.1-7.0 s
+    against 9.5-10.2 s). Each model draws from its own generators, so the scores are those of
+    training them one after the other on one torch thread, whatever the number of cores."""
+    lanes = min(len(models), torch.get_num_threads())
+    if resolve_device(config.device).type != "cpu" or lanes < 2:
+        scores: Scores = {}
+        for done, model in enumerate(models):
+            scores[model] = train_audit_model(
+                data, held, model.arm_of(arms), model, config, progress, done / len(models)
+            )
+            progress("auditing", (done + 1) / len(models), f"audit: {model}")
+        return scores
+    lock = threading.Lock()
+    stop = threading.Event()
+    trained = [0]
+
+    def report(phase: str, fraction: float, message: str, finished: bool = False) -> None:
+        # One thread at a time reports; once one has failed (a cancel request raises here)
+        # the others stop at their next epoch.
+        with lock:
+            if stop.is_set():
+                raise SelectionCancelled("the audit stopped: another of its models failed")
+            trained[0] += finished
+            try:
+                progress(phase, trained[0] / len(models), message)
+            except BaseException:
+                stop.set()
+                raise
+
+    def train(model: AuditModel) -> AuditScore:
+        score = train_audit_model(data, held, model.arm_of(arms), model, config, report, 0.0)
+        report("auditing", 1.0, f"audit: {model}", finished=True)
+        return score
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="audit") as pool:
+            futures = {model: pool.submit(train, model) for model in models}
+            try:
+                finished, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    error = future.exception()
+                    if error is not None:
+                        raise error
+            except BaseException:
+                stop.set()
+                for future in futures.values():
+                    future.cancel()
+                raise
+            return {model: future.result() for model, future in futures.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def conclude_audit(

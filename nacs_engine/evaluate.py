@@ -24,6 +24,7 @@ click rate.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.models.layers import FeaturesLinear
+from nacs_engine.models.layers import FeaturesLinear, use_generator
 from nacs_engine.models.registry import BACKBONES, build_model
 from nacs_engine.runtime import numpy_generator, resolve_device, seeded_scope, torch_generator
 from nacs_engine.train import (
@@ -458,12 +459,19 @@ def evaluate_coreset(
     family = options.family
     l2 = options.l2_for(k)
 
-    with seeded_scope(seed, "dropout", resolved):
-        with seeded_scope(seed, "evaluation", resolved):
-            model = family.build(renumbered_dims(tables), options, l2)
-        if isinstance(model, OneHotLogisticRegression):
-            model.start_at(_weighted_mean(targets, row_weights))
-        model = model.to(resolved)
+    with seeded_scope(seed, "evaluation", resolved):
+        model = family.build(renumbered_dims(tables), options, l2)
+    if isinstance(model, OneHotLogisticRegression):
+        model.start_at(_weighted_mean(targets, row_weights))
+    model = model.to(resolved)
+    # On a CPU the dropout masks come from the model's own generator (models may train at
+    # once in threads); on a GPU from the global one, seeded alike: the same numbers.
+    if resolved.type == "cpu":
+        use_generator(model, torch_generator(seed, "dropout"))
+        dropout_scope: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        dropout_scope = seeded_scope(seed, "dropout", resolved)
+    with dropout_scope:
         # The validation logits of the best epoch so far: the model ends with that
         # epoch's weights, so they are not computed again.
         best: dict[str, float | torch.Tensor] = {"score": -math.inf}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -64,6 +65,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+# Held by the thread inside a ``seeded_scope``: the scopes seed and restore torch's global
+# generators, which all threads share (re-entrant: scopes nest).
+_GLOBAL_GENERATORS = threading.RLock()
+
+
 def _stream_seed(seed: int, stream: str, index: int | None = None) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -98,10 +104,11 @@ def seeded_scope(
 
     Some draws cannot take a generator (parameter initialisation, dropout
     masks); inside this scope they come from ``seed`` too, and the caller's
-    global random state is left as it was.
+    global random state is left as it was. One thread at a time holds a scope
+    (others wait), so that models built at once in threads draw their own numbers.
     """
     devices = [device.index if device.index is not None else 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with _GLOBAL_GENERATORS, torch.random.fork_rng(devices=devices):
         stream_seed = _stream_seed(seed, stream, index)
         torch.default_generator.manual_seed(stream_seed)
         if device.type == "cuda":

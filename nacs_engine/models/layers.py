@@ -58,14 +58,27 @@ def lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 class Dropout(nn.Dropout):
     """nn.Dropout (inverted: each value kept with probability 1 - p, scaled by 1 / (1 - p))
-    whose mask on a CPU comes from uniform numbers of torch's global generator."""
+    whose mask on a CPU comes from uniform numbers of ``generator``, or of torch's global
+    generator when it is None (``use_generator`` sets it for a whole model, so that models
+    trained at once in threads draw their own masks)."""
+
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or self.p >= 1.0 or x.device.type != "cpu":
             return super().forward(x)
         # 0 where dropped, 1 / (1 - p) where kept, written over the uniform numbers.
-        mask = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        uniform = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        mask = uniform.ge_(self.p).mul_(1.0 / (1.0 - self.p))
         return x * mask
+
+
+def use_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Draw the dropout masks of ``model`` on a CPU from ``generator`` (None: the global
+    generator); the numbers are those the global generator seeded alike would give."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.generator = generator
 
 
 class FeaturesEmbedding(nn.Module):

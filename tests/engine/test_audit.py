@@ -221,3 +221,50 @@ def test_the_standard_error_counts_the_sampling_of_the_scored_rows(data: Encoded
 
     strong = {"coreset": 4.0 * labels + rng.normal(size=labels.shape[0]), "random": weak["random"]}
     assert _conclude(data, holdout, config, strong)["families"]["logistic"]["verdict"] == "better"
+
+
+def _scores_of(data: EncodedDataset, config: SelectionConfig, threads: int, progress=None):
+    import torch
+
+    holdout = holdout_split(data.labels, config.size, 0)
+    assert isinstance(holdout, Holdout)
+    coreset = _losing_coreset(data, holdout, config.size)
+    arms = audit_arms(data.labels, holdout, coreset, config)
+    held = audit_module.held_rows(data, holdout)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return audit_module.train_audit_models(
+            data, held, arms, audit_models(config), config,
+            progress or (lambda phase, fraction, message: None),
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_audit_models_trained_at_once_score_as_one_after_the_other(data: EncodedDataset) -> None:
+    config = _config(size=300, audit_seeds=2)
+    at_once = _scores_of(data, config, threads=2)
+    in_turn = _scores_of(data, config, threads=1)
+    assert list(at_once) == list(in_turn) == audit_models(config)
+    for model in in_turn:
+        assert at_once[model].auc == in_turn[model].auc
+        np.testing.assert_array_equal(at_once[model].logits, in_turn[model].logits)
+
+
+def test_a_failure_in_one_audit_model_stops_the_others(data: EncodedDataset) -> None:
+    import threading
+
+    calls: list[str] = []
+    guard = threading.Lock()
+
+    def progress(phase: str, fraction: float, message: str) -> None:
+        with guard:
+            calls.append(message)
+            if len(calls) == 3:
+                raise RuntimeError("cancelled by the user")
+
+    with pytest.raises(RuntimeError, match="cancelled by the user"):
+        _scores_of(data, _config(size=300, audit_seeds=2), threads=2, progress=progress)
+    # the other lane stopped at its next epoch instead of training the remaining models
+    assert len(calls) == 3
