@@ -9,7 +9,8 @@ for every evaluator family asked for (each coreset is selected once).
 
 Exit codes follow the ``nacs`` command's table: 0 success, 1 the data or the
 selection failed, 2 a usage error (an ``--out`` that cannot take the result among them),
-130 interrupted. Errors are one line on stderr, never a traceback.
+7 any other error (a store's or a library's), 130 interrupted. Errors are one line on
+stderr; ``NACS_DEBUG=1`` adds the traceback of an error of the last kind.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.settings import SharedSettings, settings_problem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_OTHER = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -100,9 +102,19 @@ def _notes(manifest: Any) -> list[str]:
     if rare:
         notes.append(
             f"no value of {', '.join(rare)} is seen often enough to count (min_count): the "
-            "field tells the models nothing; name a number column in --numeric-columns"
+            "field tells the models nothing; if it holds numbers, name it in --numeric-columns "
+            "(with every other numeric column: named columns replace the detection)"
         )
     return notes
+
+
+def _unexpected(error: Exception) -> None:
+    """An error of no known kind: one line, and with ``NACS_DEBUG=1`` its traceback."""
+    if os.environ.get("NACS_DEBUG", "").strip() not in ("", "0"):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_OTHER)
 
 
 def _fail(message: str, code: int) -> None:
@@ -283,7 +295,7 @@ def select(
     except KeyboardInterrupt:
         _fail("interrupted; what this run had written is removed", EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - a store's or a library's own error, in one line
-        _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_FAILED)
+        _unexpected(error)
     coreset, data = manifest.coreset, manifest.dataset
     seconds = ", ".join(f"{phase} {value:.1f} s" for phase, value in manifest.phase_seconds.items())
     click.echo(f"coreset:  {coreset.uri}")
@@ -413,7 +425,7 @@ def evaluate(
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - a store's or a library's own error, in one line
-        _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_FAILED)
+        _unexpected(error)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=float))

@@ -129,7 +129,8 @@ class JobRequest(BaseModel):
     numeric_columns: list[_ColumnName] = Field(
         default_factory=list,
         max_length=10_000,
-        description="Numeric columns (not the label column), bucketed before encoding.",
+        description="Numeric columns (not the label column), bucketed before encoding; when "
+        "none are named, the floating-point columns with a fractional value are numeric.",
     )
     format: DataFormat | None = Field(
         default=None, description="parquet, csv, tsv or criteo; by default from the file name."

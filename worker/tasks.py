@@ -219,7 +219,12 @@ def write_result(
     report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
     folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
     # The manifest, written last, marks a result whole: an earlier run's goes first, so that
-    # no reader takes its manifest for the files written now.
+    # no reader takes its manifest for the files written now (a job of the service removes
+    # only its own: another job's result is never replaced).
+    if tenant is not None:
+        owner = retried("reading the output folder", "writing", lambda: result_owner(folder))
+        if owner is not None and owner != job_id:
+            raise _taken(output_uri, owner)
     retried("removing the earlier manifest", "writing", lambda: folder.remove(MANIFEST_FILE))
     written: list[str] = []
     cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
@@ -300,11 +305,15 @@ def _refuse_another_result(
 
     found = retried("reading the output folder", "loading", owner)
     if found is not None and found != job_id:
-        raise JobFailed(
-            "output_uri_taken",
-            f"output_uri: {output_uri} holds the result of job {found}; a finished job's "
-            "result is never replaced: choose another folder",
-        )
+        raise _taken(output_uri, found)
+
+
+def _taken(output_uri: str, owner: str) -> JobFailed:
+    return JobFailed(
+        "output_uri_taken",
+        f"output_uri: {output_uri} holds the result of job {owner}; a finished job's result "
+        "is never replaced: choose another folder",
+    )
 
 
 def _dataset_source(request: JobRequest, settings: SharedSettings, tenant: str | None) -> Any:

@@ -103,11 +103,22 @@ def numeric_tokens(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
 
 def numeric_edges(sample: np.ndarray, rule_buckets: int) -> np.ndarray | None:
     """The quantile edges of a numeric column from a sample of its finite values, or None
-    when the Criteo rule, which gives it ``rule_buckets`` buckets, serves."""
-    if rule_buckets >= MIN_RULE_BUCKETS or np.unique(sample).shape[0] < QUANTILE_BUCKETS:
+    when the Criteo rule serves: it gives the column ``rule_buckets`` buckets (those seen
+    ``min_count`` times), at least ``MIN_RULE_BUCKETS``, or the sample holds fewer than
+    ``QUANTILE_BUCKETS`` distinct values. A value that holds a bucket's share of the sample
+    or more (a mass of zeros) gets a bucket of its own; the other values share the remaining
+    buckets by quantiles."""
+    values, counts = np.unique(sample, return_counts=True)
+    if rule_buckets >= MIN_RULE_BUCKETS or values.shape[0] < QUANTILE_BUCKETS:
         return None
-    levels = np.linspace(0.0, 1.0, QUANTILE_BUCKETS + 1)[1:-1]
-    return np.unique(np.quantile(sample, levels))
+    heavy = values[counts >= sample.shape[0] / QUANTILE_BUCKETS]
+    rest = sample[~np.isin(sample, heavy)]
+    # [v, the next float after v) holds v alone (a value equal to an edge goes above it).
+    cuts = [heavy, np.nextafter(heavy, np.inf)]
+    if rest.size:
+        levels = np.linspace(0.0, 1.0, QUANTILE_BUCKETS - heavy.shape[0] + 1)[1:-1]
+        cuts.append(np.quantile(rest, levels))
+    return np.unique(np.concatenate(cuts))
 
 
 class _NumericSample:
@@ -298,6 +309,10 @@ class Encoder:
         columns = [schema.label_column, *schema.feature_columns]
         counters = [_ValueCounter() for _ in schema.feature_columns]
         samples: dict[int, _NumericSample] = {}
+        # Floating-point columns not named numeric: counted both ways until the pass shows
+        # whether any of their values has a fraction (then they are numeric).
+        as_text: dict[int, _ValueCounter] = {}
+        fractional: set[int] = set()
         kinds: list[str] | None = None
         rows = 0
         clicks = 0.0
@@ -308,21 +323,29 @@ class Encoder:
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
-                if self.requested_numeric is None:
-                    schema = _with_fractional_columns(schema, batch)
                 kinds = [
                     _field_kind(batch.column(i + 1), name in schema.numeric_columns)
                     for i, name in enumerate(schema.feature_columns)
                 ]
+                if self.requested_numeric is None:
+                    as_text = {
+                        i: _ValueCounter()
+                        for i, name in enumerate(schema.feature_columns)
+                        if name not in schema.numeric_columns and _is_floating(batch.column(i + 1))
+                    }
                 samples = {
                     i: _NumericSample(i)
                     for i, name in enumerate(schema.feature_columns)
-                    if name in schema.numeric_columns
+                    if name in schema.numeric_columns or i in as_text
                 }
             for i, name in enumerate(schema.feature_columns):
                 column = batch.column(i + 1)
                 if i in samples:
                     values = _numeric_values(column, name, source.description)
+                    if i in as_text:
+                        as_text[i].add(_tokens(column, kinds[i], name, schema, source.description))
+                        if i not in fractional and _has_fraction(values):
+                            fractional.add(i)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
@@ -330,16 +353,25 @@ class Encoder:
             _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
         if rows == 0 or kinds is None:
             raise DataError("empty_dataset", f"{source.description}: the data has no rows")
+        if fractional:
+            numeric = {schema.feature_columns[i] for i in fractional} | set(schema.numeric_columns)
+            schema = replace(
+                schema, numeric_columns=tuple(c for c in schema.feature_columns if c in numeric)
+            )
         vocabularies: list[Vocabulary] = []
         edges: list[np.ndarray | None] = []
-        for i, (counter, kind) in enumerate(zip(counters, kinds, strict=True)):
-            vocabulary = counter.vocabulary(kind, self.min_count)
+        for i, counter in enumerate(counters):
             cut = None
-            if i in samples:
+            if i in as_text and i not in fractional:
+                vocabulary = as_text[i].vocabulary(kinds[i], self.min_count)
+            elif i in samples:
+                vocabulary = counter.vocabulary("int", self.min_count)
                 rule_buckets = int(np.count_nonzero(vocabulary.values != MISSING_CODE))
                 cut = numeric_edges(samples[i].values(), rule_buckets)
                 if cut is not None:
                     vocabulary = samples[i].vocabulary(cut, self.min_count)
+            else:
+                vocabulary = counter.vocabulary(kinds[i], self.min_count)
             vocabularies.append(vocabulary)
             edges.append(cut)
         self.vocabularies = tuple(vocabularies)
@@ -439,8 +471,12 @@ class Encoder:
             "n_clicks": n_clicks,
             "click_rate": n_clicks / rows,
             "numeric_buckets": {
-                name: "criteo rule" if cut is None else f"{cut.size + 1} quantiles"
-                for name, cut in zip(schema.feature_columns, self.bucket_edges, strict=True)
+                name: "criteo rule"
+                if cut is None
+                else f"{int(np.count_nonzero(vocab.values != MISSING_CODE))} quantile buckets"
+                for name, cut, vocab in zip(
+                    schema.feature_columns, self.bucket_edges, self.vocabularies, strict=True
+                )
                 if name in schema.numeric_columns
             },
             "oov_share": {
@@ -545,25 +581,17 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     return "int" if numeric or integer else "str"
 
 
-def _with_fractional_columns(schema: TableSchema, batch: pa.RecordBatch) -> TableSchema:
-    """``schema`` with the floating-point feature columns that hold a fractional value in
-    ``batch`` (the first) made numeric: as categories nearly every such value would be
-    rare. Whole numbers stored as floats (ids with missing values, from pandas) stay
-    categorical."""
-    fractional = []
-    for i, name in enumerate(schema.feature_columns):
-        column = batch.column(i + 1)
-        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-        if name in schema.numeric_columns or not pa.types.is_floating(kind):
-            continue
-        values = _numeric_values(column, name, "the data")
-        finite = values[np.isfinite(values)]
-        if finite.size and bool(np.any(finite != np.floor(finite))):
-            fractional.append(name)
-    if not fractional:
-        return schema
-    numeric = tuple(c for c in schema.feature_columns if c in schema.numeric_columns or c in fractional)
-    return replace(schema, numeric_columns=numeric)
+def _is_floating(column: pa.Array) -> bool:
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    return bool(pa.types.is_floating(kind))
+
+
+def _has_fraction(values: np.ndarray) -> bool:
+    """Whether a finite value is not a whole number (as categories, nearly every such value
+    would be rare; whole numbers stored as floats, ids with missing values from pandas,
+    stay categories)."""
+    finite = values[np.isfinite(values)]
+    return bool(finite.size) and bool(np.any(finite != np.floor(finite)))
 
 
 def _tokens(
@@ -613,9 +641,15 @@ def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray
     try:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             column = pc.utf8_trim_whitespace(column)
-            missing = pc.is_in(pc.utf8_lower(column), value_set=_MISSING_NUMBERS)
-            column = pc.if_else(missing, pa.scalar(None, column.type), column)
-        values = column.cast(pa.float64())
+            try:
+                values = column.cast(pa.float64())
+            except pa.ArrowException:
+                missing = pc.is_in(pc.utf8_lower(column), value_set=_MISSING_NUMBERS)
+                values = pc.if_else(missing, pa.scalar(None, column.type), column).cast(
+                    pa.float64()
+                )
+        else:
+            values = column.cast(pa.float64())
     except pa.ArrowException as exc:
         raise DataError(
             "unreadable_data",
@@ -733,9 +767,11 @@ class _Fingerprint:
         self._header = hashlib.sha256(header)
         for vocab in encoder.vocabularies:
             self._header.update(vocab.digest())
-        for edges in encoder.bucket_edges:
-            if edges is not None:
-                self._header.update(np.ascontiguousarray(edges, dtype="<f8").tobytes())
+        if any(edges is not None for edges in encoder.bucket_edges):
+            for field, edges in enumerate(encoder.bucket_edges):
+                self._header.update(f"{field}:".encode())
+                if edges is not None:
+                    self._header.update(np.ascontiguousarray(edges, dtype="<f8").tobytes())
         self._ids = hashlib.sha256()
         self._labels = hashlib.sha256()
         self._fields = [hashlib.sha256() for _ in schema.feature_columns]

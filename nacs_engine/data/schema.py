@@ -78,8 +78,9 @@ def resolve_schema(
         separators = [mark for mark in (";", "|", "\t") if any(mark in c for c in available)]
         if len(available) == 1 and separators:
             hint += (
-                f"; the one column's name holds {separators[0]!r}: a CSV reader reads commas "
-                "only (tab-separated text: format 'tsv')"
+                f"; the one column's name holds {separators[0]!r}: the file is read as "
+                "comma-separated (CSV) or tab-separated (format 'tsv') text, and no other "
+                "separator"
             )
         raise DataError(
             "label_column_missing",

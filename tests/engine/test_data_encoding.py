@@ -67,8 +67,8 @@ def test_a_numeric_column_the_criteo_rule_squeezes_gets_quantile_buckets():
     # The rule puts all of [0, 1) into bucket 0 and the z-scores into about 7; the counts
     # (0-999) get 48 buckets from it and keep it.
     assert data.metadata["numeric_buckets"] == {
-        "score": "32 quantiles",
-        "z": "32 quantiles",
+        "score": "32 quantile buckets",
+        "z": "32 quantile buckets",
         "count": "criteo rule",
     }
     assert data.field_dims[:2] == (33, 33)
@@ -102,6 +102,38 @@ def test_quantile_buckets_carry_over_to_another_split_and_ignore_the_batching(mo
     assert encoding.numeric_tokens(np.array([np.nan, -5.0, 5.0]), edges).tolist() == [
         MISSING_CODE, 0, 31
     ]
+
+
+def test_a_mass_of_one_value_gets_its_own_bucket_and_the_rest_share_the_others():
+    from nacs_engine.data.encoding import numeric_edges, numeric_tokens
+
+    rng = np.random.default_rng(4)
+    sample = np.where(rng.random(20_000) < 0.9, 0.0, rng.random(20_000))
+    edges = numeric_edges(sample, rule_buckets=1)
+    assert edges is not None
+    tokens = numeric_tokens(sample, edges)
+    zeros = tokens[sample == 0.0]
+    assert np.unique(zeros).size == 1
+    others = tokens[sample != 0.0]
+    assert not np.isin(zeros[0], others)
+    # the continuous tenth is cut into the other 31 buckets, of about equal size
+    counts = np.bincount(others)[np.unique(others)]
+    assert np.unique(others).size == 31 and counts.min() > 0.6 * counts.mean()
+
+
+def test_float_columns_are_numeric_when_any_value_has_a_fraction_whatever_the_batching():
+    from nacs_engine.data.reading import as_source
+
+    n = 3_000
+    price = np.arange(n, dtype=np.float64)  # whole numbers in the first rows,
+    price[2_000:] += 0.5  # fractions after them
+    table = pa.table({"label": (np.arange(n) % 3 == 0).astype(np.int8), "price": price})
+    fingerprints = set()
+    for rows in (100, 1_000, 65_536):
+        data = load_dataset(as_source(table, batch_rows=rows), min_count=1)
+        assert data.metadata["numeric_columns"] == ["price"]
+        fingerprints.add(data.fingerprint)
+    assert len(fingerprints) == 1
 
 
 def test_float_columns_with_fractions_are_numeric_unless_the_columns_are_named():

@@ -297,7 +297,7 @@ def test_a_compressed_file_without_its_ending_is_named_as_such(tmp_path, pack, e
 def test_a_header_of_one_column_with_semicolons_says_commas_are_read(tmp_path):
     path = tmp_path / "semi.csv"
     path.write_text("label;item\n1;a\n0;b\n")
-    with pytest.raises(DataError, match="holds ';': a CSV reader reads commas only"):
+    with pytest.raises(DataError, match="holds ';': the file is read as comma-separated"):
         load_dataset(str(path))
 
 

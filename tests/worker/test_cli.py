@@ -70,7 +70,7 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
     )
     assert result.exit_code == 0, result.output
     dataset = json.loads((out / "manifest.json").read_text())["dataset"]
-    assert dataset["numeric_buckets"] == {"score": "32 quantiles"}
+    assert dataset["numeric_buckets"] == {"score": "32 quantile buckets"}
     assert dataset["field_dims"] == [33]
 
 
@@ -123,9 +123,12 @@ def test_select_says_an_unexpected_error_in_one_line(dataset: str, tmp_path, mon
         raise RuntimeError("the store said no\nsecond line")
 
     monkeypatch.setattr(worker.tasks, "execute", fail)
-    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    arguments = [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(select, arguments)
+    assert result.exit_code == 7
     assert result.output.strip() == "error: RuntimeError: the store said no"
+    debug = CliRunner().invoke(select, arguments, env={"NACS_DEBUG": "1"})
+    assert debug.exit_code == 7 and "Traceback" in debug.output
 
 
 def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_files(
@@ -146,7 +149,7 @@ def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_file
     second = CliRunner().invoke(
         select, [dataset, "--ratio", "0.2", "--out", str(out), "--method", "random"]
     )
-    assert second.exit_code == 1, second.output
+    assert second.exit_code == 7, second.output
     # no manifest says the folder holds a whole result: neither the first run's nor the second's
     assert not (out / "manifest.json").exists()
     assert not (out / "coreset.parquet").exists()

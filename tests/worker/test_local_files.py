@@ -169,3 +169,18 @@ def test_without_a_tenant_local_paths_are_opened_as_they_are(
     assert tasks.execute(request, str(out), job_id="a", settings=settings).dataset.rows == 333
     assert tasks.execute(request, str(out), job_id="b", settings=settings).job_id == "b"
     shutil.rmtree(out)
+
+
+def test_a_result_written_while_the_job_selected_is_not_replaced_either(
+    confined: SharedSettings, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.tasks
+
+    first = run(confined, folders["allowed"] / "small.parquet", folders["own"] / "a")
+    before = (folders["own"] / "a" / "manifest.json").read_bytes()
+    # the folder was free when the second job started; the first job's result came later
+    monkeypatch.setattr(worker.tasks, "_refuse_another_result", lambda *args: None)
+    with pytest.raises(JobFailed) as refused:
+        run(confined, folders["allowed"] / "small.parquet", folders["own"] / "a", job_id="j2")
+    assert refused.value.code == "output_uri_taken" and first.job_id in refused.value.message
+    assert (folders["own"] / "a" / "manifest.json").read_bytes() == before
