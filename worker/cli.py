@@ -62,6 +62,7 @@ def _output_problem(dataset: str, output: str) -> str | None:
     take hours), or None: a file, a folder this user cannot write, or a folder that is, lies
     in or holds the dataset's own folder (its files would join the data)."""
     from worker.local_files import local_path
+    from worker.outputs import CORESET_FILE, MANIFEST_FILE, REPORT_HTML, REPORT_JSON
     from worker.storage import normalise_uri, scheme_of
 
     target = normalise_uri(output)
@@ -80,6 +81,9 @@ def _output_problem(dataset: str, output: str) -> str | None:
         data = os.path.realpath(local_path(source))
         if os.path.isdir(data) and os.path.commonpath([path, data]) in (data, path):
             return f"{output} is, lies in or holds the dataset's folder {dataset}"
+        results = (CORESET_FILE, MANIFEST_FILE, REPORT_HTML, REPORT_JSON)
+        if os.path.dirname(data) == path and os.path.basename(data) in results:
+            return f"{output} would take the place of the dataset {dataset} with a result file"
     return None
 
 
@@ -95,22 +99,43 @@ def _notes(manifest: Any) -> list[str]:
             "are the given ones and the rows a stratified random draw; the noise estimates do "
             "not apply"
         )
-    if manifest.coreset.rows and manifest.coreset.clicks == 0 and manifest.dataset.clicks:
+    if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
     data = manifest.dataset
-    rare = [name for name, dim in zip(data.fields, data.field_dims, strict=False) if dim <= 1]
-    if rare:
-        notes.append(
-            f"no value of {', '.join(rare)} is seen often enough to count (min_count): the "
-            "field tells the models nothing; if it holds numbers, name it in --numeric-columns "
-            "(with every other numeric column: named columns replace the detection)"
-        )
-    return notes
+    return notes + _field_notes(data.fields, data.field_dims)
+
+
+def _field_notes(fields: Any, field_dims: Any) -> list[str]:
+    """A note on the fields of which no value is seen often enough to count."""
+    rare = [name for name, dim in zip(fields, field_dims, strict=False) if dim <= 1]
+    if not rare:
+        return []
+    return [
+        f"no value of {', '.join(rare)} is seen often enough to count (min_count): the field "
+        "tells the models nothing; leave an id out (--feature-columns), name a number column "
+        "in --numeric-columns (with every other numeric column: named columns replace the "
+        "detection of float columns)"
+    ]
+
+
+def _quiet_libraries() -> None:
+    """Keep the storage libraries' own log lines (gcsfs logs its retries with tracebacks) out
+    of the one-line errors, unless ``NACS_DEBUG`` is set."""
+    if _debug():
+        return
+    import logging
+
+    for name in ("gcsfs", "s3fs", "fsspec", "aiohttp", "botocore", "urllib3", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _debug() -> bool:
+    return os.environ.get("NACS_DEBUG", "").strip() not in ("", "0")
 
 
 def _unexpected(error: Exception) -> None:
     """An error of no known kind: one line, and with ``NACS_DEBUG=1`` its traceback."""
-    if os.environ.get("NACS_DEBUG", "").strip() not in ("", "0"):
+    if _debug():
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
@@ -275,6 +300,7 @@ def select(
     from worker.storage import join_uri
     from worker.tasks import execute
 
+    _quiet_libraries()
     request = _budget_and_request(
         dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns,
         data_format,
@@ -373,6 +399,7 @@ def evaluate(
     from nacs_engine.evaluate import EvaluationOptions, split_rows
 
     budgets = ratios or (0.01, 0.05)
+    _quiet_libraries()
     request = _budget_and_request(
         dataset, budgets[0], None, "nacs", options, label_column, feature_columns, numeric_columns,
         data_format,
@@ -387,6 +414,8 @@ def evaluate(
             format=request.format,
             min_count=selection_options["min_count"],
         )
+        for note in _field_notes(data.field_names, data.field_dims):
+            click.echo(f"note: {note}", err=True)
         seed = selection_options["seed"]
         train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=seed)
         for part, positions in (
@@ -398,7 +427,8 @@ def evaluate(
                     "too_few_clicks",
                     f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}) hold "
                     f"{'no click' if clicks == 0 else 'no non-click'}; an evaluation needs "
-                    f"both in each split (the data holds {data.n_clicks:,} clicks)",
+                    f"both in each split (the data holds {data.n_clicks:,} "
+                    f"{'click' if data.n_clicks == 1 else 'clicks'})",
                 )
         rows = compare_methods(
             data.subset(train_rows),

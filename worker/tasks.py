@@ -218,14 +218,15 @@ def write_result(
     writing_started = time.perf_counter()
     report("writing", 0.0, f"writing {result.size} rows to {output_uri}")
     folder = cleanup.enter_context(open_output(output_uri, settings, tenant))
-    # The manifest, written last, marks a result whole: an earlier run's goes first, so that
-    # no reader takes its manifest for the files written now (a job of the service removes
-    # only its own: another job's result is never replaced).
+    # The manifest, written last, marks a result whole: an earlier run's result goes first,
+    # its manifest before its files, so that no reader takes it for the files written now and
+    # a run that fails leaves no part of either (a job of the service removes only its own:
+    # another job's result is never replaced).
     if tenant is not None:
         owner = retried("reading the output folder", "writing", lambda: result_owner(folder))
         if owner is not None and owner != job_id:
             raise _taken(output_uri, owner)
-    retried("removing the earlier manifest", "writing", lambda: folder.remove(MANIFEST_FILE))
+    retried("removing the earlier result", "writing", lambda: _remove_earlier_result(folder))
     written: list[str] = []
     cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
     table = coreset_table(
@@ -306,6 +307,15 @@ def _refuse_another_result(
     found = retried("reading the output folder", "loading", owner)
     if found is not None and found != job_id:
         raise _taken(output_uri, found)
+
+
+def _remove_earlier_result(folder: OutputFolder) -> None:
+    """Remove the result ``folder`` holds, if any: its manifest, then the files of a result
+    (only those names, whatever the manifest lists)."""
+    if folder.read(MANIFEST_FILE) is None:
+        return
+    folder.remove(MANIFEST_FILE)
+    remove_result(folder, [CORESET_FILE, REPORT_JSON, REPORT_HTML])
 
 
 def _taken(output_uri: str, owner: str) -> JobFailed:

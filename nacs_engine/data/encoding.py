@@ -630,12 +630,12 @@ def _tokens(
 
 
 # How text data writes a missing number (compared in lower case, trimmed).
-_MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "nan", "none", "?", "-"])
+_MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "#n/a", "nan", "none", "?", "-"])
 
 
 def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
     """(n,) float64 values of a numeric column, NaN where missing (null, or text such as
-    "", "NA", "N/A", "null", "None", "?" or "-")."""
+    "", "NA", "N/A", "#N/A", "null", "None", "?" or "-")."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     try:

@@ -150,9 +150,8 @@ def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_file
         select, [dataset, "--ratio", "0.2", "--out", str(out), "--method", "random"]
     )
     assert second.exit_code == 7, second.output
-    # no manifest says the folder holds a whole result: neither the first run's nor the second's
-    assert not (out / "manifest.json").exists()
-    assert not (out / "coreset.parquet").exists()
+    # no part of either run's result is left: the earlier one went before the new one began
+    assert sorted(path.name for path in out.iterdir()) == []
 
 
 def test_select_notes_an_untrusted_teacher_and_a_field_too_rare_to_count(tmp_path) -> None:
@@ -272,3 +271,37 @@ def test_evaluate_on_too_few_clicks_names_the_split(tmp_path) -> None:
     assert result.exit_code == 1, result.output
     assert "too_few_clicks: the" in result.output and "hold no click" in result.output
     assert "Traceback" not in result.output
+
+
+def test_select_refuses_to_write_its_result_over_the_dataset(dataset: str, tmp_path) -> None:
+    folder = tmp_path / "self"
+    folder.mkdir()
+    data = folder / "coreset.parquet"
+    pq.write_table(pq.read_table(dataset), data)
+    before = data.read_bytes()
+    result = CliRunner().invoke(select, [str(data), "--ratio", "0.1", "--out", str(folder)])
+    assert result.exit_code == 2 and "would take the place of the dataset" in result.output
+    assert data.read_bytes() == before
+
+
+def test_evaluate_notes_a_field_too_rare_to_count(tmp_path) -> None:
+    from worker.cli import evaluate
+
+    rng = np.random.default_rng(8)
+    path = tmp_path / "ids.parquet"
+    n = 600
+    pq.write_table(
+        pa.table(
+            {
+                "label": (rng.random(n) < 0.4).astype(np.int64),
+                "colour": rng.choice(["red", "blue"], n),
+                "request_id": [f"r{i}" for i in range(n)],
+            }
+        ),
+        path,
+    )
+    result = CliRunner().invoke(
+        evaluate, [str(path), "--seeds", "1", "--methods", "random", "--evaluators", "logistic"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "note: no value of request_id is seen often enough" in result.stderr
