@@ -59,8 +59,9 @@ def _first_line(error: BaseException) -> str:
 
 def _output_problem(dataset: str, output: str) -> str | None:
     """Why a local ``--out`` cannot take the result (checked before the selection, which may
-    take hours), or None: a file, a folder this user cannot write, or a folder that is, lies
-    in or holds the dataset's own folder (its files would join the data)."""
+    take hours), or None: a file, a folder this user cannot write, a folder that is, lies in
+    or holds the dataset's own folder (its files would join the data), or the folder of a
+    dataset file named like a result file (the result would replace it)."""
     from worker.local_files import local_path
     from worker.outputs import CORESET_FILE, MANIFEST_FILE, REPORT_HTML, REPORT_JSON
     from worker.storage import normalise_uri, scheme_of
