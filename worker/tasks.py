@@ -222,11 +222,10 @@ def write_result(
     # its manifest before its files, so that no reader takes it for the files written now and
     # a run that fails leaves no part of either (a job of the service removes only its own:
     # another job's result is never replaced).
-    if tenant is not None:
-        owner = retried("reading the output folder", "writing", lambda: result_owner(folder))
-        if owner is not None and owner != job_id:
-            raise _taken(output_uri, owner)
-    retried("removing the earlier result", "writing", lambda: _remove_earlier_result(folder))
+    retried(
+        "removing the earlier result", "writing",
+        lambda: _remove_earlier_result(folder, job_id if tenant is not None else None),
+    )
     written: list[str] = []
     cleanup.push(lambda kind, error, trace: _remove_on_error(folder, written, error))
     table = coreset_table(
@@ -309,11 +308,15 @@ def _refuse_another_result(
         raise _taken(output_uri, found)
 
 
-def _remove_earlier_result(folder: OutputFolder) -> None:
+def _remove_earlier_result(folder: OutputFolder, job_id: str | None) -> None:
     """Remove the result ``folder`` holds, if any: its manifest, then the files of a result
-    (only those names, whatever the manifest lists)."""
-    if folder.read(MANIFEST_FILE) is None:
+    (only those names, whatever the manifest lists). job_id: when given, only a result of
+    that job is removed; another job's is output_uri_taken."""
+    owner = result_owner(folder)
+    if owner is None:
         return
+    if job_id is not None and owner != job_id:
+        raise _taken(folder.uri, owner)
     folder.remove(MANIFEST_FILE)
     remove_result(folder, [CORESET_FILE, REPORT_JSON, REPORT_HTML])
 

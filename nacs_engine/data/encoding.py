@@ -16,9 +16,8 @@ gives a column of at least ``QUANTILE_BUCKETS`` distinct values fewer than
 ``MIN_RULE_BUCKETS`` buckets; such a column gets up to ``QUANTILE_BUCKETS``
 equal-frequency buckets whose edges come from a sample of it (``numeric_edges``): the
 rule would put every value of [0, 1), most z-scores or a year of timestamps into one
-to seven buckets. A floating-point
-column with a fractional value in the first batch is numeric unless
-``numeric_columns`` names the numeric columns itself.
+to seven buckets. When ``numeric_columns`` names none, a floating-point column with a
+fractional value anywhere in the first pass is numeric.
 
 Fingerprint (``EncodedDataset.fingerprint``): a SHA-256 over the schema and
 ``min_count``, the vocabularies, and, row by row, the encoded ids, the labels,
@@ -149,7 +148,7 @@ class _NumericSample:
 
     def values(self) -> np.ndarray:
         self._shrink()
-        return np.sort(self._values)
+        return self._values
 
     def vocabulary(self, edges: np.ndarray, min_count: int) -> Vocabulary:
         """The quantile buckets' vocabulary, their counts estimated from the sample."""
@@ -343,13 +342,13 @@ class Encoder:
                 if i in samples:
                     values = _numeric_values(column, name, source.description)
                     if i in as_text:
-                        as_text[i].add(_tokens(column, kinds[i], name, schema, source.description))
+                        as_text[i].add(_tokens(column, kinds[i], name, source.description))
                         if i not in fractional and _has_fraction(values):
                             fractional.add(i)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
-                    counters[i].add(_tokens(column, kinds[i], name, schema, source.description))
+                    counters[i].add(_tokens(column, kinds[i], name, source.description))
             _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
         if rows == 0 or kinds is None:
             raise DataError("empty_dataset", f"{source.description}: the data has no rows")
@@ -442,7 +441,7 @@ class Encoder:
                         hasher.add_numeric(i, values)
                         tokens = numeric_tokens(values, self.bucket_edges[i])
                     else:
-                        tokens = _tokens(column, vocab.kind, name, schema, source.description)
+                        tokens = _tokens(column, vocab.kind, name, source.description)
                     field_ids = vocab.lookup(tokens)
                     ids[:, i] = field_ids
                     oov = field_ids == 0
@@ -594,13 +593,9 @@ def _has_fraction(values: np.ndarray) -> bool:
     return bool(finite.size) and bool(np.any(finite != np.floor(finite)))
 
 
-def _tokens(
-    column: pa.Array, kind: str, name: str, schema: TableSchema, description: str
-) -> np.ndarray:
-    """(n,) tokens of one batch column: int64 numpy (kind "int") or a pyarrow
-    string array without nulls (kind "str")."""
-    if name in schema.numeric_columns:
-        return bucketize(_numeric_values(column, name, description))
+def _tokens(column: pa.Array, kind: str, name: str, description: str) -> np.ndarray:
+    """(n,) tokens of one categorical batch column: int64 numpy (kind "int") or a pyarrow
+    string array without nulls (kind "str"); numeric columns go through ``numeric_tokens``."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if kind == "int":

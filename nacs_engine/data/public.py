@@ -328,11 +328,18 @@ def movielens_100k(directory: str | os.PathLike[str] | None = None) -> pa.Table:
         "label": pc.cast(pc.greater_equal(rating, 4.0), pa.int8()),
         **{name: joined.column(name) for name in MOVIELENS_FEATURES[:7]},
         "genres": joined.column("class"),
-        "hour": pa.array(((seconds // 3_600) % 24).astype(str)),
-        # 1970-01-01 was a Thursday: weekday 3 with Monday = 0
-        "weekday": pa.array(((seconds // 86_400 + 3) % 7).astype(str)),
+        **_hour_and_weekday(seconds),
     }
     return pa.table(columns)
+
+
+def _hour_and_weekday(seconds: np.ndarray) -> dict[str, pa.Array]:
+    """The UTC hour and weekday (0 = Monday) of Unix times in seconds, as strings."""
+    # 1970-01-01 was a Thursday: weekday 3 with Monday = 0
+    return {
+        "hour": pa.array(((seconds // 3_600) % 24).astype(str)),
+        "weekday": pa.array(((seconds // 86_400 + 3) % 7).astype(str)),
+    }
 
 
 def fetch_movielens_100k(cache_dir: str | os.PathLike[str]) -> Path:
@@ -522,10 +529,7 @@ def movielens_latest_table(frame: Any) -> pa.Table:
     columns = {"label": pa.array((frame["rating"] >= 4.0).to_numpy(np.int8))}
     for source, name in _MOVIELENS_LATEST_SOURCE.items():
         columns[name] = _strings(frame[source])
-    columns["hour"] = pa.array(((seconds // 3_600) % 24).astype(str))
-    # 1970-01-01 was a Thursday: weekday 3 with Monday = 0
-    columns["weekday"] = pa.array(((seconds // 86_400 + 3) % 7).astype(str))
-    return pa.table(columns)
+    return pa.table(columns | _hour_and_weekday(seconds))
 
 
 def fetch_mpls_stops(cache_dir: str | os.PathLike[str]) -> Path:
