@@ -14,6 +14,11 @@ categoricals, an empty value meaning missing). A ``.tsv`` or ``.txt`` file whose
 first line has that shape is read as ``criteo``. Text files may be gzip- or
 bz2-compressed (``.csv.gz``, ``.tsv.gz``, ...).
 
+A folder without part files of its own but with key=value subfolders (a partitioned
+dataset, as Hive, Spark and ``pyarrow.dataset`` write it) is read as the files below them,
+sorted by path, every file under the same keys; each key becomes a text column after the
+files' columns (URL escapes decoded, ``__HIVE_DEFAULT_PARTITION__`` read as missing).
+
 CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
 labels and numeric columns itself. Every failure caused by the data (missing
@@ -34,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
@@ -66,6 +71,9 @@ _COMPRESSED_NAMES = ((re.compile(rb"\x1f\x8b"), "gz"), (re.compile(rb"BZh[1-9]1A
 # Bytes of CSV text per block; big enough for any sane row, small enough to stream.
 _MIN_BLOCK_BYTES = 1 << 20
 _MAX_BLOCK_BYTES = 64 << 20
+# A partitioned folder's value for a missing key (Hive's and Spark's spelling).
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_MAX_PARTITION_LEVELS = 8
 
 ReadBatch = tuple[pa.RecordBatch, "float | None"]
 """A batch and the fraction of the source read so far (None when unknown)."""
@@ -130,14 +138,14 @@ class _TextLayout:
 
 
 class FileSource(TableSource):
-    """One file, or a folder of part files of the same format, behind an fsspec URI."""
+    """One file, or a folder of part files of the same format, behind an fsspec URI. In a
+    partitioned folder the partition keys follow the files' columns, as text."""
 
     def __init__(
         self,
         uri: str,
         fs: fsspec.AbstractFileSystem,
-        paths: list[str],
-        sizes: list[int | None],
+        parts: list[_Part],
         format: str,
         *,
         column_names: Sequence[str] | None,
@@ -146,8 +154,9 @@ class FileSource(TableSource):
         self.uri = uri
         self.description = uri
         self.fs = fs
-        self.paths = paths
-        self.sizes = sizes
+        self.parts = parts
+        self.paths = [part.name for part in parts]
+        self.sizes = [part.size for part in parts]
         self.format = format
         self.batch_rows = batch_rows
         self.layout = "criteo" if format == "criteo" else None
@@ -159,6 +168,15 @@ class FileSource(TableSource):
                 self._text = self._text_layout(format, column_names)
                 self.columns = self._text.names
                 self.total_rows = None
+            self.file_columns = self.columns
+            keys = tuple(key for key, _ in parts[0].keys)
+            clashes = [key for key in keys if key in self.file_columns]
+            if clashes:
+                raise DataError(
+                    "unreadable_data",
+                    f"{uri}: the partition key(s) {clashes} are also columns of the files",
+                )
+            self.columns = (*self.file_columns, *keys)
         _check_unique_columns(self.columns, uri)
 
     # -- schema -----------------------------------------------------------------
@@ -264,15 +282,19 @@ class FileSource(TableSource):
         total_rows = self.total_rows
         rows_done = 0
         bytes_before = 0
-        for path, size in zip(self.paths, self.sizes, strict=True):
+        wanted = list(self.columns) if columns is None else list(columns)
+        from_files = [name for name in wanted if name in self.file_columns]
+        for part in self.parts:
+            path, size = part.name, part.size
             with _data_errors(self.uri):
                 if self.format == "parquet":
                     reader: Iterator[tuple[pa.RecordBatch, Callable[[], int]]] = (
-                        self._parquet_batches(path, columns)
+                        self._parquet_batches(path, from_files)
                     )
                 else:
-                    reader = self._text_batches(path, columns)
-                for batch, position in _guarded(reader, self.uri):
+                    reader = self._text_batches(path, from_files)
+                for read, position in _guarded(reader, self.uri):
+                    batch = _with_keys(read, wanted, dict(part.keys))
                     rows_done += batch.num_rows
                     if total_rows:
                         fraction: float | None = rows_done / total_rows
@@ -346,7 +368,8 @@ def open_source(
     """Open the data at ``uri`` for batch reading.
 
     uri: a plain path or any fsspec URI; a folder is read as its part files
-        (sorted by name, those with a supported extension).
+        (sorted by name, those with a supported extension), or when it has none, as
+        the files of its key=value subfolders with the keys as columns.
     format: "parquet", "csv", "tsv" or "criteo"; None infers it from the extension.
     column_names: names of the columns of a headerless CSV or TSV file.
     storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
@@ -381,13 +404,11 @@ def open_source(
         fs.invalidate_cache(path)
         info = fs.info(path)
         if info.get("type") == "directory":
-            paths, sizes = _part_files(fs, path, shown, format)
+            parts = _part_files(fs, path, shown, format)
         else:
-            paths, sizes = [path], [info.get("size")]
-    resolved = format or _format_from_name(paths[0], shown)
-    return FileSource(
-        shown, fs, paths, sizes, resolved, column_names=column_names, batch_rows=batch_rows
-    )
+            parts = [_Part(path, info.get("size"))]
+    resolved = format or _format_from_name(parts[0].name, shown)
+    return FileSource(shown, fs, parts, resolved, column_names=column_names, batch_rows=batch_rows)
 
 
 def redact_uri(uri: str) -> str:
@@ -441,53 +462,141 @@ def _format_from_name(path: str, uri: str) -> str:
     return found
 
 
+@dataclass(frozen=True)
+class _Part:
+    """A part file of a folder and, in a partitioned folder, the (key, value) pairs of the
+    key=value subfolders above it (a value of None: Hive's default partition, missing)."""
+
+    name: str
+    size: int | None
+    keys: tuple[tuple[str, str | None], ...] = ()
+
+
 def _part_files(
     fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
-) -> tuple[list[str], list[int | None]]:
-    entries = sorted(fs.ls(path, detail=True), key=lambda entry: entry["name"])
-    parts, links = [], []
-    for entry in entries:
-        base = Path(entry["name"]).name
-        if base.startswith((".", "_")):
-            continue
-        found = format_from_name(base)
-        if found is None or (format is not None and found != _text_family(format)):
-            continue
-        if entry.get("islink"):
-            links.append(base)
-        elif entry.get("type") == "file":
-            parts.append(entry)
+) -> list[_Part]:
+    """The part files of the folder ``path``, sorted by name: its own files, or when it holds
+    none, those of its key=value subfolders (a partitioned dataset, Hive's layout), level by
+    level. Names starting with "." or "_" (Spark's _SUCCESS, staging folders) are skipped."""
+    entries = _folder_entries(fs, path)
+    parts, links = _data_files(entries, format)
+    if not parts and any(_partition_folders(entries)):
+        parts, links = _partitioned_files(fs, path, uri, format)
     if links:
         raise DataError(
             "unreadable_data",
-            f"{uri}: part file(s) {links[:5]} of the folder are symbolic links, which are not "
-            "read; put the files themselves in the folder",
+            f"{uri}: {links[:5]} in the folder are symbolic links, which are not read; put "
+            "the files and folders themselves there",
         )
     if not parts:
-        partitions = [
-            Path(entry["name"]).name
-            for entry in entries
-            if entry.get("type") == "directory" and "=" in Path(entry["name"]).name
-        ]
-        hint = (
-            f"; its subfolders ({', '.join(partitions[:3])}, ...) look like a partitioned "
-            "dataset (key=value), which is not read: write the rows as files of one folder, "
-            "the partition keys as columns"
-            if partitions
-            else ""
-        )
         raise DataError(
             "dataset_not_found",
-            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file{hint}",
+            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file",
         )
-    kinds = {format_from_name(Path(entry["name"]).name) for entry in parts}
+    kinds = {format_from_name(Path(part.name).name) for part in parts}
     if len(kinds) > 1:
         raise DataError(
             "unsupported_format",
             f"{uri}: the folder mixes formats "
             f"({', '.join(sorted(k or '' for k in kinds))}); give format",
         )
-    return [entry["name"] for entry in parts], [entry.get("size") for entry in parts]
+    layouts = {tuple(key for key, _ in part.keys) for part in parts}
+    if len(layouts) > 1:
+        shown = sorted("/".join(f"{key}=..." for key in keys) or "(none)" for keys in layouts)
+        raise DataError(
+            "unreadable_data",
+            f"{uri}: the partitioned folder's files lie under different partition keys "
+            f"({', '.join(shown[:3])}); every file must lie under the same key=value levels",
+        )
+    return parts
+
+
+def _folder_entries(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
+    entries = sorted(fs.ls(path, detail=True), key=lambda entry: entry["name"])
+    return [e for e in entries if not Path(e["name"]).name.startswith((".", "_"))]
+
+
+def _data_files(
+    entries: list[dict[str, Any]], format: str | None, keys: tuple[tuple[str, str | None], ...] = ()
+) -> tuple[list[_Part], list[str]]:
+    """The files among ``entries`` of a supported (or the given) format, and the names of
+    such files that are symbolic links."""
+    parts, links = [], []
+    for entry in entries:
+        base = Path(entry["name"]).name
+        found = format_from_name(base)
+        if found is None or (format is not None and found != _text_family(format)):
+            continue
+        if entry.get("islink"):
+            links.append(base)
+        elif entry.get("type") == "file":
+            parts.append(_Part(entry["name"], entry.get("size"), keys))
+    return parts, links
+
+
+def _partition_folders(
+    entries: list[dict[str, Any]],
+) -> tuple[list[tuple[dict[str, Any], str, str]], list[str]]:
+    """The key=value subfolders among ``entries`` as (entry, key, raw value), and the names
+    of key=value entries that are symbolic links (never followed)."""
+    found, links = [], []
+    for entry in entries:
+        base = Path(entry["name"]).name
+        key, separator, value = base.partition("=")
+        if not (separator and key):
+            continue
+        if entry.get("islink"):
+            links.append(base)
+        elif entry.get("type") == "directory":
+            found.append((entry, key, value))
+    return found, links
+
+
+def _partitioned_files(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
+) -> tuple[list[_Part], list[str]]:
+    parts: list[_Part] = []
+    links: list[str] = []
+    pending: list[tuple[str, tuple[tuple[str, str | None], ...]]] = [(path, ())]
+    while pending:
+        folder, keys = pending.pop(0)
+        entries = _folder_entries(fs, folder)
+        if keys:
+            found, linked = _data_files(entries, format, keys)
+            parts.extend(found)
+            links.extend(linked)
+        folders, linked = _partition_folders(entries)
+        links.extend(linked)
+        for entry, key, value in folders:
+            if any(key == seen for seen, _ in keys):
+                raise DataError(
+                    "unreadable_data",
+                    f"{uri}: the partition key {key!r} appears twice in one path ({entry['name']})",
+                )
+            if len(keys) >= _MAX_PARTITION_LEVELS:
+                raise DataError(
+                    "unreadable_data",
+                    f"{uri}: partitioned deeper than {_MAX_PARTITION_LEVELS} key=value levels",
+                )
+            shown = None if value == _HIVE_NULL else unquote(value)
+            pending.append((entry["name"], (*keys, (key, shown))))
+    parts.sort(key=lambda part: part.name)
+    return parts, links
+
+
+def _with_keys(
+    batch: pa.RecordBatch, wanted: list[str], keys: dict[str, str | None]
+) -> pa.RecordBatch:
+    """``batch``'s columns in the order of ``wanted``, a partition key's as its value."""
+    if not keys and batch.schema.names == wanted:
+        return batch
+    arrays = [
+        pa.array([keys[name]] * batch.num_rows, type=pa.string())
+        if name in keys
+        else batch.column(name)
+        for name in wanted
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=wanted)
 
 
 def _text_family(format: str) -> str:

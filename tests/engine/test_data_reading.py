@@ -301,11 +301,92 @@ def test_a_header_of_one_column_with_semicolons_says_commas_are_read(tmp_path):
         load_dataset(str(path))
 
 
-def test_a_partitioned_folder_is_said_to_be_one(tmp_path):
+def _hive(table: pa.Table, folder, keys: list[str], format: str = "parquet") -> None:
     import pyarrow.dataset as ds
 
-    table = pa.table({"label": [1, 0, 1, 0], "item": ["a", "b", "a", "b"], "day": [1, 1, 2, 2]})
-    ds.write_dataset(table, tmp_path / "data", format="parquet", partitioning=["day"],
-                     partitioning_flavor="hive")
-    with pytest.raises(DataError, match=r"subfolders \(day=1, day=2, \.\.\.\) look like"):
-        load_dataset(str(tmp_path / "data"))
+    ds.write_dataset(table, folder, format=format, partitioning=keys, partitioning_flavor="hive")
+
+
+def _rows(source, columns: list[str]) -> list[tuple]:
+    batches = [batch for batch, _ in source.batches(columns)]
+    assert all(batch.schema.names == columns for batch in batches)
+    return sorted((tuple(row.values()) for b in batches for row in b.to_pylist()), key=repr)
+
+
+@pytest.mark.parametrize("format", ["parquet", "csv"])
+def test_a_partitioned_folder_reads_its_keys_as_text_columns(tmp_path, format):
+    rng = np.random.default_rng(0)
+    n = 300
+    table = pa.table(
+        {
+            "label": rng.integers(0, 2, n),
+            "item": rng.choice(["a", "b", "c"], n),
+            "day": rng.choice(["2024-01-01", "2024-01-02"], n),
+            "hour": rng.integers(0, 3, n),
+        }
+    )
+    _hive(table, tmp_path / "data", ["day", "hour"], format)
+    (tmp_path / "data" / "_SUCCESS").write_text("")
+    (tmp_path / "data" / "day=2024-01-01" / ".part.crc").write_text("")
+    source = open_source(str(tmp_path / "data"))
+    assert source.columns[-2:] == ("day", "hour")
+    assert len(source.paths) == 6
+    assert source.paths == sorted(source.paths)
+    # any order of the columns asked for; the keys read as text (and CSV's values too)
+    columns = ["hour", "label", "item", "day"]
+    as_read = int if format == "parquet" else str
+    expected = sorted(
+        ((str(r["hour"]), as_read(r["label"]), r["item"], r["day"]) for r in table.to_pylist()),
+        key=repr,
+    )
+    assert _rows(source, columns) == expected
+    if format == "parquet":  # rows in the order pyarrow.dataset reads them (docs/CLIENT.md)
+        import pyarrow.dataset as ds
+
+        theirs = ds.dataset(tmp_path / "data", partitioning="hive").to_table()
+        ours = pa.Table.from_batches([batch for batch, _ in source.batches()])
+        assert ours.column("item").to_pylist() == theirs.column("item").to_pylist()
+        assert ours.column("label").to_pylist() == theirs.column("label").to_pylist()
+    data = load_dataset(str(tmp_path / "data"), min_count=1)
+    assert data.n_rows == n
+    assert {"day", "hour"} <= set(data.field_names)
+
+
+def test_a_partition_keys_missing_value_and_escapes_are_read(tmp_path):
+    folder = tmp_path / "data"
+    for name, rows in (("city=__HIVE_DEFAULT_PARTITION__", [0, 1]), ("city=New%20York", [1, 1])):
+        (folder / name).mkdir(parents=True)
+        pq.write_table(pa.table({"label": rows}), folder / name / "part-0.parquet")
+    assert _rows(open_source(str(folder)), ["label", "city"]) == sorted(
+        [(0, None), (1, None), (1, "New York"), (1, "New York")], key=repr
+    )
+
+
+def test_a_partitioned_folder_with_uneven_keys_or_clashing_names_is_refused(tmp_path):
+    uneven = tmp_path / "uneven"
+    for name in ("day=1/hour=0", "day=2"):
+        (uneven / name).mkdir(parents=True)
+        pq.write_table(pa.table({"label": [0, 1]}), uneven / name / "part-0.parquet")
+    with pytest.raises(DataError, match=r"different partition keys \(day=\.\.\., day=\.\.\./hour"):
+        open_source(str(uneven))
+    clash = tmp_path / "clash"
+    (clash / "label=1").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1]}), clash / "label=1" / "part-0.parquet")
+    with pytest.raises(DataError, match=r"partition key\(s\) \['label'\] are also columns"):
+        open_source(str(clash))
+    empty = tmp_path / "empty"
+    (empty / "day=1").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no .parquet") as missing:
+        open_source(str(empty))
+    assert missing.value.code == "dataset_not_found"
+
+
+def test_a_linked_partition_folder_is_named_not_followed(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "day=1").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1]}), folder / "day=1" / "part-0.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    pq.write_table(pa.table({"label": [1, 1]}), tmp_path / "elsewhere" / "part-0.parquet")
+    (folder / "day=2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DataError, match=r"\['day=2'\] in the folder are symbolic links"):
+        open_source(str(folder))

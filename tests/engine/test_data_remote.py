@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nacs_engine.data import load_dataset
+from nacs_engine.data import load_dataset, open_source
 from nacs_engine.errors import DataError
 
 
@@ -80,6 +80,25 @@ def test_parquet_and_csv_from_s3(tmp_path, s3_options):
     with pytest.raises(DataError) as info:
         load_dataset(f"s3://{bucket}-absent/t.parquet", storage_options=s3_options)
     assert info.value.code == "dataset_not_found"
+
+
+def test_a_partitioned_folder_on_s3(tmp_path, s3_options):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    bucket = f"nacs-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    table = _table()
+    halves = {"dt=2024-05-01": table.slice(0, 25), "dt=2024-05-02": table.slice(25)}
+    for folder, part in halves.items():
+        pq.write_table(part, tmp_path / "part.parquet")
+        fs.put(str(tmp_path / "part.parquet"), f"{bucket}/clicks/{folder}/part-0.parquet")
+    fs.pipe(f"{bucket}/clicks/_SUCCESS", b"")
+    source = open_source(f"s3://{bucket}/clicks", storage_options=s3_options)
+    assert source.columns == ("label", "ad", "dt")
+    read = pa.Table.from_batches([batch for batch, _ in source.batches()])
+    assert read.column("dt").to_pylist() == ["2024-05-01"] * 25 + ["2024-05-02"] * 35
+    assert read.select(["label", "ad"]).equals(table)
 
 
 @pytest.fixture

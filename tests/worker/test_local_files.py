@@ -101,12 +101,25 @@ def test_a_folder_of_parts_is_read_and_linked_parts_named(
     assert "holds no" not in refused.value.message
 
 
+def test_a_partitioned_folder_is_read_and_a_linked_partition_refused(
+    confined: SharedSettings, folders: dict[str, Path]
+) -> None:
+    parts = folders["allowed"] / "clicks"
+    make_ctr_parquet(parts / "day=1" / "part-0.parquet", 100, seed=3)
+    make_ctr_parquet(parts / "day=2" / "part-0.parquet", 60, seed=4)
+    manifest = run(confined, parts, folders["own"] / "a")
+    assert manifest.dataset.rows == 160
+    (parts / "day=3").symlink_to(folders["secret"], target_is_directory=True)
+    with pytest.raises(DataError, match=r"\['day=3'\] in the folder are symbolic links"):
+        run(confined, parts, folders["own"] / "b", job_id="j2")
+
+
 def test_the_engine_names_linked_parts_too(tmp_path: Path) -> None:
     parts = tmp_path / "parts"
     parts.mkdir()
     make_ctr_parquet(tmp_path / "elsewhere.parquet", 10)
     (parts / "part-0.parquet").symlink_to(tmp_path / "elsewhere.parquet")
-    with pytest.raises(DataError, match=r"part file\(s\) \['part-0.parquet'\] .* symbolic links"):
+    with pytest.raises(DataError, match=r"\['part-0.parquet'\] in the folder are symbolic links"):
         open_source(str(parts))
 
 
