@@ -35,20 +35,17 @@ says which (``delivered``).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 
 from nacs_engine.baselines import random_rows
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.errors import SelectionCancelled
 from nacs_engine.evaluate import (
     EvaluationOptions,
     auc_components,
@@ -56,7 +53,13 @@ from nacs_engine.evaluate import (
     row_log_losses,
 )
 from nacs_engine.pipeline import CoresetResult
-from nacs_engine.runtime import numpy_generator, resolve_device
+from nacs_engine.runtime import (
+    SharedProgress,
+    cpu_lanes,
+    numpy_generator,
+    resolve_device,
+    train_at_once,
+)
 
 HOLDOUT_SHARE = 0.1
 # Every audit model scores the held-back rows (the stopping part every epoch): past 50,000
@@ -245,8 +248,8 @@ def train_audit_models(
     busy each, where two threads on one model gain little (at 1M rows on two cores, 6.1-7.0 s
     against 9.5-10.2 s). Each model draws from its own generators, so the scores are those of
     training them one after the other on one torch thread, whatever the number of cores."""
-    lanes = min(len(models), torch.get_num_threads())
-    if resolve_device(config.device).type != "cpu" or lanes < 2:
+    lanes = cpu_lanes(resolve_device(config.device), len(models))
+    if lanes < 2:
         scores: Scores = {}
         for done, model in enumerate(models):
             scores[model] = train_audit_model(
@@ -254,47 +257,23 @@ def train_audit_models(
             )
             progress("auditing", (done + 1) / len(models), f"audit: {model}")
         return scores
-    lock = threading.Lock()
-    stop = threading.Event()
+    shared = SharedProgress()
     trained = [0]
 
     def report(phase: str, fraction: float, message: str, finished: bool = False) -> None:
-        # One thread at a time reports; once one has failed (a cancel request raises here)
-        # the others stop at their next epoch.
-        with lock:
-            if stop.is_set():
-                raise SelectionCancelled("the audit stopped: another of its models failed")
+        def update() -> None:
             trained[0] += finished
-            try:
-                progress(phase, trained[0] / len(models), message)
-            except BaseException:
-                stop.set()
-                raise
+            progress(phase, trained[0] / len(models), message)
+
+        shared.call(update)
 
     def train(model: AuditModel) -> AuditScore:
         score = train_audit_model(data, held, model.arm_of(arms), model, config, report, 0.0)
         report("auditing", 1.0, f"audit: {model}", finished=True)
         return score
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="audit") as pool:
-            futures = {model: pool.submit(train, model) for model in models}
-            try:
-                finished, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    error = future.exception()
-                    if error is not None:
-                        raise error
-            except BaseException:
-                stop.set()
-                for future in futures.values():
-                    future.cancel()
-                raise
-            return {model: future.result() for model, future in futures.items()}
-    finally:
-        torch.set_num_threads(threads)
+    results = train_at_once([partial(train, model) for model in models], lanes, shared)
+    return dict(zip(models, results, strict=True))
 
 
 def conclude_audit(

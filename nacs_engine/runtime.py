@@ -12,10 +12,16 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from nacs_engine.errors import SelectionCancelled
+
+T = TypeVar("T")
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -115,3 +121,58 @@ def seeded_scope(
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(stream_seed)
         yield
+
+
+class SharedProgress:
+    """Progress calls from models trained at once in threads: one thread at a time calls,
+    and once a call has raised (a cancel request raises there) the others raise at their
+    next call, so that they stop at their next report."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def call(self, report: Callable[[], None]) -> None:
+        with self._lock:
+            if self.stopped.is_set():
+                raise SelectionCancelled("stopped: another model trained at once failed")
+            try:
+                report()
+            except BaseException:
+                self.stopped.set()
+                raise
+
+
+def cpu_lanes(device: torch.device, tasks: int) -> int:
+    """How many models to train at once on ``device``: on a CPU, one per torch thread (at
+    most ``tasks``); elsewhere, or with one thread, 1 (one after the other)."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(tasks, torch.get_num_threads()))
+
+
+def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedProgress) -> list[T]:
+    """The results of ``jobs``, run at once in ``lanes`` threads with one torch thread each
+    (small models keep a core busy each, where two threads on one gain little). The first
+    failure stops the rest (pending ones are not started, running ones stop at their next
+    ``shared`` report) and is raised. Each job must draw from its own generators: then the
+    results are those of running the jobs one after the other on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool:
+            futures = [pool.submit(job) for job in jobs]
+            try:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    error = future.exception()
+                    if error is not None:
+                        raise error
+            except BaseException:
+                shared.stopped.set()
+                for future in futures:
+                    future.cancel()
+                raise
+            return [future.result() for future in futures]
+    finally:
+        torch.set_num_threads(threads)

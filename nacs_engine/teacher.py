@@ -20,10 +20,12 @@ probabilities drift, most at the extremes and where clicks are rare.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,16 @@ from torch import nn
 
 from nacs_engine.config import SelectionConfig
 from nacs_engine.evaluate import auc, log_loss, platt_scaling
+from nacs_engine.models.layers import use_generator
 from nacs_engine.models.registry import CTRModel, build_model
-from nacs_engine.runtime import numpy_generator, seeded_scope, torch_generator
+from nacs_engine.runtime import (
+    SharedProgress,
+    cpu_lanes,
+    numpy_generator,
+    seeded_scope,
+    torch_generator,
+    train_at_once,
+)
 from nacs_engine.train import FitResult, as_feature_tensor, default_batch_size, fit_early_stopping
 
 # Training rows times epochs one fold's model may take: one epoch at 500,000 rows.
@@ -257,18 +267,39 @@ def cross_fit(
     rows = np.asarray(rows, dtype=np.int64)
     folds = fold_assignment(int(rows.shape[0]), config)
     k_folds = int(folds.max()) + 1
-    results: list[FoldResult] = []
-    for fold in range(k_folds):
+    lanes = cpu_lanes(device, k_folds)
+    if lanes < 2:
+        results: list[FoldResult] = []
+        for fold in range(k_folds):
 
-        def fold_progress(fraction: float, message: str, fold: int = fold) -> None:
-            report((fold + fraction) / k_folds, message)
+            def fold_progress(fraction: float, message: str, fold: int = fold) -> None:
+                report((fold + fraction) / k_folds, message)
 
-        results.append(
-            train_fold(
-                features, labels, rows, folds, fold, field_dims, config, device=device,
-                progress=fold_progress,
+            results.append(
+                train_fold(
+                    features, labels, rows, folds, fold, field_dims, config, device=device,
+                    progress=fold_progress,
+                )
             )
+        return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
+    shared = SharedProgress()
+    done = [0.0] * k_folds
+
+    def shared_progress(fraction: float, message: str, fold: int) -> None:
+        def update() -> None:
+            done[fold] = fraction
+            report(sum(done) / k_folds, message)
+
+        shared.call(update)
+
+    jobs = [
+        partial(
+            train_fold, features, labels, rows, folds, fold, field_dims, config, device=device,
+            progress=partial(shared_progress, fold=fold),
         )
+        for fold in range(k_folds)
+    ]
+    results = train_at_once(jobs, lanes, shared)
     return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
 
 
@@ -318,7 +349,14 @@ def _train_fold(
         model = build_model(
             config.backbone, field_dims, embed_dim=config.embed_dim, dropout=config.dropout
         ).to(device)
-    with seeded_scope(config.seed, "teacher_dropout", device, fold):
+    # On a CPU the dropout masks come from the model's own generator (folds may train at
+    # once in threads); on a GPU from the global one, seeded alike: the same numbers.
+    if device.type == "cpu":
+        use_generator(model, torch_generator(config.seed, "teacher_dropout", index=fold))
+        dropout_scope: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        dropout_scope = seeded_scope(config.seed, "teacher_dropout", device, fold)
+    with dropout_scope:
         fit = fit_early_stopping(
             model,
             training_features,

@@ -1,8 +1,14 @@
-"""The teacher fold by fold (as separate jobs run it) equals the teacher cross-fitted at once."""
+"""The teacher fold by fold (as separate jobs run it, on one torch thread each) equals the
+teacher cross-fitted in one call, its folds trained one after the other or at once."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
+import pytest
 import torch
 
 from nacs_engine.config import SelectionConfig
@@ -22,22 +28,78 @@ class RowsOnly:
         return self._features[rows].copy()
 
 
-def test_folds_trained_one_by_one_give_the_cross_fitted_teacher() -> None:
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_folds_trained_one_by_one_give_the_cross_fitted_teacher(threads: int) -> None:
     data = make_synthetic_ctr(3000, n_fields=6, flip_rate=0.1, seed=2).dataset
     config = SelectionConfig(ratio=0.1, seed=5, teacher_folds=3)
     rows = np.sort(np.random.default_rng(0).choice(data.n_rows, 2700, replace=False))
     device = torch.device("cpu")
-    whole = cross_fit(data.features, data.labels, rows, data.field_dims, config, device=device)
+    seen: list[float] = []
+    with torch_threads(threads):  # with 2, two folds train at once, one thread each
+        whole = cross_fit(
+            data.features,
+            data.labels,
+            rows,
+            data.field_dims,
+            config,
+            device=device,
+            progress=lambda fraction, message: seen.append(fraction),
+        )
+    assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:], strict=False))
     folds = fold_assignment(rows.shape[0], config)
     np.testing.assert_array_equal(folds, whole.folds)
-    results = [
-        train_fold(
-            RowsOnly(data.features), data.labels, rows, folds, fold, data.field_dims, config,
-            device=device,
-        )
-        for fold in range(3)
-    ]
+    with torch_threads(1):
+        results = [
+            train_fold(
+                RowsOnly(data.features),
+                data.labels,
+                rows,
+                folds,
+                fold,
+                data.field_dims,
+                config,
+                device=device,
+            )
+            for fold in range(3)
+        ]
     joined = assemble_teacher(rows, folds, data.labels, results, seconds=0.0)
     np.testing.assert_array_equal(joined.logits, whole.logits)
     np.testing.assert_array_equal(joined.probabilities, whole.probabilities)
     assert joined.epochs == whole.epochs
+
+
+def test_a_failure_in_one_fold_stops_the_folds_trained_beside_it() -> None:
+    data = make_synthetic_ctr(3000, n_fields=6, flip_rate=0.1, seed=2).dataset
+    config = SelectionConfig(ratio=0.1, seed=5, teacher_folds=4)
+    rows = np.arange(data.n_rows)
+    calls: list[str] = []
+    guard = threading.Lock()
+
+    def progress(fraction: float, message: str) -> None:
+        with guard:
+            calls.append(message)
+            if len(calls) == 3:
+                raise RuntimeError("cancelled by the user")
+
+    with torch_threads(2), pytest.raises(RuntimeError, match="cancelled by the user"):
+        cross_fit(
+            data.features,
+            data.labels,
+            rows,
+            data.field_dims,
+            config,
+            device=torch.device("cpu"),
+            progress=progress,
+        )
+    # the other fold stopped at its next report, and the folds not started never ran
+    assert len(calls) == 3
