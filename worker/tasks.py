@@ -126,7 +126,9 @@ def execute_or_hand_over(
         if tenant is not None:
             _refuse_another_result(output_uri, job_id, settings, tenant, retried)
 
-        source = _dataset_source(request, settings, tenant)
+        source = retried(
+            "opening the dataset", "loading", lambda: _dataset_source(request, settings, tenant)
+        )
         shard_rows = sharding.shard_rows(config) if sharding is not None else None
         if shard_rows is not None:
             from nacs_engine.data.shards import ShardedSource

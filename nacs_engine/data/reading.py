@@ -34,6 +34,7 @@ import csv
 import io
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -641,6 +642,12 @@ def _data_errors(uri: str) -> Iterator[None]:
     except DataError:
         raise
     except FileNotFoundError as exc:
+        # fsspec's HTTP filesystem says "not found" when the server did not answer at all
+        silent = _connection_failure(exc)
+        if silent is not None:
+            raise DataError(
+                "storage_unavailable", f"{uri}: the server did not answer ({_short(silent)})"
+            ) from exc
         raise DataError("dataset_not_found", f"{uri}: no such file or object") from exc
     except PermissionError as exc:
         raise DataError("dataset_not_found", f"{uri}: access denied ({exc})") from exc
@@ -654,6 +661,18 @@ def _data_errors(uri: str) -> Iterator[None]:
         io.UnsupportedOperation,
     ) as exc:
         raise DataError("unreadable_data", f"{uri}: cannot read the data ({_short(exc)})") from exc
+
+
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """The refused or timed-out connection (or unresolved host name) behind ``error``."""
+    seen: set[int] = set()
+    current: BaseException | None = error.__cause__ or error.__context__
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

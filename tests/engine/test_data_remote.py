@@ -131,6 +131,15 @@ def test_parquet_over_http(http_folder):
     assert info.value.code == "dataset_not_found"
 
 
+def test_a_server_that_does_not_answer_is_not_a_missing_dataset():
+    pytest.importorskip("aiohttp")
+    with pytest.raises(DataError) as info:
+        load_dataset(f"http://127.0.0.1:{_free_port()}/t.parquet")
+    assert info.value.code == "storage_unavailable"
+    assert "the server did not answer" in info.value.message
+    assert isinstance(info.value.__cause__, FileNotFoundError)  # the chain the worker reads
+
+
 def test_unknown_scheme_is_a_data_error():
     with pytest.raises(DataError) as info:
         load_dataset("nosuchscheme://bucket/t.parquet")

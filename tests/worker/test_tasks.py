@@ -173,6 +173,24 @@ def test_transient_faults_are_retried_then_fail_clearly(
     )
 
 
+def test_a_dataset_store_that_does_not_answer_is_retried_then_fails_clearly(
+    tmp_path: Path, settings: SharedSettings, monkeypatch
+) -> None:
+    pytest.importorskip("aiohttp")
+    from tests.engine.test_data_remote import _free_port
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
+    request = JobRequest(
+        dataset_uri=f"http://127.0.0.1:{_free_port()}/clicks.parquet", ratio=0.5, method="random"
+    )
+    with pytest.raises(JobFailed) as caught:
+        tasks.execute(request, str(tmp_path / "out"), job_id="j", settings=settings)
+    assert caught.value.code == "storage_unavailable"
+    assert "opening the dataset failed" in caught.value.message
+    assert len(sleeps) == settings.storage_retries
+
+
 def test_transient_classification() -> None:
     assert is_transient(ConnectionResetError())
     assert is_transient(TimeoutError())
