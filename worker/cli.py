@@ -207,8 +207,8 @@ def _budget_and_request(
     }
     if feature_columns:
         body["feature_columns"] = _split_columns(feature_columns)
-    if numeric_columns:
-        body["numeric_columns"] = _split_columns(numeric_columns)
+    if numeric_columns is not None:  # "" names none: float columns stay categories too
+        body["numeric_columns"] = _split_columns(numeric_columns) or []
     try:
         return JobRequest.model_validate(body)
     except pydantic.ValidationError as error:
@@ -229,7 +229,10 @@ _data_options = [
         "--feature-columns", default=None, help="Comma-separated; default: all but the label."
     ),
     click.option(
-        "--numeric-columns", default=None, help="Comma-separated columns to bucket as numbers."
+        "--numeric-columns",
+        default=None,
+        help="Comma-separated columns to bucket as numbers; by default the float columns with "
+        "a fraction; '' for none.",
     ),
     click.option(
         "--format", "data_format", default=None,
@@ -411,7 +414,7 @@ def evaluate(
             request.dataset_uri,
             label_column=request.label_column,
             feature_columns=request.feature_columns,
-            numeric_columns=request.numeric_columns or None,
+            numeric_columns=request.numeric_columns,
             format=request.format,
             min_count=selection_options["min_count"],
         )

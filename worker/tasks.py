@@ -165,7 +165,7 @@ def _fit_encoder(request: JobRequest, config: Any, source: Any, report: Progress
 
     encoder = Encoder(
         label_column=request.label_column, feature_columns=request.feature_columns,
-        numeric_columns=request.numeric_columns or None, min_count=config.min_count,
+        numeric_columns=request.numeric_columns, min_count=config.min_count,
     )
     naming_shard = getattr(source, "naming_shard", None)
     with naming_shard() if naming_shard is not None else contextlib.nullcontext():
