@@ -244,10 +244,11 @@ def train_audit_models(
     progress: Report,
 ) -> Scores:
     """The scores of ``models``. On a CPU with more than one torch thread they train at once,
-    one per thread, each on one torch thread: the small models of the audit keep one core
-    busy each, where two threads on one model gain little (at 1M rows on two cores, 6.1-7.0 s
-    against 9.5-10.2 s). Each model draws from its own generators, so the scores are those of
-    training them one after the other on one torch thread, whatever the number of cores."""
+    as many as there are threads (``train_at_once``): the small models of the audit keep one
+    core busy each, where two threads on one model gain little (at 1M rows on two cores,
+    6.1-7.0 s against 9.5-10.2 s). Each model draws from its own generators, so the scores
+    are those of training them one after the other on a lane's torch threads (one, up to
+    twice as many threads as models)."""
     lanes = cpu_lanes(resolve_device(config.device), len(models))
     if lanes < 2:
         scores: Scores = {}

@@ -152,13 +152,14 @@ def cpu_lanes(device: torch.device, tasks: int) -> int:
 
 
 def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedProgress) -> list[T]:
-    """The results of ``jobs``, run at once in ``lanes`` threads with one torch thread each
-    (small models keep a core busy each, where two threads on one gain little). The first
-    failure stops the rest (pending ones are not started, running ones stop at their next
-    ``shared`` report) and is raised. Each job must draw from its own generators: then the
-    results are those of running the jobs one after the other on one torch thread."""
+    """The results of ``jobs``, run at once in ``lanes`` threads that share torch's threads
+    (with two threads and two lanes, one each: small models keep a core busy each, where two
+    threads on one gain little; with sixteen and two lanes, eight each). The first failure
+    stops the rest (pending ones are not started, running ones stop at their next ``shared``
+    report) and is raised. Each job must draw from its own generators: then the results are
+    those of running the jobs one after the other on a lane's number of torch threads."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, threads // lanes))
     try:
         with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool:
             futures = [pool.submit(job) for job in jobs]

@@ -103,3 +103,17 @@ def test_a_failure_in_one_fold_stops_the_folds_trained_beside_it() -> None:
         )
     # the other fold stopped at its next report, and the folds not started never ran
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("threads", "lanes", "each"), [(2, 2, 1), (4, 2, 2), (16, 2, 8), (4, 3, 1)]
+)
+def test_models_trained_at_once_share_the_torch_threads(
+    threads: int, lanes: int, each: int
+) -> None:
+    from nacs_engine.runtime import SharedProgress, train_at_once
+
+    with torch_threads(threads):
+        seen = train_at_once([torch.get_num_threads] * 4, lanes, SharedProgress())
+        assert torch.get_num_threads() == threads  # given back afterwards
+    assert seen == [each] * 4
