@@ -14,10 +14,12 @@ categoricals, an empty value meaning missing). A ``.tsv`` or ``.txt`` file whose
 first line has that shape is read as ``criteo``. Text files may be gzip- or
 bz2-compressed (``.csv.gz``, ``.tsv.gz``, ...).
 
-A folder without part files of its own but with key=value subfolders (a partitioned
-dataset, as Hive, Spark and ``pyarrow.dataset`` write it) is read as the files below them,
-sorted by path, every file under the same keys; each key becomes a text column after the
-files' columns (URL escapes decoded, ``__HIVE_DEFAULT_PARTITION__`` read as missing).
+A folder is read as the data files in it and in its subfolders, sorted by path (the order
+``pyarrow.dataset`` reads them in). A key=value subfolder (a partitioned dataset, as Hive,
+Spark and ``pyarrow.dataset`` write it) gives its files that key: every file must lie
+under the same keys, and each key becomes a text column after the files' columns (URL
+escapes decoded, ``__HIVE_DEFAULT_PARTITION__`` read as missing; a key that is also a
+column of the files is read from the files).
 
 CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
@@ -74,7 +76,7 @@ _MIN_BLOCK_BYTES = 1 << 20
 _MAX_BLOCK_BYTES = 64 << 20
 # A partitioned folder's value for a missing key (Hive's and Spark's spelling).
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-_MAX_PARTITION_LEVELS = 8
+_MAX_FOLDER_DEPTH = 16
 
 ReadBatch = tuple[pa.RecordBatch, "float | None"]
 """A batch and the fraction of the source read so far (None when unknown)."""
@@ -170,13 +172,8 @@ class FileSource(TableSource):
                 self.columns = self._text.names
                 self.total_rows = None
             self.file_columns = self.columns
-            keys = tuple(key for key, _ in parts[0].keys)
-            clashes = [key for key in keys if key in self.file_columns]
-            if clashes:
-                raise DataError(
-                    "unreadable_data",
-                    f"{uri}: the partition key(s) {clashes} are also columns of the files",
-                )
+            # a key that is also a column of the files is read from the files
+            keys = tuple(key for key, _ in parts[0].keys if key not in self.file_columns)
             self.columns = (*self.file_columns, *keys)
         _check_unique_columns(self.columns, uri)
 
@@ -368,9 +365,9 @@ def open_source(
 ) -> FileSource:
     """Open the data at ``uri`` for batch reading.
 
-    uri: a plain path or any fsspec URI; a folder is read as its part files
-        (sorted by name, those with a supported extension), or when it has none, as
-        the files of its key=value subfolders with the keys as columns.
+    uri: a plain path or any fsspec URI; a folder is read as its data files and those
+        of its subfolders (sorted by path, those with a supported extension), the keys of
+        key=value subfolders as columns.
     format: "parquet", "csv", "tsv" or "criteo"; None infers it from the extension.
     column_names: names of the columns of a headerless CSV or TSV file.
     storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
@@ -476,24 +473,44 @@ class _Part:
 def _part_files(
     fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
 ) -> list[_Part]:
-    """The part files of the folder ``path``, sorted by name: its own files, or when it holds
-    none, those of its key=value subfolders (a partitioned dataset, Hive's layout), level by
-    level. Names starting with "." or "_" (Spark's _SUCCESS, staging folders) are skipped."""
-    entries = _folder_entries(fs, path)
-    parts, links = _data_files(entries, format)
-    if not parts and any(_partition_folders(entries)):
-        parts, links = _partitioned_files(fs, path, uri, format)
+    """The data files in the folder ``path`` and its subfolders, sorted by path (the order
+    ``pyarrow.dataset`` lists them in); a key=value subfolder (a partitioned dataset, Hive's
+    layout) gives its files that key. Names starting with "." or "_" (Spark's _SUCCESS,
+    staging folders) are skipped; symbolic links are refused, never followed."""
+    parts: list[_Part] = []
+    links: list[str] = []
+    pending: list[tuple[str, tuple[tuple[str, str | None], ...], int]] = [(path, (), 0)]
+    while pending:
+        folder, keys, depth = pending.pop()
+        entries = _folder_entries(fs, folder)
+        for entry in entries:
+            base = Path(entry["name"]).name
+            found = format_from_name(base)
+            if entry.get("islink"):
+                if found is not None or entry.get("type") == "directory" or "." not in base:
+                    links.append(str(Path(entry["name"]).relative_to(path)))
+            elif entry.get("type") == "file":
+                if found is not None and (format is None or found == _text_family(format)):
+                    parts.append(_Part(entry["name"], entry.get("size"), keys))
+            elif entry.get("type") == "directory":
+                if depth >= _MAX_FOLDER_DEPTH:
+                    raise DataError(
+                        "unreadable_data",
+                        f"{uri}: subfolders nested deeper than {_MAX_FOLDER_DEPTH} levels",
+                    )
+                pending.append((entry["name"], _with_key(keys, base, uri), depth + 1))
     if links:
         raise DataError(
             "unreadable_data",
-            f"{uri}: {links[:5]} in the folder are symbolic links, which are not read; put "
-            "the files and folders themselves there",
+            f"{uri}: {sorted(links)[:5]} in the folder are symbolic links, which are not "
+            "read; put the files and folders themselves there",
         )
     if not parts:
         raise DataError(
             "dataset_not_found",
             f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file",
         )
+    parts.sort(key=lambda part: part.name)
     kinds = {format_from_name(Path(part.name).name) for part in parts}
     if len(kinds) > 1:
         raise DataError(
@@ -501,13 +518,19 @@ def _part_files(
             f"{uri}: the folder mixes formats "
             f"({', '.join(sorted(k or '' for k in kinds))}); give format",
         )
-    layouts = {tuple(key for key, _ in part.keys) for part in parts}
+    layouts: dict[tuple[str, ...], str] = {}
+    for part in parts:
+        layouts.setdefault(tuple(key for key, _ in part.keys), part.name)
     if len(layouts) > 1:
-        shown = sorted("/".join(f"{key}=..." for key in keys) or "(none)" for keys in layouts)
+        shown = [
+            f"{str(Path(name).relative_to(path))} under "
+            + ("/".join(f"{key}=..." for key in keys) or "no key=value folder")
+            for keys, name in sorted(layouts.items())
+        ]
         raise DataError(
             "unreadable_data",
-            f"{uri}: the partitioned folder's files lie under different partition keys "
-            f"({', '.join(shown[:3])}); every file must lie under the same key=value levels",
+            f"{uri}: the folder's files lie under different partition keys "
+            f"({'; '.join(shown[:3])}); every file must lie under the same key=value levels",
         )
     return parts
 
@@ -517,83 +540,31 @@ def _folder_entries(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, 
     return [e for e in entries if not Path(e["name"]).name.startswith((".", "_"))]
 
 
-def _data_files(
-    entries: list[dict[str, Any]], format: str | None, keys: tuple[tuple[str, str | None], ...] = ()
-) -> tuple[list[_Part], list[str]]:
-    """The files among ``entries`` of a supported (or the given) format, and the names of
-    such files that are symbolic links."""
-    parts, links = [], []
-    for entry in entries:
-        base = Path(entry["name"]).name
-        found = format_from_name(base)
-        if found is None or (format is not None and found != _text_family(format)):
-            continue
-        if entry.get("islink"):
-            links.append(base)
-        elif entry.get("type") == "file":
-            parts.append(_Part(entry["name"], entry.get("size"), keys))
-    return parts, links
-
-
-def _partition_folders(
-    entries: list[dict[str, Any]],
-) -> tuple[list[tuple[dict[str, Any], str, str]], list[str]]:
-    """The key=value subfolders among ``entries`` as (entry, key, raw value), and the names
-    of key=value entries that are symbolic links (never followed)."""
-    found, links = [], []
-    for entry in entries:
-        base = Path(entry["name"]).name
-        key, separator, value = base.partition("=")
-        if not (separator and key):
-            continue
-        if entry.get("islink"):
-            links.append(base)
-        elif entry.get("type") == "directory":
-            found.append((entry, key, value))
-    return found, links
-
-
-def _partitioned_files(
-    fs: fsspec.AbstractFileSystem, path: str, uri: str, format: str | None
-) -> tuple[list[_Part], list[str]]:
-    parts: list[_Part] = []
-    links: list[str] = []
-    pending: list[tuple[str, tuple[tuple[str, str | None], ...]]] = [(path, ())]
-    while pending:
-        folder, keys = pending.pop(0)
-        entries = _folder_entries(fs, folder)
-        if keys:
-            found, linked = _data_files(entries, format, keys)
-            parts.extend(found)
-            links.extend(linked)
-        folders, linked = _partition_folders(entries)
-        links.extend(linked)
-        for entry, key, value in folders:
-            if any(key == seen for seen, _ in keys):
-                raise DataError(
-                    "unreadable_data",
-                    f"{uri}: the partition key {key!r} appears twice in one path ({entry['name']})",
-                )
-            if len(keys) >= _MAX_PARTITION_LEVELS:
-                raise DataError(
-                    "unreadable_data",
-                    f"{uri}: partitioned deeper than {_MAX_PARTITION_LEVELS} key=value levels",
-                )
-            shown = None if value == _HIVE_NULL else unquote(value)
-            pending.append((entry["name"], (*keys, (key, shown))))
-    parts.sort(key=lambda part: part.name)
-    return parts, links
+def _with_key(
+    keys: tuple[tuple[str, str | None], ...], folder: str, uri: str
+) -> tuple[tuple[str, str | None], ...]:
+    """``keys`` and, for a key=value ``folder``, its key and value (URL escapes decoded,
+    Hive's default partition missing)."""
+    key, separator, value = folder.partition("=")
+    if not (separator and key):
+        return keys
+    if any(key == seen for seen, _ in keys):
+        raise DataError(
+            "unreadable_data", f"{uri}: the partition key {key!r} appears twice in one path"
+        )
+    return (*keys, (key, None if value == _HIVE_NULL else unquote(value)))
 
 
 def _with_keys(
     batch: pa.RecordBatch, wanted: list[str], keys: dict[str, str | None]
 ) -> pa.RecordBatch:
-    """``batch``'s columns in the order of ``wanted``, a partition key's as its value."""
+    """``batch``'s columns in the order of ``wanted``, a partition key's (one that is not a
+    column of the files) as its value."""
     if not keys and batch.schema.names == wanted:
         return batch
     arrays = [
         pa.array([keys[name]] * batch.num_rows, type=pa.string())
-        if name in keys
+        if name not in batch.schema.names
         else batch.column(name)
         for name in wanted
     ]

@@ -362,23 +362,53 @@ def test_a_partition_keys_missing_value_and_escapes_are_read(tmp_path):
     )
 
 
-def test_a_partitioned_folder_with_uneven_keys_or_clashing_names_is_refused(tmp_path):
+def test_a_folder_with_files_under_uneven_keys_is_refused(tmp_path):
     uneven = tmp_path / "uneven"
     for name in ("day=1/hour=0", "day=2"):
         (uneven / name).mkdir(parents=True)
         pq.write_table(pa.table({"label": [0, 1]}), uneven / name / "part-0.parquet")
-    with pytest.raises(DataError, match=r"different partition keys \(day=\.\.\., day=\.\.\./hour"):
+    with pytest.raises(
+        DataError,
+        match=r"different partition keys \(day=2/part-0.parquet under "
+        r"day=\.\.\.; day=1/hour=0/part-0.parquet under day=\.\.\./hour=\.\.\.\)",
+    ):
         open_source(str(uneven))
-    clash = tmp_path / "clash"
-    (clash / "label=1").mkdir(parents=True)
-    pq.write_table(pa.table({"label": [0, 1]}), clash / "label=1" / "part-0.parquet")
-    with pytest.raises(DataError, match=r"partition key\(s\) \['label'\] are also columns"):
-        open_source(str(clash))
+    # a file beside key=value folders is not dropped in silence either
+    beside = tmp_path / "beside"
+    (beside / "src=new").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1]}), beside / "old.parquet")
+    pq.write_table(pa.table({"label": [1, 1]}), beside / "src=new" / "part-0.parquet")
+    with pytest.raises(DataError, match=r"old.parquet under no key=value folder"):
+        open_source(str(beside))
     empty = tmp_path / "empty"
     (empty / "day=1").mkdir(parents=True)
     with pytest.raises(DataError, match="holds no .parquet") as missing:
         open_source(str(empty))
     assert missing.value.code == "dataset_not_found"
+
+
+def test_a_folders_subfolders_are_read_too(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1], "x": [1, 2]}), folder / "a.parquet")
+    pq.write_table(pa.table({"label": [1, 1], "x": [3, 4]}), folder / "sub" / "b.parquet")
+    pq.write_table(pa.table({"label": [0, 0], "x": [5, 6]}), folder / "sub" / "deeper" / "c.pq")
+    (folder / "_temporary").mkdir()
+    pq.write_table(pa.table({"label": [1], "x": [9]}), folder / "_temporary" / "d.parquet")
+    source = open_source(str(folder))
+    assert source.total_rows == 6 and source.columns == ("label", "x")
+    read = pa.Table.from_batches([batch for batch, _ in source.batches()])
+    assert read.column("x").to_pylist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_partition_key_that_is_also_a_column_is_read_from_the_files(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "day=1").mkdir(parents=True)
+    table = pa.table({"label": [0, 1], "day": ["1", "1"], "x": ["a", "b"]})
+    pq.write_table(table, folder / "day=1" / "part-0.parquet")
+    source = open_source(str(folder))
+    assert source.columns == ("label", "day", "x")
+    assert _rows(source, ["x", "day"]) == [("a", "1"), ("b", "1")]
 
 
 def test_a_linked_partition_folder_is_named_not_followed(tmp_path):
