@@ -136,6 +136,13 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(row_log_losses(labels, probs).mean())
 
 
+def logistic(values: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), elementwise; a logit far below zero gives 0 without numpy's overflow
+    warning."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-values))
+
+
 def platt_scaling(
     logits: np.ndarray, labels: np.ndarray, *, iterations: int = 50
 ) -> tuple[float, float]:
@@ -159,7 +166,7 @@ def platt_scaling(
     current = loss(params)
     design = np.stack([z, np.ones_like(z)], axis=1)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        p = logistic(design @ params)
         gradient = design.T @ (p - y) / y.shape[0]
         curvature = (design * (p * (1.0 - p))[:, None]).T @ design / y.shape[0]
         try:
@@ -510,7 +517,7 @@ def evaluate_coreset(
     test_probs = torch.sigmoid(test_logits.double()).numpy()
     test_labels = np.asarray(test.labels, dtype=np.float64)
     scale, shift = platt_scaling(validation_logits.double().numpy(), val_labels)
-    calibrated = 1.0 / (1.0 + np.exp(-(scale * test_logits.double().numpy() + shift)))
+    calibrated = logistic(scale * test_logits.double().numpy() + shift)
     return Evaluation(
         test_auc=auc(test_labels, test_logits.numpy()),
         test_log_loss=log_loss(test_labels, test_probs),

@@ -64,7 +64,7 @@ from nacs_engine.denoise.noise_estimate import (
     uncertainty_cuts,
 )
 from nacs_engine.errors import DataError
-from nacs_engine.evaluate import auc
+from nacs_engine.evaluate import auc, logistic
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
 from nacs_engine.pipeline import CoresetResult
 from nacs_engine.runtime import numpy_generator, resolve_device, torch_generator
@@ -277,7 +277,7 @@ def shift_to_mean(
     logits = np.log(clipped) - np.log1p(-clipped)
 
     def shifted(shift: float) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(logits + shift)))
+        return logistic(logits + shift)
 
     low, high = -MAX_LOGIT_SHIFT, MAX_LOGIT_SHIFT
     # The mean rises with the shift: bisect to well below a millionth of the mean.

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nacs_engine.config import SelectionConfig
-from nacs_engine.evaluate import auc, log_loss, platt_scaling
+from nacs_engine.evaluate import auc, log_loss, logistic, platt_scaling
 from nacs_engine.models.layers import use_generator
 from nacs_engine.models.registry import CTRModel, build_model
 from nacs_engine.runtime import (
@@ -119,7 +119,7 @@ def _score(labels: np.ndarray, logits: np.ndarray) -> float:
     """Validation score, higher is better: AUC, or minus the log loss for one class."""
     if 0.0 < labels.mean() < 1.0:
         return auc(labels, logits)
-    return -log_loss(labels, 1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+    return -log_loss(labels, logistic(logits.astype(np.float64)))
 
 
 @torch.no_grad()
@@ -229,7 +229,7 @@ def assemble_teacher(
         a, b = platt_scaling(logits, y.astype(np.float64))
     else:
         a, b = 1.0, 0.0
-    probabilities = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+    probabilities = logistic(a * logits + b)
     return Teacher(
         rows=rows,
         folds=folds,

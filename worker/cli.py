@@ -151,8 +151,10 @@ def _fail(message: str, code: int) -> None:
 def _validation_message(error: pydantic.ValidationError) -> str:
     parts = []
     for detail in error.errors():
-        where = ".".join(str(part) for part in detail["loc"]) or "request"
-        parts.append(f"{where}: {detail['msg']}")
+        # a check of the whole request names its fields in its message
+        where = ".".join(str(part) for part in detail["loc"])
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 
@@ -319,7 +321,7 @@ def select(
     except DataError as error:
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)
     except JobFailed as error:
-        _fail(str(error), EXIT_FAILED)
+        _fail(f"{error.code}: {error.message}", EXIT_FAILED)
     except ValueError as error:
         _fail(str(error), EXIT_USAGE)
     except KeyboardInterrupt:

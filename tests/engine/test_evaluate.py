@@ -439,3 +439,15 @@ def test_evaluate_coreset_on_cuda(splits) -> None:
     options = EvaluationOptions(embed_dim=4, max_epochs=3)
     result = evaluate_coreset(train, validation, test, options=options, device="cuda", seed=0)
     assert result.test_auc > 0.7
+
+
+def test_logistic_of_far_logits_is_exact_and_quiet() -> None:
+    import warnings
+
+    from nacs_engine.evaluate import logistic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning would fail here
+        values = logistic(np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0]))
+    np.testing.assert_array_equal(values[1:4], 1.0 / (1.0 + np.exp(-np.array([-30.0, 0.0, 30.0]))))
+    assert values[0] == 0.0 and values[2] == 0.5 and values[4] == 1.0

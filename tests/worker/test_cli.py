@@ -89,7 +89,7 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
     ("arguments", "exit_code", "message"),
     [
         (["--ratio", "1.5"], 2, "ratio"),
-        (["--ratio", "0.1", "--size", "10"], 2, "exactly one budget"),
+        (["--ratio", "0.1", "--size", "10"], 2, "error: ratio, size: give exactly one budget"),
         (["--ratio", "0.1", "--option", "bogus=1"], 2, "options.bogus"),
         (["--ratio", "0.1", "--option", "rounds"], 2, "key=value"),
         (["--ratio", "0.1", "--method", "magic"], 2, "method"),
@@ -106,8 +106,20 @@ def test_select_bad_input_exits_with_a_clear_message(
     )
     assert result.exit_code == exit_code, result.output
     assert message in result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "Value error" not in result.output
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_select_names_a_store_that_does_not_answer_by_its_code(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("aiohttp")
+    from tests.engine.test_data_remote import _free_port
+    from worker import tasks
+
+    monkeypatch.setattr(tasks.time, "sleep", lambda seconds: None)
+    dataset = f"http://127.0.0.1:{_free_port()}/clicks.parquet"
+    result = CliRunner().invoke(select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    assert "error: storage_unavailable: opening the dataset failed" in result.output
 
 
 def test_select_refuses_an_out_that_cannot_take_the_result_before_selecting(
