@@ -16,8 +16,10 @@ gives a column of at least ``QUANTILE_BUCKETS`` distinct values fewer than
 ``MIN_RULE_BUCKETS`` buckets; such a column gets up to ``QUANTILE_BUCKETS``
 equal-frequency buckets whose edges come from a sample of it (``numeric_edges``): the
 rule would put every value of [0, 1), most z-scores or a year of timestamps into one
-to seven buckets. When ``numeric_columns`` names none, a floating-point column with a
-fractional value anywhere in the first pass is numeric.
+to seven buckets. When ``numeric_columns`` is None, a floating-point column with a
+fractional value anywhere in the first pass is numeric, and so is a column of dates or
+times (timestamp, date, time or duration types: numbers in their unit since 1970, a date
+in seconds). A named numeric column may also hold ISO 8601 texts of dates and times.
 
 Fingerprint (``EncodedDataset.fingerprint``): a SHA-256 over the schema and
 ``min_count``, the vocabularies, and, row by row, the encoded ids, the labels,
@@ -309,9 +311,10 @@ class Encoder:
         counters = [_ValueCounter() for _ in schema.feature_columns]
         samples: dict[int, _NumericSample] = {}
         # Floating-point columns not named numeric: counted both ways until the pass shows
-        # whether any of their values has a fraction (then they are numeric).
+        # whether any of their values has a fraction (then they are numeric). Columns of
+        # dates and times are numeric (as categories nearly every value would be rare).
         as_text: dict[int, _ValueCounter] = {}
-        fractional: set[int] = set()
+        detected: set[int] = set()
         kinds: list[str] | None = None
         rows = 0
         clicks = 0.0
@@ -322,8 +325,16 @@ class Encoder:
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
+                if self.requested_numeric is None:
+                    detected = {
+                        i
+                        for i, name in enumerate(schema.feature_columns)
+                        if name not in schema.numeric_columns and _is_temporal(batch.column(i + 1))
+                    }
                 kinds = [
-                    _field_kind(batch.column(i + 1), name in schema.numeric_columns)
+                    _field_kind(
+                        batch.column(i + 1), name in schema.numeric_columns or i in detected
+                    )
                     for i, name in enumerate(schema.feature_columns)
                 ]
                 if self.requested_numeric is None:
@@ -335,7 +346,7 @@ class Encoder:
                 samples = {
                     i: _NumericSample(i)
                     for i, name in enumerate(schema.feature_columns)
-                    if name in schema.numeric_columns or i in as_text
+                    if name in schema.numeric_columns or i in as_text or i in detected
                 }
             for i, name in enumerate(schema.feature_columns):
                 column = batch.column(i + 1)
@@ -343,8 +354,8 @@ class Encoder:
                     values = _numeric_values(column, name, source.description)
                     if i in as_text:
                         as_text[i].add(_tokens(column, kinds[i], name, source.description))
-                        if i not in fractional and _has_fraction(values):
-                            fractional.add(i)
+                        if i not in detected and _has_fraction(values):
+                            detected.add(i)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
@@ -352,8 +363,8 @@ class Encoder:
             _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
         if rows == 0 or kinds is None:
             raise DataError("empty_dataset", f"{source.description}: the data has no rows")
-        if fractional:
-            numeric = {schema.feature_columns[i] for i in fractional} | set(schema.numeric_columns)
+        if detected:
+            numeric = {schema.feature_columns[i] for i in detected} | set(schema.numeric_columns)
             schema = replace(
                 schema, numeric_columns=tuple(c for c in schema.feature_columns if c in numeric)
             )
@@ -361,7 +372,7 @@ class Encoder:
         edges: list[np.ndarray | None] = []
         for i, counter in enumerate(counters):
             cut = None
-            if i in as_text and i not in fractional:
+            if i in as_text and i not in detected:
                 vocabulary = as_text[i].vocabulary(kinds[i], self.min_count)
             elif i in samples:
                 vocabulary = counter.vocabulary("int", self.min_count)
@@ -580,6 +591,28 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     return "int" if numeric or integer else "str"
 
 
+def _text_times(column: pa.Array, not_numbers: pa.ArrowException) -> pa.Array:
+    """Seconds since 1970 of ISO 8601 date-time texts, with or without a zone; raises
+    ``not_numbers`` when they are not such texts either."""
+    for kind in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):
+        try:
+            return column.cast(kind).cast(pa.int64()).cast(pa.float64())
+        except pa.ArrowException:
+            continue
+    raise not_numbers
+
+
+def _is_temporal(column: pa.Array) -> bool:
+    """A column of dates, times or durations: numbers in their unit since 1970 or midnight."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    return bool(
+        pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_time(kind)
+        or pa.types.is_duration(kind)
+    )
+
+
 def _is_floating(column: pa.Array) -> bool:
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     return bool(pa.types.is_floating(kind))
@@ -630,7 +663,9 @@ _MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "#n/a", "nan", "none", "?"
 
 def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
     """(n,) float64 values of a numeric column, NaN where missing (null, or text such as
-    "", "NA", "N/A", "#N/A", "null", "None", "?" or "-")."""
+    "", "NA", "N/A", "#N/A", "null", "None", "?" or "-"). Dates and times count in their
+    own unit since 1970 (a date as seconds), as do ISO 8601 texts of them
+    ("2024-05-01 12:30:00", "2024-05-01T12:30:00Z", "2024-05-01")."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     try:
@@ -640,9 +675,15 @@ def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray
                 values = column.cast(pa.float64())
             except pa.ArrowException:
                 missing = pc.is_in(pc.utf8_lower(column), value_set=_MISSING_NUMBERS)
-                values = pc.if_else(missing, pa.scalar(None, column.type), column).cast(
-                    pa.float64()
-                )
+                column = pc.if_else(missing, pa.scalar(None, column.type), column)
+                try:
+                    values = column.cast(pa.float64())
+                except pa.ArrowException as not_numbers:
+                    values = _text_times(column, not_numbers)
+        elif _is_temporal(column):
+            if pa.types.is_date(column.type):
+                column = column.cast(pa.timestamp("s"))
+            values = column.cast(pa.int64()).cast(pa.float64())
         else:
             values = column.cast(pa.float64())
     except pa.ArrowException as exc:

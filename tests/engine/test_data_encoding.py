@@ -100,7 +100,9 @@ def test_quantile_buckets_carry_over_to_another_split_and_ignore_the_batching(mo
     np.testing.assert_array_equal(encoded.features[:, 0], lookup)
     # a missing value is a token of its own; beyond the fitted range, the outer buckets
     assert encoding.numeric_tokens(np.array([np.nan, -5.0, 5.0]), edges).tolist() == [
-        MISSING_CODE, 0, 31
+        MISSING_CODE,
+        0,
+        31,
     ]
 
 
@@ -364,3 +366,48 @@ def test_text_that_says_a_number_is_missing_reads_as_missing():
     assert len(set(ids[1:7].tolist())) == 1 and ids[0] != ids[1] and ids[7] != ids[1]
     with pytest.raises(DataError, match="not a number"):
         load_dataset(pa.table({"label": [0, 1], "n": ["3", "many"]}), numeric_columns=["n"])
+
+
+def _times_table(n: int, seed: int = 0) -> pa.Table:
+    """Clicks that grow with time over a year: a timestamp, its date and its ISO text."""
+    import datetime as dt
+
+    rng = np.random.default_rng(seed)
+    seconds = np.sort(rng.integers(0, 365 * 86_400, n))
+    start = dt.datetime(2024, 1, 1)
+    stamps = [start + dt.timedelta(seconds=int(s)) for s in seconds]
+    return pa.table(
+        {
+            "label": (rng.random(n) < seconds / seconds.max()).astype(np.int8),
+            "at": pa.array(stamps, pa.timestamp("us")),
+            "day": pa.array([s.date() for s in stamps], pa.date32()),
+            "text": [s.isoformat(sep=" ") for s in stamps],
+        }
+    )
+
+
+def test_dates_and_times_are_numeric_when_no_column_is_named():
+    table = _times_table(3_000)
+    data = load_dataset(table, min_count=1)
+    # a timestamp and a date read as numbers in buckets of time, the text as categories
+    assert data.metadata["numeric_buckets"] == {
+        "at": "32 quantile buckets",
+        "day": "32 quantile buckets",
+    }
+    at = data.features[:, data.field_names.index("at")]
+    in_order = at[np.argsort(table.column("at").to_numpy())]
+    assert np.count_nonzero(np.diff(in_order)) == 31  # each bucket a stretch of time
+    # the same times as ISO 8601 text, named numeric, give the same buckets
+    text = load_dataset(table.select(["label", "text"]), numeric_columns=["text"], min_count=1)
+    np.testing.assert_array_equal(text.features[:, 0], at)
+    zoned = pa.table(
+        {"label": [0, 1, 1], "t": ["2024-05-01T10:00:00Z", "2024-05-02T10:00:00Z", None]}
+    )
+    assert load_dataset(zoned, numeric_columns=["t"], min_count=1).n_rows == 3
+    # named ones only: a timestamp not named stays a category
+    named = load_dataset(table, numeric_columns=["day"], min_count=1)
+    assert named.metadata["numeric_buckets"] == {"day": "32 quantile buckets"}
+    with pytest.raises(DataError, match="not a number"):
+        load_dataset(
+            pa.table({"label": [0, 1], "t": ["2024-05-01", "soon"]}), numeric_columns=["t"]
+        )
