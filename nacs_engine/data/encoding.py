@@ -17,7 +17,8 @@ gives a column of at least ``QUANTILE_BUCKETS`` distinct values fewer than
 equal-frequency buckets whose edges come from a sample of it (``numeric_edges``): the
 rule would put every value of [0, 1), most z-scores or a year of timestamps into one
 to seven buckets. When ``numeric_columns`` is None, a floating-point column with a
-fractional value anywhere in the first pass is numeric, and so is a column of dates or
+fractional value anywhere in the first pass is numeric, as is a text column (CSV) whose
+values are all numbers (or missing) with a fraction somewhere, and a column of dates or
 times (timestamp, date, time or duration types: numbers in their unit since 1970, a date
 in seconds). A named numeric column may also hold ISO 8601 texts of dates and times.
 
@@ -341,7 +342,8 @@ class Encoder:
                     as_text = {
                         i: _ValueCounter()
                         for i, name in enumerate(schema.feature_columns)
-                        if name not in schema.numeric_columns and _is_floating(batch.column(i + 1))
+                        if name not in schema.numeric_columns
+                        and (_is_floating(batch.column(i + 1)) or _is_text(batch.column(i + 1)))
                     }
                 samples = {
                     i: _NumericSample(i)
@@ -351,11 +353,19 @@ class Encoder:
             for i, name in enumerate(schema.feature_columns):
                 column = batch.column(i + 1)
                 if i in samples:
-                    values = _numeric_values(column, name, source.description)
                     if i in as_text:
                         as_text[i].add(_tokens(column, kinds[i], name, source.description))
+                        try:
+                            values = _numeric_values(column, name, source.description)
+                        except DataError:  # text that is not all numbers: categories
+                            counters[i] = as_text.pop(i)
+                            del samples[i]
+                            detected.discard(i)
+                            continue
                         if i not in detected and _has_fraction(values):
                             detected.add(i)
+                    else:
+                        values = _numeric_values(column, name, source.description)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
@@ -613,6 +623,11 @@ def _is_temporal(column: pa.Array) -> bool:
     )
 
 
+def _is_text(column: pa.Array) -> bool:
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
 def _is_floating(column: pa.Array) -> bool:
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     return bool(pa.types.is_floating(kind))
@@ -670,10 +685,10 @@ def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray
         column = column.cast(column.type.value_type)
     try:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            column = pc.utf8_trim_whitespace(column)
             try:
                 values = column.cast(pa.float64())
             except pa.ArrowException:
+                column = pc.utf8_trim_whitespace(column)
                 missing = pc.is_in(pc.utf8_lower(column), value_set=_MISSING_NUMBERS)
                 column = pc.if_else(missing, pa.scalar(None, column.type), column)
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -411,3 +412,42 @@ def test_dates_and_times_are_numeric_when_no_column_is_named():
         load_dataset(
             pa.table({"label": [0, 1], "t": ["2024-05-01", "soon"]}), numeric_columns=["t"]
         )
+
+
+def test_a_text_column_of_numbers_with_a_fraction_is_numeric_as_in_parquet(tmp_path):
+    table = _scores_table(3_000)
+    rng = np.random.default_rng(1)
+    table = table.append_column("user", pa.array(rng.integers(0, 50, 3_000)))
+    table = table.append_column("city", pa.array(rng.choice(["a", "b", "c"], 3_000)))
+    pq.write_table(table, tmp_path / "t.parquet")
+    csv = tmp_path / "t.csv"
+    csv.write_text(
+        ",".join(table.column_names)
+        + "\n"
+        + "".join(",".join(str(v) for v in row.values()) + "\n" for row in table.to_pylist())
+    )
+    from_csv = load_dataset(str(csv), min_count=1, batch_rows=500)
+    from_parquet = load_dataset(str(tmp_path / "t.parquet"), min_count=1)
+    # score and z have fractions: numeric either way; count (whole floats), user and city
+    # stay categories; the buckets are the same
+    assert (
+        from_csv.metadata["numeric_buckets"]
+        == from_parquet.metadata["numeric_buckets"]
+        == {
+            "score": "32 quantile buckets",
+            "z": "32 quantile buckets",
+        }
+    )
+    np.testing.assert_array_equal(from_csv.features[:, :2], from_parquet.features[:, :2])
+    assert from_csv.field_dims[2:] == from_parquet.field_dims[2:]
+
+
+def test_a_text_column_that_turns_out_not_all_numbers_is_counted_as_categories(tmp_path):
+    values = [f"{i % 40 + 0.5}" for i in range(1_000)]
+    values[900] = "unknown"  # in the last batch of 100 rows
+    table = pa.table({"label": np.arange(1_000) % 2, "v": values})
+    detected = load_dataset(table, min_count=1, batch_rows=100)
+    plain = load_dataset(table, numeric_columns=[], min_count=1, batch_rows=100)
+    assert detected.metadata["numeric_buckets"] == {}
+    assert detected.field_dims == plain.field_dims == (42,)  # 40 values, "unknown", OOV
+    np.testing.assert_array_equal(detected.features, plain.features)
