@@ -88,6 +88,22 @@ def _output_problem(dataset: str, output: str) -> str | None:
     return None
 
 
+def _earlier_result(output: str) -> str | None:
+    """What the result already in ``output`` was selected from (its manifest's dataset and
+    time), or None when the folder holds none or it cannot be read."""
+    from worker.outputs import MANIFEST_FILE
+    from worker.settings import SharedSettings
+    from worker.storage import join_uri, normalise_uri, read_bytes
+
+    try:
+        manifest = json.loads(
+            read_bytes(join_uri(normalise_uri(output), MANIFEST_FILE), SharedSettings())
+        )
+        return f"{manifest['dataset']['uri']}, {manifest['created_at']}"
+    except Exception:  # noqa: BLE001 - no result there, or not one of ours: nothing to say
+        return None
+
+
 def _notes(manifest: Any) -> list[str]:
     """What a user of the coreset should know that the counts do not say."""
     notes = []
@@ -237,7 +253,9 @@ _data_options = [
         "a fraction; '' for none.",
     ),
     click.option(
-        "--format", "data_format", default=None,
+        "--format",
+        "data_format",
+        default=None,
         type=click.Choice(["parquet", "csv", "tsv", "criteo"]),
         help="Data format; default: from the file name.",
     ),
@@ -308,12 +326,20 @@ def select(
 
     _quiet_libraries()
     request = _budget_and_request(
-        dataset, ratio, size, method, options, label_column, feature_columns, numeric_columns,
+        dataset,
+        ratio,
+        size,
+        method,
+        options,
+        label_column,
+        feature_columns,
+        numeric_columns,
         data_format,
     )
     problem = _output_problem(dataset, output)
     if problem:
         _fail(f"--out: {problem}", EXIT_USAGE)
+    earlier = _earlier_result(output)
     job_id = f"local-{uuid.uuid4().hex[:12]}"
     try:
         with _progress_bar(not quiet and sys.stderr.isatty()) as report:
@@ -339,6 +365,8 @@ def select(
         f"{coreset.soft_label_mean:.3f} in the soft labels; data "
         f"{data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
+    if earlier is not None:
+        click.echo(f"note: replaced the earlier result in {output} (of {earlier})", err=True)
     for note in _notes(manifest):
         click.echo(f"note: {note}", err=True)
 
@@ -346,7 +374,10 @@ def select(
 @click.command(name="evaluate")
 @click.argument("dataset")
 @click.option(
-    "--ratio", "ratios", type=float, multiple=True,
+    "--ratio",
+    "ratios",
+    type=float,
+    multiple=True,
     help="Budget(s) as fractions of the training rows (repeatable).",
 )
 @click.option(
@@ -367,17 +398,23 @@ def select(
     "see --noise-kind.",
 )
 @click.option(
-    "--noise-kind", default="symmetric", show_default=True,
+    "--noise-kind",
+    default="symmetric",
+    show_default=True,
     help="symmetric: flip that share of all training labels (below 0.5); "
     "clicks-to-non-clicks: turn that share of the training clicks into non-clicks.",
 )
 @click.option(
-    "--evaluators", default=None,
+    "--evaluators",
+    default=None,
     help="Comma-separated evaluator families that score each coreset: deepfm, dcnv2, logistic "
     "(default: the selection's backbone).",
 )
 @click.option(
-    "--monitor", type=click.Choice(["auc", "log_loss"]), default="auc", show_default=True,
+    "--monitor",
+    type=click.Choice(["auc", "log_loss"]),
+    default="auc",
+    show_default=True,
     help="Validation metric that early-stops each fresh model.",
 )
 @_with_data_options
@@ -407,7 +444,14 @@ def evaluate(
     budgets = ratios or (0.01, 0.05)
     _quiet_libraries()
     request = _budget_and_request(
-        dataset, budgets[0], None, "nacs", options, label_column, feature_columns, numeric_columns,
+        dataset,
+        budgets[0],
+        None,
+        "nacs",
+        options,
+        label_column,
+        feature_columns,
+        numeric_columns,
         data_format,
     )
     selection_options = request.options.model_dump()
@@ -425,7 +469,9 @@ def evaluate(
         seed = selection_options["seed"]
         train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=seed)
         for part, positions in (
-            ("training", train_rows), ("validation", validation_rows), ("test", test_rows)
+            ("training", train_rows),
+            ("validation", validation_rows),
+            ("test", test_rows),
         ):
             clicks = int(data.labels[positions].sum(dtype="float64"))
             if clicks in (0, positions.shape[0]):

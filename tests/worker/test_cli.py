@@ -75,8 +75,17 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
     # naming no numeric column turns the detection off: the score's values are categories
     result = CliRunner().invoke(
         select,
-        [str(path), "--ratio", "0.1", "--out", str(out), "--method", "stratified",
-         "--numeric-columns", ""],
+        [
+            str(path),
+            "--ratio",
+            "0.1",
+            "--out",
+            str(out),
+            "--method",
+            "stratified",
+            "--numeric-columns",
+            "",
+        ],
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -164,6 +173,13 @@ def test_a_rerun_into_the_same_folder_leaves_no_earlier_manifest_beside_new_file
         select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", "random"]
     )
     assert first.exit_code == 0 and (out / "manifest.json").exists()
+    assert "replaced" not in first.stderr
+    # a rerun that succeeds says what it replaced
+    again = CliRunner().invoke(
+        select, [dataset, "--ratio", "0.1", "--out", str(out), "--method", "random"]
+    )
+    assert again.exit_code == 0, again.output
+    assert f"note: replaced the earlier result in {out} (of {dataset}, 20" in again.stderr
 
     def broken_page(content):
         raise OSError("disk full")
