@@ -470,6 +470,13 @@ def render_html(report: Mapping[str, Any]) -> str:
                 "labels to tell flips from chance, so none were estimated and no row was set "
                 "aside."
             )
+        else:
+            body += _note(
+                "The rate is an upper bound, read from the rows the proxy models rank lowest: "
+                "on clean labels it still reads a few percent, and the rows set aside are the "
+                "ones the models contradict most, wrong or only hard to predict. The audit "
+                "below says whether the coreset trains better models than a random subset."
+            )
     elif noise and "removed_rows" in noise:
         body = _table([("rows removed by the denoising", _fmt(noise["removed_rows"]))])
         body += _note("This method does not estimate the wrong-label rate.")

@@ -113,8 +113,9 @@ def test_a_flip_rate_too_rare_to_read_is_said_so() -> None:
     }
     note = "The flip rate could not be read"
     page = render_html(_report("nacs", {"noise": {**noise, "measurable": False}}))
-    assert note in page and "(150)" in page
-    assert note not in render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
+    assert note in page and "(150)" in page and "upper bound" not in page
+    read = render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
+    assert note not in read and "The rate is an upper bound" in read
 
 
 def test_estimates_of_an_untrusted_teacher_are_said_to_be_unused() -> None:
