@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_OTHER = 7
 EXIT_INTERRUPTED = 130
+# At most one progress line a minute within a phase when stderr is not a terminal.
+PROGRESS_LINE_SECONDS = 60.0
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -175,10 +178,24 @@ def _validation_message(error: pydantic.ValidationError) -> str:
 
 
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    """A progress callback drawing one bar per phase on stderr (nothing when disabled)."""
+def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
+    """A progress callback on stderr: on a terminal one bar per phase, elsewhere (a log, a
+    pipe) a line when a phase begins and at most one a minute within it; nothing when
+    disabled."""
     if not enabled:
         yield lambda phase, fraction, message: None
+        return
+    if not terminal:
+        last: list[Any] = ["", 0.0]  # the phase of the last line, and when it was printed
+
+        def line(phase: str, fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if phase != last[0] or now - last[1] >= PROGRESS_LINE_SECONDS:
+                last[:] = [phase, now]
+                percent = round(100 * min(max(fraction, 0.0), 1.0))
+                click.echo(f"{phase}: {percent}% {message}", err=True)
+
+        yield line
         return
     from tqdm import tqdm
 
@@ -303,7 +320,7 @@ def worker(burst: bool, queue: str | None, no_fork: bool, name: str | None) -> N
 )
 @click.option("--method", default="nacs", show_default=True, help="nacs, an ablation or baseline.")
 @_with_data_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress (a bar, or lines when not a terminal).")
 def select(
     dataset: str,
     ratio: float | None,
@@ -342,7 +359,7 @@ def select(
     earlier = _earlier_result(output)
     job_id = f"local-{uuid.uuid4().hex[:12]}"
     try:
-        with _progress_bar(not quiet and sys.stderr.isatty()) as report:
+        with _progress_bar(not quiet, sys.stderr.isatty()) as report:
             manifest = execute(request, output, job_id=job_id, progress=report)
     except DataError as error:
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)

@@ -344,3 +344,15 @@ def test_evaluate_notes_a_field_too_rare_to_count(tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "note: no value of request_id is seen often enough" in result.stderr
+
+
+def test_select_prints_a_line_per_phase_when_not_on_a_terminal(dataset: str, tmp_path) -> None:
+    arguments = [dataset, "--ratio", "0.1", "--method", "random"]
+    result = CliRunner().invoke(select, [*arguments, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("note:")]
+    phases = [line.split(":", 1)[0] for line in lines]
+    assert phases[0] == "loading" and "writing" in phases
+    assert len(phases) == len(set(phases))  # a short run: one line a phase
+    quiet = CliRunner().invoke(select, [*arguments, "--out", str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and "loading:" not in quiet.stderr
