@@ -435,7 +435,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "row holds."
     )
     overview += "<details><summary>Vocabulary by field</summary>" + _table(
-        field_rows, ["field", "values in the data", "values in the coreset",
+        field_rows, ["field", "ids in the data (rare values share one)", "ids in the coreset",
                      "data rows with a value the coreset lacks"]
     ) + "</details>"
     sections.append(_section("Data and coreset", overview, "data"))
