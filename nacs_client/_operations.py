@@ -147,6 +147,7 @@ def create_request(
     label_column: str | None = None,
     feature_columns: Sequence[str] | None = None,
     numeric_columns: Sequence[str] | None = None,
+    numeric_detection: bool | None = None,
     format: str | None = None,
     output_uri: str | None = None,
     idempotency_key: str | None = None,
@@ -180,6 +181,7 @@ def create_request(
         "label_column": label_column,
         "feature_columns": list(feature_columns) if feature_columns is not None else None,
         "numeric_columns": list(numeric_columns) if numeric_columns is not None else None,
+        "numeric_detection": numeric_detection,
         "format": format,
         "output_uri": output_uri,
     }

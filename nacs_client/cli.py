@@ -417,6 +417,13 @@ _poll_option = click.option(
 @click.option(
     "--numeric-column", "numeric_columns", multiple=True, help="A numeric column, repeatable."
 )
+@click.option(
+    "--no-numeric-detection",
+    "no_numeric_detection",
+    is_flag=True,
+    help="With no --numeric-column: every column is a category (by default columns of numbers "
+    "with a fraction and of dates are numeric).",
+)
 @click.option("--format", "data_format", help="parquet, csv or tsv [default: from the URI].")
 @click.option("--output-uri", help="Where to write the result [default: your prefix].")
 @click.option("--idempotency-key", help="Reuse a key to make resubmitting safe.")
@@ -436,6 +443,7 @@ def submit(
     label_column: str | None,
     feature_columns: tuple[str, ...],
     numeric_columns: tuple[str, ...],
+    no_numeric_detection: bool,
     data_format: str | None,
     output_uri: str | None,
     idempotency_key: str | None,
@@ -463,6 +471,7 @@ def submit(
         label_column=label_column,
         feature_columns=list(feature_columns) or None,
         numeric_columns=list(numeric_columns) or None,
+        numeric_detection=False if no_numeric_detection else None,
         format=data_format,
         output_uri=output_uri,
         idempotency_key=idempotency_key,

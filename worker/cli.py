@@ -227,6 +227,7 @@ def _budget_and_request(
     label_column: str,
     feature_columns: str | None,
     numeric_columns: str | None,
+    numeric_detection: bool,
     data_format: str | None,
 ) -> Any:
     from worker.spec import JobRequest
@@ -242,8 +243,10 @@ def _budget_and_request(
     }
     if feature_columns:
         body["feature_columns"] = _split_columns(feature_columns)
-    if numeric_columns is not None:  # "" names none: float columns stay categories too
-        body["numeric_columns"] = _split_columns(numeric_columns) or []
+    if numeric_columns:
+        body["numeric_columns"] = _split_columns(numeric_columns)
+    if not numeric_detection:
+        body["numeric_detection"] = False
     try:
         return JobRequest.model_validate(body)
     except pydantic.ValidationError as error:
@@ -266,8 +269,15 @@ _data_options = [
     click.option(
         "--numeric-columns",
         default=None,
-        help="Comma-separated columns to bucket as numbers; by default the float columns with "
-        "a fraction; '' for none.",
+        help="Comma-separated columns to bucket as numbers; by default those of numbers with a "
+        "fraction and of dates.",
+    ),
+    click.option(
+        "--numeric-detection/--no-numeric-detection",
+        default=True,
+        show_default=True,
+        help="With no --numeric-columns: read columns of numbers with a fraction and of dates "
+        "as numeric (else every column is a category).",
     ),
     click.option(
         "--format",
@@ -331,6 +341,7 @@ def select(
     label_column: str,
     feature_columns: str | None,
     numeric_columns: str | None,
+    numeric_detection: bool,
     data_format: str | None,
     quiet: bool,
 ) -> None:
@@ -351,6 +362,7 @@ def select(
         label_column,
         feature_columns,
         numeric_columns,
+        numeric_detection,
         data_format,
     )
     problem = _output_problem(dataset, output)
@@ -449,6 +461,7 @@ def evaluate(
     label_column: str,
     feature_columns: str | None,
     numeric_columns: str | None,
+    numeric_detection: bool,
     data_format: str | None,
     as_json: bool,
 ) -> None:
@@ -457,6 +470,7 @@ def evaluate(
     from nacs_engine.data import load_dataset
     from nacs_engine.errors import DataError
     from nacs_engine.evaluate import EvaluationOptions, split_rows
+    from worker.tasks import encoder_numeric_columns
 
     budgets = ratios or (0.01, 0.05)
     _quiet_libraries()
@@ -469,6 +483,7 @@ def evaluate(
         label_column,
         feature_columns,
         numeric_columns,
+        numeric_detection,
         data_format,
     )
     selection_options = request.options.model_dump()
@@ -477,7 +492,7 @@ def evaluate(
             request.dataset_uri,
             label_column=request.label_column,
             feature_columns=request.feature_columns,
-            numeric_columns=request.numeric_columns,
+            numeric_columns=encoder_numeric_columns(request),
             format=request.format,
             min_count=selection_options["min_count"],
         )

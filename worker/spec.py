@@ -126,12 +126,17 @@ class JobRequest(BaseModel):
         description="Feature columns, at least one, not the label column; by default every "
         "column but the label.",
     )
-    numeric_columns: list[_ColumnName] | None = Field(
-        default=None,
+    numeric_columns: list[_ColumnName] = Field(
+        default_factory=list,
         max_length=10_000,
-        description="Numeric columns (not the label column), bucketed before encoding; by "
-        "default (null) the floating-point columns with a fractional value are numeric; [] "
-        "names none: every column is a category.",
+        description="Numeric columns (not the label column), bucketed before encoding; when "
+        "none are named, columns of numbers with a fractional value and of dates are numeric "
+        "(unless numeric_detection is false).",
+    )
+    numeric_detection: bool = Field(
+        default=True,
+        description="When no numeric_columns are named: read columns of numbers with a "
+        "fractional value and of dates as numeric; false: every column is a category.",
     )
     format: DataFormat | None = Field(
         default=None, description="parquet, csv, tsv or criteo; by default from the file name."
@@ -162,7 +167,7 @@ class JobRequest(BaseModel):
             )
         if self.label_column in (self.feature_columns or []):
             raise ValueError("feature_columns: must not contain the label column")
-        if self.label_column in (self.numeric_columns or []):
+        if self.label_column in self.numeric_columns:
             raise ValueError("numeric_columns: must not contain the label column")
         return self
 

@@ -158,6 +158,14 @@ def execute_or_hand_over(
         )
 
 
+def encoder_numeric_columns(request: JobRequest) -> list[str] | None:
+    """The encoder's numeric columns for ``request``: the named ones; with none named, None
+    (it detects them) or, with numeric_detection false, [] (none)."""
+    if request.numeric_columns:
+        return list(request.numeric_columns)
+    return None if request.numeric_detection else []
+
+
 def _fit_encoder(request: JobRequest, config: Any, source: Any, report: ProgressCallback) -> Any:
     """The encoder's vocabularies, counted in the first pass over ``source`` (a DataError
     names the shard of a ``ShardedSource``)."""
@@ -165,7 +173,7 @@ def _fit_encoder(request: JobRequest, config: Any, source: Any, report: Progress
 
     encoder = Encoder(
         label_column=request.label_column, feature_columns=request.feature_columns,
-        numeric_columns=request.numeric_columns, min_count=config.min_count,
+        numeric_columns=encoder_numeric_columns(request), min_count=config.min_count,
     )
     naming_shard = getattr(source, "naming_shard", None)
     with naming_shard() if naming_shard is not None else contextlib.nullcontext():

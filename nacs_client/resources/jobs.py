@@ -10,7 +10,8 @@ Arguments of ``create`` and ``create_and_wait``:
 - ``ratio`` / ``size``: the budget, exactly one: a fraction in (0, 1) or rows.
 - ``method``: ``nacs`` (the service's default) or a baseline (``random``, ...).
 - ``options``: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).
-- ``label_column``, ``feature_columns``, ``numeric_columns``, ``format``: how to read the data.
+- ``label_column``, ``feature_columns``, ``numeric_columns``, ``numeric_detection``,
+  ``format``: how to read the data.
 - ``output_uri``: where to write the result (default: the tenant's prefix).
 - ``idempotency_key``: sent as ``Idempotency-Key``; a new uuid4 per call by
   default, reused on every retry of that call.
@@ -75,6 +76,7 @@ class Jobs:
         label_column: str | None = None,
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
+        numeric_detection: bool | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -91,6 +93,7 @@ class Jobs:
             label_column=label_column,
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
+            numeric_detection=numeric_detection,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -172,6 +175,7 @@ class Jobs:
         label_column: str | None = None,
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
+        numeric_detection: bool | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -189,6 +193,7 @@ class Jobs:
             label_column=label_column,
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
+            numeric_detection=numeric_detection,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -248,6 +253,7 @@ class AsyncJobs:
         label_column: str | None = None,
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
+        numeric_detection: bool | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -264,6 +270,7 @@ class AsyncJobs:
             label_column=label_column,
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
+            numeric_detection=numeric_detection,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -330,6 +337,7 @@ class AsyncJobs:
         label_column: str | None = None,
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
+        numeric_detection: bool | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -347,6 +355,7 @@ class AsyncJobs:
             label_column=label_column,
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
+            numeric_detection=numeric_detection,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,

@@ -61,6 +61,7 @@ def test_submit_prints_the_job_id():
         "a",
         "--feature-column",
         "b",
+        "--no-numeric-detection",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == "job-42\n"
@@ -71,6 +72,7 @@ def test_submit_prints_the_job_id():
             "method": "nacs",
             "options": {"rounds": 2, "backbone": "dcnv2", "class_balance": "none"},
             "feature_columns": ["a", "b"],
+            "numeric_detection": False,
         }
     ]
 

@@ -55,6 +55,7 @@ def test_create_posts_the_documented_body():
             label_column="click",
             feature_columns=["a", "b"],
             numeric_columns=("price",),
+            numeric_detection=False,
             format="parquet",
             output_uri="s3://bucket/out/",
         )
@@ -69,6 +70,7 @@ def test_create_posts_the_documented_body():
         "label_column": "click",
         "feature_columns": ["a", "b"],
         "numeric_columns": ["price"],
+        "numeric_detection": False,
         "format": "parquet",
         "output_uri": "s3://bucket/out/",
     }

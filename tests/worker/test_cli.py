@@ -72,7 +72,7 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
     dataset = json.loads((out / "manifest.json").read_text())["dataset"]
     assert dataset["numeric_buckets"] == {"score": "32 quantile buckets"}
     assert dataset["field_dims"] == [33]
-    # naming no numeric column turns the detection off: the score's values are categories
+    # with the detection off the score's values are categories
     result = CliRunner().invoke(
         select,
         [
@@ -83,13 +83,13 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
             str(out),
             "--method",
             "stratified",
-            "--numeric-columns",
-            "",
+            "--no-numeric-detection",
         ],
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["numeric_columns"] == []
+    assert manifest["request"]["numeric_detection"] is False
     assert manifest["dataset"]["numeric_buckets"] == {}
     assert manifest["dataset"]["field_dims"] == [1]  # every value seen once: out of vocabulary
 

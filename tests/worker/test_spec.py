@@ -109,3 +109,17 @@ def test_the_worker_preloads_torch_without_running_it() -> None:
         "assert threading.active_count() == 1, threading.enumerate()"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_numeric_columns_left_empty_still_mean_detection() -> None:
+    from worker.tasks import encoder_numeric_columns
+
+    # requests stored before numeric_detection existed hold numeric_columns [] (the default)
+    stored = JobRequest.model_validate(
+        {"dataset_uri": "s3://b/k.parquet", "ratio": 0.1, "numeric_columns": []}
+    )
+    assert encoder_numeric_columns(stored) is None  # the encoder detects them
+    off = stored.model_copy(update={"numeric_detection": False})
+    assert encoder_numeric_columns(off) == []
+    named = stored.model_copy(update={"numeric_columns": ["price"], "numeric_detection": False})
+    assert encoder_numeric_columns(named) == ["price"]
