@@ -49,9 +49,19 @@ from worker.storage import join_uri, read_bytes
 log = logging.getLogger(__name__)
 
 
+# Request fields added after the first version, with their defaults: hashed only when set
+# otherwise, so that a body resent with its Idempotency-Key across an upgrade still matches.
+_LATER_FIELDS: dict[str, Any] = {"numeric_detection": True}
+
+
 def body_hash(request: dict[str, Any]) -> str:
     """SHA-256 of a request's canonical JSON (sorted keys): the same for the same body."""
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    hashed = {
+        key: value
+        for key, value in request.items()
+        if key not in _LATER_FIELDS or value != _LATER_FIELDS[key]
+    }
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

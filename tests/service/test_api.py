@@ -631,3 +631,14 @@ def test_every_route_goes_through_the_apps_middlewares_and_dependencies(
         assert "/beta/jobs/" in job["request"]["output_uri"], "the overridden tenant made it"
         assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
     assert seen == ["POST /jobs", f"GET /jobs/{job['id']}"]
+
+
+def test_a_body_hashes_as_before_the_numeric_detection_field_existed() -> None:
+    from service.jobs import body_hash
+    from worker.spec import JobRequest
+
+    request = JobRequest.model_validate({"dataset_uri": "s3://b/k.parquet", "ratio": 0.1})
+    dumped = request.model_dump(mode="json")
+    before = {key: value for key, value in dumped.items() if key != "numeric_detection"}
+    assert body_hash(dumped) == body_hash(before)
+    assert body_hash(dumped | {"numeric_detection": False}) != body_hash(before)
