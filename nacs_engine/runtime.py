@@ -131,6 +131,8 @@ class SharedProgress:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.stopped = threading.Event()
+        # the error that stopped the others (theirs only say that they stopped)
+        self.failure: BaseException | None = None
 
     def call(self, report: Callable[[], None]) -> None:
         with self._lock:
@@ -138,7 +140,8 @@ class SharedProgress:
                 raise SelectionCancelled("stopped: another model trained at once failed")
             try:
                 report()
-            except BaseException:
+            except BaseException as error:
+                self.failure = error
                 self.stopped.set()
                 raise
 
@@ -149,6 +152,19 @@ def cpu_lanes(device: torch.device, tasks: int) -> int:
     if device.type != "cpu":
         return 1
     return max(1, min(tasks, torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def one_lane_of(device: torch.device, tasks: int) -> Iterator[None]:
+    """Run a block on the torch threads that ``train_at_once`` gives each lane of ``tasks``
+    models on ``device`` (all of them where the models train one after the other): a model
+    trained alone, as a job of its own, then gives what it gives among the others."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // cpu_lanes(device, tasks)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedProgress) -> list[T]:
@@ -165,10 +181,9 @@ def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedPro
             futures = [pool.submit(job) for job in jobs]
             try:
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    error = future.exception()
-                    if error is not None:
-                        raise error
+                errors = [error for f in finished if (error := f.exception()) is not None]
+                if errors:
+                    raise shared.failure or errors[0]
             except BaseException:
                 shared.stopped.set()
                 for future in futures:

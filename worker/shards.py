@@ -26,9 +26,10 @@ on the job's one queue, none of them waiting for another inside a worker:
 The plan depends only on the data and the options (the shard size, and the fold count,
 which depends on the row count): the teacher's folds, the audit's models, their generators
 and batches are those of the job run as one, and every job sets torch's thread count
-(``NACS_TORCH_THREADS``), so the coreset and the audit are the same whichever worker runs
-which job, and the same as the job run as one (``worker.tasks.execute``) with that thread
-count.
+(``NACS_TORCH_THREADS``; a fold or an audit model trains on the share of it that it gets
+when the job run as one trains them at once, ``nacs_engine.runtime.one_lane_of``), so the
+coreset and the audit are the same whichever worker runs which job, and the same as the
+job run as one (``worker.tasks.execute``) with that thread count.
 
 Faults: every file of the scratch folder appears whole (``worker.storage.write_bytes``),
 and a fold or an audit model whose file exists is not trained again. A shard job lost with
@@ -495,7 +496,7 @@ def _fold(run: _Run, fold: int) -> None:
     import torch
 
     from nacs_engine.audit import selection_holdout
-    from nacs_engine.runtime import resolve_device
+    from nacs_engine.runtime import one_lane_of, resolve_device
     from nacs_engine.teacher import fold_assignment, train_fold
 
     uri = join_uri(run.scratch, fold_file(fold))
@@ -518,10 +519,13 @@ def _fold(run: _Run, fold: int) -> None:
         done = sum(float(value) for value in run.store.redis.hvals(key)) / plan.teacher_folds
         run.progress("selecting", _FOLDS_SHARE * done, message)
 
-    result = train_fold(
-        run.features(plan), labels, rows, folds, fold, tuple(plan.field_dims), config,
-        device=resolve_device(config.device), progress=report,
-    )
+    device = resolve_device(config.device)
+    # on the threads this fold gets when one job trains the folds at once: the same logits
+    with one_lane_of(device, plan.teacher_folds):
+        result = train_fold(
+            run.features(plan), labels, rows, folds, fold, tuple(plan.field_dims), config,
+            device=device, progress=report,
+        )
     state = {name: tensor.cpu() for name, tensor in result.model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(
@@ -779,6 +783,7 @@ def run_audit_model(job_id: str, prefix: str | None, attempt: int, index: int) -
 def _audit_model(run: _Run, index: int) -> None:
     from nacs_engine.audit import Arm, Held, audit_models, train_audit_model
     from nacs_engine.data.dataset import EncodedDataset
+    from nacs_engine.runtime import one_lane_of, resolve_device
 
     uri = join_uri(run.scratch, audit_score_file(index))
     key = run.store.keys.shard_progress(run.record.id)
@@ -812,9 +817,10 @@ def _audit_model(run: _Run, index: int) -> None:
         done = sum(float(value) for value in run.store.redis.hvals(key)) / len(models)
         run.progress("auditing", done, message)
 
-    score = train_audit_model(
-        dataset(arrays["features"], arrays["labels"]), held, arm, model, config, report, 0.0
-    )
+    with one_lane_of(resolve_device(config.device), len(models)):
+        score = train_audit_model(
+            dataset(arrays["features"], arrays["labels"]), held, arm, model, config, report, 0.0
+        )
     _save_arrays(
         uri, run.settings, auc=np.float64(score.auc), log_loss=np.float64(score.log_loss),
         logits=score.logits, seconds=np.float64(time.perf_counter() - started),

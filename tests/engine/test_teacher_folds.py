@@ -1,5 +1,5 @@
-"""The teacher fold by fold (as separate jobs run it, on one torch thread each) equals the
-teacher cross-fitted in one call, its folds trained one after the other or at once."""
+"""The teacher fold by fold (as separate jobs run it, each on the threads it gets among the
+others) equals the teacher cross-fitted in one call, its folds trained in turn or at once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.runtime import one_lane_of
 from nacs_engine.teacher import assemble_teacher, cross_fit, fold_assignment, train_fold
 
 
@@ -38,7 +39,7 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 4])
 def test_folds_trained_one_by_one_give_the_cross_fitted_teacher(threads: int) -> None:
     data = make_synthetic_ctr(3000, n_fields=6, flip_rate=0.1, seed=2).dataset
     config = SelectionConfig(ratio=0.1, seed=5, teacher_folds=3)
@@ -58,7 +59,8 @@ def test_folds_trained_one_by_one_give_the_cross_fitted_teacher(threads: int) ->
     assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:], strict=False))
     folds = fold_assignment(rows.shape[0], config)
     np.testing.assert_array_equal(folds, whole.folds)
-    with torch_threads(1):
+    # each fold as a job of its own, on the threads it gets among the others (a shard job)
+    with torch_threads(threads), one_lane_of(device, 3):
         results = [
             train_fold(
                 RowsOnly(data.features),
@@ -117,3 +119,26 @@ def test_models_trained_at_once_share_the_torch_threads(
         seen = train_at_once([torch.get_num_threads] * 4, lanes, SharedProgress())
         assert torch.get_num_threads() == threads  # given back afterwards
     assert seen == [each] * 4
+
+
+def test_the_error_that_stopped_the_others_is_the_one_raised() -> None:
+    import time
+
+    from nacs_engine.runtime import SharedProgress, train_at_once
+
+    def broken_pipe() -> None:
+        raise BrokenPipeError("stderr closed")
+
+    for _ in range(30):
+        shared = SharedProgress()
+
+        def failing(shared: SharedProgress = shared) -> None:
+            time.sleep(0.001)
+            shared.call(broken_pipe)
+
+        def reporting(shared: SharedProgress = shared) -> None:
+            while True:  # stops with SelectionCancelled once the other failed
+                shared.call(lambda: None)
+
+        with torch_threads(2), pytest.raises(BrokenPipeError):
+            train_at_once([failing, reporting], 2, shared)
