@@ -103,15 +103,21 @@ def numeric_tokens(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def numeric_edges(sample: np.ndarray, rule_buckets: int) -> np.ndarray | None:
+def numeric_edges(
+    sample: np.ndarray, rule_buckets: int, *, always: bool = False
+) -> np.ndarray | None:
     """The quantile edges of a numeric column from a sample of its finite values, or None
     when the Criteo rule serves: it gives the column ``rule_buckets`` buckets (those seen
     ``min_count`` times), at least ``MIN_RULE_BUCKETS``, or the sample holds fewer than
-    ``QUANTILE_BUCKETS`` distinct values. A value that holds a bucket's share of the sample
-    or more (a mass of zeros) gets a bucket of its own; the other values share the remaining
-    buckets by quantiles."""
+    ``QUANTILE_BUCKETS`` distinct values; with ``always`` (dates and times, which the rule
+    puts in one or two buckets whatever their spread) whenever the sample holds a value. A
+    value that holds a bucket's share of the sample or more (a mass of zeros; each of a few
+    dates) gets a bucket of its own; the other values share the remaining buckets by
+    quantiles."""
     values, counts = np.unique(sample, return_counts=True)
-    if rule_buckets >= MIN_RULE_BUCKETS or values.shape[0] < QUANTILE_BUCKETS:
+    if values.shape[0] == 0:
+        return None
+    if not always and (rule_buckets >= MIN_RULE_BUCKETS or values.shape[0] < QUANTILE_BUCKETS):
         return None
     heavy = values[counts >= sample.shape[0] / QUANTILE_BUCKETS]
     rest = sample[~np.isin(sample, heavy)]
@@ -316,6 +322,7 @@ class Encoder:
         # dates and times are numeric (as categories nearly every value would be rare).
         as_text: dict[int, _ValueCounter] = {}
         detected: set[int] = set()
+        temporal: set[int] = set()
         kinds: list[str] | None = None
         rows = 0
         clicks = 0.0
@@ -326,11 +333,16 @@ class Encoder:
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
+                temporal = {
+                    i
+                    for i in range(len(schema.feature_columns))
+                    if _is_temporal(batch.column(i + 1))
+                }
                 if self.requested_numeric is None:
                     detected = {
                         i
-                        for i, name in enumerate(schema.feature_columns)
-                        if name not in schema.numeric_columns and _is_temporal(batch.column(i + 1))
+                        for i in temporal
+                        if schema.feature_columns[i] not in schema.numeric_columns
                     }
                 kinds = [
                     _field_kind(
@@ -387,7 +399,7 @@ class Encoder:
             elif i in samples:
                 vocabulary = counter.vocabulary("int", self.min_count)
                 rule_buckets = int(np.count_nonzero(vocabulary.values != MISSING_CODE))
-                cut = numeric_edges(samples[i].values(), rule_buckets)
+                cut = numeric_edges(samples[i].values(), rule_buckets, always=i in temporal)
                 if cut is not None:
                     vocabulary = samples[i].vocabulary(cut, self.min_count)
             else:
@@ -604,11 +616,12 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
 def _text_times(column: pa.Array, not_numbers: pa.ArrowException) -> pa.Array:
     """Seconds since 1970 of ISO 8601 date-time texts, with or without a zone; raises
     ``not_numbers`` when they are not such texts either."""
-    for kind in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):
+    for kind in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
         try:
-            return column.cast(kind).cast(pa.int64()).cast(pa.float64())
+            micros = column.cast(kind).cast(pa.int64()).cast(pa.float64())
         except pa.ArrowException:
             continue
+        return pc.divide(micros, 1e6)
     raise not_numbers
 
 

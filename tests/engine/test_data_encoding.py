@@ -451,3 +451,20 @@ def test_a_text_column_that_turns_out_not_all_numbers_is_counted_as_categories(t
     assert detected.metadata["numeric_buckets"] == {}
     assert detected.field_dims == plain.field_dims == (42,)  # 40 values, "unknown", OOV
     np.testing.assert_array_equal(detected.features, plain.features)
+
+
+def test_a_few_dates_get_a_bucket_each_and_texts_may_hold_fractions_of_seconds():
+    import datetime as dt
+
+    days = [dt.date(2024, 5, 1) + dt.timedelta(days=i % 7) for i in range(700)]
+    table = pa.table({"label": np.arange(700) % 2, "day": pa.array(days, pa.date32())})
+    data = load_dataset(table, min_count=1)
+    ids = data.features[:, 0]
+    # the Criteo rule would give every recent date one id; here each day has its own
+    assert len(np.unique(ids)) == 7
+    assert all(len(np.unique(ids[np.arange(700) % 7 == d])) == 1 for d in range(7))
+    texts = ["2024-05-01 12:30:00.500", "2024-05-01T12:30:01.25Z", "2024-05-02 00:00:00"]
+    zoned = pa.table({"label": [0, 1, 0], "t": texts[1:2] * 3})
+    naive = pa.table({"label": [0, 1, 0], "t": [texts[0], texts[2], None]})
+    assert load_dataset(zoned, numeric_columns=["t"], min_count=1).n_rows == 3
+    assert load_dataset(naive, numeric_columns=["t"], min_count=1).n_rows == 3
