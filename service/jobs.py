@@ -22,7 +22,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.schemas import Job, JobPage
-from service.security import check_dataset_uri, check_output_uri
+from service.security import check_dataset_uri, check_output_apart, check_output_uri
 from service.settings import ApiSettings
 from worker import enqueue
 from worker.enqueue import (
@@ -109,6 +109,7 @@ class Jobs:
         job_id = enqueue.new_job_id()
         dataset_uri = await check_dataset_uri(request.dataset_uri, tenant, settings)
         output_uri = check_output_uri(request.output_uri, tenant, job_id, settings)
+        check_output_apart(output_uri, dataset_uri)
         dumped = request.model_dump(mode="json")
         key_digest = request_hash = None
         if idempotency_key is not None:

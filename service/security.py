@@ -138,6 +138,17 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
     return normalised
 
 
+def check_output_apart(output_uri: str, dataset_uri: str) -> None:
+    """Refuse an output folder that is or lies in the dataset's folder: a folder's subfolders
+    are read with it, so the result's files would join the data."""
+    dataset = dataset_uri.rstrip("/")
+    if output_uri.rstrip("/") == dataset or output_uri.startswith(dataset + "/"):
+        raise Unprocessable(
+            f"output_uri: {output_uri} is or lies in the dataset's folder {dataset_uri}: its "
+            "subfolders are read as part of the data; choose a folder outside it"
+        )
+
+
 def _allowed(uri: str, prefixes: list[str] | None, *, local: bool) -> bool:
     if prefixes is None:
         return True

@@ -487,7 +487,9 @@ def _part_files(
             base = Path(entry["name"]).name
             found = format_from_name(base)
             if entry.get("islink"):
-                if found is not None or entry.get("type") == "directory" or "." not in base:
+                # a link to a file that is not data is left alone; one to data, to a folder or
+                # to what the listing does not say (the worker's confined reads) is refused
+                if found is not None or entry.get("type") != "file":
                     links.append(str(Path(entry["name"]).relative_to(path)))
             elif entry.get("type") == "file":
                 if found is not None and (format is None or found == _text_family(format)):
@@ -536,6 +538,7 @@ def _part_files(
 
 
 def _folder_entries(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
+    fs.invalidate_cache(path)  # a filesystem kept between calls may hold an old listing
     entries = sorted(fs.ls(path, detail=True), key=lambda entry: entry["name"])
     return [e for e in entries if not Path(e["name"]).name.startswith((".", "_"))]
 

@@ -288,6 +288,23 @@ def test_output_uri_inside_own_prefix_is_accepted(
     assert job.json()["request"]["output_uri"] == wanted
 
 
+def test_output_uri_in_the_datasets_folder_is_refused(make_settings, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    (storage / "alpha" / "clicks").mkdir(parents=True)
+    settings = make_settings(allowed_uris=f"file://{storage}/")
+    folder = f"file://{storage}/alpha/clicks"
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
+        for output in (folder, f"{folder}/coreset"):
+            refused = client.post(
+                "/jobs", json={"dataset_uri": folder, "ratio": 0.1, "output_uri": output}
+            )
+            error = assert_error(refused, 422, mentions="output_uri")
+            assert "lies in the dataset's folder" in error["message"]
+        beside = {"dataset_uri": folder, "ratio": 0.1, "output_uri": f"{folder}-coreset"}
+        assert client.post("/jobs", json=beside).status_code == 202
+
+
 def test_bodies_are_bounded(make_settings, dataset: Path) -> None:
     settings = make_settings(max_body_bytes=4096)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
