@@ -123,9 +123,7 @@ def _score(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def _fold_logits(
-    model: nn.Module, features: np.ndarray, device: torch.device
-) -> np.ndarray:
+def _fold_logits(model: nn.Module, features: np.ndarray, device: torch.device) -> np.ndarray:
     out = np.empty(features.shape[0], dtype=np.float64)
     for start in range(0, features.shape[0], INFERENCE_BATCH_ROWS):
         stop = min(features.shape[0], start + INFERENCE_BATCH_ROWS)
@@ -204,17 +202,27 @@ def train_fold(
     y = np.asarray(labels, dtype=np.float32)[rows]
     inside = np.flatnonzero(folds != fold)
     outside = np.flatnonzero(folds == fold)
-    model, fit = _train_fold(features, y, rows, inside, outside, field_dims, config, fold, k_folds, device, report)
+    model, fit = _train_fold(
+        features, y, rows, inside, outside, field_dims, config, fold, k_folds, device, report
+    )
     logits = _rows_logits(model, features, rows[outside], device)
     report(1.0, f"teacher {fold + 1}/{k_folds}: best epoch {fit.best_epoch}")
     return FoldResult(
-        fold=fold, model=model, logits=logits, epochs=fit.epochs_run,
-        validation_score=fit.best_score, seconds=time.perf_counter() - started,
+        fold=fold,
+        model=model,
+        logits=logits,
+        epochs=fit.epochs_run,
+        validation_score=fit.best_score,
+        seconds=time.perf_counter() - started,
     )
 
 
 def assemble_teacher(
-    rows: np.ndarray, folds: np.ndarray, labels: np.ndarray, results: list[FoldResult], seconds: float
+    rows: np.ndarray,
+    folds: np.ndarray,
+    labels: np.ndarray,
+    results: list[FoldResult],
+    seconds: float,
 ) -> Teacher:
     """The teacher from its folds' results (one per fold, in fold order): out-of-fold logits
     for every candidate, recalibrated by Platt scaling over all of them."""
@@ -267,25 +275,10 @@ def cross_fit(
     rows = np.asarray(rows, dtype=np.int64)
     folds = fold_assignment(int(rows.shape[0]), config)
     k_folds = int(folds.max()) + 1
-    lanes = cpu_lanes(device, k_folds)
-    if lanes < 2:
-        results: list[FoldResult] = []
-        for fold in range(k_folds):
-
-            def fold_progress(fraction: float, message: str, fold: int = fold) -> None:
-                report((fold + fraction) / k_folds, message)
-
-            results.append(
-                train_fold(
-                    features, labels, rows, folds, fold, field_dims, config, device=device,
-                    progress=fold_progress,
-                )
-            )
-        return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
     shared = SharedProgress()
     done = [0.0] * k_folds
 
-    def shared_progress(fraction: float, message: str, fold: int) -> None:
+    def fold_progress(fraction: float, message: str, fold: int) -> None:
         def update() -> None:
             done[fold] = fraction
             report(sum(done) / k_folds, message)
@@ -294,12 +287,21 @@ def cross_fit(
 
     jobs = [
         partial(
-            train_fold, features, labels, rows, folds, fold, field_dims, config, device=device,
-            progress=partial(shared_progress, fold=fold),
+            train_fold,
+            features,
+            labels,
+            rows,
+            folds,
+            fold,
+            field_dims,
+            config,
+            device=device,
+            progress=partial(fold_progress, fold=fold),
         )
         for fold in range(k_folds)
     ]
-    results = train_at_once(jobs, lanes, shared)
+    lanes = cpu_lanes(device, k_folds)
+    results = train_at_once(jobs, lanes, shared) if lanes > 1 else [job() for job in jobs]
     return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
 
 
@@ -418,7 +420,9 @@ def embeddings(
             if kind == "normalized-gradient":
                 part = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12)
         else:
-            raise ValueError(f"kind: expected features, gradient, normalized-gradient or scalar, got {kind!r}")
+            raise ValueError(
+                f"kind: expected features, gradient, normalized-gradient or scalar, got {kind!r}"
+            )
         parts.append(part)
     if not parts:
         return torch.empty(0, 1, dtype=torch.float32, device=device)
@@ -466,7 +470,9 @@ class TeacherCache:
         for cached_features, cached_key, teacher in self._entries:
             if cached_features is features and cached_key == key:
                 return teacher
-        teacher = cross_fit(features, labels, rows, field_dims, config, device=device, progress=progress)
+        teacher = cross_fit(
+            features, labels, rows, field_dims, config, device=device, progress=progress
+        )
         self.put(features, labels, rows, field_dims, config, teacher)
         return teacher
 
@@ -496,4 +502,6 @@ class TeacherCache:
 
 def _digest(values: np.ndarray) -> str:
     array = np.ascontiguousarray(values)
-    return f"{array.dtype}{array.shape}" + hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+    return (
+        f"{array.dtype}{array.shape}" + hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+    )

@@ -627,7 +627,7 @@ def _text_times(column: pa.Array, not_numbers: pa.ArrowException) -> pa.Array:
 
 def _is_temporal(column: pa.Array) -> bool:
     """A column of dates, times or durations: numbers in their unit since 1970 or midnight."""
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    kind = _value_type(column)
     return bool(
         pa.types.is_timestamp(kind)
         or pa.types.is_date(kind)
@@ -636,14 +636,18 @@ def _is_temporal(column: pa.Array) -> bool:
     )
 
 
+def _value_type(column: pa.Array) -> pa.DataType:
+    """The type of a column's values (a dictionary-encoded column's: its dictionary's)."""
+    return column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+
+
 def _is_text(column: pa.Array) -> bool:
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    kind = _value_type(column)
     return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _is_floating(column: pa.Array) -> bool:
-    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    return bool(pa.types.is_floating(kind))
+    return bool(pa.types.is_floating(_value_type(column)))
 
 
 def _has_fraction(values: np.ndarray) -> bool:
