@@ -508,9 +508,17 @@ def _part_files(
             "read; put the files and folders themselves there",
         )
     if not parts:
+        hidden = sorted(
+            Path(entry["name"]).name
+            for entry in fs.ls(path, detail=True)
+            if Path(entry["name"]).name.startswith((".", "_"))
+        )
+        hint = (
+            f" (names starting with . or _ are skipped: {', '.join(hidden[:3])})" if hidden else ""
+        )
         raise DataError(
             "dataset_not_found",
-            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file",
+            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file{hint}",
         )
     parts.sort(key=lambda part: part.name)
     kinds = {format_from_name(Path(part.name).name) for part in parts}

@@ -420,3 +420,15 @@ def test_a_linked_partition_folder_is_named_not_followed(tmp_path):
     (folder / "day=2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     with pytest.raises(DataError, match=r"\['day=2'\] in the folder are symbolic links"):
         open_source(str(folder))
+
+
+def test_a_folder_whose_data_lies_under_skipped_names_says_so(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "_staging").mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1]}), folder / "_staging" / "part-0.parquet")
+    with pytest.raises(
+        DataError,
+        match=r"holds no .* \(names starting with . or _ are skipped: "
+        r"_staging\)",
+    ):
+        open_source(str(folder))
