@@ -218,6 +218,18 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
             bar.close()
 
 
+def _run_lines() -> Any:
+    """A ``compare_methods`` progress callback: a line on stderr as each run ends."""
+    printed = [0]
+
+    def line(done: int, total: int, message: str) -> None:
+        if done > printed[0]:
+            printed[0] = done
+            click.echo(f"[{done}/{total}] {message}", err=True)
+
+    return line
+
+
 def _budget_and_request(
     dataset: str,
     ratio: float | None,
@@ -232,6 +244,9 @@ def _budget_and_request(
 ) -> Any:
     from worker.spec import JobRequest
 
+    if "://" not in dataset and dataset.strip():
+        # a relative path means nothing to whoever reads the manifest elsewhere
+        dataset = os.path.abspath(os.path.expanduser(dataset))
     body: dict[str, Any] = {
         "dataset_uri": dataset,
         "method": method,
@@ -448,6 +463,7 @@ def select(
 )
 @_with_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def evaluate(
     dataset: str,
     ratios: tuple[float, ...],
@@ -464,6 +480,7 @@ def evaluate(
     numeric_detection: bool,
     data_format: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Compare methods on DATASET: test AUC and log loss of models trained on each coreset."""
     from nacs_engine.compare import compare_methods, format_table, summarise
@@ -531,6 +548,7 @@ def evaluate(
             noise_kind=noise_kind,
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
+            progress=None if quiet else _run_lines(),
         )
     except DataError as error:
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)

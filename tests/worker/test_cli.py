@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -244,6 +245,10 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
     assert sorted(line.split("|")[6].strip() for line in rows) == ["full", "random", "stratified"]
+    # a line on stderr as each of the three runs ends, none on stdout
+    lines = result.stderr.splitlines()
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert "[1/3]" not in result.stdout
 
 
 def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
@@ -356,3 +361,17 @@ def test_select_prints_a_line_per_phase_when_not_on_a_terminal(dataset: str, tmp
     assert len(phases) == len(set(phases))  # a short run: one line a phase
     quiet = CliRunner().invoke(select, [*arguments, "--out", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and "loading:" not in quiet.stderr
+
+
+def test_select_records_a_relative_dataset_path_as_absolute(
+    dataset: str, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(os.path.dirname(dataset))
+    out = tmp_path / "out"
+    relative = os.path.basename(dataset)
+    result = CliRunner().invoke(
+        select, [relative, "--ratio", "0.1", "--out", str(out), "--method", "random"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["uri"] == manifest["request"]["dataset_uri"] == dataset
