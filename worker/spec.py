@@ -117,7 +117,8 @@ class JobRequest(BaseModel):
         default=None, description=SelectionConfig.__dataclass_fields__["size"].metadata["doc"]
     )
     label_column: _ColumnName = Field(
-        default="label", description="Column of 0/1 (or boolean) labels."
+        default="label",
+        description="Column of 0/1 labels (or booleans, or text: 0/1, true/false, yes/no).",
     )
     feature_columns: list[_ColumnName] | None = Field(
         default=None,

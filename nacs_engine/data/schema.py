@@ -122,7 +122,8 @@ def parse_labels(
     ``first_row`` of the data (for messages).
 
     Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1",
-    "0.0", "1.0", "true", "false". Anything else, nulls included, is DataError
+    "0.0", "1.0", "true", "false", "t", "f", "yes", "no", "y", "n" (any case). Anything else,
+    nulls included, is DataError
     "labels_not_binary" naming the column and an offending value.
     """
     if isinstance(column, pa.ChunkedArray):
@@ -147,8 +148,8 @@ def parse_labels(
         return values.astype(np.float32)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.utf8_lower(pc.utf8_trim_whitespace(column))
-        ones = pc.is_in(text, value_set=pa.array(["1", "1.0", "true"]))
-        zeros = pc.is_in(text, value_set=pa.array(["0", "0.0", "false"]))
+        ones = pc.is_in(text, value_set=pa.array(["1", "1.0", "true", "t", "yes", "y"]))
+        zeros = pc.is_in(text, value_set=pa.array(["0", "0.0", "false", "f", "no", "n"]))
         ok = np.asarray(pc.or_(ones, zeros).to_numpy(zero_copy_only=False))
         if not ok.all():
             raise _not_binary(name, description, column[int(np.argmin(ok))].as_py())
@@ -156,7 +157,8 @@ def parse_labels(
     raise DataError(
         "labels_not_binary",
         f"label_column: {name!r} in {description} has type {kind}; labels must be 0/1 "
-        "integers, 0.0/1.0 floats, booleans or the strings '0'/'1'",
+        "integers, 0.0/1.0 floats, booleans or the strings '0'/'1', 'true'/'false' or "
+        "'yes'/'no'",
     )
 
 
@@ -164,7 +166,7 @@ def _not_binary(name: str, description: str, value: object) -> DataError:
     return DataError(
         "labels_not_binary",
         f"label_column: {name!r} in {description} has the value {value!r}; labels must be "
-        "binary (0/1, 0.0/1.0, true/false or '0'/'1')",
+        "binary (0/1, 0.0/1.0, true/false, yes/no or '0'/'1')",
     )
 
 

@@ -198,7 +198,7 @@ def test_named_columns_must_exist(tmp_path):
     ("labels", "offending"),
     [
         (["0", "2", "1"], "2"),
-        (["1", "yes", "0"], "yes"),
+        (["1", "maybe", "0"], "maybe"),
         (["0.5", "1", "0"], "0.5"),
         (["1", "", "0"], None),
     ],
@@ -220,7 +220,7 @@ def test_labels_not_binary_in_text(tmp_path, labels, offending):
         pa.array([0, 2, 1]),
         pa.array([0.0, 0.5, 1.0]),
         pa.array([1, None, 0]),
-        pa.array(["0", "yes", "1"]),
+        pa.array(["0", "clicked", "1"]),
     ],
 )
 def test_labels_not_binary_in_parquet(tmp_path, labels):
@@ -230,7 +230,15 @@ def test_labels_not_binary_in_parquet(tmp_path, labels):
 
 
 @pytest.mark.parametrize(
-    "labels", [pa.array([True, False, True]), pa.array([1.0, 0.0, 1.0]), pa.array(["1", "0", "1"])]
+    "labels",
+    [
+        pa.array([True, False, True]),
+        pa.array([1.0, 0.0, 1.0]),
+        pa.array(["1", "0", "1"]),
+        pa.array(["Yes", "no", " YES "]),
+        pa.array(["y", "N", "t"]),
+        pa.array(["TRUE", "F", "true"]),
+    ],
 )
 def test_binary_label_spellings(tmp_path, labels):
     path = tmp_path / "t.parquet"
