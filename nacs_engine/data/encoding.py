@@ -20,7 +20,7 @@ to seven buckets. When ``numeric_columns`` is None, a floating-point column with
 fractional value anywhere in the first pass is numeric, as is a text column (CSV) whose
 values are all numbers (or missing) with a fraction somewhere, and a column of dates or
 times (timestamp, date, time or duration types: numbers in their unit since 1970, a date
-in seconds). A named numeric column may also hold ISO 8601 texts of dates and times.
+in seconds; or text all in ISO 8601, in seconds), always in equal-frequency buckets.
 
 Fingerprint (``EncodedDataset.fingerprint``): a SHA-256 over the schema and
 ``min_count``, the vocabularies, and, row by row, the encoded ids, the labels,
@@ -323,6 +323,8 @@ class Encoder:
         as_text: dict[int, _ValueCounter] = {}
         detected: set[int] = set()
         temporal: set[int] = set()
+        # whether a text column being tried as numbers held dates and times (ISO 8601 text)
+        text_times: dict[int, bool] = {}
         kinds: list[str] | None = None
         rows = 0
         clicks = 0.0
@@ -367,17 +369,33 @@ class Encoder:
                 if i in samples:
                     if i in as_text:
                         as_text[i].add(_tokens(column, kinds[i], name, source.description))
-                        try:
-                            values = _numeric_values(column, name, source.description)
-                        except DataError:  # text that is not all numbers: categories
+                        read = _detection_values(column, name, source.description)
+                        seen = np.isfinite(read[0]).any() if read is not None else False
+                        if read is None or (seen and text_times.setdefault(i, read[1]) != read[1]):
+                            # not all numbers, or numbers and dates in turn: categories
                             counters[i] = as_text.pop(i)
                             del samples[i]
                             detected.discard(i)
+                            temporal.discard(i)
                             continue
-                        if i not in detected and _has_fraction(values):
+                        values = read[0]
+                        if read[1]:  # ISO dates and times, as their Parquet types are
                             detected.add(i)
-                    else:
-                        values = _numeric_values(column, name, source.description)
+                            temporal.add(i)
+                        elif i not in detected and _has_fraction(values):
+                            detected.add(i)
+                    else:  # named numeric: ISO dates and times among them get their buckets
+                        read = (
+                            _detection_values(column, name, source.description)
+                            if _is_text(column)
+                            else None
+                        )
+                        if read is None:  # (raises for text that is not numbers)
+                            values = _numeric_values(column, name, source.description)
+                        else:
+                            values = read[0]
+                            if read[1]:
+                                temporal.add(i)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
@@ -613,6 +631,23 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     return "int" if numeric or integer else "str"
 
 
+def _detection_values(
+    column: pa.Array, name: str, description: str
+) -> tuple[np.ndarray, bool] | None:
+    """A column tried as numbers: its values and whether they are dates and times (ISO 8601
+    text), or None when they are neither (the column is categories)."""
+    try:
+        return _numeric_values(column, name, description, times=False), False
+    except DataError:
+        pass
+    if not _is_text(column):
+        return None
+    try:
+        return _numeric_values(column, name, description), True
+    except DataError:
+        return None
+
+
 def _text_times(column: pa.Array, not_numbers: pa.ArrowException) -> pa.Array:
     """Seconds since 1970 of ISO 8601 date-time texts, with or without a zone; raises
     ``not_numbers`` when they are not such texts either."""
@@ -693,11 +728,14 @@ def _tokens(column: pa.Array, kind: str, name: str, description: str) -> np.ndar
 _MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "#n/a", "nan", "none", "?", "-"])
 
 
-def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
+def _numeric_values(
+    column: pa.Array, name: str, description: str, *, times: bool = True
+) -> np.ndarray:
     """(n,) float64 values of a numeric column, NaN where missing (null, or text such as
     "", "NA", "N/A", "#N/A", "null", "None", "?" or "-"). Dates and times count in their
     own unit since 1970 (a date as seconds), as do ISO 8601 texts of them
-    ("2024-05-01 12:30:00", "2024-05-01T12:30:00Z", "2024-05-01")."""
+    ("2024-05-01 12:30:00", "2024-05-01T12:30:00Z", "2024-05-01") unless ``times`` is
+    false."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     try:
@@ -711,6 +749,8 @@ def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray
                 try:
                     values = column.cast(pa.float64())
                 except pa.ArrowException as not_numbers:
+                    if not times:
+                        raise
                     values = _text_times(column, not_numbers)
         elif _is_temporal(column):
             if pa.types.is_date(column.type):

@@ -390,17 +390,26 @@ def _times_table(n: int, seed: int = 0) -> pa.Table:
 def test_dates_and_times_are_numeric_when_no_column_is_named():
     table = _times_table(3_000)
     data = load_dataset(table, min_count=1)
-    # a timestamp and a date read as numbers in buckets of time, the text as categories
+    # a timestamp, a date and ISO 8601 text read as numbers in buckets of time
     assert data.metadata["numeric_buckets"] == {
         "at": "32 quantile buckets",
         "day": "32 quantile buckets",
+        "text": "32 quantile buckets",
     }
     at = data.features[:, data.field_names.index("at")]
     in_order = at[np.argsort(table.column("at").to_numpy())]
     assert np.count_nonzero(np.diff(in_order)) == 31  # each bucket a stretch of time
-    # the same times as ISO 8601 text, named numeric, give the same buckets
+    # the text gives the timestamp's buckets, named or not, whole seconds or fractions
+    np.testing.assert_array_equal(data.features[:, data.field_names.index("text")], at)
     text = load_dataset(table.select(["label", "text"]), numeric_columns=["text"], min_count=1)
     np.testing.assert_array_equal(text.features[:, 0], at)
+    dates = pa.table({"label": [0, 1] * 50, "d": [f"2024-05-{i % 28 + 1:02d}" for i in range(100)]})
+    assert load_dataset(dates, min_count=1).metadata["numeric_buckets"] == {
+        "d": "28 quantile buckets"
+    }
+    # dates in some batches and numbers in others are neither: categories
+    mixed = pa.table({"label": [0, 1] * 50, "m": ["2024-05-01"] * 50 + ["1.5"] * 50})
+    assert load_dataset(mixed, min_count=1, batch_rows=50).metadata["numeric_buckets"] == {}
     zoned = pa.table(
         {"label": [0, 1, 1], "t": ["2024-05-01T10:00:00Z", "2024-05-02T10:00:00Z", None]}
     )
@@ -468,3 +477,11 @@ def test_a_few_dates_get_a_bucket_each_and_texts_may_hold_fractions_of_seconds()
     naive = pa.table({"label": [0, 1, 0], "t": [texts[0], texts[2], None]})
     assert load_dataset(zoned, numeric_columns=["t"], min_count=1).n_rows == 3
     assert load_dataset(naive, numeric_columns=["t"], min_count=1).n_rows == 3
+
+
+def test_named_iso_dates_get_a_bucket_each_too():
+    days = [f"2024-05-0{i % 7 + 1}" for i in range(700)]
+    table = pa.table({"label": np.arange(700) % 2, "day": days})
+    for numeric in (None, ["day"]):
+        ids = load_dataset(table, numeric_columns=numeric, min_count=1).features[:, 0]
+        assert len(np.unique(ids)) == 7, numeric
