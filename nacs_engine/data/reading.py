@@ -643,6 +643,16 @@ def _data_errors(uri: str) -> Iterator[None]:
         io.UnsupportedOperation,
     ) as exc:
         raise DataError("unreadable_data", f"{uri}: cannot read the data ({_short(exc)})") from exc
+    except ValueError as exc:
+        # fsspec's HTTP file, from a server that answers only whole files
+        if "range requests" not in str(exc):
+            raise
+        raise DataError(
+            "unreadable_data",
+            f"{uri}: the server sends only whole files, and reading this one needs parts of it "
+            "(HTTP range requests); download it first, or serve it from a store or server that "
+            "answers range requests",
+        ) from exc
 
 
 def _connection_failure(error: BaseException) -> BaseException | None:

@@ -140,6 +140,19 @@ def test_a_server_that_does_not_answer_is_not_a_missing_dataset():
     assert isinstance(info.value.__cause__, FileNotFoundError)  # the chain the worker reads
 
 
+def test_a_server_without_range_requests_is_named_as_such(http_folder):
+    pytest.importorskip("aiohttp")
+    folder, base = http_folder  # Python's http.server answers whole files only
+    rng = np.random.default_rng(0)
+    n = 300_000  # more than one block of fsspec's HTTP file
+    table = pa.table({"label": rng.integers(0, 2, n), "a": rng.integers(0, 10**6, n)})
+    pq.write_table(table, folder / "big.parquet", compression="none")
+    with pytest.raises(DataError) as info:
+        load_dataset(f"{base}/big.parquet")
+    assert info.value.code == "unreadable_data"
+    assert "range requests" in info.value.message and "download it first" in info.value.message
+
+
 def test_unknown_scheme_is_a_data_error():
     with pytest.raises(DataError) as info:
         load_dataset("nosuchscheme://bucket/t.parquet")
