@@ -442,8 +442,10 @@ def render_html(report: Mapping[str, Any]) -> str:
 
     noise = report.get("noise")
     if noise and "flip_rate" in noise:
+        # a rate that could not be read is no rate: shown as "-", not as 0%
+        rate = _pct(noise.get("flip_rate")) if noise.get("measurable") is not False else "-"
         rows = [
-            ("estimated wrong-label rate (flip rate)", _pct(noise.get("flip_rate"))),
+            ("estimated wrong-label rate (flip rate)", rate),
             ("wrong labels among clicks", _pct(noise.get("wrong_share_positive"))),
             ("wrong labels among non-clicks", _pct(noise.get("wrong_share_negative"))),
             ("estimated clean click rate", _pct(noise.get("clean_click_rate"))),
@@ -472,10 +474,10 @@ def render_html(report: Mapping[str, Any]) -> str:
             )
         else:
             body += _note(
-                "The rate is an upper bound, read from the rows the proxy models rank lowest: "
-                "on clean labels it still reads a few percent, and the rows set aside are the "
-                "ones the models contradict most, wrong or only hard to predict. The audit "
-                "below says whether the coreset trains better models than a random subset."
+                "The rate is an upper bound, read from the rows the proxy models rank lowest "
+                "(clean labels too may read a few percent), and the rows set aside are those "
+                "the models contradict most, wrong or only hard to predict. The audit below "
+                "says whether the coreset trains better models than a random subset."
             )
     elif noise and "removed_rows" in noise:
         body = _table([("rows removed by the denoising", _fmt(noise["removed_rows"]))])

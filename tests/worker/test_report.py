@@ -114,6 +114,7 @@ def test_a_flip_rate_too_rare_to_read_is_said_so() -> None:
     note = "The flip rate could not be read"
     page = render_html(_report("nacs", {"noise": {**noise, "measurable": False}}))
     assert note in page and "(150)" in page and "upper bound" not in page
+    assert re.search(r"estimated wrong-label rate \(flip rate\)</td>\s*<td>-<", page)
     read = render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
     assert note not in read and "The rate is an upper bound" in read
 
