@@ -16,6 +16,7 @@ stderr; ``NACS_DEBUG=1`` adds the traceback of an error of the last kind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -186,12 +187,13 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
         yield lambda phase, fraction, message: None
         return
     if not terminal:
-        last: list[Any] = ["", 0.0]  # the phase of the last line, and when it was printed
+        printed: dict[str, float] = {}  # when each phase's last line was printed
 
         def line(phase: str, fraction: float, message: str) -> None:
+            # a phase that resumes (selecting after the set-aside within it) is not new
             now = time.monotonic()
-            if phase != last[0] or now - last[1] >= PROGRESS_LINE_SECONDS:
-                last[:] = [phase, now]
+            if now - printed.get(phase, -math.inf) >= PROGRESS_LINE_SECONDS:
+                printed[phase] = now
                 percent = round(100 * min(max(fraction, 0.0), 1.0))
                 click.echo(f"{phase}: {percent}% {message}", err=True)
 
