@@ -249,15 +249,6 @@ def train_audit_models(
     6.1-7.0 s against 9.5-10.2 s). Each model draws from its own generators, so the scores
     are those of training them one after the other on a lane's torch threads (one, up to
     twice as many threads as models)."""
-    lanes = cpu_lanes(resolve_device(config.device), len(models))
-    if lanes < 2:
-        scores: Scores = {}
-        for done, model in enumerate(models):
-            scores[model] = train_audit_model(
-                data, held, model.arm_of(arms), model, config, progress, done / len(models)
-            )
-            progress("auditing", (done + 1) / len(models), f"audit: {model}")
-        return scores
     shared = SharedProgress()
     trained = [0]
 
@@ -273,6 +264,7 @@ def train_audit_models(
         report("auditing", 1.0, f"audit: {model}", finished=True)
         return score
 
+    lanes = cpu_lanes(resolve_device(config.device), len(models))
     results = train_at_once([partial(train, model) for model in models], lanes, shared)
     return dict(zip(models, results, strict=True))
 

@@ -173,7 +173,10 @@ def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedPro
     threads on one gain little; with sixteen and two lanes, eight each). The first failure
     stops the rest (pending ones are not started, running ones stop at their next ``shared``
     report) and is raised. Each job must draw from its own generators: then the results are
-    those of running the jobs one after the other on a lane's number of torch threads."""
+    those of running the jobs one after the other on a lane's number of torch threads. With
+    one lane they run one after the other here, on torch's threads as they are."""
+    if lanes < 2:
+        return [job() for job in jobs]
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // lanes))
     try:

@@ -300,8 +300,7 @@ def cross_fit(
         )
         for fold in range(k_folds)
     ]
-    lanes = cpu_lanes(device, k_folds)
-    results = train_at_once(jobs, lanes, shared) if lanes > 1 else [job() for job in jobs]
+    results = train_at_once(jobs, cpu_lanes(device, k_folds), shared)
     return assemble_teacher(rows, folds, labels, results, time.perf_counter() - started)
 
 
