@@ -369,7 +369,12 @@ class Encoder:
                 if i in samples:
                     if i in as_text:
                         as_text[i].add(_tokens(column, kinds[i], name, source.description))
-                        read = _detection_values(column, name, source.description)
+                        try:
+                            read: tuple[np.ndarray, bool] | None = _read_numbers(
+                                column, name, source.description
+                            )
+                        except DataError:  # not numbers nor dates: categories
+                            read = None
                         seen = np.isfinite(read[0]).any() if read is not None else False
                         if read is None or (seen and text_times.setdefault(i, read[1]) != read[1]):
                             # not all numbers, or numbers and dates in turn: categories
@@ -385,17 +390,9 @@ class Encoder:
                         elif i not in detected and _has_fraction(values):
                             detected.add(i)
                     else:  # named numeric: ISO dates and times among them get their buckets
-                        read = (
-                            _detection_values(column, name, source.description)
-                            if _is_text(column)
-                            else None
-                        )
-                        if read is None:  # (raises for text that is not numbers)
-                            values = _numeric_values(column, name, source.description)
-                        else:
-                            values = read[0]
-                            if read[1]:
-                                temporal.add(i)
+                        values, times = _read_numbers(column, name, source.description)
+                        if times:
+                            temporal.add(i)
                     samples[i].add(values)
                     counters[i].add(bucketize(values))
                 else:
@@ -631,23 +628,6 @@ def _field_kind(column: pa.Array, numeric: bool) -> str:
     return "int" if numeric or integer else "str"
 
 
-def _detection_values(
-    column: pa.Array, name: str, description: str
-) -> tuple[np.ndarray, bool] | None:
-    """A column tried as numbers: its values and whether they are dates and times (ISO 8601
-    text), or None when they are neither (the column is categories)."""
-    try:
-        return _numeric_values(column, name, description, times=False), False
-    except DataError:
-        pass
-    if not _is_text(column):
-        return None
-    try:
-        return _numeric_values(column, name, description), True
-    except DataError:
-        return None
-
-
 def _text_times(column: pa.Array, not_numbers: pa.ArrowException) -> pa.Array:
     """Seconds since 1970 of ISO 8601 date-time texts, with or without a zone; raises
     ``not_numbers`` when they are not such texts either."""
@@ -728,16 +708,19 @@ def _tokens(column: pa.Array, kind: str, name: str, description: str) -> np.ndar
 _MISSING_NUMBERS = pa.array(["", "null", "na", "n/a", "#n/a", "nan", "none", "?", "-"])
 
 
-def _numeric_values(
-    column: pa.Array, name: str, description: str, *, times: bool = True
-) -> np.ndarray:
+def _numeric_values(column: pa.Array, name: str, description: str) -> np.ndarray:
     """(n,) float64 values of a numeric column, NaN where missing (null, or text such as
     "", "NA", "N/A", "#N/A", "null", "None", "?" or "-"). Dates and times count in their
     own unit since 1970 (a date as seconds), as do ISO 8601 texts of them
-    ("2024-05-01 12:30:00", "2024-05-01T12:30:00Z", "2024-05-01") unless ``times`` is
-    false."""
+    ("2024-05-01 12:30:00", "2024-05-01T12:30:00Z", "2024-05-01")."""
+    return _read_numbers(column, name, description)[0]
+
+
+def _read_numbers(column: pa.Array, name: str, description: str) -> tuple[np.ndarray, bool]:
+    """``_numeric_values`` of a column, and whether they were read from ISO 8601 text."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
+    times = False
     try:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             try:
@@ -749,9 +732,7 @@ def _numeric_values(
                 try:
                     values = column.cast(pa.float64())
                 except pa.ArrowException as not_numbers:
-                    if not times:
-                        raise
-                    values = _text_times(column, not_numbers)
+                    values, times = _text_times(column, not_numbers), True
         elif _is_temporal(column):
             if pa.types.is_date(column.type):
                 column = column.cast(pa.timestamp("s"))
@@ -764,7 +745,10 @@ def _numeric_values(
             f"numeric_columns: column {name!r} in {description} has a value that is not a number "
             f"({_first_line(exc)})",
         ) from exc
-    return np.asarray(values.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return (
+        np.asarray(values.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64),
+        times,
+    )
 
 
 def _canonical_strings(tokens: np.ndarray | pa.Array, kind: str) -> np.ndarray:
