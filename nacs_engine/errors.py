@@ -6,6 +6,8 @@ worker turns it into a failed job that is never retried.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class DataError(ValueError):
     """The dataset cannot be used as given (missing, unreadable, wrong shape or labels)."""
@@ -18,3 +20,18 @@ class DataError(ValueError):
 
 class SelectionCancelled(Exception):
     """Raised by a progress callback to stop a selection; the engine lets it through."""
+
+
+def first_cause(
+    error: BaseException, test: Callable[[BaseException], bool]
+) -> BaseException | None:
+    """The first exception in ``error``'s chain (itself, then its causes and contexts) that
+    passes ``test``, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if test(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None

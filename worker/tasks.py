@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pydantic
 import redis
 
-from nacs_engine.errors import DataError, SelectionCancelled
+from nacs_engine.errors import DataError, SelectionCancelled, first_cause
 from worker.errors import JobFailed, is_transient
 from worker.local_files import ConfinedFileSystem, allowed_roots
 from worker.outputs import (
@@ -402,19 +402,7 @@ def _with_retries(
 def _transient_cause(error: BaseException) -> BaseException | None:
     """The passing storage or network fault behind ``error`` (also one wrapped in a
     DataError), or None."""
-    return _cause(error, is_transient)
-
-
-def _cause(error: BaseException, test: Callable[[BaseException], bool]) -> BaseException | None:
-    """The first exception in ``error``'s chain of causes and contexts that passes ``test``."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if test(current):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return first_cause(error, is_transient)
 
 
 def _short(error: BaseException, limit: int = 240) -> str:
@@ -593,7 +581,7 @@ def failure_of(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, (JobFailed, DataError)):
         return error.code, error.message
-    if _cause(error, lambda cause: isinstance(cause, JobTimeoutException)) is not None:
+    if first_cause(error, lambda cause: isinstance(cause, JobTimeoutException)) is not None:
         # Also a timeout that a library's own error handling turned into another exception.
         late = "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
         return "timeout", late

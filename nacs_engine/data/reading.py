@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from nacs_engine.errors import DataError
+from nacs_engine.errors import DataError, first_cause
 
 FORMATS: tuple[str, ...] = ("parquet", "csv", "tsv", "criteo")
 
@@ -657,14 +657,9 @@ def _data_errors(uri: str) -> Iterator[None]:
 
 def _connection_failure(error: BaseException) -> BaseException | None:
     """The refused or timed-out connection (or unresolved host name) behind ``error``."""
-    seen: set[int] = set()
-    current: BaseException | None = error.__cause__ or error.__context__
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return first_cause(
+        error, lambda cause: isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror))
+    )
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
