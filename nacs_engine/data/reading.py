@@ -19,7 +19,7 @@ A folder is read as the data files in it and in its subfolders, sorted by path (
 Spark and ``pyarrow.dataset`` write it) gives its files that key: every file must lie
 under the same keys, and each key becomes a text column after the files' columns (URL
 escapes decoded, ``__HIVE_DEFAULT_PARTITION__`` read as missing; a key that is also a
-column of the files is read from the files).
+column of the files is read from the files, which must hold the folder's value).
 
 CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
@@ -46,6 +46,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -292,6 +293,7 @@ class FileSource(TableSource):
                 else:
                     reader = self._text_batches(path, from_files)
                 for read, position in _guarded(reader, self.uri):
+                    _check_keys_agree(read, part, self.uri)
                     batch = _with_keys(read, wanted, dict(part.keys))
                     rows_done += batch.num_rows
                     if total_rows:
@@ -564,6 +566,35 @@ def _with_key(
             "unreadable_data", f"{uri}: the partition key {key!r} appears twice in one path"
         )
     return (*keys, (key, None if value == _HIVE_NULL else unquote(value)))
+
+
+def _check_keys_agree(batch: pa.RecordBatch, part: _Part, uri: str) -> None:
+    """Raise DataError where a column of ``batch`` that is also a partition key of ``part``
+    holds another value than its key=value folder (missing only under Hive's default
+    partition). The key's text is read as the column's type, so "07" agrees with 7."""
+    for key, value in part.keys:
+        if key not in batch.schema.names:
+            continue
+        column = batch.column(key)
+        if value is None:
+            differs = pc.is_valid(column)
+        else:
+            try:
+                expected = pa.scalar(value).cast(column.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                differs = pa.array([True] * len(column))
+            else:
+                differs = pc.invert(pc.fill_null(pc.equal(column, expected), False))
+        if not pc.any(differs).as_py():
+            continue
+        found = column.filter(differs)[0].as_py()
+        folder = f"{key}={_HIVE_NULL if value is None else value}"
+        raise DataError(
+            "unreadable_data",
+            f"{uri}: {part.name} lies under the folder {folder} but its column {key!r} "
+            f"holds {found!r}; drop the column from the files or rename the folder, so "
+            "that each row has one value",
+        )
 
 
 def _with_keys(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 
 import numpy as np
@@ -417,6 +418,45 @@ def test_a_partition_key_that_is_also_a_column_is_read_from_the_files(tmp_path):
     source = open_source(str(folder))
     assert source.columns == ("label", "day", "x")
     assert _rows(source, ["x", "day"]) == [("a", "1"), ("b", "1")]
+
+
+@pytest.mark.parametrize(
+    "folder_name, values, found",
+    [
+        ("day=2", ["2", "3"], "'3'"),
+        ("day=07", [7, None], "None"),
+        ("day=x", [1, 1], "1"),
+        ("day=__HIVE_DEFAULT_PARTITION__", [None, 4], "4"),
+    ],
+)
+def test_a_partition_key_whose_files_hold_other_values_is_refused(
+    tmp_path, folder_name, values, found
+):
+    folder = tmp_path / "data"
+    (folder / folder_name).mkdir(parents=True)
+    table = pa.table({"label": [0, 1], "day": values})
+    pq.write_table(table, folder / folder_name / "part-0.parquet")
+    source = open_source(str(folder))
+    with pytest.raises(DataError, match=rf"under the folder {folder_name} but its column "
+                       rf"'day' holds {found}; drop the column") as refused:
+        _rows(source, ["label", "day"])
+    assert refused.value.code == "unreadable_data"
+    assert _rows(source, ["label"]) == [(0,), (1,)]  # the column not read: nothing to check
+
+
+@pytest.mark.parametrize(
+    "folder_name, values",
+    [("day=07", [7, 7]), ("day=2024-01-02", ["2024-01-02"] * 2),
+     ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
+     ("day=__HIVE_DEFAULT_PARTITION__", [None, None])],
+)
+def test_a_partition_key_agreeing_with_its_files_in_their_type_is_read(
+    tmp_path, folder_name, values
+):
+    folder = tmp_path / "data"
+    (folder / folder_name).mkdir(parents=True)
+    pq.write_table(pa.table({"label": [0, 1], "day": values}), folder / folder_name / "p.parquet")
+    assert [day for _, day in _rows(open_source(str(folder)), ["label", "day"])] == values
 
 
 def test_a_linked_partition_folder_is_named_not_followed(tmp_path):
