@@ -680,7 +680,7 @@ def _hand_over_audit(
     enqueue one RQ job per model of the audit and the finish, which depends on them."""
     import json
 
-    from nacs_engine.audit import LOGISTIC, audit_arms, audit_models
+    from nacs_engine.audit import audit_arms, audit_models, longest_first
 
     holdout = job.holdout
     settings, scratch, data = run.settings, run.scratch, job.data
@@ -735,12 +735,8 @@ def _hand_over_audit(
     run.store.redis.delete(run.store.keys.shard_progress(job_id))
     queue = queue_of(run.store.redis, settings)
     ttl, timeout_s = settings.job_ttl_s, settings.job_timeout_s
-    # The longest first (the backbone's models, the coreset's before random's), so that the
-    # workers end the round together.
-    order = sorted(
-        range(len(models)),
-        key=lambda index: (models[index].family == LOGISTIC, models[index].arm != "coreset"),
-    )
+    # The longest first, so that the workers end the round together.
+    order = longest_first(models)
     enqueued: list[Job | Dependency | str] = [
         queue.enqueue_call(
             AUDIT_TASK, args=(job_id, settings.redis_prefix, attempt, index),

@@ -268,3 +268,18 @@ def test_a_failure_in_one_audit_model_stops_the_others(data: EncodedDataset) -> 
         _scores_of(data, _config(size=300, audit_seeds=2), threads=2, progress=progress)
     # the other lane stopped at its next epoch instead of training the remaining models
     assert len(calls) == 3
+
+
+def test_the_audit_starts_its_longest_models_first(data: EncodedDataset) -> None:
+    config = _config(size=300, audit_seeds=2)
+    finished: list[str] = []
+
+    def progress(phase: str, fraction: float, message: str) -> None:
+        if "epoch" not in message:
+            finished.append(message.removeprefix("audit: "))
+
+    _scores_of(data, config, threads=1, progress=progress)
+    models = audit_models(config)
+    assert finished == [str(models[index]) for index in audit_module.longest_first(models)]
+    backbone = config.backbone
+    assert finished[:2] == [f"{backbone}, seed 1, coreset", f"{backbone}, seed 2, coreset"]
