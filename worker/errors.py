@@ -40,6 +40,7 @@ def is_transient(error: BaseException) -> bool:
         return False
     try:
         from botocore.exceptions import (
+            ClientError,
             ConnectTimeoutError,
             EndpointConnectionError,
             HTTPClientError,
@@ -50,6 +51,11 @@ def is_transient(error: BaseException) -> bool:
             error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, HTTPClientError)
         ):
             return True
+        if isinstance(error, ClientError):
+            reply = error.response or {}
+            status = reply.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = reply.get("Error", {}).get("Code")
+            return _busy_status(status) or code in _TRANSIENT_S3_CODES
     except ImportError:
         pass
     try:
@@ -57,23 +63,37 @@ def is_transient(error: BaseException) -> bool:
 
         if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)):
             return True
+        if isinstance(error, aiohttp.ClientResponseError):
+            return _busy_status(error.status)
     except ImportError:
         pass
     if isinstance(error, OSError):
+        if error.errno in _TRANSIENT_ERRNOS:
+            return True
         cause = error.__cause__ or error.__context__
-        if cause is not None and cause is not error:
-            return is_transient(cause)
-        return error.errno in _TRANSIENT_ERRNOS
+        return cause is not None and cause is not error and is_transient(cause)
     return False
 
 
+def _busy_status(status: object) -> bool:
+    """An HTTP status that says: the server is busy or failed, ask again later."""
+    return isinstance(status, int) and (status >= 500 or status == 429)
+
+
 _TRANSIENT_ERRNOS = {
+    16,  # EBUSY: s3fs's SlowDown
     104,  # ECONNRESET
     110,  # ETIMEDOUT
     111,  # ECONNREFUSED
     112,  # EHOSTDOWN
     113,  # EHOSTUNREACH
     101,  # ENETUNREACH
+    121,  # EREMOTEIO: s3fs's 5xx
 }
+# S3's error codes for "slow down" and "try again" (some come with a 4xx status).
+_TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+     "ThrottlingException", "RequestLimitExceeded"}
+)
 
 __all__ = ["DataError", "JobFailed", "StorageUnavailable", "is_transient"]

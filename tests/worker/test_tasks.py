@@ -202,6 +202,28 @@ def test_transient_classification() -> None:
     assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
 
 
+@pytest.mark.parametrize(
+    "code, status, transient",
+    [("SlowDown", 503, True), ("ServiceUnavailable", 503, True), ("InternalError", 500, True),
+     ("RequestTimeout", 400, True), ("AccessDenied", 403, False), ("NoSuchKey", 404, False)],
+)
+def test_s3_replies_that_say_try_again_are_transient(code, status, transient) -> None:
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    reply = {
+        "Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}
+    }
+    error = ClientError(reply, "GetObject")
+    assert is_transient(error) is transient
+    try:  # as s3fs raises it: an OSError caused by the ClientError
+        raise translate_boto_error(error) from error
+    except OSError as translated:
+        assert is_transient(translated) is transient
+        code_seen = tasks.failure_of(translated)[0]
+    assert (code_seen == "storage_unavailable") is transient
+
+
 def test_failure_codes() -> None:
     from rq.timeouts import JobTimeoutException
 
