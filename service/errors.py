@@ -6,6 +6,7 @@ Every error response is ``{"error": {"code", "message", "details"}}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -77,7 +78,7 @@ def error_response(error: ApiError) -> JSONResponse:
 _WHOLE_BODY = ("missing", "model_attributes_type", "dict_type", "model_type")
 
 
-def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     """A 400 for a body that is not JSON, else a 422 naming each field and why."""
     details: list[dict[str, Any]] = []
     for item in errors:

@@ -20,6 +20,7 @@ from service.errors import (
     ServiceUnavailable,
     TooManyRequests,
     Unprocessable,
+    validation_error,
 )
 from service.schemas import Job, JobPage
 from service.security import check_dataset_uri, check_output_apart, check_output_uri
@@ -116,6 +117,10 @@ class Jobs:
             key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
             request_hash = body_hash(dumped)
         accepted = dumped | {"dataset_uri": dataset_uri, "output_uri": output_uri}
+        try:  # what is stored must read back as a request: resolving may have changed it
+            JobRequest.model_validate(accepted)
+        except ValidationError as error:
+            raise validation_error(error.errors()) from None
         record = new_record(tenant, accepted, job_id, key_digest, request_hash)
         limit = settings.max_active_jobs_per_tenant
         try:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 from service.errors import Unauthorized, Unprocessable
 from service.settings import LOCAL_TENANT, ApiSettings
+from worker.spec import MAX_URI_LENGTH
 from worker.storage import join_uri, normalise_uri, private_address, scheme_of
 
 DATASET_SCHEMES = frozenset({"file", "s3", "gs", "https"})
@@ -53,7 +56,8 @@ _FILESYSTEM_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "https": "aiohttp"}
 async def check_dataset_uri(uri: str, tenant: str, settings: ApiSettings) -> str:
     """The normalised dataset URI, or a 422 naming dataset_uri and why. An https:// host is
     resolved in a worker thread, so a slow DNS answer never stalls the event loop."""
-    checked = _check_uri("dataset_uri", uri, tenant, settings, DATASET_SCHEMES)
+    with _malformed("dataset_uri", uri):
+        checked = _check_uri("dataset_uri", uri, tenant, settings, DATASET_SCHEMES)
     if scheme_of(checked) == "https" and not settings.allow_private_urls:
         host = urlsplit(checked).hostname or ""
         await asyncio.to_thread(_check_public_host, "dataset_uri", host)
@@ -89,13 +93,13 @@ def _check_uri(
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
-        resolved = "file://" + os.path.realpath(unquote(parts.path))
+        resolved = "file://" + os.path.realpath(_local_path(field, parts.path))
         if not _allowed(resolved, allowed, local=True):
             raise Unprocessable(
                 f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
                 "paths are resolved, so '..' and symbolic links cannot leave them"
             )
-        return resolved
+        return _bounded(field, resolved)
     if not parts.netloc:
         raise Unprocessable(f"{field}: {uri} names no bucket or host")
     if ".." in unquote(parts.path).split("/"):
@@ -109,8 +113,18 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
     """The output URI of a job: the given one if it lies inside the tenant's prefix, else the
     default, ``{prefix}/jobs/{job_id}``. The folder ``{prefix}/jobs`` itself holds the default
     folders, so no job may write there. (That no two jobs share a folder is checked when the
-    job is recorded: ``worker.enqueue.create_job``.)"""
+    job is recorded: ``worker.enqueue.create_job``.) Local paths are resolved, the storage
+    folder's too: the worker writes only below the resolved one."""
+    with _malformed("output_uri", uri or ""):
+        return _check_output_uri(uri, tenant, job_id, settings)
+
+
+def _check_output_uri(
+    uri: str | None, tenant: str, job_id: str, settings: ApiSettings
+) -> str:
     prefix = join_uri(settings.storage_uri, tenant)
+    if scheme_of(prefix) == "file":
+        prefix = "file://" + os.path.realpath(unquote(urlsplit(prefix).path))
     if uri is None:
         return join_uri(prefix, "jobs", job_id)
     scheme = scheme_of(uri)
@@ -123,9 +137,14 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
         raise Unprocessable("output_uri: a local path must be absolute (or use a file:// URI)")
     normalised = normalise_uri(uri)
     if scheme == "file":
-        path = unquote(urlsplit(normalised).path)
-        normalised = "file://" + os.path.realpath(path)
-        prefix = "file://" + os.path.realpath(urlsplit(prefix).path)
+        path = os.path.realpath(_local_path("output_uri", urlsplit(normalised).path))
+        too_long = [name for name in path.split("/") if len(name.encode()) > _NAME_MAX]
+        if too_long:
+            raise Unprocessable(
+                f"output_uri: the folder name {too_long[0][:40]}... is longer than "
+                f"{_NAME_MAX} bytes, which local filesystems refuse"
+            )
+        normalised = _bounded("output_uri", "file://" + path)
     elif ".." in unquote(urlsplit(normalised).path).split("/"):
         raise Unprocessable("output_uri: '..' is not allowed in object keys")
     if not normalised.startswith(prefix.rstrip("/") + "/"):
@@ -136,6 +155,37 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
             "name a folder inside it or elsewhere in the prefix"
         )
     return normalised
+
+
+# The longest file or folder name most local filesystems take, in bytes.
+_NAME_MAX = 255
+
+
+@contextlib.contextmanager
+def _malformed(field: str, uri: str) -> Iterator[None]:
+    """A URI the parsers refuse (an unclosed IPv6 bracket, say) as a 422 naming ``field``."""
+    try:
+        yield
+    except ValueError as error:
+        raise Unprocessable(f"{field}: {uri[:200]!r} is not a valid URI ({error})") from None
+
+
+def _local_path(field: str, path: str) -> str:
+    """A file URI's path, URL escapes decoded; control characters there are a 422."""
+    decoded = unquote(path)
+    if any(ord(character) < 32 or ord(character) == 127 for character in decoded):
+        raise Unprocessable(
+            f"{field}: the path holds a control character once its %-escapes are decoded"
+        )
+    return decoded
+
+
+def _bounded(field: str, uri: str) -> str:
+    if len(uri) > MAX_URI_LENGTH:
+        raise Unprocessable(
+            f"{field}: resolved, the URI is longer than {MAX_URI_LENGTH} characters"
+        )
+    return uri
 
 
 def check_output_apart(output_uri: str, dataset_uri: str) -> None:

@@ -98,6 +98,10 @@ _ONE_BUDGET: dict[str, Any] = {
 }
 
 
+# The longest dataset_uri or output_uri a request may give, as given and as resolved.
+MAX_URI_LENGTH = 4096
+
+
 class JobRequest(BaseModel):
     """A selection job: which data, what budget (exactly one of ratio and size), which method and
     options, where to write."""
@@ -106,7 +110,7 @@ class JobRequest(BaseModel):
 
     dataset_uri: str = Field(
         min_length=1,
-        max_length=4096,
+        max_length=MAX_URI_LENGTH,
         description="file://, s3://, gs:// or https:// URI (or an absolute local path) of a "
         "Parquet, CSV or TSV dataset.",
     )
@@ -148,7 +152,7 @@ class JobRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     output_uri: str | None = Field(
         default=None,
-        max_length=4096,
+        max_length=MAX_URI_LENGTH,
         description="Where to write the result; by default a folder for the job under the "
         "tenant's prefix.",
     )

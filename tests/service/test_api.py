@@ -273,6 +273,49 @@ def test_path_escapes_are_refused(client: TestClient, tmp_path: Path) -> None:
         assert "dataset_uri" in error["message"], uri
 
 
+def test_uris_the_parsers_or_the_filesystem_refuse_are_a_422_and_nothing_is_stored(
+    client: TestClient, dataset: Path, settings, tmp_path: Path
+) -> None:
+    data, storage = dataset.parent, f"{settings.storage_uri}/alpha"
+    refused = [
+        ("dataset_uri", {"dataset_uri": "https://[::1/x.parquet"}),
+        ("dataset_uri", {"dataset_uri": "s3://[bucket/x.parquet"}),
+        ("dataset_uri", {"dataset_uri": f"file://{data}/%00x.parquet"}),
+        ("dataset_uri", {"dataset_uri": f"file://{data}/a%0Ab.parquet"}),
+        # the path is under 4096 characters as sent, over it once "file://" is added
+        ("dataset_uri", {"dataset_uri": f"{data}/" + "d/" * ((4094 - len(str(data))) // 2)}),
+        ("output_uri", {"output_uri": f"{storage}/%00x"}),
+        ("output_uri", {"output_uri": f"{storage}/a%0Ab"}),
+        ("output_uri", {"output_uri": "s3://[bucket/alpha/x"}),
+        ("output_uri", {"output_uri": f"{storage}/{'n' * 256}"}),
+    ]
+    for field, fields in refused:
+        response = client.post("/jobs", json=body(dataset) | fields)
+        assert_error(response, 422, "invalid_request", mentions=field)
+    listed = client.get("/jobs")
+    assert listed.status_code == 200 and listed.json()["jobs"] == []
+    longest = body(dataset, output_uri=f"{storage}/{'n' * 255}")
+    assert client.post("/jobs", json=longest).status_code == 202
+    assert client.get("/jobs").status_code == 200
+
+
+def test_a_storage_folder_behind_a_link_gives_resolved_output_folders(
+    make_settings, dataset: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "real-storage").mkdir()
+    (tmp_path / "storage-link").symlink_to(tmp_path / "real-storage")
+    settings = make_settings(storage_uri=str(tmp_path / "storage-link"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TENANT_KEYS['alpha']}"
+        job = client.post("/jobs", json=body(dataset)).json()
+        # the worker writes only below the resolved folder (worker.storage.open_output)
+        real = f"file://{tmp_path}/real-storage/alpha"
+        assert job["request"]["output_uri"] == f"{real}/jobs/{job['id']}"
+        linked = f"file://{tmp_path}/storage-link/alpha/mine"
+        named = client.post("/jobs", json=body(dataset, output_uri=linked)).json()
+        assert named["request"]["output_uri"] == f"{real}/mine"
+
+
 def test_allowed_prefixes_can_be_per_tenant(client: TestClient, beta_headers) -> None:
     uri = {"dataset_uri": "s3://beta-only/data/x.parquet", "ratio": 0.1}
     assert client.post("/jobs", json=uri, headers=beta_headers).status_code == 202
