@@ -512,7 +512,9 @@ def _run_job(
         progress.stop()
     if progress.lost.is_set():
         return _lost(job_id, manifest, output_uri, settings, started.tenant)
-    if status != JobStatus.cancelled and progress.cancelled.is_set():
+    # A cancel that stopped the run ends it cancelled; one that came once the manifest was
+    # written is too late: the job has its result, and ends succeeded.
+    if status == JobStatus.failed and progress.cancelled.is_set():
         current = _retry_redis(lambda: store.get(job_id))
         if current is not None and current.cancel_requested:
             status = JobStatus.cancelled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -282,6 +283,31 @@ def test_run_job_lifecycle(
     cancel(store, queue_of(store.redis, settings), cancelled.id)
     assert tasks.run_job(cancelled.id, settings.redis_prefix)["ran"] is False
     assert store.get(cancelled.id).status == JobStatus.cancelled  # type: ignore[union-attr]
+
+
+def test_a_cancel_after_the_result_is_written_is_too_late(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
+) -> None:
+    export_settings(settings, monkeypatch)
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", 300)
+    request = JobRequest(
+        dataset_uri=str(data), ratio=0.2, method="random", output_uri=tenant_folder(tmp_path)
+    )
+    record, _ = create("t1", request.model_dump(mode="json"))
+    written = tasks.execute_or_hand_over
+
+    def then_cancelled(*args: Any, **kwargs: Any) -> Any:
+        manifest = written(*args, **kwargs)
+        cancel(store, queue_of(store.redis, settings), record.id)
+        time.sleep(3 * settings.heartbeat_interval_s)  # the heartbeat reads the request
+        return manifest
+
+    monkeypatch.setattr(tasks, "execute_or_hand_over", then_cancelled)
+    assert tasks.run_job(record.id, settings.redis_prefix)["status"] == "succeeded"
+    done = store.get(record.id)
+    assert done is not None and done.status == JobStatus.succeeded and done.result is not None
+    assert done.cancel_requested
+    assert (Path(done.result.output_uri.removeprefix("file://")) / "manifest.json").exists()
 
 
 def test_rq_shutdown_leaves_the_job_to_run_again(
