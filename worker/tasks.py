@@ -507,7 +507,7 @@ def _run_job(
         code, message = failure_of(JobTimeoutException(str(error)) if late else error)
         trace = error if code == "internal_error" else None
         log.warning("job %s failed: %s: %s", job_id, code, message, exc_info=trace)
-        fields = {"error": JobError(code=code, message=message)}
+        status, fields = JobStatus.failed, {"error": JobError(code=code, message=message)}
     finally:
         progress.stop()
     if progress.lost.is_set():
