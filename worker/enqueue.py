@@ -167,6 +167,8 @@ async def create_job(
     else:
         args += [record.id, "", "", ""]
     reply = await script(keys=names, args=args, client=client)
+    if reply == 1 and await _forget_ended(client, keys, tenant):
+        reply = await script(keys=names, args=args, client=client)
     if isinstance(reply, bytes):
         claim = json.loads(reply)
         if claim["body_hash"] != record.body_hash:
@@ -180,6 +182,34 @@ async def create_job(
     if reply == 1:
         raise TooManyActiveJobs(max_active or 0)
     return record, True
+
+
+async def _forget_ended(client: redis.asyncio.Redis, keys: Keys, tenant: str) -> bool:
+    """Remove from the tenant's active jobs those whose record is gone (expired or lost) or
+    ended; returns whether any were. A job's end removes it (``RecordStore``), but a record
+    that expires while queued or running leaves its id behind, where it would count against
+    the limit for good."""
+    members = await client.smembers(keys.tenant_active(tenant))
+    active = sorted(records.text(member) for member in members)
+    if not active:
+        return False
+    stored = await client.mget([keys.job(job_id) for job_id in active])
+    ended = [job_id for job_id, raw in zip(active, stored, strict=True) if not _active(raw)]
+    if ended:
+        await client.srem(keys.tenant_active(tenant), *ended)
+    return bool(ended)
+
+
+def _active(raw: bytes | str | None) -> bool:
+    """Whether a stored record is there and queued or running (one that cannot be read
+    counts as active: it is not ours to drop)."""
+    if raw is None:
+        return False
+    try:
+        status = json.loads(raw).get("status")
+    except (ValueError, AttributeError):
+        return True
+    return status in (records.JobStatus.queued.value, records.JobStatus.running.value)
 
 
 def enqueue(queue: Queue, record: JobRecord, settings: SharedSettings) -> None:

@@ -23,7 +23,7 @@ from worker.enqueue import (
     new_record,
     register_scripts,
 )
-from worker.records import JobRecord, JobStatus, RecordStore
+from worker.records import JobRecord, JobStatus, RecordStore, text
 
 REQUEST = {"dataset_uri": "file:///data/x.parquet", "ratio": 0.1, "output_uri": "file:///out"}
 
@@ -61,6 +61,22 @@ def test_idempotency_and_active_limit(store: RecordStore, queue: Queue, create: 
     store.redis.delete(store.keys.job(first.id))
     with pytest.raises(IdempotencyConflict, match="expired"):
         create("t1", REQUEST, idempotency_key="k", body_hash="h1")
+
+
+def test_a_job_whose_record_is_gone_no_longer_counts_against_the_limit(
+    store: RecordStore, create: Create
+) -> None:
+    first, _ = create("t1", REQUEST, max_active=2)
+    second, _ = create("t1", REQUEST, max_active=2)
+    with pytest.raises(TooManyActiveJobs):
+        create("t1", REQUEST, max_active=2)
+    store.redis.delete(store.keys.job(first.id))  # expired while queued, or lost
+    third, created = create("t1", REQUEST, max_active=2)
+    assert created
+    active = {text(member) for member in store.redis.smembers(store.keys.tenant_active("t1"))}
+    assert active == {second.id, third.id}
+    with pytest.raises(TooManyActiveJobs):  # the jobs that are there still count
+        create("t1", REQUEST, max_active=2)
 
 
 def test_cancel_a_queued_job_takes_it_off_the_queue(
