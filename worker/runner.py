@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def start_reaper(settings: SharedSettings, stop: threading.Event) -> threading.Thread:
-    """A daemon thread that reaps (``worker.reaper.reap``) every ``reaper_interval_s`` until
-    ``stop`` is set."""
+    """A daemon thread that reaps (``worker.reaper.reap``) and removes the working folders
+    killed runs left on this machine (``worker.tasks.sweep_workdirs``) every
+    ``reaper_interval_s`` until ``stop`` is set."""
+    from worker.tasks import sweep_workdirs
 
     def loop() -> None:
         connection = connect(settings.redis_url)
@@ -35,6 +37,8 @@ def start_reaper(settings: SharedSettings, stop: threading.Event) -> threading.T
             try:
                 for job_id, action in reap(store, queue):
                     log.warning("reaper: job %s %s", job_id, action)
+                for folder in sweep_workdirs(store):
+                    log.warning("reaper: removed %s, left by a run that was killed", folder)
             except Exception as error:  # noqa: BLE001 - the reaper must outlive Redis restarts
                 log.warning("reaper: %s", error)
         connection.close()

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,7 +121,7 @@ def execute_or_hand_over(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(release_workspace)
         workdir = cleanup.enter_context(
-            tempfile.TemporaryDirectory(prefix=f"nacs-{job_id}-", dir=settings.workdir)
+            tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{job_id}-", dir=settings.workdir)
         )
         def retried(what: str, phase: str, step: Callable[[], T]) -> T:
             return _with_retries(what, step, settings, report, phase)
@@ -316,6 +319,37 @@ def _refuse_another_result(
     found = retried("reading the output folder", "loading", owner)
     if found is not None and found != job_id:
         raise _taken(output_uri, found)
+
+
+# A run's working folder (the encoded data) is "nacs-{job id}-{random}" in the workdir.
+WORKDIR_PREFIX = "nacs-"
+_SERVICE_WORKDIR = re.compile(rf"{WORKDIR_PREFIX}([0-9a-f]{{32}})-[^/]+")
+
+
+def sweep_workdirs(store: RecordStore) -> list[str]:
+    """Remove the working folders that runs of this deployment's jobs left in the workdir when
+    their process was killed (a cancel past its grace, a lost worker, out of memory): those of
+    jobs whose record says they are not running. Returns the folders removed. A folder of a job
+    without a record here is left alone (it may be another deployment's)."""
+    root = store.settings.workdir or tempfile.gettempdir()
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    matches = [(name, _SERVICE_WORKDIR.fullmatch(name)) for name in names]
+    found = [(name, match.group(1)) for name, match in matches if match]
+    if not found:
+        return []
+    records = store.get_many([job_id for _, job_id in found])
+    removed = []
+    for (name, _), record in zip(found, records, strict=True):
+        if record is None or record.status == JobStatus.running:
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _remove_earlier_result(folder: OutputFolder, job_id: str | None) -> None:

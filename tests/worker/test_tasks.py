@@ -310,6 +310,31 @@ def test_a_cancel_after_the_result_is_written_is_too_late(
     assert (Path(done.result.output_uri.removeprefix("file://")) / "manifest.json").exists()
 
 
+def test_working_folders_of_killed_runs_are_swept(
+    tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    swept = settings.model_copy(update={"workdir": str(workdir)})
+    request = {"dataset_uri": "file:///data.parquet", "ratio": 0.1, "output_uri": None}
+    ended, running = create("t1", request)[0], create("t1", request)[0]
+    store.transition(ended.id, JobStatus.running)
+    store.transition(ended.id, JobStatus.failed)
+    store.transition(running.id, JobStatus.running)
+    names = {
+        "ended": f"nacs-{ended.id}-x1", "running": f"nacs-{running.id}-x2",
+        "unknown": f"nacs-{'f' * 32}-x3", "local": "nacs-local-0123456789ab-x4",
+    }
+    for name in names.values():
+        (workdir / name / "encoded").mkdir(parents=True)
+    (workdir / f"nacs-{ended.id}-file").write_text("")  # not a folder
+    removed = tasks.sweep_workdirs(RecordStore(store.redis, swept))
+    assert removed == [str(workdir / names["ended"])]
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(
+        [names["running"], names["unknown"], names["local"], f"nacs-{ended.id}-file"]
+    )
+
+
 def test_rq_shutdown_leaves_the_job_to_run_again(
     tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
 ) -> None:
