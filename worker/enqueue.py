@@ -247,14 +247,18 @@ def cancel(store: RecordStore, queue: Queue, job_id: str) -> JobRecord:
         message = "cancelled before it started"
         try:
             progress = record.progress.model_copy(update={"message": message})
-            cancelled = store.transition(
-                job_id, JobStatus.cancelled, cancel_requested=True, progress=progress
+            cancelled = store.transition_from(
+                job_id, JobStatus.queued, JobStatus.cancelled, cancel_requested=True,
+                progress=progress,
             )
         except InvalidTransition as error:
-            return _already(error)
-        if record.rq_job_id:
-            stop_rq_job(queue.connection, record.rq_job_id)
-        return cancelled or record
+            if error.record.status != JobStatus.running:
+                return _already(error)
+            # it started meanwhile: it is asked to stop below, as any running job
+        else:
+            if record.rq_job_id:
+                stop_rq_job(queue.connection, record.rq_job_id)
+            return cancelled or record
 
     def change(current: JobRecord) -> None:
         if current.status in FINISHED:

@@ -222,9 +222,20 @@ class RecordStore:
     def transition(self, job_id: str, status: JobStatus, **fields: Any) -> JobRecord | None:
         """Move an active job to ``status`` and set ``fields``; a finished job raises
         InvalidTransition."""
+        return self._transition(job_id, None, status, fields)
 
+    def transition_from(
+        self, job_id: str, current: JobStatus, status: JobStatus, **fields: Any
+    ) -> JobRecord | None:
+        """As ``transition``, for a job whose status is still ``current`` (else
+        InvalidTransition)."""
+        return self._transition(job_id, current, status, fields)
+
+    def _transition(
+        self, job_id: str, current: JobStatus | None, status: JobStatus, fields: dict[str, Any]
+    ) -> JobRecord | None:
         def change(record: JobRecord) -> None:
-            if record.status in FINISHED:
+            if record.status in FINISHED or current not in (None, record.status):
                 raise InvalidTransition(record)
             _set(record, status, fields)
 

@@ -79,6 +79,18 @@ def test_a_job_whose_record_is_gone_no_longer_counts_against_the_limit(
         create("t1", REQUEST, max_active=2)
 
 
+def test_a_cancel_that_reads_queued_as_the_job_starts_asks_it_to_stop(
+    store: RecordStore, queue: Queue, create: Create, monkeypatch
+) -> None:
+    record, _ = create("t1", REQUEST)
+    store.transition(record.id, JobStatus.running)  # a worker took it after cancel read it
+    monkeypatch.setattr(store, "get", lambda job_id: record)
+    asked = cancel(store, queue, record.id)
+    assert asked.status == JobStatus.running and asked.cancel_requested
+    rq_job = Job.fetch(record.rq_job_id, connection=store.redis, serializer=JSONSerializer)
+    assert rq_job.get_status() != RqStatus.CANCELED  # the run stops itself, cleaning up
+
+
 def test_cancel_a_queued_job_takes_it_off_the_queue(
     store: RecordStore, queue: Queue, create: Create
 ) -> None:
