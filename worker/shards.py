@@ -242,7 +242,12 @@ class Sharding:
         if retried("reading the scratch folder", "loading", lambda: _exists(plan_uri, settings)):
             raw = retried("reading the shard plan", "loading", lambda: _read(plan_uri, settings))
             plan = ShardPlan.model_validate_json(raw)
-            if plan.rows != encoder.fitted_rows:  # the data changed since: start afresh
+            fitted = (
+                int(encoder.fitted_rows), list(encoder.field_names),
+                [int(d) for d in encoder.field_dims],
+            )
+            if (plan.rows, plan.field_names, plan.field_dims) != fitted:
+                # the data changed since: start afresh
                 remove_scratch(settings, self.job_id)
                 plan = None
         if plan is None:
