@@ -22,6 +22,7 @@ from nacs_engine.nacs import (
     _weights,
     run_nacs,
     shift_to_mean,
+    trusted_auc,
 )
 from nacs_engine.teacher import automatic_folds
 
@@ -197,6 +198,29 @@ def test_a_teacher_that_cannot_tell_the_labels_apart_is_not_trusted(data: Encode
     assert not np.array_equal(trusting.soft_labels, trusting.labels)
     signal = select_coreset(data, _config(teacher_folds=2)).diagnostics["teacher"]
     assert signal["trusted"] is True and signal["signal_auc"] > 0.6
+
+
+def test_on_small_data_a_teacher_must_beat_what_chance_reaches() -> None:
+    assert trusted_auc(np.array([0.0, 1.0] * 150), 0.53) == pytest.approx(
+        0.5 + 2 * np.sqrt(301 / (12 * 150 * 150))
+    )
+    many = np.array([0.0, 1.0] * 500_000)
+    assert trusted_auc(many, 0.53) == 0.53 and trusted_auc(many, 0.0) == 0.0
+    assert trusted_auc(np.array([0.0] * 299 + [1.0]), 0.53) > 0.9  # one click: never trusted
+    assert trusted_auc(np.zeros(10), 0.53) == 0.53
+
+
+def test_a_small_teacher_that_chance_could_have_made_is_not_trusted(
+    generated,
+) -> None:
+    small = generated.dataset.subset(np.arange(300))
+    rng = np.random.default_rng(4)
+    noise = replace(small, labels=(rng.random(300) < 0.5).astype(np.float32))
+    result = select_coreset(noise, _config(size=15, teacher_folds=2))
+    teacher = result.diagnostics["teacher"]
+    # above min_teacher_auc, as a teacher that knows nothing is one time in fifteen here
+    assert 0.53 < teacher["signal_auc"] < teacher["min_signal_auc"]
+    assert teacher["trusted"] is False and result.diagnostics["noise"]["set_aside_rows"] == 0
 
 
 def test_class_balance(data: EncodedDataset) -> None:
