@@ -462,7 +462,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         if noise.get("teacher_trusted") is False:
             body += _note(
                 "The proxy models could not rank these rows (their AUC on the given labels is "
-                "under min_teacher_auc): these estimates are not used; nothing was set aside, "
+                "under min_teacher_auc, or on data this small under what chance reaches): these "
+                "estimates are not used; nothing was set aside, "
                 "the labels are the given ones and the rows a random draw within each class."
             )
         elif noise.get("measurable") is False:
@@ -473,11 +474,17 @@ def render_html(report: Mapping[str, Any]) -> str:
                 "aside."
             )
         else:
+            audit = report.get("audit") or {}
+            check = (
+                "The audit below says whether the coreset trains better models than a random "
+                "subset."
+                if "verdict" in audit
+                else "No audit checked them here (below): judge the coreset with care."
+            )
             body += _note(
                 "The rate is an upper bound, read from the rows the proxy models rank lowest "
                 "(clean labels too may read a few percent), and the rows set aside are those "
-                "the models contradict most, wrong or only hard to predict. The audit below "
-                "says whether the coreset trains better models than a random subset."
+                f"the models contradict most, wrong or only hard to predict. {check}"
             )
     elif noise and "removed_rows" in noise:
         body = _table([("rows removed by the denoising", _fmt(noise["removed_rows"]))])

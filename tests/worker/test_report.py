@@ -117,6 +117,11 @@ def test_a_flip_rate_too_rare_to_read_is_said_so() -> None:
     assert re.search(r"estimated wrong-label rate \(flip rate\)</td>\s*<td>-<", page)
     read = render_html(_report("nacs", {"noise": {**noise, "measurable": True}}))
     assert note not in read and "The rate is an upper bound" in read
+    assert "No audit checked them here" in read and "The audit below says" not in read
+    audited = {"verdict": "level", "families": {}, "seeds": 3}
+    checked = render_html(_report("nacs", {"noise": {**noise, "measurable": True},
+                                           "audit": audited}))
+    assert "The audit below says" in checked and "No audit checked them" not in checked
 
 
 def test_estimates_of_an_untrusted_teacher_are_said_to_be_unused() -> None:
