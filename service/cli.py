@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,10 +32,31 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
         ApiSettings().check()
     except (SettingsError, ValidationError) as error:
         raise click.ClickException(settings_problem(error)) from None
-    uvicorn.run(
-        "service.main:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=False,
-    )
+    _check_port_free(host, port)
+    try:
+        uvicorn.run(
+            "service.main:create_app", factory=True, host=host, port=port, workers=workers,
+            log_level=log_level, access_log=False,
+        )
+    except SystemExit as stopped:  # uvicorn's own exit code 3 would read as "no such job"
+        if stopped.code not in (None, 0):
+            raise click.ClickException(
+                f"the API stopped (uvicorn exit code {stopped.code}); see the lines above"
+            ) from None
+        raise
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A clear error when another process holds ``host:port`` (before anything starts)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({error.strerror or error}); is another "
+                "server using it? Choose another with --port"
+            ) from None
 
 
 @click.command()
@@ -51,6 +73,7 @@ def up(port: int) -> None:
         settings.tenant_keys()
     except (SettingsError, ValidationError) as error:
         raise click.ClickException(settings_problem(error)) from None
+    _check_port_free("127.0.0.1", port)
     env = dict(os.environ)
     embedded = None
     if not _redis_answers(os.environ.get("NACS_REDIS_URL")):
@@ -89,11 +112,18 @@ def up(port: int) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    before = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    names = ("API", "worker")
     try:
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
+        if not stopping:
+            ended = [(n, p) for n, p in zip(names, processes, strict=True) if p.poll() is not None]
+            name, process = ended[0]
+            raise click.ClickException(
+                f"the {name} stopped (exit code {process.returncode}); see the lines above. "
+                "Everything nacs up started is stopped"
+            )
     finally:
         for process in processes:
             if process.poll() is None:
@@ -105,6 +135,8 @@ def up(port: int) -> None:
                 process.kill()
         if embedded is not None:
             embedded.close()
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _redacted(url: str) -> str:
