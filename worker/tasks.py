@@ -532,9 +532,7 @@ def _run_job(
         fields = {"result": result, "progress": done}
         _retry_redis(lambda: store.add_phase_seconds(manifest.phase_seconds))
     except SelectionCancelled:
-        status = JobStatus.cancelled
-        message = "cancelled while running"
-        fields = {"progress": started.progress.model_copy(update={"message": message})}
+        status, fields = JobStatus.cancelled, {}
     except Exception as error:  # noqa: BLE001 - every failure of the job ends it with a code
         limit_s = settings.job_timeout_s
         late = time.monotonic() - run["begun"] >= limit_s - min(1.0, 0.1 * limit_s)
@@ -552,8 +550,10 @@ def _run_job(
         current = _retry_redis(lambda: store.get(job_id))
         if current is not None and current.cancel_requested:
             status = JobStatus.cancelled
-    if status == JobStatus.cancelled:
-        fields.setdefault("progress", Progress(phase="writing", fraction=1.0, message="cancelled"))
+    if status == JobStatus.cancelled:  # where the run had got to
+        current = _retry_redis(lambda: store.get(job_id))
+        reached = current.progress if current is not None else started.progress
+        fields = {"progress": reached.model_copy(update={"message": "cancelled while running"})}
     try:
         finished = _retry_redis(
             lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields)
