@@ -69,12 +69,12 @@ class ShardedSource(TableSource):
 
     @contextlib.contextmanager
     def naming_shard(self) -> Iterator[None]:
-        """Raise a DataError from inside the block again with the shard it was read in (data
-        known to fit in one shard is not named)."""
+        """Raise a DataError from inside the block again with the shard it was read in (not
+        the first: its rows are the data's first, and a missing column is found there)."""
         try:
             yield
         except DataError as error:
-            if self.total_rows is not None and self.total_rows <= self.shard_rows:
+            if self.shard == 0:
                 raise
             where = f"shard {self.shard} (from row {self.shard * self.shard_rows:,})"
             raise DataError(error.code, f"{where}: {error.message}") from error

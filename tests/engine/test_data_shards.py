@@ -63,3 +63,13 @@ def test_a_bad_label_names_its_shard() -> None:
         Encoder().fit(source)
     assert raised.value.code == "labels_not_binary"
     assert raised.value.message.startswith("shard 2 (from row 600)")
+    # in the first shard (where a missing column is found too), no shard is named
+    data["label"][620], data["label"][10] = 1, 2
+    first = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    with pytest.raises(DataError) as raised, first.naming_shard():
+        Encoder().fit(first)
+    assert "shard" not in raised.value.message
+    unnamed = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    with pytest.raises(DataError) as raised, unnamed.naming_shard():
+        Encoder(label_column="click").fit(unnamed)
+    assert raised.value.message.startswith("label_column:")
