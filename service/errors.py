@@ -93,7 +93,7 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
             return BadRequest(
                 f"the request body is not valid JSON ({context})".replace(" ()", ""),
                 code="malformed_json",
-                details=[entry],
+                details=[entry | {"field": None}],  # its loc is a character position
             )
         details.append(entry)
     parts = []

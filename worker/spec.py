@@ -170,6 +170,13 @@ class JobRequest(BaseModel):
             raise ValueError(
                 "ratio, size: give exactly one budget, a ratio in (0, 1) or a size of at least 1"
             )
+        for name, columns in (
+            ("feature_columns", self.feature_columns or []),
+            ("numeric_columns", self.numeric_columns),
+        ):
+            repeated = sorted({column for column in columns if columns.count(column) > 1})
+            if repeated:
+                raise ValueError(f"{name}: duplicate column name(s) {repeated}")
         if self.label_column in (self.feature_columns or []):
             raise ValueError("feature_columns: must not contain the label column")
         if self.label_column in self.numeric_columns:

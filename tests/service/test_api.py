@@ -183,6 +183,7 @@ def test_malformed_json_is_a_clear_400(client: TestClient, raw: bytes) -> None:
     response = client.post("/jobs", content=raw, headers={"Content-Type": "application/json"})
     error = assert_error(response, 400, "malformed_json")
     assert "JSON" in error["message"]
+    assert all(detail["field"] is None for detail in error["details"] or []), error["details"]
 
 
 def test_empty_body_names_the_body(client: TestClient) -> None:

@@ -74,6 +74,10 @@ def test_empty_feature_columns_are_refused_at_submit(client: TestClient, dataset
     assert_error(client.post("/jobs", json=payload), 422, mentions="feature_columns")
     schema = client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]
     assert schema["properties"]["feature_columns"]["anyOf"][0]["minItems"] == 1
+    for field in ("feature_columns", "numeric_columns"):
+        twice = {"dataset_uri": str(dataset), "ratio": 0.1, field: ["a", "b", "a"]}
+        error = assert_error(client.post("/jobs", json=twice), 422, mentions=field)
+        assert "duplicate column name(s) ['a']" in error["message"]
 
 
 @pytest.mark.parametrize(
