@@ -35,15 +35,24 @@ def job_fraction(job: Job) -> float:
     return (PHASES.index(phase) + _phase_fraction(job)) / len(PHASES)
 
 
-def _phase_text(job: Job) -> str:
+def _phase_text(job: Job, limit: int | None = None) -> str:
+    """The phase, how far it is and the job's message (cut to ``limit`` characters)."""
     if job.is_finished:
         return ""
     phase = job.progress.phase if job.progress and job.progress.phase else ""
     text = f"{phase} {_phase_fraction(job) * 100:.0f}%" if phase else ""
-    message = job.progress.message if job.progress else ""
+    message = " ".join((job.progress.message if job.progress else "").split())
+    if limit is not None and len(message) > limit:
+        message = message[: limit - 3] + "..."
     if message:
-        text += "  " + " ".join(message.split())[:50]
+        text += "  " + message
     return text.strip()
+
+
+# The bar's line: the job, the bar, the whole job's percentage, then the phase's text.
+_BAR_FORMAT = "{desc} |{bar}| {percentage:5.1f}% "
+# The message beside the bar is cut to this many characters (a log line keeps it whole).
+_BAR_MESSAGE = 50
 
 
 class ProgressBar:
@@ -57,11 +66,13 @@ class ProgressBar:
         if self._bar is None:
             self._bar = tqdm(
                 total=_STEPS, file=self._stream, dynamic_ncols=True, leave=True,
-                bar_format="{desc} |{bar}| {percentage:5.1f}% {postfix}",
+                bar_format=_BAR_FORMAT,
             )
         self._bar.n = round(job_fraction(job) * _STEPS)
         self._bar.set_description_str(f"{job.id} {job.status}", refresh=False)
-        self._bar.set_postfix_str(_phase_text(job), refresh=False)
+        # tqdm's postfix would come after a comma: the text goes into the format, braces escaped
+        text = _phase_text(job, _BAR_MESSAGE).replace("{", "{{").replace("}", "}}")
+        self._bar.bar_format = _BAR_FORMAT + text
         self._bar.refresh()
         if job.is_finished:
             self.close()

@@ -316,6 +316,25 @@ def test_wait_prints_plain_lines_when_asked(capsys):
     assert "\r" not in "".join(lines)
 
 
+def test_progress_shows_the_message_whole_in_lines_and_cut_beside_the_bar(capsys):
+    path = "file:///srv/data/storage/team/jobs/" + "0123456789abcdef" * 4 + " {x}"
+    message = f"writing 1000 rows to {path}"
+
+    def shown(progress: str) -> str:
+        service = ScriptedService(
+            ok(job_json("job-1", "running", phase="writing", fraction=0.2, message=message)),
+            ok(job_json("job-1", "succeeded", phase="writing", fraction=1.0)),
+        )
+        with client_for(service) as client:
+            client.jobs.wait("job-1", progress=progress)  # type: ignore[arg-type]
+        return capsys.readouterr().err
+
+    assert message in shown("lines")
+    bar = shown("bar")
+    assert "% writing 20%  writing 1000 rows to file:///srv/data/storage/t..." in bar
+    assert ", writing" not in bar and path not in bar
+
+
 def test_wait_is_quiet_off_a_terminal(capsys):
     service = ScriptedService(running(0.5), ok(job_json("job-1", "succeeded")))
     with client_for(service) as client:
