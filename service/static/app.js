@@ -9,6 +9,8 @@
   const PAGE_SIZE = 50;
   const PHASES = ["loading", "selecting", "denoising", "auditing", "writing"];
   let pollTimer = null;
+  // True when the service answers without a key (nacs up with no keys configured).
+  let keyless = false;
 
   const element = (id) => document.getElementById(id);
 
@@ -25,9 +27,11 @@
   }
 
   async function request(method, path, accept) {
+    const headers = { Accept: accept || "application/json" };
+    if (apiKey()) headers.Authorization = "Bearer " + apiKey();
     const response = await fetch(path, {
       method: method,
-      headers: { Authorization: "Bearer " + apiKey(), Accept: accept || "application/json" },
+      headers: headers,
       cache: "no-store",
       credentials: "omit",
       referrerPolicy: "no-referrer",
@@ -165,17 +169,20 @@
   async function refresh() {
     window.clearTimeout(pollTimer);
     pollTimer = null;
-    if (!apiKey()) return;
+    if (!apiKey() && !keyless) return;
     try {
       const response = await request("GET", "/jobs?limit=" + PAGE_SIZE);
       const page = await response.json();
       render(page.jobs);
       const active = page.jobs.some((job) => job.status === "queued" || job.status === "running");
-      say(page.jobs.length === 0 ? "No jobs yet for this key."
+      const none = keyless && !apiKey() ? "No jobs yet (this service needs no key)."
+        : "No jobs yet for this key.";
+      say(page.jobs.length === 0 ? none
         : page.jobs.length + " most recent job(s)" + (active ? "; updating every second." : "."));
       pollTimer = window.setTimeout(refresh, active ? ACTIVE_POLL_MS : IDLE_POLL_MS);
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) {
+        keyless = false;
         window.sessionStorage.removeItem(KEY_NAME);
         render([]);
         say("That key was refused (" + error.message + "): paste a valid one.", true);
@@ -254,7 +261,18 @@
     if (apiKey()) {
       refresh();
     } else {
-      say("Paste an API key to see your jobs.");
+      openWithoutKey();
     }
   });
+
+  // A service without keys lists its one tenant's jobs to anyone who can reach it: show them.
+  async function openWithoutKey() {
+    try {
+      await request("GET", "/jobs?limit=1");
+      keyless = true;
+      refresh();
+    } catch (error) {
+      say("Paste an API key to see your jobs.");
+    }
+  }
 })();

@@ -202,6 +202,24 @@ def test_another_tenants_key_sees_none_of_it(
     assert browser.execute_script("return sessionStorage.getItem('nacs.apiKey')") is None
 
 
+def test_a_service_without_keys_lists_its_jobs_without_asking_for_one(
+    browser: Any, tmp_path: Path, small_parquet: Path
+) -> None:
+    from tests.stack import start_stack
+
+    keyless = start_stack(
+        tmp_path / "keyless", api_keys={}, allowed_uris=f"file://{small_parquet.parent}/"
+    )
+    try:
+        job = keyless.submit({"dataset_uri": str(small_parquet), "size": 50, "method": "random"})
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(f"{keyless.url}/ui")
+        wait_until(lambda: _status(browser, job["id"]) is not None, 20, what="the job listed")
+        assert "Paste an API key" not in browser.find_element(By.ID, "message").text
+    finally:
+        keyless.stop()
+
+
 def test_without_javascript_the_page_says_so_and_a_report_still_reads(
     stack: Stack, finished_job: dict[str, Any]
 ) -> None:
