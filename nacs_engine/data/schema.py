@@ -132,7 +132,8 @@ def parse_labels(
         raise DataError(
             "labels_not_binary",
             f"label_column: {name!r} in {description} has a missing value "
-            f"(row {first_row + _first_null(column)}, counting from 0); labels must be 0 or 1",
+            f"(row {first_row + _first_null(column)}, counting from 0); every row needs a "
+            f"label, {_BINARY}",
         )
     kind = column.type
     if pa.types.is_dictionary(kind):
@@ -156,17 +157,17 @@ def parse_labels(
         return np.asarray(ones.to_numpy(zero_copy_only=False), dtype=np.float32)
     raise DataError(
         "labels_not_binary",
-        f"label_column: {name!r} in {description} has type {kind}; labels must be 0/1 "
-        "integers, 0.0/1.0 floats, booleans or the strings '0'/'1', 'true'/'false' or "
-        "'yes'/'no'",
+        f"label_column: {name!r} in {description} has type {kind}; {_BINARY}",
     )
+
+
+_BINARY = "labels must be binary (0/1, 0.0/1.0, true/false, yes/no or '0'/'1')"
 
 
 def _not_binary(name: str, description: str, value: object) -> DataError:
     return DataError(
         "labels_not_binary",
-        f"label_column: {name!r} in {description} has the value {value!r}; labels must be "
-        "binary (0/1, 0.0/1.0, true/false, yes/no or '0'/'1')",
+        f"label_column: {name!r} in {description} has the value {value!r}; {_BINARY}",
     )
 
 
