@@ -18,7 +18,7 @@ from tests.worker.conftest import Create
 from worker import outputs, tasks
 from worker.enqueue import cancel, queue_of
 from worker.errors import JobFailed, is_transient
-from worker.records import JobStatus, RecordStore
+from worker.records import JobRecord, JobStatus, RecordStore
 from worker.settings import SharedSettings
 from worker.spec import JobRequest
 from worker.storage import storage_options, write_bytes
@@ -254,15 +254,23 @@ def export_settings(settings: SharedSettings, monkeypatch) -> None:
             monkeypatch.setenv(f"NACS_{name.upper()}", str(value))
 
 
+def _queued_job(
+    tmp_path: Path, create: Create, settings: SharedSettings, monkeypatch, method: str, rows: int
+) -> tuple[JobRecord, JobRequest]:
+    """A job recorded as the API records it, on ``rows`` generated rows, its settings
+    exported as a worker process reads them; (record, request)."""
+    export_settings(settings, monkeypatch)
+    data = make_ctr_parquet(tmp_path / "ctr.parquet", rows)
+    request = JobRequest(
+        dataset_uri=str(data), ratio=0.2, method=method, output_uri=tenant_folder(tmp_path)
+    )
+    return create("t1", request.model_dump(mode="json"))[0], request
+
+
 def test_run_job_lifecycle(
     tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
 ) -> None:
-    export_settings(settings, monkeypatch)
-    data = make_ctr_parquet(tmp_path / "ctr.parquet", 500)
-    request = JobRequest(
-        dataset_uri=str(data), ratio=0.2, method="stratified", output_uri=tenant_folder(tmp_path)
-    )
-    record, _ = create("t1", request.model_dump(mode="json"))
+    record, request = _queued_job(tmp_path, create, settings, monkeypatch, "stratified", 500)
     outcome = tasks.run_job(record.id, settings.redis_prefix)
     assert outcome["status"] == "succeeded"
     done = store.get(record.id)
@@ -288,12 +296,7 @@ def test_run_job_lifecycle(
 def test_a_cancel_after_the_result_is_written_is_too_late(
     tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch
 ) -> None:
-    export_settings(settings, monkeypatch)
-    data = make_ctr_parquet(tmp_path / "ctr.parquet", 300)
-    request = JobRequest(
-        dataset_uri=str(data), ratio=0.2, method="random", output_uri=tenant_folder(tmp_path)
-    )
-    record, _ = create("t1", request.model_dump(mode="json"))
+    record, _ = _queued_job(tmp_path, create, settings, monkeypatch, "random", 300)
     written = tasks.execute_or_hand_over
 
     def then_cancelled(*args: Any, **kwargs: Any) -> Any:
