@@ -104,6 +104,9 @@ class ShardPlan(BaseModel):
     field_names: list[str]
     field_dims: list[int]
     fingerprint: str
+    # ``Encoder.fitted_digest`` of the fit the shards were encoded with; a later run of the
+    # job reuses them only when its fit gives the same.
+    encoding: str = ""
     metadata: dict[str, Any]
     loading_seconds: float
     shard_seconds: list[float]
@@ -242,12 +245,7 @@ class Sharding:
         if retried("reading the scratch folder", "loading", lambda: _exists(plan_uri, settings)):
             raw = retried("reading the shard plan", "loading", lambda: _read(plan_uri, settings))
             plan = ShardPlan.model_validate_json(raw)
-            fitted = (
-                int(encoder.fitted_rows), list(encoder.field_names),
-                [int(d) for d in encoder.field_dims],
-            )
-            if (plan.rows, plan.field_names, plan.field_dims) != fitted:
-                # the data changed since: start afresh
+            if plan.encoding != encoder.fitted_digest():  # the data changed since: afresh
                 remove_scratch(settings, self.job_id)
                 plan = None
         if plan is None:
@@ -316,7 +314,7 @@ class Sharding:
             bounds=shard_bounds(n_rows, source.shard_rows),
             teacher_folds=teacher_folds(candidates, selection),
             field_names=list(encoder.field_names), field_dims=[int(d) for d in encoder.field_dims],
-            fingerprint=_combined(digests), metadata=metadata,
+            fingerprint=_combined(digests), encoding=encoder.fitted_digest(), metadata=metadata,
             loading_seconds=time.perf_counter() - started, shard_seconds=seconds,
             planned_at=time.time(),
         )

@@ -295,6 +295,15 @@ class Encoder:
     def is_fitted(self) -> bool:
         return self.schema is not None
 
+    def fitted_digest(self) -> str:
+        """A hex digest of what the fit learned and counted: the encoding (schema,
+        vocabularies in id order, bucket edges) and the rows and clicks it read. Data read
+        again with the same digest encodes to the same ids, barring labels moved between
+        rows."""
+        digest = _encoding_hash(self, self._fitted_schema())
+        digest.update(f"rows={self.fitted_rows};clicks={self.fitted_clicks}".encode())
+        return str(digest.hexdigest())
+
     @property
     def field_names(self) -> tuple[str, ...]:
         return self._fitted_schema().feature_columns
@@ -849,21 +858,28 @@ def _integer_vocabulary(values: np.ndarray, counts: np.ndarray, min_count: int) 
 # -- output -----------------------------------------------------------------------
 
 
+def _encoding_hash(encoder: Encoder, schema: TableSchema) -> Any:
+    """SHA-256 (a hashlib object) over what the encoder learned: the schema, min_count, the
+    vocabularies (their values in id order) and the bucket edges."""
+    header = json.dumps(
+        {"schema": schema.to_dict(), "min_count": encoder.min_count}, sort_keys=True
+    ).encode()
+    digest = hashlib.sha256(header)
+    for vocab in encoder.vocabularies:
+        digest.update(vocab.digest())
+    if any(edges is not None for edges in encoder.bucket_edges):
+        for field, edges in enumerate(encoder.bucket_edges):
+            digest.update(f"{field}:".encode())
+            if edges is not None:
+                digest.update(np.ascontiguousarray(edges, dtype="<f8").tobytes())
+    return digest
+
+
 class _Fingerprint:
     """SHA-256 over the encoding and the rows, independent of how rows are batched."""
 
     def __init__(self, encoder: Encoder, schema: TableSchema) -> None:
-        header = json.dumps(
-            {"schema": schema.to_dict(), "min_count": encoder.min_count}, sort_keys=True
-        ).encode()
-        self._header = hashlib.sha256(header)
-        for vocab in encoder.vocabularies:
-            self._header.update(vocab.digest())
-        if any(edges is not None for edges in encoder.bucket_edges):
-            for field, edges in enumerate(encoder.bucket_edges):
-                self._header.update(f"{field}:".encode())
-                if edges is not None:
-                    self._header.update(np.ascontiguousarray(edges, dtype="<f8").tobytes())
+        self._header = _encoding_hash(encoder, schema)
         self._ids = hashlib.sha256()
         self._labels = hashlib.sha256()
         self._fields = [hashlib.sha256() for _ in schema.feature_columns]

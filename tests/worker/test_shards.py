@@ -38,46 +38,50 @@ def test_rows_read_from_shards_equal_the_whole_array() -> None:
         features[np.array([1000])]
 
 
-def _plan(rows: int, names: list[str], dims: list[int]) -> ShardPlan:
+def _plan(encoding: str) -> ShardPlan:
     return ShardPlan(
-        rows=rows, clicks=1, shard_rows=rows, bounds=[(0, rows)], teacher_folds=2,
-        field_names=names, field_dims=dims, fingerprint="f", metadata={}, loading_seconds=0.0,
+        rows=4, clicks=1, shard_rows=4, bounds=[(0, 4)], teacher_folds=2, field_names=["a"],
+        field_dims=[3], fingerprint="f", encoding=encoding, metadata={}, loading_seconds=0.0,
         shard_seconds=[0.0], planned_at=0.0,
     )
 
 
 @pytest.mark.parametrize(
-    "fitted, reused",
+    "later, reused",
     [
-        ((100, ["a", "b"], [5, 7]), True),
-        ((101, ["a", "b"], [5, 7]), False),  # more rows
-        ((100, ["a", "c"], [5, 7]), False),  # another column
-        ((100, ["a", "b"], [5, 9]), False),  # the same rows, other values
+        ({"a": ["x", "y", "y", "z"], "label": [0, 1, 0, 0]}, True),
+        ({"a": ["x", "y", "y", "z", "z"], "label": [0, 1, 0, 0, 0]}, False),  # a row more
+        ({"a": ["x", "w", "w", "z"], "label": [0, 1, 0, 0]}, False),  # same sizes, other values
+        ({"a": ["x", "y", "y", "z"], "label": [0, 1, 1, 0]}, False),  # another click
     ],
 )
 def test_a_later_run_reuses_the_shards_only_of_the_same_data(
-    tmp_path, fitted: tuple[int, list[str], list[int]], reused: bool, monkeypatch
+    tmp_path, later: dict[str, list], reused: bool, monkeypatch
 ) -> None:
     from types import SimpleNamespace
 
+    import pyarrow as pa
+
+    from nacs_engine.data.encoding import Encoder
     from worker import shards
     from worker.settings import SharedSettings
     from worker.storage import join_uri, write_bytes
 
+    def fitted(columns: dict[str, list]) -> Encoder:
+        return Encoder(min_count=1).fit(pa.table(columns))
+
     settings = SharedSettings(storage_uri=str(tmp_path / "storage"))
     store = SimpleNamespace(settings=settings)
     sharding = shards.Sharding(store, None, "job1", 2)  # type: ignore[arg-type]
-    earlier = _plan(100, ["a", "b"], [5, 7])
+    earlier = _plan(fitted({"a": ["x", "y", "y", "z"], "label": [0, 1, 0, 0]}).fitted_digest())
     plan_uri = join_uri(shards.scratch_uri(settings, "job1"), shards.PLAN_FILE)
     write_bytes(plan_uri, earlier.model_dump_json().encode(), settings)
-    fresh = _plan(fitted[0], fitted[1], fitted[2])
+    fresh = _plan("fresh")
     encoded, enqueued = [], []
     monkeypatch.setattr(sharding, "_encode", lambda *args: encoded.append(1) or fresh)
     monkeypatch.setattr(sharding, "_enqueue", enqueued.append)
-    rows, names, dims = fitted
-    encoder = SimpleNamespace(fitted_rows=rows, field_names=names, field_dims=dims)
     sharding.hand_over(
-        None, encoder, None, report=lambda *args: None,
+        None, fitted(later), None, report=lambda *args: None,
         retried=lambda what, phase, step: step(), workdir=str(tmp_path),
     )
     assert enqueued == [earlier if reused else fresh]
