@@ -170,18 +170,23 @@ class JobRequest(BaseModel):
             raise ValueError(
                 "ratio, size: give exactly one budget, a ratio in (0, 1) or a size of at least 1"
             )
+        if self.label_column in (self.feature_columns or []):
+            raise ValueError("feature_columns: must not contain the label column")
+        if self.label_column in self.numeric_columns:
+            raise ValueError("numeric_columns: must not contain the label column")
+        return self
+
+    def repeated_columns(self) -> str | None:
+        """What a new request names twice, if anything (the job would fail on it). Not a
+        validator: requests stored before this check must still read back."""
         for name, columns in (
             ("feature_columns", self.feature_columns or []),
             ("numeric_columns", self.numeric_columns),
         ):
             repeated = sorted({column for column in columns if columns.count(column) > 1})
             if repeated:
-                raise ValueError(f"{name}: duplicate column name(s) {repeated}")
-        if self.label_column in (self.feature_columns or []):
-            raise ValueError("feature_columns: must not contain the label column")
-        if self.label_column in self.numeric_columns:
-            raise ValueError("numeric_columns: must not contain the label column")
-        return self
+                return f"{name}: duplicate column name(s) {repeated}"
+        return None
 
     def to_config(self) -> SelectionConfig:
         """The engine's configuration for this request."""

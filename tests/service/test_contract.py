@@ -78,6 +78,15 @@ def test_empty_feature_columns_are_refused_at_submit(client: TestClient, dataset
         twice = {"dataset_uri": str(dataset), "ratio": 0.1, field: ["a", "b", "a"]}
         error = assert_error(client.post("/jobs", json=twice), 422, mentions=field)
         assert "duplicate column name(s) ['a']" in error["message"]
+    # a request stored before this check still reads back (the job list shows it)
+    from service.schemas import Job
+    from worker.enqueue import new_record
+
+    stored = {
+        "dataset_uri": "file:///d/x.parquet", "ratio": 0.1, "feature_columns": ["a", "a"],
+        "output_uri": "file:///s/local/jobs/x",
+    }
+    assert Job.of(new_record("alpha", stored, "ab" * 16)).request.feature_columns == ["a", "a"]
 
 
 @pytest.mark.parametrize(
