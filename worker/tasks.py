@@ -530,7 +530,6 @@ def _run_job(
         )
         done = Progress(phase="writing", fraction=1.0, message="done")
         fields = {"result": result, "progress": done}
-        _retry_redis(lambda: store.add_phase_seconds(manifest.phase_seconds))
     except SelectionCancelled:
         status, fields = JobStatus.cancelled, {}
     except Exception as error:  # noqa: BLE001 - every failure of the job ends it with a code
@@ -561,6 +560,8 @@ def _run_job(
         if finished is None:
             progress.mark_lost()
             return _lost(job_id, manifest, output_uri, settings, started.tenant)
+        if status == JobStatus.succeeded and manifest is not None:
+            _add_phase_seconds(store, job_id, manifest.phase_seconds)
     except InvalidTransition as error:
         now = error.record
         log.warning(
@@ -569,6 +570,15 @@ def _run_job(
         )
         status = error.record.status
     return {"job_id": job_id, "status": status.value}
+
+
+def _add_phase_seconds(store: RecordStore, job_id: str, seconds: dict[str, float]) -> None:
+    """Count a succeeded job's phase times in /metrics; a failure there is logged, never the
+    job's (it has its result)."""
+    try:
+        _retry_redis(lambda: store.add_phase_seconds(seconds), for_s=10.0)
+    except redis.exceptions.RedisError as error:
+        log.warning("job %s: its phase times are not in /metrics (%s)", job_id, error)
 
 
 def _lost(
