@@ -579,12 +579,15 @@ def _check_keys_agree(batch: pa.RecordBatch, part: _Part, uri: str) -> None:
         if value is None:
             differs = pc.is_valid(column)
         else:
-            try:
-                expected = pa.scalar(value).cast(column.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                differs = pa.array([True] * len(column))
-            else:
-                differs = pc.invert(pc.fill_null(pc.equal(column, expected), False))
+            expected = _key_as(value, column.type)
+            compared = column
+            if expected is None:  # compare as text what cannot be read in the column's type
+                try:
+                    compared = column.cast(pa.string())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+                expected = pa.scalar(value)
+            differs = pc.invert(pc.fill_null(pc.equal(compared, expected), False))
         if not pc.any(differs).as_py():
             continue
         found = column.filter(differs)[0].as_py()
@@ -595,6 +598,21 @@ def _check_keys_agree(batch: pa.RecordBatch, part: _Part, uri: str) -> None:
             f"holds {found!r}; drop the column from the files or rename the folder, so "
             "that each row has one value",
         )
+
+
+def _key_as(value: str, kind: pa.DataType) -> pa.Scalar | None:
+    """A key=value folder's value read in a column's type (a time zone's timestamp from a
+    time without one, read as UTC, as pyarrow writes it), or None."""
+    try:
+        return pa.scalar(value).cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        try:
+            return pa.scalar(value).cast(pa.timestamp(kind.unit)).cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return None
 
 
 def _with_keys(

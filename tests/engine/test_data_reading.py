@@ -448,6 +448,8 @@ def test_a_partition_key_whose_files_hold_other_values_is_refused(
     "folder_name, values",
     [("day=07", [7, 7]), ("day=2024-01-02", ["2024-01-02"] * 2),
      ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
+     ("day=2024-01-02 00%3A00%3A00",
+      [datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)] * 2),
      ("day=__HIVE_DEFAULT_PARTITION__", [None, None])],
 )
 def test_a_partition_key_agreeing_with_its_files_in_their_type_is_read(
