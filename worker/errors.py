@@ -68,27 +68,28 @@ def is_transient(error: BaseException) -> bool:
     except ImportError:
         pass
     if isinstance(error, OSError):
-        if error.errno in _TRANSIENT_ERRNOS:
-            return True
+        # s3fs's errors carry the store's reply as their cause: it decides (s3fs gives
+        # SlowDown and a 409 Conflict the same errno)
         cause = error.__cause__ or error.__context__
-        return cause is not None and cause is not error and is_transient(cause)
+        if cause is not None and cause is not error:
+            return is_transient(cause)
+        return error.errno in _TRANSIENT_ERRNOS
     return False
 
 
 def _busy_status(status: object) -> bool:
-    """An HTTP status that says: the server is busy or failed, ask again later."""
-    return isinstance(status, int) and (status >= 500 or status == 429)
+    """An HTTP status that says: the server is busy or did not answer in time, ask again
+    (not 501, an operation the store does not have)."""
+    return status in (429, 500, 502, 503, 504)
 
 
 _TRANSIENT_ERRNOS = {
-    16,  # EBUSY: s3fs's SlowDown
     104,  # ECONNRESET
     110,  # ETIMEDOUT
     111,  # ECONNREFUSED
     112,  # EHOSTDOWN
     113,  # EHOSTUNREACH
     101,  # ENETUNREACH
-    121,  # EREMOTEIO: s3fs's 5xx
 }
 # S3's error codes for "slow down" and "try again" (some come with a 4xx status).
 _TRANSIENT_S3_CODES = frozenset(

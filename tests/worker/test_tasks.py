@@ -206,7 +206,8 @@ def test_transient_classification() -> None:
 @pytest.mark.parametrize(
     "code, status, transient",
     [("SlowDown", 503, True), ("ServiceUnavailable", 503, True), ("InternalError", 500, True),
-     ("RequestTimeout", 400, True), ("AccessDenied", 403, False), ("NoSuchKey", 404, False)],
+     ("RequestTimeout", 400, True), ("AccessDenied", 403, False), ("NoSuchKey", 404, False),
+     ("OperationAborted", 409, False), ("NotImplemented", 501, False)],
 )
 def test_s3_replies_that_say_try_again_are_transient(code, status, transient) -> None:
     from botocore.exceptions import ClientError
