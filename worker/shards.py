@@ -466,8 +466,10 @@ def end_sharded_run(
     fields: dict[str, Any] = {"heartbeat_at": utc_now()}
     if error is not None:
         fields["error"] = error
-    if status == JobStatus.cancelled:
-        fields["progress"] = Progress(phase="writing", fraction=1.0, message="cancelled")
+    if status == JobStatus.cancelled:  # where the run had got to
+        current = store.get(job_id)
+        reached = current.progress if current is not None else Progress(phase="loading", fraction=0)
+        fields["progress"] = reached.model_copy(update={"message": "cancelled while running"})
     try:
         ended = store.finish_run(job_id, attempt, status, **fields)
     except InvalidTransition:

@@ -194,6 +194,7 @@ def test_cancel_stops_every_shard(shard_stack: Stack, sharded_data: Path) -> Non
         assert client.post(f"/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
     final = shard_stack.wait(job["id"], timeout_s=60)
     assert final["status"] == "cancelled", final
+    assert final["progress"]["phase"] == "selecting", "where it had got to"
     record = shard_stack.store().get(job["id"])
     assert record is not None and len(record.shard_jobs) == 5
     connection = shard_stack.store().redis
