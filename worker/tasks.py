@@ -330,7 +330,8 @@ def sweep_workdirs(store: RecordStore) -> list[str]:
     """Remove the working folders that runs of this deployment's jobs left in the workdir when
     their process was killed (a cancel past its grace, a lost worker, out of memory): those of
     jobs whose record says they are not running. Returns the folders removed. A folder of a job
-    without a record here is left alone (it may be another deployment's)."""
+    without a record here (another deployment's, or one whose record expired) goes only once
+    it is older than a record lives and a run lasts (``job_ttl_s`` + ``job_timeout_s``)."""
     root = store.settings.workdir or tempfile.gettempdir()
     try:
         names = sorted(os.listdir(root))
@@ -341,14 +342,21 @@ def sweep_workdirs(store: RecordStore) -> list[str]:
     if not found:
         return []
     records = store.get_many([job_id for _, job_id in found])
+    oldest = time.time() - store.settings.job_ttl_s - store.settings.job_timeout_s
     removed = []
     for (name, _), record in zip(found, records, strict=True):
-        if record is None or record.status == JobStatus.running:
-            continue
         path = os.path.join(root, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        if record is not None and record.status == JobStatus.running:
+            continue
+        try:
+            if not os.path.isdir(path) or os.path.islink(path):
+                continue
+            if record is None and os.path.getmtime(path) > oldest:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -332,8 +333,12 @@ def test_working_folders_of_killed_runs_are_swept(
     for name in names.values():
         (workdir / name / "encoded").mkdir(parents=True)
     (workdir / f"nacs-{ended.id}-file").write_text("")  # not a folder
+    expired = workdir / f"nacs-{'e' * 32}-x5"  # its record expired long ago
+    expired.mkdir()
+    long_ago = time.time() - settings.job_ttl_s - settings.job_timeout_s - 60
+    os.utime(expired, (long_ago, long_ago))
     removed = tasks.sweep_workdirs(RecordStore(store.redis, swept))
-    assert removed == [str(workdir / names["ended"])]
+    assert sorted(removed) == sorted([str(workdir / names["ended"]), str(expired)])
     assert sorted(p.name for p in workdir.iterdir()) == sorted(
         [names["running"], names["unknown"], names["local"], f"nacs-{ended.id}-file"]
     )
