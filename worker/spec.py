@@ -128,12 +128,15 @@ class JobRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=10_000,
-        description="Feature columns, at least one, not the label column; by default every "
-        "column but the label.",
+        # refused at submit (``repeated_columns``), not when a stored request is read back
+        json_schema_extra={"uniqueItems": True},
+        description="Feature columns, at least one, each once, not the label column; by "
+        "default every column but the label.",
     )
     numeric_columns: list[_ColumnName] = Field(
         default_factory=list,
         max_length=10_000,
+        json_schema_extra={"uniqueItems": True},
         description="Numeric columns (not the label column), bucketed before encoding; when "
         "none are named, columns of numbers with a fractional value and of dates are numeric "
         "(unless numeric_detection is false).",
