@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from worker.records import JobError, JobRecord, JobResult, JobStatus, Progress
-from worker.spec import JobRequest
+from worker.spec import JobOptions, JobRequest
 
 
 class Job(BaseModel):
@@ -28,7 +28,15 @@ class Job(BaseModel):
 
     @classmethod
     def of(cls, record: JobRecord) -> Job:
-        return cls.model_validate(record, from_attributes=True)
+        """The job of ``record``. A request stored by an earlier version that this one would
+        refuse is shown as stored: one old record must not make the job list fail."""
+        try:
+            return cls.model_validate(record, from_attributes=True)
+        except ValidationError:
+            stored = dict(record.request)
+            stored["options"] = JobOptions.model_construct(**dict(stored.get("options") or {}))
+            fields = {name: getattr(record, name) for name in cls.model_fields if name != "request"}
+            return cls.model_validate(fields | {"request": JobRequest.model_construct(**stored)})
 
 
 class JobPage(BaseModel):

@@ -384,6 +384,30 @@ def test_auth(client: TestClient, dataset: Path) -> None:
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
+def test_a_stored_request_this_version_would_refuse_still_reads(
+    client: TestClient, dataset: Path, settings
+) -> None:
+    import redis
+
+    made = client.post("/jobs", json=body(dataset)).json()
+    old = client.post("/jobs", json=body(dataset)).json()
+    connection = redis.Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_prefix}job:{old['id']}"
+    stored = json.loads(connection.get(key))
+    # as an earlier version accepted it: a control character, options out of today's range
+    stored["request"]["dataset_uri"] = "file:///data/a\nb.parquet"
+    stored["request"]["options"]["partition_size"] = 1
+    connection.set(key, json.dumps(stored), keepttl=True)
+    listed = client.get("/jobs")
+    assert listed.status_code == 200, listed.text
+    assert [job["id"] for job in listed.json()["jobs"]] == [old["id"], made["id"]]
+    shown = client.get(f"/jobs/{old['id']}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["request"]["dataset_uri"] == "file:///data/a\nb.parquet"
+    assert shown.json()["request"]["options"]["partition_size"] == 1
+    assert client.post(f"/jobs/{old['id']}/cancel").status_code == 200
+
+
 def test_tenants_see_only_their_own_jobs(client: TestClient, dataset: Path, beta_headers) -> None:
     job = client.post("/jobs", json=body(dataset)).json()
     for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/result")):
