@@ -359,6 +359,12 @@ def _echo_job(job: Job, as_json: bool) -> None:
         click.echo(job_details(job))
 
 
+def _column_names(values: tuple[str, ...]) -> list[str] | None:
+    """Column names given repeated, comma-separated or both (None: none given)."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, separator, raw = text.partition("=")
     key = key.strip()
@@ -412,10 +418,18 @@ _poll_option = click.option(
 )
 @click.option("--label-column", help="The label column [default: label].")
 @click.option(
-    "--feature-column", "feature_columns", multiple=True, help="A feature column, repeatable."
+    "--feature-column",
+    "--feature-columns",
+    "feature_columns",
+    multiple=True,
+    help="Feature columns, repeated or comma-separated.",
 )
 @click.option(
-    "--numeric-column", "numeric_columns", multiple=True, help="A numeric column, repeatable."
+    "--numeric-column",
+    "--numeric-columns",
+    "numeric_columns",
+    multiple=True,
+    help="Numeric columns, repeated or comma-separated.",
 )
 @click.option(
     "--no-numeric-detection",
@@ -469,8 +483,8 @@ def submit(
         method=method,
         options=parsed_options or None,
         label_column=label_column,
-        feature_columns=list(feature_columns) or None,
-        numeric_columns=list(numeric_columns) or None,
+        feature_columns=_column_names(feature_columns),
+        numeric_columns=_column_names(numeric_columns),
         numeric_detection=False if no_numeric_detection else None,
         format=data_format,
         output_uri=output_uri,

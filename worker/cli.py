@@ -52,8 +52,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _split_columns(value: str | None) -> list[str] | None:
-    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+def _split_columns(values: tuple[str, ...]) -> list[str] | None:
+    """Column names given comma-separated, repeated, or both (None: none given)."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None
 
 
 def _first_line(error: BaseException) -> str:
@@ -239,8 +241,8 @@ def _budget_and_request(
     method: str,
     options: tuple[str, ...],
     label_column: str,
-    feature_columns: str | None,
-    numeric_columns: str | None,
+    feature_columns: tuple[str, ...],
+    numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
 ) -> Any:
@@ -258,10 +260,10 @@ def _budget_and_request(
         "size": size,
         "format": data_format,
     }
-    if feature_columns:
-        body["feature_columns"] = _split_columns(feature_columns)
-    if numeric_columns:
-        body["numeric_columns"] = _split_columns(numeric_columns)
+    for name, given in (("feature_columns", feature_columns), ("numeric_columns", numeric_columns)):
+        columns = _split_columns(given)
+        if columns:
+            body[name] = columns
     if not numeric_detection:
         body["numeric_detection"] = False
     try:
@@ -281,13 +283,19 @@ _data_options = [
     ),
     click.option("--label-column", default="label", show_default=True),
     click.option(
-        "--feature-columns", default=None, help="Comma-separated; default: all but the label."
+        "--feature-columns",
+        "--feature-column",
+        "feature_columns",
+        multiple=True,
+        help="Comma-separated or repeated; default: all but the label.",
     ),
     click.option(
         "--numeric-columns",
-        default=None,
-        help="Comma-separated columns to bucket as numbers; by default those of numbers with a "
-        "fraction and of dates.",
+        "--numeric-column",
+        "numeric_columns",
+        multiple=True,
+        help="Columns to bucket as numbers, comma-separated or repeated; by default those of "
+        "numbers with a fraction and of dates.",
     ),
     click.option(
         "--numeric-detection/--no-numeric-detection",
@@ -356,8 +364,8 @@ def select(
     method: str,
     options: tuple[str, ...],
     label_column: str,
-    feature_columns: str | None,
-    numeric_columns: str | None,
+    feature_columns: tuple[str, ...],
+    numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
     quiet: bool,
@@ -477,8 +485,8 @@ def evaluate(
     monitor: str,
     options: tuple[str, ...],
     label_column: str,
-    feature_columns: str | None,
-    numeric_columns: str | None,
+    feature_columns: tuple[str, ...],
+    numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
     as_json: bool,

@@ -59,8 +59,10 @@ def test_submit_prints_the_job_id():
         "class_balance=none",
         "--feature-column",
         "a",
-        "--feature-column",
-        "b",
+        "--feature-columns",
+        "b,c",
+        "--numeric-columns",
+        "c",
         "--no-numeric-detection",
     )
     assert result.exit_code == 0, result.output
@@ -71,7 +73,8 @@ def test_submit_prints_the_job_id():
             "ratio": 0.1,
             "method": "nacs",
             "options": {"rounds": 2, "backbone": "dcnv2", "class_balance": "none"},
-            "feature_columns": ["a", "b"],
+            "feature_columns": ["a", "b", "c"],
+            "numeric_columns": ["c"],
             "numeric_detection": False,
         }
     ]

@@ -58,6 +58,18 @@ def test_select_writes_the_coreset_and_manifest(
     assert manifest["dataset"]["rows"] == 1500 and manifest["coreset"]["rows"] == 150
 
 
+def test_select_takes_columns_repeated_or_comma_separated(dataset: str, tmp_path) -> None:
+    out = tmp_path / "out"
+    arguments = [dataset, "--ratio", "0.1", "--method", "random", "--out", str(out)]
+    columns = ["--feature-column", "user", "--feature-columns", "item,", "--numeric-column", "item"]
+    result = CliRunner().invoke(select, [*arguments, *columns])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["feature_columns"] == ["user", "item"]
+    assert manifest["request"]["numeric_columns"] == ["item"]
+    assert manifest["dataset"]["fields"] == ["user", "item"]
+
+
 def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None:
     rng = np.random.default_rng(3)
     score = rng.random(1500)
