@@ -88,6 +88,16 @@ class JobRecord(BaseModel):
     body_hash: str | None = None
 
 
+CANCELLED_WHILE_RUNNING = "cancelled while running"
+
+
+def cancelled_progress(record: JobRecord | None) -> Progress:
+    """A run's progress once a cancel stopped it: the phase and fraction its record had
+    reached (nothing reached when the record is gone)."""
+    reached = record.progress if record is not None else Progress(phase="loading", fraction=0)
+    return reached.model_copy(update={"message": CANCELLED_WHILE_RUNNING})
+
+
 def text(value: Any) -> str:
     """A Redis reply as text (replies are bytes: RQ needs clients that do not decode them)."""
     return value.decode() if isinstance(value, bytes) else value

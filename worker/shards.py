@@ -68,6 +68,7 @@ from worker.records import (
     JobStatus,
     Progress,
     RecordStore,
+    cancelled_progress,
     connect,
     utc_now,
 )
@@ -466,10 +467,8 @@ def end_sharded_run(
     fields: dict[str, Any] = {"heartbeat_at": utc_now()}
     if error is not None:
         fields["error"] = error
-    if status == JobStatus.cancelled:  # where the run had got to
-        current = store.get(job_id)
-        reached = current.progress if current is not None else Progress(phase="loading", fraction=0)
-        fields["progress"] = reached.model_copy(update={"message": "cancelled while running"})
+    if status == JobStatus.cancelled:
+        fields["progress"] = cancelled_progress(store.get(job_id))
     try:
         ended = store.finish_run(job_id, attempt, status, **fields)
     except InvalidTransition:
@@ -889,7 +888,7 @@ def _finish(run: _Run) -> None:
 
 def _succeed(run: _Run, manifest: Any) -> None:
     """End the run ``succeeded`` with the manifest's result; remove the scratch folder."""
-    from worker.tasks import _retry_redis
+    from worker.tasks import _retry_redis, add_phase_seconds
 
     coreset, dataset = manifest.coreset, manifest.dataset
     result = JobResult(
@@ -906,7 +905,7 @@ def _succeed(run: _Run, manifest: Any) -> None:
     )
     if finished is None:
         raise JobFailed("internal_error", "the job's record is gone")
-    _retry_redis(lambda: run.store.add_phase_seconds(manifest.phase_seconds))
+    add_phase_seconds(run.store, run.record.id, manifest.phase_seconds)
     run.store.redis.delete(run.store.keys.shard_progress(run.record.id))
     remove_scratch(run.settings, run.record.id)
 

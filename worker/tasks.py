@@ -50,6 +50,7 @@ from worker.records import (
     JobStatus,
     Progress,
     RecordStore,
+    cancelled_progress,
     connect,
     utc_now,
 )
@@ -553,14 +554,14 @@ def _run_job(
         return _lost(job_id, manifest, output_uri, settings, started.tenant)
     # A cancel that stopped the run ends it cancelled; one that came once the manifest was
     # written is too late: the job has its result, and ends succeeded.
-    if status == JobStatus.failed and progress.cancelled.is_set():
-        current = _retry_redis(lambda: store.get(job_id))
-        if current is not None and current.cancel_requested:
-            status = JobStatus.cancelled
-    if status == JobStatus.cancelled:  # where the run had got to
-        current = _retry_redis(lambda: store.get(job_id))
-        reached = current.progress if current is not None else started.progress
-        fields = {"progress": reached.model_copy(update={"message": "cancelled while running"})}
+    stopped = status == JobStatus.cancelled or (
+        status == JobStatus.failed and progress.cancelled.is_set()
+    )
+    current = _retry_redis(lambda: store.get(job_id)) if stopped else None
+    if status == JobStatus.failed and current is not None and current.cancel_requested:
+        status = JobStatus.cancelled
+    if status == JobStatus.cancelled:
+        fields = {"progress": cancelled_progress(current)}
     try:
         finished = _retry_redis(
             lambda: store.finish_run(job_id, attempt, status, heartbeat_at=utc_now(), **fields)
@@ -569,7 +570,7 @@ def _run_job(
             progress.mark_lost()
             return _lost(job_id, manifest, output_uri, settings, started.tenant)
         if status == JobStatus.succeeded and manifest is not None:
-            _add_phase_seconds(store, job_id, manifest.phase_seconds)
+            add_phase_seconds(store, job_id, manifest.phase_seconds)
     except InvalidTransition as error:
         now = error.record
         log.warning(
@@ -580,7 +581,7 @@ def _run_job(
     return {"job_id": job_id, "status": status.value}
 
 
-def _add_phase_seconds(store: RecordStore, job_id: str, seconds: dict[str, float]) -> None:
+def add_phase_seconds(store: RecordStore, job_id: str, seconds: dict[str, float]) -> None:
     """Count a succeeded job's phase times in /metrics; a failure there is logged, never the
     job's (it has its result)."""
     try:
