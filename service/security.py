@@ -14,7 +14,6 @@ from urllib.parse import unquote, urlsplit
 
 from service.errors import Unauthorized, Unprocessable
 from service.settings import LOCAL_TENANT, ApiSettings
-from worker.spec import MAX_URI_LENGTH
 from worker.storage import join_uri, normalise_uri, private_address, scheme_of
 
 DATASET_SCHEMES = frozenset({"file", "s3", "gs", "https"})
@@ -93,13 +92,13 @@ def _check_uri(
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise Unprocessable(f"{field}: file URIs must name a local path (file:///path)")
-        resolved = "file://" + os.path.realpath(_local_path(field, parts.path))
+        resolved = "file://" + os.path.realpath(unquote(parts.path))
         if not _allowed(resolved, allowed, local=True):
             raise Unprocessable(
                 f"{field}: {uri} is outside the allowed locations (NACS_ALLOWED_URIS); "
                 "paths are resolved, so '..' and symbolic links cannot leave them"
             )
-        return _bounded(field, resolved)
+        return resolved
     if not parts.netloc:
         raise Unprocessable(f"{field}: {uri} names no bucket or host")
     if ".." in unquote(parts.path).split("/"):
@@ -114,7 +113,8 @@ def check_output_uri(uri: str | None, tenant: str, job_id: str, settings: ApiSet
     default, ``{prefix}/jobs/{job_id}``. The folder ``{prefix}/jobs`` itself holds the default
     folders, so no job may write there. (That no two jobs share a folder is checked when the
     job is recorded: ``worker.enqueue.create_job``.) Local paths are resolved, the storage
-    folder's too: the worker writes only below the resolved one."""
+    folder's too: the worker writes only below the resolved one. (What decoding or resolving
+    makes of a URI, control characters or length, is checked as the request is stored.)"""
     with _malformed("output_uri", uri or ""):
         return _check_output_uri(uri, tenant, job_id, settings)
 
@@ -137,14 +137,14 @@ def _check_output_uri(
         raise Unprocessable("output_uri: a local path must be absolute (or use a file:// URI)")
     normalised = normalise_uri(uri)
     if scheme == "file":
-        path = os.path.realpath(_local_path("output_uri", urlsplit(normalised).path))
+        path = os.path.realpath(unquote(urlsplit(normalised).path))
         too_long = [name for name in path.split("/") if len(name.encode()) > _NAME_MAX]
         if too_long:
             raise Unprocessable(
                 f"output_uri: the folder name {too_long[0][:40]}... is longer than "
                 f"{_NAME_MAX} bytes, which local filesystems refuse"
             )
-        normalised = _bounded("output_uri", "file://" + path)
+        normalised = "file://" + path
     elif ".." in unquote(urlsplit(normalised).path).split("/"):
         raise Unprocessable("output_uri: '..' is not allowed in object keys")
     if not normalised.startswith(prefix.rstrip("/") + "/"):
@@ -168,24 +168,6 @@ def _malformed(field: str, uri: str) -> Iterator[None]:
         yield
     except ValueError as error:
         raise Unprocessable(f"{field}: {uri[:200]!r} is not a valid URI ({error})") from None
-
-
-def _local_path(field: str, path: str) -> str:
-    """A file URI's path, URL escapes decoded; control characters there are a 422."""
-    decoded = unquote(path)
-    if any(ord(character) < 32 or ord(character) == 127 for character in decoded):
-        raise Unprocessable(
-            f"{field}: the path holds a control character once its %-escapes are decoded"
-        )
-    return decoded
-
-
-def _bounded(field: str, uri: str) -> str:
-    if len(uri) > MAX_URI_LENGTH:
-        raise Unprocessable(
-            f"{field}: resolved, the URI is longer than {MAX_URI_LENGTH} characters"
-        )
-    return uri
 
 
 def check_output_apart(output_uri: str, dataset_uri: str) -> None:
