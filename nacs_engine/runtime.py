@@ -159,8 +159,15 @@ def one_lane_of(device: torch.device, tasks: int) -> Iterator[None]:
     """Run a block on the torch threads that ``train_at_once`` gives each lane of ``tasks``
     models on ``device`` (all of them where the models train one after the other): a model
     trained alone, as a job of its own, then gives what it gives among the others."""
+    with _lane_threads(cpu_lanes(device, tasks)):
+        yield
+
+
+@contextlib.contextmanager
+def _lane_threads(lanes: int) -> Iterator[None]:
+    """Run a block on one lane's share of torch's threads (at least one), then restore them."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // cpu_lanes(device, tasks)))
+    torch.set_num_threads(max(1, threads // lanes))
     try:
         yield
     finally:
@@ -177,21 +184,19 @@ def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedPro
     one lane they run one after the other here, on torch's threads as they are."""
     if lanes < 2:
         return [job() for job in jobs]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // lanes))
-    try:
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool:
-            futures = [pool.submit(job) for job in jobs]
-            try:
-                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                errors = [error for f in finished if (error := f.exception()) is not None]
-                if errors:
-                    raise shared.failure or errors[0]
-            except BaseException:
-                shared.stopped.set()
-                for future in futures:
-                    future.cancel()
-                raise
-            return [future.result() for future in futures]
-    finally:
-        torch.set_num_threads(threads)
+    with (
+        _lane_threads(lanes),
+        ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool,
+    ):
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [error for f in finished if (error := f.exception()) is not None]
+            if errors:
+                raise shared.failure or errors[0]
+        except BaseException:
+            shared.stopped.set()
+            for future in futures:
+                future.cancel()
+            raise
+        return [future.result() for future in futures]

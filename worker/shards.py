@@ -243,14 +243,15 @@ class Sharding:
         settings = self.settings
         plan_uri = join_uri(scratch_uri(settings, self.job_id), PLAN_FILE)
         plan: ShardPlan | None = None
+        encoding = encoder.fitted_digest()
         if retried("reading the scratch folder", "loading", lambda: _exists(plan_uri, settings)):
             raw = retried("reading the shard plan", "loading", lambda: _read(plan_uri, settings))
             plan = ShardPlan.model_validate_json(raw)
-            if plan.encoding != encoder.fitted_digest():  # the data changed since: afresh
+            if plan.encoding != encoding:  # the data changed since: start afresh
                 remove_scratch(settings, self.job_id)
                 plan = None
         if plan is None:
-            plan = self._encode(source, encoder, config, report, retried, workdir)
+            plan = self._encode(source, encoder, config, report, retried, workdir, encoding)
             text = plan.model_dump_json().encode()
             retried(
                 "writing the shard plan", "loading", lambda: write_bytes(plan_uri, text, settings)
@@ -260,7 +261,7 @@ class Sharding:
 
     def _encode(
         self, source: Any, encoder: Any, selection: Any, report: ProgressCallback,
-        retried: Callable[[str, str, Callable[[], Any]], Any], workdir: str,
+        retried: Callable[[str, str, Callable[[], Any]], Any], workdir: str, encoding: str,
     ) -> ShardPlan:
         from nacs_engine.audit import selection_holdout
         from nacs_engine.data.shards import encode_shards
@@ -315,7 +316,7 @@ class Sharding:
             bounds=shard_bounds(n_rows, source.shard_rows),
             teacher_folds=teacher_folds(candidates, selection),
             field_names=list(encoder.field_names), field_dims=[int(d) for d in encoder.field_dims],
-            fingerprint=_combined(digests), encoding=encoder.fitted_digest(), metadata=metadata,
+            fingerprint=_combined(digests), encoding=encoding, metadata=metadata,
             loading_seconds=time.perf_counter() - started, shard_seconds=seconds,
             planned_at=time.time(),
         )
