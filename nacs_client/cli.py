@@ -438,7 +438,9 @@ _poll_option = click.option(
     help="With no --numeric-column: every column is a category (by default columns of numbers "
     "with a fraction and of dates are numeric).",
 )
-@click.option("--format", "data_format", help="parquet, csv or tsv [default: from the URI].")
+@click.option(
+    "--format", "data_format", help="parquet, csv, tsv, jsonl or criteo [default: from the URI]."
+)
 @click.option("--output-uri", help="Where to write the result [default: your prefix].")
 @click.option("--idempotency-key", help="Reuse a key to make resubmitting safe.")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job to end (exit 1 if it fails).")

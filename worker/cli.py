@@ -308,7 +308,7 @@ _data_options = [
         "--format",
         "data_format",
         default=None,
-        type=click.Choice(["parquet", "csv", "tsv", "criteo"]),
+        type=click.Choice(["parquet", "csv", "tsv", "jsonl", "criteo"]),
         help="Data format; default: from the file name.",
     ),
 ]

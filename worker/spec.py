@@ -23,7 +23,7 @@ from pydantic import (
 
 from nacs_engine.config import SelectionConfig, option_fields
 
-DataFormat = Literal["parquet", "csv", "tsv", "criteo"]
+DataFormat = Literal["parquet", "csv", "tsv", "jsonl", "criteo"]
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
@@ -112,7 +112,7 @@ class JobRequest(BaseModel):
         min_length=1,
         max_length=MAX_URI_LENGTH,
         description="file://, s3://, gs:// or https:// URI (or an absolute local path) of a "
-        "Parquet, CSV or TSV dataset.",
+        "Parquet, CSV, TSV or JSON Lines dataset.",
     )
     ratio: RatioBudget = Field(
         default=None, description=SelectionConfig.__dataclass_fields__["ratio"].metadata["doc"]
@@ -147,7 +147,9 @@ class JobRequest(BaseModel):
         "fractional value and of dates as numeric; false: every column is a category.",
     )
     format: DataFormat | None = Field(
-        default=None, description="parquet, csv, tsv or criteo; by default from the file name."
+        default=None,
+        description="parquet, csv, tsv, jsonl (JSON Lines) or criteo; by default from the file "
+        "name.",
     )
     method: MethodName = Field(
         default="nacs", description=SelectionConfig.__dataclass_fields__["method"].metadata["doc"]

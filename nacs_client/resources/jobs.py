@@ -6,7 +6,7 @@ operation from :mod:`nacs_client._operations` and lets its client run it.
 Arguments of ``create`` and ``create_and_wait``:
 
 - ``dataset_uri``: where the data lives (``file://``, ``s3://``, ``gs://``,
-  ``https://``; Parquet, CSV or TSV).
+  ``https://``; Parquet, CSV, TSV or JSON Lines).
 - ``ratio`` / ``size``: the budget, exactly one: a fraction in (0, 1) or rows.
 - ``method``: ``nacs`` (the service's default) or a baseline (``random``, ...).
 - ``options``: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).

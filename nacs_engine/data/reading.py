@@ -8,11 +8,17 @@ object that can be read, as many times as needed, as a stream of
 read whole: Parquet is read row group by row group, CSV and TSV block by block.
 
 Formats: ``parquet`` (``.parquet``, ``.pq``), ``csv`` (``.csv``), ``tsv``
-(``.tsv``, ``.txt``) and ``criteo``: the Criteo text layout, tab-separated with
+(``.tsv``, ``.txt``), ``jsonl`` (JSON Lines, one object per line: ``.jsonl``,
+``.ndjson``, ``.json``) and ``criteo``: the Criteo text layout, tab-separated with
 no header and 40 columns (label, I1-I13 integer counts, C1-C26 hashed
 categoricals, an empty value meaning missing). A ``.tsv`` or ``.txt`` file whose
 first line has that shape is read as ``criteo``. Text files may be gzip- or
-bz2-compressed (``.csv.gz``, ``.tsv.gz``, ...).
+bz2-compressed (``.csv.gz``, ``.jsonl.gz``, ...).
+
+JSON Lines columns are the keys of the objects in the first block (about a megabyte)
+of the first file, in the order they first appear; keys that first appear later are
+not read, a key missing from an object is a missing value, and keys whose values are
+lists or objects are left out.
 
 A folder is read as the data files in it and in its subfolders, sorted by path (the order
 ``pyarrow.dataset`` reads them in). A key=value subfolder (a partitioned dataset, as Hive,
@@ -23,7 +29,9 @@ column of the files is read from the files, which must hold the folder's value).
 
 CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
-labels and numeric columns itself. Every failure caused by the data (missing
+labels and numeric columns itself. JSON Lines values are read as the same text:
+numbers as written in decimal (``1.0`` as ``1``, integers of any size exactly),
+``true`` and ``false``, ``null`` as missing. Every failure caused by the data (missing
 file, corrupt bytes, unknown format) is raised as ``DataError`` with a code.
 Messages and metadata name the URI without its password or query string (the
 signature of a pre-signed URL).
@@ -34,6 +42,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
+import math
 import os
 import re
 import socket
@@ -48,11 +58,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from nacs_engine.errors import DataError, first_cause
 
-FORMATS: tuple[str, ...] = ("parquet", "csv", "tsv", "criteo")
+FORMATS: tuple[str, ...] = ("parquet", "csv", "tsv", "jsonl", "criteo")
 
 CRITEO_NUMERIC: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CATEGORICAL: tuple[str, ...] = tuple(f"C{i}" for i in range(1, 27))
@@ -64,6 +75,9 @@ _EXTENSIONS: dict[str, str] = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".txt": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
 }
 _COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2"}
 _INTEGER = re.compile(r"^-?\d+$")
@@ -78,6 +92,10 @@ _MAX_BLOCK_BYTES = 64 << 20
 # A partitioned folder's value for a missing key (Hive's and Spark's spelling).
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _MAX_FOLDER_DEPTH = 16
+# A float64 holds every integer up to this exactly; a JSON number past it that pyarrow read
+# as a float is read again, exactly.
+_EXACT_INTEGERS = float(2**53)
+_DATA_ENDINGS = ".parquet, .csv, .tsv, .txt or .jsonl"
 
 ReadBatch = tuple[pa.RecordBatch, "float | None"]
 """A batch and the fraction of the source read so far (None when unknown)."""
@@ -168,6 +186,9 @@ class FileSource(TableSource):
         with _data_errors(uri):
             if format == "parquet":
                 self.columns, self.total_rows = self._parquet_schema(column_names)
+            elif format == "jsonl":
+                self.columns = self._json_columns(column_names)
+                self.total_rows = None
             else:
                 self._text = self._text_layout(format, column_names)
                 self.columns = self._text.names
@@ -228,7 +249,34 @@ class FileSource(TableSource):
                 f"{self.uri}: the header line has an empty column name; for a file "
                 "without a header, give column_names",
             )
+        if len(set(names)) < len(names):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            raise DataError(
+                "unreadable_data",
+                f"{self.uri}: the header line repeats the column name(s) {repeated[:5]}; "
+                f"the first line is read as the header ({_excerpt(first.encode())}): for a "
+                "file without a header, give column_names",
+            )
         return _TextLayout(delimiter, names, has_header=True)
+
+    def _json_columns(self, column_names: Sequence[str] | None) -> tuple[str, ...]:
+        if column_names is not None:
+            raise ValueError("column_names: only for headerless CSV or TSV files, not JSON Lines")
+        first = self._first_line(self.paths[0])
+        if first is None:
+            raise DataError("empty_dataset", f"{self.uri}: the file is empty")
+        opening = first.lstrip()[:1]
+        if opening != "{":
+            what = "a JSON array" if opening == "[" else "not a JSON object"
+            raise DataError(
+                "unreadable_data",
+                f"{self.uri}: the first line is {what}; JSON Lines data holds one object per "
+                'line ({"label": 1, "user": "u7", ...})',
+            )
+        with self._open_text(self.paths[0]) as (stream, _raw):
+            block = next(_line_blocks(stream, _MIN_BLOCK_BYTES), b"")
+        table = _json_table(block, self.uri)
+        return tuple(field.name for field in table.schema if not pa.types.is_nested(field.type))
 
     def _first_line(self, path: str) -> str | None:
         """The first line of a text file, decoded; None when the file is empty."""
@@ -290,6 +338,8 @@ class FileSource(TableSource):
                     reader: Iterator[tuple[pa.RecordBatch, Callable[[], int]]] = (
                         self._parquet_batches(path, from_files)
                     )
+                elif self.format == "jsonl":
+                    reader = self._json_batches(path, from_files)
                 else:
                     reader = self._text_batches(path, from_files)
                 for read, position in _guarded(reader, self.uri):
@@ -356,6 +406,19 @@ class FileSource(TableSource):
                     yield batch.slice(start, self.batch_rows), raw.tell
 
 
+    def _json_batches(
+        self, path: str, columns: Sequence[str]
+    ) -> Iterator[tuple[pa.RecordBatch, Callable[[], int]]]:
+        block = min(max(self.batch_rows * 512, _MIN_BLOCK_BYTES), _MAX_BLOCK_BYTES)
+        with self._open_text(path) as (stream, raw):
+            for lines in _line_blocks(stream, block):
+                table = _json_table(lines, self.uri)
+                arrays = [_json_text(table, name, self.uri) for name in columns]
+                batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
+                for start in range(0, batch.num_rows, self.batch_rows):
+                    yield batch.slice(start, self.batch_rows), raw.tell
+
+
 def open_source(
     uri: str | os.PathLike[str],
     *,
@@ -370,7 +433,7 @@ def open_source(
     uri: a plain path or any fsspec URI; a folder is read as its data files and those
         of its subfolders (sorted by path, those with a supported extension), the keys of
         key=value subfolders as columns.
-    format: "parquet", "csv", "tsv" or "criteo"; None infers it from the extension.
+    format: "parquet", "csv", "tsv", "jsonl" or "criteo"; None infers it from the extension.
     column_names: names of the columns of a headerless CSV or TSV file.
     storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
     batch_rows: the most rows per batch.
@@ -456,8 +519,7 @@ def _format_from_name(path: str, uri: str) -> str:
         raise DataError(
             "unsupported_format",
             f"{uri}: cannot tell the format from the name {Path(_name_part(path)).name!r}; use a "
-            ".parquet, .csv, .tsv or .txt file (optionally .gz) or give the format "
-            f"({', '.join(FORMATS)})",
+            f"{_DATA_ENDINGS} file (optionally .gz) or give the format ({', '.join(FORMATS)})",
         )
     return found
 
@@ -478,7 +540,8 @@ def _part_files(
     """The data files in the folder ``path`` and its subfolders, sorted by path (the order
     ``pyarrow.dataset`` lists them in); a key=value subfolder (a partitioned dataset, Hive's
     layout) gives its files that key. Names starting with "." or "_" (Spark's _SUCCESS,
-    staging folders) are skipped; symbolic links are refused, never followed."""
+    staging folders) are skipped, and so are .json files beside files of another format;
+    symbolic links are refused, never followed."""
     parts: list[_Part] = []
     links: list[str] = []
     pending: list[tuple[str, tuple[tuple[str, str | None], ...], int]] = [(path, (), 0)]
@@ -520,9 +583,12 @@ def _part_files(
         )
         raise DataError(
             "dataset_not_found",
-            f"{uri}: the folder holds no .parquet, .csv, .tsv or .txt file{hint}",
+            f"{uri}: the folder holds no {_DATA_ENDINGS} file{hint}",
         )
     parts.sort(key=lambda part: part.name)
+    if any(format_from_name(part.name) != "jsonl" for part in parts):
+        # .json files beside data of another format describe it (a schema, a manifest)
+        parts = [part for part in parts if not _is_plain_json(part.name)]
     kinds = {format_from_name(Path(part.name).name) for part in parts}
     if len(kinds) > 1:
         raise DataError(
@@ -545,6 +611,14 @@ def _part_files(
             f"({'; '.join(shown[:3])}); every file must lie under the same key=value levels",
         )
     return parts
+
+
+def _is_plain_json(name: str) -> bool:
+    """Whether a file is named .json (compressed or not), not .jsonl or .ndjson."""
+    suffixes = Path(name.lower()).suffixes
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] == ".json"
 
 
 def _folder_entries(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
@@ -633,6 +707,117 @@ def _with_keys(
 
 def _text_family(format: str) -> str:
     return "tsv" if format == "criteo" else format
+
+
+def _line_blocks(stream: Any, size: int) -> Iterator[bytes]:
+    """The bytes of ``stream`` in blocks of about ``size`` that end at a line's end."""
+    rest = b""
+    while True:
+        read = stream.read(size)
+        if not read:
+            break
+        rest += read
+        end = rest.rfind(b"\n")
+        if end < 0:
+            continue
+        block, rest = rest[: end + 1], rest[end + 1 :]
+        if block.strip():
+            yield block
+    if rest.strip():
+        yield rest
+
+
+def _json_table(lines: bytes, uri: str) -> pa.Table:
+    """JSON Lines as a table: by pyarrow, or, where its typing would not hold (a key's values
+    of two kinds, an integer past float64's exact ones), by Python's json module."""
+    read_options = pa_json.ReadOptions(block_size=max(len(lines), 1 << 16))
+    try:
+        table = pa_json.read_json(pa.BufferReader(lines), read_options=read_options)
+        # pyarrow reads text that looks like a time as a timestamp: read it again as text
+        times = [field.name for field in table.schema if pa.types.is_timestamp(field.type)]
+        if times:
+            as_text = pa_json.ParseOptions(
+                explicit_schema=pa.schema([(name, pa.string()) for name in times]),
+                unexpected_field_behavior="infer",
+            )
+            table = pa_json.read_json(
+                pa.BufferReader(lines), read_options=read_options, parse_options=as_text
+            )
+    except pa.ArrowInvalid as exc:
+        if "changed from" not in str(exc):
+            raise
+        return _python_json_table(lines, uri)
+    if any(_inexact(column) for column in table.columns):
+        return _python_json_table(lines, uri)
+    return table
+
+
+def _inexact(column: pa.ChunkedArray) -> bool:
+    """Whether a column pyarrow read as floats may hold integers it could not hold exactly."""
+    if not pa.types.is_floating(column.type) or column.null_count == len(column):
+        return False
+    largest = pc.max(pc.abs(column)).as_py()
+    return largest is not None and largest >= _EXACT_INTEGERS
+
+
+def _python_json_table(lines: bytes, uri: str) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+    for line in lines.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(
+                "unreadable_data", f"{uri}: a line of the block read is not JSON ({exc})"
+            ) from exc
+        if not isinstance(row, dict):
+            raise DataError(
+                "unreadable_data",
+                f"{uri}: a line holds {type(row).__name__} {_excerpt(line)}, not a JSON object",
+            )
+        rows.append(row)
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.table({name: _python_texts([row.get(name) for row in rows]) for name in names})
+
+
+def _python_texts(values: list[Any]) -> pa.Array:
+    """JSON values as text, as ``_json_text`` writes pyarrow's; a list or an object as a
+    list, which ``_json_text`` refuses by the key's name."""
+    if any(isinstance(value, (list, dict)) for value in values):
+        return pa.array([[] for _ in values], type=pa.list_(pa.null()))
+    texts: list[str | None] = []
+    for value in values:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, bool):
+            texts.append("true" if value else "false")
+        elif isinstance(value, int):
+            texts.append(str(value))
+        elif math.isfinite(value):
+            texts.append(pa.scalar(float(value)).cast(pa.string()).as_py())
+        else:
+            texts.append(None)
+    return pa.array(texts, type=pa.string())
+
+
+def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
+    """Column ``name`` of ``table`` as text (all missing where no object holds the key)."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, type=pa.string())
+    column = table.column(name).combine_chunks()
+    if pa.types.is_nested(column.type):
+        raise DataError(
+            "unreadable_data",
+            f"{uri}: the key {name!r} holds lists or objects in later lines, which are not "
+            "read; flatten them, or leave the key out of feature_columns",
+        )
+    return column.cast(pa.string())
+
+
+def _excerpt(line: bytes, limit: int = 40) -> str:
+    text = line.decode("utf-8", "replace").strip()
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _looks_like_criteo(line: str) -> bool:

@@ -1,9 +1,10 @@
-"""Reading Parquet, CSV, TSV and the Criteo layout in batches; data errors."""
+"""Reading Parquet, CSV, TSV, JSON Lines and the Criteo layout in batches; data errors."""
 
 from __future__ import annotations
 
 import datetime
 import gzip
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,10 @@ def _write_csv(path, table: pa.Table, sep: str = ",", header: bool = True) -> No
     path.write_text("\n".join(lines) + "\n")
 
 
+def _write_jsonl(path, table: pa.Table) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+
+
 def _criteo_lines(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     lines = []
@@ -44,13 +49,24 @@ def _criteo_lines(n: int, seed: int = 0) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("name", ["t.parquet", "t.pq", "t.csv", "t.tsv", "t.txt", "t.csv.gz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "t.parquet", "t.pq", "t.csv", "t.tsv", "t.txt", "t.csv.gz",
+        "t.jsonl", "t.ndjson", "t.json", "t.jsonl.gz",
+    ],
+)
 def test_every_format_gives_the_same_encoding(tmp_path, name):
     table = _toy_table()
     reference = load_dataset(table, min_count=1)
     path = tmp_path / name
     if name.endswith((".parquet", ".pq")):
         pq.write_table(table, path)
+    elif "json" in name:
+        plain = tmp_path / "plain.jsonl"
+        _write_jsonl(plain, table)
+        data = plain.read_bytes()
+        path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     elif name.endswith(".gz"):
         plain = tmp_path / "plain.csv"
         _write_csv(plain, table)
@@ -137,7 +153,8 @@ def test_progress_is_called_per_batch_and_may_stop_the_load(tmp_path):
 def test_format_from_name():
     assert format_from_name("a/b.PARQUET") == "parquet"
     assert format_from_name("x.tsv.gz") == "tsv"
-    assert format_from_name("x.json") is None
+    assert format_from_name("x.ndjson.gz") == "jsonl"
+    assert format_from_name("x.xlsx") is None
 
 
 def _error_code(path, **kwargs) -> str:
@@ -171,7 +188,7 @@ def test_corrupt_parquet_and_garbage(tmp_path):
 
 
 def test_unsupported_format(tmp_path):
-    path = tmp_path / "data.json"
+    path = tmp_path / "data.xlsx"
     path.write_text("{}")
     assert _error_code(path) == "unsupported_format"
     csv = tmp_path / "data.csv"

@@ -1,0 +1,139 @@
+"""JSON Lines: values read as the text CSV would hold, keys as columns, and the errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nacs_engine.data import load_dataset, open_source
+from nacs_engine.errors import DataError
+
+
+def _rows(path) -> list[dict]:
+    source = open_source(path)
+    return [row for batch, _ in source.batches() for row in batch.to_pylist()]
+
+
+def _write(path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_values_read_as_text_whatever_their_json_type(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    _write(
+        path,
+        [
+            '{"click": 1, "user": "u1", "price": 2.5, "seen": "2024-05-01T12:30:00"}',
+            # a key's values of two kinds in one block; an integer past float64's exact ones
+            '{"click": true, "user": 7, "price": 3.0, "id": 10001868339616595934}',
+            '{"user": null, "click": 0, "price": 1e-7, "id": 10001868339616595935}',
+        ],
+    )
+    source = open_source(path)
+    assert source.format == "jsonl"
+    assert source.columns == ("click", "user", "price", "seen", "id")
+    assert _rows(path) == [
+        {"click": "1", "user": "u1", "price": "2.5", "seen": "2024-05-01T12:30:00", "id": None},
+        {"click": "true", "user": "7", "price": "3", "seen": None, "id": "10001868339616595934"},
+        {"click": "0", "user": None, "price": "1e-7", "seen": None, "id": "10001868339616595935"},
+    ]
+
+
+def test_pyarrow_typed_blocks_give_the_same_text(tmp_path):
+    # one type per key: pyarrow reads the block; its text matches Python's reading above
+    path = tmp_path / "typed.jsonl"
+    _write(path, ['{"click": 1, "price": 3.0, "day": "2024-05-01"}', '{"click": 0, "price": 1e-7}'])
+    assert _rows(path) == [
+        {"click": "1", "price": "3", "day": "2024-05-01"},
+        {"click": "0", "price": "1e-7", "day": None},
+    ]
+
+
+def test_a_key_typed_differently_in_a_later_block(tmp_path):
+    path = tmp_path / "drift.jsonl"
+    first = [json.dumps({"click": i % 2, "shop": i % 7, "pad": "x" * 200}) for i in range(6000)]
+    later = [json.dumps({"click": i % 2, "shop": f"s{i % 3}", "pad": "y"}) for i in range(50)]
+    _write(path, first + later)
+    assert path.stat().st_size > 1 << 20  # more than one block
+    rows = _rows(path)
+    assert len(rows) == 6050
+    assert rows[0]["shop"] == "0" and rows[-1]["shop"] == "s1"
+    data = load_dataset(path, label_column="click", feature_columns=["shop"], min_count=1)
+    assert data.n_rows == 6050 and data.field_dims == (11,)  # 7 + 3 values and OOV
+
+
+def test_keys_with_lists_or_objects_are_left_out(tmp_path):
+    path = tmp_path / "nested.jsonl"
+    _write(path, ['{"click": 1, "tags": ["a", "b"], "ad": "a1"}', '{"click": 0, "ad": "a2"}'])
+    assert open_source(path).columns == ("click", "ad")
+    data = load_dataset(path, label_column="click", min_count=1)
+    assert data.field_names == ("ad",)
+    np.testing.assert_array_equal(data.labels, [1.0, 0.0])
+
+
+def test_a_list_in_a_later_block_of_a_key_read_is_named(tmp_path):
+    path = tmp_path / "late-list.jsonl"
+    first = [json.dumps({"click": 1, "ad": "a", "pad": "x" * 200}) for _ in range(6000)]
+    _write(path, [*first, '{"click": 0, "ad": ["a", "b"]}'])
+    with pytest.raises(DataError) as caught:
+        _rows(path)
+    assert caught.value.code == "unreadable_data"
+    assert "'ad'" in str(caught.value) and "lists or objects" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text, code, words",
+    [
+        ('[{"click": 1}]\n', "unreadable_data", "a JSON array"),
+        ('"click"\n', "unreadable_data", "not a JSON object"),
+        ("", "empty_dataset", "empty"),
+        ('{"click": 1}\n{"click": 0\n', "unreadable_data", "JSON parse error"),
+    ],
+)
+def test_data_that_is_not_json_lines_is_named(tmp_path, text, code, words):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError) as caught:
+        _rows(path)
+    assert caught.value.code == code
+    assert words in str(caught.value)
+
+
+def test_a_line_that_is_not_an_object_among_mixed_types(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    _write(path, ['{"click": 1, "ad": "a"}', '"text"', '{"click": 0, "ad": 3}'])
+    with pytest.raises(DataError, match="a line holds str '\"text\"', not a JSON object"):
+        _rows(path)
+
+
+def test_column_names_are_for_headerless_text_only(tmp_path):
+    path = tmp_path / "t.jsonl"
+    _write(path, ['{"click": 1}'])
+    with pytest.raises(ValueError, match="column_names: only for headerless CSV or TSV"):
+        open_source(path, column_names=["a"])
+
+
+def test_a_folder_of_json_lines_parts(tmp_path):
+    folder = tmp_path / "day=3"
+    folder.mkdir()
+    _write(folder / "part-0.jsonl", ['{"click": 1, "ad": "a"}'])
+    _write(folder / "part-1.jsonl", ['{"click": 0, "ad": "b"}'])
+    assert _rows(tmp_path) == [
+        {"click": "1", "ad": "a", "day": "3"},
+        {"click": "0", "ad": "b", "day": "3"},
+    ]
+
+
+def test_json_files_beside_other_data_are_not_read(tmp_path):
+    # a schema or a manifest beside Parquet parts, as many writers leave them
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text("click,ad\n1,a\n0,b\n")
+    (folder / "schema.json").write_text('{"fields": ["click", "ad"]}\n')
+    assert open_source(folder).format == "csv"
+    assert len(_rows(folder)) == 2
+    (folder / "more.jsonl").write_text('{"click": 1, "ad": "c"}\n')
+    with pytest.raises(DataError, match="the folder mixes formats"):
+        open_source(folder)
