@@ -148,6 +148,7 @@ def create_request(
     feature_columns: Sequence[str] | None = None,
     numeric_columns: Sequence[str] | None = None,
     numeric_detection: bool | None = None,
+    column_names: Sequence[str] | None = None,
     format: str | None = None,
     output_uri: str | None = None,
     idempotency_key: str | None = None,
@@ -167,6 +168,7 @@ def create_request(
     for name, columns in (
         ("feature_columns", feature_columns),
         ("numeric_columns", numeric_columns),
+        ("column_names", column_names),
     ):
         if isinstance(columns, str):
             raise ValueError(f"{name}: expected a list of column names, got the string {columns!r}")
@@ -182,6 +184,7 @@ def create_request(
         "feature_columns": list(feature_columns) if feature_columns is not None else None,
         "numeric_columns": list(numeric_columns) if numeric_columns is not None else None,
         "numeric_detection": numeric_detection,
+        "column_names": list(column_names) if column_names is not None else None,
         "format": format,
         "output_uri": output_uri,
     }

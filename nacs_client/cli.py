@@ -441,6 +441,14 @@ _poll_option = click.option(
 @click.option(
     "--format", "data_format", help="parquet, csv, tsv, jsonl or criteo [default: from the URI]."
 )
+@click.option(
+    "--column-name",
+    "--column-names",
+    "column_names",
+    multiple=True,
+    help="For a CSV or TSV file without a header line: its columns' names in order, repeated "
+    "or comma-separated.",
+)
 @click.option("--output-uri", help="Where to write the result [default: your prefix].")
 @click.option("--idempotency-key", help="Reuse a key to make resubmitting safe.")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job to end (exit 1 if it fails).")
@@ -461,6 +469,7 @@ def submit(
     numeric_columns: tuple[str, ...],
     no_numeric_detection: bool,
     data_format: str | None,
+    column_names: tuple[str, ...],
     output_uri: str | None,
     idempotency_key: str | None,
     wait: bool,
@@ -488,6 +497,7 @@ def submit(
         feature_columns=_column_names(feature_columns),
         numeric_columns=_column_names(numeric_columns),
         numeric_detection=False if no_numeric_detection else None,
+        column_names=_column_names(column_names),
         format=data_format,
         output_uri=output_uri,
         idempotency_key=idempotency_key,

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 # Request fields added after the first version, with their defaults: hashed only when set
 # otherwise, so that a body resent with its Idempotency-Key across an upgrade still matches.
-_LATER_FIELDS: dict[str, Any] = {"numeric_detection": True}
+_LATER_FIELDS: dict[str, Any] = {"numeric_detection": True, "column_names": None}
 
 
 def body_hash(request: dict[str, Any]) -> str:

@@ -245,6 +245,7 @@ def _budget_and_request(
     numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
+    column_names: tuple[str, ...],
 ) -> Any:
     from worker.spec import JobRequest
 
@@ -260,7 +261,11 @@ def _budget_and_request(
         "size": size,
         "format": data_format,
     }
-    for name, given in (("feature_columns", feature_columns), ("numeric_columns", numeric_columns)):
+    for name, given in (
+        ("feature_columns", feature_columns),
+        ("numeric_columns", numeric_columns),
+        ("column_names", column_names),
+    ):
         columns = _split_columns(given)
         if columns:
             body[name] = columns
@@ -310,6 +315,14 @@ _data_options = [
         default=None,
         type=click.Choice(["parquet", "csv", "tsv", "jsonl", "criteo"]),
         help="Data format; default: from the file name.",
+    ),
+    click.option(
+        "--column-names",
+        "--column-name",
+        "column_names",
+        multiple=True,
+        help="For a CSV or TSV file without a header line: its columns' names, in order, "
+        "comma-separated or repeated.",
     ),
 ]
 
@@ -368,6 +381,7 @@ def select(
     numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
+    column_names: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Select a coreset of DATASET locally and write it to --out."""
@@ -389,6 +403,7 @@ def select(
         numeric_columns,
         numeric_detection,
         data_format,
+        column_names,
     )
     problem = _output_problem(dataset, output)
     if problem:
@@ -489,6 +504,7 @@ def evaluate(
     numeric_columns: tuple[str, ...],
     numeric_detection: bool,
     data_format: str | None,
+    column_names: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -512,6 +528,7 @@ def evaluate(
         numeric_columns,
         numeric_detection,
         data_format,
+        column_names,
     )
     selection_options = request.options.model_dump()
     try:
@@ -521,6 +538,7 @@ def evaluate(
             feature_columns=request.feature_columns,
             numeric_columns=encoder_numeric_columns(request),
             format=request.format,
+            column_names=request.column_names,
             min_count=selection_options["min_count"],
         )
         for note in _field_notes(data.field_names, data.field_dims):

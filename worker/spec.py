@@ -146,6 +146,14 @@ class JobRequest(BaseModel):
         description="When no numeric_columns are named: read columns of numbers with a "
         "fractional value and of dates as numeric; false: every column is a category.",
     )
+    column_names: list[_ColumnName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10_000,
+        json_schema_extra={"uniqueItems": True},
+        description="The names of a CSV or TSV file's columns, in order, for a file without a "
+        "header line (its first line is then data); by default the first line names them.",
+    )
     format: DataFormat | None = Field(
         default=None,
         description="parquet, csv, tsv, jsonl (JSON Lines) or criteo; by default from the file "
@@ -179,6 +187,10 @@ class JobRequest(BaseModel):
             raise ValueError("feature_columns: must not contain the label column")
         if self.label_column in self.numeric_columns:
             raise ValueError("numeric_columns: must not contain the label column")
+        if self.column_names is not None and self.format not in (None, "csv", "tsv"):
+            raise ValueError(
+                f"column_names: only for a CSV or TSV file without a header, not {self.format}"
+            )
         return self
 
     def repeated_columns(self) -> str | None:
@@ -187,6 +199,7 @@ class JobRequest(BaseModel):
         for name, columns in (
             ("feature_columns", self.feature_columns or []),
             ("numeric_columns", self.numeric_columns),
+            ("column_names", self.column_names or []),
         ):
             repeated = sorted({column for column in columns if columns.count(column) > 1})
             if repeated:

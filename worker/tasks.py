@@ -391,9 +391,17 @@ def _dataset_source(request: JobRequest, settings: SharedSettings, tenant: str |
     roots = allowed_roots(settings, tenant) if tenant is not None else None
     if roots is None or scheme_of(uri) != "file":
         return open_source(
-            uri, format=request.format, storage_options=storage_options(uri, settings) or None
+            uri,
+            format=request.format,
+            column_names=request.column_names,
+            storage_options=storage_options(uri, settings) or None,
         )
-    return open_source(uri, format=request.format, filesystem=ConfinedFileSystem(roots, uri))
+    return open_source(
+        uri,
+        format=request.format,
+        column_names=request.column_names,
+        filesystem=ConfinedFileSystem(roots, uri),
+    )
 
 
 def _remove_on_error(folder: OutputFolder, written: list[str], error: BaseException | None) -> None:

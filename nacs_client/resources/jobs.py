@@ -11,7 +11,8 @@ Arguments of ``create`` and ``create_and_wait``:
 - ``method``: ``nacs`` (the service's default) or a baseline (``random``, ...).
 - ``options``: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).
 - ``label_column``, ``feature_columns``, ``numeric_columns``, ``numeric_detection``,
-  ``format``: how to read the data.
+  ``column_names`` (a CSV or TSV file without a header line), ``format``: how to read
+  the data.
 - ``output_uri``: where to write the result (default: the tenant's prefix).
 - ``idempotency_key``: sent as ``Idempotency-Key``; a new uuid4 per call by
   default, reused on every retry of that call.
@@ -77,6 +78,7 @@ class Jobs:
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
         numeric_detection: bool | None = None,
+        column_names: Sequence[str] | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -94,6 +96,7 @@ class Jobs:
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
             numeric_detection=numeric_detection,
+            column_names=column_names,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -176,6 +179,7 @@ class Jobs:
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
         numeric_detection: bool | None = None,
+        column_names: Sequence[str] | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -194,6 +198,7 @@ class Jobs:
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
             numeric_detection=numeric_detection,
+            column_names=column_names,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -254,6 +259,7 @@ class AsyncJobs:
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
         numeric_detection: bool | None = None,
+        column_names: Sequence[str] | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -271,6 +277,7 @@ class AsyncJobs:
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
             numeric_detection=numeric_detection,
+            column_names=column_names,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,
@@ -338,6 +345,7 @@ class AsyncJobs:
         feature_columns: Sequence[str] | None = None,
         numeric_columns: Sequence[str] | None = None,
         numeric_detection: bool | None = None,
+        column_names: Sequence[str] | None = None,
         format: str | None = None,
         output_uri: str | None = None,
         idempotency_key: str | None = None,
@@ -356,6 +364,7 @@ class AsyncJobs:
             feature_columns=feature_columns,
             numeric_columns=numeric_columns,
             numeric_detection=numeric_detection,
+            column_names=column_names,
             format=format,
             output_uri=output_uri,
             idempotency_key=idempotency_key,

@@ -255,7 +255,7 @@ class FileSource(TableSource):
                 "unreadable_data",
                 f"{self.uri}: the header line repeats the column name(s) {repeated[:5]}; "
                 f"the first line is read as the header ({_excerpt(first.encode())}): for a "
-                "file without a header, give column_names",
+                "file without a header, give column_names (--column-names on the command line)",
             )
         return _TextLayout(delimiter, names, has_header=True)
 

@@ -10,6 +10,7 @@ when no numeric columns are named).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from nacs_engine.data.reading import CRITEO_NUMERIC
 from nacs_engine.errors import DataError
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _LABEL_LIKE = frozenset({"label", "click", "clicked", "is_click", "target", "y"})
 
 
@@ -75,6 +77,12 @@ def resolve_schema(
             if likely
             else ""
         )
+        if available and all(_NUMBER.match(c.strip()) for c in available):
+            hint += (
+                "; the column names are numbers: is the first line data? For a CSV or TSV "
+                "file without a header line, give column_names (--column-names on the "
+                "command line)"
+            )
         separators = [mark for mark in (";", "|", "\t") if any(mark in c for c in available)]
         if len(available) == 1 and separators:
             hint += (

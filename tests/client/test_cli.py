@@ -64,6 +64,12 @@ def test_submit_prints_the_job_id():
         "--numeric-columns",
         "c",
         "--no-numeric-detection",
+        "--column-names",
+        "label,a",
+        "--column-name",
+        "b",
+        "--column-name",
+        "c",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == "job-42\n"
@@ -76,6 +82,7 @@ def test_submit_prints_the_job_id():
             "feature_columns": ["a", "b", "c"],
             "numeric_columns": ["c"],
             "numeric_detection": False,
+            "column_names": ["label", "a", "b", "c"],
         }
     ]
 

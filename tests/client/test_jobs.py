@@ -56,7 +56,8 @@ def test_create_posts_the_documented_body():
             feature_columns=["a", "b"],
             numeric_columns=("price",),
             numeric_detection=False,
-            format="parquet",
+            column_names=["click", "a", "b", "price"],
+            format="csv",
             output_uri="s3://bucket/out/",
         )
     assert isinstance(job, Job)
@@ -71,7 +72,8 @@ def test_create_posts_the_documented_body():
         "feature_columns": ["a", "b"],
         "numeric_columns": ["price"],
         "numeric_detection": False,
-        "format": "parquet",
+        "column_names": ["click", "a", "b", "price"],
+        "format": "csv",
         "output_uri": "s3://bucket/out/",
     }
 

@@ -718,12 +718,14 @@ def test_every_route_goes_through_the_apps_middlewares_and_dependencies(
     assert seen == ["POST /jobs", f"GET /jobs/{job['id']}"]
 
 
-def test_a_body_hashes_as_before_the_numeric_detection_field_existed() -> None:
+def test_a_body_hashes_as_before_the_later_fields_existed() -> None:
     from service.jobs import body_hash
     from worker.spec import JobRequest
 
     request = JobRequest.model_validate({"dataset_uri": "s3://b/k.parquet", "ratio": 0.1})
     dumped = request.model_dump(mode="json")
-    before = {key: value for key, value in dumped.items() if key != "numeric_detection"}
+    later = ("numeric_detection", "column_names")
+    before = {key: value for key, value in dumped.items() if key not in later}
     assert body_hash(dumped) == body_hash(before)
     assert body_hash(dumped | {"numeric_detection": False}) != body_hash(before)
+    assert body_hash(dumped | {"column_names": ["a", "label"]}) != body_hash(before)

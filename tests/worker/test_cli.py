@@ -387,3 +387,30 @@ def test_select_records_a_relative_dataset_path_as_absolute(
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"]["uri"] == manifest["request"]["dataset_uri"] == dataset
+
+
+def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tmp_path) -> None:
+    table = pq.read_table(dataset)
+    path = tmp_path / "no-header.csv"
+    lines = [",".join(str(value) for value in row.values()) for row in table.to_pylist()]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
+    result = CliRunner().invoke(select, arguments)
+    assert result.exit_code == 1
+    assert "the column names are numbers: is the first line data?" in result.output
+    assert "give column_names (--column-names on the command line)" in result.output
+    result = CliRunner().invoke(select, [*arguments, "--column-names", "user,item,label"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["column_names"] == ["user", "item", "label"]
+    assert manifest["dataset"]["rows"] == 1500 and manifest["dataset"]["fields"] == ["user", "item"]
+    coreset = pq.read_table(out / "coreset.parquet")
+    rows = coreset.column("row").to_numpy()
+    expected = table.column("label").to_numpy()[rows]
+    np.testing.assert_array_equal(coreset.column("label").to_numpy(), expected)
+    parquet = CliRunner().invoke(
+        select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o2"), "--column-name", "a"]
+    )
+    assert parquet.exit_code != 0
+    assert "column_names: only for headerless CSV or TSV files, not Parquet" in parquet.output

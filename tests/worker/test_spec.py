@@ -123,3 +123,18 @@ def test_numeric_columns_left_empty_still_mean_detection() -> None:
     assert encoder_numeric_columns(off) == []
     named = stored.model_copy(update={"numeric_columns": ["price"], "numeric_detection": False})
     assert encoder_numeric_columns(named) == ["price"]
+
+
+def test_column_names_are_for_csv_or_tsv_and_named_once() -> None:
+    base = {"dataset_uri": "s3://b/k.csv", "ratio": 0.1}
+    request = JobRequest.model_validate(base | {"column_names": ["a", "label"]})
+    assert request.column_names == ["a", "label"] and request.repeated_columns() is None
+    twice = JobRequest.model_validate(base | {"column_names": ["a", "a", "label"]})
+    assert twice.repeated_columns() == "column_names: duplicate column name(s) ['a']"
+    for body, words in [
+        (base | {"column_names": []}, "column_names"),
+        (base | {"column_names": ["a"], "format": "parquet"}, "not parquet"),
+        (base | {"column_names": ["a"], "format": "jsonl"}, "not jsonl"),
+    ]:
+        with pytest.raises(ValidationError, match=words):
+            JobRequest.model_validate(body)
