@@ -246,7 +246,7 @@ def run_nacs(
             "effective_sample_share": effective,
         },
         "soft_label_mean": float(soft.mean()),
-        "soft_label_mean_shift": float(np.abs(soft - picked_given).mean()),
+        "soft_label_mean_abs_change": float(np.abs(soft - picked_given).mean()),
         "soft_label_logit_shift": logit_shift,
     }
     return CoresetResult(

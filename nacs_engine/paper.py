@@ -302,7 +302,7 @@ class _Selection:
             "steps": int(self.step),
             "final_global_trust": global_trust(self.step, self.total_steps),
             "final_mean_correction": final_correction,
-            "soft_label_mean_shift": float(np.abs(soft_labels - given).mean())
+            "soft_label_mean_abs_change": float(np.abs(soft_labels - given).mean())
             if given.size
             else 0.0,
         }

@@ -65,6 +65,8 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
     assert set(diagnostics["phase_seconds"]) == {"selecting", "denoising"}
     assert diagnostics["coreset_rows"] == 300 and diagnostics["candidate_rows"] == data.n_rows
     assert diagnostics["coreset_clicks"] == int(result.labels.sum())
+    change = np.abs(result.soft_labels.astype(np.float64) - result.labels).mean()
+    assert diagnostics["soft_label_mean_abs_change"] == pytest.approx(change, abs=1e-6)
     noise = diagnostics["noise"]
     assert 0.0 < noise["flip_rate"] < 0.5
     assert noise["set_aside_rows"] == noise["set_aside_positive"] + noise["set_aside_negative"] > 0
