@@ -173,9 +173,12 @@ _BINARY = "labels must be binary (0/1, 0.0/1.0, true/false, yes/no or '0'/'1')"
 
 
 def _not_binary(name: str, description: str, value: object) -> DataError:
+    hint = ""
+    if str(value).strip() in ("-1", "-1.0"):
+        hint = " (labels written -1/1 are read only as 0/1: write the non-clicks as 0)"
     return DataError(
         "labels_not_binary",
-        f"label_column: {name!r} in {description} has the value {value!r}; {_BINARY}",
+        f"label_column: {name!r} in {description} has the value {value!r}; {_BINARY}{hint}",
     )
 
 

@@ -247,6 +247,14 @@ def test_labels_not_binary_in_parquet(tmp_path, labels):
     assert _error_code(path) == "labels_not_binary"
 
 
+@pytest.mark.parametrize("labels", [pa.array([1, -1, 1]), pa.array(["1", "-1", "1"])])
+def test_labels_written_minus_one_and_one_say_how_to_write_them(tmp_path, labels):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"label": labels, "a": ["x", "y", "z"]}), path)
+    with pytest.raises(DataError, match="labels written -1/1 are read only as 0/1"):
+        load_dataset(path)
+
+
 @pytest.mark.parametrize(
     "labels",
     [
