@@ -102,6 +102,13 @@ _ONE_BUDGET: dict[str, Any] = {
 MAX_URI_LENGTH = 4096
 
 
+def _column_list(description: str, **limits: Any) -> Any:
+    """A request field listing column names, each once: a repeat is refused at submit
+    (``JobRequest.repeated_columns``), not when a stored request is read back."""
+    unique: dict[str, Any] = {"uniqueItems": True}
+    return Field(max_length=10_000, json_schema_extra=unique, description=description, **limits)
+
+
 class JobRequest(BaseModel):
     """A selection job: which data, what budget (exactly one of ratio and size), which method and
     options, where to write."""
@@ -124,35 +131,28 @@ class JobRequest(BaseModel):
         default="label",
         description="Column of 0/1 labels (or booleans, or text: 0/1, true/false, yes/no).",
     )
-    feature_columns: list[_ColumnName] | None = Field(
+    feature_columns: list[_ColumnName] | None = _column_list(
+        "Feature columns, at least one, each once, not the label column; by default every "
+        "column but the label.",
         default=None,
         min_length=1,
-        max_length=10_000,
-        # refused at submit (``repeated_columns``), not when a stored request is read back
-        json_schema_extra={"uniqueItems": True},
-        description="Feature columns, at least one, each once, not the label column; by "
-        "default every column but the label.",
     )
-    numeric_columns: list[_ColumnName] = Field(
+    numeric_columns: list[_ColumnName] = _column_list(
+        "Numeric columns (not the label column), bucketed before encoding; when none are "
+        "named, columns of numbers with a fractional value and of dates are numeric (unless "
+        "numeric_detection is false).",
         default_factory=list,
-        max_length=10_000,
-        json_schema_extra={"uniqueItems": True},
-        description="Numeric columns (not the label column), bucketed before encoding; when "
-        "none are named, columns of numbers with a fractional value and of dates are numeric "
-        "(unless numeric_detection is false).",
     )
     numeric_detection: bool = Field(
         default=True,
         description="When no numeric_columns are named: read columns of numbers with a "
         "fractional value and of dates as numeric; false: every column is a category.",
     )
-    column_names: list[_ColumnName] | None = Field(
+    column_names: list[_ColumnName] | None = _column_list(
+        "The names of a CSV or TSV file's columns, in order, for a file without a header line "
+        "(its first line is then data); by default the first line names them.",
         default=None,
         min_length=1,
-        max_length=10_000,
-        json_schema_extra={"uniqueItems": True},
-        description="The names of a CSV or TSV file's columns, in order, for a file without a "
-        "header line (its first line is then data); by default the first line names them.",
     )
     format: DataFormat | None = Field(
         default=None,
