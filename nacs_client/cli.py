@@ -359,9 +359,16 @@ def _echo_job(job: Job, as_json: bool) -> None:
         click.echo(job_details(job))
 
 
-def _column_names(values: tuple[str, ...]) -> list[str] | None:
-    """Column names given repeated, comma-separated or both (None: none given)."""
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+def _column_names(values: tuple[str, ...], *, in_order: bool = False) -> list[str] | None:
+    """Column names given repeated, comma-separated or both (None: none given). Names
+    ``in_order`` keep an empty one (but a trailing comma's), which the service refuses: it
+    would shift the names after it."""
+    names = []
+    for value in values:
+        items = [name.strip() for name in value.split(",")]
+        if len(items) > 1 and not items[-1]:
+            items.pop()
+        names += items if in_order else [name for name in items if name]
     return names or None
 
 
@@ -497,7 +504,7 @@ def submit(
         feature_columns=_column_names(feature_columns),
         numeric_columns=_column_names(numeric_columns),
         numeric_detection=False if no_numeric_detection else None,
-        column_names=_column_names(column_names),
+        column_names=_column_names(column_names, in_order=True),
         format=data_format,
         output_uri=output_uri,
         idempotency_key=idempotency_key,

@@ -107,9 +107,12 @@ class Jobs:
         """Check the request's URIs, then record and enqueue it. Returns (job, created):
         an Idempotency-Key already used with the same body returns its job, not created."""
         settings = self.settings
-        repeated = request.repeated_columns()
-        if repeated:
-            raise Unprocessable(repeated)
+        problem = request.submit_problem()
+        if problem:
+            field, message = problem
+            raise Unprocessable(
+                message, details=[{"field": field, "message": message, "type": "value_error"}]
+            )
         job_id = enqueue.new_job_id()
         dataset_uri = await check_dataset_uri(request.dataset_uri, tenant, settings)
         output_uri = check_output_uri(request.output_uri, tenant, job_id, settings)

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import pydantic
@@ -52,9 +52,16 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _split_columns(values: tuple[str, ...]) -> list[str] | None:
-    """Column names given comma-separated, repeated, or both (None: none given)."""
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+def _split_columns(values: tuple[str, ...], *, in_order: bool = False) -> list[str] | None:
+    """Column names given comma-separated, repeated, or both (None: none given). Names
+    ``in_order`` keep an empty one (but a trailing comma's), which the request refuses: it
+    would shift the names after it."""
+    names = []
+    for value in values:
+        items = [name.strip() for name in value.split(",")]
+        if len(items) > 1 and not items[-1]:
+            items.pop()
+        names += items if in_order else [name for name in items if name]
     return names or None
 
 
@@ -165,7 +172,7 @@ def _unexpected(error: Exception) -> None:
     _fail(f"{type(error).__name__}: {_first_line(error)}", EXIT_OTHER)
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -261,20 +268,22 @@ def _budget_and_request(
         "size": size,
         "format": data_format,
     }
-    for name, given in (
-        ("feature_columns", feature_columns),
-        ("numeric_columns", numeric_columns),
-        ("column_names", column_names),
-    ):
+    for name, given in (("feature_columns", feature_columns), ("numeric_columns", numeric_columns)):
         columns = _split_columns(given)
         if columns:
             body[name] = columns
+    if column_names:
+        body["column_names"] = _split_columns(column_names, in_order=True)
     if not numeric_detection:
         body["numeric_detection"] = False
     try:
-        return JobRequest.model_validate(body)
+        request = JobRequest.model_validate(body)
     except pydantic.ValidationError as error:
         _fail(_validation_message(error), EXIT_USAGE)
+    problem = request.submit_problem()
+    if problem:
+        _fail(problem[1], EXIT_USAGE)
+    return request
 
 
 _data_options = [

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -104,7 +105,7 @@ MAX_URI_LENGTH = 4096
 
 def _column_list(description: str, **limits: Any) -> Any:
     """A request field listing column names, each once: a repeat is refused at submit
-    (``JobRequest.repeated_columns``), not when a stored request is read back."""
+    (``JobRequest.submit_problem``), not when a stored request is read back."""
     unique: dict[str, Any] = {"uniqueItems": True}
     return Field(max_length=10_000, json_schema_extra=unique, description=description, **limits)
 
@@ -148,16 +149,16 @@ class JobRequest(BaseModel):
         description="When no numeric_columns are named: read columns of numbers with a "
         "fractional value and of dates as numeric; false: every column is a category.",
     )
+    format: DataFormat | None = Field(
+        default=None,
+        description="parquet, csv, tsv, jsonl (JSON Lines) or criteo; by default from the file "
+        "name.",
+    )
     column_names: list[_ColumnName] | None = _column_list(
         "The names of a CSV or TSV file's columns, in order, for a file without a header line "
         "(its first line is then data); by default the first line names them.",
         default=None,
         min_length=1,
-    )
-    format: DataFormat | None = Field(
-        default=None,
-        description="parquet, csv, tsv, jsonl (JSON Lines) or criteo; by default from the file "
-        "name.",
     )
     method: MethodName = Field(
         default="nacs", description=SelectionConfig.__dataclass_fields__["method"].metadata["doc"]
@@ -177,6 +178,16 @@ class JobRequest(BaseModel):
             raise ValueError("must not contain control characters")
         return value.strip() if value is not None else None
 
+    @field_validator("column_names")
+    @classmethod
+    def _named_text_columns(
+        cls, value: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        given = info.data.get("format")
+        if value is not None and given not in (None, "csv", "tsv"):
+            raise ValueError(f"only for a CSV or TSV file without a header line, not {given}")
+        return value
+
     @model_validator(mode="after")
     def _one_budget(self) -> JobRequest:
         if (self.ratio is None) == (self.size is None):
@@ -187,15 +198,12 @@ class JobRequest(BaseModel):
             raise ValueError("feature_columns: must not contain the label column")
         if self.label_column in self.numeric_columns:
             raise ValueError("numeric_columns: must not contain the label column")
-        if self.column_names is not None and self.format not in (None, "csv", "tsv"):
-            raise ValueError(
-                f"column_names: only for a CSV or TSV file without a header, not {self.format}"
-            )
         return self
 
-    def repeated_columns(self) -> str | None:
-        """What a new request names twice, if anything (the job would fail on it). Not a
-        validator: requests stored before this check must still read back."""
+    def submit_problem(self) -> tuple[str, str] | None:
+        """The field and the message of what a new request gets wrong that its job would fail
+        on: a column named twice, column_names for a file whose name says it is not CSV or
+        TSV. Not a validator: requests stored before these checks must still read back."""
         for name, columns in (
             ("feature_columns", self.feature_columns or []),
             ("numeric_columns", self.numeric_columns),
@@ -203,7 +211,16 @@ class JobRequest(BaseModel):
         ):
             repeated = sorted({column for column in columns if columns.count(column) > 1})
             if repeated:
-                return f"{name}: duplicate column name(s) {repeated}"
+                return name, f"{name}: duplicate column name(s) {repeated}"
+        if self.column_names is not None and self.format is None:
+            from nacs_engine.data.reading import format_from_name
+
+            named = format_from_name(self.dataset_uri)
+            if named not in (None, "csv", "tsv"):
+                return "column_names", (
+                    "column_names: only for a CSV or TSV file without a header line; the "
+                    f"dataset's name says {named} (give format to read it otherwise)"
+                )
         return None
 
     def to_config(self) -> SelectionConfig:

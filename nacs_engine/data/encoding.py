@@ -322,6 +322,7 @@ class Encoder:
             numeric_columns=self.requested_numeric,
             layout=source.layout,
             description=source.description,
+            header_line=source.header_line,
         )
         columns = [schema.label_column, *schema.feature_columns]
         counters = [_ValueCounter() for _ in schema.feature_columns]

@@ -21,7 +21,8 @@ not read, a key missing from an object is a missing value, and keys whose values
 lists or objects are left out.
 
 A folder is read as the data files in it and in its subfolders, sorted by path (the order
-``pyarrow.dataset`` reads them in). A key=value subfolder (a partitioned dataset, as Hive,
+``pyarrow.dataset`` reads them in; ``.json`` files beside other data files, such as a
+schema, are not read). A key=value subfolder (a partitioned dataset, as Hive,
 Spark and ``pyarrow.dataset`` write it) gives its files that key: every file must lie
 under the same keys, and each key becomes a text column after the files' columns (URL
 escapes decoded, ``__HIVE_DEFAULT_PARTITION__`` read as missing; a key that is also a
@@ -108,10 +109,12 @@ class TableSource:
     layout: "criteo" for the Criteo text layout, else None.
     description: a short human-readable name (the URI) for messages.
     total_rows: the number of rows when known without reading (Parquet, tables).
+    header_line: whether the column names are a text file's first line.
     """
 
     columns: tuple[str, ...]
     layout: str | None = None
+    header_line: bool = False
     description: str = ""
     total_rows: int | None = None
     batch_rows: int = 65536
@@ -192,6 +195,7 @@ class FileSource(TableSource):
             else:
                 self._text = self._text_layout(format, column_names)
                 self.columns = self._text.names
+                self.header_line = self._text.has_header
                 self.total_rows = None
             self.file_columns = self.columns
             # a key that is also a column of the files is read from the files
@@ -235,13 +239,23 @@ class FileSource(TableSource):
             self.format = "criteo"
             self.layout = "criteo"
             return _TextLayout("\t", CRITEO_COLUMNS, has_header=False)
+        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])  # type: ignore[arg-type]
         if column_names is not None:
             names = tuple(str(name) for name in column_names)
             if not names:
                 raise ValueError("column_names: give at least one name")
+            if tuple(value.strip() for value in header) == names:
+                raise ValueError(
+                    f"column_names: {self.uri}'s first line holds these names: it is a header "
+                    "line; leave column_names out"
+                )
+            if len(header) != len(names):
+                raise ValueError(
+                    f"column_names: {len(names)} names given, and {self.uri}'s first line has "
+                    f"{len(header)} fields ({_excerpt(first.encode())})"
+                )
             return _TextLayout(delimiter, names, has_header=False)
-        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-        header = next(csv.reader([first], delimiter=delimiter, quoting=quoting), [])  # type: ignore[arg-type]
         names = tuple(name.strip() for name in header)
         if not names or any(not name for name in names):
             raise DataError(
@@ -274,25 +288,49 @@ class FileSource(TableSource):
                 'line ({"label": 1, "user": "u7", ...})',
             )
         with self._open_text(self.paths[0]) as (stream, _raw):
-            block = next(_line_blocks(stream, _MIN_BLOCK_BYTES), b"")
-        table = _json_table(block, self.uri)
-        return tuple(field.name for field in table.schema if not pa.types.is_nested(field.type))
+            line, block = next(_line_blocks(stream, _MIN_BLOCK_BYTES), (1, b""))
+        table = _json_table(block, self.uri, line)
+        names = tuple(field.name for field in table.schema if not pa.types.is_nested(field.type))
+        if not names:
+            raise DataError(
+                "unreadable_data",
+                f"{self.uri}: every key of the first objects holds a list or an object; JSON "
+                "Lines data holds one row per line, its values numbers, text, true/false or "
+                'null (pandas: to_json(path, orient="records", lines=True))',
+            )
+        return names
 
     def _first_line(self, path: str) -> str | None:
         """The first line of a text file, decoded; None when the file is empty."""
         with self._open_text(path) as (stream, _raw):
-            head = stream.read(_HEAD_BYTES)
-            while b"\n" not in head:
+            chunks = [stream.read(_HEAD_BYTES)]
+            read = len(chunks[0])
+            while b"\n" not in chunks[-1]:
                 more = stream.read(_HEAD_BYTES)
                 if not more:
                     break
-                head += more
+                chunks.append(more)
+                read += len(more)
+                if read > _MAX_BLOCK_BYTES:
+                    raise DataError(
+                        "unreadable_data",
+                        f"{self.uri}: the first line is longer than "
+                        f"{_MAX_BLOCK_BYTES >> 20} MiB; "
+                        + (
+                            "JSON Lines data holds one object per line (pandas: "
+                            'to_json(path, orient="records", lines=True))'
+                            if self.format == "jsonl"
+                            else "is it text with one row per line?"
+                        ),
+                    )
+            head = b"".join(chunks)
         if not head.strip():
             return None
         line = head.split(b"\n", 1)[0].rstrip(b"\r")
         packed = next((name for magic, name in _COMPRESSED_NAMES if magic.match(head)), "")
         if b"\x00" in line or packed:
-            hint = f" (it is {packed}-compressed: name it with its ending, e.g. .csv.{packed})"
+            ending = {"jsonl": "jsonl", "parquet": "parquet"}.get(self.format, "csv")
+            hint = f" (it is {packed}-compressed: name it with its ending, e.g. .{ending}.{packed})"
             raise DataError(
                 "unreadable_data",
                 f"{self.uri}: binary data, not {self.format.upper()} text"
@@ -411,10 +449,14 @@ class FileSource(TableSource):
     ) -> Iterator[tuple[pa.RecordBatch, Callable[[], int]]]:
         block = min(max(self.batch_rows * 512, _MIN_BLOCK_BYTES), _MAX_BLOCK_BYTES)
         with self._open_text(path) as (stream, raw):
-            for lines in _line_blocks(stream, block):
-                table = _json_table(lines, self.uri)
+            for line, lines in _line_blocks(stream, block):
+                table = _json_table(lines, self.uri, line)
                 arrays = [_json_text(table, name, self.uri) for name in columns]
-                batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
+                # with no columns (partition keys only), a batch of the block's rows still
+                rows = pa.nulls(table.num_rows)
+                batch = pa.RecordBatch.from_arrays([*arrays, rows], [*columns, ""]).select(
+                    list(columns)
+                )
                 for start in range(0, batch.num_rows, self.batch_rows):
                     yield batch.slice(start, self.batch_rows), raw.tell
 
@@ -540,7 +582,7 @@ def _part_files(
     """The data files in the folder ``path`` and its subfolders, sorted by path (the order
     ``pyarrow.dataset`` lists them in); a key=value subfolder (a partitioned dataset, Hive's
     layout) gives its files that key. Names starting with "." or "_" (Spark's _SUCCESS,
-    staging folders) are skipped, and so are .json files beside files of another format;
+    staging folders) are skipped, and so are .json files beside other data files;
     symbolic links are refused, never followed."""
     parts: list[_Part] = []
     links: list[str] = []
@@ -586,8 +628,8 @@ def _part_files(
             f"{uri}: the folder holds no {_DATA_ENDINGS} file{hint}",
         )
     parts.sort(key=lambda part: part.name)
-    if any(format_from_name(part.name) != "jsonl" for part in parts):
-        # .json files beside data of another format describe it (a schema, a manifest)
+    if not all(_is_plain_json(part.name) for part in parts):
+        # .json files beside other data files describe them (a schema, a manifest)
         parts = [part for part in parts if not _is_plain_json(part.name)]
     kinds = {format_from_name(Path(part.name).name) for part in parts}
     if len(kinds) > 1:
@@ -709,27 +751,30 @@ def _text_family(format: str) -> str:
     return "tsv" if format == "criteo" else format
 
 
-def _line_blocks(stream: Any, size: int) -> Iterator[bytes]:
-    """The bytes of ``stream`` in blocks of about ``size`` that end at a line's end."""
-    rest = b""
-    while True:
-        read = stream.read(size)
-        if not read:
-            break
-        rest += read
-        end = rest.rfind(b"\n")
+def _line_blocks(stream: Any, size: int) -> Iterator[tuple[int, bytes]]:
+    """The bytes of ``stream`` in blocks of about ``size`` that end at a line's end (but the
+    last), each with the number of its first line (from 1); blocks of blank lines are skipped."""
+    pending: list[bytes] = []
+    line = 1
+    while read := stream.read(size):
+        end = read.rfind(b"\n")
         if end < 0:
+            pending.append(read)
             continue
-        block, rest = rest[: end + 1], rest[end + 1 :]
+        block = b"".join([*pending, read[: end + 1]])
+        pending = [read[end + 1 :]]
         if block.strip():
-            yield block
+            yield line, block
+        line += block.count(b"\n")
+    rest = b"".join(pending)
     if rest.strip():
-        yield rest
+        yield line, rest
 
 
-def _json_table(lines: bytes, uri: str) -> pa.Table:
+def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     """JSON Lines as a table: by pyarrow, or, where its typing would not hold (a key's values
-    of two kinds, an integer past float64's exact ones), by Python's json module."""
+    of two kinds, an integer past float64's exact ones) or it finds no JSON, by Python's json
+    module, which names the line (``first_line`` is the number of the block's first)."""
     read_options = pa_json.ReadOptions(block_size=max(len(lines), 1 << 16))
     try:
         table = pa_json.read_json(pa.BufferReader(lines), read_options=read_options)
@@ -740,15 +785,14 @@ def _json_table(lines: bytes, uri: str) -> pa.Table:
                 explicit_schema=pa.schema([(name, pa.string()) for name in times]),
                 unexpected_field_behavior="infer",
             )
+            names = table.column_names
             table = pa_json.read_json(
                 pa.BufferReader(lines), read_options=read_options, parse_options=as_text
-            )
-    except pa.ArrowInvalid as exc:
-        if "changed from" not in str(exc):
-            raise
-        return _python_json_table(lines, uri)
+            ).select(names)
+    except pa.ArrowInvalid:
+        return _python_json_table(lines, uri, first_line)
     if any(_inexact(column) for column in table.columns):
-        return _python_json_table(lines, uri)
+        return _python_json_table(lines, uri, first_line)
     return table
 
 
@@ -760,21 +804,25 @@ def _inexact(column: pa.ChunkedArray) -> bool:
     return largest is not None and largest >= _EXACT_INTEGERS
 
 
-def _python_json_table(lines: bytes, uri: str) -> pa.Table:
+def _python_json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     rows: list[dict[str, Any]] = []
-    for line in lines.splitlines():
+    for number, line in enumerate(lines.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise DataError(
-                "unreadable_data", f"{uri}: a line of the block read is not JSON ({exc})"
+                "unreadable_data",
+                f"{uri}: line {number} is not JSON ({reason}): {_excerpt(line)}; JSON Lines "
+                "data holds one whole object per line",
             ) from exc
         if not isinstance(row, dict):
             raise DataError(
                 "unreadable_data",
-                f"{uri}: a line holds {type(row).__name__} {_excerpt(line)}, not a JSON object",
+                f"{uri}: line {number} holds {type(row).__name__} {_excerpt(line)}, not a "
+                "JSON object",
             )
         rows.append(row)
     names = list(dict.fromkeys(key for row in rows for key in row))
@@ -806,6 +854,8 @@ def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type=pa.string())
     column = table.column(name).combine_chunks()
+    if pa.types.is_floating(column.type):  # NaN and infinities: missing, as Python reads them
+        column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, type=column.type))
     if pa.types.is_nested(column.type):
         raise DataError(
             "unreadable_data",

@@ -57,9 +57,12 @@ def resolve_schema(
     numeric_columns: Sequence[str] | None = None,
     layout: str | None = None,
     description: str = "the data",
+    header_line: bool = False,
 ) -> TableSchema:
     """Resolve the column roles against the columns a source actually has.
 
+    header_line: the column names are a text file's first line (a missing label column
+    then says whether that line looks like data).
     Raises DataError "label_column_missing" or "column_missing" naming the
     column and listing those available; ValueError naming the argument when the
     arguments contradict each other.
@@ -77,10 +80,11 @@ def resolve_schema(
             if likely
             else ""
         )
-        if available and all(_NUMBER.match(c.strip()) for c in available):
+        numbers = [c for c in available if _NUMBER.match(c.strip())]
+        if header_line and numbers:
             hint += (
-                "; the column names are numbers: is the first line data? For a CSV or TSV "
-                "file without a header line, give column_names (--column-names on the "
+                f"; the first line, read as the header, holds numbers ({_listing(numbers[:3])}): "
+                "if it is data, give the columns' names in column_names (--column-names on the "
                 "command line)"
             )
         separators = [mark for mark in (";", "|", "\t") if any(mark in c for c in available)]

@@ -48,6 +48,7 @@ class ShardedSource(TableSource):
         self.shard_rows = shard_rows
         self.columns = source.columns
         self.layout = source.layout
+        self.header_line = source.header_line
         self.description = source.description
         self.total_rows = source.total_rows
         self.batch_rows = source.batch_rows

@@ -87,6 +87,14 @@ def test_submit_prints_the_job_id():
     ]
 
 
+def test_submit_keeps_an_empty_column_name_for_the_service_to_refuse():
+    # names are positional: dropping an empty one would shift the names after it
+    service = ScriptedService(ok(job_json("job-42"), 202))
+    arguments = ["submit", "s3://b/t.csv", "--ratio", "0.1", "--column-names", "a,,label,"]
+    assert invoke(service, *arguments).exit_code == 0
+    assert service.bodies()[0]["column_names"] == ["a", "", "label"]
+
+
 def test_global_options_reach_the_client():
     service = ScriptedService(ok(job_json()))
     result = invoke(service, "--base-url", "http://x.test", "--api-key", "k1", "status", "job-1")

@@ -44,11 +44,46 @@ def test_values_read_as_text_whatever_their_json_type(tmp_path):
 def test_pyarrow_typed_blocks_give_the_same_text(tmp_path):
     # one type per key: pyarrow reads the block; its text matches Python's reading above
     path = tmp_path / "typed.jsonl"
-    _write(path, ['{"click": 1, "price": 3.0, "day": "2024-05-01"}', '{"click": 0, "price": 1e-7}'])
+    _write(
+        path,
+        [
+            '{"click": 1, "price": 3.0, "day": "2024-05-01", "score": NaN}',
+            '{"click": 0, "price": 1e-7, "score": 0.5}',
+        ],
+    )
+    assert open_source(path).columns == ("click", "price", "day", "score")
     assert _rows(path) == [
-        {"click": "1", "price": "3", "day": "2024-05-01"},
-        {"click": "0", "price": "1e-7", "day": None},
+        {"click": "1", "price": "3", "day": "2024-05-01", "score": None},
+        {"click": "0", "price": "1e-7", "day": None, "score": "0.5"},
     ]
+
+
+def test_integers_past_float64s_exact_ones_stay_exact(tmp_path):
+    # one type per key, so pyarrow reads the block first, and reads the ids as floats
+    path = tmp_path / "ids.jsonl"
+    _write(
+        path,
+        [
+            '{"click": 1, "id": 18446744073709551615}',
+            '{"click": 0, "id": 9007199254740993}',
+            '{"click": 0, "id": 18446744073709551614}',
+        ],
+    )
+    assert [row["id"] for row in _rows(path)] == [
+        "18446744073709551615",
+        "9007199254740993",
+        "18446744073709551614",
+    ]
+
+
+def test_a_bad_line_in_a_later_block_is_named_by_its_line_in_the_file(tmp_path):
+    path = tmp_path / "long.jsonl"
+    lines = [json.dumps({"click": i % 2, "pad": "x" * 200}) for i in range(6000)]
+    lines[5000] = '{"click": 1, "pad": "x",}'
+    _write(path, lines)
+    with pytest.raises(DataError, match="line 5001 is not JSON") as caught:
+        _rows(path)
+    assert '{"click": 1, "pad": "x",}' in str(caught.value)
 
 
 def test_a_key_typed_differently_in_a_later_block(tmp_path):
@@ -89,7 +124,8 @@ def test_a_list_in_a_later_block_of_a_key_read_is_named(tmp_path):
         ('[{"click": 1}]\n', "unreadable_data", "a JSON array"),
         ('"click"\n', "unreadable_data", "not a JSON object"),
         ("", "empty_dataset", "empty"),
-        ('{"click": 1}\n{"click": 0\n', "unreadable_data", "JSON parse error"),
+        ('{"click": 1}\n{"click": 0\n', "unreadable_data", "line 2 is not JSON"),
+        ('{"click": {"a": 1}}\n', "unreadable_data", "every key of the first objects holds"),
     ],
 )
 def test_data_that_is_not_json_lines_is_named(tmp_path, text, code, words):
@@ -104,7 +140,7 @@ def test_data_that_is_not_json_lines_is_named(tmp_path, text, code, words):
 def test_a_line_that_is_not_an_object_among_mixed_types(tmp_path):
     path = tmp_path / "mixed.jsonl"
     _write(path, ['{"click": 1, "ad": "a"}', '"text"', '{"click": 0, "ad": 3}'])
-    with pytest.raises(DataError, match="a line holds str '\"text\"', not a JSON object"):
+    with pytest.raises(DataError, match="line 2 holds str '\"text\"', not a JSON object"):
         _rows(path)
 
 
@@ -120,14 +156,18 @@ def test_a_folder_of_json_lines_parts(tmp_path):
     folder.mkdir()
     _write(folder / "part-0.jsonl", ['{"click": 1, "ad": "a"}'])
     _write(folder / "part-1.jsonl", ['{"click": 0, "ad": "b"}'])
+    (folder / "dataset_info.json").write_text('{"description": "not data"}\n')
     assert _rows(tmp_path) == [
         {"click": "1", "ad": "a", "day": "3"},
         {"click": "0", "ad": "b", "day": "3"},
     ]
+    # the partition key alone: every row is still read
+    batches = open_source(tmp_path).batches(["day"])
+    assert [row for batch, _ in batches for row in batch.to_pylist()] == [{"day": "3"}] * 2
 
 
 def test_json_files_beside_other_data_are_not_read(tmp_path):
-    # a schema or a manifest beside Parquet parts, as many writers leave them
+    # a schema or a manifest beside the data files, as many writers leave them
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "part-0.csv").write_text("click,ad\n1,a\n0,b\n")

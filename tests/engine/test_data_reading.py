@@ -507,3 +507,33 @@ def test_a_folder_whose_data_lies_under_skipped_names_says_so(tmp_path):
         r"_staging\)",
     ):
         open_source(str(folder))
+
+
+def test_column_names_that_do_not_fit_the_first_line_say_so(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("label,color,size\n1,red,2\n0,blue,3\n")
+    with pytest.raises(ValueError, match="it is a header line; leave column_names out"):
+        open_source(path, column_names=["label", "color", "size"])
+    with pytest.raises(ValueError, match="column_names: 2 names given, and .* has 3 fields"):
+        open_source(path, column_names=["label", "color"])
+    source = open_source(path, column_names=["y", "a", "b"])
+    assert [row for batch, _ in source.batches() for row in batch.to_pylist()][0] == {
+        "y": "label", "a": "color", "b": "size"
+    }
+
+
+def test_a_first_line_of_data_read_as_the_header_is_pointed_out(tmp_path):
+    path = tmp_path / "no-header.csv"
+    path.write_text('"1","6264","minneapolis",0\n"2","17","paris",1\n')
+    with pytest.raises(DataError) as caught:
+        load_dataset(path)
+    assert caught.value.code == "label_column_missing"
+    assert "the first line, read as the header, holds numbers ('1', '6264', '0')" in str(
+        caught.value
+    )
+    # a Parquet file's names are not a line of data: no such hint
+    named = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"0": [1, 0], "1": ["a", "b"]}), named)
+    with pytest.raises(DataError) as caught:
+        load_dataset(named)
+    assert "holds numbers" not in str(caught.value)

@@ -74,10 +74,17 @@ def test_empty_feature_columns_are_refused_at_submit(client: TestClient, dataset
     assert_error(client.post("/jobs", json=payload), 422, mentions="feature_columns")
     schema = client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]
     assert schema["properties"]["feature_columns"]["anyOf"][0]["minItems"] == 1
-    for field in ("feature_columns", "numeric_columns"):
+    for field in ("feature_columns", "numeric_columns", "column_names"):
         twice = {"dataset_uri": str(dataset), "ratio": 0.1, field: ["a", "b", "a"]}
+        if field == "column_names":
+            twice["format"] = "csv"
         error = assert_error(client.post("/jobs", json=twice), 422, mentions=field)
         assert "duplicate column name(s) ['a']" in error["message"]
+        assert error["details"][0]["field"] == field
+    # column_names for a file whose name says it is not CSV or TSV
+    named = {"dataset_uri": str(dataset), "ratio": 0.1, "column_names": ["a", "label"]}
+    error = assert_error(client.post("/jobs", json=named), 422, mentions="column_names")
+    assert "the dataset's name says parquet" in error["message"]
     # a request stored before this check still reads back (the job list shows it)
     from service.schemas import Job
     from worker.enqueue import new_record

@@ -398,9 +398,16 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
     arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
     result = CliRunner().invoke(select, arguments)
     assert result.exit_code == 1
-    assert "the column names are numbers: is the first line data?" in result.output
-    assert "give column_names (--column-names on the command line)" in result.output
-    result = CliRunner().invoke(select, [*arguments, "--column-names", "user,item,label"])
+    assert "the first line, read as the header, holds numbers" in result.output
+    assert "give the columns' names in column_names (--column-names on the" in result.output
+    for names, words in [
+        ("user,,label", "column_names"),  # an empty name would shift the names after it
+        ("user,user,label", "column_names: duplicate column name(s) ['user']"),
+        ("user,label", "column_names: 2 names given"),
+    ]:
+        refused = CliRunner().invoke(select, [*arguments, "--column-names", names])
+        assert refused.exit_code == 2 and words in refused.output, refused.output
+    result = CliRunner().invoke(select, [*arguments, "--column-names", "user,item,label,"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["column_names"] == ["user", "item", "label"]
@@ -412,5 +419,6 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
     parquet = CliRunner().invoke(
         select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o2"), "--column-name", "a"]
     )
-    assert parquet.exit_code != 0
-    assert "column_names: only for headerless CSV or TSV files, not Parquet" in parquet.output
+    assert parquet.exit_code == 2
+    assert "column_names: only for a CSV or TSV file without a header line; the dataset's name " \
+        "says parquet" in parquet.output

@@ -128,13 +128,35 @@ def test_numeric_columns_left_empty_still_mean_detection() -> None:
 def test_column_names_are_for_csv_or_tsv_and_named_once() -> None:
     base = {"dataset_uri": "s3://b/k.csv", "ratio": 0.1}
     request = JobRequest.model_validate(base | {"column_names": ["a", "label"]})
-    assert request.column_names == ["a", "label"] and request.repeated_columns() is None
+    assert request.column_names == ["a", "label"] and request.submit_problem() is None
     twice = JobRequest.model_validate(base | {"column_names": ["a", "a", "label"]})
-    assert twice.repeated_columns() == "column_names: duplicate column name(s) ['a']"
+    assert twice.submit_problem() == (
+        "column_names", "column_names: duplicate column name(s) ['a']"
+    )
     for body, words in [
         (base | {"column_names": []}, "column_names"),
+        (base | {"column_names": ["a", ""]}, "column_names"),
         (base | {"column_names": ["a"], "format": "parquet"}, "not parquet"),
         (base | {"column_names": ["a"], "format": "jsonl"}, "not jsonl"),
     ]:
-        with pytest.raises(ValidationError, match=words):
+        with pytest.raises(ValidationError, match=words) as caught:
             JobRequest.model_validate(body)
+        assert caught.value.errors()[0]["loc"][0] == "column_names"
+
+
+def test_column_names_for_a_file_named_otherwise_are_refused_at_submit() -> None:
+    for uri in ("s3://b/k.parquet", "/data/clicks.jsonl.gz"):
+        request = JobRequest.model_validate(
+            {"dataset_uri": uri, "ratio": 0.1, "column_names": ["a", "label"]}
+        )
+        field, message = request.submit_problem()
+        assert field == "column_names" and "only for a CSV or TSV file" in message
+    for uri in ("s3://b/k.csv.gz", "s3://b/folder/", "/data/k.txt"):
+        request = JobRequest.model_validate(
+            {"dataset_uri": uri, "ratio": 0.1, "column_names": ["a", "label"]}
+        )
+        assert request.submit_problem() is None
+    told = JobRequest.model_validate(
+        {"dataset_uri": "s3://b/k.data", "ratio": 0.1, "format": "csv", "column_names": ["a"]}
+    )
+    assert told.submit_problem() is None
