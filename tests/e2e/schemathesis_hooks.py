@@ -6,7 +6,9 @@ them: a dataset_uri must lie in the tenant's allowed folders, an output_uri in i
 in a folder no other job claimed, a job id must name a job. Schema-valid (positive) requests
 get real values there: the dataset and the job ids the test made (``NACS_PROBE_*``
 variables), a fresh output folder, and, as the field descriptions say, no label column among
-feature_columns or numeric_columns. Schema-invalid (negative) requests stay as generated.
+feature_columns or numeric_columns, and no column_names for that dataset, a Parquet file,
+unless a format says to read it as CSV or TSV. Schema-invalid (negative) requests stay as
+generated.
 """
 
 from __future__ import annotations
@@ -45,4 +47,6 @@ def map_case(context: Any, case: Any) -> Any:
             if isinstance(columns, list) and label in columns:
                 kept = [column for column in columns if column != label]
                 body[name] = kept or ([f"{label}-feature"] if name == "feature_columns" else [])
+        if body.get("format") not in ("csv", "tsv"):
+            body.pop("column_names", None)
     return case
