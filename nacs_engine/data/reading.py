@@ -443,7 +443,6 @@ class FileSource(TableSource):
                 for start in range(0, batch.num_rows, self.batch_rows):
                     yield batch.slice(start, self.batch_rows), raw.tell
 
-
     def _json_batches(
         self, path: str, columns: Sequence[str]
     ) -> Iterator[tuple[pa.RecordBatch, Callable[[], int]]]:
@@ -452,7 +451,7 @@ class FileSource(TableSource):
             for line, lines in _line_blocks(stream, block):
                 table = _json_table(lines, self.uri, line)
                 arrays = [_json_text(table, name, self.uri) for name in columns]
-                # with no columns (partition keys only), a batch of the block's rows still
+                # the batch keeps the block's row count with no columns (partition keys only)
                 rows = pa.nulls(table.num_rows)
                 batch = pa.RecordBatch.from_arrays([*arrays, rows], [*columns, ""]).select(
                     list(columns)
