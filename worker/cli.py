@@ -518,7 +518,7 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Compare methods on DATASET: test AUC and log loss of models trained on each coreset."""
-    from nacs_engine.compare import compare_methods, format_table, summarise
+    from nacs_engine.compare import compare_methods, difference_tables, format_table, summarise
     from nacs_engine.data import load_dataset
     from nacs_engine.errors import DataError
     from nacs_engine.evaluate import EvaluationOptions, split_rows
@@ -600,3 +600,6 @@ def evaluate(
             click.echo(json.dumps(row, default=float))
     else:
         click.echo(format_table(summarise(rows)))
+        differences = difference_tables(rows)
+        if differences:
+            click.echo("\n" + differences)

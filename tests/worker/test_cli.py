@@ -249,7 +249,7 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
             "--methods",
             "random,stratified,full",
             "--seeds",
-            "1",
+            "2",
             "--option",
             "min_count=1",
         ],
@@ -257,10 +257,14 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
     assert sorted(line.split("|")[6].strip() for line in rows) == ["full", "random", "stratified"]
-    # a line on stderr as each of the three runs ends, none on stdout
+    # then the paired differences, seed by seed: stratified less random
+    assert "clicks.parquet, clean, deepfm: method less baseline, seed by seed" in result.stdout
+    paired = [line for line in result.stdout.splitlines() if "| stratified | random | 2 |" in line]
+    assert len(paired) == 1 and paired[0].count("/2") == 2
+    # a line on stderr as each of the six runs ends, none on stdout
     lines = result.stderr.splitlines()
-    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
-    assert "[1/3]" not in result.stdout
+    assert [line.split("]")[0] for line in lines] == [f"[{i}/6" for i in range(1, 7)]
+    assert "[1/6]" not in result.stdout
 
 
 def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
