@@ -468,7 +468,10 @@ class Encoder:
             )
         if schema.label_column not in source.columns:
             resolve_schema(
-                source.columns, label_column=schema.label_column, description=source.description
+                source.columns,
+                label_column=schema.label_column,
+                description=source.description,
+                header_line=source.header_line,
             )
         missing = [c for c in schema.feature_columns if c not in source.columns]
         if missing:

@@ -97,6 +97,10 @@ _MAX_FOLDER_DEPTH = 16
 # as a float is read again, exactly.
 _EXACT_INTEGERS = float(2**53)
 _DATA_ENDINGS = ".parquet, .csv, .tsv, .txt or .jsonl"
+# Lines that open a JSON object, and lines that hold anything else (not blank).
+_OBJECT_LINE = re.compile(rb"(?m)^[ \t\r]*\{")
+_OTHER_LINE = re.compile(rb"(?m)^[ \t\r]*[^{ \t\r\n]")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 ReadBatch = tuple[pa.RecordBatch, "float | None"]
 """A batch and the fraction of the source read so far (None when unknown)."""
@@ -454,7 +458,7 @@ class FileSource(TableSource):
                 # the batch keeps the block's row count with no columns (partition keys only)
                 rows = pa.nulls(table.num_rows)
                 batch = pa.RecordBatch.from_arrays([*arrays, rows], [*columns, ""]).select(
-                    list(columns)
+                    list(range(len(columns)))
                 )
                 for start in range(0, batch.num_rows, self.batch_rows):
                     yield batch.slice(start, self.batch_rows), raw.tell
@@ -752,19 +756,22 @@ def _text_family(format: str) -> str:
 
 def _line_blocks(stream: Any, size: int) -> Iterator[tuple[int, bytes]]:
     """The bytes of ``stream`` in blocks of about ``size`` that end at a line's end (but the
-    last), each with the number of its first line (from 1); blocks of blank lines are skipped."""
+    last), each with the number of its first line (from 1); blocks of blank lines are skipped,
+    and so is a UTF-8 byte order mark at the start."""
     pending: list[bytes] = []
     line = 1
-    while read := stream.read(size):
+    read = stream.read(size).removeprefix(_UTF8_BOM)
+    while read:
         end = read.rfind(b"\n")
         if end < 0:
             pending.append(read)
-            continue
-        block = b"".join([*pending, read[: end + 1]])
-        pending = [read[end + 1 :]]
-        if block.strip():
-            yield line, block
-        line += block.count(b"\n")
+        else:
+            block = b"".join([*pending, read[: end + 1]])
+            pending = [read[end + 1 :]]
+            if block.strip():
+                yield line, block
+            line += block.count(b"\n")
+        read = stream.read(size)
     rest = b"".join(pending)
     if rest.strip():
         yield line, rest
@@ -774,6 +781,8 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     """JSON Lines as a table: by pyarrow, or, where its typing would not hold (a key's values
     of two kinds, an integer past float64's exact ones) or it finds no JSON, by Python's json
     module, which names the line (``first_line`` is the number of the block's first)."""
+    if _OTHER_LINE.search(lines):  # pyarrow takes some of those lines, and crashes on some
+        return _python_json_table(lines, uri, first_line)
     read_options = pa_json.ReadOptions(block_size=max(len(lines), 1 << 16))
     try:
         table = pa_json.read_json(pa.BufferReader(lines), read_options=read_options)
@@ -790,7 +799,11 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
             ).select(names)
     except pa.ArrowInvalid:
         return _python_json_table(lines, uri, first_line)
-    if any(_inexact(column) for column in table.columns):
+    # a row per line (pyarrow also reads objects one after the other on a line), every
+    # integer exact
+    if table.num_rows != len(_OBJECT_LINE.findall(lines)) or any(
+        _inexact(column) for column in table.columns
+    ):
         return _python_json_table(lines, uri, first_line)
     return table
 
@@ -810,6 +823,10 @@ def _python_json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
             continue
         try:
             row = json.loads(line)
+        except RecursionError as exc:
+            raise DataError(
+                "unreadable_data", f"{uri}: line {number} nests lists or objects too deeply"
+            ) from exc
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise DataError(
@@ -861,7 +878,9 @@ def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
             f"{uri}: the key {name!r} holds lists or objects in later lines, which are not "
             "read; flatten them, or leave the key out of feature_columns",
         )
-    return column.cast(pa.string())
+    text = column.cast(pa.string())
+    text.validate(full=True)  # pyarrow's JSON reader lets bytes that are not UTF-8 through
+    return text
 
 
 def _excerpt(line: bytes, limit: int = 40) -> str:

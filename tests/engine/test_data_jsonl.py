@@ -81,8 +81,9 @@ def test_a_bad_line_in_a_later_block_is_named_by_its_line_in_the_file(tmp_path):
     lines = [json.dumps({"click": i % 2, "pad": "x" * 200}) for i in range(6000)]
     lines[5000] = '{"click": 1, "pad": "x",}'
     _write(path, lines)
+    source = open_source(path, batch_rows=64)  # blocks of 1 MiB: the bad line is in the second
     with pytest.raises(DataError, match="line 5001 is not JSON") as caught:
-        _rows(path)
+        list(source.batches())
     assert '{"click": 1, "pad": "x",}' in str(caught.value)
 
 
@@ -177,3 +178,35 @@ def test_json_files_beside_other_data_are_not_read(tmp_path):
     (folder / "more.jsonl").write_text('{"click": 1, "ad": "c"}\n')
     with pytest.raises(DataError, match="the folder mixes formats"):
         open_source(folder)
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("null", "line 1025 holds NoneType 'null', not a JSON object"),  # pyarrow crashes on it
+        ('{"click": 1} {"click": 0}', "line 1025 is not JSON (Extra data)"),
+        # a key typed otherwise below sends the block to Python's json module
+        ('{"click": "1", "ad": ' + "[" * 5000 + "]" * 5000 + "}", "line 1025 nests"),
+    ],
+)
+def test_a_line_that_is_not_one_object_is_named_at_the_start_of_a_block(tmp_path, line, words):
+    path = tmp_path / "t.jsonl"
+    # 1,024 lines of 1,024 bytes: the first block of 1 MiB ends just before ``line``
+    first = [json.dumps({"click": i % 2, "pad": ""}) for i in range(1024)]
+    first = [text.replace('""', '"' + "x" * (1023 - len(text)) + '"') for text in first]
+    assert {len(text) for text in first} == {1023}
+    _write(path, [*first, line, '{"click": 1, "pad": "y"}'])
+    source = open_source(path, batch_rows=64)  # blocks of 1 MiB
+    with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        list(source.batches())
+
+
+def test_bytes_that_are_not_utf8_and_an_empty_key(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"click": 1, "": "x"}\n{"click": 0, "": "\xff"}\n')
+    with pytest.raises(DataError, match="cannot read the data .*UTF8") as caught:
+        _rows(path)
+    assert caught.value.code == "unreadable_data"
+    path.write_bytes(b'\xef\xbb\xbf{"click": 1, "": "x"}\n{"click": 0, "": "y"}\n')
+    assert open_source(path).columns == ("click", "")
+    assert _rows(path) == [{"click": "1", "": "x"}, {"click": "0", "": "y"}]
