@@ -97,9 +97,6 @@ _MAX_FOLDER_DEPTH = 16
 # as a float is read again, exactly.
 _EXACT_INTEGERS = float(2**53)
 _DATA_ENDINGS = ".parquet, .csv, .tsv, .txt or .jsonl"
-# Lines that open a JSON object, and lines that hold anything else (not blank).
-_OBJECT_LINE = re.compile(rb"(?m)^[ \t\r]*\{")
-_OTHER_LINE = re.compile(rb"(?m)^[ \t\r]*[^{ \t\r\n]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 ReadBatch = tuple[pa.RecordBatch, "float | None"]
@@ -778,10 +775,14 @@ def _line_blocks(stream: Any, size: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
-    """JSON Lines as a table: by pyarrow, or, where its typing would not hold (a key's values
-    of two kinds, an integer past float64's exact ones) or it finds no JSON, by Python's json
-    module, which names the line (``first_line`` is the number of the block's first)."""
-    if _OTHER_LINE.search(lines):  # pyarrow takes some of those lines, and crashes on some
+    """JSON Lines as a table: by pyarrow, or by Python's json module, which names a bad line
+    (``first_line`` is the number of the block's first), where pyarrow would not read a row
+    per line exactly: a line that does not open an object (a blank one too), a key's values
+    of two kinds, an integer past float64's exact ones, or no JSON."""
+    # pyarrow would take some other lines (and crash on some: a null at the block's start),
+    # and read objects one after the other on a line
+    objects = lines.count(b"\n{") + lines.startswith(b"{")
+    if objects != lines.count(b"\n") + (not lines.endswith(b"\n")):
         return _python_json_table(lines, uri, first_line)
     read_options = pa_json.ReadOptions(block_size=max(len(lines), 1 << 16))
     try:
@@ -799,11 +800,7 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
             ).select(names)
     except pa.ArrowInvalid:
         return _python_json_table(lines, uri, first_line)
-    # a row per line (pyarrow also reads objects one after the other on a line), every
-    # integer exact
-    if table.num_rows != len(_OBJECT_LINE.findall(lines)) or any(
-        _inexact(column) for column in table.columns
-    ):
+    if table.num_rows != objects or any(_inexact(column) for column in table.columns):
         return _python_json_table(lines, uri, first_line)
     return table
 

@@ -210,3 +210,9 @@ def test_bytes_that_are_not_utf8_and_an_empty_key(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf{"click": 1, "": "x"}\n{"click": 0, "": "y"}\n')
     assert open_source(path).columns == ("click", "")
     assert _rows(path) == [{"click": "1", "": "x"}, {"click": "0", "": "y"}]
+
+
+def test_blank_lines_indented_objects_and_crlf_read_as_rows(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"click": 1, "ad": "a"}\r\n\r\n   {"click": 0, "ad": "b"}\r\n\n')
+    assert _rows(path) == [{"click": "1", "ad": "a"}, {"click": "0", "ad": "b"}]
