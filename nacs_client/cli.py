@@ -37,7 +37,6 @@ import click
 
 from nacs_client._client import Client, _version
 from nacs_client._progress import cli_progress
-from nacs_client.columns import column_names as column_names_of
 from nacs_client.errors import (
     APIConnectionError,
     APIStatusError,
@@ -360,6 +359,19 @@ def _echo_job(job: Job, as_json: bool) -> None:
         click.echo(job_details(job))
 
 
+def _column_names(values: tuple[str, ...], *, in_order: bool = False) -> list[str] | None:
+    """Column names given repeated, comma-separated or both (None: none given). Names
+    ``in_order`` keep an empty one (but a trailing comma's), which the service refuses: it
+    would shift the names after it."""
+    names = []
+    for value in values:
+        items = [name.strip() for name in value.split(",")]
+        if len(items) > 1 and not items[-1]:
+            items.pop()
+        names += items if in_order else [name for name in items if name]
+    return names or None
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, separator, raw = text.partition("=")
     key = key.strip()
@@ -489,10 +501,10 @@ def submit(
         method=method,
         options=parsed_options or None,
         label_column=label_column,
-        feature_columns=column_names_of(feature_columns),
-        numeric_columns=column_names_of(numeric_columns),
+        feature_columns=_column_names(feature_columns),
+        numeric_columns=_column_names(numeric_columns),
         numeric_detection=False if no_numeric_detection else None,
-        column_names=column_names_of(column_names, in_order=True),
+        column_names=_column_names(column_names, in_order=True),
         format=data_format,
         output_uri=output_uri,
         idempotency_key=idempotency_key,

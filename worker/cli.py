@@ -28,7 +28,6 @@ from typing import Any, NoReturn
 import click
 import pydantic
 
-from nacs_client.columns import column_names as column_names_of
 from worker.settings import SharedSettings, settings_problem
 
 EXIT_FAILED = 1
@@ -51,6 +50,19 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key.strip()] = raw
     return options
+
+
+def _split_columns(values: tuple[str, ...], *, in_order: bool = False) -> list[str] | None:
+    """Column names given comma-separated, repeated, or both (None: none given). Names
+    ``in_order`` keep an empty one (but a trailing comma's), which the request refuses: it
+    would shift the names after it."""
+    names = []
+    for value in values:
+        items = [name.strip() for name in value.split(",")]
+        if len(items) > 1 and not items[-1]:
+            items.pop()
+        names += items if in_order else [name for name in items if name]
+    return names or None
 
 
 def _first_line(error: BaseException) -> str:
@@ -257,11 +269,11 @@ def _budget_and_request(
         "format": data_format,
     }
     for name, given in (("feature_columns", feature_columns), ("numeric_columns", numeric_columns)):
-        columns = column_names_of(given)
+        columns = _split_columns(given)
         if columns:
             body[name] = columns
     if column_names:
-        body["column_names"] = column_names_of(column_names, in_order=True)
+        body["column_names"] = _split_columns(column_names, in_order=True)
     if not numeric_detection:
         body["numeric_detection"] = False
     try:
