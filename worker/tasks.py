@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -389,19 +390,10 @@ def _dataset_source(request: JobRequest, settings: SharedSettings, tenant: str |
 
     uri = normalise_uri(request.dataset_uri)
     roots = allowed_roots(settings, tenant) if tenant is not None else None
+    opened = partial(open_source, uri, format=request.format, column_names=request.column_names)
     if roots is None or scheme_of(uri) != "file":
-        return open_source(
-            uri,
-            format=request.format,
-            column_names=request.column_names,
-            storage_options=storage_options(uri, settings) or None,
-        )
-    return open_source(
-        uri,
-        format=request.format,
-        column_names=request.column_names,
-        filesystem=ConfinedFileSystem(roots, uri),
-    )
+        return opened(storage_options=storage_options(uri, settings) or None)
+    return opened(filesystem=ConfinedFileSystem(roots, uri))
 
 
 def _remove_on_error(folder: OutputFolder, written: list[str], error: BaseException | None) -> None:

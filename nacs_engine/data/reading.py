@@ -330,7 +330,7 @@ class FileSource(TableSource):
         line = head.split(b"\n", 1)[0].rstrip(b"\r")
         packed = next((name for magic, name in _COMPRESSED_NAMES if magic.match(head)), "")
         if b"\x00" in line or packed:
-            ending = {"jsonl": "jsonl", "parquet": "parquet"}.get(self.format, "csv")
+            ending = "jsonl" if self.format == "jsonl" else "csv"
             hint = f" (it is {packed}-compressed: name it with its ending, e.g. .{ending}.{packed})"
             raise DataError(
                 "unreadable_data",
