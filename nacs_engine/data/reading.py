@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import decimal
 import io
 import json
 import math
@@ -96,6 +97,8 @@ _MAX_FOLDER_DEPTH = 16
 # A float64 holds every integer up to this exactly; a JSON number past it that pyarrow read
 # as a float is read again, exactly.
 _EXACT_INTEGERS = float(2**53)
+# The type such keys are read again as: whole numbers of up to 38 digits (a fraction fails).
+_WHOLE_NUMBERS = pa.decimal128(38, 0)
 _DATA_ENDINGS = ".parquet, .csv, .tsv, .txt or .jsonl"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -778,7 +781,8 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     """JSON Lines as a table: by pyarrow, or by Python's json module, which names a bad line
     (``first_line`` is the number of the block's first), where pyarrow would not read a row
     per line exactly: a line that does not open an object (a blank one too), a key's values
-    of two kinds, an integer past float64's exact ones, or no JSON."""
+    of two kinds, a number past float64's exact integers that is not a whole number of at
+    most 38 digits, or no JSON."""
     # pyarrow would take some other lines (and crash on some: a null at the block's start),
     # and read objects one after the other on a line
     objects = lines.count(b"\n{") + lines.startswith(b"{")
@@ -787,20 +791,24 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     read_options = pa_json.ReadOptions(block_size=max(len(lines), 1 << 16))
     try:
         table = pa_json.read_json(pa.BufferReader(lines), read_options=read_options)
-        # pyarrow reads text that looks like a time as a timestamp: read it again as text
-        times = [field.name for field in table.schema if pa.types.is_timestamp(field.type)]
-        if times:
-            as_text = pa_json.ParseOptions(
-                explicit_schema=pa.schema([(name, pa.string()) for name in times]),
-                unexpected_field_behavior="infer",
+        # Read some keys again: text that pyarrow took for a time as text, and integers it
+        # could hold only as floats (past int64: 64-bit ids) as whole decimals.
+        again = [
+            (field.name, pa.string() if pa.types.is_timestamp(field.type) else _WHOLE_NUMBERS)
+            for field, column in zip(table.schema, table.columns, strict=True)
+            if pa.types.is_timestamp(field.type) or _inexact(column)
+        ]
+        if again:
+            exact = pa_json.ParseOptions(
+                explicit_schema=pa.schema(again), unexpected_field_behavior="infer"
             )
             names = table.column_names
             table = pa_json.read_json(
-                pa.BufferReader(lines), read_options=read_options, parse_options=as_text
+                pa.BufferReader(lines), read_options=read_options, parse_options=exact
             ).select(names)
-    except pa.ArrowInvalid:
+    except pa.ArrowInvalid:  # a fraction among the whole decimals too
         return _python_json_table(lines, uri, first_line)
-    if table.num_rows != objects or any(_inexact(column) for column in table.columns):
+    if table.num_rows != objects:
         return _python_json_table(lines, uri, first_line)
     return table
 
@@ -813,13 +821,25 @@ def _inexact(column: pa.ChunkedArray) -> bool:
     return largest is not None and largest >= _EXACT_INTEGERS
 
 
+def _json_number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent, as ``json.loads`` reads it, but a whole
+    one past float64's exact integers exactly (``1e20`` as 10**20), as pyarrow reads it as a
+    decimal: the same text on either path."""
+    value = float(text)
+    if math.isfinite(value) and abs(value) >= _EXACT_INTEGERS:
+        exact = decimal.Decimal(text)
+        if exact == exact.to_integral_value():
+            return int(exact)
+    return value
+
+
 def _python_json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_float=_json_number)
         except RecursionError as exc:
             raise DataError(
                 "unreadable_data", f"{uri}: line {number} nests lists or objects too deeply"

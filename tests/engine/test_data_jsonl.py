@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nacs_engine.data import load_dataset, open_source
+from nacs_engine.data import load_dataset, open_source, reading
 from nacs_engine.errors import DataError
 
 
@@ -74,6 +74,56 @@ def test_integers_past_float64s_exact_ones_stay_exact(tmp_path):
         "9007199254740993",
         "18446744073709551614",
     ]
+
+
+def test_integers_past_int64_are_read_by_pyarrow(tmp_path, monkeypatch):
+    # 64-bit ids in every block (Avazu's) would otherwise send each block to Python's json
+    path = tmp_path / "ids.jsonl"
+    _write(path, ['{"click": 1, "id": 18446744073709551615}', '{"click": 0, "id": 7}'])
+
+    def no_python(lines, uri, first_line):
+        raise AssertionError("read by Python's json module")
+
+    monkeypatch.setattr(reading, "_python_json_table", no_python)
+    assert [row["id"] for row in _rows(path)] == ["18446744073709551615", "7"]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        # whole numbers past float64's exact integers, however written: the same text on both
+        ('{"click": 1, "id": 1e20}', "100000000000000000000"),
+        ('{"click": 1, "id": 12345678901234567890.0}', "12345678901234567890"),
+        ('{"click": 1, "id": -2.5e19}', "-25000000000000000000"),
+        # past 38 digits pyarrow cannot hold them: Python's json reads both blocks
+        ('{"click": 1, "id": 1e40}', "1" + "0" * 40),
+    ],
+)
+def test_large_whole_numbers_read_alike_by_pyarrow_and_by_python(
+    tmp_path, monkeypatch, line, expected
+):
+    path = tmp_path / "ids.jsonl"
+    # the first block one object per line (pyarrow), the later ones with blank lines (Python)
+    padded = line[:-1] + ', "pad": "' + "x" * 400 + '"}'
+    _write(path, [padded] * 3000 + ['{"click": 0, "id": 3}'] + [padded, ""] * 3000)
+    python_blocks: list[int] = []
+    python_json_table = reading._python_json_table
+
+    def python(lines, uri, first_line):
+        python_blocks.append(first_line)
+        return python_json_table(lines, uri, first_line)
+
+    monkeypatch.setattr(reading, "_python_json_table", python)
+    source = open_source(path, batch_rows=64)  # blocks of 1 MiB
+    ids = [row["id"] for batch, _ in source.batches() for row in batch.to_pylist()]
+    assert len(ids) == 6001 and set(ids) == {expected, "3"}
+    assert python_blocks and (1 in python_blocks) == (len(expected) > 38)
+
+
+def test_a_fraction_among_large_whole_numbers(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    _write(path, ['{"click": 1, "id": 18446744073709551615}', '{"click": 0, "id": 1.5}'])
+    assert [row["id"] for row in _rows(path)] == ["18446744073709551615", "1.5"]
 
 
 def test_a_bad_line_in_a_later_block_is_named_by_its_line_in_the_file(tmp_path):
