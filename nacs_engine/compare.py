@@ -1224,6 +1224,9 @@ def _audit_fields(diagnostics: Mapping[str, Any], family: str) -> dict[str, Any]
         "audit_auc_difference_se": by_family.get("auc_difference_se"),
         "estimated_flip_rate": noise.get("flip_rate"),
         "set_aside_rows": noise.get("set_aside_rows"),
+        # False: the teacher ranked the given labels no better than chance could, and the
+        # estimate was not used (nothing set aside, given labels, a draw within each class)
+        "teacher_trusted": noise.get("teacher_trusted"),
     }
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NoReturn
 
 import click
@@ -125,7 +126,7 @@ def _notes(manifest: Any) -> list[str]:
         signal, floor = teacher.get("signal_auc") or 0.0, teacher.get("min_signal_auc") or 0.0
         notes.append(
             f"the proxy models rank these rows no better than AUC {signal:.3f}"
-            f" (under {floor:.2f}): nothing was set aside, the labels "
+            f" (under {floor:.3f}): nothing was set aside, the labels "
             "are the given ones and the rows a stratified random draw; the noise estimates do "
             "not apply"
         )
@@ -229,16 +230,36 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
             bar.close()
 
 
-def _run_lines() -> Any:
-    """A ``compare_methods`` progress callback: a line on stderr as each run ends."""
+def _run_lines(parts: int) -> Any:
+    """A progress callback line(part, done, total, message) for ``parts`` calls of
+    ``compare_methods`` of equal size, one after the other: a line on stderr as each run
+    ends, counted over all of them."""
     printed = [0]
 
-    def line(done: int, total: int, message: str) -> None:
+    def line(part: int, done: int, total: int, message: str) -> None:
+        done += part * total
         if done > printed[0]:
             printed[0] = done
-            click.echo(f"[{done}/{total}] {message}", err=True)
+            click.echo(f"[{done}/{total * parts}] {message}", err=True)
 
     return line
+
+
+def _check_split(data: Any, split: tuple[Any, Any, Any]) -> None:
+    """A DataError where the training, validation or test rows of ``split`` (positions in
+    ``data``) hold one class only."""
+    from nacs_engine.errors import DataError
+
+    for part, positions in zip(("training", "validation", "test"), split, strict=True):
+        clicks = int(data.labels[positions].sum(dtype="float64"))
+        if clicks in (0, positions.shape[0]):
+            raise DataError(
+                "too_few_clicks",
+                f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}) hold "
+                f"{'no click' if clicks == 0 else 'no non-click'}; an evaluation needs "
+                f"both in each split (the data holds {data.n_clicks:,} "
+                f"{'click' if data.n_clicks == 1 else 'clicks'})",
+            )
 
 
 def _budget_and_request(
@@ -496,7 +517,9 @@ def select(
     help="Validation metric that early-stops each fresh model.",
 )
 @_with_data_options
-@click.option("--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines, not the tables."
+)
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def evaluate(
     dataset: str,
@@ -552,41 +575,31 @@ def evaluate(
         )
         for note in _field_notes(data.field_names, data.field_dims):
             click.echo(f"note: {note}", err=True)
-        seed = selection_options["seed"]
-        train_rows, validation_rows, test_rows = split_rows(data.n_rows, seed=seed)
-        for part, positions in (
-            ("training", train_rows),
-            ("validation", validation_rows),
-            ("test", test_rows),
-        ):
-            clicks = int(data.labels[positions].sum(dtype="float64"))
-            if clicks in (0, positions.shape[0]):
-                raise DataError(
-                    "too_few_clicks",
-                    f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}) hold "
-                    f"{'no click' if clicks == 0 else 'no non-click'}; an evaluation needs "
-                    f"both in each split (the data holds {data.n_clicks:,} "
-                    f"{'click' if data.n_clicks == 1 else 'clicks'})",
-                )
-        rows = compare_methods(
-            data.subset(train_rows),
-            data.subset(validation_rows),
-            data.subset(test_rows),
-            methods=[name.strip() for name in methods.split(",") if name.strip()],
-            budgets=list(budgets),
-            seeds=list(range(seeds)),
-            selection_options=selection_options,
-            evaluation_options=EvaluationOptions(
-                backbone=selection_options["backbone"], monitor=monitor
-            ),
-            evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
-            if evaluators
-            else None,
-            noise_kind=noise_kind,
-            flip_rate=flip_rate,
-            dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
-            progress=None if quiet else _run_lines(),
-        )
+        # Each seed its own split (the options' seed plus the run's), so that the paired
+        # differences carry the test rows' sampling too.
+        splits = [split_rows(data.n_rows, seed=selection_options["seed"] + s) for s in range(seeds)]
+        for split in splits:
+            _check_split(data, split)
+        lines = None if quiet else _run_lines(len(splits))
+        rows = []
+        for seed, split in enumerate(splits):
+            rows += compare_methods(
+                *(data.subset(positions) for positions in split),
+                methods=[name.strip() for name in methods.split(",") if name.strip()],
+                budgets=list(budgets),
+                seeds=[seed],
+                selection_options=selection_options,
+                evaluation_options=EvaluationOptions(
+                    backbone=selection_options["backbone"], monitor=monitor
+                ),
+                evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
+                if evaluators
+                else None,
+                noise_kind=noise_kind,
+                flip_rate=flip_rate,
+                dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
+                progress=None if lines is None else partial(lines, seed),
+            )
     except DataError as error:
         _fail(f"{error.code}: {error.message}", EXIT_FAILED)
     except ValueError as error:

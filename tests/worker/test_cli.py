@@ -267,6 +267,23 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert "[1/6]" not in result.stdout
 
 
+def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
+    from nacs_engine.evaluate import split_rows
+    from worker.cli import evaluate
+
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "3", "--json"]
+    result = CliRunner().invoke(evaluate, [*args, "--option", "min_count=1", "--option", "seed=5"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [row["seed"] for row in rows] == [0, 1, 2]
+    labels = pq.read_table(dataset).column("label").to_numpy()
+    for row in rows:  # seed s trains on the training rows of split 5 + s
+        training = split_rows(labels.shape[0], seed=5 + row["seed"])[0]
+        assert row["data_click_rate"] == pytest.approx(labels[training].mean(), abs=1e-12)
+    assert len({row["data_click_rate"] for row in rows}) == 3
+    assert [line.split("]")[0] for line in result.stderr.splitlines()] == ["[1/3", "[2/3", "[3/3"]
+
+
 def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
     dataset: str,
 ) -> None:
