@@ -462,7 +462,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         if noise.get("teacher_trusted") is False:
             body += _note(
                 "The proxy models could not rank these rows (their AUC on the given labels is "
-                "under min_teacher_auc, or on data this small under what chance reaches): these "
+                "within what chance reaches on data this size, or under min_teacher_auc): these "
                 "estimates are not used; nothing was set aside, "
                 "the labels are the given ones and the rows a random draw within each class."
             )

@@ -212,6 +212,25 @@ def test_on_small_data_a_teacher_must_beat_what_chance_reaches() -> None:
     assert trusted_auc(np.zeros(10), 0.53) == 0.53
 
 
+def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted() -> None:
+    # 1% clicks, 20% of all labels flipped: 19 of 20 given clicks are flips, so even a teacher
+    # that ranks the clean labels well tells the given ones apart barely (AUC about 0.52);
+    # that is still far beyond chance on 20,000 rows, and trusting it keeps the flips out
+    generated = make_synthetic_ctr(
+        20_000, cardinalities=(20, 50, 8, 100, 30, 5), click_rate=0.01, flip_rate=0.2,
+        signal=3.0, seed=3,
+    )
+    options = {"size": None, "ratio": 0.05}
+    result = select_coreset(generated.dataset, _config(**options))
+    teacher = result.diagnostics["teacher"]
+    assert teacher["min_signal_auc"] < teacher["signal_auc"] < 0.53
+    assert teacher["trusted"] is True
+    assert generated.flipped[result.rows].mean() < 0.5 * generated.flipped.mean()
+    fixed = select_coreset(generated.dataset, _config(**options, min_teacher_auc=0.53))
+    assert fixed.diagnostics["teacher"]["trusted"] is False
+    assert generated.flipped[fixed.rows].mean() > 0.8 * generated.flipped.mean()
+
+
 def test_a_small_teacher_that_chance_could_have_made_is_not_trusted(
     generated,
 ) -> None:
