@@ -27,8 +27,8 @@ the quality targets (``QualityTargets``) and ``format_checks`` prints them.
 ``RowCache`` keeps finished rows in a JSON-lines file, keyed by ``RUN_FIELDS``
 and a hash of the options (``options_hash``), so that an interrupted grid
 resumes where it stopped (``compare_methods(cached=cache.lookup,
-on_row=cache.append)``). ``nacs evaluate`` is ``compare_methods`` then
-``format_table(summarise(...))``.
+on_row=cache.append)``). ``nacs evaluate`` is ``compare_methods`` on each seed's own
+split, then ``format_table(summarise(...))`` and ``difference_tables``.
 """
 
 from __future__ import annotations

@@ -77,8 +77,9 @@ COVERAGE_STRATA = 10
 SHIFT_EPSILON = 1e-6
 MAX_LOGIT_SHIFT = 10.0
 # A teacher is trusted only when its out-of-fold AUC is this many standard errors of a
-# chance AUC above 0.5 (``trusted_auc``): on 300 rows, half of them clicks, a teacher that
-# knows nothing reaches 0.55 about one time in fifteen.
+# chance AUC above 0.5 (``trusted_auc``; with the default ``min_teacher_auc`` the only
+# floor): on 300 rows, half of them clicks, a teacher that knows nothing reaches 0.55 about
+# one time in fifteen.
 TRUST_STANDARD_ERRORS = 2.0
 # Share of the selecting phase's progress given to the teacher.
 _TEACHER_SHARE = 0.9
@@ -307,10 +308,10 @@ def teacher_signal(teacher: Teacher, given: np.ndarray) -> float | None:
 
 
 def trusted_auc(given: np.ndarray, min_teacher_auc: float) -> float:
-    """The out-of-fold AUC the teacher must reach on the ``given`` labels to be trusted:
-    ``min_teacher_auc``, or where chance alone could reach that (few rows, or few of one
-    class), 0.5 plus ``TRUST_STANDARD_ERRORS`` standard errors of the AUC of a teacher that
-    knows nothing (Mann-Whitney: sqrt((n1 + n0 + 1) / (12 n1 n0))). 0 trusts it always."""
+    """The out-of-fold AUC the teacher must reach on the ``given`` labels to be trusted: the
+    higher of ``min_teacher_auc`` and 0.5 plus ``TRUST_STANDARD_ERRORS`` standard errors of
+    the AUC of a teacher that knows nothing (Mann-Whitney: sqrt((n1 + n0 + 1) / (12 n1 n0))),
+    which decides for any ``min_teacher_auc`` up to 0.5 (the default). 0 trusts it always."""
     if min_teacher_auc <= 0.0:
         return 0.0
     clicks = float(np.count_nonzero(given > 0.5))

@@ -3,8 +3,8 @@
 
 ``nacs select`` runs the same code as a job (``worker.tasks.execute``) and
 writes ``coreset.parquet``, the report and ``manifest.json`` to a folder or any fsspec URI.
-``nacs evaluate`` splits one dataset into train, validation and test rows and
-prints how a model trained on each method's coreset scores against full data,
+``nacs evaluate`` splits one dataset into train, validation and test rows, anew for each
+seed, and prints how a model trained on each method's coreset scores against full data,
 for every evaluator family asked for (each coreset is selected once).
 
 Exit codes follow the ``nacs`` command's table: 0 success, 1 the data or the
@@ -245,9 +245,9 @@ def _run_lines(parts: int) -> Any:
     return line
 
 
-def _check_split(data: Any, split: tuple[Any, Any, Any]) -> None:
+def _check_split(data: Any, split: tuple[Any, Any, Any], seed: int) -> None:
     """A DataError where the training, validation or test rows of ``split`` (positions in
-    ``data``) hold one class only."""
+    ``data``, split with ``seed``) hold one class only."""
     from nacs_engine.errors import DataError
 
     for part, positions in zip(("training", "validation", "test"), split, strict=True):
@@ -255,7 +255,8 @@ def _check_split(data: Any, split: tuple[Any, Any, Any]) -> None:
         if clicks in (0, positions.shape[0]):
             raise DataError(
                 "too_few_clicks",
-                f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}) hold "
+                f"the {part} rows ({positions.shape[0]:,} of {data.n_rows:,}; split seed "
+                f"{seed}) hold "
                 f"{'no click' if clicks == 0 else 'no non-click'}; an evaluation needs "
                 f"both in each split (the data holds {data.n_clicks:,} "
                 f"{'click' if data.n_clicks == 1 else 'clicks'})",
@@ -486,7 +487,12 @@ def select(
     help="Comma-separated methods; 'full' trains on all training rows.",
 )
 @click.option(
-    "--seeds", default=3, show_default=True, type=click.IntRange(1, 50), help="Seeds per method."
+    "--seeds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 50),
+    help="Seeds per method; each seed splits the data anew (split seed: the options' seed "
+    "plus the run's).",
 )
 @click.option(
     "--flip-rate",
@@ -578,8 +584,8 @@ def evaluate(
         # Each seed its own split (the options' seed plus the run's), so that the paired
         # differences carry the test rows' sampling too.
         splits = [split_rows(data.n_rows, seed=selection_options["seed"] + s) for s in range(seeds)]
-        for split in splits:
-            _check_split(data, split)
+        for index, split in enumerate(splits):
+            _check_split(data, split, selection_options["seed"] + index)
         lines = None if quiet else _run_lines(len(splits))
         rows = []
         for seed, split in enumerate(splits):

@@ -31,7 +31,8 @@ column of the files is read from the files, which must hold the folder's value).
 CSV and TSV columns are read as strings (an empty value is null), so that the
 type of a column never depends on which block is read first; the encoder parses
 labels and numeric columns itself. JSON Lines values are read as the same text:
-numbers as written in decimal (``1.0`` as ``1``, integers of any size exactly),
+numbers in decimal, whole ones in digits (``1.0`` as ``1``, ``1e10`` as ``10000000000``;
+integers of any size exactly),
 ``true`` and ``false``, ``null`` as missing. Every failure caused by the data (missing
 file, corrupt bytes, unknown format) is raised as ``DataError`` with a code.
 Messages and metadata name the URI without its password or query string (the
@@ -781,8 +782,8 @@ def _json_table(lines: bytes, uri: str, first_line: int) -> pa.Table:
     """JSON Lines as a table: by pyarrow, or by Python's json module, which names a bad line
     (``first_line`` is the number of the block's first), where pyarrow would not read a row
     per line exactly: a line that does not open an object (a blank one too), a key's values
-    of two kinds, a number past float64's exact integers that is not a whole number of at
-    most 38 digits, or no JSON."""
+    of two kinds, a key holding a number past float64's exact integers and a number that is
+    not a whole one of at most 38 digits (a fraction, say), or no JSON."""
     # pyarrow would take some other lines (and crash on some: a null at the block's start),
     # and read objects one after the other on a line
     objects = lines.count(b"\n{") + lines.startswith(b"{")
@@ -824,7 +825,7 @@ def _inexact(column: pa.ChunkedArray) -> bool:
 def _json_number(text: str) -> float | int:
     """A JSON number with a fraction or an exponent, as ``json.loads`` reads it, but a whole
     one past float64's exact integers exactly (``1e20`` as 10**20), as pyarrow reads it as a
-    decimal: the same text on either path."""
+    decimal."""
     value = float(text)
     if math.isfinite(value) and abs(value) >= _EXACT_INTEGERS:
         exact = decimal.Decimal(text)
@@ -875,6 +876,8 @@ def _python_texts(values: list[Any]) -> pa.Array:
             texts.append("true" if value else "false")
         elif isinstance(value, int):
             texts.append(str(value))
+        elif math.isfinite(value) and value.is_integer():  # 1.0, 1e10 and -0.0 as 1, ... and 0
+            texts.append(str(int(value)))
         elif math.isfinite(value):
             texts.append(pa.scalar(float(value)).cast(pa.string()).as_py())
         else:
@@ -887,8 +890,17 @@ def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type=pa.string())
     column = table.column(name).combine_chunks()
-    if pa.types.is_floating(column.type):  # NaN and infinities: missing, as Python reads them
+    if pa.types.is_floating(column.type):
+        # NaN and infinities: missing, as Python reads them; whole numbers in digits, as a
+        # key read as integers or decimals writes them (1e10 as 10000000000, not 1e+10)
         column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, type=column.type))
+        exact = pc.less(pc.abs(column), _EXACT_INTEGERS)
+        whole = pc.and_(pc.equal(pc.floor(column), column), exact)
+        return pc.if_else(
+            whole,
+            pc.cast(pc.if_else(whole, column, 0.0), pa.int64()).cast(pa.string()),
+            column.cast(pa.string()),
+        )
     if pa.types.is_nested(column.type):
         raise DataError(
             "unreadable_data",

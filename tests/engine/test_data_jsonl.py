@@ -97,6 +97,10 @@ def test_integers_past_int64_are_read_by_pyarrow(tmp_path, monkeypatch):
         ('{"click": 1, "id": -2.5e19}', "-25000000000000000000"),
         # past 38 digits pyarrow cannot hold them: Python's json reads both blocks
         ('{"click": 1, "id": 1e40}', "1" + "0" * 40),
+        # whole numbers written as floats, below 2^53: digits too, on every path
+        ('{"click": 1, "id": 12345678901.0}', "12345678901"),
+        ('{"click": 1, "id": 5e15}', "5000000000000000"),
+        ('{"click": 1, "id": -0.0}', "0"),
     ],
 )
 def test_large_whole_numbers_read_alike_by_pyarrow_and_by_python(
@@ -118,6 +122,18 @@ def test_large_whole_numbers_read_alike_by_pyarrow_and_by_python(
     ids = [row["id"] for batch, _ in source.batches() for row in batch.to_pylist()]
     assert len(ids) == 6001 and set(ids) == {expected, "3"}
     assert python_blocks and (1 in python_blocks) == (len(expected) > 38)
+
+
+def test_whole_numbers_read_alike_in_a_key_read_as_decimals_and_as_floats(tmp_path):
+    # the first block reads the key as whole decimals (for its 64-bit id), the later ones as
+    # floats: 12345678901.0 is one value, one text
+    path = tmp_path / "ids.jsonl"
+    lines = ['{"click": 1, "id": 18446744073709551615}']
+    lines += ['{"click": 0, "id": 12345678901.0, "pad": "' + "x" * 400 + '"}'] * 5000
+    _write(path, lines)
+    source = open_source(path, batch_rows=64)  # blocks of 1 MiB
+    ids = [row["id"] for batch, _ in source.batches() for row in batch.to_pylist()]
+    assert set(ids) == {"18446744073709551615", "12345678901"}
 
 
 def test_a_fraction_among_large_whole_numbers(tmp_path):

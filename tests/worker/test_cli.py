@@ -271,17 +271,23 @@ def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
     from nacs_engine.evaluate import split_rows
     from worker.cli import evaluate
 
-    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "3", "--json"]
-    result = CliRunner().invoke(evaluate, [*args, "--option", "min_count=1", "--option", "seed=5"])
+    args = [dataset, "--ratio", "0.2", "--methods", "random,stratified,nacs", "--seeds", "2"]
+    args += ["--json", "--option", "min_count=1", "--option", "seed=5"]
+    result = CliRunner().invoke(evaluate, args)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert [row["seed"] for row in rows] == [0, 1, 2]
+    assert [(row["seed"], row["method"]) for row in rows] == [
+        (seed, method) for seed in (0, 1) for method in ("random", "stratified", "nacs")
+    ]
     labels = pq.read_table(dataset).column("label").to_numpy()
-    for row in rows:  # seed s trains on the training rows of split 5 + s
+    for row in rows:  # seed s trains on the training rows of split 5 + s, whatever the method
         training = split_rows(labels.shape[0], seed=5 + row["seed"])[0]
         assert row["data_click_rate"] == pytest.approx(labels[training].mean(), abs=1e-12)
-    assert len({row["data_click_rate"] for row in rows}) == 3
-    assert [line.split("]")[0] for line in result.stderr.splitlines()] == ["[1/3", "[2/3", "[3/3"]
+    assert len({row["data_click_rate"] for row in rows}) == 2
+    assert [row["teacher_trusted"] for row in rows if row["method"] != "nacs"] == [None] * 4
+    assert all(row["teacher_trusted"] in (True, False) for row in rows if row["method"] == "nacs")
+    lines = [line.split("]")[0] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert lines == [f"[{i}/6" for i in range(1, 7)]
 
 
 def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
@@ -347,6 +353,7 @@ def test_evaluate_on_too_few_clicks_names_the_split(tmp_path) -> None:
     result = CliRunner().invoke(evaluate, [str(path), "--seeds", "1", "--methods", "random"])
     assert result.exit_code == 1, result.output
     assert "too_few_clicks: the" in result.output and "hold no click" in result.output
+    assert "split seed 0" in result.output
     assert "Traceback" not in result.output
 
 
