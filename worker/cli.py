@@ -506,8 +506,9 @@ def select(
     "--noise-kind",
     default="symmetric",
     show_default=True,
-    help="symmetric: flip that share of all training labels (below 0.5); "
-    "clicks-to-non-clicks: turn that share of the training clicks into non-clicks.",
+    help="symmetric: flip that share of all training labels (below 0.5; with rare clicks most "
+    "given clicks are then flips); clicks-to-non-clicks: turn that share of the training "
+    "clicks into non-clicks.",
 )
 @click.option(
     "--evaluators",
