@@ -584,27 +584,32 @@ def evaluate(
             click.echo(f"note: {note}", err=True)
         # Each seed its own split (the options' seed plus the run's), so that the paired
         # differences carry the test rows' sampling too.
-        splits = [split_rows(data.n_rows, seed=selection_options["seed"] + s) for s in range(seeds)]
-        for index, split in enumerate(splits):
-            _check_split(data, split, selection_options["seed"] + index)
-        lines = None if quiet else _run_lines(len(splits))
+        splits = []
+        for seed in range(seeds):
+            split_seed = selection_options["seed"] + seed
+            splits.append(split_rows(data.n_rows, seed=split_seed))
+            _check_split(data, splits[-1], split_seed)
+        run = partial(
+            compare_methods,
+            methods=[name.strip() for name in methods.split(",") if name.strip()],
+            budgets=list(budgets),
+            selection_options=selection_options,
+            evaluation_options=EvaluationOptions(
+                backbone=selection_options["backbone"], monitor=monitor
+            ),
+            evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
+            if evaluators
+            else None,
+            noise_kind=noise_kind,
+            flip_rate=flip_rate,
+            dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
+        )
+        lines = None if quiet else _run_lines(seeds)
         rows = []
         for seed, split in enumerate(splits):
-            rows += compare_methods(
+            rows += run(
                 *(data.subset(positions) for positions in split),
-                methods=[name.strip() for name in methods.split(",") if name.strip()],
-                budgets=list(budgets),
                 seeds=[seed],
-                selection_options=selection_options,
-                evaluation_options=EvaluationOptions(
-                    backbone=selection_options["backbone"], monitor=monitor
-                ),
-                evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
-                if evaluators
-                else None,
-                noise_kind=noise_kind,
-                flip_rate=flip_rate,
-                dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
                 progress=None if lines is None else partial(lines, seed),
             )
     except DataError as error:
