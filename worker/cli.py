@@ -482,13 +482,14 @@ def select(
 )
 @click.option(
     "--methods",
-    default="nacs,nacs-no-denoise,nacs-no-relabel,random,stratified,balanced,full",
+    default="nacs,denoised-random,random,stratified,balanced,full",
     show_default=True,
-    help="Comma-separated methods; 'full' trains on all training rows.",
+    help="Comma-separated methods; 'full' trains on all training rows; denoised-random is "
+    "NaCS's set-aside and soft labels on rows drawn at random (what the selection adds).",
 )
 @click.option(
     "--seeds",
-    default=3,
+    default=5,
     show_default=True,
     type=click.IntRange(1, 50),
     help="Seeds per method; each seed splits the data anew (split seed: the options' seed "
@@ -514,7 +515,7 @@ def select(
     "--evaluators",
     default=None,
     help="Comma-separated evaluator families that score each coreset: deepfm, dcnv2, logistic "
-    "(default: the selection's backbone).",
+    "(default: the selection's backbone and logistic regression, a model of another family).",
 )
 @click.option(
     "--monitor",
@@ -599,7 +600,7 @@ def evaluate(
             ),
             evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
             if evaluators
-            else None,
+            else [selection_options["backbone"], "logistic"],
             noise_kind=noise_kind,
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],

@@ -256,15 +256,23 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| clicks.parquet")]
-    assert sorted(line.split("|")[6].strip() for line in rows) == ["full", "random", "stratified"]
-    # then the paired differences, seed by seed: stratified less random
-    assert "clicks.parquet, clean, deepfm: method less baseline, seed by seed" in result.stdout
+    # by default each coreset is scored by the backbone and by a logistic regression
+    assert sorted((line.split("|")[3].strip(), line.split("|")[6].strip()) for line in rows) == [
+        (family, method)
+        for family in ("deepfm", "logistic")
+        for method in ("full", "random", "stratified")
+    ]
+    # then the paired differences, seed by seed: stratified less random, for each family
+    for family in ("deepfm", "logistic"):
+        assert f"clicks.parquet, clean, {family}: method less baseline, seed by seed" in (
+            result.stdout
+        )
     paired = [line for line in result.stdout.splitlines() if "| stratified | random | 2 |" in line]
-    assert len(paired) == 1 and paired[0].count("/2") == 2
-    # a line on stderr as each of the six runs ends, none on stdout
+    assert len(paired) == 2 and all(line.count("/2") == 2 for line in paired)
+    # a line on stderr as each of the twelve runs (seeds x methods x families) ends
     lines = result.stderr.splitlines()
-    assert [line.split("]")[0] for line in lines] == [f"[{i}/6" for i in range(1, 7)]
-    assert "[1/6]" not in result.stdout
+    assert [line.split("]")[0] for line in lines] == [f"[{i}/12" for i in range(1, 13)]
+    assert "[1/12]" not in result.stdout
 
 
 def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
@@ -276,18 +284,19 @@ def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
     result = CliRunner().invoke(evaluate, args)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert [(row["seed"], row["method"]) for row in rows] == [
+    assert [(row["seed"], row["method"]) for row in rows if row["evaluator"] == "deepfm"] == [
         (seed, method) for seed in (0, 1) for method in ("random", "stratified", "nacs")
     ]
+    assert sorted(row["evaluator"] for row in rows) == ["deepfm"] * 6 + ["logistic"] * 6
     labels = pq.read_table(dataset).column("label").to_numpy()
     for row in rows:  # seed s trains on the training rows of split 5 + s, whatever the method
         training = split_rows(labels.shape[0], seed=5 + row["seed"])[0]
         assert row["data_click_rate"] == pytest.approx(labels[training].mean(), abs=1e-12)
     assert len({row["data_click_rate"] for row in rows}) == 2
-    assert [row["teacher_trusted"] for row in rows if row["method"] != "nacs"] == [None] * 4
+    assert [row["teacher_trusted"] for row in rows if row["method"] != "nacs"] == [None] * 8
     assert all(row["teacher_trusted"] in (True, False) for row in rows if row["method"] == "nacs")
     lines = [line.split("]")[0] for line in result.stderr.splitlines() if line.startswith("[")]
-    assert lines == [f"[{i}/6" for i in range(1, 7)]
+    assert lines == [f"[{i}/12" for i in range(1, 13)]
 
 
 def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
@@ -323,6 +332,8 @@ def test_evaluate_early_stopping_on_log_loss_and_an_unknown_monitor(dataset: str
         "random",
         "--seeds",
         "1",
+        "--evaluators",
+        "deepfm",
         "--option",
         "min_count=1",
         "--json",
