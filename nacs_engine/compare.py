@@ -41,6 +41,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +49,7 @@ import numpy as np
 from nacs_engine.config import METHODS, REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.evaluate import EVALUATORS, Evaluation, EvaluationOptions, evaluate_coreset
+from nacs_engine.runtime import SharedProgress, cpu_lanes, resolve_device, train_at_once
 from nacs_engine.teacher import TeacherCache
 
 if TYPE_CHECKING:
@@ -196,6 +198,11 @@ def compare_methods(
 ) -> list[dict[str, Any]]:
     """Select and evaluate every (method, budget, seed, evaluator); one result dict per run.
 
+    Per seed and budget every method selects first; then the fresh models of its
+    coresets (and, at the first budget, the full-data ones) train at once on a CPU, one
+    per torch thread (``train_at_once``), with the results of training them one after
+    the other on that many threads.
+
     methods: names from ``COMPARABLE_METHODS`` ("full" trains on all training rows).
     budgets: ratios (floats in (0, 1)) or sizes (ints >= 1) of the training rows.
     seeds: each seed drives the label noise, the selection and the fresh models.
@@ -285,71 +292,96 @@ def compare_methods(
             noisy, flipped = add_label_noise(train.labels, noise_kind, flip_rate, seed)
             seeded_train = replace(train, labels=noisy)
         full_auc: dict[str, float] = {}
-        if FULL in methods:
-            for family in families:
-                fields = run_fields(seed, FULL, "100%", family)
-                found = lookup(fields)
-                if found is None:
-                    report(done, total, f"{dataset_name}: full data, {family}, seed {seed}")
-                    row = fields | _evaluate_full(
-                        seeded_train,
-                        validation,
-                        test,
-                        family_options[family],
-                        seed,
-                        device,
-                        flipped,
-                    )
-                    emit(row)
-                else:
-                    row = dict(found)
-                full_auc[family] = row["test_auc"]
-                rows.append(row)
-                done += 1
-                report(
-                    done,
-                    total,
-                    f"{dataset_name}: full data, {family}, seed {seed}: AUC {row['test_auc']:.4f}",
-                )
-        for budget in budgets:
-            for method in selecting:
-                label = budget_label(budget)
-                name = f"{dataset_name}: {method} at {label}, seed {seed}"
-                found_rows = {f: lookup(run_fields(seed, method, label, f)) for f in families}
-                missing = [f for f in families if found_rows[f] is None]
-                selection = None
-                if missing:
-                    report(done, total, f"{name}: selecting")
-                    chosen = variant_options.get(method, {"method": method})
-                    config = SelectionConfig.from_dict(
-                        {**options, **chosen, **_budget_field(budget), "seed": seed}
-                    )
-                    selection = _select(seeded_train, config, teachers)
+        full_found = {
+            family: lookup(run_fields(seed, FULL, "100%", family)) if FULL in methods else None
+            for family in families
+        }
+        for index, budget in enumerate(budgets):
+            label = budget_label(budget)
+            # Every selection of the budget first, then their models (and, with the first
+            # budget, the full-data ones) trained at once.
+            found = {
+                (method, family): lookup(run_fields(seed, method, label, family))
+                for method in selecting
+                for family in families
+            }
+            jobs: dict[Any, Callable[[Callable[[int, float], None]], dict[str, Any]]] = {}
+            if FULL in methods and index == 0:
                 for family in families:
-                    found = found_rows[family]
-                    if found is None:
-                        assert selection is not None
-                        row = run_fields(seed, method, label, family) | _evaluate_selection(
+                    if full_found[family] is None:
+                        jobs[FULL, family] = partial(
+                            _evaluate_full,
                             seeded_train,
                             validation,
                             test,
-                            selection,
                             family_options[family],
                             seed,
                             device,
                             flipped,
                         )
+            for method in selecting:
+                missing = [family for family in families if found[method, family] is None]
+                if not missing:
+                    continue
+                report(done, total, f"{dataset_name}: {method} at {label}, seed {seed}: selecting")
+                chosen = variant_options.get(method, {"method": method})
+                config = SelectionConfig.from_dict(
+                    {**options, **chosen, **_budget_field(budget), "seed": seed}
+                )
+                selection = _select(seeded_train, config, teachers)
+                for family in missing:
+                    jobs[method, family] = partial(
+                        _evaluate_selection,
+                        seeded_train,
+                        validation,
+                        test,
+                        selection,
+                        family_options[family],
+                        seed,
+                        device,
+                        flipped,
+                    )
+            if jobs:
+                report(done, total, f"{dataset_name}: {len(jobs)} models at {label}, seed {seed}")
+            computed = _at_once(jobs, device)
+            if FULL in methods and index == 0:
+                for family in families:
+                    previous = full_found[family]
+                    if previous is None:
+                        row = run_fields(seed, FULL, "100%", family) | computed[FULL, family]
+                        emit(row)
+                    else:
+                        row = dict(previous)
+                    full_auc[family] = row["test_auc"]
+                    rows.append(row)
+                    done += 1
+                    report(
+                        done,
+                        total,
+                        f"{dataset_name}: full data, {family}, seed {seed}: "
+                        f"AUC {row['test_auc']:.4f}",
+                    )
+            for method in selecting:
+                for family in families:
+                    previous = found[method, family]
+                    if previous is None:
+                        row = run_fields(seed, method, label, family) | computed[method, family]
                         row["recovery"] = (
                             row["test_auc"] / full_auc[family] if family in full_auc else None
                         )
                         emit(row)
                     else:
-                        row = dict(found)
+                        row = dict(previous)
                         if family in full_auc:
                             row["recovery"] = row["test_auc"] / full_auc[family]
                     rows.append(row)
                     done += 1
-                    report(done, total, f"{name}, {family}: AUC {row['test_auc']:.4f}")
+                    report(
+                        done,
+                        total,
+                        f"{dataset_name}: {method} at {label}, seed {seed}, {family}: "
+                        f"AUC {row['test_auc']:.4f}",
+                    )
     return rows
 
 
@@ -1125,6 +1157,28 @@ def _select(train: EncodedDataset, config: SelectionConfig, teachers: TeacherCac
     return _Selection(result, time.perf_counter() - started)
 
 
+def _at_once(
+    jobs: Mapping[Any, Callable[[Callable[[int, float], None]], dict[str, Any]]], device: str
+) -> dict[Any, dict[str, Any]]:
+    """The results of ``jobs`` (each a run's fields from a fresh model, given a per-epoch
+    progress callback), trained at once on a CPU as the teacher's and the audit's models are
+    (``train_at_once``: one lane per torch thread, at most one per job): on two cores the
+    models of a budget keep a core busy each, and a model on one thread does not stall when
+    another process takes a core, where one spread over both threads waits at each
+    operation for the thread that lost its core (3.7-6x slower beside one busy process, 1.25x
+    now: bench/evaluate_speed.py)."""
+    shared = SharedProgress()
+
+    def epoch(number: int, score: float) -> None:
+        # an interrupt or another model's failure stops this one at its next epoch
+        shared.call(lambda: None)
+
+    names = list(jobs)
+    lanes = cpu_lanes(resolve_device(device), len(names))
+    results = train_at_once([partial(jobs[name], epoch) for name in names], lanes, shared)
+    return dict(zip(names, results, strict=True))
+
+
 def _evaluate_full(
     train: EncodedDataset,
     validation: EncodedDataset,
@@ -1133,9 +1187,17 @@ def _evaluate_full(
     seed: int,
     device: str,
     flipped: np.ndarray | None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     evaluation = evaluate_coreset(
-        train, validation, test, rows=None, options=options, seed=seed, device=device
+        train,
+        validation,
+        test,
+        rows=None,
+        options=options,
+        seed=seed,
+        device=device,
+        progress=progress,
     )
     click_rate = float(np.mean(train.labels, dtype=np.float64))
     share = float(flipped.mean()) if flipped is not None else None
@@ -1165,9 +1227,11 @@ def evaluate_result(
     options: EvaluationOptions,
     seed: int,
     device: str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
 ) -> Evaluation:
     """A fresh model of ``options`` trained on ``result``'s rows of ``train`` as delivered
-    (its soft labels and weights), early-stopped on ``validation`` and scored on ``test``."""
+    (its soft labels and weights), early-stopped on ``validation`` and scored on ``test``;
+    progress(epoch, score) as in ``evaluate_coreset``."""
     return evaluate_coreset(
         train,
         validation,
@@ -1178,6 +1242,7 @@ def evaluate_result(
         options=options,
         seed=seed,
         device=device,
+        progress=progress,
     )
 
 
@@ -1190,9 +1255,12 @@ def _evaluate_selection(
     seed: int,
     device: str,
     flipped: np.ndarray | None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     result = selection.result
-    evaluation = evaluate_result(train, validation, test, result, options, seed, device)
+    evaluation = evaluate_result(
+        train, validation, test, result, options, seed, device, progress=progress
+    )
     return {
         "budget_rows": result.size,
         "test_auc": evaluation.test_auc,

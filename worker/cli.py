@@ -505,11 +505,10 @@ def select(
 )
 @click.option(
     "--noise-kind",
-    default="symmetric",
-    show_default=True,
-    help="symmetric: flip that share of all training labels (below 0.5; with rare clicks most "
-    "given clicks are then flips); clicks-to-non-clicks: turn that share of the training "
-    "clicks into non-clicks.",
+    default=None,
+    help="symmetric (the default): flip that share of all training labels (below 0.5; with "
+    "rare clicks most given clicks are then flips); clicks-to-non-clicks: turn that share of "
+    "the training clicks into non-clicks. Needs --flip-rate.",
 )
 @click.option(
     "--evaluators",
@@ -526,7 +525,10 @@ def select(
 )
 @_with_data_options
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print the per-run rows as JSON lines, not the tables."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the per-run rows as JSON lines, each as its run ends, not the tables.",
 )
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def evaluate(
@@ -535,7 +537,7 @@ def evaluate(
     methods: str,
     seeds: int,
     flip_rate: float,
-    noise_kind: str,
+    noise_kind: str | None,
     evaluators: str | None,
     monitor: str,
     options: tuple[str, ...],
@@ -556,6 +558,12 @@ def evaluate(
     from worker.tasks import encoder_numeric_columns
 
     budgets = ratios or (0.01, 0.05)
+    if noise_kind is not None and flip_rate == 0:
+        _fail(
+            f"--noise-kind {noise_kind} changes no label without --flip-rate (the share of "
+            "labels to change, e.g. --flip-rate 0.2)",
+            EXIT_USAGE,
+        )
     _quiet_libraries()
     request = _budget_and_request(
         dataset,
@@ -601,9 +609,11 @@ def evaluate(
             evaluators=[name.strip() for name in evaluators.split(",") if name.strip()]
             if evaluators
             else [selection_options["backbone"], "logistic"],
-            noise_kind=noise_kind,
+            noise_kind=noise_kind or "symmetric",
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
+            # each row as its run ends: an interrupted or failed run keeps what it printed
+            on_row=(lambda row: click.echo(json.dumps(row, default=float))) if as_json else None,
         )
         lines = None if quiet else _run_lines(seeds)
         rows = []
@@ -621,10 +631,7 @@ def evaluate(
         _fail("interrupted", EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001 - a store's or a library's own error, in one line
         _unexpected(error)
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, default=float))
-    else:
+    if not as_json:
         click.echo(format_table(summarise(rows)))
         differences = difference_tables(rows)
         if differences:

@@ -102,6 +102,64 @@ def test_each_coreset_is_selected_once_and_scored_by_every_family(splits, select
         assert pair[0]["test_auc"] != pair[1]["test_auc"]
 
 
+def test_families_trained_at_once_score_as_each_alone_on_one_thread(splits) -> None:
+    import torch
+
+    train, validation, test = splits
+    arguments = dict(
+        methods=["full", "stratified"], budgets=[0.2], seeds=[0], evaluation_options=FAST
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two lanes: the families train at once, a thread each
+        together = compare_methods(
+            train, validation, test, evaluators=["deepfm", "logistic"], **arguments
+        )
+        torch.set_num_threads(1)
+        alone = [
+            row
+            for family in ("deepfm", "logistic")
+            for row in compare_methods(train, validation, test, evaluators=[family], **arguments)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+
+    def scores(rows):
+        return sorted(
+            (r["method"], r["evaluator"], r["test_auc"], r["test_log_loss"], r["best_epoch"])
+            for r in rows
+        )
+
+    assert scores(together) == scores(alone)
+    assert len(together) == 4
+
+
+def test_a_failure_in_one_family_stops_the_run(splits, monkeypatch) -> None:
+    train, validation, test = splits
+
+    def failing(*args, **kwargs):
+        if args[4].backbone == "logistic":
+            raise RuntimeError("the logistic model failed")
+        return evaluate(*args, **kwargs)
+
+    evaluate = compare._evaluate_selection
+    monkeypatch.setattr(compare, "_evaluate_selection", failing)
+    emitted: list[dict] = []
+    with pytest.raises(RuntimeError, match="the logistic model failed"):
+        compare_methods(
+            train,
+            validation,
+            test,
+            methods=["stratified"],
+            budgets=[0.2],
+            seeds=[0],
+            evaluation_options=FAST,
+            evaluators=["deepfm", "logistic"],
+            on_row=emitted.append,
+        )
+    assert emitted == []
+
+
 def test_nacs_rows_carry_soft_labels_and_selection_time(splits) -> None:
     train, validation, test = splits
     (row,) = compare_methods(

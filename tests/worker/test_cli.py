@@ -321,6 +321,37 @@ def test_evaluate_scores_each_coreset_with_every_evaluator_under_the_noise_kind(
     assert result.exit_code == 2 and "noise_kind" in result.output
 
 
+def test_evaluate_noise_kind_needs_a_flip_rate(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "1"]
+    result = CliRunner().invoke(evaluate, [*args, "--noise-kind", "clicks-to-non-clicks"])
+    assert result.exit_code == 2, result.output
+    assert "--noise-kind clicks-to-non-clicks changes no label without --flip-rate" in (
+        result.output
+    )
+
+
+def test_evaluate_json_prints_each_row_as_its_run_ends(dataset: str, monkeypatch) -> None:
+    from nacs_engine import compare
+    from worker.cli import evaluate
+
+    select = compare._select
+
+    def interrupted_at_seed_one(train, config, teachers):
+        if config.seed == 1:
+            raise KeyboardInterrupt
+        return select(train, config, teachers)
+
+    monkeypatch.setattr(compare, "_select", interrupted_at_seed_one)
+    args = [dataset, "--ratio", "0.2", "--methods", "random", "--seeds", "2", "--json"]
+    result = CliRunner().invoke(evaluate, [*args, "--option", "min_count=1"])
+    assert result.exit_code == 130, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(row["seed"], row["evaluator"]) for row in rows] == [(0, "deepfm"), (0, "logistic")]
+    assert "interrupted" in result.stderr
+
+
 def test_evaluate_early_stopping_on_log_loss_and_an_unknown_monitor(dataset: str) -> None:
     from worker.cli import evaluate
 
