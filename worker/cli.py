@@ -133,20 +133,28 @@ def _notes(manifest: Any) -> list[str]:
     if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
     data = manifest.dataset
-    return notes + _field_notes(data.fields, data.field_dims)
+    return notes + _field_notes(data.fields, data.field_dims, data.whole_number_columns)
 
 
-def _field_notes(fields: Any, field_dims: Any) -> list[str]:
-    """A note on the fields of which no value is seen often enough to count."""
+def _field_notes(fields: Any, field_dims: Any, whole_numbers: Any = ()) -> list[str]:
+    """Notes on the fields of which no value is seen often enough to count, and on the
+    floating-point columns of many whole numbers read as categories."""
+    notes = []
     rare = [name for name, dim in zip(fields, field_dims, strict=False) if dim <= 1]
-    if not rare:
-        return []
-    return [
-        f"no value of {', '.join(rare)} is seen often enough to count (min_count): the field "
-        "tells the models nothing; leave an id out (--feature-columns), name a number column "
-        "in --numeric-columns (with every other numeric column: named columns replace the "
-        "detection of float columns)"
-    ]
+    if rare:
+        notes.append(
+            f"no value of {', '.join(rare)} is seen often enough to count (min_count): the "
+            "field tells the models nothing; leave an id out (--feature-columns), name a number "
+            "column in --numeric-columns (with every other numeric column: named columns "
+            "replace the detection of float columns)"
+        )
+    if whole_numbers:
+        notes.append(
+            f"{', '.join(whole_numbers)}: floating-point, whole numbers only, read as "
+            "categories (ids are); if they are counts or amounts, name them in "
+            "--numeric-columns (with every other numeric column) to bucket them as numbers"
+        )
+    return notes
 
 
 def _quiet_libraries() -> None:
@@ -589,7 +597,8 @@ def evaluate(
             column_names=request.column_names,
             min_count=selection_options["min_count"],
         )
-        for note in _field_notes(data.field_names, data.field_dims):
+        whole_numbers = data.metadata.get("whole_number_columns", [])
+        for note in _field_notes(data.field_names, data.field_dims, whole_numbers):
             click.echo(f"note: {note}", err=True)
         # Each seed its own split (the options' seed plus the run's), so that the paired
         # differences carry the test rows' sampling too.

@@ -38,6 +38,11 @@ class DatasetSummary(BaseModel):
         default_factory=dict,
         description="How each numeric column was bucketed: 'criteo rule' or 'N quantiles'.",
     )
+    whole_number_columns: list[str] = Field(
+        default_factory=list,
+        description="Floating-point columns of whole numbers only, read as categories, that "
+        "take 32 values or more: numbers (counts, lengths, prices) to name as numeric columns.",
+    )
 
 
 class CoresetSummary(BaseModel):

@@ -277,6 +277,7 @@ def write_result(
         clicks=data.n_clicks, fields=list(data.field_names),
         field_dims=[int(d) for d in data.field_dims],
         numeric_buckets=dict(data.metadata.get("numeric_buckets", {})),
+        whole_number_columns=list(data.metadata.get("whole_number_columns", [])),
     )
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),

@@ -290,6 +290,7 @@ class Encoder:
         self.fitted_rows = 0
         self.fitted_clicks = 0
         self.fitted_on = ""
+        self.whole_number_columns: tuple[str, ...] = ()
 
     @property
     def is_fitted(self) -> bool:
@@ -336,6 +337,7 @@ class Encoder:
         # whether a text column being tried as numbers held dates and times (ISO 8601 text)
         text_times: dict[int, bool] = {}
         kinds: list[str] | None = None
+        floating: set[int] = set()
         rows = 0
         clicks = 0.0
         for batch, fraction in source.batches(columns):
@@ -369,6 +371,7 @@ class Encoder:
                         if name not in schema.numeric_columns
                         and (_is_floating(batch.column(i + 1)) or _is_text(batch.column(i + 1)))
                     }
+                    floating = {i for i in as_text if _is_floating(batch.column(i + 1))}
                 samples = {
                     i: _NumericSample(i)
                     for i, name in enumerate(schema.feature_columns)
@@ -433,6 +436,13 @@ class Encoder:
             edges.append(cut)
         self.vocabularies = tuple(vocabularies)
         self.bucket_edges = tuple(edges)
+        # Floating-point columns of whole numbers only (pandas' integers with missing
+        # values), read as categories: worth naming as numeric where they take many values.
+        self.whole_number_columns = tuple(
+            schema.feature_columns[i]
+            for i in sorted(floating - detected)
+            if len(vocabularies[i].values) >= QUANTILE_BUCKETS
+        )
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -539,6 +549,7 @@ class Encoder:
                 )
                 if name in schema.numeric_columns
             },
+            "whole_number_columns": list(self.whole_number_columns),
             "oov_share": {
                 name: float(count) / rows
                 for name, count in zip(schema.feature_columns, oov_counts.tolist(), strict=True)

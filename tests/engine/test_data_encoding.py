@@ -387,6 +387,30 @@ def _times_table(n: int, seed: int = 0) -> pa.Table:
     )
 
 
+def test_float_columns_of_many_whole_numbers_read_as_categories_are_listed():
+    rng = np.random.default_rng(4)
+    n = 2_000
+    length = rng.integers(60, 180, n).astype(np.float64)  # minutes: 120 whole values
+    length[::7] = np.nan  # pandas' integers with missing values
+    table = pa.table(
+        {
+            "label": (rng.random(n) < 0.3).astype(np.int8),
+            "length": length,
+            "stars": rng.integers(1, 6, n).astype(np.float64),  # five values: a fine category
+            "price": rng.random(n) * 100,  # fractions: numeric
+            "genre": rng.choice(["a", "b", "c"], n),
+        }
+    )
+    data = load_dataset(table, min_count=1)
+    assert data.metadata["whole_number_columns"] == ["length"]
+    assert set(data.metadata["numeric_buckets"]) == {"price"}
+    assert data.field_dims[data.field_names.index("length")] > 100  # one id per value
+    # named numeric columns replace the detection: nothing is read as whole numbers then
+    named = load_dataset(table, numeric_columns=["length", "price"], min_count=1)
+    assert named.metadata["whole_number_columns"] == []
+    assert set(named.metadata["numeric_buckets"]) == {"length", "price"}
+
+
 def test_dates_and_times_are_numeric_when_no_column_is_named():
     table = _times_table(3_000)
     data = load_dataset(table, min_count=1)

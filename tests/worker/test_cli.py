@@ -229,6 +229,36 @@ def test_select_notes_an_untrusted_teacher_and_a_field_too_rare_to_count(tmp_pat
     assert "note: no value of request_id is seen often enough" in result.stderr
 
 
+def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    n = 1500
+    votes = rng.integers(0, 60, n).astype(np.float64)
+    votes[::5] = np.nan
+    path = tmp_path / "films.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "label": (rng.random(n) < 0.3).astype(np.int64),
+                "genre": rng.choice(["drama", "comedy"], n),
+                "votes": votes,
+            }
+        ),
+        path,
+    )
+    out = tmp_path / "out"
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--option", "min_count=1"]
+    result = CliRunner().invoke(select, [*arguments, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: votes: floating-point, whole numbers only, read as categories" in (
+        result.stderr
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["whole_number_columns"] == ["votes"]
+    named = [*arguments, "--numeric-columns", "votes", "--out", str(tmp_path / "named")]
+    result = CliRunner().invoke(select, named)
+    assert result.exit_code == 0 and "whole numbers only" not in result.stderr
+
+
 def test_select_missing_file_is_a_data_error(tmp_path) -> None:
     result = CliRunner().invoke(
         select, [str(tmp_path / "absent.parquet"), "--ratio", "0.1", "--out", str(tmp_path / "o")]
