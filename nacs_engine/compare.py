@@ -40,6 +40,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ import numpy as np
 from nacs_engine.config import METHODS, REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.evaluate import EVALUATORS, Evaluation, EvaluationOptions, evaluate_coreset
-from nacs_engine.runtime import SharedProgress, cpu_lanes, resolve_device, train_at_once
+from nacs_engine.runtime import SharedProgress, cpu_lanes, one_thread_each, resolve_device
 from nacs_engine.teacher import TeacherCache
 
 if TYPE_CHECKING:
@@ -200,8 +201,8 @@ def compare_methods(
 
     Per seed and budget every method selects first; then the fresh models of its
     coresets (and, at the first budget, the full-data ones) train at once on a CPU, one
-    per torch thread (``train_at_once``), with the results of training them one after
-    the other on that many threads.
+    per torch thread, each on one thread (``_at_once``): the scores of training them one
+    after the other on one thread, whatever else runs beside them.
 
     methods: names from ``COMPARABLE_METHODS`` ("full" trains on all training rows).
     budgets: ratios (floats in (0, 1)) or sizes (ints >= 1) of the training rows.
@@ -284,6 +285,31 @@ def compare_methods(
             "evaluator": family,
         }
 
+    def finished(
+        seed: int,
+        label: str,
+        full_auc: dict[str, float],
+        computed: dict[Any, dict[str, Any]],
+        name: Any,
+        fields: dict[str, Any],
+    ) -> None:
+        """The row of a model that ended (``name`` = (method, family)): kept, emitted and
+        reported."""
+        nonlocal done
+        method, family = name
+        if method == FULL:
+            row = run_fields(seed, FULL, "100%", family) | fields
+            full_auc[family] = row["test_auc"]
+            message = f"{dataset_name}: full data, {family}, seed {seed}"
+        else:
+            row = run_fields(seed, method, label, family) | fields
+            row["recovery"] = row["test_auc"] / full_auc[family] if family in full_auc else None
+            message = f"{dataset_name}: {method} at {label}, seed {seed}, {family}"
+        computed[name] = row
+        emit(row)
+        done += 1
+        report(done, total, f"{message}: AUC {row['test_auc']:.4f}")
+
     for seed in seeds:
         # Every budget and method of a seed selects over the same rows: one teacher each.
         teachers = TeacherCache()
@@ -299,17 +325,17 @@ def compare_methods(
         for index, budget in enumerate(budgets):
             label = budget_label(budget)
             # Every selection of the budget first, then their models (and, with the first
-            # budget, the full-data ones) trained at once.
+            # budget, the full-data ones) trained at once; a row goes out as its model ends.
             found = {
                 (method, family): lookup(run_fields(seed, method, label, family))
                 for method in selecting
                 for family in families
             }
-            jobs: dict[Any, Callable[[Callable[[int, float], None]], dict[str, Any]]] = {}
+            full_jobs: dict[Any, ModelJob] = {}
             if FULL in methods and index == 0:
                 for family in families:
                     if full_found[family] is None:
-                        jobs[FULL, family] = partial(
+                        full_jobs[FULL, family] = partial(
                             _evaluate_full,
                             seeded_train,
                             validation,
@@ -319,6 +345,7 @@ def compare_methods(
                             device,
                             flipped,
                         )
+            selection_jobs: dict[Any, ModelJob] = {}
             for method in selecting:
                 missing = [family for family in families if found[method, family] is None]
                 if not missing:
@@ -330,7 +357,7 @@ def compare_methods(
                 )
                 selection = _select(seeded_train, config, teachers)
                 for family in missing:
-                    jobs[method, family] = partial(
+                    selection_jobs[method, family] = partial(
                         _evaluate_selection,
                         seeded_train,
                         validation,
@@ -341,47 +368,47 @@ def compare_methods(
                         device,
                         flipped,
                     )
+            # The full-data models, the largest, first and last: not both at once.
+            first = dict(list(full_jobs.items())[:1])
+            last = {name: job for name, job in full_jobs.items() if name not in first}
+            jobs = {**first, **selection_jobs, **last}
+            computed: dict[Any, dict[str, Any]] = {}
             if jobs:
                 report(done, total, f"{dataset_name}: {len(jobs)} models at {label}, seed {seed}")
-            computed = _at_once(jobs, device)
+            _at_once(jobs, device, partial(finished, seed, label, full_auc, computed))
             if FULL in methods and index == 0:
                 for family in families:
                     previous = full_found[family]
                     if previous is None:
-                        row = run_fields(seed, FULL, "100%", family) | computed[FULL, family]
-                        emit(row)
+                        row = computed[FULL, family]
                     else:
                         row = dict(previous)
-                    full_auc[family] = row["test_auc"]
+                        full_auc[family] = row["test_auc"]
+                        done += 1
+                        report(
+                            done,
+                            total,
+                            f"{dataset_name}: full data, {family}, seed {seed}: "
+                            f"AUC {row['test_auc']:.4f}",
+                        )
                     rows.append(row)
-                    done += 1
-                    report(
-                        done,
-                        total,
-                        f"{dataset_name}: full data, {family}, seed {seed}: "
-                        f"AUC {row['test_auc']:.4f}",
-                    )
             for method in selecting:
                 for family in families:
                     previous = found[method, family]
                     if previous is None:
-                        row = run_fields(seed, method, label, family) | computed[method, family]
-                        row["recovery"] = (
-                            row["test_auc"] / full_auc[family] if family in full_auc else None
-                        )
-                        emit(row)
+                        row = computed[method, family]
                     else:
                         row = dict(previous)
-                        if family in full_auc:
-                            row["recovery"] = row["test_auc"] / full_auc[family]
+                        done += 1
+                        report(
+                            done,
+                            total,
+                            f"{dataset_name}: {method} at {label}, seed {seed}, {family}: "
+                            f"AUC {row['test_auc']:.4f}",
+                        )
+                    if family in full_auc:
+                        row["recovery"] = row["test_auc"] / full_auc[family]
                     rows.append(row)
-                    done += 1
-                    report(
-                        done,
-                        total,
-                        f"{dataset_name}: {method} at {label}, seed {seed}, {family}: "
-                        f"AUC {row['test_auc']:.4f}",
-                    )
     return rows
 
 
@@ -1157,26 +1184,49 @@ def _select(train: EncodedDataset, config: SelectionConfig, teachers: TeacherCac
     return _Selection(result, time.perf_counter() - started)
 
 
+# A run's model: given a check to call after every step and epoch (it raises to stop the
+# model), the run's fields.
+ModelJob = Callable[[Callable[[Any, Any], None]], dict[str, Any]]
+
+
 def _at_once(
-    jobs: Mapping[Any, Callable[[Callable[[int, float], None]], dict[str, Any]]], device: str
-) -> dict[Any, dict[str, Any]]:
-    """The results of ``jobs`` (each a run's fields from a fresh model, given a per-epoch
-    progress callback), trained at once on a CPU as the teacher's and the audit's models are
-    (``train_at_once``: one lane per torch thread, at most one per job): on two cores the
-    models of a budget keep a core busy each, and a model on one thread does not stall when
-    another process takes a core, where one spread over both threads waits at each
-    operation for the thread that lost its core (3.7-6x slower beside one busy process, 1.25x
-    now: bench/evaluate_speed.py)."""
+    jobs: Mapping[Any, ModelJob], device: str, on_result: Callable[[Any, dict[str, Any]], None]
+) -> None:
+    """Train ``jobs`` at once on a CPU, one lane per torch thread (as the teacher's and the
+    audit's models train), each model on one thread, and call ``on_result(name, fields)``
+    here, in this thread, as each ends. One thread per model gives a run the same scores
+    whatever else runs beside it, and keeps two models on two cores from stalling when
+    another process takes a core, where a model spread over both threads waits at each
+    operation for the thread that lost its core (4-6x slower beside one busy process,
+    1.25x now: bench/evaluate_speed.py). A failure, or an exception from ``on_result``
+    (an interrupt among them), stops the models still training at their next step and is
+    raised."""
+    resolved = resolve_device(device)
+    names = list(jobs)
+    lanes = cpu_lanes(resolved, len(names))
     shared = SharedProgress()
 
-    def epoch(number: int, score: float) -> None:
-        # an interrupt or another model's failure stops this one at its next epoch
+    def check(*_: Any) -> None:
         shared.call(lambda: None)
 
-    names = list(jobs)
-    lanes = cpu_lanes(resolve_device(device), len(names))
-    results = train_at_once([partial(jobs[name], epoch) for name in names], lanes, shared)
-    return dict(zip(names, results, strict=True))
+    with one_thread_each(resolved):
+        if lanes < 2:
+            for name in names:
+                on_result(name, jobs[name](check))
+            return
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool:
+            futures = {pool.submit(jobs[name], check): name for name in names}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in sorted(finished, key=lambda f: names.index(futures[f])):
+                        on_result(futures[future], future.result())
+            except BaseException:
+                shared.stopped.set()
+                for future in pending:
+                    future.cancel()
+                raise
 
 
 def _evaluate_full(
@@ -1187,7 +1237,7 @@ def _evaluate_full(
     seed: int,
     device: str,
     flipped: np.ndarray | None,
-    progress: Callable[[int, float], None] | None = None,
+    check: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     evaluation = evaluate_coreset(
         train,
@@ -1197,7 +1247,8 @@ def _evaluate_full(
         options=options,
         seed=seed,
         device=device,
-        progress=progress,
+        progress=check,
+        on_batch=check,
     )
     click_rate = float(np.mean(train.labels, dtype=np.float64))
     share = float(flipped.mean()) if flipped is not None else None
@@ -1228,10 +1279,11 @@ def evaluate_result(
     seed: int,
     device: str = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """A fresh model of ``options`` trained on ``result``'s rows of ``train`` as delivered
     (its soft labels and weights), early-stopped on ``validation`` and scored on ``test``;
-    progress(epoch, score) as in ``evaluate_coreset``."""
+    progress(epoch, score) and on_batch(done, total) as in ``evaluate_coreset``."""
     return evaluate_coreset(
         train,
         validation,
@@ -1243,6 +1295,7 @@ def evaluate_result(
         seed=seed,
         device=device,
         progress=progress,
+        on_batch=on_batch,
     )
 
 
@@ -1255,11 +1308,11 @@ def _evaluate_selection(
     seed: int,
     device: str,
     flipped: np.ndarray | None,
-    progress: Callable[[int, float], None] | None = None,
+    check: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     result = selection.result
     evaluation = evaluate_result(
-        train, validation, test, result, options, seed, device, progress=progress
+        train, validation, test, result, options, seed, device, progress=check, on_batch=check
     )
     return {
         "budget_rows": result.size,

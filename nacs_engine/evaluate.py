@@ -402,6 +402,7 @@ def evaluate_coreset(
     device: str = "auto",
     progress: Callable[[int, float], None] | None = None,
     keep_test_logits: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Train a fresh backbone on ``train`` rows ``rows`` and score it on ``test``.
 
@@ -411,7 +412,8 @@ def evaluate_coreset(
     progress(epoch, score) is called after every epoch with the validation
     score early stopping watches (``options.monitor``: the AUC, or the log loss
     negated, so that higher is better for both). keep_test_logits: the result
-    carries the test rows' logits (float32).
+    carries the test rows' logits (float32). on_batch(done, total) is called after every
+    training step; an exception it raises (a cancel) stops the training.
     """
     started = time.perf_counter()
     for name, value in (("train", train), ("validation", validation), ("test", test)):
@@ -509,6 +511,7 @@ def evaluate_coreset(
             device=resolved,
             generator=torch_generator(seed, "training"),
             on_epoch=progress,
+            on_batch=on_batch,
             min_gain=options.min_gain,
         )
     validation_logits = best["logits"]

@@ -164,6 +164,21 @@ def one_lane_of(device: torch.device, tasks: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def one_thread_each(device: torch.device) -> Iterator[None]:
+    """Run a block with torch's CPU operations on one thread (on a CPU; elsewhere as they
+    are), then restore the thread count: for models trained at once in threads, one each."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _lane_threads(lanes: int) -> Iterator[None]:
     """Run a block on one lane's share of torch's threads (at least one), then restore them."""
     threads = torch.get_num_threads()

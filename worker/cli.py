@@ -566,7 +566,11 @@ def evaluate(
     from worker.tasks import encoder_numeric_columns
 
     budgets = ratios or (0.01, 0.05)
-    if noise_kind is not None and flip_rate == 0:
+    flip_rate_given = (
+        click.get_current_context().get_parameter_source("flip_rate")
+        is not click.core.ParameterSource.DEFAULT
+    )
+    if noise_kind is not None and not flip_rate_given:
         _fail(
             f"--noise-kind {noise_kind} changes no label without --flip-rate (the share of "
             "labels to change, e.g. --flip-rate 0.2)",

@@ -418,6 +418,15 @@ class Encoder:
             schema = replace(
                 schema, numeric_columns=tuple(c for c in schema.feature_columns if c in numeric)
             )
+        # Floating-point columns of whole numbers only (pandas' integers with missing
+        # values), read as categories: worth naming as numeric where they take many values
+        # (counted before min_count, which may leave a long tail of counts few of them).
+        whole_numbers = []
+        for i in sorted(floating - detected):
+            if i in as_text:
+                values = as_text[i].distinct()
+                if np.isin(values, [MISSING_TOKEN, "nan"], invert=True).sum() >= QUANTILE_BUCKETS:
+                    whole_numbers.append(schema.feature_columns[i])
         vocabularies: list[Vocabulary] = []
         edges: list[np.ndarray | None] = []
         for i, counter in enumerate(counters):
@@ -436,13 +445,7 @@ class Encoder:
             edges.append(cut)
         self.vocabularies = tuple(vocabularies)
         self.bucket_edges = tuple(edges)
-        # Floating-point columns of whole numbers only (pandas' integers with missing
-        # values), read as categories: worth naming as numeric where they take many values.
-        self.whole_number_columns = tuple(
-            schema.feature_columns[i]
-            for i in sorted(floating - detected)
-            if len(vocabularies[i].values) >= QUANTILE_BUCKETS
-        )
+        self.whole_number_columns = tuple(whole_numbers)
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -833,6 +836,13 @@ class _ValueCounter:
         self._counts = [grouped.column("count_sum").combine_chunks()]
         self._merged = len(grouped)
         self._pending = self._merged
+
+    def distinct(self) -> np.ndarray:
+        """The values counted so far, each once (the counts stay)."""
+        self._merge()
+        if not self._values:
+            return np.array([], dtype=object)
+        return np.asarray(self._values[0].to_numpy(zero_copy_only=False), dtype=object)
 
     def vocabulary(self, kind: str, min_count: int) -> Vocabulary:
         self._merge()
