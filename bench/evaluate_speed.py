@@ -27,11 +27,14 @@ from nacs_engine.data.synthetic import write_synthetic
 
 
 def spin() -> None:
+    """Keep one core busy until terminated."""
     while True:
         pass
 
 
 def evaluate_once(command: list[str], busy: int) -> tuple[float, list[tuple]]:
+    """Wall seconds of ``command`` beside ``busy`` spinning processes, and its rows' scores
+    (method, budget, seed, evaluator, AUC, log loss), sorted."""
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]
     for process in spinners:
         process.start()
@@ -46,15 +49,13 @@ def evaluate_once(command: list[str], busy: int) -> tuple[float, list[tuple]]:
     if done.returncode != 0:
         sys.exit(f"nacs evaluate failed ({done.returncode}): {done.stderr[-2000:]}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    scores = sorted(
-        (row["method"], row["budget"], row["seed"], row["evaluator"], row["test_auc"],
-         row["test_log_loss"])
-        for row in rows
-    )
+    fields = ("method", "budget", "seed", "evaluator", "test_auc", "test_log_loss")
+    scores = sorted(tuple(row[name] for name in fields) for row in rows)
     return seconds, scores
 
 
 def main() -> None:
+    """Write the data unless it is there, time the runs, check their rows, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--busy", type=int, nargs="+", default=[0, 1])
