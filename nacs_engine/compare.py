@@ -368,7 +368,7 @@ def compare_methods(
                         device,
                         flipped,
                     )
-            # The full-data models, the largest, first and last: not both at once.
+            # The full-data models, the largest, first and last: seldom both at once.
             first = dict(list(full_jobs.items())[:1])
             last = {name: job for name, job in full_jobs.items() if name not in first}
             jobs = {**first, **selection_jobs, **last}
