@@ -40,7 +40,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,13 @@ import numpy as np
 from nacs_engine.config import METHODS, REFERENCE_METHODS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.evaluate import EVALUATORS, Evaluation, EvaluationOptions, evaluate_coreset
-from nacs_engine.runtime import SharedProgress, cpu_lanes, one_thread_each, resolve_device
+from nacs_engine.runtime import (
+    SharedProgress,
+    cpu_lanes,
+    one_thread_each,
+    resolve_device,
+    train_at_once,
+)
 from nacs_engine.teacher import TeacherCache
 
 if TYPE_CHECKING:
@@ -285,6 +290,17 @@ def compare_methods(
             "evaluator": family,
         }
 
+    def announce(seed: int, label: str, name: Any, row: Mapping[str, Any]) -> None:
+        """Count the run ``name`` = (method, family) done, and report its AUC."""
+        nonlocal done
+        method, family = name
+        if method == FULL:
+            where = f"full data, {family}, seed {seed}"
+        else:
+            where = f"{method} at {label}, seed {seed}, {family}"
+        done += 1
+        report(done, total, f"{dataset_name}: {where}: AUC {row['test_auc']:.4f}")
+
     def finished(
         seed: int,
         label: str,
@@ -295,20 +311,16 @@ def compare_methods(
     ) -> None:
         """The row of a model that ended (``name`` = (method, family)): kept, emitted and
         reported."""
-        nonlocal done
         method, family = name
         if method == FULL:
             row = run_fields(seed, FULL, "100%", family) | fields
             full_auc[family] = row["test_auc"]
-            message = f"{dataset_name}: full data, {family}, seed {seed}"
         else:
             row = run_fields(seed, method, label, family) | fields
             row["recovery"] = row["test_auc"] / full_auc[family] if family in full_auc else None
-            message = f"{dataset_name}: {method} at {label}, seed {seed}, {family}"
         computed[name] = row
         emit(row)
-        done += 1
-        report(done, total, f"{message}: AUC {row['test_auc']:.4f}")
+        announce(seed, label, name, row)
 
     for seed in seeds:
         # Every budget and method of a seed selects over the same rows: one teacher each.
@@ -384,13 +396,7 @@ def compare_methods(
                     else:
                         row = dict(previous)
                         full_auc[family] = row["test_auc"]
-                        done += 1
-                        report(
-                            done,
-                            total,
-                            f"{dataset_name}: full data, {family}, seed {seed}: "
-                            f"AUC {row['test_auc']:.4f}",
-                        )
+                        announce(seed, label, (FULL, family), row)
                     rows.append(row)
             for method in selecting:
                 for family in families:
@@ -399,13 +405,7 @@ def compare_methods(
                         row = computed[method, family]
                     else:
                         row = dict(previous)
-                        done += 1
-                        report(
-                            done,
-                            total,
-                            f"{dataset_name}: {method} at {label}, seed {seed}, {family}: "
-                            f"AUC {row['test_auc']:.4f}",
-                        )
+                        announce(seed, label, (method, family), row)
                     if family in full_auc:
                         row["recovery"] = row["test_auc"] / full_auc[family]
                     rows.append(row)
@@ -1210,23 +1210,12 @@ def _at_once(
         shared.call(lambda: None)
 
     with one_thread_each(resolved):
-        if lanes < 2:
-            for name in names:
-                on_result(name, jobs[name](check))
-            return
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool:
-            futures = {pool.submit(jobs[name], check): name for name in names}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in sorted(finished, key=lambda f: names.index(futures[f])):
-                        on_result(futures[future], future.result())
-            except BaseException:
-                shared.stopped.set()
-                for future in pending:
-                    future.cancel()
-                raise
+        train_at_once(
+            [partial(jobs[name], check) for name in names],
+            lanes,
+            shared,
+            on_result=lambda index, fields: on_result(names[index], fields),
+        )
 
 
 def _evaluate_full(

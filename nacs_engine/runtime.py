@@ -13,7 +13,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 import numpy as np
@@ -170,45 +170,62 @@ def one_thread_each(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
+
+
+def _lane_threads(lanes: int) -> contextlib.AbstractContextManager[None]:
+    """Run a block on one lane's share of torch's threads (at least one), then restore them."""
+    return _torch_threads(max(1, torch.get_num_threads() // lanes))
 
 
 @contextlib.contextmanager
-def _lane_threads(lanes: int) -> Iterator[None]:
-    """Run a block on one lane's share of torch's threads (at least one), then restore them."""
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run a block on ``count`` torch threads, then restore their number."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // lanes))
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
 
 
-def train_at_once(jobs: Sequence[Callable[[], T]], lanes: int, shared: SharedProgress) -> list[T]:
+def train_at_once(
+    jobs: Sequence[Callable[[], T]],
+    lanes: int,
+    shared: SharedProgress,
+    on_result: Callable[[int, T], None] | None = None,
+) -> list[T]:
     """The results of ``jobs``, run at once in ``lanes`` threads that share torch's threads
     (with two threads and two lanes, one each: small models keep a core busy each, where two
     threads on one gain little; with sixteen and two lanes, eight each). The first failure
     stops the rest (pending ones are not started, running ones stop at their next ``shared``
     report) and is raised. Each job must draw from its own generators: then the results are
     those of running the jobs one after the other on a lane's number of torch threads. With
-    one lane they run one after the other here, on torch's threads as they are."""
+    one lane they run one after the other here, on torch's threads as they are.
+    ``on_result(index, result)`` is called in this thread as each job ends (those that end
+    together in the order of ``jobs``); an exception it raises stops the rest too."""
+    report = on_result or (lambda index, result: None)
     if lanes < 2:
-        return [job() for job in jobs]
+        results = []
+        for index, job in enumerate(jobs):
+            results.append(job())
+            report(index, results[-1])
+        return results
     with (
         _lane_threads(lanes),
         ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="model") as pool,
     ):
         futures = [pool.submit(job) for job in jobs]
         try:
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            errors = [error for f in finished if (error := f.exception()) is not None]
-            if errors:
-                raise shared.failure or errors[0]
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for index in sorted(futures.index(future) for future in finished):
+                    error = futures[index].exception()
+                    if error is not None:
+                        raise shared.failure or error
+                    report(index, futures[index].result())
         except BaseException:
             shared.stopped.set()
             for future in futures:
