@@ -133,6 +133,11 @@ def _notes(manifest: Any) -> list[str]:
     if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
     data = manifest.dataset
+    if data.label_values == "-1/1":
+        notes.append(
+            "the labels are written -1/1: -1 is read as a non-click, and the coreset's label "
+            "column holds 0 for it"
+        )
     return notes + _field_notes(data.fields, data.field_dims, data.whole_number_columns)
 
 

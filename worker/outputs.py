@@ -43,6 +43,11 @@ class DatasetSummary(BaseModel):
         description="Floating-point columns of whole numbers only, read as categories, that "
         "take 32 values or more: numbers (counts, lengths, prices) to name as numeric columns.",
     )
+    label_values: str = Field(
+        default="0/1",
+        description='How the data wrote its labels: "0/1" (or true/false, yes/no), or "-1/1", '
+        "-1 read as a non-click (the coreset's label column holds 0 for it).",
+    )
 
 
 class CoresetSummary(BaseModel):

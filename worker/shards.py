@@ -306,7 +306,10 @@ class Sharding:
         holdout = selection_holdout(labels, k, selection)
         candidates = n_rows if isinstance(holdout, str) else int(holdout.candidates.shape[0])
         clicks = int(labels.sum(dtype=np.float64))
-        metadata.update(n_rows=n_rows, n_clicks=clicks, click_rate=clicks / max(n_rows, 1))
+        metadata.update(
+            n_rows=n_rows, n_clicks=clicks, click_rate=clicks / max(n_rows, 1),
+            label_values=encoder.label_values,
+        )
         metadata.pop("oov_share", None)
         metadata.pop("storage", None)
         from nacs_engine.data.shards import shard_bounds

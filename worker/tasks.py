@@ -278,6 +278,7 @@ def write_result(
         field_dims=[int(d) for d in data.field_dims],
         numeric_buckets=dict(data.metadata.get("numeric_buckets", {})),
         whole_number_columns=list(data.metadata.get("whole_number_columns", [])),
+        label_values=str(data.metadata.get("label_values", "0/1")),
     )
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),

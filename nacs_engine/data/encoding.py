@@ -47,9 +47,9 @@ import pyarrow.compute as pc
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.reading import TableSource, as_source, open_source
 from nacs_engine.data.schema import (
+    LabelReader,
     TableSchema,
     check_column_names,
-    parse_labels,
     resolve_schema,
 )
 from nacs_engine.data.storage import DEFAULT_MEMMAP_THRESHOLD_BYTES, FeatureSink
@@ -291,6 +291,8 @@ class Encoder:
         self.fitted_clicks = 0
         self.fitted_on = ""
         self.whole_number_columns: tuple[str, ...] = ()
+        # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``).
+        self.label_values = "0/1"
 
     @property
     def is_fitted(self) -> bool:
@@ -340,10 +342,9 @@ class Encoder:
         floating: set[int] = set()
         rows = 0
         clicks = 0.0
+        label_reader = LabelReader(schema.label_column, source.description)
         for batch, fraction in source.batches(columns):
-            labels = parse_labels(
-                batch.column(0), schema.label_column, source.description, first_row=rows
-            )
+            labels = label_reader.read(batch.column(0), first_row=rows)
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:
@@ -446,6 +447,7 @@ class Encoder:
         self.vocabularies = tuple(vocabularies)
         self.bucket_edges = tuple(edges)
         self.whole_number_columns = tuple(whole_numbers)
+        self.label_values = label_reader.convention
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -501,11 +503,10 @@ class Encoder:
         oov_counts = np.zeros(n_fields, dtype=np.int64)
         columns = [schema.label_column, *schema.feature_columns]
         rows = 0
+        label_reader = LabelReader(schema.label_column, source.description)
         try:
             for batch, fraction in source.batches(columns):
-                labels = parse_labels(
-                    batch.column(0), schema.label_column, source.description, first_row=rows
-                )
+                labels = label_reader.read(batch.column(0), first_row=rows)
                 ids = np.empty((batch.num_rows, n_fields), dtype=np.int32)  # (b, F)
                 for i, name in enumerate(schema.feature_columns):
                     vocab = self.vocabularies[i]
@@ -543,6 +544,7 @@ class Encoder:
             "n_rows": rows,
             "n_clicks": n_clicks,
             "click_rate": n_clicks / rows,
+            "label_values": label_reader.convention,
             "numeric_buckets": {
                 name: "criteo rule"
                 if cut is None

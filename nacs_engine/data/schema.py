@@ -127,17 +127,52 @@ def resolve_schema(
     return TableSchema(label_column, features, numeric)
 
 
-def parse_labels(
-    column: pa.Array | pa.ChunkedArray, name: str, description: str = "the data", first_row: int = 0
-) -> np.ndarray:
-    """The (n,) float32 0/1 labels of one batch's label column, whose first row is row
-    ``first_row`` of the data (for messages).
+class LabelReader:
+    """Reads the label column of one data, batch by batch, as float32 0/1.
 
-    Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1",
-    "0.0", "1.0", "true", "false", "t", "f", "yes", "no", "y", "n" (any case). Anything else,
-    nulls included, is DataError
+    Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1", "0.0", "1.0",
+    "true", "false", "t", "f", "yes", "no", "y", "n" (any case); and labels written -1/1
+    (integers, floats or the strings "-1", "-1.0"), -1 read as a non-click. One data keeps
+    one convention: a -1 in a data that also holds a 0 (or false, no) is an error, since
+    either could be the non-click. Anything else, nulls included, is DataError
     "labels_not_binary" naming the column and an offending value.
     """
+
+    def __init__(self, name: str, description: str = "the data") -> None:
+        self.name = name
+        self.description = description
+        # The first row (counting from 0) of each non-click convention seen, None if none.
+        self.minus_one_row: int | None = None
+        self.zero_row: int | None = None
+
+    @property
+    def convention(self) -> str:
+        """How the non-clicks were written: "-1/1" when any label read was -1, else "0/1"."""
+        return "-1/1" if self.minus_one_row is not None else "0/1"
+
+    def read(self, column: pa.Array | pa.ChunkedArray, first_row: int = 0) -> np.ndarray:
+        """The (n,) float32 0/1 labels of one batch's label column, whose first row is row
+        ``first_row`` of the data (for messages)."""
+        values = _label_values(column, self.name, self.description, first_row)
+        minus = values < 0.0
+        for seen, attribute in ((minus, "minus_one_row"), (values == 0.0, "zero_row")):
+            if getattr(self, attribute) is None and seen.any():
+                setattr(self, attribute, first_row + int(np.argmax(seen)))
+        if self.minus_one_row is not None and self.zero_row is not None:
+            raise DataError(
+                "labels_not_binary",
+                f"label_column: {self.name!r} in {self.description} holds both -1 (row "
+                f"{self.minus_one_row}, counting from 0) and 0 (row {self.zero_row}): labels "
+                "are 0/1 or -1/1, one or the other, so which one is the non-click is unclear",
+            )
+        values[minus] = 0.0
+        return values
+
+
+def _label_values(
+    column: pa.Array | pa.ChunkedArray, name: str, description: str, first_row: int
+) -> np.ndarray:
+    """The (n,) float32 labels of a batch, each -1, 0 or 1, as written."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.null_count:
@@ -155,7 +190,7 @@ def parse_labels(
         return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         values = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
-        bad = ~((values == 0.0) | (values == 1.0))
+        bad = ~((values == 0.0) | (values == 1.0) | (values == -1.0))
         if bad.any():
             raise _not_binary(name, description, column[int(np.argmax(bad))].as_py())
         return values.astype(np.float32)
@@ -163,26 +198,26 @@ def parse_labels(
         text = pc.utf8_lower(pc.utf8_trim_whitespace(column))
         ones = pc.is_in(text, value_set=pa.array(["1", "1.0", "true", "t", "yes", "y"]))
         zeros = pc.is_in(text, value_set=pa.array(["0", "0.0", "false", "f", "no", "n"]))
-        ok = np.asarray(pc.or_(ones, zeros).to_numpy(zero_copy_only=False))
+        minus = pc.is_in(text, value_set=pa.array(["-1", "-1.0"]))
+        ok = np.asarray(pc.or_(pc.or_(ones, zeros), minus).to_numpy(zero_copy_only=False))
         if not ok.all():
             raise _not_binary(name, description, column[int(np.argmin(ok))].as_py())
-        return np.asarray(ones.to_numpy(zero_copy_only=False), dtype=np.float32)
+        values = np.asarray(ones.to_numpy(zero_copy_only=False), dtype=np.float32)
+        values[np.asarray(minus.to_numpy(zero_copy_only=False))] = -1.0
+        return values
     raise DataError(
         "labels_not_binary",
         f"label_column: {name!r} in {description} has type {kind}; {_BINARY}",
     )
 
 
-_BINARY = "labels must be binary (0/1, 0.0/1.0, true/false, yes/no or '0'/'1')"
+_BINARY = "labels must be binary (0/1, 0.0/1.0, -1/1, true/false, yes/no or '0'/'1')"
 
 
 def _not_binary(name: str, description: str, value: object) -> DataError:
-    hint = ""
-    if str(value).strip() in ("-1", "-1.0"):
-        hint = " (labels written -1/1 are read only as 0/1: write the non-clicks as 0)"
     return DataError(
         "labels_not_binary",
-        f"label_column: {name!r} in {description} has the value {value!r}; {_BINARY}{hint}",
+        f"label_column: {name!r} in {description} has the value {value!r}; {_BINARY}",
     )
 
 

@@ -247,12 +247,50 @@ def test_labels_not_binary_in_parquet(tmp_path, labels):
     assert _error_code(path) == "labels_not_binary"
 
 
-@pytest.mark.parametrize("labels", [pa.array([1, -1, 1]), pa.array(["1", "-1", "1"])])
-def test_labels_written_minus_one_and_one_say_how_to_write_them(tmp_path, labels):
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pa.array([1, -1, 1, -1]),
+        pa.array([1.0, -1.0, 1.0, -1.0]),
+        pa.array(["1", "-1", "1", "-1.0"]),
+    ],
+)
+def test_labels_written_minus_one_and_one_read_minus_one_as_a_non_click(tmp_path, labels):
     path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"label": labels, "a": ["x", "y", "z"]}), path)
-    with pytest.raises(DataError, match="labels written -1/1 are read only as 0/1"):
+    pq.write_table(pa.table({"label": labels, "a": ["x", "y", "z", "x"]}), path)
+    data = load_dataset(path, min_count=1)
+    np.testing.assert_array_equal(data.labels, np.array([1, 0, 1, 0], dtype=np.float32))
+    assert data.n_clicks == 2
+    assert data.metadata["label_values"] == "-1/1"
+
+
+def test_labels_written_zero_and_one_say_so(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"label": [1, 0, 1], "a": ["x", "y", "z"]}), path)
+    assert load_dataset(path, min_count=1).metadata["label_values"] == "0/1"
+
+
+@pytest.mark.parametrize("labels", [[0, 1, -1, 1], ["-1", "1", "no", "1"]])
+def test_labels_with_both_minus_one_and_zero_are_refused(tmp_path, labels):
+    path = tmp_path / "t.csv"
+    path.write_text("label,a\n" + "".join(f"{v},x\n" for v in labels))
+    with pytest.raises(DataError) as info:
         load_dataset(path)
+    assert info.value.code == "labels_not_binary"
+    first_minus, first_zero = (2, 0) if labels[0] == 0 else (0, 2)
+    assert f"-1 (row {first_minus}" in info.value.message
+    assert f"0 (row {first_zero})" in info.value.message
+
+
+def test_minus_one_and_zero_in_different_batches_are_refused(tmp_path):
+    """The convention holds for the whole data, not batch by batch."""
+    path = tmp_path / "t.parquet"
+    labels = [1, 0] * 50 + [1, -1] * 50
+    pq.write_table(pa.table({"label": labels, "a": ["x"] * 200}), path)
+    with pytest.raises(DataError) as info:
+        load_dataset(path, batch_rows=64)
+    assert info.value.code == "labels_not_binary"
+    assert "-1 (row 101" in info.value.message and "0 (row 1)" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -462,8 +500,11 @@ def test_a_partition_key_whose_files_hold_other_values_is_refused(
     table = pa.table({"label": [0, 1], "day": values})
     pq.write_table(table, folder / folder_name / "part-0.parquet")
     source = open_source(str(folder))
-    with pytest.raises(DataError, match=rf"under the folder {folder_name} but its column "
-                       rf"'day' holds {found}; drop the column") as refused:
+    with pytest.raises(
+        DataError,
+        match=rf"under the folder {folder_name} but its column "
+        rf"'day' holds {found}; drop the column",
+    ) as refused:
         _rows(source, ["label", "day"])
     assert refused.value.code == "unreadable_data"
     assert _rows(source, ["label"]) == [(0,), (1,)]  # the column not read: nothing to check
@@ -471,11 +512,16 @@ def test_a_partition_key_whose_files_hold_other_values_is_refused(
 
 @pytest.mark.parametrize(
     "folder_name, values",
-    [("day=07", [7, 7]), ("day=2024-01-02", ["2024-01-02"] * 2),
-     ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
-     ("day=2024-01-02 00%3A00%3A00",
-      [datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)] * 2),
-     ("day=__HIVE_DEFAULT_PARTITION__", [None, None])],
+    [
+        ("day=07", [7, 7]),
+        ("day=2024-01-02", ["2024-01-02"] * 2),
+        ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
+        (
+            "day=2024-01-02 00%3A00%3A00",
+            [datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)] * 2,
+        ),
+        ("day=__HIVE_DEFAULT_PARTITION__", [None, None]),
+    ],
 )
 def test_a_partition_key_agreeing_with_its_files_in_their_type_is_read(
     tmp_path, folder_name, values
@@ -518,7 +564,9 @@ def test_column_names_that_do_not_fit_the_first_line_say_so(tmp_path):
         open_source(path, column_names=["label", "color"])
     source = open_source(path, column_names=["y", "a", "b"])
     assert [row for batch, _ in source.batches() for row in batch.to_pylist()][0] == {
-        "y": "label", "a": "color", "b": "size"
+        "y": "label",
+        "a": "color",
+        "b": "size",
     }
 
 

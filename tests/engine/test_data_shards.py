@@ -73,3 +73,23 @@ def test_a_bad_label_names_its_shard() -> None:
     with pytest.raises(DataError) as raised, unnamed.naming_shard():
         Encoder(label_column="click").fit(unnamed)
     assert raised.value.message.startswith("label_column:")
+
+
+def test_labels_written_minus_one_and_one_hold_across_shards() -> None:
+    """The fit over every shard reads the -1/1 convention, and a 0 in a later shard of such
+    data is refused, naming the shard."""
+    data = table(1000).to_pydict()
+    data["label"] = [1 if label else -1 for label in data["label"]]
+    source = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    encoder = Encoder(min_count=2).fit(source)
+    assert encoder.label_values == "-1/1"
+    shards = list(encode_shards(encoder, source, encoder.fitted_rows))
+    labels = np.concatenate([shard.labels for shard in shards])
+    np.testing.assert_array_equal(labels, (np.array(data["label"]) > 0).astype(np.float32))
+    data["label"][700] = 0
+    mixed = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    with pytest.raises(DataError) as raised, mixed.naming_shard():
+        Encoder().fit(mixed)
+    assert raised.value.code == "labels_not_binary"
+    assert raised.value.message.startswith("shard 2 (from row 600)")
+    assert "0 (row 700)" in raised.value.message

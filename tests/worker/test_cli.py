@@ -249,14 +249,32 @@ def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
     arguments = [str(path), "--ratio", "0.1", "--method", "random", "--option", "min_count=1"]
     result = CliRunner().invoke(select, [*arguments, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "note: votes: floating-point, whole numbers only, read as categories" in (
-        result.stderr
-    )
+    assert "note: votes: floating-point, whole numbers only, read as categories" in (result.stderr)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"]["whole_number_columns"] == ["votes"]
     named = [*arguments, "--numeric-columns", "votes", "--out", str(tmp_path / "named")]
     result = CliRunner().invoke(select, named)
     assert result.exit_code == 0 and "whole numbers only" not in result.stderr
+
+
+def test_select_reads_labels_written_minus_one_and_one(tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    n = 1200
+    clicks = rng.random(n) < 0.3
+    path = tmp_path / "svm.csv"
+    genres = rng.choice(["a", "b"], n)
+    rows = [f"{1 if c else -1},{g}\n" for c, g in zip(clicks, genres, strict=True)]
+    path.write_text("label,genre\n" + "".join(rows))
+    out = tmp_path / "out"
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
+    result = CliRunner().invoke(select, arguments)
+    assert result.exit_code == 0, result.output
+    assert "note: the labels are written -1/1" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["label_values"] == "-1/1"
+    assert manifest["dataset"]["clicks"] == int(clicks.sum())
+    labels = pq.read_table(out / "coreset.parquet").column("label").to_numpy()
+    assert set(np.unique(labels).tolist()) == {0.0, 1.0}
 
 
 def test_select_missing_file_is_a_data_error(tmp_path) -> None:
@@ -537,5 +555,7 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
         select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o2"), "--column-name", "a"]
     )
     assert parquet.exit_code == 2
-    assert "column_names: only for a CSV or TSV file without a header line; the dataset's name " \
+    assert (
+        "column_names: only for a CSV or TSV file without a header line; the dataset's name "
         "says parquet" in parquet.output
+    )
