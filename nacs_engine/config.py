@@ -189,6 +189,15 @@ class SelectionConfig:
             "(5 folds up to 250,000 rows, 2 from 1M rows on)."
         ),
     )
+    teacher_epochs: Annotated[int, Ge(1), Le(20)] | None = field(
+        default=None,
+        metadata=_doc(
+            "Most epochs each fold's model of the teacher trains (early stopping may end it "
+            "sooner), 1-20; by default 500,000 / its training rows, within 1-20 (1 from 500,000 "
+            "training rows on). More help where the folds take few steps (large batches on "
+            "mid-size data), at their cost in time."
+        ),
+    )
     selection: Selection = field(
         default="coverage",
         metadata=_doc(

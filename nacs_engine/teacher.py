@@ -7,8 +7,8 @@ dropout, Adam learning rate and weight decay) trains on the rows of the other
 folds with their given labels, early-stopped on the validation score of a
 sample of its own fold (at most ``VALIDATION_ROWS`` rows), for at most
 ``ROW_VISITS`` / its training rows epochs (1 to ``MAX_EPOCHS``): one epoch from
-1M candidates on with two folds, more on small data. It then scores its own
-fold. Each row's probability therefore comes from a model that never trained
+1M candidates on with two folds, more on small data (``config.teacher_epochs`` sets
+it). It then scores its own fold. Each row's probability therefore comes from a model that never trained
 on it, so it can disagree with a wrong label (what the noise estimate and the
 set-aside read), and it carries what the proxy learned from all the other rows
 (what the soft labels pass on to the user's model).
@@ -327,7 +327,7 @@ def _train_fold(
         )
     validation_features = np.ascontiguousarray(features[rows[sample]])
     validation_labels = y[sample].astype(np.float64)
-    max_epochs = fold_epochs(int(inside.shape[0]))
+    max_epochs = config.teacher_epochs or fold_epochs(int(inside.shape[0]))
     epochs_done = [0]
 
     def validate(model: nn.Module) -> float:
@@ -432,6 +432,7 @@ def embeddings(
 TEACHER_OPTIONS: tuple[str, ...] = (
     "backbone",
     "teacher_folds",
+    "teacher_epochs",
     "embed_dim",
     "dropout",
     "learning_rate",

@@ -142,3 +142,23 @@ def test_the_error_that_stopped_the_others_is_the_one_raised() -> None:
 
         with torch_threads(2), pytest.raises(BrokenPipeError):
             train_at_once([failing, reporting], 2, shared)
+
+
+def test_teacher_epochs_caps_every_fold_and_keys_the_teacher_cache() -> None:
+    from nacs_engine.teacher import TeacherCache
+
+    data = make_synthetic_ctr(3000, n_fields=6, flip_rate=0.1, seed=2).dataset
+    rows = np.arange(data.n_rows)
+    cache = TeacherCache()
+
+    def teacher(**options: int):
+        config = SelectionConfig(ratio=0.1, seed=5, teacher_folds=3, **options)
+        return cache.get(
+            data.features, data.labels, rows, data.field_dims, config, device=torch.device("cpu")
+        )
+
+    automatic, capped = teacher(), teacher(teacher_epochs=1)
+    # patience 1: a fold not capped at one epoch trains at least two
+    assert min(automatic.epochs) >= 2
+    assert capped.epochs == [1, 1, 1]
+    assert teacher(teacher_epochs=1) is capped and teacher() is automatic
