@@ -68,6 +68,8 @@ class Teacher:
     logits: (m,) float64 out-of-fold logits, before calibration.
     probabilities: (m,) float64 calibrated out-of-fold click probabilities.
     calibration: (a, b) of the Platt scaling sigmoid(a * logit + b).
+    epochs, best_epochs, max_epochs: per fold, the epochs trained, the epoch whose weights
+    were kept, and the most it could train (``fold_max_epochs``).
     epochs: per fold, epochs trained (the best epoch's weights are kept).
     validation_scores: per fold, the best validation score (AUC, or minus the
         log loss where the fold's sample holds one class only).
@@ -83,11 +85,15 @@ class Teacher:
     epochs: list[int]
     validation_scores: list[float]
     seconds: float
+    best_epochs: list[int]
+    max_epochs: list[int]
 
     def summary(self) -> dict[str, object]:
         return {
             "folds": len(self.models),
             "epochs": list(self.epochs),
+            "best_epochs": list(self.best_epochs),
+            "max_epochs": list(self.max_epochs),
             "validation_scores": [round(float(s), 6) for s in self.validation_scores],
             "calibration": [float(self.calibration[0]), float(self.calibration[1])],
             "seconds": self.seconds,
@@ -113,6 +119,11 @@ def automatic_folds(candidates: int) -> int:
 def fold_epochs(training_rows: int) -> int:
     """The most epochs a fold's model trains: ``ROW_VISITS`` / rows, within [1, ``MAX_EPOCHS``]."""
     return int(min(MAX_EPOCHS, max(1, ROW_VISITS // max(training_rows, 1))))
+
+
+def fold_max_epochs(config: SelectionConfig, training_rows: int) -> int:
+    """The most epochs a fold's model trains: ``config.teacher_epochs``, else ``fold_epochs``."""
+    return int(config.teacher_epochs or fold_epochs(training_rows))
 
 
 def _score(labels: np.ndarray, logits: np.ndarray) -> float:
@@ -174,6 +185,8 @@ class FoldResult:
     epochs: int
     validation_score: float
     seconds: float
+    best_epoch: int
+    max_epochs: int
 
 
 def train_fold(
@@ -214,6 +227,8 @@ def train_fold(
         epochs=fit.epochs_run,
         validation_score=fit.best_score,
         seconds=time.perf_counter() - started,
+        best_epoch=fit.best_epoch,
+        max_epochs=fold_max_epochs(config, int(inside.shape[0])),
     )
 
 
@@ -248,6 +263,8 @@ def assemble_teacher(
         epochs=[result.epochs for result in results],
         validation_scores=[result.validation_score for result in results],
         seconds=seconds,
+        best_epochs=[result.best_epoch for result in results],
+        max_epochs=[result.max_epochs for result in results],
     )
 
 
@@ -327,7 +344,7 @@ def _train_fold(
         )
     validation_features = np.ascontiguousarray(features[rows[sample]])
     validation_labels = y[sample].astype(np.float64)
-    max_epochs = config.teacher_epochs or fold_epochs(int(inside.shape[0]))
+    max_epochs = fold_max_epochs(config, int(inside.shape[0]))
     epochs_done = [0]
 
     def validate(model: nn.Module) -> float:

@@ -130,6 +130,15 @@ def _notes(manifest: Any) -> list[str]:
             "are the given ones and the rows a stratified random draw; the noise estimates do "
             "not apply"
         )
+    cap = _cut_short(teacher)
+    if (manifest.audit or {}).get("verdict") == "worse" and cap:
+        notes.append(
+            "the audit reads the coreset as worse than a random subset, and the teacher's fold "
+            f"models were still improving when their epochs ran out (at {cap}): a longer-trained "
+            f"teacher may do better (--option teacher_epochs={min(20, 5 * cap)}, up to that many "
+            "times the teacher's training time), or --option guard=fallback delivers the best "
+            "of the coreset, a random subset and their mixture"
+        )
     if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
     data = manifest.dataset
@@ -139,6 +148,14 @@ def _notes(manifest: Any) -> list[str]:
             "column holds 0 for it"
         )
     return notes + _field_notes(data.fields, data.field_dims, data.whole_number_columns)
+
+
+def _cut_short(teacher: dict[str, Any]) -> int:
+    """The teacher's cap of epochs when at least half its folds kept their last allowed epoch
+    (still improving when it ran out), else 0."""
+    best, caps = teacher.get("best_epochs") or [], teacher.get("max_epochs") or []
+    reached = [cap for epoch, cap in zip(best, caps, strict=False) if cap and epoch >= cap]
+    return max(reached) if caps and 2 * len(reached) >= len(caps) else 0
 
 
 def _field_notes(fields: Any, field_dims: Any, whole_numbers: Any = ()) -> list[str]:

@@ -540,6 +540,7 @@ def _fold(run: _Run, fold: int) -> None:
         {
             "state": state, "logits": torch.from_numpy(result.logits), "epochs": result.epochs,
             "validation_score": result.validation_score, "seconds": time.perf_counter() - started,
+            "best_epoch": result.best_epoch, "max_epochs": result.max_epochs,
             "host": platform.node(),
         },
         buffer,
@@ -587,6 +588,8 @@ def _reduce(run: _Run) -> None:
             FoldResult(
                 fold=fold, model=model, logits=saved["logits"].numpy(), epochs=int(saved["epochs"]),
                 validation_score=float(saved["validation_score"]), seconds=float(saved["seconds"]),
+                best_epoch=int(saved.get("best_epoch", 0)),
+                max_epochs=int(saved.get("max_epochs", 0)),
             )
         )
         jobs.append(

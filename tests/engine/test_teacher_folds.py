@@ -78,6 +78,7 @@ def test_folds_trained_one_by_one_give_the_cross_fitted_teacher(threads: int) ->
     np.testing.assert_array_equal(joined.logits, whole.logits)
     np.testing.assert_array_equal(joined.probabilities, whole.probabilities)
     assert joined.epochs == whole.epochs
+    assert joined.summary() == whole.summary() | {"seconds": 0.0}
 
 
 def test_a_failure_in_one_fold_stops_the_folds_trained_beside_it() -> None:
@@ -161,4 +162,11 @@ def test_teacher_epochs_caps_every_fold_and_keys_the_teacher_cache() -> None:
     # patience 1: a fold not capped at one epoch trains at least two
     assert min(automatic.epochs) >= 2
     assert capped.epochs == [1, 1, 1]
+    assert capped.summary()["best_epochs"] == capped.summary()["max_epochs"] == [1, 1, 1]
+    summary = automatic.summary()
+    assert summary["max_epochs"] == [20, 20, 20]  # 500,000 row visits / 2,000 rows, at most 20
+    assert all(
+        1 <= best <= epochs < 20
+        for best, epochs in zip(summary["best_epochs"], summary["epochs"], strict=True)
+    )
     assert teacher(teacher_epochs=1) is capped and teacher() is automatic

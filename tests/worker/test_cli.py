@@ -559,3 +559,39 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
         "column_names: only for a CSV or TSV file without a header line; the dataset's name "
         "says parquet" in parquet.output
     )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "best_epochs", "noted"),
+    [
+        ("worse", [2, 2, 1], True),  # two of three folds kept their last allowed epoch
+        ("worse", [2, 1, 1], False),
+        ("level", [2, 2, 2], False),
+    ],
+)
+def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
+    verdict: str, best_epochs: list[int], noted: bool
+) -> None:
+    from worker.cli import _notes
+    from worker.outputs import CoresetSummary, DatasetSummary, Manifest
+
+    manifest = Manifest(
+        job_id="j", request={}, engine_version="0", method="nacs", seed=0, device="cpu",
+        created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
+        dataset=DatasetSummary(uri="d", fingerprint="f", rows=1000, clicks=300),
+        coreset=CoresetSummary(uri="c", rows=250, clicks=70),
+        audit={"verdict": verdict},
+        diagnostics={
+            "teacher": {"trusted": True, "best_epochs": best_epochs, "max_epochs": [2, 2, 2]}
+        },
+    )
+    notes = [note for note in _notes(manifest) if "teacher_epochs" in note]
+    assert notes == (
+        ["the audit reads the coreset as worse than a random subset, and the teacher's fold "
+         "models were still improving when their epochs ran out (at 2): a longer-trained "
+         "teacher may do better (--option teacher_epochs=10, up to that many times the "
+         "teacher's training time), or --option guard=fallback delivers the best of the "
+         "coreset, a random subset and their mixture"]
+        if noted
+        else []
+    )
