@@ -147,7 +147,9 @@ def _notes(manifest: Any) -> list[str]:
             "the labels are written -1/1: -1 is read as a non-click, and the coreset's label "
             "column holds 0 for it"
         )
-    return notes + _field_notes(data.fields, data.field_dims, data.whole_number_columns)
+    return notes + _field_notes(
+        data.fields, data.field_dims, data.whole_number_columns, data.unread_keys
+    )
 
 
 def _cut_short(teacher: dict[str, Any]) -> int:
@@ -158,10 +160,20 @@ def _cut_short(teacher: dict[str, Any]) -> int:
     return max(reached) if caps and 2 * len(reached) >= len(caps) else 0
 
 
-def _field_notes(fields: Any, field_dims: Any, whole_numbers: Any = ()) -> list[str]:
-    """Notes on the fields of which no value is seen often enough to count, and on the
-    floating-point columns of many whole numbers read as categories."""
+def _field_notes(
+    fields: Any, field_dims: Any, whole_numbers: Any = (), unread_keys: Any = None
+) -> list[str]:
+    """Notes on the fields of which no value is seen often enough to count, on the
+    floating-point columns of many whole numbers read as categories, and on the JSON Lines
+    keys that are not read."""
     notes = []
+    if unread_keys:
+        keys = ", ".join(f"{key} (from {where})" for key, where in unread_keys.items())
+        notes.append(
+            f"{keys}: not read, because the columns of JSON Lines are the keys of the first "
+            "megabyte; to read them, write every key in the first lines (null where a row has "
+            "no value)"
+        )
     rare = [name for name, dim in zip(fields, field_dims, strict=False) if dim <= 1]
     if rare:
         notes.append(
@@ -624,7 +636,8 @@ def evaluate(
             min_count=selection_options["min_count"],
         )
         whole_numbers = data.metadata.get("whole_number_columns", [])
-        for note in _field_notes(data.field_names, data.field_dims, whole_numbers):
+        unread = data.metadata.get("unread_keys", {})
+        for note in _field_notes(data.field_names, data.field_dims, whole_numbers, unread):
             click.echo(f"note: {note}", err=True)
         # Each seed its own split (the options' seed plus the run's), so that the paired
         # differences carry the test rows' sampling too.

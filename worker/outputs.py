@@ -43,6 +43,12 @@ class DatasetSummary(BaseModel):
         description="Floating-point columns of whole numbers only, read as categories, that "
         "take 32 values or more: numbers (counts, lengths, prices) to name as numeric columns.",
     )
+    unread_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON Lines keys that first appear after the first megabyte, where the "
+        "columns are read, so are not read: each with the line (and file) where it first holds "
+        "a value.",
+    )
     label_values: str = Field(
         default="0/1",
         description='How the data wrote its labels: "0/1" (or true/false, yes/no), or "-1/1", '

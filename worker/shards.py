@@ -308,7 +308,7 @@ class Sharding:
         clicks = int(labels.sum(dtype=np.float64))
         metadata.update(
             n_rows=n_rows, n_clicks=clicks, click_rate=clicks / max(n_rows, 1),
-            label_values=encoder.label_values,
+            label_values=encoder.label_values, unread_keys=encoder.unread_keys,
         )
         metadata.pop("oov_share", None)
         metadata.pop("storage", None)

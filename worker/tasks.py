@@ -279,6 +279,7 @@ def write_result(
         numeric_buckets=dict(data.metadata.get("numeric_buckets", {})),
         whole_number_columns=list(data.metadata.get("whole_number_columns", [])),
         label_values=str(data.metadata.get("label_values", "0/1")),
+        unread_keys=dict(data.metadata.get("unread_keys", {})),
     )
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),

@@ -293,6 +293,8 @@ class Encoder:
         self.whole_number_columns: tuple[str, ...] = ()
         # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``).
         self.label_values = "0/1"
+        # JSON Lines keys the fitted data holds that are not columns (``unread_keys``).
+        self.unread_keys: dict[str, str] = {}
 
     @property
     def is_fitted(self) -> bool:
@@ -448,6 +450,7 @@ class Encoder:
         self.bucket_edges = tuple(edges)
         self.whole_number_columns = tuple(whole_numbers)
         self.label_values = label_reader.convention
+        self.unread_keys = source.unread_keys
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -555,6 +558,7 @@ class Encoder:
                 if name in schema.numeric_columns
             },
             "whole_number_columns": list(self.whole_number_columns),
+            "unread_keys": source.unread_keys,
             "oov_share": {
                 name: float(count) / rows
                 for name, count in zip(schema.feature_columns, oov_counts.tolist(), strict=True)

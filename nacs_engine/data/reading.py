@@ -17,8 +17,8 @@ bz2-compressed (``.csv.gz``, ``.jsonl.gz``, ...).
 
 JSON Lines columns are the keys of the objects in the first block (about a megabyte)
 of the first file, in the order they first appear; keys that first appear later are
-not read, a key missing from an object is a missing value, and keys whose values are
-lists or objects are left out.
+not read (the source's ``unread_keys`` says which, and where), a key missing from an
+object is a missing value, and keys whose values are lists or objects are left out.
 
 A folder is read as the data files in it and in its subfolders, sorted by path (the order
 ``pyarrow.dataset`` reads them in; ``.json`` files beside other data files, such as a
@@ -115,6 +115,8 @@ class TableSource:
     description: a short human-readable name (the URI) for messages.
     total_rows: the number of rows when known without reading (Parquet, tables).
     header_line: whether the column names are a text file's first line.
+    unread_keys: JSON Lines keys that first appear after the block the columns were read
+    from, so are not read, each with where it first appears (filled as the data is read).
     """
 
     columns: tuple[str, ...]
@@ -127,6 +129,10 @@ class TableSource:
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
         """Yield ``(batch, fraction_read)`` for the given columns (all when None)."""
         raise NotImplementedError
+
+    @property
+    def unread_keys(self) -> dict[str, str]:
+        return {}
 
 
 class ArrowSource(TableSource):
@@ -191,6 +197,7 @@ class FileSource(TableSource):
         self.batch_rows = batch_rows
         self.layout = "criteo" if format == "criteo" else None
         self._text: _TextLayout | None = None
+        self._unread_keys: dict[str, str] = {}
         with _data_errors(uri):
             if format == "parquet":
                 self.columns, self.total_rows = self._parquet_schema(column_names)
@@ -207,6 +214,10 @@ class FileSource(TableSource):
             keys = tuple(key for key, _ in parts[0].keys if key not in self.file_columns)
             self.columns = (*self.file_columns, *keys)
         _check_unique_columns(self.columns, uri)
+
+    @property
+    def unread_keys(self) -> dict[str, str]:
+        return dict(self._unread_keys)
 
     # -- schema -----------------------------------------------------------------
 
@@ -455,6 +466,7 @@ class FileSource(TableSource):
         with self._open_text(path) as (stream, raw):
             for line, lines in _line_blocks(stream, block):
                 table = _json_table(lines, self.uri, line)
+                self._note_unread_keys(table, path, line)
                 arrays = [_json_text(table, name, self.uri) for name in columns]
                 # the batch keeps the block's row count with no columns (partition keys only)
                 rows = pa.nulls(table.num_rows)
@@ -463,6 +475,27 @@ class FileSource(TableSource):
                 )
                 for start in range(0, batch.num_rows, self.batch_rows):
                     yield batch.slice(start, self.batch_rows), raw.tell
+
+    def _note_unread_keys(self, table: pa.Table, path: str, first_line: int) -> None:
+        """Record the keys of a block of JSON Lines (from line ``first_line`` of ``path``) that
+        are not columns, and where each first holds a value."""
+        for field, column in zip(table.schema, table.columns, strict=True):
+            if (
+                field.name in self.file_columns
+                or field.name in self._unread_keys
+                or pa.types.is_nested(field.type)
+                or column.null_count == len(column)
+            ):
+                continue
+            where = f"line {first_line + _first_valid(column):,}"
+            if len(self.paths) > 1:
+                where += f" of {Path(_name_part(path)).name}"
+            self._unread_keys[field.name] = where
+
+
+def _first_valid(column: pa.ChunkedArray) -> int:
+    """The position of the first value of ``column`` that is not missing."""
+    return int(pc.index(column.is_valid(), True).as_py())
 
 
 def open_source(

@@ -55,6 +55,10 @@ class ShardedSource(TableSource):
         self.shard = 0
         self.position = 0
 
+    @property
+    def unread_keys(self) -> dict[str, str]:
+        return self.source.unread_keys
+
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
         self.shard, self.position = 0, 0
         done = 0

@@ -282,3 +282,27 @@ def test_blank_lines_indented_objects_and_crlf_read_as_rows(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"click": 1, "ad": "a"}\r\n\r\n   {"click": 0, "ad": "b"}\r\n\n')
     assert _rows(path) == [{"click": "1", "ad": "a"}, {"click": "0", "ad": "b"}]
+
+
+def test_keys_that_first_appear_after_the_first_block_are_named_with_their_line(tmp_path):
+    path = tmp_path / "late.jsonl"
+    first = [json.dumps({"click": i % 2, "shop": i % 7, "pad": "x" * 200}) for i in range(6000)]
+    later = [json.dumps({"click": i % 2, "shop": i % 7, "pad": "y"}) for i in range(50)]
+    later[10] = json.dumps({"click": 1, "shop": 1, "pad": "y", "coupon": None})  # no value yet
+    later[20] = json.dumps({"click": 1, "shop": 2, "pad": "y", "coupon": "c1", "tags": [1]})
+    later[30] = json.dumps({"click": 0, "shop": 3, "pad": "y", "shop_region": "north"})
+    _write(path, first + later)
+    data = load_dataset(path, label_column="click", min_count=1)
+    assert data.field_names == ("shop", "pad")
+    # where each first holds a value (lists are left out whenever they appear)
+    assert data.metadata["unread_keys"] == {"coupon": "line 6,021", "shop_region": "line 6,031"}
+    # a folder names the file too; data whose keys all come first has none
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    _write(folder / "part-0.jsonl", first[:10])
+    _write(folder / "part-1.jsonl", [first[0], later[30]])
+    parts = load_dataset(folder, label_column="click", min_count=1)
+    assert parts.metadata["unread_keys"] == {"shop_region": "line 2 of part-1.jsonl"}
+    assert load_dataset(folder / "part-0.jsonl", label_column="click").metadata[
+        "unread_keys"
+    ] == {}

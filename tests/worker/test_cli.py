@@ -595,3 +595,18 @@ def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
         if noted
         else []
     )
+
+
+def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
+    path = tmp_path / "late.jsonl"
+    lines = [json.dumps({"label": i % 3 == 0, "shop": f"s{i % 7}", "pad": "x" * 200})
+             for i in range(6000)]
+    lines.append(json.dumps({"label": True, "shop": "s1", "pad": "y", "coupon": "c1"}))
+    path.write_text("".join(line + "\n" for line in lines))
+    out = tmp_path / "out"
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
+    result = CliRunner().invoke(select, arguments)
+    assert result.exit_code == 0, result.output
+    assert "note: coupon (from line 6,001): not read" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["unread_keys"] == {"coupon": "line 6,001"}
