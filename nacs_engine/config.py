@@ -193,8 +193,8 @@ class SelectionConfig:
         default=None,
         metadata=_doc(
             "Most epochs each fold's model of the teacher trains (early stopping may end it "
-            "sooner), 1-20; by default 500,000 / its training rows, within 1-20 (1 from 500,000 "
-            "training rows on). More help where the folds take few steps (large batches on "
+            "sooner), 1-20; by default 500,000 / its training rows, within 1-20 (1 above 250,000 "
+            "training rows). More epochs help where the folds take few steps (large batches on "
             "mid-size data), at their cost in time."
         ),
     )

@@ -8,8 +8,8 @@ folds with their given labels, early-stopped on the validation score of a
 sample of its own fold (at most ``VALIDATION_ROWS`` rows), for at most
 ``ROW_VISITS`` / its training rows epochs (1 to ``MAX_EPOCHS``): one epoch from
 1M candidates on with two folds, more on small data (``config.teacher_epochs`` sets
-it). It then scores its own fold. Each row's probability therefore comes from a model that never trained
-on it, so it can disagree with a wrong label (what the noise estimate and the
+it). It then scores its own fold. Each row's probability therefore comes from a model
+that never trained on it, so it can disagree with a wrong label (what the noise estimate and the
 set-aside read), and it carries what the proxy learned from all the other rows
 (what the soft labels pass on to the user's model).
 
@@ -69,8 +69,8 @@ class Teacher:
     probabilities: (m,) float64 calibrated out-of-fold click probabilities.
     calibration: (a, b) of the Platt scaling sigmoid(a * logit + b).
     epochs, best_epochs, max_epochs: per fold, the epochs trained, the epoch whose weights
-    were kept, and the most it could train (``fold_max_epochs``).
-    epochs: per fold, epochs trained (the best epoch's weights are kept).
+    were kept (0 for a fold trained by a shard job of an earlier version), and the most it
+    could train (``fold_max_epochs``).
     validation_scores: per fold, the best validation score (AUC, or minus the
         log loss where the fold's sample holds one class only).
     seconds: wall time of the cross-fitting.
@@ -215,8 +215,10 @@ def train_fold(
     y = np.asarray(labels, dtype=np.float32)[rows]
     inside = np.flatnonzero(folds != fold)
     outside = np.flatnonzero(folds == fold)
+    max_epochs = fold_max_epochs(config, int(inside.shape[0]))
     model, fit = _train_fold(
-        features, y, rows, inside, outside, field_dims, config, fold, k_folds, device, report
+        features, y, rows, inside, outside, field_dims, config, fold, k_folds, device, report,
+        max_epochs,
     )
     logits = _rows_logits(model, features, rows[outside], device)
     report(1.0, f"teacher {fold + 1}/{k_folds}: best epoch {fit.best_epoch}")
@@ -228,7 +230,7 @@ def train_fold(
         validation_score=fit.best_score,
         seconds=time.perf_counter() - started,
         best_epoch=fit.best_epoch,
-        max_epochs=fold_max_epochs(config, int(inside.shape[0])),
+        max_epochs=max_epochs,
     )
 
 
@@ -333,8 +335,10 @@ def _train_fold(
     k_folds: int,
     device: torch.device,
     report: Progress,
+    max_epochs: int,
 ) -> tuple[CTRModel, FitResult]:
-    """Train fold ``fold``'s model on candidates ``inside``, early-stopped on a sample of ``outside``."""
+    """Train fold ``fold``'s model on candidates ``inside`` for at most ``max_epochs``,
+    early-stopped on a sample of ``outside``."""
     sample = outside
     if sample.shape[0] > VALIDATION_ROWS:
         sample = np.sort(
@@ -344,7 +348,6 @@ def _train_fold(
         )
     validation_features = np.ascontiguousarray(features[rows[sample]])
     validation_labels = y[sample].astype(np.float64)
-    max_epochs = fold_max_epochs(config, int(inside.shape[0]))
     epochs_done = [0]
 
     def validate(model: nn.Module) -> float:

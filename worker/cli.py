@@ -130,14 +130,21 @@ def _notes(manifest: Any) -> list[str]:
             "are the given ones and the rows a stratified random draw; the noise estimates do "
             "not apply"
         )
-    cap = _cut_short(teacher)
-    if (manifest.audit or {}).get("verdict") == "worse" and cap:
+    audit = manifest.audit or {}
+    more = _more_teacher_epochs(teacher) if audit.get("verdict") == "worse" else None
+    if more is not None:
+        cap, epochs = more
+        fallback = (
+            ""
+            if audit.get("guard") == "fallback"
+            else ", or --option guard=fallback delivers the best of the coreset, a random "
+            "subset and their mixture"
+        )
         notes.append(
-            "the audit reads the coreset as worse than a random subset, and the teacher's fold "
-            f"models were still improving when their epochs ran out (at {cap}): a longer-trained "
-            f"teacher may do better (--option teacher_epochs={min(20, 5 * cap)}, up to that many "
-            "times the teacher's training time), or --option guard=fallback delivers the best "
-            "of the coreset, a random subset and their mixture"
+            "the audit reads the coreset as worse than a random subset, and most of the "
+            f"teacher's fold models were still improving at their last allowed epoch ({cap}): a "
+            f"longer-trained teacher may do better (--option teacher_epochs={epochs}, up to "
+            f"about {epochs / cap:.0f} times the teacher's training time){fallback}"
         )
     if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
@@ -148,31 +155,47 @@ def _notes(manifest: Any) -> list[str]:
             "column holds 0 for it"
         )
     return notes + _field_notes(
-        data.fields, data.field_dims, data.whole_number_columns, data.unread_keys
+        data.fields, data.field_dims, data.whole_number_columns, data.unread_keys,
+        data.unread_key_count,
     )
 
 
-def _cut_short(teacher: dict[str, Any]) -> int:
-    """The teacher's cap of epochs when at least half its folds kept their last allowed epoch
-    (still improving when it ran out), else 0."""
+def _more_teacher_epochs(teacher: dict[str, Any]) -> tuple[int, int] | None:
+    """(the cap, the teacher_epochs to try: five times the cap, at most ``MAX_EPOCHS``) when
+    most of the teacher's folds kept their last allowed epoch, still improving when it came,
+    and a higher cap is possible; else None. A cap of one epoch says nothing of whether the
+    models were still improving."""
+    from nacs_engine.teacher import MAX_EPOCHS
+
     best, caps = teacher.get("best_epochs") or [], teacher.get("max_epochs") or []
-    reached = [cap for epoch, cap in zip(best, caps, strict=False) if cap and epoch >= cap]
-    return max(reached) if caps and 2 * len(reached) >= len(caps) else 0
+    reached = [cap for epoch, cap in zip(best, caps, strict=False) if epoch >= cap >= 2]
+    if not caps or 2 * len(reached) <= len(caps) or max(reached) >= MAX_EPOCHS:
+        return None
+    cap = max(reached)
+    return cap, min(MAX_EPOCHS, 5 * cap)
 
 
 def _field_notes(
-    fields: Any, field_dims: Any, whole_numbers: Any = (), unread_keys: Any = None
+    fields: Any, field_dims: Any, whole_numbers: Any = (), unread_keys: Any = None,
+    unread_key_count: int = 0,
 ) -> list[str]:
     """Notes on the fields of which no value is seen often enough to count, on the
     floating-point columns of many whole numbers read as categories, and on the JSON Lines
     keys that are not read."""
     notes = []
     if unread_keys:
-        keys = ", ".join(f"{key} (from {where})" for key, where in unread_keys.items())
+        keys = ", ".join(
+            f"{key} (from line {where['line']:,}"
+            + (f" of {where['file']})" if "file" in where else ")")
+            for key, where in unread_keys.items()
+        )
+        more = unread_key_count - len(unread_keys)
+        if more > 0:
+            keys += f" and {more:,} more key{'s' if more > 1 else ''}"
         notes.append(
             f"{keys}: not read, because the columns of JSON Lines are the keys of the first "
-            "megabyte; to read them, write every key in the first lines (null where a row has "
-            "no value)"
+            "megabyte of the first file; to read them, write every key in the first lines "
+            "(null where a row has no value)"
         )
     rare = [name for name, dim in zip(fields, field_dims, strict=False) if dim <= 1]
     if rare:
@@ -637,7 +660,9 @@ def evaluate(
         )
         whole_numbers = data.metadata.get("whole_number_columns", [])
         unread = data.metadata.get("unread_keys", {})
-        for note in _field_notes(data.field_names, data.field_dims, whole_numbers, unread):
+        count = data.metadata.get("unread_key_count", 0)
+        fields, dims = data.field_names, data.field_dims
+        for note in _field_notes(fields, dims, whole_numbers, unread, count):
             click.echo(f"note: {note}", err=True)
         # Each seed its own split (the options' seed plus the run's), so that the paired
         # differences carry the test rows' sampling too.

@@ -43,12 +43,14 @@ class DatasetSummary(BaseModel):
         description="Floating-point columns of whole numbers only, read as categories, that "
         "take 32 values or more: numbers (counts, lengths, prices) to name as numeric columns.",
     )
-    unread_keys: dict[str, str] = Field(
+    unread_keys: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="JSON Lines keys that first appear after the first megabyte, where the "
-        "columns are read, so are not read: each with the line (and file) where it first holds "
-        "a value.",
+        description="JSON Lines keys that first appear after the first megabyte of the first "
+        "file, where the columns are read, so are not read (the first 20): each with where it "
+        'first holds a value, {"line": number from 1, "file": path within the folder, for a '
+        "folder of files}.",
     )
+    unread_key_count: int = Field(default=0, description="How many such keys the data holds.")
     label_values: str = Field(
         default="0/1",
         description='How the data wrote its labels: "0/1" (or true/false, yes/no), or "-1/1", '

@@ -84,6 +84,11 @@ class JobRecord(BaseModel):
     shard_jobs: list[str] = Field(
         default_factory=list, description="RQ job ids of the run's shard jobs (worker.shards)."
     )
+    deadline_at: str | None = Field(
+        default=None,
+        description="When the run of a job spread over workers must end: the job timeout "
+        "after the run began (None for a job run as one, whose RQ job has that timeout).",
+    )
     idempotency_key: str | None = None
     body_hash: str | None = None
 
@@ -105,7 +110,13 @@ def text(value: Any) -> str:
 
 def utc_now() -> str:
     """The current time in RFC 3339 (UTC, milliseconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(time.time())
+
+
+def rfc3339(seconds: float) -> str:
+    """A time in seconds since the epoch in RFC 3339 (UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str | None) -> float | None:

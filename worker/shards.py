@@ -46,6 +46,7 @@ import functools
 import hashlib
 import io
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ import numpy as np
 from pydantic import BaseModel
 from rq import Queue, get_current_job
 from rq.job import Dependency, Job
+from rq.timeouts import JobTimeoutException
 
 from nacs_engine.errors import SelectionCancelled
 from worker.enqueue import queue_of, stop_rq_job
@@ -70,6 +72,8 @@ from worker.records import (
     RecordStore,
     cancelled_progress,
     connect,
+    parse_time,
+    rfc3339,
     utc_now,
 )
 from worker.settings import SharedSettings
@@ -225,6 +229,8 @@ class Sharding:
         self.settings = store.settings
         self.job_id = job_id
         self.attempt = attempt
+        # The run began as the plan job started: all its shard jobs end within the job timeout.
+        self.deadline = time.time() + self.settings.job_timeout_s
 
     def shard_rows(self, config: Any) -> int | None:
         """Rows per shard of a job of ``config``; None when its method runs as one job."""
@@ -308,7 +314,7 @@ class Sharding:
         clicks = int(labels.sum(dtype=np.float64))
         metadata.update(
             n_rows=n_rows, n_clicks=clicks, click_rate=clicks / max(n_rows, 1),
-            label_values=encoder.label_values, unread_keys=encoder.unread_keys,
+            unread_keys=encoder.unread_keys, unread_key_count=encoder.unread_key_count,
         )
         metadata.pop("oov_share", None)
         metadata.pop("storage", None)
@@ -333,6 +339,7 @@ class Sharding:
             if record.status != JobStatus.running or record.attempts != attempt:
                 raise InvalidTransition(record)
             record.shard_jobs = [*folds, reduce_id]
+            record.deadline_at = rfc3339(self.deadline)
             record.progress = Progress(
                 phase="selecting", fraction=0.0,
                 message=f"{plan.teacher_folds} teacher folds queued over {len(plan.bounds)} shards",
@@ -343,7 +350,8 @@ class Sharding:
         # job its record does not name.
         self.store.update(job_id, change)
         self.store.redis.delete(self.store.keys.shard_progress(job_id))
-        ttl, timeout_s = settings.job_ttl_s, settings.job_timeout_s
+        # RQ stops a shard job at the run's deadline (a job timeout of 0 would be none).
+        ttl, timeout_s = settings.job_ttl_s, max(1, seconds_left(self.deadline))
         enqueued: list[Job | Dependency | str] = [
             self.queue.enqueue_call(
                 FOLD_TASK, args=(job_id, settings.redis_prefix, attempt, fold), job_id=rq_id,
@@ -430,6 +438,8 @@ def _shard_job(
         progress.check()
         if record.cancel_requested:
             raise SelectionCancelled(f"job {job_id} was cancelled")
+        if run_seconds_left(record, settings) <= 0:
+            raise JobTimeoutException(f"job {job_id}: past its deadline {record.deadline_at}")
         work(run)
     except SelectionCancelled:
         outcome = "cancelled"
@@ -459,6 +469,18 @@ def _shard_job(
         store, job_id, attempt, status, error, this_job=running.id if running else None
     )
     return {"job_id": job_id, "shard": name, "status": outcome}
+
+
+def seconds_left(deadline: float) -> int:
+    """Whole seconds from now to ``deadline`` (seconds since the epoch), at least 0."""
+    return max(0, math.ceil(deadline - time.time()))
+
+
+def run_seconds_left(record: JobRecord, settings: SharedSettings) -> int:
+    """The seconds a shard job of ``record``'s run may still take: to the run's deadline, or
+    the whole job timeout for a run recorded without one (by an earlier version)."""
+    deadline = parse_time(record.deadline_at)
+    return settings.job_timeout_s if deadline is None else seconds_left(deadline)
 
 
 def end_sharded_run(
@@ -540,7 +562,7 @@ def _fold(run: _Run, fold: int) -> None:
         {
             "state": state, "logits": torch.from_numpy(result.logits), "epochs": result.epochs,
             "validation_score": result.validation_score, "seconds": time.perf_counter() - started,
-            "best_epoch": result.best_epoch, "max_epochs": result.max_epochs,
+            "best_epoch": result.best_epoch,
             "host": platform.node(),
         },
         buffer,
@@ -562,7 +584,13 @@ def _reduce(run: _Run) -> None:
     from nacs_engine.pipeline import select_coreset
     from nacs_engine.runtime import resolve_device
     from nacs_engine.selection import release_workspace
-    from nacs_engine.teacher import FoldResult, TeacherCache, assemble_teacher, fold_assignment
+    from nacs_engine.teacher import (
+        FoldResult,
+        TeacherCache,
+        assemble_teacher,
+        fold_assignment,
+        fold_max_epochs,
+    )
     from worker.tasks import write_result
 
     started = time.perf_counter()
@@ -588,8 +616,9 @@ def _reduce(run: _Run) -> None:
             FoldResult(
                 fold=fold, model=model, logits=saved["logits"].numpy(), epochs=int(saved["epochs"]),
                 validation_score=float(saved["validation_score"]), seconds=float(saved["seconds"]),
+                # a fold file of an earlier version: its best epoch is not known (0)
                 best_epoch=int(saved.get("best_epoch", 0)),
-                max_epochs=int(saved.get("max_epochs", 0)),
+                max_epochs=fold_max_epochs(config, int((folds != fold).sum())),
             )
         )
         jobs.append(
@@ -745,7 +774,7 @@ def _hand_over_audit(
     run.store.update(job_id, change)
     run.store.redis.delete(run.store.keys.shard_progress(job_id))
     queue = queue_of(run.store.redis, settings)
-    ttl, timeout_s = settings.job_ttl_s, settings.job_timeout_s
+    ttl, timeout_s = settings.job_ttl_s, max(1, run_seconds_left(run.record, settings))
     # The longest first, so that the workers end the round together.
     order = longest_first(models)
     enqueued: list[Job | Dependency | str] = [

@@ -280,6 +280,7 @@ def write_result(
         whole_number_columns=list(data.metadata.get("whole_number_columns", [])),
         label_values=str(data.metadata.get("label_values", "0/1")),
         unread_keys=dict(data.metadata.get("unread_keys", {})),
+        unread_key_count=int(data.metadata.get("unread_key_count", 0)),
     )
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),

@@ -294,7 +294,8 @@ class Encoder:
         # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``).
         self.label_values = "0/1"
         # JSON Lines keys the fitted data holds that are not columns (``unread_keys``).
-        self.unread_keys: dict[str, str] = {}
+        self.unread_keys: dict[str, dict[str, Any]] = {}
+        self.unread_key_count = 0
 
     @property
     def is_fitted(self) -> bool:
@@ -451,6 +452,7 @@ class Encoder:
         self.whole_number_columns = tuple(whole_numbers)
         self.label_values = label_reader.convention
         self.unread_keys = source.unread_keys
+        self.unread_key_count = source.unread_key_count
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))
@@ -506,7 +508,7 @@ class Encoder:
         oov_counts = np.zeros(n_fields, dtype=np.int64)
         columns = [schema.label_column, *schema.feature_columns]
         rows = 0
-        label_reader = LabelReader(schema.label_column, source.description)
+        label_reader = LabelReader(schema.label_column, source.description, self.label_values)
         try:
             for batch, fraction in source.batches(columns):
                 labels = label_reader.read(batch.column(0), first_row=rows)
@@ -559,6 +561,7 @@ class Encoder:
             },
             "whole_number_columns": list(self.whole_number_columns),
             "unread_keys": source.unread_keys,
+            "unread_key_count": source.unread_key_count,
             "oov_share": {
                 name: float(count) / rows
                 for name, count in zip(schema.feature_columns, oov_counts.tolist(), strict=True)

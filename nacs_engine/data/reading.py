@@ -48,6 +48,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -91,6 +92,9 @@ _HEAD_BYTES = 1 << 16
 _COMPRESSED_NAMES = ((re.compile(rb"\x1f\x8b"), "gz"), (re.compile(rb"BZh[1-9]1AY&SY"), "bz2"))
 # Bytes of CSV text per block; big enough for any sane row, small enough to stream.
 _MIN_BLOCK_BYTES = 1 << 20
+# JSON Lines keys that are not columns: named with their line up to this many, counted past.
+MAX_UNREAD_KEYS = 20
+_MAX_COUNTED_KEYS = 100_000
 _MAX_BLOCK_BYTES = 64 << 20
 # A partitioned folder's value for a missing key (Hive's and Spark's spelling).
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -116,7 +120,9 @@ class TableSource:
     total_rows: the number of rows when known without reading (Parquet, tables).
     header_line: whether the column names are a text file's first line.
     unread_keys: JSON Lines keys that first appear after the block the columns were read
-    from, so are not read, each with where it first appears (filled as the data is read).
+    from, so are not read (the first ``MAX_UNREAD_KEYS``, filled as the data is read), each
+    with where it first holds a value: {"line": number from 1, "file": its path within the
+    folder, for a folder of files}; unread_key_count: how many such keys were seen.
     """
 
     columns: tuple[str, ...]
@@ -131,8 +137,12 @@ class TableSource:
         raise NotImplementedError
 
     @property
-    def unread_keys(self) -> dict[str, str]:
+    def unread_keys(self) -> dict[str, dict[str, Any]]:
         return {}
+
+    @property
+    def unread_key_count(self) -> int:
+        return 0
 
 
 class ArrowSource(TableSource):
@@ -197,7 +207,8 @@ class FileSource(TableSource):
         self.batch_rows = batch_rows
         self.layout = "criteo" if format == "criteo" else None
         self._text: _TextLayout | None = None
-        self._unread_keys: dict[str, str] = {}
+        self._unread_keys: dict[str, dict[str, Any]] = {}
+        self._more_unread_keys: set[str] = set()
         with _data_errors(uri):
             if format == "parquet":
                 self.columns, self.total_rows = self._parquet_schema(column_names)
@@ -216,8 +227,12 @@ class FileSource(TableSource):
         _check_unique_columns(self.columns, uri)
 
     @property
-    def unread_keys(self) -> dict[str, str]:
-        return dict(self._unread_keys)
+    def unread_keys(self) -> dict[str, dict[str, Any]]:
+        return {key: dict(where) for key, where in self._unread_keys.items()}
+
+    @property
+    def unread_key_count(self) -> int:
+        return len(self._unread_keys) + len(self._more_unread_keys)
 
     # -- schema -----------------------------------------------------------------
 
@@ -466,7 +481,7 @@ class FileSource(TableSource):
         with self._open_text(path) as (stream, raw):
             for line, lines in _line_blocks(stream, block):
                 table = _json_table(lines, self.uri, line)
-                self._note_unread_keys(table, path, line)
+                self._note_unread_keys(table, lines, path, line)
                 arrays = [_json_text(table, name, self.uri) for name in columns]
                 # the batch keeps the block's row count with no columns (partition keys only)
                 rows = pa.nulls(table.num_rows)
@@ -476,21 +491,42 @@ class FileSource(TableSource):
                 for start in range(0, batch.num_rows, self.batch_rows):
                     yield batch.slice(start, self.batch_rows), raw.tell
 
-    def _note_unread_keys(self, table: pa.Table, path: str, first_line: int) -> None:
-        """Record the keys of a block of JSON Lines (from line ``first_line`` of ``path``) that
-        are not columns, and where each first holds a value."""
+    def _note_unread_keys(
+        self, table: pa.Table, lines: bytes, path: str, first_line: int
+    ) -> None:
+        """Record the keys of ``table``, read from the block ``lines`` of JSON Lines (from line
+        ``first_line`` of ``path``), that are not columns, and where each first holds a
+        value; past ``MAX_UNREAD_KEYS`` keys, only count them (up to ``_MAX_COUNTED_KEYS``)."""
         for field, column in zip(table.schema, table.columns, strict=True):
+            name = field.name
             if (
-                field.name in self.file_columns
-                or field.name in self._unread_keys
+                name in self.file_columns
+                or name in self._unread_keys
+                or name in self._more_unread_keys
                 or pa.types.is_nested(field.type)
                 or column.null_count == len(column)
             ):
                 continue
-            where = f"line {first_line + _first_valid(column):,}"
+            if len(self._unread_keys) >= MAX_UNREAD_KEYS:
+                if len(self._more_unread_keys) < _MAX_COUNTED_KEYS:
+                    self._more_unread_keys.add(name)
+                continue
+            where: dict[str, Any] = {"line": _row_line(lines, first_line, _first_valid(column))}
             if len(self.paths) > 1:
-                where += f" of {Path(_name_part(path)).name}"
-            self._unread_keys[field.name] = where
+                root = posixpath.commonpath([_name_part(p) for p in self.paths])
+                where["file"] = posixpath.relpath(_name_part(path), root)
+            self._unread_keys[name] = where
+
+
+def _row_line(lines: bytes, first_line: int, row: int) -> int:
+    """The number of the line of row ``row`` of a block of JSON Lines whose first line is
+    ``first_line``: blank lines hold no row."""
+    for offset, line in enumerate(lines.split(b"\n")):
+        if line.strip():
+            if row == 0:
+                return first_line + offset
+            row -= 1
+    raise ValueError(f"row: the block holds no row {row}")
 
 
 def _first_valid(column: pa.ChunkedArray) -> int:

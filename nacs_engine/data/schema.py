@@ -128,42 +128,60 @@ def resolve_schema(
 
 
 class LabelReader:
-    """Reads the label column of one data, batch by batch, as float32 0/1.
+    """Reads the label column of a dataset, batch by batch, as float32 0/1.
 
     Accepts integers 0/1, floats 0.0/1.0, booleans and the strings "0", "1", "0.0", "1.0",
     "true", "false", "t", "f", "yes", "no", "y", "n" (any case); and labels written -1/1
-    (integers, floats or the strings "-1", "-1.0"), -1 read as a non-click. One data keeps
-    one convention: a -1 in a data that also holds a 0 (or false, no) is an error, since
-    either could be the non-click. Anything else, nulls included, is DataError
-    "labels_not_binary" naming the column and an offending value.
+    (integers, floats or the strings "-1", "-1.0", "+1", "+1.0", as LIBSVM writes them),
+    -1 read as a non-click. A dataset keeps one convention: a -1 in a dataset that also holds
+    a 0 (or false, no) is an error, since either could be the non-click; and data encoded
+    with an encoding fitted on other data (``fitted``: that data's ``convention``) must keep
+    its convention. Anything else, nulls included, is DataError "labels_not_binary" naming
+    the column and an offending value.
     """
 
-    def __init__(self, name: str, description: str = "the data") -> None:
+    def __init__(
+        self, name: str, description: str = "the data", fitted: str | None = None
+    ) -> None:
         self.name = name
         self.description = description
+        self.fitted = fitted
         # The first row (counting from 0) of each non-click convention seen, None if none.
         self.minus_one_row: int | None = None
         self.zero_row: int | None = None
 
     @property
     def convention(self) -> str:
-        """How the non-clicks were written: "-1/1" when any label read was -1, else "0/1"."""
-        return "-1/1" if self.minus_one_row is not None else "0/1"
+        """How the non-clicks are written: "-1/1" when a label read was -1 (or the data the
+        encoding was fitted on wrote them so), else "0/1"."""
+        minus = self.minus_one_row is not None or self.fitted == "-1/1"
+        return "-1/1" if minus else "0/1"
 
     def read(self, column: pa.Array | pa.ChunkedArray, first_row: int = 0) -> np.ndarray:
         """The (n,) float32 0/1 labels of one batch's label column, whose first row is row
         ``first_row`` of the data (for messages)."""
         values = _label_values(column, self.name, self.description, first_row)
         minus = values < 0.0
-        for seen, attribute in ((minus, "minus_one_row"), (values == 0.0, "zero_row")):
-            if getattr(self, attribute) is None and seen.any():
-                setattr(self, attribute, first_row + int(np.argmax(seen)))
+        if self.minus_one_row is None and minus.any():
+            self.minus_one_row = first_row + int(np.argmax(minus))
+        if self.zero_row is None and (values == 0.0).any():
+            self.zero_row = first_row + int(np.argmax(values == 0.0))
+        column_name = f"label_column: {self.name!r} in {self.description}"
         if self.minus_one_row is not None and self.zero_row is not None:
             raise DataError(
                 "labels_not_binary",
-                f"label_column: {self.name!r} in {self.description} holds both -1 (row "
-                f"{self.minus_one_row}, counting from 0) and 0 (row {self.zero_row}): labels "
-                "are 0/1 or -1/1, one or the other, so which one is the non-click is unclear",
+                f"{column_name} holds both -1 (row {self.minus_one_row}, counting from 0) and 0 "
+                f"(row {self.zero_row}): labels are 0/1 or -1/1, one or the other, so which "
+                "one is the non-click is unclear",
+            )
+        fitted_on = {"-1/1": self.zero_row, "0/1": self.minus_one_row}.get(self.fitted or "")
+        if fitted_on is not None:
+            written = "0" if self.fitted == "-1/1" else "-1"
+            raise DataError(
+                "labels_not_binary",
+                f"{column_name} holds {written} (row {fitted_on}, counting from 0), and the data "
+                f"the encoding was fitted on wrote its labels {self.fitted}: encode data "
+                "written one way with an encoding fitted on data written the same way",
             )
         values[minus] = 0.0
         return values
@@ -196,7 +214,9 @@ def _label_values(
         return values.astype(np.float32)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.utf8_lower(pc.utf8_trim_whitespace(column))
-        ones = pc.is_in(text, value_set=pa.array(["1", "1.0", "true", "t", "yes", "y"]))
+        ones = pc.is_in(
+            text, value_set=pa.array(["1", "1.0", "+1", "+1.0", "true", "t", "yes", "y"])
+        )
         zeros = pc.is_in(text, value_set=pa.array(["0", "0.0", "false", "f", "no", "n"]))
         minus = pc.is_in(text, value_set=pa.array(["-1", "-1.0"]))
         ok = np.asarray(pc.or_(pc.or_(ones, zeros), minus).to_numpy(zero_copy_only=False))

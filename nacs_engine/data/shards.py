@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.encoding import Encoder, FractionCallback
@@ -56,8 +57,12 @@ class ShardedSource(TableSource):
         self.position = 0
 
     @property
-    def unread_keys(self) -> dict[str, str]:
+    def unread_keys(self) -> dict[str, dict[str, Any]]:
         return self.source.unread_keys
+
+    @property
+    def unread_key_count(self) -> int:
+        return self.source.unread_key_count
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
         self.shard, self.position = 0, 0

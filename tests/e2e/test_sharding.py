@@ -100,8 +100,10 @@ def scratch_of(stack: Stack, job_id: str) -> Path:
 
 
 def test_same_coreset_with_one_two_and_four_workers(
-    shard_stack: Stack, sharded_data: Path, reference: bytes, reference_audit: dict[str, Any]
+    shard_stack: Stack, sharded_data: Path, reference: bytes, reference_audit: dict[str, Any],
+    reference_run: Path,
 ) -> None:
+    whole = json.loads((reference_run / "manifest.json").read_text())
     seen: list[bytes] = []
     for workers in (1, 2, 4):
         while len(shard_stack.workers) < workers:
@@ -125,6 +127,12 @@ def test_same_coreset_with_one_two_and_four_workers(
         assert manifest["audit"]["families"] == reference_audit["families"]
         assert manifest["audit"]["verdict"] == reference_audit["verdict"]
         assert manifest["phase_seconds"]["auditing"] > 0
+        # the folds' epochs and what the data says of itself come through the shard jobs
+        for key in ("epochs", "best_epochs", "max_epochs"):
+            teacher = manifest["diagnostics"]["teacher"]
+            assert teacher[key] == whole["diagnostics"]["teacher"][key], key
+        for key in ("label_values", "unread_keys", "unread_key_count", "whole_number_columns"):
+            assert manifest["dataset"][key] == whole["dataset"][key], key
         assert manifest["coreset"]["rows"] == pq.read_table(
             final["result"]["coreset_uri"][len("file://") :]
         ).num_rows

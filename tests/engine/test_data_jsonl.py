@@ -291,18 +291,33 @@ def test_keys_that_first_appear_after_the_first_block_are_named_with_their_line(
     later[10] = json.dumps({"click": 1, "shop": 1, "pad": "y", "coupon": None})  # no value yet
     later[20] = json.dumps({"click": 1, "shop": 2, "pad": "y", "coupon": "c1", "tags": [1]})
     later[30] = json.dumps({"click": 0, "shop": 3, "pad": "y", "shop_region": "north"})
-    _write(path, first + later)
+    # blank lines hold no row but count as lines
+    _write(path, first + later[:25] + ["", "  "] + later[25:])
     data = load_dataset(path, label_column="click", min_count=1)
     assert data.field_names == ("shop", "pad")
     # where each first holds a value (lists are left out whenever they appear)
-    assert data.metadata["unread_keys"] == {"coupon": "line 6,021", "shop_region": "line 6,031"}
-    # a folder names the file too; data whose keys all come first has none
-    folder = tmp_path / "parts"
-    folder.mkdir()
-    _write(folder / "part-0.jsonl", first[:10])
-    _write(folder / "part-1.jsonl", [first[0], later[30]])
-    parts = load_dataset(folder, label_column="click", min_count=1)
-    assert parts.metadata["unread_keys"] == {"shop_region": "line 2 of part-1.jsonl"}
-    assert load_dataset(folder / "part-0.jsonl", label_column="click").metadata[
-        "unread_keys"
-    ] == {}
+    assert data.metadata["unread_keys"] == {"coupon": {"line": 6021}, "shop_region": {"line": 6033}}
+    assert data.metadata["unread_key_count"] == 2
+    # a folder names the file too, by its path within the folder; data whose keys all come
+    # first has none
+    for day in (1, 2):
+        (tmp_path / "parts" / f"day={day}").mkdir(parents=True)
+    _write(tmp_path / "parts" / "day=1" / "part-0.jsonl", first[:10])
+    _write(tmp_path / "parts" / "day=2" / "part-0.jsonl", [first[0], later[30]])
+    parts = load_dataset(tmp_path / "parts", label_column="click", min_count=1)
+    assert parts.metadata["unread_keys"] == {
+        "shop_region": {"line": 2, "file": "day=2/part-0.jsonl"}
+    }
+    alone = load_dataset(tmp_path / "parts" / "day=1" / "part-0.jsonl", label_column="click")
+    assert alone.metadata["unread_keys"] == {} and alone.metadata["unread_key_count"] == 0
+
+
+def test_past_twenty_keys_that_are_not_read_are_counted(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    first = [json.dumps({"click": i % 2, "pad": "x" * 200}) for i in range(6000)]
+    later = [json.dumps({"click": 1, "pad": "y", f"k{i}": i}) for i in range(25)]
+    _write(path, first + later + later[:3])
+    data = load_dataset(path, label_column="click", min_count=1)
+    assert list(data.metadata["unread_keys"]) == [f"k{i}" for i in range(20)]
+    assert data.metadata["unread_keys"]["k19"] == {"line": 6020}
+    assert data.metadata["unread_key_count"] == 25

@@ -500,11 +500,8 @@ def test_a_partition_key_whose_files_hold_other_values_is_refused(
     table = pa.table({"label": [0, 1], "day": values})
     pq.write_table(table, folder / folder_name / "part-0.parquet")
     source = open_source(str(folder))
-    with pytest.raises(
-        DataError,
-        match=rf"under the folder {folder_name} but its column "
-        rf"'day' holds {found}; drop the column",
-    ) as refused:
+    with pytest.raises(DataError, match=rf"under the folder {folder_name} but its column "
+                       rf"'day' holds {found}; drop the column") as refused:
         _rows(source, ["label", "day"])
     assert refused.value.code == "unreadable_data"
     assert _rows(source, ["label"]) == [(0,), (1,)]  # the column not read: nothing to check
@@ -512,16 +509,11 @@ def test_a_partition_key_whose_files_hold_other_values_is_refused(
 
 @pytest.mark.parametrize(
     "folder_name, values",
-    [
-        ("day=07", [7, 7]),
-        ("day=2024-01-02", ["2024-01-02"] * 2),
-        ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
-        (
-            "day=2024-01-02 00%3A00%3A00",
-            [datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)] * 2,
-        ),
-        ("day=__HIVE_DEFAULT_PARTITION__", [None, None]),
-    ],
+    [("day=07", [7, 7]), ("day=2024-01-02", ["2024-01-02"] * 2),
+     ("day=2024-01-02", [datetime.date(2024, 1, 2)] * 2),
+     ("day=2024-01-02 00%3A00%3A00",
+      [datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)] * 2),
+     ("day=__HIVE_DEFAULT_PARTITION__", [None, None])],
 )
 def test_a_partition_key_agreeing_with_its_files_in_their_type_is_read(
     tmp_path, folder_name, values
@@ -564,9 +556,7 @@ def test_column_names_that_do_not_fit_the_first_line_say_so(tmp_path):
         open_source(path, column_names=["label", "color"])
     source = open_source(path, column_names=["y", "a", "b"])
     assert [row for batch, _ in source.batches() for row in batch.to_pylist()][0] == {
-        "y": "label",
-        "a": "color",
-        "b": "size",
+        "y": "label", "a": "color", "b": "size"
     }
 
 
@@ -585,3 +575,19 @@ def test_a_first_line_of_data_read_as_the_header_is_pointed_out(tmp_path):
     with pytest.raises(DataError) as caught:
         load_dataset(named)
     assert "holds numbers" not in str(caught.value)
+
+
+def test_data_encoded_with_an_encoding_fitted_on_other_data_keeps_its_convention(tmp_path):
+    from nacs_engine.data import Encoder
+
+    def table(labels):
+        return pa.table({"label": labels, "a": ["x", "y"] * (len(labels) // 2)})
+
+    minus = Encoder(min_count=1).fit(table([1, -1, 1, -1]))
+    assert minus.transform(table([1, 1])).metadata["label_values"] == "-1/1"  # no -1 needed
+    with pytest.raises(DataError, match=r"holds 0 \(row 1, .* fitted on wrote its labels -1/1"):
+        minus.transform(table([1, 0]))
+    zero = Encoder(min_count=1).fit(table([1, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"holds -1 \(row 1, .* fitted on wrote its labels 0/1"):
+        zero.transform(table([1, -1]))
+    assert zero.transform(table(["+1", "0"])).labels.tolist() == [1.0, 0.0]

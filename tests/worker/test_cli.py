@@ -249,7 +249,9 @@ def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
     arguments = [str(path), "--ratio", "0.1", "--method", "random", "--option", "min_count=1"]
     result = CliRunner().invoke(select, [*arguments, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "note: votes: floating-point, whole numbers only, read as categories" in (result.stderr)
+    assert "note: votes: floating-point, whole numbers only, read as categories" in (
+        result.stderr
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"]["whole_number_columns"] == ["votes"]
     named = [*arguments, "--numeric-columns", "votes", "--out", str(tmp_path / "named")]
@@ -555,22 +557,24 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
         select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o2"), "--column-name", "a"]
     )
     assert parquet.exit_code == 2
-    assert (
-        "column_names: only for a CSV or TSV file without a header line; the dataset's name "
+    assert "column_names: only for a CSV or TSV file without a header line; the dataset's name " \
         "says parquet" in parquet.output
-    )
 
 
 @pytest.mark.parametrize(
-    ("verdict", "best_epochs", "noted"),
+    ("verdict", "best_epochs", "caps", "guard", "suggested"),
     [
-        ("worse", [2, 2, 1], True),  # two of three folds kept their last allowed epoch
-        ("worse", [2, 1, 1], False),
-        ("level", [2, 2, 2], False),
+        ("worse", [2, 2, 1], [2, 2, 2], "report", 10),  # two of three folds at their cap
+        ("worse", [2, 1, 1], [2, 2, 2], "report", None),
+        ("worse", [2, 2, 1, 1], [2, 2, 2, 2], "report", None),  # half is not most
+        ("level", [2, 2, 2], [2, 2, 2], "report", None),
+        ("worse", [1, 1], [1, 1], "report", None),  # one epoch: no sign of still improving
+        ("worse", [20, 20], [20, 20], "report", None),  # no higher cap
+        ("worse", [5, 5, 5], [5, 5, 5], "fallback", 20),
     ],
 )
 def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
-    verdict: str, best_epochs: list[int], noted: bool
+    verdict: str, best_epochs: list[int], caps: list[int], guard: str, suggested: int | None
 ) -> None:
     from worker.cli import _notes
     from worker.outputs import CoresetSummary, DatasetSummary, Manifest
@@ -580,21 +584,18 @@ def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
         created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
         dataset=DatasetSummary(uri="d", fingerprint="f", rows=1000, clicks=300),
         coreset=CoresetSummary(uri="c", rows=250, clicks=70),
-        audit={"verdict": verdict},
-        diagnostics={
-            "teacher": {"trusted": True, "best_epochs": best_epochs, "max_epochs": [2, 2, 2]}
-        },
+        audit={"verdict": verdict, "guard": guard},
+        diagnostics={"teacher": {"trusted": True, "best_epochs": best_epochs, "max_epochs": caps}},
     )
     notes = [note for note in _notes(manifest) if "teacher_epochs" in note]
-    assert notes == (
-        ["the audit reads the coreset as worse than a random subset, and the teacher's fold "
-         "models were still improving when their epochs ran out (at 2): a longer-trained "
-         "teacher may do better (--option teacher_epochs=10, up to that many times the "
-         "teacher's training time), or --option guard=fallback delivers the best of the "
-         "coreset, a random subset and their mixture"]
-        if noted
-        else []
-    )
+    if suggested is None:
+        assert notes == []
+        return
+    (note,) = notes
+    cap = caps[0]
+    assert f"still improving at their last allowed epoch ({cap})" in note
+    assert f"--option teacher_epochs={suggested}, up to about {suggested // cap} times" in note
+    assert ("guard=fallback" in note) == (guard != "fallback")
 
 
 def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
@@ -609,4 +610,15 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "note: coupon (from line 6,001): not read" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dataset"]["unread_keys"] == {"coupon": "line 6,001"}
+    assert manifest["dataset"]["unread_keys"] == {"coupon": {"line": 6001}}
+    assert manifest["dataset"]["unread_key_count"] == 1
+
+
+def test_the_note_on_unread_keys_names_the_file_and_counts_the_rest() -> None:
+    from worker.cli import _field_notes
+
+    unread = {"k0": {"line": 6001}, "k1": {"line": 12, "file": "day=2/part-0.jsonl"}}
+    (note,) = _field_notes(["a"], [3], (), unread, 5)
+    assert note.startswith(
+        "k0 (from line 6,001), k1 (from line 12 of day=2/part-0.jsonl) and 3 more keys: not read"
+    )

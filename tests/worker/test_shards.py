@@ -86,3 +86,75 @@ def test_a_later_run_reuses_the_shards_only_of_the_same_data(
     )
     assert enqueued == [earlier if reused else fresh]
     assert encoded == ([] if reused else [1])
+
+
+def _running_shard_job(create, store, monkeypatch, deadline: float) -> str:
+    """A job whose run 1 is spread over workers, with the run's deadline ``deadline``; the
+    environment is the test's, as a worker's would be."""
+    from worker.records import JobStatus, rfc3339
+
+    settings = store.settings
+    for name, value in (
+        ("NACS_REDIS_URL", settings.redis_url), ("NACS_REDIS_PREFIX", settings.redis_prefix),
+        ("NACS_QUEUE", settings.queue), ("NACS_STORAGE_URI", settings.storage_uri),
+    ):
+        monkeypatch.setenv(name, value)
+    record, _ = create("acme", {"dataset_uri": "file:///data.parquet", "ratio": 0.1})
+    store.transition(record.id, JobStatus.running, attempts=1, deadline_at=rfc3339(deadline))
+    return record.id
+
+
+def test_a_shard_job_past_the_runs_deadline_fails_the_job_with_timeout(
+    create, store, monkeypatch
+) -> None:
+    import time
+
+    from worker.records import JobStatus
+    from worker.shards import _shard_job
+
+    ran: list[str] = []
+    job_id = _running_shard_job(create, store, monkeypatch, time.time() - 1)
+    outcome = _shard_job(
+        "fold", "teacher fold 0", job_id, store.settings.redis_prefix, 1,
+        lambda run: ran.append("fold"),
+    )
+    assert ran == [] and outcome["status"] == "failed"
+    record = store.get(job_id)
+    assert record is not None and record.status == JobStatus.failed
+    assert record.error is not None and record.error.code == "timeout"
+    assert record.error.message.startswith("teacher fold 0: the job ran longer than")
+    # before the deadline the work runs
+    job_id = _running_shard_job(create, store, monkeypatch, time.time() + 60)
+    outcome = _shard_job(
+        "fold", "teacher fold 0", job_id, store.settings.redis_prefix, 1,
+        lambda run: ran.append("fold"),
+    )
+    assert ran == ["fold"] and outcome["status"] == "succeeded"
+
+
+def test_the_shard_jobs_of_a_run_end_by_its_deadline(create, store, queue) -> None:
+    """The plan records the run's deadline, one job timeout after the run began, and RQ stops
+    each shard job by it."""
+    import time
+
+    from rq.job import Job
+
+    from worker.records import JobStatus, parse_time
+    from worker.shards import Sharding
+
+    record, _ = create("acme", {"dataset_uri": "file:///data.parquet", "ratio": 0.1})
+    store.transition(record.id, JobStatus.running, attempts=1)
+    began = time.time()
+    sharding = Sharding(store, queue, record.id, 1)
+    time.sleep(1.5)  # the folds are queued a while after the run began
+    sharding._enqueue(_plan("e"))
+    stored = store.get(record.id)
+    assert stored is not None
+    deadline = parse_time(stored.deadline_at)
+    assert deadline is not None
+    limit = store.settings.job_timeout_s
+    assert began - 0.001 <= deadline - limit <= time.time()  # to the millisecond
+    jobs = [Job.fetch(rq_id, connection=store.redis) for rq_id in stored.shard_jobs]
+    assert len(jobs) == 3  # two folds and the reduce
+    # what is left of the job timeout: less the 1.5 s and more since the run began
+    assert all(limit - (time.time() - began) - 1 <= job.timeout <= limit - 1 for job in jobs)
