@@ -235,11 +235,15 @@ def compare_methods(
     Each row holds dataset, seed, noise ("clean" at rate 0, else the kind),
     flip_rate (the rate), evaluator, method, budget (as a label), budget_rows,
     test_auc, test_log_loss, test_log_loss_calibrated (after Platt scaling on
-    the validation split), validation_auc, recovery (None without "full"),
-    selection_seconds, evaluation_seconds, best_epoch, coreset_click_rate,
-    data_click_rate, coreset_flipped_share, data_flipped_share (the shares of
-    changed labels; None on clean labels) and soft_label_shift (mean |soft
-    label - given label|).
+    the validation split), validation_auc, recovery (test AUC over the "full" model's of the
+    seed and family; None without "full", and in a row given to ``on_row`` before that model
+    ended: the rows returned carry it), selection_seconds, evaluation_seconds, best_epoch,
+    coreset_click_rate, data_click_rate, coreset_flipped_share, data_flipped_share (the
+    shares of changed labels; None on clean labels), soft_label_shift (mean |soft label -
+    given label|), and what the selection said of itself (``_audit_fields``): audit_verdict
+    (the audit's, over its families), audit_family_verdict, audit_auc_difference and
+    audit_auc_difference_se (those of the row's evaluator family), estimated_flip_rate,
+    set_aside_rows and teacher_trusted.
     """
     methods, budgets, seeds = _check_arguments(
         train, validation, test, methods, budgets, seeds, noise_kind, flip_rate

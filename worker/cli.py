@@ -160,6 +160,19 @@ def _notes(manifest: Any) -> list[str]:
     )
 
 
+def _audit_line(audit: dict[str, Any]) -> str:
+    """The audit's verdict and each family's AUC difference from random, in a line."""
+    if "verdict" not in audit:
+        return f"audit: none ({audit['skipped']})" if audit.get("skipped") else ""
+    families = ", ".join(
+        f"{family} {entry['auc_difference']:+.4f} ± {entry['auc_difference_se']:.4f}"
+        for family, entry in (audit.get("families") or {}).items()
+    )
+    delivered = audit.get("delivered", "coreset")
+    line = f"audit: {audit['verdict']} (AUC of models on the coreset less on random: {families})"
+    return line + (f"; delivered the {delivered}" if delivered != "coreset" else "")
+
+
 def _more_teacher_epochs(teacher: dict[str, Any]) -> tuple[int, int] | None:
     """(the cap, the teacher_epochs to try: five times the cap, at most ``MAX_EPOCHS``) when
     most of the teacher's folds kept their last allowed epoch, still improving when it came,
@@ -530,6 +543,9 @@ def select(
         f"{coreset.soft_label_mean:.3f} in the soft labels; data "
         f"{data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
+    verdict = _audit_line(manifest.audit or {})
+    if verdict:
+        click.echo(verdict)
     if earlier is not None:
         click.echo(f"note: replaced the earlier result in {output} (of {earlier})", err=True)
     for note in _notes(manifest):

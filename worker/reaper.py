@@ -26,6 +26,7 @@ from worker.records import (
     text,
 )
 from worker.shards import remove_scratch
+from worker.tasks import TIMED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ _RQ_WAITING = {RqStatus.QUEUED, RqStatus.DEFERRED, RqStatus.SCHEDULED}
 
 
 def reap(store: RecordStore, queue: Queue, now: float | None = None) -> list[tuple[str, str]]:
-    """Settle running jobs whose worker is gone or that ignore a cancel request, and queued
-    jobs whose queue entry is gone. Returns (job id, action) pairs.
+    """Settle running jobs whose worker is gone, that ignore a cancel request or that run
+    past their deadline, and queued jobs whose queue entry is gone. Returns (job id, action)
+    pairs.
 
     A running job is lost when its heartbeat is older than ``heartbeat_timeout_s`` or its RQ
     job ended without our record ending (for a job spread over shard jobs: one of them failed
@@ -49,6 +51,9 @@ def reap(store: RecordStore, queue: Queue, now: float | None = None) -> list[tup
     ``cancel_grace_s`` has its work stopped and turns ``cancelled``. A job queued for longer
     than ``heartbeat_timeout_s`` without an RQ job (its enqueue was cut short) is enqueued;
     one whose RQ job ended before the job started (its work horse died) counts an attempt.
+    A job spread over workers still running ``heartbeat_timeout_s`` after its run's
+    ``deadline_at`` (a shard job that started before the deadline runs on for up to the time
+    left when it was queued) has its work stopped and fails with code ``timeout``.
     """
     lock = store.redis.lock(store.keys.reaper_lock, timeout=60, blocking=False)
     if not lock.acquire(blocking=False):
@@ -78,6 +83,13 @@ def _reap(store: RecordStore, queue: Queue, now: float) -> list[tuple[str, str]]
                 if _finish(store, record, JobStatus.cancelled, "cancelled; the work was stopped"):
                     remove_scratch(settings, record.id)
                     actions.append((record.id, "cancelled"))
+            continue
+        deadline = parse_time(record.deadline_at)
+        if deadline is not None and now - deadline > settings.heartbeat_timeout_s:
+            _stop_work(store, record)
+            if _finish(store, record, JobStatus.failed, TIMED_OUT, code="timeout"):
+                remove_scratch(settings, record.id)
+                actions.append((record.id, "timed out"))
             continue
         if shards_waiting or (not ended and now - beat <= settings.heartbeat_timeout_s):
             continue
@@ -170,7 +182,8 @@ def _recover(store: RecordStore, queue: Queue, record: JobRecord, reason: str) -
         progress = Progress(phase="queued", fraction=0.0, message=f"running again: {reason}")
         try:
             store.transition(
-                record.id, JobStatus.queued, progress=progress, heartbeat_at=None, shard_jobs=[]
+                record.id, JobStatus.queued, progress=progress, heartbeat_at=None, shard_jobs=[],
+                deadline_at=None,
             )
         except InvalidTransition:
             return "finished"

@@ -350,7 +350,7 @@ class Sharding:
         # job its record does not name.
         self.store.update(job_id, change)
         self.store.redis.delete(self.store.keys.shard_progress(job_id))
-        # RQ stops a shard job at the run's deadline (a job timeout of 0 would be none).
+        # At most the time left to the run's deadline (RQ refuses a timeout of 0).
         ttl, timeout_s = settings.job_ttl_s, max(1, seconds_left(self.deadline))
         enqueued: list[Job | Dependency | str] = [
             self.queue.enqueue_call(
@@ -445,7 +445,9 @@ def _shard_job(
         outcome = "cancelled"
     except Exception as failure:  # noqa: BLE001 - every failure ends the job with a code
         outcome = "failed"
-        code, message = failure_of(failure)
+        # past the run's deadline, whatever stopped the work (a library may wrap RQ's alarm)
+        late = record.deadline_at is not None and run_seconds_left(record, settings) <= 0
+        code, message = failure_of(JobTimeoutException(str(failure)) if late else failure)
         trace = failure if code == "internal_error" else None
         log.warning("job %s: %s failed: %s: %s", job_id, name, code, message, exc_info=trace)
         error = JobError(code=code, message=f"{name}: {message}")

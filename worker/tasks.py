@@ -503,6 +503,7 @@ def _run_job(
         started = store.transition(
             job_id, JobStatus.running, started_at=record.started_at or utc_now(),
             attempts=record.attempts + 1, heartbeat_at=utc_now(), progress=starting,
+            deadline_at=None,
         )
     except InvalidTransition:
         started = None
@@ -634,6 +635,9 @@ def _refuse_private_url(uri: str, settings: SharedSettings) -> None:
         )
 
 
+TIMED_OUT = "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
+
+
 def failure_of(error: BaseException) -> tuple[str, str]:
     """The (code, message) a failed job shows for ``error``; never a stack trace."""
     from rq.timeouts import JobTimeoutException
@@ -642,8 +646,7 @@ def failure_of(error: BaseException) -> tuple[str, str]:
         return error.code, error.message
     if first_cause(error, lambda cause: isinstance(cause, JobTimeoutException)) is not None:
         # Also a timeout that a library's own error handling turned into another exception.
-        late = "the job ran longer than the job timeout (NACS_JOB_TIMEOUT_S) and was stopped"
-        return "timeout", late
+        return "timeout", TIMED_OUT
     if isinstance(error, pydantic.ValidationError):
         return "invalid_request", f"the stored request is not valid: {error.errors()[0]['msg']}"
     if isinstance(error, MemoryError):

@@ -291,8 +291,9 @@ class Encoder:
         self.fitted_clicks = 0
         self.fitted_on = ""
         self.whole_number_columns: tuple[str, ...] = ()
-        # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``).
-        self.label_values = "0/1"
+        # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``); None
+        # when it held none.
+        self.fitted_labels: str | None = None
         # JSON Lines keys the fitted data holds that are not columns (``unread_keys``).
         self.unread_keys: dict[str, dict[str, Any]] = {}
         self.unread_key_count = 0
@@ -450,7 +451,7 @@ class Encoder:
         self.vocabularies = tuple(vocabularies)
         self.bucket_edges = tuple(edges)
         self.whole_number_columns = tuple(whole_numbers)
-        self.label_values = label_reader.convention
+        self.fitted_labels = label_reader.seen
         self.unread_keys = source.unread_keys
         self.unread_key_count = source.unread_key_count
         self.schema = schema
@@ -508,7 +509,7 @@ class Encoder:
         oov_counts = np.zeros(n_fields, dtype=np.int64)
         columns = [schema.label_column, *schema.feature_columns]
         rows = 0
-        label_reader = LabelReader(schema.label_column, source.description, self.label_values)
+        label_reader = LabelReader(schema.label_column, source.description, self.fitted_labels)
         try:
             for batch, fraction in source.batches(columns):
                 labels = label_reader.read(batch.column(0), first_row=rows)

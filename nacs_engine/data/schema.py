@@ -157,6 +157,13 @@ class LabelReader:
         minus = self.minus_one_row is not None or self.fitted == "-1/1"
         return "-1/1" if minus else "0/1"
 
+    @property
+    def seen(self) -> str | None:
+        """The convention the labels read so far show: None while they hold no non-click."""
+        if self.minus_one_row is None and self.zero_row is None:
+            return None
+        return self.convention
+
     def read(self, column: pa.Array | pa.ChunkedArray, first_row: int = 0) -> np.ndarray:
         """The (n,) float32 0/1 labels of one batch's label column, whose first row is row
         ``first_row`` of the data (for messages)."""

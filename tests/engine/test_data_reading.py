@@ -591,3 +591,7 @@ def test_data_encoded_with_an_encoding_fitted_on_other_data_keeps_its_convention
     with pytest.raises(DataError, match=r"holds -1 \(row 1, .* fitted on wrote its labels 0/1"):
         zero.transform(table([1, -1]))
     assert zero.transform(table(["+1", "0"])).labels.tolist() == [1.0, 0.0]
+    # an encoding fitted on clicks alone takes either convention
+    clicks = Encoder(min_count=1).fit(table([1, 1]))
+    assert clicks.transform(table([1, -1])).metadata["label_values"] == "-1/1"
+    assert clicks.transform(table([1, 0])).metadata["label_values"] == "0/1"

@@ -82,7 +82,7 @@ def test_labels_written_minus_one_and_one_hold_across_shards() -> None:
     data["label"] = [1 if label else -1 for label in data["label"]]
     source = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
     encoder = Encoder(min_count=2).fit(source)
-    assert encoder.label_values == "-1/1"
+    assert encoder.fitted_labels == "-1/1"
     shards = list(encode_shards(encoder, source, encoder.fitted_rows))
     labels = np.concatenate([shard.labels for shard in shards])
     np.testing.assert_array_equal(labels, (np.array(data["label"]) > 0).astype(np.float32))

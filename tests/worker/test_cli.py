@@ -56,6 +56,16 @@ def test_select_writes_the_coreset_and_manifest(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == method
     assert manifest["dataset"]["rows"] == 1500 and manifest["coreset"]["rows"] == 150
+    # the audit's verdict is on the summary, with each family's difference
+    audit = manifest["audit"]
+    if "verdict" in audit:
+        logistic = audit["families"]["logistic"]
+        assert f"audit: {audit['verdict']} (AUC of models on the coreset less on random: " in (
+            result.output
+        )
+        assert f"logistic {logistic['auc_difference']:+.4f} ± " in result.output
+    else:
+        assert f"audit: none ({audit['skipped']})" in result.output
 
 
 def test_select_takes_columns_repeated_or_comma_separated(dataset: str, tmp_path) -> None:

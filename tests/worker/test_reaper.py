@@ -141,3 +141,37 @@ def test_jobs_waiting_on_the_queue_are_not_read(
     monkeypatch.setattr(store, "get_many", lambda ids: read.extend(ids) or get_many(ids))
     assert reap(store, queue, now=_later(store)) == []
     assert read == []
+
+
+def test_a_run_past_its_deadline_is_stopped_and_fails_with_timeout(
+    store: RecordStore, queue: Queue, create: Create
+) -> None:
+    from worker.records import rfc3339
+
+    record, _ = create("t1", REQUEST)
+    now = time.time()
+    fresh = utc_now()
+    # shard jobs still waiting for a worker, heartbeats fresh: only the deadline is past
+    store.transition(
+        record.id, JobStatus.running, attempts=1, started_at=fresh, heartbeat_at=fresh,
+        deadline_at=rfc3339(now - 1), shard_jobs=[f"{record.id}-1-fold-0"],
+    )
+    assert reap(store, queue, now=now) == []  # within the grace
+    later = now + store.settings.heartbeat_timeout_s + 1
+    assert reap(store, queue, now=later) == [(record.id, "timed out")]
+    ended = store.get(record.id)
+    assert ended is not None and ended.status == JobStatus.failed
+    assert ended.error is not None and ended.error.code == "timeout"
+    assert "NACS_JOB_TIMEOUT_S" in ended.error.message
+
+
+def test_a_run_again_forgets_the_deadline_of_the_one_before(
+    store: RecordStore, queue: Queue, create: Create
+) -> None:
+    from worker.records import rfc3339
+
+    job_id = _stale_running(store, queue, create, attempts=1)
+    store.update(job_id, lambda record: setattr(record, "deadline_at", rfc3339(time.time() + 60)))
+    assert reap(store, queue) == [(job_id, "requeued")]
+    record = store.get(job_id)
+    assert record is not None and record.deadline_at is None

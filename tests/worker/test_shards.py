@@ -158,3 +158,29 @@ def test_the_shard_jobs_of_a_run_end_by_its_deadline(create, store, queue) -> No
     assert len(jobs) == 3  # two folds and the reduce
     # what is left of the job timeout: less the 1.5 s and more since the run began
     assert all(limit - (time.time() - began) - 1 <= job.timeout <= limit - 1 for job in jobs)
+
+
+def test_a_shard_job_that_fails_past_the_deadline_fails_the_job_with_timeout(
+    create, store, monkeypatch
+) -> None:
+    """Whatever error RQ's alarm became on its way out of the work (a library may wrap it)."""
+    import time
+
+    from nacs_engine.errors import DataError
+    from worker.shards import _shard_job
+
+    def work(run) -> None:
+        time.sleep(2.5)
+        raise DataError("unreadable_data", "the read was cut short")
+
+    job_id = _running_shard_job(create, store, monkeypatch, time.time() + 2)
+    _shard_job("fold", "teacher fold 0", job_id, store.settings.redis_prefix, 1, work)
+    record = store.get(job_id)
+    assert record is not None and record.error is not None
+    assert record.error.code == "timeout"
+    # before the deadline the error is its own
+    job_id = _running_shard_job(create, store, monkeypatch, time.time() + 60)
+    _shard_job("fold", "teacher fold 0", job_id, store.settings.redis_prefix, 1, work)
+    record = store.get(job_id)
+    assert record is not None and record.error is not None
+    assert record.error.code == "unreadable_data"
