@@ -269,6 +269,14 @@ def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
     assert result.exit_code == 0 and "whole numbers only" not in result.stderr
 
 
+def _random_select(path, out):
+    """``nacs select PATH --ratio 0.1 --method random --out OUT``: its result and manifest."""
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
+    result = CliRunner().invoke(select, arguments)
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "manifest.json").read_text())
+
+
 def test_select_reads_labels_written_minus_one_and_one(tmp_path) -> None:
     rng = np.random.default_rng(7)
     n = 1200
@@ -277,15 +285,11 @@ def test_select_reads_labels_written_minus_one_and_one(tmp_path) -> None:
     genres = rng.choice(["a", "b"], n)
     rows = [f"{1 if c else -1},{g}\n" for c, g in zip(clicks, genres, strict=True)]
     path.write_text("label,genre\n" + "".join(rows))
-    out = tmp_path / "out"
-    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
-    result = CliRunner().invoke(select, arguments)
-    assert result.exit_code == 0, result.output
+    result, manifest = _random_select(path, tmp_path / "out")
     assert "note: the labels are written -1/1" in result.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"]["label_values"] == "-1/1"
     assert manifest["dataset"]["clicks"] == int(clicks.sum())
-    labels = pq.read_table(out / "coreset.parquet").column("label").to_numpy()
+    labels = pq.read_table(tmp_path / "out" / "coreset.parquet").column("label").to_numpy()
     assert set(np.unique(labels).tolist()) == {0.0, 1.0}
 
 
@@ -614,12 +618,8 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
              for i in range(6000)]
     lines.append(json.dumps({"label": True, "shop": "s1", "pad": "y", "coupon": "c1"}))
     path.write_text("".join(line + "\n" for line in lines))
-    out = tmp_path / "out"
-    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
-    result = CliRunner().invoke(select, arguments)
-    assert result.exit_code == 0, result.output
+    result, manifest = _random_select(path, tmp_path / "out")
     assert "note: coupon (from line 6,001): not read" in result.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"]["unread_keys"] == {"coupon": {"line": 6001}}
     assert manifest["dataset"]["unread_key_count"] == 1
 
