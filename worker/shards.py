@@ -314,7 +314,7 @@ class Sharding:
         clicks = int(labels.sum(dtype=np.float64))
         metadata.update(
             n_rows=n_rows, n_clicks=clicks, click_rate=clicks / max(n_rows, 1),
-            unread_keys=encoder.unread_keys, unread_key_count=encoder.unread_key_count,
+            unread_keys=source.unread_keys, unread_key_count=source.unread_key_count,
         )
         metadata.pop("oov_share", None)
         metadata.pop("storage", None)

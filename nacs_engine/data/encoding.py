@@ -294,9 +294,6 @@ class Encoder:
         # How the fitted data wrote its non-clicks: "0/1", or "-1/1" (``LabelReader``); None
         # when it held none.
         self.fitted_labels: str | None = None
-        # JSON Lines keys the fitted data holds that are not columns (``unread_keys``).
-        self.unread_keys: dict[str, dict[str, Any]] = {}
-        self.unread_key_count = 0
 
     @property
     def is_fitted(self) -> bool:
@@ -452,8 +449,6 @@ class Encoder:
         self.bucket_edges = tuple(edges)
         self.whole_number_columns = tuple(whole_numbers)
         self.fitted_labels = label_reader.seen
-        self.unread_keys = source.unread_keys
-        self.unread_key_count = source.unread_key_count
         self.schema = schema
         self.fitted_rows = rows
         self.fitted_clicks = int(round(clicks))

@@ -209,6 +209,9 @@ class FileSource(TableSource):
         self._text: _TextLayout | None = None
         self._unread_keys: dict[str, dict[str, Any]] = {}
         self._more_unread_keys: set[str] = set()
+        # A folder's files are named in messages by their path below what they share.
+        names = [_name_part(path) for path in self.paths]
+        self._root = posixpath.commonpath(names) if len(names) > 1 else ""
         with _data_errors(uri):
             if format == "parquet":
                 self.columns, self.total_rows = self._parquet_schema(column_names)
@@ -513,8 +516,7 @@ class FileSource(TableSource):
                 continue
             where: dict[str, Any] = {"line": _row_line(lines, first_line, _first_valid(column))}
             if len(self.paths) > 1:
-                root = posixpath.commonpath([_name_part(p) for p in self.paths])
-                where["file"] = posixpath.relpath(_name_part(path), root)
+                where["file"] = posixpath.relpath(_name_part(path), self._root)
             self._unread_keys[name] = where
 
 
