@@ -453,8 +453,8 @@ _poll_option = click.option(
     "--column-names",
     "column_names",
     multiple=True,
-    help="For a CSV or TSV file without a header line: its columns' names in order, repeated "
-    "or comma-separated.",
+    help="For a CSV or TSV file without a header line: its columns' names in order; for JSON "
+    "Lines: the keys to read. Repeated or comma-separated.",
 )
 @click.option("--output-uri", help="Where to write the result [default: your prefix].")
 @click.option("--idempotency-key", help="Reuse a key to make resubmitting safe.")

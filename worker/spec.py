@@ -156,7 +156,9 @@ class JobRequest(BaseModel):
     )
     column_names: list[_ColumnName] | None = _column_list(
         "The names of a CSV or TSV file's columns, in order, for a file without a header line "
-        "(its first line is then data); by default the first line names them.",
+        "(its first line is then data); by default the first line names them. For JSON Lines, "
+        "the keys to read, wherever they first appear; by default the keys of the first "
+        "megabyte.",
         default=None,
         min_length=1,
     )
@@ -184,8 +186,10 @@ class JobRequest(BaseModel):
         cls, value: list[str] | None, info: ValidationInfo
     ) -> list[str] | None:
         given = info.data.get("format")
-        if value is not None and given not in (None, "csv", "tsv"):
-            raise ValueError(f"only for a CSV or TSV file without a header line, not {given}")
+        if value is not None and given not in (None, "csv", "tsv", "jsonl"):
+            raise ValueError(
+                f"only for a CSV or TSV file without a header line, or JSON Lines, not {given}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -202,8 +206,8 @@ class JobRequest(BaseModel):
 
     def submit_problem(self) -> tuple[str, str] | None:
         """The field and the message of what a new request gets wrong that its job would fail
-        on: a column named twice, column_names for a file whose name says it is not CSV or
-        TSV. Not a validator: requests stored before these checks must still read back."""
+        on: a column named twice, column_names for a file whose name says it is not CSV, TSV
+        or JSON Lines. Not a validator: requests stored before these checks must still read back."""
         for name, columns in (
             ("feature_columns", self.feature_columns or []),
             ("numeric_columns", self.numeric_columns),
@@ -216,10 +220,10 @@ class JobRequest(BaseModel):
             from nacs_engine.data.reading import format_from_name
 
             named = format_from_name(self.dataset_uri)
-            if named not in (None, "csv", "tsv"):
+            if named not in (None, "csv", "tsv", "jsonl"):
                 return "column_names", (
-                    "column_names: only for a CSV or TSV file without a header line; the "
-                    f"dataset's name says {named} (give format to read it otherwise)"
+                    "column_names: only for a CSV or TSV file without a header line, or JSON "
+                    f"Lines; the dataset's name says {named} (give format to read it otherwise)"
                 )
         return None
 

@@ -11,8 +11,8 @@ Arguments of ``create`` and ``create_and_wait``:
 - ``method``: ``nacs`` (the service's default) or a baseline (``random``, ...).
 - ``options``: engine options (``backbone``, ``rounds``, ``remove_rate``, ``seed``, ...).
 - ``label_column``, ``feature_columns``, ``numeric_columns``, ``numeric_detection``,
-  ``column_names`` (a CSV or TSV file without a header line), ``format``: how to read
-  the data.
+  ``column_names`` (a CSV or TSV file without a header line, or the JSON Lines keys to
+  read), ``format``: how to read the data.
 - ``output_uri``: where to write the result (default: the tenant's prefix).
 - ``idempotency_key``: sent as ``Idempotency-Key``; a new uuid4 per call by
   default, reused on every retry of that call.

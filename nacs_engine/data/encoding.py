@@ -415,6 +415,14 @@ class Encoder:
             _report(progress, fraction, f"counted {rows:,} rows of {source.description}")
         if rows == 0 or kinds is None:
             raise DataError("empty_dataset", f"{source.description}: the data has no rows")
+        absent = [name for name in columns if name in source.keys_without_values]
+        if absent:
+            keys = ", ".join(map(repr, absent))
+            raise DataError(
+                "column_missing",
+                f"column_names: no object of {source.description} holds a value for {keys}; "
+                "check the spelling, or leave the key out",
+            )
         if detected:
             numeric = {schema.feature_columns[i] for i in detected} | set(schema.numeric_columns)
             schema = replace(

@@ -19,6 +19,9 @@ JSON Lines columns are the keys of the objects in the first block (about a megab
 of the first file, in the order they first appear; keys that first appear later are
 not read (the source's ``unread_keys`` says which, and where), a key missing from an
 object is a missing value, and keys whose values are lists or objects are left out.
+Given ``column_names``, the columns are those keys instead, wherever they first appear,
+and other keys are not read (the source's ``keys_without_values`` names those that no
+object read so far holds a value for).
 
 A folder is read as the data files in it and in its subfolders, sorted by path (the order
 ``pyarrow.dataset`` reads them in; ``.json`` files beside other data files, such as a
@@ -123,6 +126,8 @@ class TableSource:
     from, so are not read (the first ``MAX_UNREAD_KEYS``, filled as the data is read), each
     with where it first holds a value: {"line": number from 1, "file": its path within the
     folder, for a folder of files}; unread_key_count: how many such keys were seen.
+    keys_without_values: JSON Lines keys named in ``column_names`` that no object read so
+    far holds a value for (after reading them all: keys that are in no object).
     """
 
     columns: tuple[str, ...]
@@ -143,6 +148,10 @@ class TableSource:
     @property
     def unread_key_count(self) -> int:
         return 0
+
+    @property
+    def keys_without_values(self) -> tuple[str, ...]:
+        return ()
 
 
 class ArrowSource(TableSource):
@@ -209,6 +218,10 @@ class FileSource(TableSource):
         self._text: _TextLayout | None = None
         self._unread_keys: dict[str, dict[str, Any]] = {}
         self._more_unread_keys: set[str] = set()
+        # JSON Lines keys the caller named (None: the first block's keys), and which of them
+        # some object read so far holds a value for.
+        self._named_keys: tuple[str, ...] | None = None
+        self._keys_with_values: set[str] = set()
         # A folder's files are named in messages by their path below what they share.
         names = [_name_part(path) for path in self.paths]
         self._root = posixpath.commonpath(names) if len(names) > 1 else ""
@@ -237,11 +250,18 @@ class FileSource(TableSource):
     def unread_key_count(self) -> int:
         return len(self._unread_keys) + len(self._more_unread_keys)
 
+    @property
+    def keys_without_values(self) -> tuple[str, ...]:
+        named = self._named_keys or ()
+        return tuple(key for key in named if key not in self._keys_with_values)
+
     # -- schema -----------------------------------------------------------------
 
     def _parquet_schema(self, column_names: Sequence[str] | None) -> tuple[tuple[str, ...], int]:
         if column_names is not None:
-            raise ValueError("column_names: only for headerless CSV or TSV files, not Parquet")
+            raise ValueError(
+                "column_names: only for headerless CSV or TSV files or JSON Lines, not Parquet"
+            )
         names: tuple[str, ...] | None = None
         total = 0
         for path in self.paths:
@@ -308,8 +328,6 @@ class FileSource(TableSource):
         return _TextLayout(delimiter, names, has_header=True)
 
     def _json_columns(self, column_names: Sequence[str] | None) -> tuple[str, ...]:
-        if column_names is not None:
-            raise ValueError("column_names: only for headerless CSV or TSV files, not JSON Lines")
         first = self._first_line(self.paths[0])
         if first is None:
             raise DataError("empty_dataset", f"{self.uri}: the file is empty")
@@ -321,6 +339,12 @@ class FileSource(TableSource):
                 f"{self.uri}: the first line is {what}; JSON Lines data holds one object per "
                 'line ({"label": 1, "user": "u7", ...})',
             )
+        if column_names is not None:
+            names = tuple(str(name) for name in column_names)
+            if not names or not all(names):
+                raise ValueError("column_names: give at least one key, and no empty name")
+            self._named_keys = names
+            return names
         with self._open_text(self.paths[0]) as (stream, _raw):
             line, block = next(_line_blocks(stream, _MIN_BLOCK_BYTES), (1, b""))
         table = _json_table(block, self.uri, line)
@@ -484,8 +508,14 @@ class FileSource(TableSource):
         with self._open_text(path) as (stream, raw):
             for line, lines in _line_blocks(stream, block):
                 table = _json_table(lines, self.uri, line)
-                self._note_unread_keys(table, lines, path, line)
-                arrays = [_json_text(table, name, self.uri) for name in columns]
+                named = self._named_keys is not None
+                if not named:
+                    self._note_unread_keys(table, lines, path, line)
+                arrays = [_json_text(table, name, self.uri, named) for name in columns]
+                self._keys_with_values.update(
+                    name for name, array in zip(columns, arrays, strict=True)
+                    if array.null_count < len(array)
+                )
                 # the batch keeps the block's row count with no columns (partition keys only)
                 rows = pa.nulls(table.num_rows)
                 batch = pa.RecordBatch.from_arrays([*arrays, rows], [*columns, ""]).select(
@@ -551,7 +581,8 @@ def open_source(
         of its subfolders (sorted by path, those with a supported extension), the keys of
         key=value subfolders as columns.
     format: "parquet", "csv", "tsv", "jsonl" or "criteo"; None infers it from the extension.
-    column_names: names of the columns of a headerless CSV or TSV file.
+    column_names: names of the columns of a headerless CSV or TSV file; for JSON Lines, the
+        keys to read (by default the keys of the first megabyte).
     storage_options: passed to the fsspec filesystem (e.g. s3 endpoint, credentials).
     batch_rows: the most rows per batch.
     filesystem: an fsspec filesystem to read ``uri``'s path with, instead of the one its
@@ -956,8 +987,9 @@ def _python_texts(values: list[Any]) -> pa.Array:
     return pa.array(texts, type=pa.string())
 
 
-def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
-    """Column ``name`` of ``table`` as text (all missing where no object holds the key)."""
+def _json_text(table: pa.Table, name: str, uri: str, named: bool = False) -> pa.Array:
+    """Column ``name`` of ``table`` as text (all missing where no object holds the key);
+    named: the key is one of the caller's ``column_names``."""
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type=pa.string())
     column = table.column(name).combine_chunks()
@@ -975,8 +1007,9 @@ def _json_text(table: pa.Table, name: str, uri: str) -> pa.Array:
     if pa.types.is_nested(column.type):
         raise DataError(
             "unreadable_data",
-            f"{uri}: the key {name!r} holds lists or objects in later lines, which are not "
-            "read; flatten them, or leave the key out of feature_columns",
+            f"{uri}: the key {name!r} holds lists or objects"
+            f"{'' if named else ' in later lines'}, which are not read; flatten them, or leave "
+            f"the key out of {'column_names' if named else 'feature_columns'}",
         )
     text = column.cast(pa.string())
     text.validate(full=True)  # pyarrow's JSON reader lets bytes that are not UTF-8 through

@@ -64,6 +64,10 @@ class ShardedSource(TableSource):
     def unread_key_count(self) -> int:
         return self.source.unread_key_count
 
+    @property
+    def keys_without_values(self) -> tuple[str, ...]:
+        return self.source.keys_without_values
+
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
         self.shard, self.position = 0, 0
         done = 0

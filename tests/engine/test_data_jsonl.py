@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from nacs_engine.data import load_dataset, open_source, reading
@@ -211,11 +213,38 @@ def test_a_line_that_is_not_an_object_among_mixed_types(tmp_path):
         _rows(path)
 
 
-def test_column_names_are_for_headerless_text_only(tmp_path):
+def test_column_names_are_the_keys_to_read_wherever_they_first_appear(tmp_path):
     path = tmp_path / "t.jsonl"
-    _write(path, ['{"click": 1}'])
-    with pytest.raises(ValueError, match="column_names: only for headerless CSV or TSV"):
-        open_source(path, column_names=["a"])
+    first = [json.dumps({"click": i % 2, "pad": "x" * 200}) for i in range(6000)]
+    later = [json.dumps({"click": 1, "coupon": 7, "tags": [1]}), '{"click": 0, "coupon": "c"}']
+    _write(path, first + later)
+    source = open_source(path, column_names=["coupon", "click"])
+    assert source.columns == ("coupon", "click")
+    rows = [row for batch, _ in source.batches() for row in batch.to_pylist()]
+    assert len(rows) == 6002 and rows[0] == {"coupon": None, "click": "0"}
+    assert rows[-2:] == [{"coupon": "7", "click": "1"}, {"coupon": "c", "click": "0"}]
+    # keys left out are not read, and not named as keys that were not read
+    assert source.unread_keys == {} and source.keys_without_values == ()
+    data = load_dataset(path, label_column="click", column_names=["click", "coupon"])
+    assert data.field_names == ("coupon",) and data.metadata["unread_keys"] == {}
+    # a named key that no object holds: a typo, named once the data is read
+    missing = open_source(path, column_names=["click", "cupon"])
+    assert sum(batch.num_rows for batch, _ in missing.batches(["click", "cupon"])) == 6002
+    assert missing.keys_without_values == ("cupon",)
+    with pytest.raises(DataError, match="no object of .* holds a value for 'cupon'") as caught:
+        load_dataset(path, label_column="click", column_names=["click", "cupon"])
+    assert caught.value.code == "column_missing"
+    with pytest.raises(DataError, match="'tags' holds lists or objects, which are not read; "
+                       "flatten them, or leave the key out of column_names"):
+        _ = [b for b in open_source(path, column_names=["click", "tags"]).batches()]
+    for wrong in ([], ["click", ""]):
+        with pytest.raises(ValueError, match="column_names: give at least one key"):
+            open_source(path, column_names=wrong)
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"click": [1, 0]}), parquet)
+    with pytest.raises(ValueError, match="column_names: only for headerless CSV or TSV files or "
+                       "JSON Lines, not Parquet"):
+        open_source(parquet, column_names=["a"])
 
 
 def test_a_folder_of_json_lines_parts(tmp_path):

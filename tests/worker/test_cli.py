@@ -269,9 +269,10 @@ def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
     assert result.exit_code == 0 and "whole numbers only" not in result.stderr
 
 
-def _random_select(path, out):
-    """``nacs select PATH --ratio 0.1 --method random --out OUT``: its result and manifest."""
-    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out)]
+def _random_select(path, out, *more: str):
+    """``nacs select PATH --ratio 0.1 --method random --out OUT [MORE]``: its result and
+    manifest."""
+    arguments = [str(path), "--ratio", "0.1", "--method", "random", "--out", str(out), *more]
     result = CliRunner().invoke(select, arguments)
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "manifest.json").read_text())
@@ -571,8 +572,8 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
         select, [dataset, "--ratio", "0.1", "--out", str(tmp_path / "o2"), "--column-name", "a"]
     )
     assert parquet.exit_code == 2
-    assert "column_names: only for a CSV or TSV file without a header line; the dataset's name " \
-        "says parquet" in parquet.output
+    assert "column_names: only for a CSV or TSV file without a header line, or JSON Lines; the " \
+        "dataset's name says parquet" in parquet.output
 
 
 @pytest.mark.parametrize(
@@ -620,8 +621,25 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     path.write_text("".join(line + "\n" for line in lines))
     result, manifest = _random_select(path, tmp_path / "out")
     assert "note: coupon (from line 6,001): not read" in result.stderr
+    assert "name the keys to read in column_names (--column-names)" in result.stderr
     assert manifest["dataset"]["unread_keys"] == {"coupon": {"line": 6001}}
     assert manifest["dataset"]["unread_key_count"] == 1
+    # named, the late key is read, and a key left out is neither read nor noted
+    result, manifest = _random_select(
+        path, tmp_path / "named", "--column-names", "label,shop,coupon"
+    )
+    assert "not read" not in result.stderr
+    assert manifest["request"]["column_names"] == ["label", "shop", "coupon"]
+    assert manifest["dataset"]["fields"] == ["shop", "coupon"]
+    assert manifest["dataset"]["unread_keys"] == {}
+    misspelt = CliRunner().invoke(
+        select,
+        [str(path), "--ratio", "0.1", "--method", "random", "--out", str(tmp_path / "typo"),
+         "--column-names", "label,shop,cupon"],
+    )
+    assert misspelt.exit_code != 0
+    assert "column_names: no object of" in misspelt.output
+    assert "holds a value for 'cupon'" in misspelt.output
 
 
 def test_the_note_on_unread_keys_names_the_file_and_counts_the_rest() -> None:

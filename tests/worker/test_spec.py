@@ -125,10 +125,12 @@ def test_numeric_columns_left_empty_still_mean_detection() -> None:
     assert encoder_numeric_columns(named) == ["price"]
 
 
-def test_column_names_are_for_csv_or_tsv_and_named_once() -> None:
+def test_column_names_are_for_text_or_json_lines_and_named_once() -> None:
     base = {"dataset_uri": "s3://b/k.csv", "ratio": 0.1}
     request = JobRequest.model_validate(base | {"column_names": ["a", "label"]})
     assert request.column_names == ["a", "label"] and request.submit_problem() is None
+    keys = JobRequest.model_validate(base | {"column_names": ["a", "label"], "format": "jsonl"})
+    assert keys.submit_problem() is None
     twice = JobRequest.model_validate(base | {"column_names": ["a", "a", "label"]})
     assert twice.submit_problem() == (
         "column_names", "column_names: duplicate column name(s) ['a']"
@@ -137,7 +139,7 @@ def test_column_names_are_for_csv_or_tsv_and_named_once() -> None:
         (base | {"column_names": []}, "column_names"),
         (base | {"column_names": ["a", ""]}, "column_names"),
         (base | {"column_names": ["a"], "format": "parquet"}, "not parquet"),
-        (base | {"column_names": ["a"], "format": "jsonl"}, "not jsonl"),
+        (base | {"column_names": ["a"], "format": "criteo"}, "not criteo"),
     ]:
         with pytest.raises(ValidationError, match=words) as caught:
             JobRequest.model_validate(body)
@@ -145,13 +147,13 @@ def test_column_names_are_for_csv_or_tsv_and_named_once() -> None:
 
 
 def test_column_names_for_a_file_named_otherwise_are_refused_at_submit() -> None:
-    for uri in ("s3://b/k.parquet", "/data/clicks.jsonl.gz"):
+    for uri in ("s3://b/k.parquet", "/data/clicks.pq"):
         request = JobRequest.model_validate(
             {"dataset_uri": uri, "ratio": 0.1, "column_names": ["a", "label"]}
         )
         field, message = request.submit_problem()
         assert field == "column_names" and "only for a CSV or TSV file" in message
-    for uri in ("s3://b/k.csv.gz", "s3://b/folder/", "/data/k.txt"):
+    for uri in ("s3://b/k.csv.gz", "s3://b/folder/", "/data/k.txt", "/data/clicks.jsonl.gz"):
         request = JobRequest.model_validate(
             {"dataset_uri": uri, "ratio": 0.1, "column_names": ["a", "label"]}
         )
