@@ -455,7 +455,16 @@ def report(
     out.append("")
     out.append(f"The audit of {check_method}'s jobs against the offline evaluation")
     out.append("")
-    out.append(format_audit_agreement(check_audit_agreement(rows, method=check_method)))
+    agreement = check_audit_agreement(rows, method=check_method)
+    out.append(format_audit_agreement(agreement))
+    if agreement and agreement[0]["baseline"] != "random":
+        uniform = check_audit_agreement(rows, method=check_method, baseline="random")
+        if uniform:
+            agreeing = sum(bool(c["agree"]) for c in uniform)
+            out.append(
+                f"Against the offline difference from uniform random instead: {agreeing} of "
+                f"{len(uniform)} ({agreeing / len(uniform):.0%})."
+            )
     return "\n".join(out)
 
 

@@ -984,7 +984,7 @@ def format_checks(
 
 
 def check_audit_agreement(
-    rows: Sequence[Mapping[str, Any]], *, method: str = "nacs", baseline: str = "random"
+    rows: Sequence[Mapping[str, Any]], *, method: str = "nacs", baseline: str | None = None
 ) -> list[dict[str, Any]]:
     """Whether each job's own audit told the same story as the offline evaluation.
 
@@ -994,10 +994,14 @@ def check_audit_agreement(
     evaluator, budget, seeds, audit (the mean over seeds of the audit's AUC
     difference, coreset less its random subset, on the held-out rows of the
     training split), offline (the mean paired test AUC difference of
-    ``method`` less ``baseline``), verdicts (the audit's verdict per seed,
+    ``method`` less ``baseline``), baseline, verdicts (the audit's verdict per seed,
     counted), agree (the two means have the same sign) and settled (the offline
     difference's 95% interval excludes zero: the offline evaluation itself knows the sign).
+    baseline: by default the audit's own, "stratified" (its random subsets keep the click
+    rate), where the rows hold that method, else "random".
     """
+    if baseline is None:
+        baseline = "stratified" if any(r["method"] == "stratified" for r in rows) else "random"
     audits: dict[tuple[Any, ...], dict[int, tuple[float, str | None]]] = {}
     for row in rows:
         row = _settled(row)
@@ -1046,6 +1050,7 @@ def check_audit_agreement(
                 "seeds": len(by_seed),
                 "audit": audit_mean,
                 "offline": float(paired["mean"]),
+                "baseline": baseline,
                 "verdicts": verdicts,
                 "agree": (audit_mean >= 0) == (paired["mean"] >= 0),
                 "settled": paired["ci_low"] is not None
@@ -1078,11 +1083,13 @@ def format_audit_agreement(checks: Sequence[Mapping[str, Any]]) -> str:
             if verdict in ("better", "worse"):
                 decisive += count
                 contradicting += count * ((verdict == "better") != (c["offline"] >= 0))
+    baselines = " and ".join(dict.fromkeys(str(c["baseline"]) for c in checks))
     lines.append("")
     lines.append(
-        f"The audit agrees in sign with the offline evaluation on {agreeing} of {len(checks)} "
-        f"settings ({agreeing / len(checks):.0%}); of its {decisive} decisive verdicts (better "
-        f"or worse), {contradicting} contradict the offline sign."
+        f"The audit agrees in sign with the offline evaluation (less {baselines}) on "
+        f"{agreeing} of {len(checks)} settings ({agreeing / len(checks):.0%}); of its "
+        f"{decisive} decisive verdicts (better or worse), {contradicting} contradict the "
+        "offline sign."
     )
     settled = [c for c in checks if c["settled"]]
     lines.append(

@@ -549,14 +549,25 @@ def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> Non
         in text
     )
     assert (
-        "on 2 of 3 settings (67%); of its 5 decisive verdicts (better or worse), 1 contradict"
-        in text
+        "(less random) on 2 of 3 settings (67%); of its 5 decisive verdicts (better or worse), "
+        "1 contradict" in text
     )
     assert (
         "Of the 1 settings where the offline 95% interval excludes zero, the audit agrees on 1."
         in text
     )
     assert format_audit_agreement([]) == "No audited rows."
+    # Where the rows hold stratified sampling, the audit's own baseline, it is the default.
+    stratified = [
+        _row("stratified", 0, 0.69, evaluator="logistic"),
+        _row("stratified", 1, 0.68, evaluator="logistic"),
+    ]
+    (check,) = check_audit_agreement(rows + stratified)
+    assert check["baseline"] == "stratified" and check["evaluator"] == "logistic"
+    assert check["offline"] == pytest.approx(-0.085) and check["agree"] is False
+    assert [c["baseline"] for c in check_audit_agreement(rows + stratified, baseline="random")] \
+        == ["random"] * 3
+    assert "(less stratified) on 0 of 1" in format_audit_agreement([check])
 
 
 def test_leave_one_dataset_out_chooses_on_the_other_datasets() -> None:
