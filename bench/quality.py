@@ -457,13 +457,15 @@ def report(
     out.append("")
     agreement = check_audit_agreement(rows, method=check_method)
     out.append(format_audit_agreement(agreement))
-    if agreement and agreement[0]["baseline"] != "random":
+    if any(c["baseline"] != "random" for c in agreement):
         uniform = check_audit_agreement(rows, method=check_method, baseline="random")
         if uniform:
             agreeing = sum(bool(c["agree"]) for c in uniform)
+            settled = [c for c in uniform if c["settled"]]
             out.append(
                 f"Against the offline difference from uniform random instead: {agreeing} of "
-                f"{len(uniform)} ({agreeing / len(uniform):.0%})."
+                f"{len(uniform)} ({agreeing / len(uniform):.0%}); of the {len(settled)} settled, "
+                f"{sum(bool(c['agree']) for c in settled)}."
             )
     return "\n".join(out)
 

@@ -998,10 +998,8 @@ def check_audit_agreement(
     counted), agree (the two means have the same sign) and settled (the offline
     difference's 95% interval excludes zero: the offline evaluation itself knows the sign).
     baseline: by default the audit's own, "stratified" (its random subsets keep the click
-    rate), where the rows hold that method, else "random".
+    rate), in each setting where the rows hold that method, else "random".
     """
-    if baseline is None:
-        baseline = "stratified" if any(r["method"] == "stratified" for r in rows) else "random"
     audits: dict[tuple[Any, ...], dict[int, tuple[float, str | None]]] = {}
     for row in rows:
         row = _settled(row)
@@ -1011,11 +1009,13 @@ def check_audit_agreement(
                 float(row["audit_auc_difference"]),
                 row.get("audit_family_verdict"),
             )
-    offline = {
-        (d["dataset"], d["noise"], d["flip_rate"], d["evaluator"], d["budget"]): d
-        for d in paired_differences(rows, metric="test_auc", baselines=[baseline])
-        if d["method"] == method
-    }
+    offline: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+    # the preferred baseline last, so that it replaces the other where both are paired
+    for name in ("random", "stratified") if baseline is None else (baseline,):
+        for d in paired_differences(rows, metric="test_auc", baselines=[name]):
+            if d["method"] == method:
+                key = (d["dataset"], d["noise"], d["flip_rate"], d["evaluator"], d["budget"])
+                offline[key] = (d, name)
     checks = []
     datasets = _first_seen(key[0] for key in audits)
     noises = _first_seen(key[1] for key in audits)
@@ -1032,9 +1032,9 @@ def check_audit_agreement(
         )
 
     for key, by_seed in sorted(audits.items(), key=lambda item: order(item[0])):
-        paired = offline.get(key)
-        if paired is None:
+        if key not in offline:
             continue
+        paired, paired_with = offline[key]
         audit_mean = float(np.mean([value for value, _ in by_seed.values()]))
         verdicts: dict[str, int] = {}
         for _, verdict in by_seed.values():
@@ -1050,7 +1050,7 @@ def check_audit_agreement(
                 "seeds": len(by_seed),
                 "audit": audit_mean,
                 "offline": float(paired["mean"]),
-                "baseline": baseline,
+                "baseline": paired_with,
                 "verdicts": verdicts,
                 "agree": (audit_mean >= 0) == (paired["mean"] >= 0),
                 "settled": paired["ci_low"] is not None

@@ -48,7 +48,7 @@ class DatasetSummary(BaseModel):
         description="JSON Lines keys that first appear after the first megabyte of the first "
         "file, where the columns are read, so are not read (the first 20): each with where it "
         'first holds a value, {"line": number from 1, "file": path within the folder, for a '
-        "folder of files}.",
+        "folder of files}. Empty when the request names the keys to read in column_names.",
     )
     unread_key_count: int = Field(default=0, description="How many such keys the data holds.")
     label_values: str = Field(

@@ -345,7 +345,17 @@ class Encoder:
         clicks = 0.0
         label_reader = LabelReader(schema.label_column, source.description)
         for batch, fraction in source.batches(columns):
-            labels = label_reader.read(batch.column(0), first_row=rows)
+            try:
+                labels = label_reader.read(batch.column(0), first_row=rows)
+            except DataError as error:
+                if schema.label_column not in source.keys_without_values:
+                    raise
+                raise DataError(
+                    "column_missing",
+                    f"column_names: no object of the first {rows + batch.num_rows:,} rows of "
+                    f"{source.description} holds the label key {schema.label_column!r}; check "
+                    "the spelling",
+                ) from error
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
             if kinds is None:

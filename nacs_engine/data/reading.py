@@ -19,9 +19,10 @@ JSON Lines columns are the keys of the objects in the first block (about a megab
 of the first file, in the order they first appear; keys that first appear later are
 not read (the source's ``unread_keys`` says which, and where), a key missing from an
 object is a missing value, and keys whose values are lists or objects are left out.
-Given ``column_names``, the columns are those keys instead, wherever they first appear,
-and other keys are not read (the source's ``keys_without_values`` names those that no
-object read so far holds a value for).
+Given ``column_names``, the columns are those keys instead, wherever they first appear
+(a key of key=value folders among them is read from the folders), and other keys are not
+read (the source's ``keys_without_values`` names those that no object read so far holds a
+value for).
 
 A folder is read as the data files in it and in its subfolders, sorted by path (the order
 ``pyarrow.dataset`` reads them in; ``.json`` files beside other data files, such as a
@@ -237,6 +238,11 @@ class FileSource(TableSource):
                 self.header_line = self._text.has_header
                 self.total_rows = None
             self.file_columns = self.columns
+            if self._named_keys is not None:
+                # a folder's key named among the JSON Lines keys is read from the folders
+                folder_keys = {key for key, _ in parts[0].keys}
+                self.file_columns = tuple(c for c in self.columns if c not in folder_keys)
+                self._named_keys = self.file_columns
             # a key that is also a column of the files is read from the files
             keys = tuple(key for key, _ in parts[0].keys if key not in self.file_columns)
             self.columns = (*self.file_columns, *keys)

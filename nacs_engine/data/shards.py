@@ -80,6 +80,8 @@ class ShardedSource(TableSource):
                 yield batch.slice(offset, length), fraction
                 offset += length
                 done += length
+        # read to the end: what fails now is the data's as a whole, not a shard's
+        self.shard, self.position = 0, 0
 
     @contextlib.contextmanager
     def naming_shard(self) -> Iterator[None]:

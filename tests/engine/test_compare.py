@@ -557,17 +557,21 @@ def test_the_audit_is_held_against_the_offline_difference_of_its_family() -> Non
         in text
     )
     assert format_audit_agreement([]) == "No audited rows."
-    # Where the rows hold stratified sampling, the audit's own baseline, it is the default.
+    # Where the rows hold stratified sampling, the audit's own baseline, it is the default;
+    # elsewhere random (a failed run of it pairs with nothing).
     stratified = [
         _row("stratified", 0, 0.69, evaluator="logistic"),
         _row("stratified", 1, 0.68, evaluator="logistic"),
+        _row("stratified", 0, None, dataset="e"),
     ]
-    (check,) = check_audit_agreement(rows + stratified)
-    assert check["baseline"] == "stratified" and check["evaluator"] == "logistic"
-    assert check["offline"] == pytest.approx(-0.085) and check["agree"] is False
+    checks = check_audit_agreement(rows + stratified)
+    assert [c["baseline"] for c in checks] == ["random", "stratified", "random"]
+    assert checks[1]["offline"] == pytest.approx(-0.085) and checks[1]["agree"] is False
+    assert checks[0] == check_audit_agreement(rows)[0]
     assert [c["baseline"] for c in check_audit_agreement(rows + stratified, baseline="random")] \
         == ["random"] * 3
-    assert "(less stratified) on 0 of 1" in format_audit_agreement([check])
+    assert "(less stratified) on 0 of 1" in format_audit_agreement([checks[1]])
+    assert "(less random and stratified) on 2 of 3" in format_audit_agreement(checks)
 
 
 def test_leave_one_dataset_out_chooses_on_the_other_datasets() -> None:

@@ -237,6 +237,20 @@ def test_column_names_are_the_keys_to_read_wherever_they_first_appear(tmp_path):
     with pytest.raises(DataError, match="'tags' holds lists or objects, which are not read; "
                        "flatten them, or leave the key out of column_names"):
         _ = [b for b in open_source(path, column_names=["click", "tags"]).batches()]
+    # a label key that no object holds says so, not that a row has no label
+    with pytest.raises(DataError, match="holds the label key 'clicked'") as caught:
+        load_dataset(path, label_column="clicked", column_names=["clicked", "coupon"])
+    assert caught.value.code == "column_missing"
+    # a key of key=value folders named among the keys is read from the folders
+    for day in (1, 2):
+        (tmp_path / "days" / f"day={day}").mkdir(parents=True)
+        lines = [json.dumps({"click": i % 2, "ad": f"a{i % 3}"}) for i in range(6)]
+        _write(tmp_path / "days" / f"day={day}" / "part.jsonl", lines)
+    days = open_source(tmp_path / "days", column_names=["click", "day", "ad"])
+    assert days.columns == ("click", "ad", "day")
+    rows = [row for batch, _ in days.batches() for row in batch.to_pylist()]
+    assert rows[0] == {"click": "0", "ad": "a0", "day": "1"} and rows[-1]["day"] == "2"
+    assert days.keys_without_values == ()
     for wrong in ([], ["click", ""]):
         with pytest.raises(ValueError, match="column_names: give at least one key"):
             open_source(path, column_names=wrong)

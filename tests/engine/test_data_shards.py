@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from nacs_engine.data import Encoder
-from nacs_engine.data.reading import ArrowSource
+from nacs_engine.data.reading import ArrowSource, open_source
 from nacs_engine.data.shards import ShardedSource, encode_shards, shard_bounds
 from nacs_engine.errors import DataError
 
@@ -93,3 +93,16 @@ def test_labels_written_minus_one_and_one_hold_across_shards() -> None:
     assert raised.value.code == "labels_not_binary"
     assert raised.value.message.startswith("shard 2 (from row 600)")
     assert "0 (row 700)" in raised.value.message
+
+
+def test_a_json_lines_key_that_no_object_holds_is_the_whole_datas_error(tmp_path) -> None:
+    """Found once every shard is read, it names no shard."""
+    path = tmp_path / "clicks.jsonl"
+    rows = table(1000).to_pylist()
+    path.write_text("".join(f'{{"label": {r["label"]}, "city": {r["city"]}}}\n' for r in rows))
+    source = ShardedSource(open_source(path, column_names=["label", "cty"], batch_rows=128), 300)
+    with pytest.raises(DataError) as raised, source.naming_shard():
+        Encoder().fit(source)
+    assert raised.value.code == "column_missing"
+    assert raised.value.message.startswith("column_names: no object of")
+    assert source.keys_without_values == ("cty",)

@@ -81,10 +81,14 @@ def test_empty_feature_columns_are_refused_at_submit(client: TestClient, dataset
         error = assert_error(client.post("/jobs", json=twice), 422, mentions=field)
         assert "duplicate column name(s) ['a']" in error["message"]
         assert error["details"][0]["field"] == field
-    # column_names for a file whose name says it is not CSV or TSV
+    # column_names for a file whose name says it is not CSV, TSV or JSON Lines
     named = {"dataset_uri": str(dataset), "ratio": 0.1, "column_names": ["a", "label"]}
     error = assert_error(client.post("/jobs", json=named), 422, mentions="column_names")
     assert "the dataset's name says parquet" in error["message"]
+    keys = named | {"dataset_uri": str(dataset.with_suffix(".jsonl"))}
+    accepted = client.post("/jobs", json=keys)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["request"]["column_names"] == ["a", "label"]
     # a request stored before this check still reads back (the job list shows it)
     from service.schemas import Job
     from worker.enqueue import new_record

@@ -621,7 +621,8 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     path.write_text("".join(line + "\n" for line in lines))
     result, manifest = _random_select(path, tmp_path / "out")
     assert "note: coupon (from line 6,001): not read" in result.stderr
-    assert "name the keys to read in column_names (--column-names)" in result.stderr
+    named = "name every key to read (the label too) in column_names (--column-names)"
+    assert named in result.stderr
     assert manifest["dataset"]["unread_keys"] == {"coupon": {"line": 6001}}
     assert manifest["dataset"]["unread_key_count"] == 1
     # named, the late key is read, and a key left out is neither read nor noted
