@@ -205,11 +205,12 @@ def _field_notes(
         more = unread_key_count - len(unread_keys)
         if more > 0:
             keys += f" and {more:,} more key{'s' if more > 1 else ''}"
+        them = "them" if max(unread_key_count, len(unread_keys)) > 1 else "it"
         notes.append(
             f"{keys}: not read, because the columns of JSON Lines are the keys of the first "
-            "megabyte of the first file; to read them, name every key to read (the label too) in "
-            "column_names (--column-names), or write every key in the first lines (null where a "
-            "row has no value)"
+            f"megabyte of the first file; to read {them}, name every key to read (the label too) "
+            "in column_names (--column-names), or write every key in the first lines (null where "
+            "a row has no value)"
         )
     rare = [name for name, dim in zip(fields, field_dims, strict=False) if dim <= 1]
     if rare:

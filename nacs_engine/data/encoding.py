@@ -327,6 +327,7 @@ class Encoder:
             layout=source.layout,
             description=source.description,
             header_line=source.header_line,
+            named_columns=source.named_columns,
         )
         columns = [schema.label_column, *schema.feature_columns]
         counters = [_ValueCounter() for _ in schema.feature_columns]
@@ -506,6 +507,7 @@ class Encoder:
                 label_column=schema.label_column,
                 description=source.description,
                 header_line=source.header_line,
+                named_columns=source.named_columns,
             )
         missing = [c for c in schema.feature_columns if c not in source.columns]
         if missing:

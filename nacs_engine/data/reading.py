@@ -123,6 +123,7 @@ class TableSource:
     description: a short human-readable name (the URI) for messages.
     total_rows: the number of rows when known without reading (Parquet, tables).
     header_line: whether the column names are a text file's first line.
+    named_columns: whether the columns are those the caller named (``column_names``).
     unread_keys: JSON Lines keys that first appear after the block the columns were read
     from, so are not read (the first ``MAX_UNREAD_KEYS``, filled as the data is read), each
     with where it first holds a value: {"line": number from 1, "file": its path within the
@@ -134,6 +135,7 @@ class TableSource:
     columns: tuple[str, ...]
     layout: str | None = None
     header_line: bool = False
+    named_columns: bool = False
     description: str = ""
     total_rows: int | None = None
     batch_rows: int = 65536
@@ -216,6 +218,7 @@ class FileSource(TableSource):
         self.format = format
         self.batch_rows = batch_rows
         self.layout = "criteo" if format == "criteo" else None
+        self.named_columns = column_names is not None
         self._text: _TextLayout | None = None
         self._unread_keys: dict[str, dict[str, Any]] = {}
         self._more_unread_keys: set[str] = set()

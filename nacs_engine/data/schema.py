@@ -58,11 +58,14 @@ def resolve_schema(
     layout: str | None = None,
     description: str = "the data",
     header_line: bool = False,
+    named_columns: bool = False,
 ) -> TableSchema:
     """Resolve the column roles against the columns a source actually has.
 
     header_line: the column names are a text file's first line (a missing label column
     then says whether that line looks like data).
+    named_columns: the columns are those the caller named in ``column_names`` (a missing
+    column then says to name it there).
     Raises DataError "label_column_missing" or "column_missing" naming the
     column and listing those available; ValueError naming the argument when the
     arguments contradict each other.
@@ -80,6 +83,11 @@ def resolve_schema(
             if likely
             else ""
         )
+        if named_columns and not likely:
+            hint += (
+                "; the columns read are those named in column_names (--column-names on the "
+                "command line): name the label column there too"
+            )
         numbers = [c for c in available if _NUMBER.match(c.strip())]
         if header_line and numbers:
             hint += (
@@ -106,7 +114,7 @@ def resolve_schema(
             raise ValueError("feature_columns: give at least one column, or None for all")
         if label_column in feature_columns:
             raise ValueError(f"feature_columns: includes the label column {label_column!r}")
-        _require(feature_columns, available, "feature_columns", description)
+        _require(feature_columns, available, "feature_columns", description, named_columns)
         features = tuple(feature_columns)
     if not features:
         raise DataError(
@@ -116,7 +124,7 @@ def resolve_schema(
     if numeric_columns is None:
         numeric = tuple(c for c in CRITEO_NUMERIC if c in features) if layout == "criteo" else ()
     else:
-        _require(numeric_columns, available, "numeric_columns", description)
+        _require(numeric_columns, available, "numeric_columns", description, named_columns)
         outside = [c for c in numeric_columns if c not in features]
         if outside:
             raise ValueError(
@@ -272,14 +280,20 @@ def check_column_names(argument: str, names: Sequence[str] | None) -> tuple[str,
 
 
 def _require(
-    names: Sequence[str], available: Sequence[str], argument: str, description: str
+    names: Sequence[str],
+    available: Sequence[str],
+    argument: str,
+    description: str,
+    named_columns: bool = False,
 ) -> None:
     missing = [n for n in names if n not in available]
     if missing:
         raise DataError(
             "column_missing",
             f"{argument}: {description} has no column(s) {missing}; available columns: "
-            f"{_listing(available)}",
+            f"{_listing(available)}"
+            + ("; the columns read are those named in column_names: name these there too"
+               if named_columns else ""),
         )
 
 

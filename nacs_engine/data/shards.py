@@ -50,6 +50,7 @@ class ShardedSource(TableSource):
         self.columns = source.columns
         self.layout = source.layout
         self.header_line = source.header_line
+        self.named_columns = source.named_columns
         self.description = source.description
         self.total_rows = source.total_rows
         self.batch_rows = source.batch_rows

@@ -237,6 +237,12 @@ def test_column_names_are_the_keys_to_read_wherever_they_first_appear(tmp_path):
     with pytest.raises(DataError, match="'tags' holds lists or objects, which are not read; "
                        "flatten them, or leave the key out of column_names"):
         _ = [b for b in open_source(path, column_names=["click", "tags"]).batches()]
+    # a label left out of the keys named: the message says to name it there
+    with pytest.raises(DataError, match="the columns read are those named in column_names") as c:
+        load_dataset(path, label_column="click", column_names=["coupon"])
+    assert c.value.code == "label_column_missing"
+    with pytest.raises(DataError, match="named in column_names: name these there too"):
+        load_dataset(path, label_column="click", column_names=["click"], feature_columns=["pad"])
     # a label key that no object holds says so, not that a row has no label
     with pytest.raises(DataError, match="holds the label key 'clicked'") as caught:
         load_dataset(path, label_column="clicked", column_names=["clicked", "coupon"])

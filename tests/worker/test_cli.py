@@ -621,6 +621,7 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     path.write_text("".join(line + "\n" for line in lines))
     result, manifest = _random_select(path, tmp_path / "out")
     assert "note: coupon (from line 6,001): not read" in result.stderr
+    assert "to read it, name every key" in result.stderr
     named = "name every key to read (the label too) in column_names (--column-names)"
     assert named in result.stderr
     assert manifest["dataset"]["unread_keys"] == {"coupon": {"line": 6001}}
