@@ -55,24 +55,27 @@ def test_shards_encode_as_the_whole_does() -> None:
     assert all(shard.field_dims == whole.field_dims for shard in shards)
 
 
+def _fit_error(source: ShardedSource, **encoder) -> DataError:
+    """The error of fitting an encoder on ``source`` in shards, as a shard job raises it."""
+    with pytest.raises(DataError) as raised, source.naming_shard():
+        Encoder(**encoder).fit(source)
+    return raised.value
+
+
+def _sharded(data: dict) -> ShardedSource:
+    return ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+
+
 def test_a_bad_label_names_its_shard() -> None:
     data = table(1000).to_pydict()
     data["label"][620] = 2
-    source = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
-    with pytest.raises(DataError) as raised, source.naming_shard():
-        Encoder().fit(source)
-    assert raised.value.code == "labels_not_binary"
-    assert raised.value.message.startswith("shard 2 (from row 600)")
+    error = _fit_error(_sharded(data))
+    assert error.code == "labels_not_binary"
+    assert error.message.startswith("shard 2 (from row 600)")
     # in the first shard (where a missing column is found too), no shard is named
     data["label"][620], data["label"][10] = 1, 2
-    first = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
-    with pytest.raises(DataError) as raised, first.naming_shard():
-        Encoder().fit(first)
-    assert "shard" not in raised.value.message
-    unnamed = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
-    with pytest.raises(DataError) as raised, unnamed.naming_shard():
-        Encoder(label_column="click").fit(unnamed)
-    assert raised.value.message.startswith("label_column:")
+    assert "shard" not in _fit_error(_sharded(data)).message
+    assert _fit_error(_sharded(data), label_column="click").message.startswith("label_column:")
 
 
 def test_labels_written_minus_one_and_one_hold_across_shards() -> None:
@@ -80,19 +83,17 @@ def test_labels_written_minus_one_and_one_hold_across_shards() -> None:
     data is refused, naming the shard."""
     data = table(1000).to_pydict()
     data["label"] = [1 if label else -1 for label in data["label"]]
-    source = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
+    source = _sharded(data)
     encoder = Encoder(min_count=2).fit(source)
     assert encoder.fitted_labels == "-1/1"
     shards = list(encode_shards(encoder, source, encoder.fitted_rows))
     labels = np.concatenate([shard.labels for shard in shards])
     np.testing.assert_array_equal(labels, (np.array(data["label"]) > 0).astype(np.float32))
     data["label"][700] = 0
-    mixed = ShardedSource(ArrowSource(pa.table(data), batch_rows=128), 300)
-    with pytest.raises(DataError) as raised, mixed.naming_shard():
-        Encoder().fit(mixed)
-    assert raised.value.code == "labels_not_binary"
-    assert raised.value.message.startswith("shard 2 (from row 600)")
-    assert "0 (row 700)" in raised.value.message
+    error = _fit_error(_sharded(data))
+    assert error.code == "labels_not_binary"
+    assert error.message.startswith("shard 2 (from row 600)")
+    assert "0 (row 700)" in error.message
 
 
 def test_a_json_lines_key_that_no_object_holds_is_the_whole_datas_error(tmp_path) -> None:
@@ -101,8 +102,7 @@ def test_a_json_lines_key_that_no_object_holds_is_the_whole_datas_error(tmp_path
     rows = table(1000).to_pylist()
     path.write_text("".join(f'{{"label": {r["label"]}, "city": {r["city"]}}}\n' for r in rows))
     source = ShardedSource(open_source(path, column_names=["label", "cty"], batch_rows=128), 300)
-    with pytest.raises(DataError) as raised, source.naming_shard():
-        Encoder().fit(source)
-    assert raised.value.code == "column_missing"
-    assert raised.value.message.startswith("column_names: no object of")
+    error = _fit_error(source)
+    assert error.code == "column_missing"
+    assert error.message.startswith("column_names: no object of")
     assert source.keys_without_values == ("cty",)
