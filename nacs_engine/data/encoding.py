@@ -51,6 +51,7 @@ from nacs_engine.data.schema import (
     TableSchema,
     check_column_names,
     resolve_schema,
+    spelling_hint,
 )
 from nacs_engine.data.storage import DEFAULT_MEMMAP_THRESHOLD_BYTES, FeatureSink
 from nacs_engine.errors import DataError
@@ -355,7 +356,8 @@ class Encoder:
                     "column_missing",
                     f"column_names: no object of the first {rows + batch.num_rows:,} rows of "
                     f"{source.description} holds the label key {schema.label_column!r}; check "
-                    "the spelling",
+                    "the spelling"
+                    + spelling_hint([schema.label_column], source.unnamed_keys),
                 ) from error
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
@@ -432,7 +434,8 @@ class Encoder:
             raise DataError(
                 "column_missing",
                 f"column_names: no object of {source.description} holds a value for {keys}; "
-                "check the spelling, or leave the key out",
+                "check the spelling, or leave the key out"
+                + spelling_hint(absent, source.unnamed_keys),
             )
         if detected:
             numeric = {schema.feature_columns[i] for i in detected} | set(schema.numeric_columns)

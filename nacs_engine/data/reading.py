@@ -130,6 +130,8 @@ class TableSource:
     folder, for a folder of files}; unread_key_count: how many such keys were seen.
     keys_without_values: JSON Lines keys named in ``column_names`` that no object read so
     far holds a value for (after reading them all: keys that are in no object).
+    unnamed_keys: JSON Lines keys that objects read so far hold but ``column_names`` does not
+    name (to suggest a key for a misspelt one).
     """
 
     columns: tuple[str, ...]
@@ -154,6 +156,10 @@ class TableSource:
 
     @property
     def keys_without_values(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def unnamed_keys(self) -> tuple[str, ...]:
         return ()
 
 
@@ -226,6 +232,7 @@ class FileSource(TableSource):
         # some object read so far holds a value for.
         self._named_keys: tuple[str, ...] | None = None
         self._keys_with_values: set[str] = set()
+        self._unnamed_keys: set[str] = set()
         # A folder's files are named in messages by their path below what they share.
         names = [_name_part(path) for path in self.paths]
         self._root = posixpath.commonpath(names) if len(names) > 1 else ""
@@ -263,6 +270,10 @@ class FileSource(TableSource):
     def keys_without_values(self) -> tuple[str, ...]:
         named = self._named_keys or ()
         return tuple(key for key in named if key not in self._keys_with_values)
+
+    @property
+    def unnamed_keys(self) -> tuple[str, ...]:
+        return tuple(sorted(self._unnamed_keys))
 
     # -- schema -----------------------------------------------------------------
 
@@ -520,6 +531,10 @@ class FileSource(TableSource):
                 named = self._named_keys is not None
                 if not named:
                     self._note_unread_keys(table, lines, path, line)
+                elif len(self._unnamed_keys) < _MAX_COUNTED_KEYS:
+                    self._unnamed_keys.update(
+                        name for name in table.column_names if name not in self.file_columns
+                    )
                 arrays = [_json_text(table, name, self.uri, named) for name in columns]
                 self._keys_with_values.update(
                     name for name, array in zip(columns, arrays, strict=True)

@@ -10,8 +10,9 @@ when no numeric columns are named).
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,12 +78,20 @@ def resolve_schema(
     available = list(columns)
     if label_column not in available:
         likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
-        hint = (
-            f"; to use {likely[0]!r}, name it the label column (label_column={likely[0]!r}, "
-            f"or --label-column {likely[0]} on the command line)"
-            if likely
-            else ""
-        )
+        close = closest_name(label_column, available)
+        if close is not None:
+            likely = [close]
+            hint = (
+                f"; did you mean {close!r} (label_column={close!r}, or --label-column "
+                f"{close} on the command line)?"
+            )
+        elif likely:
+            hint = (
+                f"; to use {likely[0]!r}, name it the label column (label_column={likely[0]!r}, "
+                f"or --label-column {likely[0]} on the command line)"
+            )
+        else:
+            hint = ""
         if named_columns and not likely:
             hint += (
                 "; the columns read are those named in column_names (--column-names on the "
@@ -290,11 +299,36 @@ def _require(
     if missing:
         raise DataError(
             "column_missing",
-            f"{argument}: {description} has no column(s) {missing}; available columns: "
-            f"{_listing(available)}"
+            f"{argument}: {description} has no column(s) {missing}"
+            f"{spelling_hint(missing, available)}; available columns: {_listing(available)}"
             + ("; the columns read are those named in column_names: name these there too"
                if named_columns else ""),
         )
+
+
+def closest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The one of ``candidates`` that ``name`` most likely misspells: the same but for
+    case and surrounding spaces, else the closest by ``difflib`` (a ratio of at least 0.75,
+    e.g. 'cupon' for 'coupon'); None when none is close."""
+    pool = [c for c in candidates if c != name]
+    folded = name.strip().casefold()
+    for candidate in pool:
+        if candidate.strip().casefold() == folded:
+            return candidate
+    found = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def spelling_hint(names: Sequence[str], candidates: Iterable[str]) -> str:
+    """'; did you mean ...?' for those of ``names`` close to one of ``candidates``, else ''."""
+    pool = list(candidates)
+    pairs = [(name, closest_name(name, pool)) for name in names]
+    guesses = [(name, close) for name, close in pairs if close is not None]
+    if not guesses:
+        return ""
+    if len(names) == 1:
+        return f"; did you mean {guesses[0][1]!r}?"
+    return "; did you mean " + ", ".join(f"{c!r} for {n!r}" for n, c in guesses) + "?"
 
 
 def _listing(names: Sequence[str], limit: int = 50) -> str:

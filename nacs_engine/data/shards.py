@@ -69,6 +69,10 @@ class ShardedSource(TableSource):
     def keys_without_values(self) -> tuple[str, ...]:
         return self.source.keys_without_values
 
+    @property
+    def unnamed_keys(self) -> tuple[str, ...]:
+        return self.source.unnamed_keys
+
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[ReadBatch]:
         self.shard, self.position = 0, 0
         done = 0

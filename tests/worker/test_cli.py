@@ -642,6 +642,7 @@ def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     assert misspelt.exit_code != 0
     assert "column_names: no object of" in misspelt.output
     assert "holds a value for 'cupon'" in misspelt.output
+    assert "did you mean 'coupon'?" in misspelt.output
 
 
 def test_the_note_on_unread_keys_names_the_file_and_counts_the_rest() -> None:
