@@ -513,8 +513,9 @@ def paired_differences(
     seeds, mean and std (sample) of the differences, stderr = std /
     sqrt(seeds), ci_low and ci_high (the ``confidence`` interval mean ± t *
     stderr, Student t with seeds - 1 degrees of freedom; None below two seeds)
-    and wins (seeds where the method is strictly better: above the baseline,
-    or below it for the metrics of ``LOWER_IS_BETTER``).
+    wins (seeds where the method is strictly better: above the baseline,
+    or below it for the metrics of ``LOWER_IS_BETTER``) and ties (seeds where both score
+    the same, e.g. a method that fell back to the baseline's rows).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence: expected a number in (0, 1), got {confidence!r}")
@@ -554,6 +555,7 @@ def paired_differences(
                 "metric": metric,
                 **_mean_and_interval(differences, confidence),
                 "wins": int((differences < 0).sum() if lower_better else (differences > 0).sum()),
+                "ties": int((differences == 0).sum()),
             }
             result.append(entry)
     return result
@@ -569,7 +571,7 @@ def difference_tables(
 
     Each line is a (budget, method, baseline) with, per metric, the mean
     difference ± its standard error, the 95% interval and the seeds won
-    (for the log loss, the seeds where the method's is lower).
+    (for the log loss, the seeds where the method's is lower), with the ties.
     """
     per_metric = {
         metric: paired_differences(rows, metric=metric, baselines=baselines) for metric in metrics
@@ -603,7 +605,12 @@ def difference_tables(
                 if found is None:
                     cells += ["-", "-", "-"]
                     continue
-                cells += [_plus_minus(found), _interval(found), f"{found['wins']}/{found['seeds']}"]
+                ties = found.get("ties", 0)
+                cells += [
+                    _plus_minus(found),
+                    _interval(found),
+                    f"{found['wins']}/{found['seeds']}" + (f" ({ties} tied)" if ties else ""),
+                ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip("\n")

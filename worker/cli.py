@@ -310,6 +310,28 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
             bar.close()
 
 
+def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
+    """A note naming the runs of nacs whose teacher was not trusted, if any: there nacs
+    drew its rows at random, which the tables do not show."""
+    runs = sorted({
+        (row["seed"], row["budget"])
+        for row in rows
+        if row.get("method") == "nacs" and row.get("teacher_trusted") is False
+    })
+    if not runs:
+        return None
+    seeds = sorted({seed for seed, _ in runs})
+    total = len({row["seed"] for row in rows})
+    listed = ", ".join(str(seed) for seed in seeds)
+    return (
+        f"the teacher was not trusted on {len(seeds)} of {total} seeds (seed"
+        f"{'s' if len(seeds) > 1 else ''} {listed} of the --json rows): its out-of-fold AUC "
+        "was below the floor it must reach (min_teacher_auc), so there nacs set nothing aside, "
+        "kept the given labels and drew its rows at random within each class, as "
+        "denoised-random does"
+    )
+
+
 def _run_lines(parts: int) -> Any:
     """A progress callback line(part, done, total, message) for ``parts`` calls of
     ``compare_methods`` of equal size, one after the other: a line on stderr as each run
@@ -561,7 +583,7 @@ def select(
     "ratios",
     type=float,
     multiple=True,
-    help="Budget(s) as fractions of the training rows (repeatable).",
+    help="Budget(s) as fractions of the training rows (repeatable); default: 0.01 and 0.05.",
 )
 @click.option(
     "--methods",
@@ -727,3 +749,6 @@ def evaluate(
         differences = difference_tables(rows)
         if differences:
             click.echo("\n" + differences)
+        untrusted = _untrusted_note(rows)
+        if untrusted:
+            click.echo(f"\nnote: {untrusted}")

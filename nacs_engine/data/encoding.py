@@ -355,9 +355,9 @@ class Encoder:
                 raise DataError(
                     "column_missing",
                     f"column_names: no object of the first {rows + batch.num_rows:,} rows of "
-                    f"{source.description} holds the label key {schema.label_column!r}; check "
-                    "the spelling"
-                    + spelling_hint([schema.label_column], source.unnamed_keys),
+                    f"{source.description} holds the label key {schema.label_column!r}"
+                    f"{spelling_hint([schema.label_column], source.unnamed_keys)}; check the "
+                    "spelling",
                 ) from error
             rows += batch.num_rows
             clicks += float(labels.sum(dtype=np.float64))
@@ -433,9 +433,9 @@ class Encoder:
             keys = ", ".join(map(repr, absent))
             raise DataError(
                 "column_missing",
-                f"column_names: no object of {source.description} holds a value for {keys}; "
-                "check the spelling, or leave the key out"
-                + spelling_hint(absent, source.unnamed_keys),
+                f"column_names: no object of {source.description} holds a value for {keys}"
+                f"{spelling_hint(absent, source.unnamed_keys)}; check the spelling, or leave "
+                "the key out",
             )
         if detected:
             numeric = {schema.feature_columns[i] for i in detected} | set(schema.numeric_columns)

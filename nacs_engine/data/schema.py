@@ -79,11 +79,13 @@ def resolve_schema(
     if label_column not in available:
         likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
         close = closest_name(label_column, available)
+        named = ""
         if close is not None:
             likely = [close]
-            hint = (
-                f"; did you mean {close!r} (label_column={close!r}, or --label-column "
-                f"{close} on the command line)?"
+            hint = ""
+            named = (
+                f" (did you mean {close!r}? label_column={close!r}, or --label-column {close} "
+                "on the command line)"
             )
         elif likely:
             hint = (
@@ -113,7 +115,7 @@ def resolve_schema(
             )
         raise DataError(
             "label_column_missing",
-            f"label_column: {description} has no column {label_column!r}; "
+            f"label_column: {description} has no column {label_column!r}{named}; "
             f"available columns: {_listing(available)}{hint}",
         )
     if feature_columns is None:
@@ -320,15 +322,16 @@ def closest_name(name: str, candidates: Iterable[str]) -> str | None:
 
 
 def spelling_hint(names: Sequence[str], candidates: Iterable[str]) -> str:
-    """'; did you mean ...?' for those of ``names`` close to one of ``candidates``, else ''."""
+    """' (did you mean ...?)' for those of ``names`` close to one of ``candidates``, else ''
+    (to follow the names in a message)."""
     pool = list(candidates)
     pairs = [(name, closest_name(name, pool)) for name in names]
     guesses = [(name, close) for name, close in pairs if close is not None]
     if not guesses:
         return ""
     if len(names) == 1:
-        return f"; did you mean {guesses[0][1]!r}?"
-    return "; did you mean " + ", ".join(f"{c!r} for {n!r}" for n, c in guesses) + "?"
+        return f" (did you mean {guesses[0][1]!r}?)"
+    return " (did you mean " + ", ".join(f"{c!r} for {n!r}" for n, c in guesses) + "?)"
 
 
 def _listing(names: Sequence[str], limit: int = 50) -> str:

@@ -340,6 +340,33 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert "[1/12]" not in result.stdout
 
 
+def test_evaluate_names_the_seeds_whose_teacher_was_not_trusted(dataset: str) -> None:
+    from worker.cli import evaluate
+
+    result = CliRunner().invoke(
+        evaluate,
+        [dataset, "--ratio", "0.2", "--methods", "nacs,denoised-random", "--seeds", "2",
+         "--evaluators", "logistic", "--option", "min_count=1", "--option",
+         "min_teacher_auc=0.999", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    # untrusted, nacs draws the rows denoised-random draws: every seed a tie, and a note
+    paired = [line for line in result.stdout.splitlines()
+              if "| nacs | denoised-random | 2 |" in line]
+    assert len(paired) == 1 and paired[0].count("0/2 (2 tied)") == 2
+    assert "note: the teacher was not trusted on 2 of 2 seeds (seeds 0, 1 of the --json rows)" in (
+        result.stdout
+    )
+    trusted = CliRunner().invoke(
+        evaluate,
+        [dataset, "--ratio", "0.2", "--methods", "nacs,random", "--seeds", "2",
+         "--evaluators", "logistic", "--option", "min_count=1", "--option",
+         "min_teacher_auc=0", "--quiet"],
+    )
+    assert trusted.exit_code == 0, trusted.output
+    assert "not trusted" not in trusted.stdout and "tied" not in trusted.stdout
+
+
 def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
     from nacs_engine.evaluate import split_rows
     from worker.cli import evaluate
