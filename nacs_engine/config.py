@@ -231,8 +231,9 @@ class SelectionConfig:
     set_aside_factor: Annotated[float, Ge(0.0), Le(10.0)] = field(
         default=3.0,
         metadata=_doc(
-            "Rows set aside as likely wrong labels, as a multiple of the estimated count of "
-            "wrong labels in each class, 0-10 (0 sets none aside)."
+            "Rows set aside as likely wrong labels, as a multiple of the count of wrong labels "
+            "in each class that the estimated flip rate less two standard errors implies, 0-10 "
+            "(0 sets none aside)."
         ),
     )
     label_mix: Annotated[float, Ge(0.0), Le(1.0)] = field(

@@ -8,8 +8,9 @@ The steps of one selection over the candidate rows:
 2. Noise (``nacs_engine.denoise.noise_estimate``): the flip rate is read from
    the lowest and highest probabilities, and within each class the rows whose
    given label the teacher supports least are set aside, ``set_aside_factor``
-   times the estimated count of wrong labels in that class. On labels with few
-   flips little is set aside.
+   times the count of wrong labels in that class that the flip rate less two
+   standard errors of its anchors' click rate implies (the rate the correction of
+   step 4 reads). On labels with few flips little is set aside.
 3. Selection among the kept rows. ``coverage`` with the default
    ``class_balance="stratified"`` cuts all the candidates into equal-count
    strata of the teacher's click probability and draws evenly across them,
@@ -57,6 +58,7 @@ from nacs_engine.baselines import class_quota, prior_weights
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.denoise.noise_estimate import (
+    at_flip_rate,
     clean_probability,
     estimate_noise,
     flip_rate_lower_bound,
@@ -161,8 +163,11 @@ def run_nacs(
             f"the teacher's out-of-fold AUC {signal:.3f} is below {least:.3f}: "
             "its predictions are not used",
         )
-    if config.denoise and trusted:
-        aside = likely_wrong(probabilities, given, estimate, config.set_aside_factor)
+    # The set-aside reads the flip rate as the correction does, two standard errors lower.
+    aside_rate = flip_rate_lower_bound(estimate) if config.denoise and trusted else 0.0
+    if aside_rate > 0.0:
+        at_rate = at_flip_rate(estimate, aside_rate, float(given.mean()))
+        aside = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
     else:
         aside = np.zeros(rows.shape[0], dtype=bool)
     kept = np.flatnonzero(~aside)  # positions into rows
@@ -228,6 +233,7 @@ def run_nacs(
             "teacher_trusted": trusted,
             "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
             "correction_flip_rate": correction,
+            "set_aside_flip_rate": aside_rate,
             "set_aside_rows": int(aside.sum()),
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),

@@ -454,6 +454,11 @@ def render_html(report: Mapping[str, Any]) -> str:
                 if "correction_flip_rate" in noise
                 else []
             ),
+            *(
+                [("flip rate the set-aside reads", _pct(noise["set_aside_flip_rate"]))]
+                if "set_aside_flip_rate" in noise
+                else []
+            ),
             ("rows set aside", _fmt(noise.get("set_aside_rows"))),
             ("  of them clicks", _fmt(noise.get("set_aside_positive"))),
             ("  of them non-clicks", _fmt(noise.get("set_aside_negative"))),

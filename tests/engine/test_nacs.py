@@ -13,6 +13,7 @@ from nacs_engine.baselines import class_quota
 from nacs_engine.config import EMBEDDINGS, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.data.synthetic import make_synthetic_ctr
+from nacs_engine.denoise.noise_estimate import NoiseEstimate, at_flip_rate, flip_rate_lower_bound
 from nacs_engine.errors import DataError
 from nacs_engine.nacs import (
     MAX_LOGIT_SHIFT,
@@ -70,6 +71,16 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
     noise = diagnostics["noise"]
     assert 0.0 < noise["flip_rate"] < 0.5
     assert noise["set_aside_rows"] == noise["set_aside_positive"] + noise["set_aside_negative"] > 0
+    # the set-aside reads the wrong shares at the flip rate less two standard errors
+    lower = flip_rate_lower_bound(estimate_from(noise))
+    assert noise["set_aside_flip_rate"] == pytest.approx(lower) and 0.0 < lower < noise["flip_rate"]
+    shares = at_flip_rate(estimate_from(noise), lower, float(data.labels.mean()))
+    for name, given, share in (
+        ("positive", 1.0, shares.wrong_share_positive),
+        ("negative", 0.0, shares.wrong_share_negative),
+    ):
+        rows = int((data.labels == given).sum())
+        assert noise[f"set_aside_{name}"] == round(3.0 * share * rows)
     for name, given in (("positive", 1.0), ("negative", 0.0)):
         if name in noise["uncertainty_cuts"]:
             kept = result.uncertainty[result.labels == given]
@@ -82,6 +93,10 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
         fractions = [fraction for name, fraction, _ in calls if name == phase]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len(calls) > 5
+
+
+def estimate_from(noise: dict) -> NoiseEstimate:
+    return NoiseEstimate(**{name: noise[name] for name in NoiseEstimate.__dataclass_fields__})
 
 
 def test_set_aside_rows_are_never_picked_and_flipped_rows_are_fewer(generated, data) -> None:

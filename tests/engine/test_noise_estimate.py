@@ -13,6 +13,7 @@ from nacs_engine.denoise.noise_estimate import (
     ANCHOR_MIN_ROWS,
     MIN_ANCHOR_FLIPS,
     NoiseEstimate,
+    at_flip_rate,
     clean_probability,
     estimate_noise,
     flip_rate_lower_bound,
@@ -122,6 +123,24 @@ def test_the_correction_reads_the_flip_rate_two_standard_errors_lower() -> None:
     # 0.03 from 50 anchors is within two standard errors (0.048) of no flips at all.
     assert flip_rate_lower_bound(_estimate(0.03, 50)) == 0.0
     assert flip_rate_lower_bound(_estimate(0.0, 50)) == 0.0
+
+
+def test_at_flip_rate_reads_the_shares_of_wrong_labels_at_another_rate() -> None:
+    # 20% clicks: at a flip rate of 0.05 the clean rate is (0.2 - 0.05) / 0.9 = 1/6, so a
+    # click is wrong with probability 0.05 x 5/6 / 0.2, a non-click 0.05 x 1/6 / 0.8.
+    shares = at_flip_rate(_estimate(0.2, 50), 0.05, 0.2)
+    assert shares.flip_rate == 0.05 and shares.clean_click_rate == pytest.approx(1 / 6)
+    assert shares.wrong_share_positive == pytest.approx(0.05 * 5 / 6 / 0.2)
+    assert shares.wrong_share_negative == pytest.approx(0.05 / 6 / 0.8)
+    assert shares.wrong_share == pytest.approx(0.05)
+    assert shares.lower_floor == 0.2 and shares.anchor_rows == 50
+    nothing = at_flip_rate(_estimate(0.2, 50), 0.0, 0.2)
+    assert nothing.wrong_share_positive == nothing.wrong_share_negative == 0.0
+    probabilities, labels = _anchored(n=400)
+    assert not likely_wrong(probabilities, labels, nothing, 3.0).any()
+    for rate, click_rate in ((0.5, 0.2), (-0.1, 0.2), (0.1, 1.5)):
+        with pytest.raises(ValueError, match="flip_rate|click_rate"):
+            at_flip_rate(_estimate(0.2, 50), rate, click_rate)
 
 
 def test_clean_probability_undoes_symmetric_flips() -> None:
