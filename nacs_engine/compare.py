@@ -512,7 +512,7 @@ def paired_differences(
     baseline) with the seeds both ran: those fields, budget_rows, metric,
     seeds, mean and std (sample) of the differences, stderr = std /
     sqrt(seeds), ci_low and ci_high (the ``confidence`` interval mean ± t *
-    stderr, Student t with seeds - 1 degrees of freedom; None below two seeds)
+    stderr, Student t with seeds - 1 degrees of freedom; None below two seeds),
     wins (seeds where the method is strictly better: above the baseline,
     or below it for the metrics of ``LOWER_IS_BETTER``) and ties (seeds where both score
     the same, e.g. a method that fell back to the baseline's rows).

@@ -165,8 +165,8 @@ def run_nacs(
         )
     # The set-aside reads the flip rate as the correction does, two standard errors lower.
     aside_rate = flip_rate_lower_bound(estimate) if config.denoise and trusted else 0.0
+    at_rate = at_flip_rate(estimate, aside_rate, float(np.mean(given, dtype=np.float64)))
     if aside_rate > 0.0:
-        at_rate = at_flip_rate(estimate, aside_rate, float(given.mean()))
         aside = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
     else:
         aside = np.zeros(rows.shape[0], dtype=bool)
@@ -234,6 +234,8 @@ def run_nacs(
             "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
             "correction_flip_rate": correction,
             "set_aside_flip_rate": aside_rate,
+            "set_aside_wrong_share_positive": at_rate.wrong_share_positive,
+            "set_aside_wrong_share_negative": at_rate.wrong_share_negative,
             "set_aside_rows": int(aside.sum()),
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),

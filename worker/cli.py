@@ -313,22 +313,21 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
 def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
     """A note naming the runs of nacs whose teacher was not trusted, if any: there nacs
     drew its rows at random, which the tables do not show."""
-    runs = sorted({
-        (row["seed"], row["budget"])
+    seeds = sorted({
+        row["seed"]
         for row in rows
         if row.get("method") == "nacs" and row.get("teacher_trusted") is False
     })
-    if not runs:
+    if not seeds:
         return None
-    seeds = sorted({seed for seed, _ in runs})
     total = len({row["seed"] for row in rows})
     listed = ", ".join(str(seed) for seed in seeds)
     return (
         f"the teacher was not trusted on {len(seeds)} of {total} seeds (seed"
-        f"{'s' if len(seeds) > 1 else ''} {listed} of the --json rows): its out-of-fold AUC "
-        "was below the floor it must reach (min_teacher_auc), so there nacs set nothing aside, "
-        "kept the given labels and drew its rows at random within each class, as "
-        "denoised-random does"
+        f"{'s' if len(seeds) > 1 else ''} {listed}, counted from 0 as in --json): its "
+        "out-of-fold AUC on the given labels was within what chance reaches on data this size, "
+        "or under min_teacher_auc, so there nacs set nothing aside, kept the given labels and "
+        "drew its rows at random, as denoised-random does"
     )
 
 

@@ -455,7 +455,13 @@ def render_html(report: Mapping[str, Any]) -> str:
                 else []
             ),
             *(
-                [("flip rate the set-aside reads", _pct(noise["set_aside_flip_rate"]))]
+                [
+                    ("flip rate the set-aside reads", _pct(noise["set_aside_flip_rate"])),
+                    ("  wrong labels among clicks at it",
+                     _pct(noise.get("set_aside_wrong_share_positive"))),
+                    ("  wrong labels among non-clicks at it",
+                     _pct(noise.get("set_aside_wrong_share_negative"))),
+                ]
                 if "set_aside_flip_rate" in noise
                 else []
             ),
@@ -488,8 +494,9 @@ def render_html(report: Mapping[str, Any]) -> str:
             )
             body += _note(
                 "The rate is an upper bound, read from the rows the proxy models rank lowest "
-                "(clean labels too may read a few percent), and the rows set aside are those "
-                f"the models contradict most, wrong or only hard to predict. {check}"
+                "(clean labels too may read a few percent); the set-aside reads it two standard "
+                "errors lower, and the rows set aside are those the models contradict most, "
+                f"wrong or only hard to predict. {check}"
             )
     elif noise and "removed_rows" in noise:
         body = _table([("rows removed by the denoising", _fmt(noise["removed_rows"]))])

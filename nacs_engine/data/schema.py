@@ -23,6 +23,7 @@ from nacs_engine.data.reading import CRITEO_NUMERIC
 from nacs_engine.errors import DataError
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_DIGITS = re.compile(r"\d+")
 _LABEL_LIKE = frozenset({"label", "click", "clicked", "is_click", "target", "y"})
 
 
@@ -311,12 +312,16 @@ def _require(
 def closest_name(name: str, candidates: Iterable[str]) -> str | None:
     """The one of ``candidates`` that ``name`` most likely misspells: the same but for
     case and surrounding spaces, else the closest by ``difflib`` (a ratio of at least 0.75,
-    e.g. 'cupon' for 'coupon'); None when none is close."""
+    e.g. 'cupon' for 'coupon') among those that differ from it in more than their digits;
+    None when none is close."""
     pool = [c for c in candidates if c != name]
     folded = name.strip().casefold()
     for candidate in pool:
         if candidate.strip().casefold() == folded:
             return candidate
+    # Names that differ only in their digits ('I14', 'I4') are columns of a numbered series.
+    letters = _DIGITS.sub("", folded)
+    pool = [c for c in pool if _DIGITS.sub("", c.strip().casefold()) != letters]
     found = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
     return found[0] if found else None
 

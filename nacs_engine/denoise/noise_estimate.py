@@ -70,7 +70,8 @@ ANCHOR_MIN_ROWS = 50
 MIN_ANCHOR_FLIPS = 5
 # The most of a class that is ever set aside, whatever the estimate and factor.
 MAX_SET_ASIDE_SHARE = 0.9
-# Standard errors of the anchors' click rate below the estimate, for the correction.
+# Standard errors of the anchors' click rate below the estimate, for the set-aside and the
+# correction.
 CORRECTION_STANDARD_ERRORS = 2.0
 
 
@@ -238,7 +239,8 @@ def uncertainty_cuts(
 
 def flip_rate_lower_bound(estimate: NoiseEstimate) -> float:
     """The flip rate less ``CORRECTION_STANDARD_ERRORS`` binomial standard errors of its
-    anchors' click rate, at least 0: the rate ``clean_probability`` corrects for."""
+    anchors' click rate, at least 0: the rate the selection's set-aside reads
+    (``at_flip_rate``) and ``clean_probability`` corrects for."""
     rho = estimate.flip_rate
     if rho <= 0.0 or estimate.anchor_rows <= 0:
         return 0.0

@@ -13,6 +13,7 @@ import pytest
 
 from nacs_engine.data import load_dataset, open_source
 from nacs_engine.data.reading import CRITEO_COLUMNS, format_from_name
+from nacs_engine.data.schema import closest_name
 from nacs_engine.errors import DataError
 
 
@@ -231,6 +232,9 @@ def test_a_misspelt_column_gets_the_closest_name(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset(path, numeric_columns=["weight"])
     assert "did you mean" not in info.value.message
+    # columns of a numbered series that differ in their digits only are other columns
+    assert closest_name("I14", ["I4", "I1", "label"]) is None
+    assert closest_name("C27", ["C7"]) is None and closest_name("clik", ["click"]) == "click"
     with pytest.raises(DataError) as info:
         load_dataset(path, numeric_columns=["Size"])
     assert "no column(s) ['Size'] (did you mean 'size'?); available" in info.value.message

@@ -81,6 +81,7 @@ def test_nacs_returns_k_distinct_rows_with_soft_labels_and_diagnostics(
     ):
         rows = int((data.labels == given).sum())
         assert noise[f"set_aside_{name}"] == round(3.0 * share * rows)
+        assert noise[f"set_aside_wrong_share_{name}"] == pytest.approx(share)
     for name, given in (("positive", 1.0), ("negative", 0.0)):
         if name in noise["uncertainty_cuts"]:
             kept = result.uncertainty[result.labels == given]

@@ -354,7 +354,7 @@ def test_evaluate_names_the_seeds_whose_teacher_was_not_trusted(dataset: str) ->
     paired = [line for line in result.stdout.splitlines()
               if "| nacs | denoised-random | 2 |" in line]
     assert len(paired) == 1 and paired[0].count("0/2 (2 tied)") == 2
-    assert "note: the teacher was not trusted on 2 of 2 seeds (seeds 0, 1 of the --json rows)" in (
+    assert "note: the teacher was not trusted on 2 of 2 seeds (seeds 0, 1, counted from 0" in (
         result.stdout
     )
     trusted = CliRunner().invoke(

@@ -85,6 +85,7 @@ def test_a_nacs_report_has_every_section() -> None:
             "clean_click_rate": 0.15, "set_aside_rows": 120, "set_aside_positive": 70,
             "set_aside_negative": 50, "uncertainty_cuts": {"positive": 0.45, "negative": 0.4},
             "correction_flip_rate": 0.0875, "set_aside_flip_rate": 0.0875,
+            "set_aside_wrong_share_positive": 0.25, "set_aside_wrong_share_negative": 0.04,
         },
         "audit": AUDIT,
     }
@@ -103,6 +104,7 @@ def test_a_nacs_report_has_every_section() -> None:
     assert "removal cut" in page and "12.00%" in page
     assert re.search(r"flip rate the soft labels correct for</td>\s*<td>8\.75%", page)
     assert re.search(r"flip rate the set-aside reads</td>\s*<td>8\.75%", page)
+    assert re.search(r"wrong labels among clicks at it</td>\s*<td>25\.00%", page)
     assert 'class="verdict level"' in page and "logistic" in page and "deepfm" in page
 
 
