@@ -216,28 +216,26 @@ def test_named_columns_must_exist(tmp_path):
 def test_a_misspelt_column_gets_the_closest_name(tmp_path):
     path = tmp_path / "t.csv"
     _write_csv(path, _toy_table())
-    with pytest.raises(DataError) as info:
-        load_dataset(path, label_column="lable")
-    assert info.value.code == "label_column_missing"
-    assert "no column 'lable' (did you mean 'label'? label_column='label'" in info.value.message
-    with pytest.raises(DataError) as info:
-        load_dataset(path, label_column="LABEL ")
-    assert "did you mean 'label'" in info.value.message
-    with pytest.raises(DataError) as info:
-        load_dataset(path, feature_columns=["colour", "sizes", "shape"])
-    assert info.value.code == "column_missing"
-    assert "(did you mean 'color' for 'colour', 'size' for 'sizes'?); available" in (
-        info.value.message
+
+    def message(**kwargs) -> str:
+        with pytest.raises(DataError) as info:
+            load_dataset(path, **kwargs)
+        return info.value.message
+
+    assert "no column 'lable' (did you mean 'label'? label_column='label'" in message(
+        label_column="lable"
     )
-    with pytest.raises(DataError) as info:
-        load_dataset(path, numeric_columns=["weight"])
-    assert "did you mean" not in info.value.message
+    assert "did you mean 'label'" in message(label_column="LABEL ")
+    assert "(did you mean 'color' for 'colour', 'size' for 'sizes'?); available" in message(
+        feature_columns=["colour", "sizes", "shape"]
+    )
+    assert "did you mean" not in message(numeric_columns=["weight"])
     # columns of a numbered series that differ in their digits only are other columns
     assert closest_name("I14", ["I4", "I1", "label"]) is None
     assert closest_name("C27", ["C7"]) is None and closest_name("clik", ["click"]) == "click"
-    with pytest.raises(DataError) as info:
-        load_dataset(path, numeric_columns=["Size"])
-    assert "no column(s) ['Size'] (did you mean 'size'?); available" in info.value.message
+    assert "no column(s) ['Size'] (did you mean 'size'?); available" in message(
+        numeric_columns=["Size"]
+    )
 
 
 @pytest.mark.parametrize(
