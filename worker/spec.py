@@ -25,6 +25,8 @@ from pydantic import (
 from nacs_engine.config import SelectionConfig, option_fields
 
 DataFormat = Literal["parquet", "csv", "tsv", "jsonl", "criteo"]
+# The formats column_names applies to (None: the format the file's name says).
+_NAMED_COLUMN_FORMATS = (None, "csv", "tsv", "jsonl")
 
 _CONFIG_HINTS = get_type_hints(SelectionConfig, include_extras=True)
 _DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
@@ -186,7 +188,7 @@ class JobRequest(BaseModel):
         cls, value: list[str] | None, info: ValidationInfo
     ) -> list[str] | None:
         given = info.data.get("format")
-        if value is not None and given not in (None, "csv", "tsv", "jsonl"):
+        if value is not None and given not in _NAMED_COLUMN_FORMATS:
             raise ValueError(
                 f"only for a CSV or TSV file without a header line, or JSON Lines, not {given}"
             )
@@ -220,7 +222,7 @@ class JobRequest(BaseModel):
             from nacs_engine.data.reading import format_from_name
 
             named = format_from_name(self.dataset_uri)
-            if named not in (None, "csv", "tsv", "jsonl"):
+            if named not in _NAMED_COLUMN_FORMATS:
                 return "column_names", (
                     "column_names: only for a CSV or TSV file without a header line, or JSON "
                     f"Lines; the dataset's name says {named} (give format to read it otherwise)"

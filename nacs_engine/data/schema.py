@@ -80,10 +80,8 @@ def resolve_schema(
     if label_column not in available:
         likely = [c for c in available if c.strip().lower() in _LABEL_LIKE]
         close = closest_name(label_column, available)
-        named = ""
+        named = hint = ""
         if close is not None:
-            likely = [close]
-            hint = ""
             named = (
                 f" (did you mean {close!r}? label_column={close!r}, or --label-column {close} "
                 "on the command line)"
@@ -93,9 +91,7 @@ def resolve_schema(
                 f"; to use {likely[0]!r}, name it the label column (label_column={likely[0]!r}, "
                 f"or --label-column {likely[0]} on the command line)"
             )
-        else:
-            hint = ""
-        if named_columns and not likely:
+        if named_columns and close is None and not likely:
             hint += (
                 "; the columns read are those named in column_names (--column-names on the "
                 "command line): name the label column there too"
