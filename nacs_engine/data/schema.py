@@ -122,7 +122,9 @@ def resolve_schema(
             raise ValueError("feature_columns: give at least one column, or None for all")
         if label_column in feature_columns:
             raise ValueError(f"feature_columns: includes the label column {label_column!r}")
-        _require(feature_columns, available, "feature_columns", description, named_columns)
+        _require(
+            feature_columns, available, label_column, "feature_columns", description, named_columns
+        )
         features = tuple(feature_columns)
     if not features:
         raise DataError(
@@ -132,7 +134,9 @@ def resolve_schema(
     if numeric_columns is None:
         numeric = tuple(c for c in CRITEO_NUMERIC if c in features) if layout == "criteo" else ()
     else:
-        _require(numeric_columns, available, "numeric_columns", description, named_columns)
+        _require(
+            numeric_columns, available, label_column, "numeric_columns", description, named_columns
+        )
         outside = [c for c in numeric_columns if c not in features]
         if outside:
             raise ValueError(
@@ -290,16 +294,19 @@ def check_column_names(argument: str, names: Sequence[str] | None) -> tuple[str,
 def _require(
     names: Sequence[str],
     available: Sequence[str],
+    label_column: str,
     argument: str,
     description: str,
     named_columns: bool = False,
 ) -> None:
     missing = [n for n in names if n not in available]
     if missing:
+        # The label column cannot be a feature: it is no likely meaning of a misspelt one.
+        hint = spelling_hint(missing, [c for c in available if c != label_column])
         raise DataError(
             "column_missing",
-            f"{argument}: {description} has no column(s) {missing}"
-            f"{spelling_hint(missing, available)}; available columns: {_listing(available)}"
+            f"{argument}: {description} has no column(s) {missing}{hint}; "
+            f"available columns: {_listing(available)}"
             + ("; the columns read are those named in column_names: name these there too"
                if named_columns else ""),
         )

@@ -236,6 +236,8 @@ def test_a_misspelt_column_gets_the_closest_name(tmp_path):
     assert "no column(s) ['Size'] (did you mean 'size'?); available" in message(
         numeric_columns=["Size"]
     )
+    # the label column is never offered for a feature: it cannot be one
+    assert "did you mean" not in message(feature_columns=["lable", "color"])
 
 
 @pytest.mark.parametrize(
