@@ -516,13 +516,21 @@ def select(
     column_names: tuple[str, ...],
     quiet: bool,
 ) -> None:
-    """Select a coreset of DATASET locally and write it to --out."""
+    """Select a coreset of DATASET locally and write it to --out.
+
+    Give exactly one of --ratio and --size."""
     from nacs_engine.errors import DataError
     from worker.errors import JobFailed
     from worker.outputs import REPORT_HTML
     from worker.storage import join_uri
     from worker.tasks import execute
 
+    if (ratio is None) == (size is None):
+        _fail(
+            "give exactly one budget: --ratio R (a fraction of the rows, e.g. 0.01) or "
+            "--size N (rows)",
+            EXIT_USAGE,
+        )
     _quiet_libraries()
     request = _budget_and_request(
         dataset,

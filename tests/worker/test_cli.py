@@ -121,7 +121,8 @@ def test_select_buckets_a_float_score_by_quantiles_and_says_so(tmp_path) -> None
     ("arguments", "exit_code", "message"),
     [
         (["--ratio", "1.5"], 2, "ratio"),
-        (["--ratio", "0.1", "--size", "10"], 2, "error: ratio, size: give exactly one budget"),
+        (["--ratio", "0.1", "--size", "10"], 2, "error: give exactly one budget: --ratio R"),
+        ([], 2, "error: give exactly one budget: --ratio R (a fraction of the rows, e.g. 0.01)"),
         (["--ratio", "0.1", "--option", "bogus=1"], 2, "options.bogus"),
         (["--ratio", "0.1", "--option", "rounds"], 2, "key=value"),
         (["--ratio", "0.1", "--method", "magic"], 2, "method"),
