@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import click
 import pydantic
@@ -308,6 +308,16 @@ def _progress_bar(enabled: bool, terminal: bool) -> Iterator[Any]:
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def _print_row(to_stdout: bool, out: TextIO | None, row: dict[str, Any]) -> None:
+    """One run's row of ``nacs evaluate`` as a JSON line: on stdout, in ``out``, or both."""
+    line = json.dumps(row, default=float)
+    if to_stdout:
+        click.echo(line)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
 
 
 def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
@@ -642,6 +652,15 @@ def select(
     is_flag=True,
     help="Print the per-run rows as JSON lines, each as its run ends, not the tables.",
 )
+@click.option(
+    "--json-out",
+    "json_out",
+    type=click.File("w", lazy=False),
+    default=None,
+    metavar="PATH",
+    help="Also write the per-run rows as JSON lines to PATH, each as its run ends; the "
+    "tables still print.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def evaluate(
     dataset: str,
@@ -660,6 +679,7 @@ def evaluate(
     data_format: str | None,
     column_names: tuple[str, ...],
     as_json: bool,
+    json_out: TextIO | None,
     quiet: bool,
 ) -> None:
     """Compare methods on DATASET: test AUC and log loss of models trained on each coreset."""
@@ -733,7 +753,7 @@ def evaluate(
             flip_rate=flip_rate,
             dataset_name=request.dataset_uri.rstrip("/").rsplit("/", 1)[-1],
             # each row as its run ends: an interrupted or failed run keeps what it printed
-            on_row=(lambda row: click.echo(json.dumps(row, default=float))) if as_json else None,
+            on_row=partial(_print_row, as_json, json_out) if as_json or json_out else None,
         )
         lines = None if quiet else _run_lines(seeds)
         rows = []

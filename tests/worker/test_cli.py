@@ -375,8 +375,10 @@ def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
     result = CliRunner().invoke(evaluate, args)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert [(row["seed"], row["method"]) for row in rows if row["evaluator"] == "deepfm"] == [
-        (seed, method) for seed in (0, 1) for method in ("random", "stratified", "nacs")
+    # each row as its run ends: the models of a seed train at once, so in any order within it
+    assert [row["seed"] for row in rows] == [0] * 6 + [1] * 6
+    assert sorted((row["seed"], row["method"]) for row in rows if row["evaluator"] == "deepfm") == [
+        (seed, method) for seed in (0, 1) for method in ("nacs", "random", "stratified")
     ]
     assert sorted(row["evaluator"] for row in rows) == ["deepfm"] * 6 + ["logistic"] * 6
     labels = pq.read_table(dataset).column("label").to_numpy()
@@ -445,6 +447,27 @@ def test_evaluate_json_prints_each_row_as_its_run_ends(dataset: str, monkeypatch
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert 1 <= len(rows) <= 3
     assert "interrupted" in result.stderr
+
+
+def test_evaluate_json_out_writes_the_rows_beside_the_tables(dataset: str, tmp_path) -> None:
+    from worker.cli import evaluate
+
+    rows_path = tmp_path / "rows.jsonl"
+    args = [dataset, "--ratio", "0.2", "--methods", "random,stratified", "--seeds", "2"]
+    result = CliRunner().invoke(
+        evaluate, [*args, "--json-out", str(rows_path), "--option", "min_count=1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| stratified | random | 2 |" in result.stdout  # the tables still print
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert len(rows) == 8  # 2 seeds x 2 methods x 2 families
+    assert {(row["seed"], row["method"]) for row in rows} == {
+        (seed, method) for seed in (0, 1) for method in ("random", "stratified")
+    }
+    absent = CliRunner().invoke(
+        evaluate, [*args, "--json-out", str(tmp_path / "no" / "such" / "rows.jsonl")]
+    )
+    assert absent.exit_code == 2 and "--json-out" in absent.output
 
 
 def test_evaluate_noise_kind_with_a_flip_rate_of_zero_is_clean(dataset: str) -> None:
