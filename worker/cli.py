@@ -160,6 +160,21 @@ def _notes(manifest: Any) -> list[str]:
     )
 
 
+def _set_aside_line(noise: dict[str, Any]) -> str:
+    """The rows set aside as likely wrong labels, per class, and the flip rate they follow,
+    in a line; empty when none were."""
+    rows = noise.get("set_aside_rows") or 0
+    if not rows:
+        return ""
+    return (
+        f"set aside: {rows:,} rows as likely wrong labels ({noise.get('set_aside_positive', 0):,}"
+        f" given clicks, {noise.get('set_aside_negative', 0):,} non-clicks) at a flip rate read "
+        f"as {noise.get('set_aside_flip_rate', 0.0):.3f}; where no row is a sure non-click, "
+        "that rate can be uncertainty rather than noise (--option set_aside_factor=0 sets none "
+        "aside)"
+    )
+
+
 def _audit_line(audit: dict[str, Any]) -> str:
     """The audit's verdict and each family's AUC difference from random, in a line."""
     if "verdict" not in audit:
@@ -584,9 +599,9 @@ def select(
         f"{coreset.soft_label_mean:.3f} in the soft labels; data "
         f"{data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
-    verdict = _audit_line(manifest.audit or {})
-    if verdict:
-        click.echo(verdict)
+    for line in (_set_aside_line(manifest.noise or {}), _audit_line(manifest.audit or {})):
+        if line:
+            click.echo(line)
     if earlier is not None:
         click.echo(f"note: replaced the earlier result in {output} (of {earlier})", err=True)
     for note in _notes(manifest):

@@ -66,6 +66,26 @@ def test_select_writes_the_coreset_and_manifest(
         assert f"logistic {logistic['auc_difference']:+.4f} ± " in result.output
     else:
         assert f"audit: none ({audit['skipped']})" in result.output
+    if not (manifest.get("noise") or {}).get("set_aside_rows"):
+        assert "set aside:" not in result.output
+
+
+def test_select_says_how_many_rows_it_set_aside(tmp_path) -> None:
+    from nacs_engine.data.synthetic import write_synthetic
+
+    path = tmp_path / "flipped.parquet"
+    write_synthetic(path, 6_000, n_fields=6, flip_rate=0.2, seed=3)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(select, [str(path), "--ratio", "0.05", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    noise = json.loads((out / "manifest.json").read_text())["noise"]
+    assert noise["set_aside_rows"] > 0
+    assert (
+        f"set aside: {noise['set_aside_rows']:,} rows as likely wrong labels "
+        f"({noise['set_aside_positive']:,} given clicks, {noise['set_aside_negative']:,} "
+        f"non-clicks) at a flip rate read as {noise['set_aside_flip_rate']:.3f}; "
+    ) in result.output
+    assert "--option set_aside_factor=0 sets none aside" in result.output
 
 
 def test_select_takes_columns_repeated_or_comma_separated(dataset: str, tmp_path) -> None:
