@@ -34,7 +34,7 @@ REFERENCE_METHODS: tuple[str, ...] = (*BASELINE_METHODS, "denoised-random")
 # Methods that run the cross-fitted teacher (``nacs_engine.nacs``).
 TEACHER_METHODS: tuple[str, ...] = ("nacs", "nacs-no-denoise", "nacs-no-relabel", "denoised-random")
 BACKBONES: tuple[str, ...] = ("deepfm", "dcnv2")
-CLASS_BALANCES: tuple[str, ...] = ("stratified", "balanced", "none")
+CLASS_BALANCES: tuple[str, ...] = ("auto", "stratified", "balanced", "none")
 
 Method = Literal[
     "nacs",
@@ -47,7 +47,7 @@ Method = Literal[
     "balanced",
 ]
 Backbone = Literal["deepfm", "dcnv2"]
-ClassBalance = Literal["stratified", "balanced", "none"]
+ClassBalance = Literal["auto", "stratified", "balanced", "none"]
 SoftLabelSource = Literal["selection", "final"]
 SOFT_LABEL_SOURCES: tuple[str, ...] = ("selection", "final")
 Selection = Literal["coverage", "facility-location", "random"]
@@ -106,12 +106,14 @@ class SelectionConfig:
         metadata=_doc("Monte Carlo dropout passes for denoising (N_denoise) of nacs-paper, 2-100."),
     )
     class_balance: ClassBalance = field(
-        default="stratified",
+        default="auto",
         metadata=_doc(
-            "Class mix of the coreset: stratified keeps the data's click rate (with the "
-            "default coverage, in the soft labels: rows are drawn across the teacher's "
-            "probability strata, so the given labels may hold fewer clicks), balanced "
-            "takes 50/50 and re-weights to the data's rate, none lets the selection decide."
+            "Class mix of the coreset: auto is balanced where clicks are rare (under 3% of "
+            "the given labels, with a trusted teacher), else stratified; stratified keeps "
+            "the data's click rate (with the default coverage, in the soft labels: rows are "
+            "drawn across the teacher's probability strata, so the given labels may hold "
+            "fewer clicks), balanced takes 50/50 and re-weights to the data's rate, none "
+            "lets the selection decide."
         ),
     )
     seed: Annotated[int, Ge(0), Le(2**63 - 1)] = field(

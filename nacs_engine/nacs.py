@@ -11,8 +11,10 @@ The steps of one selection over the candidate rows:
    times the count of wrong labels in that class that the flip rate less two
    standard errors of its anchors' click rate implies (the rate the correction of
    step 4 reads). On labels with few flips little is set aside.
-3. Selection among the kept rows. ``coverage`` with the default
-   ``class_balance="stratified"`` cuts all the candidates into equal-count
+3. Selection among the kept rows. The default ``class_balance="auto"`` is
+   "balanced" where fewer than 3% of the given labels are clicks
+   (``resolved_class_balance``), else "stratified".
+   ``coverage`` with ``class_balance="stratified"`` cuts all the candidates into equal-count
    strata of the teacher's click probability and draws evenly across them,
    uniformly among each stratum's kept rows: the coreset covers every level of
    click probability in the data's proportions, so the rows set aside (mostly
@@ -48,6 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -55,7 +58,7 @@ import torch
 
 from nacs_engine import selection
 from nacs_engine.baselines import class_quota, prior_weights
-from nacs_engine.config import SelectionConfig
+from nacs_engine.config import ClassBalance, SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
 from nacs_engine.denoise.noise_estimate import (
     at_flip_rate,
@@ -85,6 +88,12 @@ MAX_LOGIT_SHIFT = 10.0
 TRUST_STANDARD_ERRORS = 2.0
 # Share of the selecting phase's progress given to the teacher.
 _TEACHER_SHARE = 0.9
+# class_balance "auto" takes half clicks below this rate of given clicks: a coreset at the
+# data's rate then holds too few clicks to learn them from. Half clicks beat the data's rate
+# on iPinYou (0.6% clicks; clean and thinned clicks) and on baseball's Gold Gloves (1.6%;
+# clean), and were level or lost on nassCDS (4.5%), Minneapolis stops (12%) and the Criteo
+# and Avazu samples (25% and 17%): bench/results/2026-12-07-rare-clicks.md.
+RARE_CLICK_RATE = 0.03
 
 Report = Callable[[str, float, str], None]
 
@@ -179,6 +188,10 @@ def run_nacs(
         aside = np.ones(rows.shape[0], dtype=bool)
         aside[kept] = False
     cuts = uncertainty_cuts(1.0 - label_support(probabilities, given), aside, given)
+    click_rate = float(np.mean(given, dtype=np.float64))
+    config = replace(
+        config, class_balance=resolved_class_balance(config.class_balance, trusted, click_rate)
+    )
     denoising_seconds = time.perf_counter() - started
     report(
         "denoising",
@@ -249,6 +262,7 @@ def run_nacs(
         },
         "selection": {
             "strategy": strategy,
+            "class_balance": config.class_balance,
             "embedding": config.embedding if strategy == "facility-location" else None,
             "weighting": config.weighting if strategy == "facility-location" else "uniform",
             "objective": objective,
@@ -328,6 +342,17 @@ def trusted_auc(given: np.ndarray, min_teacher_auc: float) -> float:
         return float(min_teacher_auc)
     chance = math.sqrt((clicks + others + 1.0) / (12.0 * clicks * others))
     return max(float(min_teacher_auc), 0.5 + TRUST_STANDARD_ERRORS * chance)
+
+
+def resolved_class_balance(
+    class_balance: ClassBalance, trusted: bool, click_rate: float
+) -> ClassBalance:
+    """The class mix a selection takes: ``class_balance`` itself unless it is "auto", which
+    is "balanced" where the teacher is trusted and the candidates' given ``click_rate`` is
+    below ``RARE_CLICK_RATE``, else "stratified"."""
+    if class_balance != "auto":
+        return class_balance
+    return "balanced" if trusted and click_rate < RARE_CLICK_RATE else "stratified"
 
 
 def _groups(

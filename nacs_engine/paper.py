@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,9 @@ def run_nacs_paper(
         raise ValueError(f"config: expected a SelectionConfig, got {type(config).__name__}")
     if config.method != "nacs-paper":
         raise ValueError(f"config: method {config.method!r} is not nacs-paper")
+    if config.class_balance == "auto":
+        # "auto" asks a trusted teacher (the other methods'); the paper's rounds have none.
+        config = replace(config, class_balance="stratified")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= data.n_rows:
         raise ValueError(f"k: expected an integer in [1, {data.n_rows}], got {k!r}")
     if not callable(report):

@@ -146,6 +146,13 @@ def _notes(manifest: Any) -> list[str]:
             f"longer-trained teacher may do better (--option teacher_epochs={epochs}, up to "
             f"about {epochs / cap:.0f} times the teacher's training time){fallback}"
         )
+    selection = (manifest.diagnostics or {}).get("selection") or {}
+    if selection.get("class_balance") == "balanced":
+        notes.append(
+            "up to half the coreset's rows are clicks (class_balance balanced"
+            + (", as auto takes where clicks are rare" if _asked_auto(manifest) else "")
+            + "): train with its weights, which bring the clicks back to the data's rate"
+        )
     if manifest.coreset.rows and manifest.coreset.clicks == 0:
         notes.append("the coreset holds no given click: a model cannot learn clicks from it alone")
     data = manifest.dataset
@@ -173,6 +180,12 @@ def _set_aside_line(noise: dict[str, Any]) -> str:
         "that rate can be uncertainty rather than noise (--option set_aside_factor=0 sets none "
         "aside)"
     )
+
+
+def _asked_auto(manifest: Any) -> bool:
+    """Whether the request left the class mix to ``class_balance="auto"``."""
+    options = (manifest.request or {}).get("options") or {}
+    return options.get("class_balance", "auto") == "auto"
 
 
 def _audit_line(audit: dict[str, Any]) -> str:

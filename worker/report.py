@@ -158,6 +158,13 @@ def build_report(
             "rows": k,
             "clicks": coreset_clicks,
             "click_rate": coreset_clicks / k if k else None,
+            # "balanced": up to half clicks, which the weights bring back to the data's rate
+            "class_balance": (diagnostics.get("selection") or {}).get("class_balance"),
+            "weighted_click_rate": (
+                float(np.average(np.asarray(labels, dtype=np.float64), weights=w))
+                if k and w.sum() > 0
+                else None
+            ),
             "share_of_data": k / n if n else None,
             "vocabulary": [int(v) for v in vocabulary],
             "rows_with_unseen_value": missing_rows,
@@ -428,6 +435,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         ],
         ["", "data", "coreset"],
     )
+    if coreset.get("class_balance") == "balanced":
+        overview += _note(
+            "Up to half the coreset's rows are clicks (class_balance \"balanced\", which "
+            "\"auto\" takes where clicks are rare); weighted, its click rate is "
+            f"{_pct(coreset.get('weighted_click_rate'))}: train with the weights."
+        )
     overview += _note(
         f"The coreset keeps {_pct(coreset['share_of_data'])} of the rows. "
         f"{_pct(coreset['rows_with_unseen_value_share'])} of the data's rows "

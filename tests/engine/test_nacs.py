@@ -17,10 +17,12 @@ from nacs_engine.denoise.noise_estimate import NoiseEstimate, at_flip_rate, flip
 from nacs_engine.errors import DataError
 from nacs_engine.nacs import (
     MAX_LOGIT_SHIFT,
+    RARE_CLICK_RATE,
     _coverage,
     _draw_across,
     _probability_strata,
     _weights,
+    resolved_class_balance,
     run_nacs,
     shift_to_mean,
     trusted_auc,
@@ -275,6 +277,36 @@ def test_class_balance(data: EncodedDataset) -> None:
     stratified = select_coreset(data, _config(method="nacs-no-denoise", selection="random"))
     assert int(stratified.labels.sum()) == class_quota(data.labels, 300, "stratified")[0]
     assert select_coreset(data, _config(class_balance="none")).size == 300
+
+
+def test_auto_class_balance_takes_half_clicks_where_clicks_are_rare(data: EncodedDataset) -> None:
+    rare = make_synthetic_ctr(
+        8000,
+        cardinalities=(20, 50, 8, 100, 30, 5),
+        click_rate=0.012,
+        flip_rate=0.0,
+        signal=3.0,
+        seed=5,
+    ).dataset
+    result = select_coreset(rare, _config(size=400))
+    clicks = int(rare.labels.sum())
+    assert result.diagnostics["teacher"]["trusted"] is True
+    assert result.diagnostics["selection"]["class_balance"] == "balanced"
+    # half the rows are clicks (or every click the kept rows hold), weighted back to the rate
+    taken = int(result.labels.sum())
+    assert taken == min(200, clicks - result.diagnostics["noise"]["set_aside_positive"])
+    weighted = float(np.average(result.labels, weights=result.weights))
+    assert weighted == pytest.approx(rare.labels.mean(), rel=0.2)
+    # 30% clicks (20% flipped): the data's rate, as an explicit choice is kept as it is
+    moderate = select_coreset(data, _config())
+    assert moderate.diagnostics["selection"]["class_balance"] == "stratified"
+    explicit = select_coreset(rare, _config(size=400, class_balance="stratified"))
+    assert explicit.diagnostics["selection"]["class_balance"] == "stratified"
+    assert int(explicit.labels.sum()) < taken / 4
+    # an untrusted teacher reads no clean rate: the rows keep the data's rate
+    assert resolved_class_balance("auto", False, 0.001) == "stratified"
+    assert resolved_class_balance("auto", True, RARE_CLICK_RATE) == "stratified"
+    assert resolved_class_balance("none", True, 0.001) == "none"
 
 
 def test_candidates_restrict_the_rows(data: EncodedDataset) -> None:

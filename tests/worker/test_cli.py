@@ -88,6 +88,32 @@ def test_select_says_how_many_rows_it_set_aside(tmp_path) -> None:
     assert "--option set_aside_factor=0 sets none aside" in result.output
 
 
+def test_select_with_rare_clicks_says_to_train_with_the_weights(tmp_path) -> None:
+    from nacs_engine.data.synthetic import write_synthetic
+
+    path = tmp_path / "rare.parquet"
+    write_synthetic(path, 8_000, n_fields=6, click_rate=0.012, flip_rate=0.0, seed=5)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(select, [str(path), "--ratio", "0.05", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["diagnostics"]["selection"]["class_balance"] == "balanced"
+    assert (
+        "note: up to half the coreset's rows are clicks (class_balance balanced, as auto takes "
+        "where clicks are rare): train with its weights"
+    ) in result.output
+    # the clicks the coreset holds, well above the data's 1.2%
+    assert manifest["coreset"]["clicks"] > 0.2 * manifest["coreset"]["rows"]
+    report = json.loads((out / "report.json").read_text())["coreset"]
+    assert report["class_balance"] == "balanced"
+    table = pq.read_table(out / "coreset.parquet")
+    weighted = np.average(table.column("label").to_numpy(), weights=table.column("weight"))
+    assert report["weighted_click_rate"] == pytest.approx(weighted)
+    assert weighted < 0.5 * report["click_rate"]
+    page = (out / "report.html").read_text()
+    assert f"weighted, its click rate is {100 * weighted:.2f}%: train with the weights." in page
+
+
 def test_select_takes_columns_repeated_or_comma_separated(dataset: str, tmp_path) -> None:
     out = tmp_path / "out"
     arguments = [dataset, "--ratio", "0.1", "--method", "random", "--out", str(out)]
