@@ -297,13 +297,13 @@ def test_auto_class_balance_takes_half_clicks_where_clicks_are_rare(data: Encode
     assert taken == min(200, clicks - result.diagnostics["noise"]["set_aside_positive"])
     weighted = float(np.average(result.labels, weights=result.weights))
     assert weighted == pytest.approx(rare.labels.mean(), rel=0.2)
-    # 30% clicks (20% flipped): the data's rate, as an explicit choice is kept as it is
+    # with 30% given clicks the rows keep the data's rate, and an explicit choice is kept
     moderate = select_coreset(data, _config())
     assert moderate.diagnostics["selection"]["class_balance"] == "stratified"
     explicit = select_coreset(rare, _config(size=400, class_balance="stratified"))
     assert explicit.diagnostics["selection"]["class_balance"] == "stratified"
     assert int(explicit.labels.sum()) < taken / 4
-    # an untrusted teacher reads no clean rate: the rows keep the data's rate
+    # with an untrusted teacher, or at the threshold, the rows keep the data's rate
     assert resolved_class_balance("auto", False, 0.001) == "stratified"
     assert resolved_class_balance("auto", True, RARE_CLICK_RATE) == "stratified"
     assert resolved_class_balance("none", True, 0.001) == "none"
