@@ -174,7 +174,8 @@ def run_nacs(
         )
     # The set-aside reads the flip rate as the correction does, two standard errors lower.
     aside_rate = flip_rate_lower_bound(estimate) if config.denoise and trusted else 0.0
-    at_rate = at_flip_rate(estimate, aside_rate, float(np.mean(given, dtype=np.float64)))
+    click_rate = float(np.mean(given, dtype=np.float64))
+    at_rate = at_flip_rate(estimate, aside_rate, click_rate)
     if aside_rate > 0.0:
         aside = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
     else:
@@ -188,7 +189,6 @@ def run_nacs(
         aside = np.ones(rows.shape[0], dtype=bool)
         aside[kept] = False
     cuts = uncertainty_cuts(1.0 - label_support(probabilities, given), aside, given)
-    click_rate = float(np.mean(given, dtype=np.float64))
     config = replace(
         config, class_balance=resolved_class_balance(config.class_balance, trusted, click_rate)
     )

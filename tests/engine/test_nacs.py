@@ -32,13 +32,18 @@ from nacs_engine.teacher import automatic_folds
 
 @pytest.fixture(scope="module")
 def generated():
+    return _generate(4000, click_rate=0.3, flip_rate=0.2, signal=2.0, seed=1)
+
+
+def _generate(rows: int, *, click_rate: float, flip_rate: float, signal: float, seed: int):
+    """Generated click data over six fields of 5 to 100 values."""
     return make_synthetic_ctr(
-        4000,
+        rows,
         cardinalities=(20, 50, 8, 100, 30, 5),
-        click_rate=0.3,
-        flip_rate=0.2,
-        signal=2.0,
-        seed=1,
+        click_rate=click_rate,
+        flip_rate=flip_rate,
+        signal=signal,
+        seed=seed,
     )
 
 
@@ -235,14 +240,7 @@ def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted() -> None:
     # teacher that ranks the clean labels well tells the given ones apart barely (AUC about
     # 0.52, under the old fixed floor of 0.53); that is still four to five standard errors of
     # a chance AUC above 0.5 on 20,000 rows, and trusting it keeps the flips out
-    generated = make_synthetic_ctr(
-        20_000,
-        cardinalities=(20, 50, 8, 100, 30, 5),
-        click_rate=0.015,
-        flip_rate=0.2,
-        signal=3.0,
-        seed=3,
-    )
+    generated = _generate(20_000, click_rate=0.015, flip_rate=0.2, signal=3.0, seed=3)
     flipped = generated.flipped
     for seed in (0, 1):
         result = select_coreset(generated.dataset, _config(size=None, ratio=0.05, seed=seed))
@@ -280,14 +278,7 @@ def test_class_balance(data: EncodedDataset) -> None:
 
 
 def test_auto_class_balance_takes_half_clicks_where_clicks_are_rare(data: EncodedDataset) -> None:
-    rare = make_synthetic_ctr(
-        8000,
-        cardinalities=(20, 50, 8, 100, 30, 5),
-        click_rate=0.012,
-        flip_rate=0.0,
-        signal=3.0,
-        seed=5,
-    ).dataset
+    rare = _generate(8000, click_rate=0.012, flip_rate=0.0, signal=3.0, seed=5).dataset
     result = select_coreset(rare, _config(size=400))
     clicks = int(rare.labels.sum())
     assert result.diagnostics["teacher"]["trusted"] is True
