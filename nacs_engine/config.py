@@ -238,11 +238,12 @@ class SelectionConfig:
             "(0 sets none aside)."
         ),
     )
-    label_mix: Annotated[float, Ge(0.0), Le(1.0)] = field(
-        default=0.1,
+    label_mix: Annotated[float, Ge(0.0), Le(1.0)] | None = field(
+        default=None,
         metadata=_doc(
             "Weight of the given label in the soft label, 0-1: soft = mix * label + (1 - mix) "
-            "* the teacher's calibrated click probability."
+            "* the teacher's calibrated click probability; by default 0.3 where the coreset is "
+            "balanced (class_balance, as auto takes where clicks are rare), else 0.1."
         ),
     )
     flip_correction: bool = field(

@@ -16,6 +16,8 @@ from nacs_engine.data.synthetic import make_synthetic_ctr
 from nacs_engine.denoise.noise_estimate import NoiseEstimate, at_flip_rate, flip_rate_lower_bound
 from nacs_engine.errors import DataError
 from nacs_engine.nacs import (
+    BALANCED_LABEL_MIX,
+    LABEL_MIX,
     MAX_LOGIT_SHIFT,
     RARE_CLICK_RATE,
     _coverage,
@@ -23,6 +25,7 @@ from nacs_engine.nacs import (
     _probability_strata,
     _weights,
     resolved_class_balance,
+    resolved_label_mix,
     run_nacs,
     shift_to_mean,
     trusted_auc,
@@ -298,6 +301,24 @@ def test_auto_class_balance_takes_half_clicks_where_clicks_are_rare(data: Encode
     assert resolved_class_balance("auto", False, 0.001) == "stratified"
     assert resolved_class_balance("auto", True, RARE_CLICK_RATE) == "stratified"
     assert resolved_class_balance("none", True, 0.001) == "none"
+
+
+def test_a_balanced_coreset_gives_the_given_label_more_weight(data: EncodedDataset) -> None:
+    rare = _generate(8000, click_rate=0.012, flip_rate=0.0, signal=3.0, seed=5).dataset
+    teacher = select_coreset(rare, _config(size=400, label_mix=0.0, keep_click_rate=False))
+    mixed = select_coreset(rare, _config(size=400, keep_click_rate=False))
+    assert mixed.diagnostics["selection"]["class_balance"] == "balanced"
+    assert mixed.diagnostics["selection"]["label_mix"] == BALANCED_LABEL_MIX == 0.3
+    np.testing.assert_array_equal(mixed.rows, teacher.rows)
+    np.testing.assert_allclose(
+        mixed.soft_labels, 0.3 * teacher.labels + 0.7 * teacher.soft_labels, atol=1e-6
+    )
+    # a stratified coreset keeps 0.1, and a label_mix that is set is kept
+    stratified = select_coreset(rare, _config(size=400, class_balance="stratified"))
+    assert stratified.diagnostics["selection"]["label_mix"] == LABEL_MIX == 0.1
+    assert select_coreset(data, _config()).diagnostics["selection"]["label_mix"] == LABEL_MIX
+    assert resolved_label_mix(0.2, "balanced") == 0.2
+    assert resolved_label_mix(None, "none") == LABEL_MIX
 
 
 def test_candidates_restrict_the_rows(data: EncodedDataset) -> None:
