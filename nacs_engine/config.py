@@ -108,7 +108,7 @@ class SelectionConfig:
     class_balance: ClassBalance = field(
         default="auto",
         metadata=_doc(
-            "Class mix of the coreset: auto is balanced where clicks are rare (under 3% of "
+            "Class mix of the coreset: auto is balanced where clicks are rare (under 8% of "
             "the given labels, with a trusted teacher), else stratified; stratified keeps "
             "the data's click rate (with the default coverage, in the soft labels: rows are "
             "drawn across the teacher's probability strata, so the given labels may hold "

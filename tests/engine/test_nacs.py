@@ -300,6 +300,8 @@ def test_auto_class_balance_takes_half_clicks_where_clicks_are_rare(data: Encode
     # with an untrusted teacher, or at the threshold, the rows keep the data's rate
     assert resolved_class_balance("auto", False, 0.001) == "stratified"
     assert resolved_class_balance("auto", True, RARE_CLICK_RATE) == "stratified"
+    assert resolved_class_balance("auto", True, 0.05) == "balanced"
+    assert resolved_class_balance("auto", True, 0.12) == "stratified"
     assert resolved_class_balance("none", True, 0.001) == "none"
 
 
