@@ -243,7 +243,8 @@ class SelectionConfig:
         metadata=_doc(
             "Weight of the given label in the soft label, 0-1: soft = mix * label + (1 - mix) "
             "* the teacher's calibrated click probability; by default 0.3 where the coreset is "
-            "balanced (class_balance, as auto takes where clicks are rare), else 0.1."
+            "balanced (class_balance balanced, or auto with under 8% given clicks and a trusted "
+            "teacher), else 0.1."
         ),
     )
     flip_correction: bool = field(

@@ -496,7 +496,8 @@ def fetch_nass_cds(cache_dir: str | os.PathLike[str]) -> Path:
 def nass_cds(path: str | os.PathLike[str]) -> pa.Table:
     """DAAG's nassCDS, people in US car crashes, as a binary table: 26,217 rows, ``label``
     (int8, killed; rate 0.0450) and ``NASS_FEATURES`` as strings (a vehicle of unknown year
-    reads ""). Not one of the shared datasets: data that no default was chosen on.
+    reads ""). Not one of the shared datasets: no default was chosen on it but the threshold of
+    ``class_balance="auto"`` (``nacs_engine.nacs.RARE_CLICK_RATE``).
 
     path: the file ``fetch_nass_cds`` returns; only a file with its SHA-256 is read.
     """
@@ -576,7 +577,8 @@ def mpls_stops(path: str | os.PathLike[str]) -> pa.Table:
     """carData's MplsStops, police stops in Minneapolis in 2017, as a binary table: the
     43,699 stops (of 51,920) whose record says whether the person was searched, ``label``
     (int8, searched; rate 0.1198) and ``MPLS_STOPS_FEATURES`` as strings. Not one of the
-    shared datasets: data that no default was chosen on.
+    shared datasets: no default was chosen on it but the threshold of
+    ``class_balance="auto"`` (``nacs_engine.nacs.RARE_CLICK_RATE``).
 
     path: the file ``fetch_mpls_stops`` returns; only a file with its SHA-256 is read.
     """

@@ -268,6 +268,8 @@ def test_a_small_teacher_that_chance_could_have_made_is_not_trusted(
     # above min_teacher_auc, as a teacher that knows nothing is one time in fifteen here
     assert 0.53 < teacher["signal_auc"] < teacher["min_signal_auc"]
     assert teacher["trusted"] is False and result.diagnostics["noise"]["set_aside_rows"] == 0
+    # the given labels are delivered as they are
+    assert result.diagnostics["selection"]["label_mix"] == 1.0
 
 
 def test_class_balance(data: EncodedDataset) -> None:
@@ -321,6 +323,8 @@ def test_a_balanced_coreset_gives_the_given_label_more_weight(data: EncodedDatas
     assert select_coreset(data, _config()).diagnostics["selection"]["label_mix"] == LABEL_MIX
     assert resolved_label_mix(0.2, "balanced") == 0.2
     assert resolved_label_mix(None, "none") == LABEL_MIX
+    with pytest.raises(ValueError, match="label_mix: must be at most 1.0"):
+        SelectionConfig(ratio=0.1, label_mix=1.5)
 
 
 def test_candidates_restrict_the_rows(data: EncodedDataset) -> None:
