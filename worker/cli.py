@@ -167,6 +167,15 @@ def _notes(manifest: Any) -> list[str]:
     )
 
 
+def _weighted(coreset: Any) -> str:
+    """" (R weighted)": the soft labels' click rate under the coreset's weights, where the
+    weights move it (a balanced coreset), else ""."""
+    weighted = getattr(coreset, "weighted_soft_label_mean", None)
+    if weighted is None or abs(weighted - coreset.soft_label_mean) < 0.0005:
+        return ""
+    return f" ({weighted:.3f} weighted)"
+
+
 def _set_aside_line(noise: dict[str, Any]) -> str:
     """The rows set aside as likely wrong labels, per class, and the flip rate they follow,
     in a line; empty when none were."""
@@ -609,7 +618,7 @@ def select(
     click.echo(
         f"{coreset.rows} of {data.rows} rows "
         f"(click rate {coreset.clicks / max(coreset.rows, 1):.3f} in the given labels, "
-        f"{coreset.soft_label_mean:.3f} in the soft labels; data "
+        f"{coreset.soft_label_mean:.3f} in the soft labels{_weighted(coreset)}; data "
         f"{data.clicks / max(data.rows, 1):.3f}); {seconds}"
     )
     for line in (_set_aside_line(manifest.noise or {}), _audit_line(manifest.audit or {})):

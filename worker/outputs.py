@@ -65,6 +65,8 @@ class CoresetSummary(BaseModel):
     rows: int
     clicks: int
     soft_label_mean: float = 0.0
+    # The soft labels' mean under the delivered weights: the click rate a model learns.
+    weighted_soft_label_mean: float | None = None
     weight_sum: float = 0.0
 
 

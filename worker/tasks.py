@@ -285,6 +285,7 @@ def write_result(
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),
         soft_label_mean=float(result.soft_labels.mean()) if result.size else 0.0,
+        weighted_soft_label_mean=_weighted_mean(result.soft_labels, result.weights),
         weight_sum=float(result.weights.sum()),
     )
     manifest = Manifest(
@@ -306,6 +307,12 @@ def write_result(
     retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
     report("writing", 1.0, "result written")
     return manifest
+
+
+def _weighted_mean(values: Any, weights: Any) -> float | None:
+    """The mean of ``values`` under ``weights`` (arrays), or None where the weights sum to 0."""
+    total = float(weights.sum())
+    return float((values * weights).sum()) / total if total > 0 else None
 
 
 def _refuse_another_result(

@@ -110,6 +110,10 @@ def test_select_with_rare_clicks_says_to_train_with_the_weights(tmp_path) -> Non
     weighted = np.average(table.column("label").to_numpy(), weights=table.column("weight"))
     assert report["weighted_click_rate"] == pytest.approx(weighted)
     assert weighted < 0.5 * report["click_rate"]
+    # the soft labels' rate under the weights, near the data's, is printed beside their mean
+    soft = np.average(table.column("soft_label").to_numpy(), weights=table.column("weight"))
+    assert manifest["coreset"]["weighted_soft_label_mean"] == pytest.approx(soft, rel=1e-5)
+    assert f"in the soft labels ({soft:.3f} weighted); data" in result.output
     page = (out / "report.html").read_text()
     assert f"weighted, its click rate is {100 * weighted:.2f}%: train with the weights." in page
 
@@ -281,7 +285,7 @@ def test_select_notes_an_untrusted_teacher_and_a_field_too_rare_to_count(tmp_pat
     out = tmp_path / "out"
     result = CliRunner().invoke(select, [str(path), "--ratio", "0.1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "in the soft labels" in result.output
+    assert "in the soft labels; data" in result.output  # uniform weights: no weighted rate
     assert "note: the proxy models rank these rows no better than AUC" in result.stderr
     assert "note: no value of request_id is seen often enough" in result.stderr
 
