@@ -113,7 +113,7 @@ def test_select_with_rare_clicks_says_to_train_with_the_weights(tmp_path) -> Non
     # the soft labels' rate under the weights, near the data's, is printed beside their mean
     soft = np.average(table.column("soft_label").to_numpy(), weights=table.column("weight"))
     assert manifest["coreset"]["weighted_soft_label_mean"] == pytest.approx(soft, rel=1e-5)
-    assert f"in the soft labels ({soft:.3f} weighted); data" in result.output
+    assert f"in the soft labels, {soft:.3f} under the weights; data" in result.output
     page = (out / "report.html").read_text()
     assert f"weighted, its click rate is {100 * weighted:.2f}%: train with the weights." in page
 
