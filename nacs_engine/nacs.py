@@ -204,7 +204,7 @@ def run_nacs(
     cuts = uncertainty_cuts(1.0 - label_support(probabilities, given), aside, given)
     class_balance = resolved_class_balance(config.class_balance, trusted, click_rate)
     label_mix = resolved_label_mix(config.label_mix, class_balance)
-    config = replace(config, class_balance=class_balance, label_mix=label_mix)
+    config = replace(config, class_balance=class_balance)
     denoising_seconds = time.perf_counter() - started
     report(
         "denoising",

@@ -170,7 +170,7 @@ def _notes(manifest: Any) -> list[str]:
 def _weighted(coreset: Any) -> str:
     """", R under the weights": the soft labels' click rate under the coreset's weights, where
     the weights move it (a balanced coreset), else ""."""
-    weighted = getattr(coreset, "weighted_soft_label_mean", None)
+    weighted = coreset.weighted_soft_label_mean
     if weighted is None or abs(weighted - coreset.soft_label_mean) < 0.0005:
         return ""
     return f", {weighted:.3f} under the weights"

@@ -282,11 +282,15 @@ def write_result(
         unread_keys=dict(data.metadata.get("unread_keys", {})),
         unread_key_count=int(data.metadata.get("unread_key_count", 0)),
     )
+    weight_sum = float(result.weights.sum())
     coreset = CoresetSummary(
         uri=coreset_uri, rows=result.size, clicks=int(float(result.labels.sum())),
         soft_label_mean=float(result.soft_labels.mean()) if result.size else 0.0,
-        weighted_soft_label_mean=_weighted_mean(result.soft_labels, result.weights),
-        weight_sum=float(result.weights.sum()),
+        weighted_soft_label_mean=(
+            float((result.soft_labels * result.weights).sum()) / weight_sum
+            if weight_sum > 0 else None
+        ),
+        weight_sum=weight_sum,
     )
     manifest = Manifest(
         job_id=job_id, request=request.model_dump(mode="json"),
@@ -307,12 +311,6 @@ def write_result(
     retried("writing the manifest", "writing", lambda: write_manifest(folder, manifest))
     report("writing", 1.0, "result written")
     return manifest
-
-
-def _weighted_mean(values: Any, weights: Any) -> float | None:
-    """The mean of ``values`` under ``weights`` (arrays), or None where the weights sum to 0."""
-    total = float(weights.sum())
-    return float((values * weights).sum()) / total if total > 0 else None
 
 
 def _refuse_another_result(
