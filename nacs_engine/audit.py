@@ -8,8 +8,9 @@ on one-hot features, and the proxy's own architecture), one model on the
 coreset as delivered (its soft labels and weights) and one on a stratified
 random subset of the candidates of the same size with the given labels (a new
 subset per seed), each early-stopped on a third of the held-back rows (at
-most ``STOP_ROWS``; an epoch counts as better when the AUC there rises by more
-than ``STOP_MIN_GAIN``) and scored on the rest. Per family it reports both models'
+most ``STOP_ROWS``; it stops at the first epoch that does not raise the AUC there
+by more than ``STOP_MIN_GAIN`` over the last that did, and keeps its best epoch) and
+scored on the rest. Per family it reports both models'
 mean AUC and log loss, the mean paired difference of the AUC and of the log
 loss with their standard errors, and a verdict: "better" when the coreset's
 AUC is higher by more than two standard errors, "worse" when lower by more,
@@ -76,6 +77,10 @@ STOP_ROWS = 10_000
 # by more than this (``EvaluationOptions.min_gain``): a model on soft labels otherwise keeps
 # creeping up by a few ten-thousandths an epoch, to the 20-epoch cap.
 STOP_MIN_GAIN = 0.001
+# Epochs without such a rise before an audit model stops. With 1 (and two seeds) the audit's
+# sign agreed with the offline evaluation as often as with 2 (and three seeds), on 113 of the
+# shared grid's 120 settings, in half the time (1M rows: 2.2-2.4 s against 4.2-5.4 s).
+STOP_PATIENCE = 1
 # The coreset wins or loses when its mean AUC differs by more than this many standard errors.
 VERDICT_STANDARD_ERRORS = 2.0
 LOGISTIC = "logistic"
@@ -394,7 +399,7 @@ def train_audit_model(
 ) -> AuditScore:
     """The scores on the scored rows of ``model`` trained on ``arm`` (rows of ``data``)."""
     family, seed = model.family, model.seed
-    options = EvaluationOptions(backbone=family, min_gain=STOP_MIN_GAIN)
+    options = EvaluationOptions(backbone=family, min_gain=STOP_MIN_GAIN, patience=STOP_PATIENCE)
     if family != LOGISTIC:
         options = replace(
             options,

@@ -282,7 +282,7 @@ class SelectionConfig:
         ),
     )
     audit_seeds: Annotated[int, Ge(1), Le(10)] = field(
-        default=3, metadata=_doc("Seeds of the audit's paired comparison, 1-10.")
+        default=2, metadata=_doc("Seeds of the audit's paired comparison, 1-10.")
     )
     guard: Guard = field(
         default="report",

@@ -13,6 +13,7 @@ from nacs_engine import select_coreset
 from nacs_engine.audit import (
     MAX_HOLDOUT_ROWS,
     STOP_MIN_GAIN,
+    STOP_PATIENCE,
     AuditModel,
     AuditScore,
     Holdout,
@@ -110,24 +111,31 @@ def test_every_audited_job_reports_both_families_and_never_picks_held_rows(
 def test_audit_models_count_only_rises_above_the_minimum_gain(
     data: EncodedDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[str, float, int]] = []
+    seen: list[tuple[str, float, int, int]] = []
     train = audit_module.evaluate_coreset
 
     def recording(*args, **kwargs):
         evaluation = train(*args, **kwargs)
         options = kwargs["options"]
-        seen.append((options.backbone, options.min_gain, evaluation.epochs_run))
+        seen.append((options.backbone, options.min_gain, options.patience, evaluation.epochs_run))
         return evaluation
 
     monkeypatch.setattr(audit_module, "evaluate_coreset", recording)
     select_coreset(data, _config())
-    # 2 families x 2 seeds x (coreset, random), each stopping by the audit's rule.
+    # 2 families x 2 seeds x (coreset, random), each stopping by the audit's rule: at the
+    # first epoch without a rise above the minimum gain.
     assert len(seen) == 8
-    assert {(family, gain) for family, gain, _ in seen} == {
-        ("logistic", STOP_MIN_GAIN),
-        ("deepfm", STOP_MIN_GAIN),
+    assert {(family, gain, patience) for family, gain, patience, _ in seen} == {
+        ("logistic", STOP_MIN_GAIN, STOP_PATIENCE),
+        ("deepfm", STOP_MIN_GAIN, STOP_PATIENCE),
     }
-    assert STOP_MIN_GAIN > 0 and all(1 <= epochs <= 20 for *_, epochs in seen)
+    assert STOP_MIN_GAIN > 0 and STOP_PATIENCE == 1
+    assert all(1 <= epochs <= 20 for *_, epochs in seen)
+
+
+def test_the_audit_runs_two_seeds_by_default() -> None:
+    config = SelectionConfig(ratio=0.01)
+    assert config.audit_seeds == 2 and len(audit_models(config)) == 8
 
 
 def test_the_audit_can_be_turned_off_and_baselines_are_not_audited(data: EncodedDataset) -> None:
