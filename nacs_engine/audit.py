@@ -1,29 +1,28 @@
 """The audit: does the coreset train a better model than a random subset of the same size?
 
-``holdout_split`` holds back min(10%, 50,000) of the rows, drawn at random
-from the job's seed, before anything else runs: the teacher never trains on
-them and the selection never picks them. ``audit_coreset`` then trains, for
-each of ``audit_seeds`` seeds and each evaluator family (logistic regression
-on one-hot features, and the proxy's own architecture), one model on the
-coreset as delivered (its soft labels and weights) and one on a stratified
-random subset of the candidates of the same size with the given labels (a new
-subset per seed), each early-stopped on a third of the held-back rows (at
-most ``STOP_ROWS``; it stops at the first epoch that does not raise the AUC there
-by more than ``STOP_MIN_GAIN`` over the last that did, and keeps its best epoch) and
-scored on the rest. Per family it reports both models'
-mean AUC and log loss, the mean paired difference of the AUC and of the log
-loss with their standard errors, and a verdict: "better" when the coreset's
-AUC is higher by more than two standard errors, "worse" when lower by more,
-else "level". A standard error has two parts, added in squares: the spread of
-the paired differences over the seeds (the models' training and the random
-subsets' draws), and the sampling of the scored rows, which every seed shares
-(from each row's part of the seed-averaged difference: DeLong's placement
-values for the AUC, the row's loss difference for the log loss; that part also
-carries some of the seeds' noise, so the sum errs high); the seeds alone
-would read the noise of a few dozen held-back clicks as a difference. The
-audit's verdict is "worse" when any family's is, "better" when every family's
-is, else "level". The held-back labels are the user's own, noise included: the
-audit measures what the user would see.
+``holdout_split`` holds back min(10%, 50,000) of the rows, drawn at random from
+the job's seed, before anything else runs: the teacher never trains on them and
+the selection never picks them. ``audit_coreset`` then trains, for each of
+``audit_seeds`` seeds and each evaluator family (logistic regression on one-hot
+features, and the proxy's own architecture), one model on the coreset as
+delivered (its soft labels and weights) and one on a stratified random subset of
+the candidates of the same size with the given labels (a new subset per seed),
+each early-stopped on a third of the held-back rows (at most ``STOP_ROWS``; it
+stops at the first epoch that does not raise the AUC there by more than
+``STOP_MIN_GAIN`` over the last that did, and keeps its best epoch) and scored
+on the rest. Per family it reports both models' mean AUC and log loss, the mean
+paired difference of the AUC and of the log loss with their standard errors, and
+a verdict: "better" when the coreset's AUC is higher by more than two standard
+errors, "worse" when lower by more, else "level". A standard error has two
+parts, added in squares: the spread of the paired differences over the seeds
+(the models' training and the random subsets' draws), and the sampling of the
+scored rows, which every seed shares (from each row's part of the seed-averaged
+difference: DeLong's placement values for the AUC, the row's loss difference for
+the log loss; that part also carries some of the seeds' noise, so the sum errs
+high); the seeds alone would read the noise of a few dozen held-back clicks as a
+difference. The audit's verdict is "worse" when any family's is, "better" when
+every family's is, else "level". The held-back labels are the user's own, noise
+included: the audit measures what the user would see.
 
 With ``guard="fallback"`` and a "worse" verdict, the rows delivered become the
 best of the coreset, the first random subset and their even mixture (half the
@@ -79,7 +78,7 @@ STOP_ROWS = 10_000
 STOP_MIN_GAIN = 0.001
 # Epochs without such a rise before an audit model stops. With 1 (and two seeds) the audit's
 # sign agreed with the offline evaluation as often as with 2 (and three seeds), on 113 of the
-# shared grid's 120 settings, in half the time (1M rows: 2.2-2.4 s against 4.2-5.4 s).
+# shared grid's 120 settings, in half the time (1M rows: 2.0-2.9 s against 4.2-5.4 s).
 STOP_PATIENCE = 1
 # The coreset wins or loses when its mean AUC differs by more than this many standard errors.
 VERDICT_STANDARD_ERRORS = 2.0
