@@ -112,12 +112,14 @@ def test_audit_models_count_only_rises_above_the_minimum_gain(
     data: EncodedDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[str, float, int, int]] = []
+    stops: list[tuple[int, int, int]] = []
     train = audit_module.evaluate_coreset
 
     def recording(*args, **kwargs):
         evaluation = train(*args, **kwargs)
         options = kwargs["options"]
         seen.append((options.backbone, options.min_gain, options.patience, evaluation.epochs_run))
+        stops.append((evaluation.epochs_run, evaluation.best_epoch, options.max_epochs))
         return evaluation
 
     monkeypatch.setattr(audit_module, "evaluate_coreset", recording)
@@ -131,6 +133,8 @@ def test_audit_models_count_only_rises_above_the_minimum_gain(
     }
     assert STOP_MIN_GAIN > 0 and STOP_PATIENCE == 1
     assert all(1 <= epochs <= 20 for *_, epochs in seen)
+    # No model trains on past the first epoch after its best (unless it reached the cap).
+    assert all(run <= best + 1 or run == cap for run, best, cap in stops)
 
 
 def test_the_audit_runs_two_seeds_by_default() -> None:
