@@ -87,6 +87,15 @@ MAX_LOGIT_SHIFT = 10.0
 # floor): on 300 rows, half of them clicks, a teacher that knows nothing reaches 0.55 about
 # one time in fifteen.
 TRUST_STANDARD_ERRORS = 2.0
+# A teacher trusted by fewer standard errors than this, whose set-aside took more than half
+# of the given clicks or of the given non-clicks, is trusted narrowly (the manifest's
+# ``noise.narrow_trust``): three such selections on data with 20% symmetric flips (iPinYou,
+# rwm5yr, COVID tests; 2-3 standard errors, nearly every given click set aside) lost 0.08
+# and 0.02 AUC a cell against the same splits untrusted, and gained 0.05 on the third
+# (bench/results/2026-12-07-fifteen-seeds-today.md). A floor of three lost on the one left
+# out of each three-way choice, so such a teacher stays trusted and the user is told.
+NARROW_TRUST_STANDARD_ERRORS = 3.0
+NARROW_TRUST_SET_ASIDE_SHARE = 0.5
 # Share of the selecting phase's progress given to the teacher.
 _TEACHER_SHARE = 0.9
 # class_balance "auto" takes half clicks below this rate of given clicks: a coreset at the
@@ -178,6 +187,8 @@ def run_nacs(
     signal = teacher_signal(teacher, given)
     least = trusted_auc(given, config.min_teacher_auc)
     trusted = signal is None or signal >= least
+    spread = chance_auc_spread(given)
+    margin = None if signal is None or spread is None else (signal - 0.5) / spread
     if not trusted:
         report(
             "denoising",
@@ -257,6 +268,11 @@ def run_nacs(
         "noise": estimate.to_dict()
         | {
             "teacher_trusted": trusted,
+            "narrow_trust": narrow_trust(
+                margin if trusted else None,
+                aside_share(aside, given > 0.5),
+                aside_share(aside, given <= 0.5),
+            ),
             "set_aside_factor": float(config.set_aside_factor) if config.denoise else 0.0,
             "correction_flip_rate": correction,
             "set_aside_flip_rate": aside_rate,
@@ -271,6 +287,7 @@ def run_nacs(
         | {
             "signal_auc": signal,
             "min_signal_auc": least,
+            "signal_standard_errors": margin,
             "trusted": trusted,
         },
         "selection": {
@@ -343,19 +360,46 @@ def teacher_signal(teacher: Teacher, given: np.ndarray) -> float | None:
     return auc(given, teacher.logits)
 
 
-def trusted_auc(given: np.ndarray, min_teacher_auc: float) -> float:
-    """The out-of-fold AUC the teacher must reach on the ``given`` labels to be trusted: the
-    higher of ``min_teacher_auc`` and 0.5 plus ``TRUST_STANDARD_ERRORS`` standard errors of
-    the AUC of a teacher that knows nothing (Mann-Whitney: sqrt((n1 + n0 + 1) / (12 n1 n0))),
-    which decides for any ``min_teacher_auc`` up to 0.5 (the default). 0 trusts it always."""
-    if min_teacher_auc <= 0.0:
-        return 0.0
+def chance_auc_spread(given: np.ndarray) -> float | None:
+    """The standard error of the AUC of a teacher that knows nothing on the ``given`` labels
+    (Mann-Whitney: sqrt((n1 + n0 + 1) / (12 n1 n0))); None with one class."""
     clicks = float(np.count_nonzero(given > 0.5))
     others = float(given.shape[0]) - clicks
     if clicks == 0 or others == 0:
+        return None
+    return math.sqrt((clicks + others + 1.0) / (12.0 * clicks * others))
+
+
+def trusted_auc(given: np.ndarray, min_teacher_auc: float) -> float:
+    """The out-of-fold AUC the teacher must reach on the ``given`` labels to be trusted: the
+    higher of ``min_teacher_auc`` and 0.5 plus ``TRUST_STANDARD_ERRORS`` standard errors of
+    the AUC of a teacher that knows nothing (``chance_auc_spread``), which decides for any
+    ``min_teacher_auc`` up to 0.5 (the default). 0 trusts it always."""
+    if min_teacher_auc <= 0.0:
+        return 0.0
+    chance = chance_auc_spread(given)
+    if chance is None:
         return float(min_teacher_auc)
-    chance = math.sqrt((clicks + others + 1.0) / (12.0 * clicks * others))
     return max(float(min_teacher_auc), 0.5 + TRUST_STANDARD_ERRORS * chance)
+
+
+def aside_share(aside: np.ndarray, in_class: np.ndarray) -> float:
+    """The share of the rows of a class (``in_class``) that ``aside`` sets aside; 0 when the
+    class has none."""
+    members = int(np.count_nonzero(in_class))
+    return float(np.count_nonzero(aside & in_class)) / members if members else 0.0
+
+
+def narrow_trust(margin: float | None, clicks_aside: float, others_aside: float) -> bool:
+    """Whether a trusted teacher (``margin``: its AUC over chance in standard errors; None
+    when not trusted or not measured) was trusted narrowly: by fewer than
+    ``NARROW_TRUST_STANDARD_ERRORS``, with more than ``NARROW_TRUST_SET_ASIDE_SHARE`` of the
+    given clicks or non-clicks set aside on its word."""
+    return (
+        margin is not None
+        and margin < NARROW_TRUST_STANDARD_ERRORS
+        and max(clicks_aside, others_aside) > NARROW_TRUST_SET_ASIDE_SHARE
+    )
 
 
 def resolved_class_balance(

@@ -130,6 +130,17 @@ def _notes(manifest: Any) -> list[str]:
             "are the given ones and the rows a stratified random draw; the noise estimates do "
             "not apply"
         )
+    elif (manifest.noise or {}).get("narrow_trust"):
+        signal = teacher.get("signal_auc") or 0.0
+        above = math.ceil(signal * 100) / 100 + 0.01
+        notes.append(
+            f"the proxy models were trusted narrowly: their AUC on the given labels, {signal:.3f}, "
+            f"is {teacher.get('signal_standard_errors') or 0.0:.1f} standard errors of chance "
+            "above 0.5, and more than half of the given clicks or non-clicks were set aside on "
+            "their word; on data like this trust has helped and hurt (docs/BENCHMARKS.md): "
+            f"nacs evaluate with --option min_teacher_auc={above:.2f}"
+            " (nothing set aside) tells which suits these data"
+        )
     audit = manifest.audit or {}
     more = _more_teacher_epochs(teacher) if audit.get("verdict") == "worse" else None
     if more is not None:

@@ -408,6 +408,16 @@ def _section(title: str, body: str, anchor: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+# What a narrowly trusted teacher means (nacs_engine.nacs.narrow_trust).
+NARROW_TRUST_NOTE = (
+    "The proxy models were trusted narrowly: their AUC on the given labels is less than three "
+    "standard errors of chance above 0.5, yet more than half of the given clicks or "
+    "non-clicks were set aside on their word. On data like this, trust has helped and hurt "
+    "(docs/BENCHMARKS.md): nacs evaluate with --option min_teacher_auc set above their AUC "
+    "(nothing set aside) tells which suits these data."
+)
+
+
 def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
@@ -498,6 +508,8 @@ def render_html(report: Mapping[str, Any]) -> str:
                 "aside."
             )
         else:
+            if noise.get("narrow_trust"):
+                body += _note(NARROW_TRUST_NOTE)
             audit = report.get("audit") or {}
             check = (
                 "The audit below says whether the coreset trains better models than a random "

@@ -24,6 +24,8 @@ from nacs_engine.nacs import (
     _draw_across,
     _probability_strata,
     _weights,
+    aside_share,
+    narrow_trust,
     resolved_class_balance,
     resolved_label_mix,
     run_nacs,
@@ -228,6 +230,19 @@ def test_a_teacher_that_cannot_tell_the_labels_apart_is_not_trusted(data: Encode
     assert signal["trusted"] is True and signal["signal_auc"] > 0.6
 
 
+def test_a_narrow_trust_is_under_three_standard_errors_with_most_of_a_class_set_aside() -> None:
+    given = np.array([1.0] * 4 + [0.0] * 6)
+    aside = np.array([True, True, True, False] + [False] * 5 + [True])
+    assert aside_share(aside, given > 0.5) == 0.75
+    assert aside_share(aside, given <= 0.5) == pytest.approx(1 / 6)
+    assert aside_share(aside, np.zeros(10, dtype=bool)) == 0.0
+    assert narrow_trust(2.3, 0.75, 0.1) is True
+    assert narrow_trust(2.3, 0.1, 0.6) is True
+    assert narrow_trust(2.3, 0.5, 0.5) is False  # half or less of each class
+    assert narrow_trust(3.0, 0.9, 0.9) is False  # three standard errors or more
+    assert narrow_trust(None, 0.9, 0.9) is False  # not trusted, or not measured
+
+
 def test_on_small_data_a_teacher_must_beat_what_chance_reaches() -> None:
     assert trusted_auc(np.array([0.0, 1.0] * 150), 0.53) == pytest.approx(
         0.5 + 2 * np.sqrt(301 / (12 * 150 * 150))
@@ -250,6 +265,11 @@ def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted() -> None:
         teacher = result.diagnostics["teacher"]
         assert teacher["min_signal_auc"] < teacher["signal_auc"] < 0.53
         assert teacher["trusted"] is True
+        # four to five standard errors: not narrow, though most given clicks are set aside
+        margin = (teacher["signal_auc"] - 0.5) / (teacher["min_signal_auc"] - 0.5) * 2.0
+        assert teacher["signal_standard_errors"] == pytest.approx(margin)
+        assert teacher["signal_standard_errors"] > 3.0
+        assert result.diagnostics["noise"]["narrow_trust"] is False
         assert flipped[result.rows].mean() < 0.5 * flipped.mean()
     options = {"size": None, "ratio": 0.05, "min_teacher_auc": 0.53}
     fixed = select_coreset(generated.dataset, _config(**options))

@@ -712,6 +712,29 @@ def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
     assert ("guard=fallback" in note) == (guard != "fallback")
 
 
+@pytest.mark.parametrize("narrow", [True, False])
+def test_a_narrowly_trusted_teacher_is_noted_with_a_floor_to_compare(narrow: bool) -> None:
+    from worker.cli import _notes
+    from worker.outputs import CoresetSummary, DatasetSummary, Manifest
+
+    manifest = Manifest(
+        job_id="j", request={}, engine_version="0", method="nacs", seed=0, device="cpu",
+        created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
+        dataset=DatasetSummary(uri="d", fingerprint="f", rows=48000, clicks=9600),
+        coreset=CoresetSummary(uri="c", rows=480, clicks=14),
+        noise={"teacher_trusted": True, "narrow_trust": narrow},
+        diagnostics={"teacher": {"trusted": True, "signal_auc": 0.5097,
+                                 "min_signal_auc": 0.5083, "signal_standard_errors": 2.34}},
+    )
+    notes = [note for note in _notes(manifest) if "trusted narrowly" in note]
+    if not narrow:
+        assert notes == []
+        return
+    (note,) = notes
+    assert "0.510, is 2.3 standard errors of chance above 0.5" in note
+    assert "--option min_teacher_auc=0.52 (nothing set aside)" in note
+
+
 def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
     path = tmp_path / "late.jsonl"
     lines = [json.dumps({"label": i % 3 == 0, "shop": f"s{i % 7}", "pad": "x" * 200})

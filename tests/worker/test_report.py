@@ -138,6 +138,20 @@ def test_estimates_of_an_untrusted_teacher_are_said_to_be_unused() -> None:
     assert note not in render_html(_report("nacs", {"noise": {**noise, "teacher_trusted": True}}))
 
 
+def test_a_narrowly_trusted_teacher_is_said_so() -> None:
+    noise = {
+        "flip_rate": 0.17, "wrong_share_positive": 0.77, "wrong_share_negative": 0.01,
+        "clean_click_rate": 0.05, "set_aside_rows": 6676, "set_aside_positive": 5502,
+        "set_aside_negative": 1174, "uncertainty_cuts": {}, "measurable": True,
+        "teacher_trusted": True,
+    }
+    note = "The proxy models were trusted narrowly"
+    narrow = render_html(_report("nacs", {"noise": {**noise, "narrow_trust": True}}))
+    assert note in narrow and "min_teacher_auc" in narrow
+    assert note not in render_html(_report("nacs", {"noise": {**noise, "narrow_trust": False}}))
+    assert note not in render_html(_report("nacs", {"noise": noise}))  # manifests before it
+
+
 def test_the_papers_rounds_are_drawn() -> None:
     diagnostics = {
         "removed_rows": 20, "uncertainty_cuts": {"positive": 0.3},
