@@ -92,8 +92,8 @@ TRUST_STANDARD_ERRORS = 2.0
 # ``noise.narrow_trust``): three such selections on data with 20% symmetric flips (iPinYou,
 # rwm5yr, COVID tests; 2-3 standard errors, nearly every given click set aside) lost 0.08
 # and 0.02 AUC a cell against the same splits untrusted, and gained 0.05 on the third
-# (bench/results/2026-12-07-fifteen-seeds-today.md). A floor of three lost on the one left
-# out of each three-way choice, so such a teacher stays trusted and the user is told.
+# (bench/results/2026-12-07-fifteen-seeds-today.md). A floor chosen on two of the three
+# lost on the third each time, so such a teacher stays trusted and the user is told.
 NARROW_TRUST_STANDARD_ERRORS = 3.0
 NARROW_TRUST_SET_ASIDE_SHARE = 0.5
 # Share of the selecting phase's progress given to the teacher.

@@ -413,8 +413,8 @@ NARROW_TRUST_NOTE = (
     "The proxy models were trusted narrowly: their AUC on the given labels is less than three "
     "standard errors of chance above 0.5, yet more than half of the given clicks or "
     "non-clicks were set aside on their word. On data like this, trust has helped and hurt "
-    "(docs/BENCHMARKS.md): nacs evaluate with --option min_teacher_auc set above their AUC "
-    "(nothing set aside) tells which suits these data."
+    "(docs/BENCHMARKS.md): nacs evaluate --methods nacs,stratified,random tells which suits "
+    "these data (stratified draws as an untrusted teacher does)."
 )
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import nacs_engine.nacs as nacs_module
 from nacs_engine import SelectionCancelled, select_coreset
 from nacs_engine.baselines import class_quota
 from nacs_engine.config import EMBEDDINGS, SelectionConfig
@@ -253,7 +254,7 @@ def test_on_small_data_a_teacher_must_beat_what_chance_reaches() -> None:
     assert trusted_auc(np.zeros(10), 0.53) == 0.53
 
 
-def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted() -> None:
+def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted(monkeypatch) -> None:
     # 1.5% clicks, 20% of all labels flipped: 14 of 15 given clicks are flips, so even a
     # teacher that ranks the clean labels well tells the given ones apart barely (AUC about
     # 0.52, under the old fixed floor of 0.53); that is still four to five standard errors of
@@ -271,6 +272,11 @@ def test_with_rare_clicks_and_flips_a_teacher_above_chance_is_trusted() -> None:
         assert teacher["signal_standard_errors"] > 3.0
         assert result.diagnostics["noise"]["narrow_trust"] is False
         assert flipped[result.rows].mean() < 0.5 * flipped.mean()
+    # the same selection read against a higher bar for a narrow trust is flagged
+    monkeypatch.setattr(nacs_module, "NARROW_TRUST_STANDARD_ERRORS", 5.0)
+    narrow = select_coreset(generated.dataset, _config(size=None, ratio=0.05, seed=0))
+    assert narrow.diagnostics["noise"]["narrow_trust"] is True
+    monkeypatch.undo()
     options = {"size": None, "ratio": 0.05, "min_teacher_auc": 0.53}
     fixed = select_coreset(generated.dataset, _config(**options))
     assert fixed.diagnostics["teacher"]["trusted"] is False

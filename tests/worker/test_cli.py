@@ -731,8 +731,8 @@ def test_a_narrowly_trusted_teacher_is_noted_with_a_floor_to_compare(narrow: boo
         assert notes == []
         return
     (note,) = notes
-    assert "0.510, is 2.3 standard errors of chance above 0.5" in note
-    assert "--option min_teacher_auc=0.52 (nothing set aside)" in note
+    assert "0.510, is 2.3 standard errors of a chance AUC from 0.5" in note
+    assert "nacs evaluate --methods nacs,stratified,random tells which" in note
 
 
 def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:

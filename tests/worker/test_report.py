@@ -147,7 +147,7 @@ def test_a_narrowly_trusted_teacher_is_said_so() -> None:
     }
     note = "The proxy models were trusted narrowly"
     narrow = render_html(_report("nacs", {"noise": {**noise, "narrow_trust": True}}))
-    assert note in narrow and "min_teacher_auc" in narrow
+    assert note in narrow and "--methods nacs,stratified,random" in narrow
     assert note not in render_html(_report("nacs", {"noise": {**noise, "narrow_trust": False}}))
     assert note not in render_html(_report("nacs", {"noise": noise}))  # manifests before it
 
