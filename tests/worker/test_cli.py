@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -675,6 +676,18 @@ def test_select_reads_a_csv_without_a_header_by_the_names_given(dataset: str, tm
         "dataset's name says parquet" in parquet.output
 
 
+def _nacs_manifest(**fields: Any) -> Any:
+    """A manifest of a nacs job (1,000 rows, 250 selected) with ``fields`` set."""
+    from worker.outputs import CoresetSummary, DatasetSummary, Manifest
+
+    return Manifest(
+        job_id="j", request={}, engine_version="0", method="nacs", seed=0, device="cpu",
+        created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
+        dataset=DatasetSummary(uri="d", fingerprint="f", rows=1000, clicks=300),
+        coreset=CoresetSummary(uri="c", rows=250, clicks=70), **fields,
+    )
+
+
 @pytest.mark.parametrize(
     ("verdict", "best_epochs", "caps", "guard", "suggested"),
     [
@@ -691,13 +704,8 @@ def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
     verdict: str, best_epochs: list[int], caps: list[int], guard: str, suggested: int | None
 ) -> None:
     from worker.cli import _notes
-    from worker.outputs import CoresetSummary, DatasetSummary, Manifest
 
-    manifest = Manifest(
-        job_id="j", request={}, engine_version="0", method="nacs", seed=0, device="cpu",
-        created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
-        dataset=DatasetSummary(uri="d", fingerprint="f", rows=1000, clicks=300),
-        coreset=CoresetSummary(uri="c", rows=250, clicks=70),
+    manifest = _nacs_manifest(
         audit={"verdict": verdict, "guard": guard},
         diagnostics={"teacher": {"trusted": True, "best_epochs": best_epochs, "max_epochs": caps}},
     )
@@ -713,15 +721,10 @@ def test_a_worse_audit_with_a_teacher_cut_short_suggests_more_teacher_epochs(
 
 
 @pytest.mark.parametrize("narrow", [True, False])
-def test_a_narrowly_trusted_teacher_is_noted_with_a_floor_to_compare(narrow: bool) -> None:
+def test_a_narrowly_trusted_teacher_is_noted_with_a_comparison_to_run(narrow: bool) -> None:
     from worker.cli import _notes
-    from worker.outputs import CoresetSummary, DatasetSummary, Manifest
 
-    manifest = Manifest(
-        job_id="j", request={}, engine_version="0", method="nacs", seed=0, device="cpu",
-        created_at="2026-12-07T00:00:00Z", output_uri="o", manifest_uri="m",
-        dataset=DatasetSummary(uri="d", fingerprint="f", rows=48000, clicks=9600),
-        coreset=CoresetSummary(uri="c", rows=480, clicks=14),
+    manifest = _nacs_manifest(
         noise={"teacher_trusted": True, "narrow_trust": narrow},
         diagnostics={"teacher": {"trusted": True, "signal_auc": 0.5097,
                                  "min_signal_auc": 0.5083, "signal_standard_errors": 2.34}},
