@@ -243,7 +243,7 @@ def compare_methods(
     given label|), and what the selection said of itself (``_audit_fields``): audit_verdict
     (the audit's, over its families), audit_family_verdict, audit_auc_difference and
     audit_auc_difference_se (those of the row's evaluator family), estimated_flip_rate,
-    set_aside_rows and teacher_trusted.
+    set_aside_rows, teacher_trusted and narrow_trust.
     """
     methods, budgets, seeds = _check_arguments(
         train, validation, test, methods, budgets, seeds, noise_kind, flip_rate
@@ -1355,6 +1355,9 @@ def _audit_fields(diagnostics: Mapping[str, Any], family: str) -> dict[str, Any]
         # False: the teacher ranked the given labels no better than chance could, and the
         # estimate was not used (nothing set aside, given labels, a draw within each class)
         "teacher_trusted": noise.get("teacher_trusted"),
+        # True: trusted by fewer than three standard errors of chance, with more than half
+        # of a class set aside (``nacs_engine.nacs.narrow_trust``)
+        "narrow_trust": noise.get("narrow_trust"),
     }
 
 

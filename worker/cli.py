@@ -388,6 +388,24 @@ def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
     )
 
 
+def _narrow_note(rows: list[dict[str, Any]]) -> str | None:
+    """A note naming the seeds of nacs whose teacher was trusted narrowly, if any: there
+    the set-aside acted on weak evidence, which has helped on some data and hurt on other."""
+    seeds = sorted({
+        row["seed"] for row in rows if row.get("method") == "nacs" and row.get("narrow_trust")
+    })
+    if not seeds:
+        return None
+    total = len({row["seed"] for row in rows})
+    listed = ", ".join(str(seed) for seed in seeds)
+    return (
+        f"the teacher was trusted narrowly on {len(seeds)} of {total} seeds (seed"
+        f"{'s' if len(seeds) > 1 else ''} {listed}): less than three standard errors of a "
+        "chance AUC above 0.5, with more than half of the given clicks or non-clicks set "
+        "aside; stratified draws as an untrusted teacher would there"
+    )
+
+
 def _run_lines(parts: int) -> Any:
     """A progress callback line(part, done, total, message) for ``parts`` calls of
     ``compare_methods`` of equal size, one after the other: a line on stderr as each run
@@ -823,6 +841,6 @@ def evaluate(
         differences = difference_tables(rows)
         if differences:
             click.echo("\n" + differences)
-        untrusted = _untrusted_note(rows)
-        if untrusted:
-            click.echo(f"\nnote: {untrusted}")
+        for seeds_note in (_untrusted_note(rows), _narrow_note(rows)):
+            if seeds_note:
+                click.echo(f"\nnote: {seeds_note}")

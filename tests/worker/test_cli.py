@@ -439,6 +439,7 @@ def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
     assert len({row["data_click_rate"] for row in rows}) == 2
     assert [row["teacher_trusted"] for row in rows if row["method"] != "nacs"] == [None] * 8
     assert all(row["teacher_trusted"] in (True, False) for row in rows if row["method"] == "nacs")
+    assert all(row["narrow_trust"] in (True, False) for row in rows if row["method"] == "nacs")
     lines = [line.split("]")[0] for line in result.stderr.splitlines() if line.startswith("[")]
     assert lines == [f"[{i}/12" for i in range(1, 13)]
 
@@ -736,6 +737,22 @@ def test_a_narrowly_trusted_teacher_is_noted_with_a_comparison_to_run(narrow: bo
     (note,) = notes
     assert "0.510, is 2.3 standard errors of a chance AUC from 0.5" in note
     assert "nacs evaluate --methods nacs,stratified,random tells which" in note
+
+
+def test_evaluate_names_the_seeds_whose_teacher_was_trusted_narrowly() -> None:
+    from worker.cli import _narrow_note
+
+    rows = [
+        {"seed": seed, "method": method, "narrow_trust": seed == 2 and method == "nacs"}
+        for seed in range(4) for method in ("nacs", "random")
+    ]
+    note = _narrow_note(rows)
+    assert note is not None
+    assert note.startswith("the teacher was trusted narrowly on 1 of 4 seeds (seed 2)")
+    rows[0]["narrow_trust"] = True
+    assert "on 2 of 4 seeds (seeds 0, 2)" in (_narrow_note(rows) or "")
+    assert _narrow_note([{**row, "narrow_trust": False} for row in rows]) is None
+    assert _narrow_note([{"seed": 0, "method": "nacs"}]) is None  # rows written before it
 
 
 def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
