@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, NoReturn, TextIO
@@ -367,21 +367,24 @@ def _print_row(to_stdout: bool, out: TextIO | None, row: dict[str, Any]) -> None
         out.flush()
 
 
+def _nacs_seeds(rows: list[dict[str, Any]], flagged: Callable[[dict[str, Any]], bool]) -> str:
+    """"N of T seeds (seed(s) a, b": the seeds whose nacs runs are ``flagged``; "" for none."""
+    seeds = sorted({row["seed"] for row in rows if row.get("method") == "nacs" and flagged(row)})
+    if not seeds:
+        return ""
+    total = len({row["seed"] for row in rows})
+    listed = ", ".join(str(seed) for seed in seeds)
+    return f"{len(seeds)} of {total} seeds (seed{'s' if len(seeds) > 1 else ''} {listed}"
+
+
 def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
     """A note naming the runs of nacs whose teacher was not trusted, if any: there nacs
     drew its rows at random, which the tables do not show."""
-    seeds = sorted({
-        row["seed"]
-        for row in rows
-        if row.get("method") == "nacs" and row.get("teacher_trusted") is False
-    })
+    seeds = _nacs_seeds(rows, lambda row: row.get("teacher_trusted") is False)
     if not seeds:
         return None
-    total = len({row["seed"] for row in rows})
-    listed = ", ".join(str(seed) for seed in seeds)
     return (
-        f"the teacher was not trusted on {len(seeds)} of {total} seeds (seed"
-        f"{'s' if len(seeds) > 1 else ''} {listed}, counted from 0 as in --json): its "
+        f"the teacher was not trusted on {seeds}, counted from 0 as in --json): its "
         "out-of-fold AUC on the given labels was within what chance reaches on data this size, "
         "or under min_teacher_auc, so there nacs set nothing aside, kept the given labels and "
         "drew its rows at random, as denoised-random does"
@@ -391,16 +394,11 @@ def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
 def _narrow_note(rows: list[dict[str, Any]]) -> str | None:
     """A note naming the seeds of nacs whose teacher was trusted narrowly, if any: there
     the set-aside acted on weak evidence, which has helped on some data and hurt on other."""
-    seeds = sorted({
-        row["seed"] for row in rows if row.get("method") == "nacs" and row.get("narrow_trust")
-    })
+    seeds = _nacs_seeds(rows, lambda row: bool(row.get("narrow_trust")))
     if not seeds:
         return None
-    total = len({row["seed"] for row in rows})
-    listed = ", ".join(str(seed) for seed in seeds)
     return (
-        f"the teacher was trusted narrowly on {len(seeds)} of {total} seeds (seed"
-        f"{'s' if len(seeds) > 1 else ''} {listed}): less than three standard errors of a "
+        f"the teacher was trusted narrowly on {seeds}): less than three standard errors of a "
         "chance AUC above 0.5, with more than half of the given clicks or non-clicks set "
         "aside; stratified draws as an untrusted teacher would there"
     )
