@@ -392,15 +392,18 @@ def _untrusted_note(rows: list[dict[str, Any]]) -> str | None:
 
 
 def _narrow_note(rows: list[dict[str, Any]]) -> str | None:
-    """A note naming the seeds of nacs whose teacher was trusted narrowly, if any: there
-    the set-aside acted on weak evidence, which has helped on some data and hurt on other."""
+    """A note naming the seeds of nacs whose teacher was trusted narrowly at one budget or
+    more, if any: there the set-aside acted on weak evidence, which has helped on some data
+    and hurt on other."""
     seeds = _nacs_seeds(rows, lambda row: bool(row.get("narrow_trust")))
     if not seeds:
         return None
     return (
-        f"the teacher was trusted narrowly on {seeds}): less than three standard errors of a "
-        "chance AUC above 0.5, with more than half of the given clicks or non-clicks set "
-        "aside; stratified draws as an untrusted teacher would there"
+        f"the teacher was trusted narrowly on {seeds}, counted from 0 as in --json): its "
+        "out-of-fold AUC on the given labels was less than three standard errors of a chance "
+        "AUC above 0.5, and more than half of the given clicks or non-clicks were set aside "
+        "(at one budget or more); compare nacs there with stratified, which draws as an "
+        "untrusted teacher would"
     )
 
 

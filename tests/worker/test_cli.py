@@ -392,7 +392,8 @@ def test_evaluate_prints_a_table_of_each_method(dataset: str) -> None:
     assert "[1/12]" not in result.stdout
 
 
-def test_evaluate_names_the_seeds_whose_teacher_was_not_trusted(dataset: str) -> None:
+def test_evaluate_names_the_seeds_whose_teacher_was_not_trusted(dataset: str, monkeypatch) -> None:
+    import nacs_engine.nacs as nacs_module
     from worker.cli import evaluate
 
     def run(methods: str, floor: str) -> Result:
@@ -415,6 +416,14 @@ def test_evaluate_names_the_seeds_whose_teacher_was_not_trusted(dataset: str) ->
     )
     trusted = run("nacs,random", "0")
     assert "not trusted" not in trusted.stdout and "tied" not in trusted.stdout
+    assert "trusted narrowly" not in trusted.stdout
+    # with a bar no teacher clears, every trusted seed is named as trusted narrowly
+    monkeypatch.setattr(nacs_module, "NARROW_TRUST_STANDARD_ERRORS", float("inf"))
+    monkeypatch.setattr(nacs_module, "NARROW_TRUST_SET_ASIDE_SHARE", -1.0)
+    narrow = run("nacs,random", "0")
+    assert "note: the teacher was trusted narrowly on 2 of 2 seeds (seeds 0, 1, counted from 0" in (
+        narrow.stdout
+    )
 
 
 def test_evaluate_gives_each_seed_its_own_split(dataset: str) -> None:
@@ -748,11 +757,11 @@ def test_evaluate_names_the_seeds_whose_teacher_was_trusted_narrowly() -> None:
     ]
     note = _narrow_note(rows)
     assert note is not None
-    assert note.startswith("the teacher was trusted narrowly on 1 of 4 seeds (seed 2)")
+    assert note.startswith("the teacher was trusted narrowly on 1 of 4 seeds (seed 2, counted")
     rows[0]["narrow_trust"] = True
-    assert "on 2 of 4 seeds (seeds 0, 2)" in (_narrow_note(rows) or "")
+    assert "on 2 of 4 seeds (seeds 0, 2, counted" in (_narrow_note(rows) or "")
     assert _narrow_note([{**row, "narrow_trust": False} for row in rows]) is None
-    assert _narrow_note([{"seed": 0, "method": "nacs"}]) is None  # rows written before it
+    assert _narrow_note([{"seed": 0, "method": "nacs"}]) is None  # rows without the field
 
 
 def test_select_notes_json_lines_keys_that_are_not_read(tmp_path) -> None:
