@@ -131,14 +131,14 @@ def _notes(manifest: Any) -> list[str]:
             "not apply"
         )
     elif (manifest.noise or {}).get("narrow_trust"):
+        from worker.report import NARROW_TRUST_ADVICE
+
         signal = teacher.get("signal_auc") or 0.0
         notes.append(
             f"the proxy models were trusted narrowly: their AUC on the given labels, {signal:.3f}, "
             f"is {teacher.get('signal_standard_errors') or 0.0:.1f} standard errors of a chance "
             "AUC from 0.5, and more than half of the given clicks or non-clicks were set aside "
-            "on their word; on data like this trust has helped and hurt (docs/BENCHMARKS.md): "
-            "nacs evaluate --methods nacs,stratified,random tells which suits these data "
-            "(stratified draws as an untrusted teacher does)"
+            f"on their word; {NARROW_TRUST_ADVICE}"
         )
     audit = manifest.audit or {}
     more = _more_teacher_epochs(teacher) if audit.get("verdict") == "worse" else None

@@ -408,13 +408,18 @@ def _section(title: str, body: str, anchor: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-# What a narrowly trusted teacher means (nacs_engine.nacs.narrow_trust).
+# What to do about a narrowly trusted teacher (nacs_engine.nacs.narrow_trust), here and
+# after `nacs select`.
+NARROW_TRUST_ADVICE = (
+    "on data like this, trust has helped and hurt (docs/BENCHMARKS.md): nacs evaluate "
+    "--methods nacs,stratified,random tells which suits these data (stratified draws as an "
+    "untrusted teacher does)"
+)
 NARROW_TRUST_NOTE = (
     "The proxy models were trusted narrowly: their AUC on the given labels is less than three "
     "standard errors of chance above 0.5, yet more than half of the given clicks or "
-    "non-clicks were set aside on their word. On data like this, trust has helped and hurt "
-    "(docs/BENCHMARKS.md): nacs evaluate --methods nacs,stratified,random tells which suits "
-    "these data (stratified draws as an untrusted teacher does)."
+    "non-clicks were set aside on their word. "
+    f"{NARROW_TRUST_ADVICE[0].upper()}{NARROW_TRUST_ADVICE[1:]}."
 )
 
 
