@@ -4,7 +4,10 @@ The steps of one selection over the candidate rows:
 
 1. Teacher (``nacs_engine.teacher``): K proxies, each trained on all folds but
    one, give every candidate an out-of-fold click probability, recalibrated by
-   Platt scaling.
+   Platt scaling. With ``duplicate_prior`` set, where candidates have the same
+   encoded values, the click rate of a row's duplicates in the other folds is
+   pooled in, the teacher's probability counting as that many rows
+   (``nacs_engine.duplicates``).
 2. Noise (``nacs_engine.denoise.noise_estimate``): the flip rate is read from
    the lowest and highest probabilities, and within each class the rows whose
    given label the teacher supports least are set aside, ``set_aside_factor``
@@ -70,6 +73,7 @@ from nacs_engine.denoise.noise_estimate import (
     likely_wrong,
     uncertainty_cuts,
 )
+from nacs_engine.duplicates import CROWDED_GROUP_ROWS, duplicate_groups, pooled_probabilities
 from nacs_engine.errors import DataError
 from nacs_engine.evaluate import auc, logistic
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
@@ -183,6 +187,13 @@ def run_nacs(
 
     started = time.perf_counter()
     probabilities = teacher.probabilities
+    # Counted by hash alone, one pass over the rows, unless pooled: then checked value by value.
+    prior = float(config.duplicate_prior)
+    group, size = duplicate_groups(data.features, rows, verify=prior > 0.0)
+    duplicated = size[group] > 1
+    crowded = float((size[group] >= CROWDED_GROUP_ROWS).mean())
+    if prior > 0.0 and duplicated.any():
+        probabilities = pooled_probabilities(probabilities, given, teacher.folds, group, prior)
     estimate = estimate_noise(probabilities, given)
     signal = teacher_signal(teacher, given)
     least = trusted_auc(given, config.min_teacher_auc)
@@ -289,6 +300,9 @@ def run_nacs(
             "min_signal_auc": least,
             "signal_standard_errors": margin,
             "trusted": trusted,
+            "duplicated_share": float(duplicated.mean()),
+            "crowded_share": crowded,
+            "duplicate_prior": prior,
         },
         "selection": {
             "strategy": strategy,
