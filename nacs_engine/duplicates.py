@@ -96,9 +96,11 @@ def pooled_probabilities(
     """
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    if isinstance(prior_rows, bool) or not isinstance(prior_rows, (int, float)):
-        raise ValueError(f"prior_rows: expected a number > 0, got {prior_rows!r}")
-    if not prior_rows > 0:
+    if (
+        isinstance(prior_rows, bool)
+        or not isinstance(prior_rows, (int, float))
+        or not prior_rows > 0
+    ):
         raise ValueError(f"prior_rows: expected a number > 0, got {prior_rows!r}")
     if p.size == 0:
         return p

@@ -190,8 +190,9 @@ def run_nacs(
     # Counted by hash alone, one pass over the rows, unless pooled: then checked value by value.
     prior = float(config.duplicate_prior)
     group, size = duplicate_groups(data.features, rows, verify=prior > 0.0)
-    duplicated = size[group] > 1
-    crowded = float((size[group] >= CROWDED_GROUP_ROWS).mean())
+    group_rows = size[group]
+    duplicated = group_rows > 1
+    crowded = float((group_rows >= CROWDED_GROUP_ROWS).mean())
     if prior > 0.0 and duplicated.any():
         probabilities = pooled_probabilities(probabilities, given, teacher.folds, group, prior)
     estimate = estimate_noise(probabilities, given)
