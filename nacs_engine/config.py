@@ -200,16 +200,16 @@ class SelectionConfig:
             "mid-size data), at their cost in time."
         ),
     )
-    duplicate_prior: Annotated[float, Ge(0.0), Le(100_000.0)] = field(
-        default=0.0,
+    duplicate_prior: Annotated[float, Ge(0.0), Le(100_000.0)] | None = field(
+        default=None,
         metadata=_doc(
             "Where candidates have the same encoded values (numbers in the same bucket), the "
             "click probability that the noise estimate, the set-aside and the soft labels read "
             "becomes the click rate of a row's duplicates in the teacher's other folds, with "
-            "the teacher's probability counted as this many rows, 0-100,000 (0, the default: "
-            "the teacher's alone; the coverage strata stay the teacher's). On data of few "
-            "fields, groups of hundreds of rows can know their rate better than a teacher cut "
-            "short; 30 is a start."
+            "the teacher's probability counted as this many rows, 0-100,000 (0: the teacher's "
+            "alone; the coverage strata stay the teacher's). By default 30 where half the "
+            "candidates or more are in groups of 100 or more, whose own rate is sharper than a "
+            "teacher cut short (data of few fields), else 0."
         ),
     )
     selection: Selection = field(

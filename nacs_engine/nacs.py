@@ -4,16 +4,20 @@ The steps of one selection over the candidate rows:
 
 1. Teacher (``nacs_engine.teacher``): K proxies, each trained on all folds but
    one, give every candidate an out-of-fold click probability, recalibrated by
-   Platt scaling. With ``duplicate_prior`` set, where candidates have the same
-   encoded values, the click rate of a row's duplicates in the other folds is
-   pooled in, the teacher's probability counting as that many rows
+   Platt scaling. Where candidates have the same encoded values, the click rate
+   of a row's duplicates in the other folds is pooled in, the teacher's
+   probability counting as ``duplicate_prior`` rows: by default 30 where half the
+   candidates or more are in groups of 100 or more, else none
    (``nacs_engine.duplicates``).
 2. Noise (``nacs_engine.denoise.noise_estimate``): the flip rate is read from
    the lowest and highest probabilities, and within each class the rows whose
    given label the teacher supports least are set aside, ``set_aside_factor``
    times the count of wrong labels in that class that the flip rate less two
    standard errors of its anchors' click rate implies (the rate the correction of
-   step 4 reads). On labels with few flips little is set aside.
+   step 4 reads). On labels with few flips little is set aside. Within a group of
+   100 or more exact duplicates, which the ranking cannot tell apart, no more rows
+   stay set aside than the wrong labels the group likely holds
+   (``nacs_engine.duplicates.capped_set_aside``).
 3. Selection among the kept rows. The default ``class_balance="auto"`` is
    "balanced" where fewer than 8% of the given labels are clicks
    (``resolved_class_balance``), else "stratified".
@@ -73,7 +77,13 @@ from nacs_engine.denoise.noise_estimate import (
     likely_wrong,
     uncertainty_cuts,
 )
-from nacs_engine.duplicates import CROWDED_GROUP_ROWS, duplicate_groups, pooled_probabilities
+from nacs_engine.duplicates import (
+    CROWDED_GROUP_ROWS,
+    capped_set_aside,
+    duplicate_groups,
+    pooled_probabilities,
+    resolved_duplicate_prior,
+)
 from nacs_engine.errors import DataError
 from nacs_engine.evaluate import auc, logistic
 from nacs_engine.paper import CHUNK_ROWS, automatic_partition_size
@@ -187,12 +197,11 @@ def run_nacs(
 
     started = time.perf_counter()
     probabilities = teacher.probabilities
-    # Counted by hash alone, one pass over the rows, unless pooled: then checked value by value.
-    prior = float(config.duplicate_prior)
-    group, size = duplicate_groups(data.features, rows, verify=prior > 0.0)
+    group, size = duplicate_groups(data.features, rows)
     group_rows = size[group]
     duplicated = group_rows > 1
     crowded = float((group_rows >= CROWDED_GROUP_ROWS).mean())
+    prior = resolved_duplicate_prior(config.duplicate_prior, crowded)
     if prior > 0.0 and duplicated.any():
         probabilities = pooled_probabilities(probabilities, given, teacher.folds, group, prior)
     estimate = estimate_noise(probabilities, given)
@@ -213,9 +222,12 @@ def run_nacs(
     click_rate = float(np.mean(given, dtype=np.float64))
     at_rate = at_flip_rate(estimate, aside_rate, click_rate)
     if aside_rate > 0.0:
-        aside = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
+        ranked = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
+        aside = capped_set_aside(ranked, probabilities, given, group, aside_rate)
+        capped = int(ranked.sum() - aside.sum())
     else:
         aside = np.zeros(rows.shape[0], dtype=bool)
+        capped = 0
     kept = np.flatnonzero(~aside)  # positions into rows
     if kept.shape[0] < k:
         # The budget needs more rows than survive: keep the best supported of those set aside.
@@ -291,6 +303,7 @@ def run_nacs(
             "set_aside_wrong_share_positive": at_rate.wrong_share_positive,
             "set_aside_wrong_share_negative": at_rate.wrong_share_negative,
             "set_aside_rows": int(aside.sum()),
+            "set_aside_capped_rows": capped,
             "set_aside_positive": int((aside & (given > 0.5)).sum()),
             "set_aside_negative": int((aside & (given <= 0.5)).sum()),
             "uncertainty_cuts": cuts,

@@ -118,11 +118,6 @@ def _earlier_result(output: str) -> str | None:
         return None
 
 
-# The share of the rows in crowded groups of duplicates (``diagnostics.teacher.crowded_share``)
-# from which ``nacs select`` names the option ``duplicate_prior``.
-CROWDED_NOTE_SHARE = 0.5
-
-
 def _notes(manifest: Any) -> list[str]:
     """What a user of the coreset should know that the counts do not say."""
     notes = []
@@ -160,22 +155,6 @@ def _notes(manifest: Any) -> list[str]:
             f"teacher's fold models were still improving at their last allowed epoch ({cap}): a "
             f"longer-trained teacher may do better (--option teacher_epochs={epochs}, up to "
             f"about {epochs / cap:.0f} times the teacher's training time){fallback}"
-        )
-    crowded = teacher.get("crowded_share") or 0.0
-    if (
-        manifest.method == "nacs"
-        and teacher.get("trusted")
-        and crowded >= CROWDED_NOTE_SHARE
-        and not teacher.get("duplicate_prior")
-        and audit.get("verdict") != "better"
-    ):
-        notes.append(
-            f"{crowded:.0%} of the rows are in groups of 100 or more with the same encoded "
-            "values (numbers in the same bucket), whose own click rate can be sharper than "
-            "the proxy models': --option duplicate_prior=30 pools it in (on a survey of three "
-            "fields it turned losses to random at budgets of 10-25% into gains with clean "
-            "labels and with thinned clicks, and lost with 20% of the labels flipped); nacs "
-            "evaluate with and without it tells which suits this data"
         )
     selection = (manifest.diagnostics or {}).get("selection") or {}
     if selection.get("class_balance") == "balanced":

@@ -496,6 +496,16 @@ def render_html(report: Mapping[str, Any]) -> str:
             ("rows set aside", _fmt(noise.get("set_aside_rows"))),
             ("  of them clicks", _fmt(noise.get("set_aside_positive"))),
             ("  of them non-clicks", _fmt(noise.get("set_aside_negative"))),
+            *(
+                [
+                    (
+                        "kept: past the likely wrong labels of their group of duplicates",
+                        _fmt(noise["set_aside_capped_rows"]),
+                    )
+                ]
+                if noise.get("set_aside_capped_rows")
+                else []
+            ),
         ]
         body = _table(rows)
         if noise.get("teacher_trusted") is False:

@@ -9,7 +9,12 @@ import nacs_engine.duplicates as duplicates_module
 from nacs_engine import select_coreset
 from nacs_engine.config import SelectionConfig
 from nacs_engine.data.dataset import EncodedDataset
-from nacs_engine.duplicates import duplicate_groups, pooled_probabilities
+from nacs_engine.duplicates import (
+    capped_set_aside,
+    duplicate_groups,
+    pooled_probabilities,
+    resolved_duplicate_prior,
+)
 from nacs_engine.nacs import run_nacs
 from nacs_engine.teacher import fold_assignment
 
@@ -90,15 +95,6 @@ def test_rows_alone_keep_the_teachers_probability_exactly_beside_pooled_ones() -
     np.testing.assert_array_equal(pooled[3:], teacher[3:])
 
 
-def test_counting_by_hash_alone_gives_the_same_groups_without_a_collision() -> None:
-    rng = np.random.default_rng(9)
-    features = rng.integers(0, 4, size=(3000, 3)).astype(np.int32)
-    checked, _ = duplicate_groups(features, np.arange(3000))
-    hashed, size = duplicate_groups(features, np.arange(3000), verify=False)
-    np.testing.assert_array_equal(checked, hashed)
-    assert size.sum() == 3000 and _same_partition(hashed, features)
-
-
 @pytest.mark.parametrize("prior", [0, -1.0, float("nan"), True, "3"])
 def test_the_prior_must_be_a_positive_number(prior) -> None:
     group, _ = duplicate_groups(np.zeros((2, 1), dtype=np.int32), np.arange(2))
@@ -148,8 +144,8 @@ def test_on_data_of_few_fields_the_soft_labels_are_the_cells_rates() -> None:
         return rates
 
     np.testing.assert_allclose(result.soft_labels, others_rate(result.rows), atol=1e-4)
-    # by default they are the teacher's, which are not the cells' rates
-    off = select_coreset(data, SelectionConfig(**plain))
+    # without pooling they are the teacher's, which are not the cells' rates
+    off = select_coreset(data, SelectionConfig(**plain, duplicate_prior=0.0))
     assert off.diagnostics["teacher"]["duplicate_prior"] == 0.0
     assert off.diagnostics["teacher"]["crowded_share"] == 1.0
     assert np.abs(off.soft_labels - others_rate(off.rows)).max() > 0.01
@@ -157,6 +153,21 @@ def test_on_data_of_few_fields_the_soft_labels_are_the_cells_rates() -> None:
     thirty = select_coreset(data, SelectionConfig(**plain, duplicate_prior=30.0))
     pooled_distance = np.abs(thirty.soft_labels - others_rate(thirty.rows)).max()
     assert pooled_distance < 0.5 * np.abs(off.soft_labels - others_rate(off.rows)).max()
+    # every row is in a crowded group: left unset, the prior is 30
+    default = select_coreset(data, SelectionConfig(**plain))
+    assert default.diagnostics["teacher"]["duplicate_prior"] == 30.0
+    np.testing.assert_array_equal(default.rows, thirty.rows)
+    np.testing.assert_array_equal(default.soft_labels, thirty.soft_labels)
+
+
+@pytest.mark.parametrize(
+    ("prior", "crowded", "taken"),
+    [(None, 0.5, 30.0), (None, 0.49, 0.0), (None, 1.0, 30.0), (0.0, 1.0, 0.0), (5.0, 0.0, 5.0)],
+)
+def test_left_unset_the_prior_pools_where_half_the_rows_are_crowded(
+    prior: float | None, crowded: float, taken: float
+) -> None:
+    assert resolved_duplicate_prior(prior, crowded) == taken
 
 
 def test_only_the_candidates_labels_are_pooled() -> None:
@@ -195,3 +206,82 @@ def test_rows_without_duplicates_keep_the_teachers_probabilities() -> None:
     assert pooled.diagnostics["teacher"]["crowded_share"] == 0.0
     np.testing.assert_array_equal(pooled.rows, alone.rows)
     np.testing.assert_array_equal(pooled.soft_labels, alone.soft_labels)
+
+
+def _wrong_chance(q: np.ndarray, y: np.ndarray, rho: float) -> np.ndarray:
+    clean = np.clip((q - rho) / (1 - 2 * rho), 0, 1)
+    return np.clip(np.where(y > 0.5, rho * (1 - clean) / q, rho * clean / (1 - q)), 0, 1)
+
+
+def test_a_group_keeps_set_aside_no_more_than_the_wrong_labels_it_likely_holds() -> None:
+    # 1,000 duplicates observed at q = 0.23 under flips at 0.2: clean rate 0.05, 83% of the
+    # clicks wrong and 1.3% of the non-clicks; the ranking set aside every click, capped
+    # about a fifth of the group (its expected wrong labels) stays set aside
+    rng = np.random.default_rng(0)
+    labels = (rng.random(1000) < 0.23).astype(np.float64)
+    q = np.full(1000, 0.23)
+    ranked = labels > 0.5
+    aside = capped_set_aside(ranked, q, labels, np.zeros(1000, dtype=np.int64), 0.2)
+    expected = labels.sum() * 0.2 * 0.95 / 0.23 + (1000 - labels.sum()) * 0.2 * 0.05 / 0.77
+    assert aside.sum() == int(np.floor(expected + 0.5)) == pytest.approx(200, abs=20)
+    assert not np.any(aside & ~ranked)
+    assert 0 < labels[~aside].sum() < labels.sum()
+    # where the ranking took both classes, the group's share goes to the clicks first, whose
+    # label the probability supports least
+    everything = capped_set_aside(np.ones(1000, bool), q, labels, np.zeros(1000, np.int64), 0.2)
+    assert everything.sum() == aside.sum() and labels[everything].min() == 1.0
+
+
+def test_the_rows_least_supported_stay_set_aside_and_the_others_are_untouched(
+    monkeypatch,
+) -> None:
+    # groups of six rows or more count as crowded here. Group 0: twelve clicks whose
+    # probabilities differ by fold; group 1: six non-clicks with a high probability; rows
+    # 18-21 have no duplicate. A group's cap counts both classes: each here holds one
+    monkeypatch.setattr(duplicates_module, "CROWDED_GROUP_ROWS", 6)
+    q = np.r_[np.linspace(0.30, 0.60, 12), np.full(6, 0.9), [0.1, 0.1, 0.9, 0.5]]
+    labels = np.r_[np.ones(12), np.zeros(6), [1.0, 0.0, 0.0, 1.0]]
+    group = np.r_[np.zeros(12), np.ones(6), [2, 3, 4, 5]].astype(np.int64)
+    ranked = np.ones(22, dtype=bool)
+    ranked[[5, 20]] = False
+    aside = capped_set_aside(ranked, q, labels, group, 0.25)
+    chance = _wrong_chance(q, labels, 0.25)
+    allowed = int(np.floor(chance[:12].sum() + 0.5))
+    assert 0 < allowed < 11
+    # of the eleven clicks the ranking set aside, the least supported stay so
+    first = [i for i in np.argsort(q[:12], kind="stable") if i != 5][:allowed]
+    np.testing.assert_array_equal(np.flatnonzero(aside[:12]), np.sort(first))
+    assert aside[12:18].sum() == int(np.floor(chance[12:18].sum() + 0.5))
+    np.testing.assert_array_equal(aside[18:], ranked[18:])
+    unchanged = capped_set_aside(ranked, q, labels, np.arange(22), 0.25)
+    np.testing.assert_array_equal(unchanged, ranked)
+    # groups of five are set aside as ranked
+    small = np.r_[np.arange(12) // 4, 3 + np.arange(6) // 3, [5, 6, 7, 8]]
+    np.testing.assert_array_equal(capped_set_aside(ranked, q, labels, small, 0.25), ranked)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 0.5, float("nan")])
+def test_the_cap_needs_a_flip_rate_below_a_half(rate) -> None:
+    with pytest.raises(ValueError, match="flip_rate"):
+        capped_set_aside(np.ones(2, bool), np.full(2, 0.5), np.ones(2), np.zeros(2, int), rate)
+
+
+def test_with_flips_on_data_of_few_fields_no_cell_loses_a_class() -> None:
+    # symmetric flips at 0.25: the ranking alone sets aside every click of the low cells
+    # and both classes of middling ones; capped, each cell keeps a class of its rows whole
+    # and the other in part
+    data, cell = _few_fields(9000, seed=5)
+    rng = np.random.default_rng(6)
+    flipped = rng.random(9000) < 0.25
+    labels = np.where(flipped, 1.0 - data.labels, data.labels).astype(np.float32)
+    data = EncodedDataset(
+        features=data.features, labels=labels, field_names=data.field_names,
+        field_dims=data.field_dims,
+    )
+    config = SelectionConfig(ratio=0.4, device="cpu", seed=0, embed_dim=4, audit=False)
+    result = select_coreset(data, config)
+    noise = result.diagnostics["noise"]
+    assert noise["set_aside_rows"] > 0 and noise["set_aside_capped_rows"] > 0
+    picked = cell[result.rows]
+    for c in range(27):
+        assert set(result.labels[picked == c].tolist()) == {0.0, 1.0}, c

@@ -291,7 +291,7 @@ def test_select_notes_an_untrusted_teacher_and_a_field_too_rare_to_count(tmp_pat
     assert "note: no value of request_id is seen often enough" in result.stderr
 
 
-def test_select_notes_crowded_duplicates_and_pools_them_when_asked(tmp_path) -> None:
+def test_select_pools_crowded_duplicates_unless_told_not_to(tmp_path) -> None:
     # two fields of three values: nine groups of about 330 identical rows each
     rng = np.random.default_rng(7)
     n = 3000
@@ -307,24 +307,18 @@ def test_select_notes_crowded_duplicates_and_pools_them_when_asked(tmp_path) -> 
         ),
         path,
     )
-    plain = CliRunner().invoke(
-        select,
-        [str(path), "--ratio", "0.1", "--out", str(tmp_path / "a"), "--option", "audit=false"],
-    )
-    assert plain.exit_code == 0, plain.output
-    assert "note: 100% of the rows are in groups of 100 or more" in plain.stderr
-    teacher = json.loads((tmp_path / "a" / "manifest.json").read_text())["diagnostics"]["teacher"]
-    assert teacher["crowded_share"] == 1.0 and teacher["duplicate_prior"] == 0.0
-    pooled = CliRunner().invoke(
-        select,
-        [str(path), "--ratio", "0.1", "--out", str(tmp_path / "b"), "--option", "audit=false",
-         "--option", "duplicate_prior=30"],
-    )
-    assert pooled.exit_code == 0, pooled.output
-    assert "duplicate_prior" not in pooled.stderr
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["diagnostics"]["teacher"]["duplicate_prior"] == 30.0
-    assert manifest["request"]["options"]["duplicate_prior"] == 30.0
+    for out, extra, prior in (("a", [], 30.0), ("b", ["--option", "duplicate_prior=0"], 0.0)):
+        result = CliRunner().invoke(
+            select,
+            [str(path), "--ratio", "0.1", "--out", str(tmp_path / out), "--option",
+             "audit=false", *extra],
+        )
+        assert result.exit_code == 0, result.output
+        assert "duplicate_prior" not in result.stderr
+        manifest = json.loads((tmp_path / out / "manifest.json").read_text())
+        teacher = manifest["diagnostics"]["teacher"]
+        assert teacher["crowded_share"] == 1.0 and teacher["duplicate_prior"] == prior
+        assert manifest["request"]["options"]["duplicate_prior"] == (prior if extra else None)
 
 
 def test_select_notes_a_float_column_of_many_whole_numbers(tmp_path) -> None:
@@ -782,38 +776,6 @@ def test_a_narrowly_trusted_teacher_is_noted_with_a_comparison_to_run(narrow: bo
     (note,) = notes
     assert "0.510, is 2.3 standard errors of a chance AUC from 0.5" in note
     assert "nacs evaluate --methods nacs,stratified,random tells which" in note
-
-
-@pytest.mark.parametrize(
-    ("crowded", "prior", "trusted", "verdict", "method", "noted"),
-    [
-        (0.8, 0.0, True, "worse", "nacs", True),
-        (0.5, 0.0, True, "level", "nacs", True),
-        (0.4, 0.0, True, "worse", "nacs", False),  # under half the rows in crowded groups
-        (0.8, 30.0, True, "worse", "nacs", False),  # already pooled
-        (0.8, 0.0, False, "worse", "nacs", False),  # the teacher's probabilities are not used
-        (0.8, 0.0, True, "better", "nacs", False),  # the coreset already beats random
-        (0.8, 0.0, True, "worse", "denoised-random", False),  # measured for nacs only
-    ],
-)
-def test_crowded_duplicates_name_the_option_that_pools_them(
-    crowded: float, prior: float, trusted: bool, verdict: str, method: str, noted: bool
-) -> None:
-    from worker.cli import _notes
-
-    manifest = _nacs_manifest(
-        audit={"verdict": verdict, "guard": "report"},
-        diagnostics={"teacher": {"trusted": trusted, "signal_auc": 0.6, "min_signal_auc": 0.51,
-                                 "crowded_share": crowded, "duplicate_prior": prior}},
-    )
-    manifest.method = method
-    notes = [note for note in _notes(manifest) if "duplicate_prior" in note]
-    assert len(notes) == int(noted)
-    if noted:
-        assert notes[0].startswith(
-            f"{crowded:.0%} of the rows are in groups of 100 or more with the same encoded values"
-        )
-        assert "--option duplicate_prior=30 pools it in" in notes[0]
 
 
 def test_evaluate_names_the_seeds_whose_teacher_was_trusted_narrowly() -> None:

@@ -86,6 +86,7 @@ def test_a_nacs_report_has_every_section() -> None:
             "set_aside_negative": 50, "uncertainty_cuts": {"positive": 0.45, "negative": 0.4},
             "correction_flip_rate": 0.0875, "set_aside_flip_rate": 0.0875,
             "set_aside_wrong_share_positive": 0.25, "set_aside_wrong_share_negative": 0.04,
+            "set_aside_capped_rows": 31,
         },
         "audit": AUDIT,
     }
@@ -105,6 +106,7 @@ def test_a_nacs_report_has_every_section() -> None:
     assert re.search(r"flip rate the soft labels correct for</td>\s*<td>8\.75%", page)
     assert re.search(r"flip rate the set-aside reads</td>\s*<td>8\.75%", page)
     assert re.search(r"wrong labels among clicks at it</td>\s*<td>25\.00%", page)
+    assert re.search(r"their group of duplicates</td>\s*<td>31<", page)
     assert 'class="verdict level"' in page and "logistic" in page and "deepfm" in page
 
 
