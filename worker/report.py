@@ -565,6 +565,11 @@ def render_html(report: Mapping[str, Any]) -> str:
             f"Rows at or above the removal cut ({cuts}) were removed." if cuts
             else "No rows were removed."
         )
+        if cuts and (report.get("noise") or {}).get("set_aside_capped_rows"):
+            caption += (
+                " Groups of 100 or more identical rows, which share one uncertainty, lost only "
+                "their likely wrong labels: some of their rows past the cut remain."
+            )
         body += _figure_block(_uncertainty_plot(report, salt), caption)
     else:
         body += _note(f"Method {report['method']} scores no uncertainty.")

@@ -225,7 +225,7 @@ def uncertainty_cuts(
 ) -> dict[str, float]:
     """The lowest uncertainty among the removed rows, per class ("positive", "negative"):
     each class lost its most uncertain rows, down to this value (a class that lost none has
-    no cut).
+    no cut), but for groups of identical rows that ``capped_set_aside`` kept in part.
 
     uncertainty: (n,) float; removed: (n,) bool; given: (n,) 0/1 labels.
     """

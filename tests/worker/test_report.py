@@ -107,6 +107,7 @@ def test_a_nacs_report_has_every_section() -> None:
     assert re.search(r"flip rate the set-aside reads</td>\s*<td>8\.75%", page)
     assert re.search(r"wrong labels among clicks at it</td>\s*<td>25\.00%", page)
     assert re.search(r"their group of duplicates</td>\s*<td>31<", page)
+    assert "lost only their likely wrong labels: some of their rows past the cut remain" in page
     assert 'class="verdict level"' in page and "logistic" in page and "deepfm" in page
 
 
