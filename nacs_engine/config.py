@@ -247,8 +247,8 @@ class SelectionConfig:
         metadata=_doc(
             "Rows set aside as likely wrong labels, as a multiple of the count of wrong labels "
             "in each class that the estimated flip rate less two standard errors implies, 0-10 "
-            "(0 sets none aside); within a group of 100 or more identical rows, at most the "
-            "wrong labels it likely holds."
+            "(0 sets none aside); where duplicates are pooled (duplicate_prior), within a group "
+            "of 100 or more identical rows, at most the wrong labels it likely holds."
         ),
     )
     label_mix: Annotated[float, Ge(0.0), Le(1.0)] | None = field(

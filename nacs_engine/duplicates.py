@@ -14,8 +14,12 @@ a few rows, pooling lost a little (Avazu's sample, nassCDS).
 
 Rows alike are also alike to the set-aside of likely wrong labels, which ranks the
 rows by the teacher's support for their label: it takes all of a group's clicks (or
-non-clicks) or none. ``capped_set_aside`` keeps in each crowded group no more set aside
-than the wrong labels it likely holds.
+non-clicks) or none. Where rows are pooled, ``capped_set_aside`` keeps in each crowded
+group no more set aside than the wrong labels it likely holds: pooled without it, a
+survey of three fields lost to random with symmetric flips. Where they are not, the
+ranking stands: on data with a minority of crowded rows (a vocabulary test, earnings in
+a population survey) the cap raised the coreset's flipped share from 0.43-0.49x of the
+data's to 0.61-0.75x, for AUC changes within 0.0035.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ The steps of one selection over the candidate rows:
    given label the teacher supports least are set aside, ``set_aside_factor``
    times the count of wrong labels in that class that the flip rate less two
    standard errors of its anchors' click rate implies (the rate the correction of
-   step 4 reads). On labels with few flips little is set aside. Within a group of
-   100 or more exact duplicates, which the ranking cannot tell apart, no more rows
-   stay set aside than the wrong labels the group likely holds
+   step 4 reads). On labels with few flips little is set aside. Where duplicates
+   are pooled, within a group of 100 or more of them, which the ranking cannot tell
+   apart, no more rows stay set aside than the wrong labels the group likely holds
    (``nacs_engine.duplicates.capped_set_aside``).
 3. Selection among the kept rows. The default ``class_balance="auto"`` is
    "balanced" where fewer than 8% of the given labels are clicks
@@ -223,7 +223,10 @@ def run_nacs(
     at_rate = at_flip_rate(estimate, aside_rate, click_rate)
     if aside_rate > 0.0:
         ranked = likely_wrong(probabilities, given, at_rate, config.set_aside_factor)
-        aside = capped_set_aside(ranked, probabilities, given, group, aside_rate)
+        # Where pooled, within each crowded group no more than its likely wrong labels.
+        aside = (
+            capped_set_aside(ranked, probabilities, given, group, aside_rate) if prior else ranked
+        )
         capped = int(ranked.sum() - aside.sum())
     else:
         aside = np.zeros(rows.shape[0], dtype=bool)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -285,3 +287,7 @@ def test_with_flips_on_data_of_few_fields_no_cell_loses_a_class() -> None:
     picked = cell[result.rows]
     for c in range(27):
         assert set(result.labels[picked == c].tolist()) == {0.0, 1.0}, c
+    # not pooled, the ranking stands
+    ranked = select_coreset(data, replace(config, duplicate_prior=0.0)).diagnostics["noise"]
+    assert ranked["set_aside_capped_rows"] == 0
+    assert ranked["set_aside_rows"] > noise["set_aside_rows"]
