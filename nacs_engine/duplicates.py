@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nacs_engine.denoise.noise_estimate import clean_probability
+from nacs_engine.denoise.noise_estimate import clean_probability, label_support
 
 # A group of at least this many identical rows is crowded (``crowded_share``): its own
 # click rate is known to a few points, whatever the teacher says.
@@ -173,7 +173,7 @@ def capped_set_aside(
     clean = clean_probability(q, flip_rate)
     chance = np.where(y, flip_rate * (1.0 - clean) / q, flip_rate * clean / (1.0 - q))
     allowed = np.floor(np.bincount(group, weights=np.clip(chance, 0.0, 1.0)) + 0.5)
-    support = np.where(y, q, 1.0 - q)
+    support = label_support(probabilities, labels)
     order = candidates[np.lexsort((candidates, support[candidates], group[candidates]))]
     groups = group[order]
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
