@@ -14,6 +14,7 @@ import logging
 import threading
 
 from rq import SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from worker.enqueue import queue_of
@@ -64,7 +65,8 @@ def run_worker(
     settings: SharedSettings | None = None, *, burst: bool = False, fork: bool = True,
     name: str | None = None, reaper: bool = True,
 ) -> bool:
-    """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty)."""
+    """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty).
+    Returns whether it ran a job: RQ's answer, or False where a stop signal ended it."""
     import worker.shards  # noqa: F401 - loaded once here, so each forked horse starts at once
     import worker.tasks  # noqa: F401
 
@@ -84,5 +86,10 @@ def run_worker(
         start_reaper(settings, stop)
     try:
         return bool(rq_worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
+    except StopRequested:
+        # A stop signal that lands between two turns of RQ's loop leaves ``work`` (torn down
+        # already) as this exception instead of ending the loop: the stop asked for.
+        log.info("worker %s: stopped on request", rq_worker.name)
+        return False
     finally:
         stop.set()

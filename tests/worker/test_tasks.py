@@ -468,6 +468,30 @@ def test_an_rq_worker_runs_the_job(
     assert queue_of(store.redis, settings).count == 0
 
 
+def test_a_stop_signal_between_turns_of_the_loop_stops_the_worker_quietly(
+    settings: SharedSettings, monkeypatch, caplog
+) -> None:
+    """SIGTERM handled between two turns of RQ's loop raises StopRequested out of ``work``
+    (seen in a live run); the worker stops as asked instead of dying with a traceback."""
+    import signal
+
+    from rq import SimpleWorker
+
+    from worker.runner import run_worker
+
+    signalled: list[bool] = []
+
+    def signalled_between_turns(self: SimpleWorker, **kwargs: object) -> bool:
+        signalled.append(True)
+        self.request_stop(signal.SIGTERM, None)  # RQ's own handler, with the worker idle
+        return True
+
+    monkeypatch.setattr(SimpleWorker, "work", signalled_between_turns)
+    caplog.set_level("INFO", logger="worker.runner")
+    assert run_worker(settings, fork=False, reaper=False) is False
+    assert signalled and "stopped on request" in caplog.text
+
+
 @pytest.mark.parametrize(("after_s", "code"), [(0.0, "internal_error"), (1.9, "timeout")])
 def test_a_failure_at_the_time_limit_is_the_timeout(
     tmp_path: Path, store: RecordStore, create: Create, settings: SharedSettings, monkeypatch,
