@@ -66,7 +66,8 @@ def run_worker(
     name: str | None = None, reaper: bool = True,
 ) -> bool:
     """Work jobs from the queue until stopped (or, with ``burst``, until the queue is empty).
-    Returns whether it ran a job: RQ's answer, or False where a stop signal ended it."""
+    Returns whether it ran a job: RQ's answer, or False when a stop signal escapes RQ's loop
+    (even if a job ran)."""
     import worker.shards  # noqa: F401 - loaded once here, so each forked horse starts at once
     import worker.tasks  # noqa: F401
 

@@ -472,7 +472,8 @@ def test_a_stop_signal_between_turns_of_the_loop_stops_the_worker_quietly(
     settings: SharedSettings, monkeypatch, caplog
 ) -> None:
     """SIGTERM handled between two turns of RQ's loop raises StopRequested out of ``work``
-    (seen in a live run); the worker stops as asked instead of dying with a traceback."""
+    (seen in an end-to-end run); the worker stops as asked instead of dying with a
+    traceback."""
     import signal
 
     from rq import SimpleWorker
@@ -488,7 +489,12 @@ def test_a_stop_signal_between_turns_of_the_loop_stops_the_worker_quietly(
 
     monkeypatch.setattr(SimpleWorker, "work", signalled_between_turns)
     caplog.set_level("INFO", logger="worker.runner")
-    assert run_worker(settings, fork=False, reaper=False) is False
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert run_worker(settings, fork=False, reaper=False) is False
+    finally:
+        for number, handler in handlers.items():  # RQ's handler repointed them at the worker
+            signal.signal(number, handler)
     assert signalled and "stopped on request" in caplog.text
 
 
